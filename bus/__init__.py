@@ -1,0 +1,1 @@
+"""Everything that talks to NATS. Knows nothing about media."""

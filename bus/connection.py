@@ -1,0 +1,38 @@
+"""Connecting to NATS with the reconnect policy every gpubus process wants."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NatsClient
+
+log = logging.getLogger("gpubus.bus.connection")
+
+
+async def connect(servers: list[str], *, name: str, **auth: Any) -> NatsClient:
+    """Reconnect forever: a node or gateway outlives a NATS restart or a
+    leader change; JetStream redelivery covers what was in flight."""
+
+    async def on_error(e: Exception) -> None:
+        log.warning("nats error (%s): %s", name, e)
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected (%s)", name)
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected (%s)", name)
+
+    return await nats.connect(
+        servers=servers,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        allow_reconnect=True,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        **{k: v for k, v in auth.items() if v is not None},
+    )

@@ -1,0 +1,79 @@
+"""API keys in KV `apikeys`: only SHA-256 of the secret is stored.
+
+Every request looks its key up (no cache), so a revocation takes effect on the
+very next request. Anything wrong with a key is `Unauthorized`, never a
+fallback to anonymous.
+"""
+
+from __future__ import annotations
+
+from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.kv import KeyValue
+
+from schemas import codec, names
+from schemas.errors import NotFound, Unauthorized
+from schemas.jobs import now
+from schemas.keys import ApiKeyRecord, Role, new_secret, parse_key, secret_matches
+
+DAY_S = 86_400.0
+
+
+class KeyStore:
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+
+    async def create(
+        self, user_id: str, roles: list[Role], *, description: str = "", expires_days: float | None = None
+    ) -> tuple[str, ApiKeyRecord]:
+        names.validate_owner(user_id)
+        full, key_id, digest = new_secret()
+        created = now()
+        rec = ApiKeyRecord(
+            key_id=key_id,
+            user_id=user_id,
+            roles=sorted(set(roles)),
+            secret_sha256=digest,
+            description=description,
+            created_at=created,
+            expires_at=created + expires_days * DAY_S if expires_days else None,
+        )
+        await self._kv.create(key_id, codec.encode_record(rec))
+        return full, rec
+
+    async def get(self, key_id: str) -> ApiKeyRecord:
+        try:
+            entry = await self._kv.get(key_id)
+        except (KeyNotFoundError, NotFoundError):
+            raise NotFound(f"no key {key_id}") from None
+        if not entry.value:
+            raise NotFound(f"no key {key_id}")
+        return codec.decode_record(entry.value, ApiKeyRecord)
+
+    async def authenticate(self, full_key: str) -> ApiKeyRecord:
+        key_id, secret = parse_key(full_key)
+        try:
+            rec = await self.get(key_id)
+        except NotFound:
+            raise Unauthorized("unknown API key") from None
+        if not secret_matches(secret, rec):
+            raise Unauthorized("unknown API key")
+        if rec.revoked_at is not None:
+            raise Unauthorized("API key revoked")
+        if rec.expires_at is not None and rec.expires_at < now():
+            raise Unauthorized("API key expired")
+        return rec
+
+    async def list(self, user_id: str | None = None) -> list[ApiKeyRecord]:
+        try:
+            keys = await self._kv.keys()
+        except (NoKeysError, NotFoundError):
+            return []
+        recs = [await self.get(k) for k in keys]
+        return [r for r in recs if user_id is None or r.user_id == user_id]
+
+    async def revoke(self, key_id: str) -> ApiKeyRecord:
+        rec = await self.get(key_id)
+        if rec.revoked_at is None:
+            rec.revoked_at = now()
+            await self._kv.put(key_id, codec.encode_record(rec))
+        return rec

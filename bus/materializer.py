@@ -1,0 +1,151 @@
+"""Folds node events (stream EVENTS) into job records (KV `jobs`).
+
+Nodes only report; the gateway side decides what the record says. The first
+terminal state wins; a terminal event for a job already terminal (a node that
+woke up after its job fell back) is counted, never shown. Several gateways can
+run this at once: they share one durable consumer and update records by CAS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nats.js import JetStreamContext
+
+from bus.jobstore import JobStore
+from bus.metrics import GatewayMetrics
+from bus.pulling import next_batch
+from schemas import codec, names
+from schemas.errors import NotFound
+from schemas.events import EventType, JobEvent
+from schemas.jobs import JobRecord, JobStatus
+
+log = logging.getLogger("gpubus.bus.materializer")
+
+FETCH_BATCH = 64
+FETCH_WAIT_S = 5.0
+
+_TERMINAL_STATUS = {
+    EventType.SUCCEEDED: JobStatus.SUCCEEDED,
+    EventType.FAILED: JobStatus.FAILED,
+    EventType.CANCELLED: JobStatus.CANCELLED,
+}
+
+
+def _is_replay(rec: JobRecord, ev: JobEvent) -> bool:
+    """The very event that made the record terminal, delivered again."""
+    return rec.status == _TERMINAL_STATUS.get(ev.type) and rec.node_id == ev.node_id and rec.attempts == ev.attempt
+
+
+def fold(rec: JobRecord, ev: JobEvent) -> JobRecord | None:
+    """The new record, or None when the event changes nothing."""
+    if rec.terminal:
+        if ev.type in (EventType.SUCCEEDED, EventType.FAILED) and not _is_replay(rec, ev):
+            rec.late_completions += 1
+            return rec
+        return None
+    if ev.attempt < rec.attempts and not ev.terminal:
+        return None  # news from an attempt that was given up on
+    if ev.type in (EventType.STARTED, EventType.PROGRESS):
+        if rec.status == JobStatus.QUEUED or rec.node_id != ev.node_id:
+            rec.status = JobStatus.RUNNING
+            rec.node_id = ev.node_id
+            rec.started_at = rec.started_at or ev.at
+        if ev.progress is not None:
+            rec.progress = max(rec.progress, ev.progress) if rec.node_id == ev.node_id else ev.progress
+        return rec
+    rec.status = _TERMINAL_STATUS[ev.type]
+    rec.node_id = ev.node_id
+    rec.finished_at = ev.at
+    rec.started_at = rec.started_at or ev.at
+    if ev.type == EventType.SUCCEEDED:
+        rec.progress = 1.0
+        rec.result_object = ev.result_object
+        rec.summary = ev.summary
+        rec.error = None
+    else:
+        rec.error = ev.error
+    return rec
+
+
+class Materializer:
+    def __init__(self, js: JetStreamContext, jobs: JobStore, metrics: GatewayMetrics) -> None:
+        self._js = js
+        self._jobs = jobs
+        self._metrics = metrics
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        sub = await self._js.pull_subscribe_bind(durable=names.MATERIALIZER_CONSUMER, stream=names.EVENTS_STREAM)
+        self._task = asyncio.create_task(self._run(sub), name="materializer")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self, sub) -> None:
+        while True:
+            try:
+                msgs = await next_batch(sub, max_batch=FETCH_BATCH, wait_s=FETCH_WAIT_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # connection trouble: JetStream keeps the events
+                log.warning("materializer fetch failed: %s", e)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                await self._handle(msg)
+
+    async def _handle(self, msg) -> None:
+        try:
+            ev = codec.decode(msg.data, JobEvent)
+        except codec.DecodeError as e:
+            self._metrics.bad_events.inc()
+            log.error("dropping undecodable event on %s: %s", msg.subject, e)
+            await msg.term()
+            return
+        if msg.subject != names.event_subject(ev.owner, ev.job_id):
+            self._metrics.bad_events.inc()
+            log.error("event for %s.%s arrived on %s; dropped", ev.owner, ev.job_id, msg.subject)
+            await msg.term()
+            return
+        try:
+            await self.apply(ev)
+        except NotFound:
+            log.warning("event %s for unknown job %s.%s; dropped", ev.type, ev.owner, ev.job_id)
+        except Exception as e:
+            log.warning("could not apply %s for job %s (%s); will be redelivered", ev.type, ev.job_id, e)
+            await msg.nak(delay=1.0)
+            return
+        await msg.ack()
+
+    async def apply(self, ev: JobEvent) -> JobRecord:
+        before: dict[str, JobRecord] = {}
+
+        def mutate(rec: JobRecord) -> JobRecord | None:
+            before["rec"] = rec.model_copy()
+            return fold(rec, ev)
+
+        new = await self._jobs.update(ev.owner, ev.job_id, mutate)
+        self._observe(before["rec"], new)
+        return new
+
+    def _observe(self, old: JobRecord, new: JobRecord) -> None:
+        lane, kind = new.lane.value, new.kind.value
+        if new.late_completions > old.late_completions:
+            self._metrics.late_completions.labels(lane=lane).inc()
+            log.info("job %s owner=%s late completion counted (now %d)", new.job_id, new.owner, new.late_completions)
+        if old.status == JobStatus.QUEUED and new.status != JobStatus.QUEUED and new.started_at:
+            self._metrics.queue_wait.labels(lane=lane, kind=kind).observe(max(0.0, new.started_at - new.created_at))
+        if not old.terminal and new.terminal:
+            code = new.error.code if new.error else ""
+            self._metrics.jobs_finished.labels(lane=lane, kind=kind, status=new.status.value, code=code).inc()
+            if new.finished_at:
+                self._metrics.job_duration.labels(lane=lane, kind=kind).observe(max(0.0, new.finished_at - new.created_at))
+        if old.status != new.status:
+            log.info(
+                "job %s owner=%s lane=%s node=%s %s -> %s",
+                new.job_id, new.owner, lane, new.node_id, old.status.value, new.status.value,
+            )

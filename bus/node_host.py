@@ -1,0 +1,127 @@
+"""Hosting a node process: identity, connection, metrics, runtime, signals.
+
+Shared by the GPU and CPU node profiles, which differ only in the processor
+they build and the lane they pull. A node learns who it works for from the
+gateway (`POST /api/v1/nodes/bootstrap` with its key), never from its own
+say-so: the gateway checks the key and creates the owner's consumers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client import CollectorRegistry, start_http_server
+
+from bus.connection import connect
+from bus.metrics import NodeMetrics
+from bus.node_runtime import NodeRuntime, new_node_id
+from bus.settings import Settings
+from schemas.errors import GpubusError, InvalidInput, Unauthorized
+from schemas.names import Lane
+from schemas.processing import Processor
+
+log = logging.getLogger("gpubus.bus.node_host")
+
+BOOTSTRAP_PATH = "/api/v1/nodes/bootstrap"
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    queue_owner: str
+    lane: Lane
+    nats_servers: list[str]
+    nats_auth: dict
+
+
+class BootstrapFailed(GpubusError):
+    """The gateway would not vouch for this node."""
+
+    code = "BOOTSTRAP_FAILED"
+
+
+async def bootstrap(settings: Settings, lane: Lane, *, shared: bool) -> NodeIdentity:
+    if not settings.gateway_url:
+        raise InvalidInput("a node needs GPUBUS_GATEWAY_URL (or --gateway) to bootstrap")
+    secret = settings.admin_token if shared else settings.api_key
+    if secret is None:
+        what = "GPUBUS_ADMIN_TOKEN (service identity)" if shared else "GPUBUS_API_KEY (a key with the node role)"
+        raise InvalidInput(f"a {'shared' if shared else 'user'} node needs {what}")
+    async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=15) as client:
+        r = await client.post(
+            BOOTSTRAP_PATH,
+            json={"lane": lane.value, "shared": shared},
+            headers={"Authorization": f"Bearer {secret.get_secret_value()}"},
+        )
+    if r.status_code == 401:
+        raise Unauthorized(f"gateway refused the node's credentials: {r.text}")
+    if r.status_code != 200:
+        raise BootstrapFailed(f"gateway answered {r.status_code}: {r.text}")
+    body = r.json()
+    return NodeIdentity(
+        queue_owner=body["queue_owner"],
+        lane=Lane(body["lane"]),
+        nats_servers=body["nats_servers"],
+        nats_auth=body.get("nats_auth") or {},
+    )
+
+
+def start_metrics_server(settings: Settings, registry: CollectorRegistry) -> str:
+    server, _thread = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+    host, port = server.server_address[:2]
+    return f"http://{host}:{port}/metrics"
+
+
+async def start_node(
+    settings: Settings,
+    lane: Lane,
+    make_processor: Callable[[str], Processor],
+    *,
+    shared: bool = False,
+    handle_signals: bool = True,
+) -> NodeRuntime:
+    """Bootstrap, load the model, serve metrics, connect and start pulling."""
+    identity = await bootstrap(settings, lane, shared=shared)
+    node_id = new_node_id(lane)
+    processor = await asyncio.to_thread(make_processor, node_id)
+    registry = CollectorRegistry()
+    metrics = NodeMetrics(registry, node_id=node_id, device=processor.device)
+    load_s = getattr(processor, "load_seconds", None)
+    if load_s is not None:
+        metrics.model_load_seconds.set(load_s)
+    metrics_url = start_metrics_server(settings, registry)
+    nc = await connect(identity.nats_servers, name=node_id, **identity.nats_auth)
+    runtime = NodeRuntime(
+        nc,
+        processor,
+        queue_owner=identity.queue_owner,
+        lane=identity.lane,
+        capacity=settings.node_concurrency,
+        job_deadline_s=settings.job_deadline,
+        metrics=metrics,
+        node_id=node_id,
+        metrics_url=metrics_url,
+        handle_signals=handle_signals,
+    )
+    await runtime.start()
+    log.info("node %s ready: %s lane of %s, metrics %s", node_id, identity.lane, identity.queue_owner, metrics_url)
+    return runtime
+
+
+async def run_node(
+    settings: Settings,
+    lane: Lane,
+    make_processor: Callable[[str], Processor],
+    *,
+    shared: bool = False,
+) -> None:
+    """A node process: run until SIGTERM/SIGINT, then drain (NodeRuntime.stop)."""
+    runtime = await start_node(settings, lane, make_processor, shared=shared)
+    print(f"node {runtime.node_id} ready ({runtime!r}), metrics {runtime.metrics_url}", flush=True)
+    try:
+        await runtime.stopped.wait()
+    finally:
+        await runtime.close()

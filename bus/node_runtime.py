@@ -1,0 +1,378 @@
+"""The node runtime: pull jobs, run them in worker threads, report, settle.
+
+One class owns the node's life: `start()`, `stop(drain_timeout_s)`, `close()`.
+The event loop only moves bytes and messages; the processor runs in a thread
+pool sized to capacity, so lease extensions (`in_progress`), heartbeats and
+acks keep flowing while a model works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from bus import objects, registry
+from bus.acking import settle
+from bus.metrics import NodeMetrics
+from bus.pulling import next_batch
+from schemas import codec, names
+from schemas.errors import INPUT_CORRUPT, INPUT_MISSING, Forbidden, JobCancelled, JobFailed, NotFound
+from schemas.events import EventType, JobEvent
+from schemas.jobs import ErrorInfo, JobMessage, now
+from schemas.names import Lane
+from schemas.nodes import NodeHeartbeat
+from schemas.processing import JobOutput, Processor
+
+log = logging.getLogger("gpubus.bus.node")
+
+FETCH_WAIT_S = 2.0
+PROGRESS_EVERY_S = 0.3
+
+
+def new_node_id(lane: Lane) -> str:
+    host = "".join(c if c.isalnum() else "-" for c in socket.gethostname().lower())[:24].strip("-") or "node"
+    return f"{lane}-{host}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Lease:
+    """Proof of life for one job: the processor's progress calls renew it.
+    Past `deadline_s` without progress the node stops extending the lease,
+    so a hung worker's job times out and falls back."""
+
+    deadline_s: float
+    last_progress: float = field(default_factory=time.monotonic)
+
+    def touch(self) -> None:
+        self.last_progress = time.monotonic()
+
+    def healthy(self) -> bool:
+        return time.monotonic() - self.last_progress < self.deadline_s
+
+
+@dataclass
+class InFlight:
+    job: JobMessage
+    msg: Msg
+    lease: Lease
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    last_progress_event: float = 0.0
+
+
+class NodeRuntime:
+    def __init__(
+        self,
+        nc: NatsClient,
+        processor: Processor,
+        *,
+        queue_owner: str,
+        lane: Lane,
+        capacity: int,
+        job_deadline_s: float,
+        metrics: NodeMetrics,
+        node_id: str | None = None,
+        metrics_url: str | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.processor = processor
+        self.queue_owner = queue_owner
+        self.lane = lane
+        self.capacity = capacity
+        self.job_deadline_s = job_deadline_s
+        self.metrics = metrics
+        self.node_id = node_id or new_node_id(lane)
+        self.metrics_url = metrics_url
+        self._handle_signals = handle_signals
+        self._slots = asyncio.Semaphore(capacity)
+        self._pool = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix=f"gpubus-{lane}")
+        self._inflight: dict[str, InFlight] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._background: list[asyncio.Task] = []
+        self._stopping = asyncio.Event()
+        self._started_at = now()
+        self._ack_wait_s = 30.0
+        self._heartbeat_s = 3.0
+        self._nodes_kv = None
+        self.done = 0
+        self.failed = 0
+        self.stopped = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return (
+            f"<NodeRuntime {self.node_id} {names.consumer_name(self.queue_owner, self.lane)} "
+            f"in_flight={len(self._inflight)}/{self.capacity} done={self.done} failed={self.failed}>"
+        )
+
+    # -- life ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        consumer = names.consumer_name(self.queue_owner, self.lane)
+        psub = await self.js.pull_subscribe_bind(durable=consumer, stream=names.JOBS_STREAM)
+        info = await psub.consumer_info()
+        self._ack_wait_s = float(info.config.ack_wait or 30.0)
+        self._nodes_kv = await self.js.key_value(names.NODES_BUCKET)
+        ttl = (await self._nodes_kv.status()).ttl or 10.0
+        self._heartbeat_s = max(0.2, ttl / 3)
+        cancel_owner = "*" if self.queue_owner == names.SHARED else self.queue_owner
+        await self.nc.subscribe(names.cancel_subject(cancel_owner), cb=self._on_cancel)
+        self.metrics.capacity.set(self.capacity)
+        await self._beat()
+        self._background = [
+            asyncio.create_task(self._fetch_loop(psub), name="fetch"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+        ]
+        if self._handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.stop()))
+        log.info(
+            "node %s pulling %s (ack_wait=%.1fs, capacity=%d, device=%s)",
+            self.node_id, consumer, self._ack_wait_s, self.capacity, self.processor.device,
+        )
+
+    async def stop(self, drain_timeout_s: float = 30.0) -> None:
+        """Shutdown in a fixed order:
+        1. stop fetching, so no new job is taken;
+        2. let in-flight jobs finish while the connection is still up, so
+           their results, events and acks get out;
+        3. whatever is still running past the grace period is interrupted and
+           nak'ed, so JetStream redelivers it at once to another node;
+        4. leave the registry, then drain the connection."""
+        if self._stopping.is_set():
+            await self.stopped.wait()
+            return
+        self._stopping.set()
+        log.info("node %s stopping: %d in flight, grace %.0fs", self.node_id, len(self._tasks), drain_timeout_s)
+        fetch = self._background[0] if self._background else None
+        if fetch:
+            await asyncio.gather(fetch, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=drain_timeout_s)
+        for inflight in self._inflight.values():
+            inflight.cancelled.set()
+        for task in list(self._tasks.values()):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=5)
+        for task in self._background[1:]:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        try:
+            await registry.forget(self._nodes_kv, self.queue_owner, self.lane, self.node_id)
+        except Exception as e:
+            log.warning("could not leave the registry: %s", e)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.stopped.set()
+
+    async def close(self) -> None:
+        await self.stop()
+        if not self.nc.is_closed:
+            await self.nc.drain()
+
+    # -- pulling -------------------------------------------------------------
+
+    async def _fetch_loop(self, psub) -> None:
+        """Never fetch more than free slots: one slot, one message."""
+        while not self._stopping.is_set():
+            await self._slots.acquire()
+            if self._stopping.is_set():
+                self._slots.release()
+                break
+            try:
+                msgs = await next_batch(psub, max_batch=1, wait_s=FETCH_WAIT_S)
+            except Exception as e:  # disconnected, consumer gone: keep trying
+                self._slots.release()
+                log.warning("fetch failed: %s", e)
+                await asyncio.sleep(0.5)
+                continue
+            if not msgs:
+                self._slots.release()
+                continue
+            msg = msgs[0]
+            if self._stopping.is_set():
+                await msg.nak()  # fetched but not started: hand it back now
+                self._slots.release()
+                break
+            key = f"{msg.metadata.sequence.stream}"
+            task = asyncio.create_task(self._handle(msg), name=f"job-{key}")
+            self._tasks[key] = task
+            task.add_done_callback(lambda _t, k=key: self._finished(k))
+
+    def _finished(self, key: str) -> None:
+        self._tasks.pop(key, None)
+        self._slots.release()
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        job_id = msg.data.decode(errors="replace")
+        inflight = self._inflight.get(job_id)
+        if inflight:
+            log.info("job %s cancel requested; stopping it", job_id)
+            inflight.cancelled.set()
+
+    # -- one job -------------------------------------------------------------
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            job = codec.decode(msg.data, JobMessage)
+            self._check_queue(job)
+        except (codec.DecodeError, Forbidden) as e:
+            self.metrics.bad_messages.inc()
+            log.error("terming bad job message on %s (seq %s): %s", msg.subject, msg.metadata.sequence.stream, e)
+            await msg.term()
+            return
+        inflight = InFlight(job=job, msg=msg, lease=Lease(self.job_deadline_s))
+        self._inflight[job.job_id] = inflight
+        self.metrics.in_flight.inc()
+        ref = f"{job.job_id} owner={job.owner} lane={self.lane} node={self.node_id} attempt={job.attempt}"
+        keepalive = asyncio.create_task(self._keep_lease(inflight), name=f"lease-{job.job_id}")
+        started = time.monotonic()
+        status = "failed"
+        try:
+            async with settle(msg, lambda kind, err: self._report(job, kind, err), job_ref=ref):
+                await self._event(job, EventType.STARTED)
+                log.info("job %s started", ref)
+                output = await self._run(inflight)
+                await self._store_result(job, output)
+                status = "succeeded"
+        finally:
+            keepalive.cancel()
+            self._inflight.pop(job.job_id, None)
+            self.metrics.in_flight.dec()
+            self.metrics.job_done(status)
+            self.done += status == "succeeded"
+            self.failed += status != "succeeded"
+            log.info("job %s %s in %.2fs", ref, status, time.monotonic() - started)
+
+    def _check_queue(self, job: JobMessage) -> None:
+        """A message on our consumer must belong to our queue; anything else
+        was forged onto a subject and is refused, not processed."""
+        if job.queue_owner != self.queue_owner or job.lane != self.lane:
+            raise Forbidden(f"job for {job.queue_owner}/{job.lane} on {self.queue_owner}/{self.lane}")
+        if self.queue_owner != names.SHARED and job.owner != self.queue_owner:
+            raise Forbidden(f"job of {job.owner} on {self.queue_owner}'s queue")
+
+    async def _run(self, inflight: InFlight) -> JobOutput:
+        job = inflight.job
+        work_dir = Path(tempfile.mkdtemp(prefix=f"gpubus-{job.job_id}-"))
+        try:
+            input_path = await self._fetch_input(job, work_dir)
+            loop = asyncio.get_running_loop()
+
+            def progress(done_s: float, total_s: float) -> None:
+                inflight.lease.touch()
+                loop.call_soon_threadsafe(self._progress_event, inflight, done_s, total_s)
+
+            output = await loop.run_in_executor(
+                self._pool, self.processor.run, job, input_path, work_dir, progress, inflight.cancelled
+            )
+            if inflight.cancelled.is_set():
+                raise JobCancelled()
+            return output
+        finally:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+    async def _fetch_input(self, job: JobMessage, work_dir: Path) -> Path | None:
+        if job.input is None:
+            return None
+        dest = work_dir / job.input.filename
+        try:
+            await objects.read_to_file(
+                self.js, job.input.bucket, job.input.object_name, dest, expected_sha256_hex=job.input.sha256
+            )
+        except NotFound:
+            raise JobFailed(INPUT_MISSING, "the staged input is gone (expired or deleted)") from None
+        except objects.DigestMismatch as e:
+            raise JobFailed(INPUT_CORRUPT, str(e)) from e
+        return dest
+
+    async def _store_result(self, job: JobMessage, output: JobOutput) -> None:
+        """Result first, then the event, then (in `settle`) the ack: a node
+        dying anywhere in between leaves the job redeliverable, never lost."""
+        name = names.result_object(job.job_id, job.attempt)
+        await objects.put_bytes(self.js, names.files_bucket(job.owner), name, output.result.model_dump_json().encode())
+        s = output.summary
+        self.metrics.media_seconds.inc(s.duration_s)
+        self.metrics.processing_seconds.inc(s.processing_s)
+        if s.real_time_factor is not None:
+            self.metrics.rtf.observe(s.real_time_factor)
+        await self._event(job, EventType.SUCCEEDED, result_object=name, summary=s)
+
+    async def _keep_lease(self, inflight: InFlight) -> None:
+        """Extend the ack deadline every ack_wait/3 while the job shows life."""
+        every = self._ack_wait_s / 3
+        warned = False
+        while True:
+            await asyncio.sleep(every)
+            if inflight.lease.healthy():
+                try:
+                    await inflight.msg.in_progress()
+                except Exception as e:
+                    log.warning("in_progress for %s failed: %s", inflight.job.job_id, e)
+            elif not warned:
+                warned = True
+                log.error(
+                    "job %s made no progress for %.0fs; letting its lease expire so it falls back",
+                    inflight.job.job_id, self.job_deadline_s,
+                )
+
+    # -- reporting -----------------------------------------------------------
+
+    def _progress_event(self, inflight: InFlight, done_s: float, total_s: float) -> None:
+        t = time.monotonic()
+        if t - inflight.last_progress_event < PROGRESS_EVERY_S or inflight.cancelled.is_set():
+            return
+        inflight.last_progress_event = t
+        frac = min(1.0, done_s / total_s) if total_s > 0 else None
+        job = inflight.job
+        ev = self._make_event(job, EventType.PROGRESS, progress=frac, media_s_done=done_s)
+        # Progress is advisory: a core publish (no PubAck wait) into the stream.
+        asyncio.ensure_future(self.nc.publish(names.event_subject(job.owner, job.job_id), codec.encode(ev)))
+
+    def _make_event(self, job: JobMessage, type_: EventType, **fields) -> JobEvent:
+        return JobEvent(
+            type=type_, job_id=job.job_id, owner=job.owner, attempt=job.attempt,
+            lane=self.lane, node_id=self.node_id, at=now(), **fields,
+        )
+
+    async def _event(self, job: JobMessage, type_: EventType, **fields) -> None:
+        ev = self._make_event(job, type_, **fields)
+        await self.js.publish(names.event_subject(job.owner, job.job_id), codec.encode(ev))
+
+    async def _report(self, job: JobMessage, outcome: str, error: ErrorInfo | None) -> None:
+        await self._event(job, EventType(outcome), error=error)
+
+    # -- registry ------------------------------------------------------------
+
+    async def _beat(self) -> None:
+        await registry.beat(
+            self._nodes_kv,
+            NodeHeartbeat(
+                node_id=self.node_id, owner=self.queue_owner, lane=self.lane,
+                device=self.processor.device, kinds=sorted(self.processor.kinds),
+                models=self.processor.models, capacity=self.capacity, busy=len(self._inflight),
+                last_seen=now(), started_at=self._started_at, metrics_url=self.metrics_url, jobs_done=self.done,
+            ),
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        while not self._stopping.is_set():
+            await asyncio.sleep(self._heartbeat_s)
+            try:
+                await self._beat()
+            except Exception as e:
+                log.warning("heartbeat failed: %s", e)

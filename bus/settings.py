@@ -1,0 +1,70 @@
+"""Typed settings, read once from `GPUBUS_*` environment variables.
+
+Built once at process start and passed in; nothing reads the environment at
+import time. Durations are seconds (floats), sizes say their unit.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GpuMode(StrEnum):
+    OFF = "off"  # never route to GPU
+    OPTIONAL = "optional"  # per job, by its `gpu` flag
+    REQUIRED = "required"  # every GPU-beneficial job asks for GPU
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GPUBUS_", extra="ignore")
+
+    # Where things are
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated")
+    nats_public_url: str | None = Field(None, description="NATS URL(s) handed to remote nodes; default nats_url")
+    gateway_url: str | None = Field(None, description="Gateway base URL, for nodes and the CLI")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("gpubus-data")
+
+    # Identity
+    api_key: SecretStr | None = None
+    admin_token: SecretStr | None = None
+    allow_anonymous: bool = False
+
+    # Routing and retry policy (seconds where a duration)
+    gpu_mode: GpuMode = GpuMode.OPTIONAL
+    gpu_ack_wait: float = Field(30.0, gt=0)
+    gpu_max_deliver: int = Field(1, ge=1)
+    gpu_max_backlog: int = Field(100, ge=0)
+    cpu_ack_wait: float = Field(60.0, gt=0)
+    cpu_max_deliver: int = Field(5, ge=1)
+    job_deadline: float = Field(600.0, gt=0, description="no progress for this long = hung node")
+    registry_ttl: float = Field(10.0, gt=0, description="a node unseen this long is not live")
+    publish_timeout: float = Field(10.0, gt=0, description="how long to retry a publish before 503")
+
+    # Nodes
+    whisper_model: str | None = Field(None, description="model name or path; default: offline tiny.en")
+    node_concurrency: int = Field(1, ge=1)
+    device: str = "auto"
+    compute_type: str | None = None
+    metrics_port: int = Field(0, ge=0, description="0 = pick a free port")
+    enable_noop: bool = Field(False, description="accept the `noop` kind (benchmarks)")
+
+    # Limits and storage
+    max_upload_mb: int = Field(1024, gt=0)
+    replicas: int = Field(1, ge=1, le=5)
+    events_max_age_days: float = 7.0
+    files_ttl_days: float = 7.0
+    allow_private_urls: bool = False
+
+    @property
+    def nats_servers(self) -> list[str]:
+        return [u.strip() for u in self.nats_url.split(",") if u.strip()]
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024

@@ -1,0 +1,144 @@
+"""Streams, consumers and buckets, created idempotently.
+
+Every process calls these at start; two gateways starting at once both
+succeed, because creating a thing that already exists with the same config is
+a no-op in JetStream, and a changed config (say, a new ack_wait) is applied as
+an update.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError
+
+from bus.settings import Settings
+from schemas import names
+from schemas.names import Lane
+
+log = logging.getLogger("gpubus.bus.topology")
+
+DAY_S = 86_400.0
+STREAM_NAME_IN_USE = 10058
+DUPLICATE_WINDOW_S = 120.0
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError as e:
+        if e.err_code != STREAM_NAME_IN_USE:
+            raise
+        log.info("stream %s exists with another config; updating", config.name)
+        await js.update_stream(config)
+
+
+def _jobs_stream(s: Settings) -> StreamConfig:
+    return StreamConfig(
+        name=names.JOBS_STREAM,
+        subjects=[names.JOBS_SUBJECTS],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        num_replicas=s.replicas,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        discard=DiscardPolicy.NEW,
+    )
+
+
+def _events_stream(s: Settings) -> StreamConfig:
+    return StreamConfig(
+        name=names.EVENTS_STREAM,
+        subjects=[names.EVENTS_SUBJECTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=s.replicas,
+        max_age=s.events_max_age_days * DAY_S,
+        duplicate_window=DUPLICATE_WINDOW_S,
+    )
+
+
+def _deadletter_stream(s: Settings) -> StreamConfig:
+    """Captures MAX_DELIVERIES advisories so a fallback survives a gateway
+    restart: core-NATS advisories would be gone if nobody listened."""
+    return StreamConfig(
+        name=names.DEADLETTER_STREAM,
+        subjects=[names.MAX_DELIVERIES_SUBJECTS],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        num_replicas=s.replicas,
+        max_age=s.events_max_age_days * DAY_S,
+    )
+
+
+async def ensure_core(js: JetStreamContext, s: Settings) -> None:
+    """What the gateway side needs before it serves a request."""
+    for cfg in (_jobs_stream(s), _events_stream(s), _deadletter_stream(s)):
+        await ensure_stream(js, cfg)
+    await js.create_key_value(KeyValueConfig(bucket=names.JOBS_BUCKET, history=1, replicas=s.replicas))
+    await js.create_key_value(KeyValueConfig(bucket=names.APIKEYS_BUCKET, history=1, replicas=s.replicas))
+    await js.create_key_value(KeyValueConfig(bucket=names.NODES_BUCKET, history=1, ttl=s.registry_ttl, replicas=s.replicas))
+    await _ensure_consumer(js, names.EVENTS_STREAM, _internal_consumer(names.MATERIALIZER_CONSUMER, names.EVENTS_SUBJECTS, s))
+    await _ensure_consumer(
+        js, names.DEADLETTER_STREAM, _internal_consumer(names.FALLBACK_CONSUMER, names.MAX_DELIVERIES_SUBJECTS, s)
+    )
+    await ensure_lane(js, s, names.SHARED, Lane.CPU)
+
+
+def _internal_consumer(durable: str, subject: str, s: Settings) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=durable,
+        filter_subject=subject,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=30.0,
+        max_deliver=-1,
+        max_ack_pending=10_000,
+        num_replicas=s.replicas,
+    )
+
+
+def lane_consumer_config(s: Settings, queue_owner: str, lane: Lane) -> ConsumerConfig:
+    """Retry policy is data on the server: the GPU lane gives a node
+    `gpu_ack_wait` per lease and `gpu_max_deliver` tries before the
+    MAX_DELIVERIES advisory sends the job to the CPU lane."""
+    gpu = lane is Lane.GPU
+    return ConsumerConfig(
+        durable_name=names.consumer_name(queue_owner, lane),
+        filter_subject=names.lane_filter(queue_owner, lane),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=s.gpu_ack_wait if gpu else s.cpu_ack_wait,
+        max_deliver=s.gpu_max_deliver if gpu else s.cpu_max_deliver,
+        max_ack_pending=1_000,
+        num_replicas=s.replicas,
+    )
+
+
+async def _ensure_consumer(js: JetStreamContext, stream: str, cfg: ConsumerConfig) -> None:
+    await js.add_consumer(stream, cfg)
+
+
+async def ensure_lane(js: JetStreamContext, s: Settings, queue_owner: str, lane: Lane) -> None:
+    await _ensure_consumer(js, names.JOBS_STREAM, lane_consumer_config(s, queue_owner, lane))
+
+
+async def ensure_owner(js: JetStreamContext, s: Settings, owner: str) -> None:
+    """An owner's consumers and file bucket; created by the trusted gateway
+    side (at key creation, node bootstrap or first submit), never by nodes."""
+    names.validate_owner(owner, allow_reserved=owner == names.ANONYMOUS)
+    await js.create_object_store(
+        names.files_bucket(owner), ttl=s.files_ttl_days * DAY_S, replicas=s.replicas, storage=StorageType.FILE
+    )
+    for lane in Lane:
+        await ensure_lane(js, s, owner, lane)

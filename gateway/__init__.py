@@ -1,0 +1,1 @@
+"""The REST gateway: auth, submission, status, results, workers, metrics."""

@@ -1,0 +1,244 @@
+"""Job submission, status, listing and results."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bus import objects
+from gateway import auth, routing
+from gateway.auth import Principal
+from gateway.state import GatewayState
+from gateway.uploads import MultipartToObject
+from schemas import names
+from schemas.errors import Conflict, InvalidInput, UnsupportedMedia
+from schemas.formats import render
+from schemas.jobs import JobRecord, JobStatus, StagedInput, TranscribeOptions, new_job_id, now
+from schemas.names import Kind
+from schemas.results import Transcript
+
+log = logging.getLogger("gpubus.gateway.jobs")
+
+router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+User = Annotated[Principal, Depends(auth.user)]
+
+
+class JsonJobRequest(BaseModel):
+    """A job without an upload: a media URL (or `noop` for benchmarks)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(None, max_length=4096)
+    kind: Kind | None = None
+    gpu: bool = False
+    options: TranscribeOptions = TranscribeOptions()
+
+
+class Accepted(BaseModel):
+    job_id: str
+    status: JobStatus
+    lane: str
+    routed_reason: str
+    status_url: str
+    result_url: str
+
+
+def parse_bool(value: str | None, field: str) -> bool:
+    if value is None or value == "":
+        return False
+    v = value.strip().lower()
+    if v in ("true", "1", "yes", "on"):
+        return True
+    if v in ("false", "0", "no", "off"):
+        return False
+    raise InvalidInput(f"{field}: expected true or false, got {value!r}")
+
+
+def parse_options(raw: str | None) -> TranscribeOptions:
+    if not raw:
+        return TranscribeOptions()
+    try:
+        return TranscribeOptions.model_validate(json.loads(raw))
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"options: not JSON ({e.msg})") from e
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise InvalidInput(f"options.{'.'.join(map(str, first['loc']))}: {first['msg']}") from e
+
+
+def parse_kind(raw: str | None, sniffed: Kind | None) -> Kind:
+    if not raw:
+        return sniffed or Kind.AUDIO
+    try:
+        kind = Kind(raw.strip().lower())
+    except ValueError:
+        raise InvalidInput(f"kind: one of {[k.value for k in Kind if k is not Kind.NOOP]}") from None
+    if kind not in (Kind.AUDIO, Kind.VIDEO):
+        raise InvalidInput(f"kind {kind} does not take a file upload")
+    return kind
+
+
+def job_view(rec: JobRecord) -> dict[str, Any]:
+    body = rec.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"stream_seq"})
+    body["status_url"] = f"/api/v1/jobs/{rec.job_id}"
+    body["result_url"] = f"/api/v1/jobs/{rec.job_id}/result"
+    return body
+
+
+async def enqueue(
+    st: GatewayState,
+    owner: str,
+    job_id: str,
+    kind: Kind,
+    gpu: bool,
+    options: TranscribeOptions,
+    *,
+    staged: StagedInput | None = None,
+    url: str | None = None,
+) -> JobRecord:
+    """Route, record, publish. The record exists before the message, so no
+    event can arrive for a job the materializer does not know."""
+    fleet = routing.Fleet(
+        owner_gpu_live=bool(st.nodes.live(owner=owner, lane=names.Lane.GPU)),
+        owner_cpu_live=bool(st.nodes.live(owner=owner, lane=names.Lane.CPU)),
+        gpu_backlog=0,
+    )
+    wanted, _ = routing.gpu_wanted(kind, gpu, st.settings.gpu_mode)
+    if wanted and fleet.owner_gpu_live:
+        fleet = routing.Fleet(fleet.owner_gpu_live, fleet.owner_cpu_live, await st.gpu_backlog(owner))
+    route = routing.choose(owner, kind, gpu, st.settings.gpu_mode, fleet, st.settings.gpu_max_backlog)
+    t = now()
+    rec = JobRecord(
+        job_id=job_id, owner=owner, queue_owner=route.queue_owner, kind=kind, lane=route.lane,
+        routed_reason=route.reason, created_at=t, updated_at=t, input=staged, url=url, options=options,
+    )
+    await st.jobs.create(rec)
+    try:
+        seq = await st.publisher.publish(rec.to_message())
+    except Exception:
+        await st.jobs.update(owner, job_id, lambda r: _mark_unpublished(r))
+        raise
+    rec = await st.jobs.update(owner, job_id, lambda r: _set_seq(r, seq))
+    st.metrics.jobs_submitted.labels(lane=route.lane.value, kind=kind.value).inc()
+    log.info("job %s owner=%s kind=%s lane=%s reason=%s queued", job_id, owner, kind, route.lane, route.reason)
+    return rec
+
+
+def _set_seq(rec: JobRecord, seq: int) -> JobRecord:
+    rec.stream_seq = seq
+    return rec
+
+
+def _mark_unpublished(rec: JobRecord) -> JobRecord:
+    from schemas.jobs import ErrorInfo
+
+    rec.status = JobStatus.FAILED
+    rec.error = ErrorInfo(code="NOT_QUEUED", message="the bus was unavailable; the job was never queued")
+    return rec
+
+
+def accepted(rec: JobRecord) -> JSONResponse:
+    body = Accepted(
+        job_id=rec.job_id, status=rec.status, lane=rec.lane.value, routed_reason=rec.routed_reason,
+        status_url=f"/api/v1/jobs/{rec.job_id}", result_url=f"/api/v1/jobs/{rec.job_id}/result",
+    )
+    return JSONResponse(body.model_dump(mode="json"), status_code=202, headers={"Location": body.status_url})
+
+
+async def stage_multipart(st: GatewayState, request: Request, owner: str, job_id: str):
+    upload = MultipartToObject(
+        request.headers.get("content-type", ""),
+        lambda filename: objects.ObjectWriter(
+            st.js, names.files_bucket(owner), names.input_object(job_id, filename), max_bytes=st.settings.max_upload_bytes
+        ),
+    )
+    try:
+        form = await upload.run(request.stream())
+        if form.size == 0:
+            raise InvalidInput("the uploaded file is empty")
+        kind = parse_kind(form.fields.get("kind"), form.sniffed_kind)
+        gpu = parse_bool(form.fields.get("gpu"), "gpu")
+        options = parse_options(form.fields.get("options"))
+        assert upload.writer is not None
+        await upload.writer.commit(description=form.content_type)
+    except BaseException:
+        if upload.writer is not None:
+            await upload.writer.abort()
+        raise
+    st.metrics.upload_bytes.inc(form.size)
+    staged = StagedInput(
+        bucket=upload.writer.bucket, object_name=upload.writer.name, filename=form.filename or "upload",
+        size=form.size, sha256=form.sha256, content_type=form.content_type,
+    )
+    return staged, kind, gpu, options
+
+
+@router.post("", status_code=202, response_model=Accepted)
+async def submit(request: Request, principal: User) -> JSONResponse:
+    """Multipart (`file`, `gpu`, `kind`, `options` JSON) or JSON (`url`)."""
+    st: GatewayState = request.app.state.gateway
+    owner = principal.user_id
+    await st.ensure_owner(owner)
+    job_id = new_job_id()
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/"):
+        staged, kind, gpu, options = await stage_multipart(st, request, owner, job_id)
+        rec = await enqueue(st, owner, job_id, kind, gpu, options, staged=staged)
+        return accepted(rec)
+    if ctype.startswith("application/json"):
+        try:
+            req = JsonJobRequest.model_validate_json(await request.body())
+        except ValidationError as e:
+            first = e.errors()[0]
+            raise InvalidInput(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from e
+        kind = req.kind or (Kind.URL if req.url else None)
+        if kind is Kind.NOOP and not st.settings.enable_noop:
+            raise InvalidInput("the noop kind is for benchmarks; enable it with GPUBUS_ENABLE_NOOP=true")
+        if kind is Kind.URL:
+            raise UnsupportedMedia("URL jobs are not enabled on this gateway yet")
+        if kind is not Kind.NOOP:
+            raise InvalidInput("a JSON job needs `url`; upload files as multipart/form-data")
+        rec = await enqueue(st, owner, job_id, kind, req.gpu, req.options, url=req.url)
+        return accepted(rec)
+    raise UnsupportedMedia("send multipart/form-data with a `file` part, or JSON with `url`")
+
+
+@router.get("")
+async def list_jobs(
+    request: Request,
+    principal: User,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    st: GatewayState = request.app.state.gateway
+    recs = await st.jobs.list(principal.user_id)
+    if status is not None:
+        recs = [r for r in recs if r.status == status]
+    recs.sort(key=lambda r: r.created_at, reverse=True)
+    return {"jobs": [job_view(r) for r in recs[:limit]], "total": len(recs)}
+
+
+@router.get("/{job_id}")
+async def get_job(request: Request, job_id: str, principal: User) -> dict[str, Any]:
+    st: GatewayState = request.app.state.gateway
+    rec, _ = await st.jobs.get(principal.user_id, job_id)
+    return job_view(rec)
+
+
+@router.get("/{job_id}/result")
+async def get_result(request: Request, job_id: str, principal: User, format: str = "json") -> Response:
+    st: GatewayState = request.app.state.gateway
+    rec, _ = await st.jobs.get(principal.user_id, job_id)
+    if rec.status != JobStatus.SUCCEEDED or not rec.result_object:
+        detail = f": {rec.error.code}: {rec.error.message}" if rec.error else ""
+        raise Conflict(f"job {job_id} is {rec.status}, no result{detail}")
+    data = await objects.read_bytes(st.js, names.files_bucket(rec.owner), rec.result_object)
+    if rec.kind is Kind.NOOP:
+        return Response(data, media_type="application/json")
+    body, media_type = render(Transcript.model_validate_json(data), format)
+    return Response(body, media_type=media_type)

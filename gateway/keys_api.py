@@ -1,0 +1,105 @@
+"""API keys (admin creates, owners list and revoke) and node bootstrap."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway import auth
+from gateway.auth import Principal
+from gateway.state import GatewayState
+from schemas import names
+from schemas.errors import Forbidden, NotFound
+from schemas.keys import ApiKeyRecord, Role
+from schemas.names import Lane
+
+router = APIRouter(tags=["auth"])
+Admin = Annotated[Principal, Depends(auth.admin)]
+Anyone = Annotated[Principal, Depends(auth.authenticate)]
+
+
+class CreateKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = Field(pattern=names.OWNER_RE.pattern)
+    description: str = Field("", max_length=200)
+    expires_days: float | None = Field(None, gt=0, le=3650)
+    role: Role | None = None
+    roles: list[Role] | None = None
+
+
+class Bootstrap(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lane: Lane
+    shared: bool = False
+
+
+def key_view(rec: ApiKeyRecord) -> dict[str, Any]:
+    return rec.model_dump(mode="json", exclude={"secret_sha256"}, exclude_none=True)
+
+
+def _st(request: Request) -> GatewayState:
+    return request.app.state.gateway
+
+
+@router.post("/api/v1/auth/keys", status_code=201)
+async def create_key(request: Request, body: CreateKey, _: Admin) -> JSONResponse:
+    st = _st(request)
+    roles = body.roles or [body.role or Role.USER]
+    full, rec = await st.keys.create(body.user_id, roles, description=body.description, expires_days=body.expires_days)
+    await st.ensure_owner(body.user_id)
+    out = {"api_key": full, "key_id": rec.key_id, "user_id": rec.user_id, "roles": rec.roles,
+           "role": rec.roles[0] if len(rec.roles) == 1 else ",".join(rec.roles), "expires_at": rec.expires_at}
+    return JSONResponse(out, status_code=201)
+
+
+@router.get("/api/v1/auth/keys")
+async def list_keys(request: Request, p: Anyone) -> dict[str, Any]:
+    recs = await _st(request).keys.list(None if p.admin else p.user_id)
+    return {"keys": [key_view(r) for r in recs]}
+
+
+@router.delete("/api/v1/auth/keys/{key_id}")
+async def revoke_key(request: Request, key_id: str, p: Anyone) -> dict[str, Any]:
+    st = _st(request)
+    rec = await st.keys.get(key_id)
+    if not p.admin and rec.user_id != p.user_id:
+        raise NotFound(f"no key {key_id}")
+    return key_view(await st.keys.revoke(key_id))
+
+
+@router.post("/api/v1/auth/validate-key")
+async def validate_key(p: Anyone) -> dict[str, Any]:
+    return {"valid": True, "user_id": p.user_id, "roles": sorted(p.roles), "admin": p.admin, "key_id": p.key_id}
+
+
+@router.post("/api/v1/nodes/bootstrap")
+async def bootstrap_node(request: Request, body: Bootstrap, p: Anyone) -> dict[str, Any]:
+    """A node learns its queue from its credentials: a key with the `node`
+    role runs its owner's lanes; the service identity runs the shared pool."""
+    st = _st(request)
+    if body.shared:
+        if not p.admin:
+            raise Forbidden("a shared-pool node runs with the service identity (GPUBUS_ADMIN_TOKEN)")
+        if body.lane is not Lane.CPU:
+            raise Forbidden("the shared pool is CPU only")
+        queue_owner = names.SHARED
+    else:
+        if p.admin:
+            raise Forbidden("a user's node runs with that user's key (role `node`)")
+        if Role.NODE not in p.roles:
+            raise Forbidden("this key has no `node` role; create one with `gpubus keys create USER --role node`")
+        queue_owner = p.user_id
+        await st.ensure_owner(queue_owner)
+    public = st.settings.nats_public_url or st.settings.nats_url
+    return {
+        "queue_owner": queue_owner,
+        "lane": body.lane.value,
+        "consumer": names.consumer_name(queue_owner, body.lane),
+        "nats_servers": [u.strip() for u in public.split(",") if u.strip()],
+        "nats_auth": {},
+    }

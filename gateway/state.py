@@ -1,0 +1,89 @@
+"""Everything a gateway process holds: one NATS connection and the stores,
+publisher, live node view, materializer and metrics built on it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from prometheus_client import CollectorRegistry
+
+from bus import topology
+from bus.connection import connect
+from bus.jobstore import JobStore
+from bus.keystore import KeyStore
+from bus.materializer import Materializer
+from bus.metrics import GatewayMetrics
+from bus.publisher import JobPublisher
+from bus.registry import LiveNodes
+from bus.settings import Settings
+from schemas import names
+from schemas.names import Lane
+
+log = logging.getLogger("gpubus.gateway.state")
+
+BACKLOG_CACHE_S = 1.0
+
+
+class GatewayState:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = GatewayMetrics(self.registry)
+        self.nc: NatsClient | None = None
+        self.js: JetStreamContext | None = None
+        self.jobs: JobStore
+        self.keys: KeyStore
+        self.publisher: JobPublisher
+        self.nodes: LiveNodes
+        self.materializer: Materializer
+        self.ready = False
+        self._owners_ready: set[str] = set()
+        self._owner_lock = asyncio.Lock()
+        self._backlog: dict[str, tuple[float, int]] = {}
+
+    async def start(self) -> None:
+        s = self.settings
+        self.nc = await connect(s.nats_servers, name="gpubus-gateway")
+        self.js = self.nc.jetstream()
+        await topology.ensure_core(self.js, s)
+        self.jobs = JobStore(await self.js.key_value(names.JOBS_BUCKET))
+        self.keys = KeyStore(await self.js.key_value(names.APIKEYS_BUCKET))
+        self.publisher = JobPublisher(self.js, give_up_after_s=s.publish_timeout)
+        self.nodes = LiveNodes(await self.js.key_value(names.NODES_BUCKET), ttl_s=s.registry_ttl)
+        await self.nodes.start()
+        self.materializer = Materializer(self.js, self.jobs, self.metrics)
+        await self.materializer.start()
+        self.ready = True
+        log.info("gateway connected to %s; topology ready", ",".join(s.nats_servers))
+
+    async def stop(self) -> None:
+        self.ready = False
+        for part in ("materializer", "nodes"):
+            if hasattr(self, part):
+                await getattr(self, part).stop()
+        if self.nc and not self.nc.is_closed:
+            await self.nc.drain()
+
+    async def ensure_owner(self, owner: str) -> None:
+        """Create the owner's bucket and consumers once per process."""
+        if owner in self._owners_ready:
+            return
+        async with self._owner_lock:
+            if owner not in self._owners_ready:
+                await topology.ensure_owner(self.js, self.settings, owner)
+                self._owners_ready.add(owner)
+
+    async def gpu_backlog(self, owner: str) -> int:
+        """Pending + unacked on the owner's GPU lane, cached briefly so a burst
+        of submissions does not become a burst of consumer-info requests."""
+        cached = self._backlog.get(owner)
+        if cached and time.monotonic() - cached[0] < BACKLOG_CACHE_S:
+            return cached[1]
+        info = await self.js.consumer_info(names.JOBS_STREAM, names.consumer_name(owner, Lane.GPU))
+        backlog = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        self._backlog[owner] = (time.monotonic(), backlog)
+        return backlog

@@ -1,0 +1,1 @@
+"""The GPU node profile: CUDA device selection and the fast Whisper engine."""

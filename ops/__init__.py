@@ -1,0 +1,1 @@
+"""The `gpubus` CLI, the embedded NATS server launcher, and deploy files."""

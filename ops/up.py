@@ -1,0 +1,104 @@
+"""`gpubus up`: the whole system on one machine, in one process.
+
+An embedded nats-server (subprocess), the gateway, a shared CPU node, and a
+GPU node for the local user when CUDA is present. Prints the gateway URL and
+a fresh API key, and writes `<data-dir>/up.json` for scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+from pathlib import Path
+
+import uvicorn
+from pydantic import SecretStr
+
+from bus.node_host import start_node
+from bus.settings import Settings
+from cpu_node.main import make_processor as make_cpu
+from gateway.app import create_app
+from gpu_node import device
+from gpu_node.main import make_processor as make_gpu
+from ops.embedded_nats import NatsServer
+from schemas.keys import Role
+from schemas.names import Lane
+
+log = logging.getLogger("gpubus.ops.up")
+
+LOCAL_USER = "local"
+
+
+class _Server(uvicorn.Server):
+    """Signals are ours: we stop nodes and NATS in order after the gateway."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+def admin_token(data_dir: Path, settings: Settings) -> str:
+    if settings.admin_token is not None:
+        return settings.admin_token.get_secret_value()
+    path = data_dir / "admin_token"
+    if path.exists():
+        return path.read_text().strip()
+    token = "adm_" + secrets.token_urlsafe(32)
+    path.write_text(token)
+    path.chmod(0o600)
+    return token
+
+
+async def run(settings: Settings, *, nats_port: int) -> None:
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    token = admin_token(data_dir, settings)
+    nats = NatsServer(store_dir=data_dir / "nats", port=nats_port, host="127.0.0.1").start()
+    gateway_url = f"http://{settings.host}:{settings.port}"
+    settings = settings.model_copy(
+        update={"nats_url": nats.url, "admin_token": SecretStr(token), "gateway_url": gateway_url}
+    )
+    app = create_app(settings)
+    server = _Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", lifespan="on"))
+    serve = asyncio.create_task(server.serve())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    nodes = []
+    try:
+        while not server.started:
+            if serve.done():
+                await serve  # raises why it could not start
+                return
+            await asyncio.sleep(0.05)
+        full_key, _ = await app.state.gateway.keys.create(
+            LOCAL_USER, [Role.USER, Role.NODE], description="created by gpubus up"
+        )
+        nodes.append(await start_node(settings, Lane.CPU, lambda nid: make_cpu(settings, nid), shared=True, handle_signals=False))
+        if device.cuda_device_count() > 0:
+            gpu_settings = settings.model_copy(update={"api_key": SecretStr(full_key), "device": "cuda"})
+            nodes.append(await start_node(gpu_settings, Lane.GPU, lambda nid: make_gpu(gpu_settings, nid), handle_signals=False))
+        info = {"gateway_url": gateway_url, "nats_url": nats.url, "api_key": full_key, "admin_token": token, "user_id": LOCAL_USER}
+        up_json = data_dir / "up.json"
+        up_json.write_text(json.dumps(info, indent=2))
+        up_json.chmod(0o600)
+        print(f"gpubus is up\n  gateway: {gateway_url}\n  api key: {full_key}  (user {LOCAL_USER})\n"
+              f"  nats:    {nats.url}\n  nodes:   {', '.join(n.node_id for n in nodes)}\n  details: {up_json}", flush=True)
+        await stop.wait()
+    finally:
+        # Order: nodes drain first (while gateway and NATS are up), then the
+        # gateway finishes its requests, then NATS stops.
+        for node in nodes:
+            await node.close()
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await serve
+        nats.stop()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(data_dir / "up.json")

@@ -1,0 +1,1 @@
+"""The media work, independent of NATS: models, decoding, transcription."""

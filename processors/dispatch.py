@@ -1,0 +1,33 @@
+"""One processor per kind, behind the single `Processor` a node runs."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from schemas.errors import JobFailed
+from schemas.jobs import JobMessage
+from schemas.processing import JobOutput, Processor, ProgressFn
+
+UNSUPPORTED_KIND = "UNSUPPORTED_KIND"
+
+
+class ByKind:
+    def __init__(self, processors: list[Processor], *, device: str, load_seconds: float | None = None) -> None:
+        self.device = device
+        self.load_seconds = load_seconds
+        self._by_kind: dict[str, Processor] = {k: p for p in processors for k in p.kinds}
+        self.kinds = frozenset(self._by_kind)
+        self._processors = processors
+
+    @property
+    def models(self) -> list[str]:
+        return sorted({m for p in self._processors for m in p.models})
+
+    def run(
+        self, job: JobMessage, input_path: Path | None, work_dir: Path, progress: ProgressFn, cancelled: threading.Event
+    ) -> JobOutput:
+        proc = self._by_kind.get(job.kind.value)
+        if proc is None:
+            raise JobFailed(UNSUPPORTED_KIND, f"this node does not process {job.kind} jobs")
+        return proc.run(job, input_path, work_dir, progress, cancelled)

@@ -1,0 +1,17 @@
+"""Building a node's processor set from plain settings values."""
+
+from __future__ import annotations
+
+from processors.dispatch import ByKind
+from processors.noop import NoopProcessor
+from processors.transcription import TranscriptionProcessor
+from processors.whisper_engine import EngineConfig, WhisperEngine
+from schemas.processing import Processor
+
+
+def build(cfg: EngineConfig, *, node_id: str, enable_noop: bool) -> ByKind:
+    engine = WhisperEngine(cfg)
+    procs: list[Processor] = [TranscriptionProcessor(engine, node_id=node_id)]
+    if enable_noop:
+        procs.append(NoopProcessor(cfg.device))
+    return ByKind(procs, device=cfg.device, load_seconds=engine.load_seconds)

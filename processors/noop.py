@@ -1,0 +1,30 @@
+"""The `noop` kind: returns at once, so benchmarks measure the bus alone."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from schemas.jobs import JobMessage, ResultSummary
+from schemas.names import Kind
+from schemas.processing import JobOutput, ProgressFn
+
+
+class NoopResult(BaseModel):
+    job_id: str
+    echo: str | None = None
+
+
+class NoopProcessor:
+    kinds = frozenset({Kind.NOOP.value})
+    models: list[str] = []
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
+
+    def run(
+        self, job: JobMessage, input_path: Path | None, work_dir: Path, progress: ProgressFn, cancelled: threading.Event
+    ) -> JobOutput:
+        return JobOutput(result=NoopResult(job_id=job.job_id, echo=job.url), summary=ResultSummary())

@@ -1,0 +1,58 @@
+"""Audio and video jobs: decode, transcribe, summarise."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from processors import audio_decode
+from processors.whisper_engine import WhisperEngine
+from schemas.errors import INPUT_MISSING, JobFailed
+from schemas.jobs import JobMessage, ResultSummary
+from schemas.names import Kind
+from schemas.processing import JobOutput, ProgressFn
+
+
+class TranscriptionProcessor:
+    kinds = frozenset({Kind.AUDIO.value, Kind.VIDEO.value})
+
+    def __init__(self, engine: WhisperEngine, *, node_id: str) -> None:
+        self.engine = engine
+        self.node_id = node_id
+        self.device = engine.cfg.device
+
+    @property
+    def models(self) -> list[str]:
+        return [self.engine.model_name]
+
+    def run(
+        self,
+        job: JobMessage,
+        input_path: Path | None,
+        work_dir: Path,
+        progress: ProgressFn,
+        cancelled: threading.Event,
+    ) -> JobOutput:
+        if input_path is None:
+            raise JobFailed(INPUT_MISSING, f"a {job.kind} job needs a staged file")
+        t0 = time.monotonic()
+        audio = audio_decode.decode(input_path)
+        progress(0.0, len(audio) / audio_decode.SAMPLE_RATE)
+        transcript = self.engine.transcribe(audio, job.options, on_segment=progress, cancelled=cancelled)
+        elapsed = time.monotonic() - t0
+        rtf = elapsed / transcript.duration if transcript.duration > 0 else None
+        transcript.node_id = self.node_id
+        transcript.processing_s = round(elapsed, 3)
+        transcript.real_time_factor = round(rtf, 4) if rtf is not None else None
+        return JobOutput(
+            result=transcript,
+            summary=ResultSummary(
+                duration_s=transcript.duration,
+                processing_s=elapsed,
+                language=transcript.language,
+                device=self.device,
+                model=self.engine.model_name,
+                real_time_factor=rtf,
+            ),
+        )

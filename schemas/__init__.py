@@ -1,0 +1,1 @@
+"""Wire contracts of gpubus: models, codec, names. Imports nothing else of ours."""

@@ -1,0 +1,46 @@
+"""Lifecycle events nodes publish to `events.<owner>.<job_id>`.
+
+Nodes never write job records: they only report. The gateway side folds these
+events into records (the materializer), so an untrusted node can lie only about
+its own job, never about another user's.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+from schemas.jobs import SCHEMA_VERSION, ErrorInfo, ResultSummary
+from schemas.names import Lane
+
+
+class EventType(StrEnum):
+    STARTED = "started"
+    PROGRESS = "progress"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_EVENTS = frozenset({EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELLED})
+
+
+class JobEvent(BaseModel):
+    v: int = SCHEMA_VERSION
+    type: EventType
+    job_id: str
+    owner: str
+    attempt: int = Field(ge=1)
+    lane: Lane
+    node_id: str
+    at: float
+    progress: float | None = Field(None, ge=0.0, le=1.0)
+    media_s_done: float | None = None
+    result_object: str | None = None
+    summary: ResultSummary | None = None
+    error: ErrorInfo | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_EVENTS

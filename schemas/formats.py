@@ -1,0 +1,78 @@
+"""Render a stored transcript as text, SRT, WebVTT, JSON or Markdown.
+
+Pure functions of the transcript, so the gateway renders every format from the
+one stored JSON and nodes never store more than one copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from schemas.errors import InvalidInput
+from schemas.results import Transcript
+
+MEDIA_TYPES = {
+    "json": "application/json",
+    "text": "text/plain; charset=utf-8",
+    "txt": "text/plain; charset=utf-8",
+    "srt": "application/x-subrip; charset=utf-8",
+    "vtt": "text/vtt; charset=utf-8",
+    "md": "text/markdown; charset=utf-8",
+}
+
+
+def _timestamp(seconds: float, sep: str) -> str:
+    ms = max(0, round(seconds * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+
+
+def to_text(t: Transcript) -> str:
+    return t.text.strip() + "\n"
+
+
+def to_srt(t: Transcript) -> str:
+    blocks = [
+        f"{i}\n{_timestamp(s.start, ',')} --> {_timestamp(s.end, ',')}\n{s.text.strip()}\n"
+        for i, s in enumerate(t.segments, start=1)
+    ]
+    return "\n".join(blocks)
+
+
+def to_vtt(t: Transcript) -> str:
+    blocks = [f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{s.text.strip()}\n" for s in t.segments]
+    return "WEBVTT\n\n" + "\n".join(blocks)
+
+
+def to_json(t: Transcript) -> str:
+    return t.model_dump_json(exclude_none=True)
+
+
+def to_markdown(t: Transcript) -> str:
+    facts = [f"- duration: {t.duration:.1f} s"]
+    if t.language:
+        facts.append(f"- language: {t.language}")
+    if t.model:
+        facts.append(f"- model: {t.model} on {t.device or '?'}")
+    lines = [f"**[{_timestamp(s.start, '.')[:8]}]** {s.text.strip()}" for s in t.segments]
+    return "# Transcript\n\n" + "\n".join(facts) + "\n\n" + "\n\n".join(lines) + "\n"
+
+
+RENDERERS: dict[str, Callable[[Transcript], str]] = {
+    "json": to_json,
+    "text": to_text,
+    "txt": to_text,
+    "srt": to_srt,
+    "vtt": to_vtt,
+    "md": to_markdown,
+}
+
+
+def render(t: Transcript, fmt: str) -> tuple[str, str]:
+    """Returns (body, media type)."""
+    try:
+        return RENDERERS[fmt](t), MEDIA_TYPES[fmt]
+    except KeyError:
+        raise InvalidInput(f"unknown format {fmt!r}; use one of {sorted(RENDERERS)}") from None

@@ -1,0 +1,147 @@
+"""Jobs on the wire (`JobMessage`) and at rest (`JobRecord`)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.names import Kind, Lane
+
+SCHEMA_VERSION = 1
+JOB_ID_BYTES = 16  # 128 random bits: job ids are unguessable
+
+
+def new_job_id() -> str:
+    return "j" + secrets.token_hex(JOB_ID_BYTES)
+
+
+def now() -> float:
+    return time.time()
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class TranscribeOptions(BaseModel):
+    """Options a client may set; unknown keys are an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    language: str | None = Field(None, min_length=2, max_length=8, pattern=r"^[a-zA-Z-]+$")
+    task: Literal["transcribe", "translate"] = "transcribe"
+    word_timestamps: bool = False
+    vad_filter: bool = False
+    initial_prompt: str | None = Field(None, max_length=2000)
+    model: str | None = Field(None, max_length=200)
+    beam_size: int = Field(1, ge=1, le=10)
+    temperature: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class StagedInput(BaseModel):
+    """A file staged in the owner's object store bucket by the gateway."""
+
+    bucket: str
+    object_name: str
+    filename: str
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    content_type: str = "application/octet-stream"
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class Fallback(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_lane: Lane = Field(alias="from")
+    reason: str
+    at: float
+
+
+class JobMessage(BaseModel):
+    """What a node pulls. Everything it needs, nothing it may not see."""
+
+    v: int = SCHEMA_VERSION
+    job_id: str = Field(pattern=r"^j[0-9a-f]{32}$")
+    owner: str
+    queue_owner: str  # the owner, or `shared` for the shared CPU pool
+    lane: Lane
+    kind: Kind
+    attempt: int = Field(ge=1)
+    input: StagedInput | None = None
+    url: str | None = None
+    options: TranscribeOptions = TranscribeOptions()
+    submitted_at: float
+
+
+class ResultSummary(BaseModel):
+    """Small facts about a result, kept in the job record for listings."""
+
+    duration_s: float = 0.0
+    processing_s: float = 0.0
+    language: str | None = None
+    device: str | None = None
+    model: str | None = None
+    real_time_factor: float | None = None
+
+
+class JobRecord(BaseModel):
+    """The job as the owner sees it; written only by the gateway side."""
+
+    v: int = SCHEMA_VERSION
+    job_id: str
+    owner: str
+    queue_owner: str
+    kind: Kind
+    lane: Lane
+    status: JobStatus = JobStatus.QUEUED
+    routed_reason: str
+    attempts: int = 1
+    node_id: str | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float
+    input: StagedInput | None = None
+    url: str | None = None
+    options: TranscribeOptions = TranscribeOptions()
+    error: ErrorInfo | None = None
+    result_object: str | None = None
+    summary: ResultSummary | None = None
+    progress: float = 0.0
+    fallback: Fallback | None = None
+    stream_seq: int | None = None
+    late_completions: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def to_message(self) -> JobMessage:
+        return JobMessage(
+            job_id=self.job_id,
+            owner=self.owner,
+            queue_owner=self.queue_owner,
+            lane=self.lane,
+            kind=self.kind,
+            attempt=self.attempts,
+            input=self.input,
+            url=self.url,
+            options=self.options,
+            submitted_at=self.created_at,
+        )

@@ -1,0 +1,106 @@
+"""Every stream, consumer, bucket, subject and object name, in one place.
+
+Operators type these names into the `nats` CLI, and nodes get NATS permissions
+scoped to them, so they are part of the public contract: change them only with
+a migration.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+from schemas.errors import InvalidInput
+
+OWNER_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+SHARED = "shared"
+ANONYMOUS = "anonymous"
+RESERVED_OWNERS = frozenset({SHARED, ANONYMOUS})
+
+JOBS_STREAM = "JOBS"
+EVENTS_STREAM = "EVENTS"
+DEADLETTER_STREAM = "DEADLETTER"
+JOBS_BUCKET = "jobs"
+APIKEYS_BUCKET = "apikeys"
+NODES_BUCKET = "nodes"
+MATERIALIZER_CONSUMER = "materializer"
+FALLBACK_CONSUMER = "fallback_router"
+
+JOBS_SUBJECTS = "jobs.>"
+EVENTS_SUBJECTS = "events.>"
+MAX_DELIVERIES_SUBJECTS = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.>"
+
+
+class Lane(StrEnum):
+    GPU = "gpu"
+    CPU = "cpu"
+
+
+class Kind(StrEnum):
+    AUDIO = "audio"
+    VIDEO = "video"
+    URL = "url"
+    NOOP = "noop"  # benchmarks only: measures the bus, not the model
+
+
+GPU_KINDS = frozenset({Kind.AUDIO, Kind.VIDEO, Kind.URL})
+
+
+def validate_owner(owner: str, *, allow_reserved: bool = False) -> str:
+    """Owner ids become subject tokens and bucket names, so they are checked
+    before anything is built from them (a `.` or `>` would widen a filter)."""
+    if not OWNER_RE.fullmatch(owner or ""):
+        raise InvalidInput(f"owner id must match {OWNER_RE.pattern}")
+    if owner in RESERVED_OWNERS and not allow_reserved:
+        raise InvalidInput(f"owner id {owner!r} is reserved")
+    return owner
+
+
+def job_subject(queue_owner: str, lane: Lane, kind: Kind) -> str:
+    """`queue_owner` is the job's owner, or `shared` for the shared pool."""
+    return f"jobs.{queue_owner}.{lane}.{kind}"
+
+
+def lane_filter(queue_owner: str, lane: Lane) -> str:
+    return f"jobs.{queue_owner}.{lane}.>"
+
+
+def consumer_name(queue_owner: str, lane: Lane) -> str:
+    return f"{lane}_{queue_owner}"
+
+
+def event_subject(owner: str, job_id: str) -> str:
+    return f"events.{owner}.{job_id}"
+
+
+def cancel_subject(owner: str) -> str:
+    """Core NATS (not JetStream): a cancel only matters to a node working now."""
+    return f"ctl.{owner}.cancel"
+
+
+def files_bucket(owner: str) -> str:
+    return f"files-{owner}"
+
+
+def job_key(owner: str, job_id: str) -> str:
+    return f"{owner}.{job_id}"
+
+
+def node_key(owner: str, lane: Lane, node_id: str) -> str:
+    return f"{owner}.{lane}.{node_id}"
+
+
+def input_object(job_id: str, filename: str) -> str:
+    return f"in/{job_id}/{filename}"
+
+
+def result_object(job_id: str, attempt: int) -> str:
+    """One object per attempt: a late node finishing an attempt that already
+    fell back must not overwrite the result the user was shown."""
+    return f"out/{job_id}/{attempt}.json"
+
+
+def msg_id(job_id: str, lane: Lane, attempt: int) -> str:
+    """`Nats-Msg-Id`: a retried publish of the same attempt is dropped by the
+    stream's duplicate window."""
+    return f"{job_id}.{lane}.{attempt}"

@@ -1,0 +1,45 @@
+"""The contract between the node runtime (bus) and the media work
+(processors): neither imports the other, both import this."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from schemas.jobs import JobMessage, ResultSummary
+
+
+class ProgressFn(Protocol):
+    def __call__(self, media_s_done: float, media_s_total: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class JobOutput:
+    result: BaseModel  # stored as JSON in the owner's bucket
+    summary: ResultSummary
+
+
+class Processor(Protocol):
+    """Runs one job in a worker thread. Raises `JobFailed` for bad input,
+    `JobRetryable` for transient trouble, `JobCancelled` when `cancelled`
+    was set. Calls `progress` as it goes: that is also the node's proof of
+    life, so a job that stops calling it past the deadline falls back."""
+
+    device: str
+    kinds: frozenset[str]
+
+    @property
+    def models(self) -> list[str]: ...
+
+    def run(
+        self,
+        job: JobMessage,
+        input_path: Path | None,
+        work_dir: Path,
+        progress: ProgressFn,
+        cancelled: threading.Event,
+    ) -> JobOutput: ...

@@ -1,0 +1,62 @@
+"""Fixtures: a real nats-server per session (and per test where a test breaks
+it), a gateway process, a shared CPU node. Each test uses its own user, so
+queues never mix."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ops.embedded_nats import NatsServer
+from tests.harness import Gateway, Proc, start_node
+
+_users = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("gpubus")
+
+
+@pytest.fixture(scope="session")
+def nats_server(workdir: Path) -> Iterator[NatsServer]:
+    server = NatsServer(store_dir=workdir / "nats").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(nats_server: NatsServer, workdir: Path) -> Iterator[Gateway]:
+    gw = Gateway(nats_server.url, workdir, settings={"gpu_ack_wait": 3, "max_upload_mb": 8}).start()
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_cpu_node(gateway: Gateway) -> Iterator[Proc]:
+    node = start_node(gateway, "cpu", shared=True, name="shared-cpu")
+    yield node
+    node.stop()
+
+
+@pytest.fixture
+def user(request) -> str:
+    """A fresh user id per test."""
+    base = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    return f"u{next(_users)}-{base}"
+
+
+@pytest.fixture
+def fresh_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A server of the test's own, for tests that kill or restart it."""
+    server = NatsServer(store_dir=tmp_path / "nats").start()
+    yield server
+    server.stop()
+
+
+def pytest_report_header(config) -> str:
+    return f"gpubus tests; GPUBUS_TESTDATA={os.environ.get('GPUBUS_TESTDATA', 'auto')}"

@@ -1,0 +1,185 @@
+"""Real processes for tests: gateways and nodes started as `gpubus ...`
+subprocesses against a real nats-server, so fault tests can kill them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ops.embedded_nats import free_port
+
+TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
+if not TESTDATA.is_dir():  # a fresh clone has shared/ beside the repo
+    TESTDATA = Path(os.environ.get("GPUBUS_TESTDATA", "../shared/testdata")).resolve()
+ADMIN_TOKEN = "adm_test_token_0123456789"
+
+
+def expected_text(name: str) -> str:
+    return (TESTDATA / f"{name}.txt").read_text().strip()
+
+
+def words(text: str) -> set[str]:
+    return {w.strip(".,!?'\"").lower() for w in text.split() if w.strip(".,!?'\"")}
+
+
+@dataclass
+class Proc:
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> Proc:
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ops.cli", *self.args],
+            env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        if self.proc:
+            self.proc.wait(10)
+
+    def stop(self, timeout_s: float = 15) -> int | None:
+        if not self.alive():
+            return self.proc.returncode if self.proc else None
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def base_env(nats_url: str, **extra: Any) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUBUS_")}
+    env.update(
+        GPUBUS_NATS_URL=nats_url,
+        GPUBUS_ADMIN_TOKEN=ADMIN_TOKEN,
+        GPUBUS_REGISTRY_TTL="3",
+        GPUBUS_LOG_FORMAT="json",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update({f"GPUBUS_{k.upper()}": str(v) for k, v in extra.items()})
+    return env
+
+
+@dataclass
+class Gateway:
+    nats_url: str
+    workdir: Path
+    settings: dict[str, Any] = field(default_factory=dict)
+    port: int = 0
+    proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Gateway:
+        self.port = self.port or free_port()
+        env = base_env(self.nats_url, port=self.port, host="127.0.0.1", **self.settings)
+        self.proc = Proc(["gateway"], env, self.workdir / f"gateway-{self.port}.log").start()
+        wait_until(lambda: _ready(self.url), timeout_s=30, what=f"gateway {self.url} ready", proc=self.proc)
+        return self
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
+
+    def client(self, key: str | None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+    def create_key(self, user: str, roles: tuple[str, ...] = ("user", "node"), **body: Any) -> str:
+        with self.admin() as c:
+            r = c.post("/api/v1/auth/keys", json={"user_id": user, "roles": list(roles), **body})
+            assert r.status_code == 201, r.text
+            return r.json()["api_key"]
+
+    def live_nodes(self) -> list[dict[str, Any]]:
+        with self.admin() as c:
+            return c.get("/api/v1/status/workers").json()["nodes"]
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/ready", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start_node(
+    gw: Gateway, kind: str, *, key: str | None = None, shared: bool = False, name: str = "node", **settings: Any
+) -> Proc:
+    """`kind` is "gpu" (run with --device cpu: no GPU here) or "cpu"."""
+    args = ["gpu-node", "--device", "cpu"] if kind == "gpu" else ["cpu-node"]
+    if shared:
+        args.append("--shared")
+    env = base_env(gw.nats_url, gateway_url=gw.url, **settings)
+    if key:
+        env["GPUBUS_API_KEY"] = key
+    before = {n["node_id"] for n in gw.live_nodes()}
+    proc = Proc(args, env, gw.workdir / f"{name}-{free_port()}.log").start()
+    wait_until(
+        lambda: any(n["node_id"] not in before for n in gw.live_nodes()),
+        timeout_s=60, what=f"{kind} node registered", proc=proc,
+    )
+    return proc
+
+
+def wait_until(pred, *, timeout_s: float, what: str, interval_s: float = 0.1, proc: Proc | None = None):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        if proc is not None and not proc.alive():
+            raise AssertionError(f"process died waiting for {what}:\n{proc.log()[-3000:]}")
+        time.sleep(interval_s)
+    tail = f"\n{proc.log()[-3000:]}" if proc else ""
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{tail}")
+
+
+def submit_file(c: httpx.Client, path: Path, *, gpu: bool = False, **fields: str) -> dict[str, Any]:
+    with path.open("rb") as f:
+        r = c.post("/api/v1/jobs", files={"file": (path.name, f)}, data={"gpu": str(gpu).lower(), **fields})
+    assert r.status_code == 202, r.text
+    return r.json()
+
+
+def wait_job(c: httpx.Client, job_id: str, *, timeout_s: float = 60, statuses=("succeeded", "failed", "cancelled")):
+    def done():
+        j = c.get(f"/api/v1/jobs/{job_id}").json()
+        return j if j["status"] in statuses else None
+
+    return wait_until(done, timeout_s=timeout_s, what=f"job {job_id} in {statuses}", interval_s=0.1)
