@@ -36,3 +36,17 @@ async def connect(servers: list[str], *, name: str, **auth: Any) -> NatsClient:
         reconnected_cb=on_reconnect,
         **{k: v for k, v in auth.items() if v is not None},
     )
+
+
+async def close(nc: NatsClient, *, flush_timeout_s: float = 5.0) -> None:
+    """Flush what we published, then close. Not `drain()`: nats-py's drain
+    waits on pull subscriptions' unconsumed status messages and times out
+    (30 s) on every shutdown; our callers have already settled their work."""
+    if nc.is_closed:
+        return
+    try:
+        if nc.is_connected:
+            await nc.flush(timeout=flush_timeout_s)
+    except Exception as e:
+        log.warning("flush before close failed: %s", e)
+    await nc.close()

@@ -24,7 +24,7 @@ from pathlib import Path
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from bus import objects, registry
+from bus import connection, objects, registry
 from bus.acking import settle
 from bus.metrics import NodeMetrics
 from bus.pulling import next_batch
@@ -181,8 +181,7 @@ class NodeRuntime:
 
     async def close(self) -> None:
         await self.stop()
-        if not self.nc.is_closed:
-            await self.nc.drain()
+        await connection.close(self.nc)
 
     # -- pulling -------------------------------------------------------------
 

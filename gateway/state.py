@@ -12,7 +12,7 @@ from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry
 
 from bus import topology
-from bus.connection import connect
+from bus.connection import close, connect
 from bus.jobstore import JobStore
 from bus.keystore import KeyStore
 from bus.materializer import Materializer
@@ -65,8 +65,8 @@ class GatewayState:
         for part in ("materializer", "nodes"):
             if hasattr(self, part):
                 await getattr(self, part).stop()
-        if self.nc and not self.nc.is_closed:
-            await self.nc.drain()
+        if self.nc:
+            await close(self.nc)
 
     async def ensure_owner(self, owner: str) -> None:
         """Create the owner's bucket and consumers once per process."""

@@ -10,6 +10,9 @@ import numpy as np
 from schemas.errors import DECODE_FAILED, NO_AUDIO_TRACK, JobFailed
 
 SAMPLE_RATE = 16_000
+# FFmpeg's last-resort demuxers: they "open" any bytes as text art, so a file
+# they claim is not media at all (rather than a video without sound).
+TEXT_ART_FORMATS = frozenset({"bin", "tty", "ansi", "xbin", "idf", "adf", "data"})
 
 
 def decode(path: Path) -> np.ndarray:
@@ -19,7 +22,9 @@ def decode(path: Path) -> np.ndarray:
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
             if not container.streams.audio:
-                kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
+                kinds = ", ".join(sorted({s.type for s in container.streams}))
+                if not kinds or container.format.name in TEXT_ART_FORMATS:
+                    raise JobFailed(DECODE_FAILED, f"not a media file: no streams found ({container.format.name})")
                 raise JobFailed(NO_AUDIO_TRACK, f"the file has no audio track (streams: {kinds})")
     except JobFailed:
         raise

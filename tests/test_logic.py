@@ -1,0 +1,78 @@
+"""Routing and the materializer's fold: pure decisions, every branch."""
+
+from __future__ import annotations
+
+import pytest
+
+from bus.materializer import fold
+from bus.settings import GpuMode
+from gateway.routing import Fleet, choose
+from schemas.events import EventType, JobEvent
+from schemas.jobs import ErrorInfo, JobRecord, JobStatus
+from schemas.names import SHARED, Kind, Lane
+
+LIVE = Fleet(owner_gpu_live=True, owner_cpu_live=False, gpu_backlog=0)
+
+
+@pytest.mark.parametrize(
+    "kind,requested,mode,fleet,lane,queue,reason",
+    [
+        (Kind.AUDIO, True, GpuMode.OPTIONAL, LIVE, Lane.GPU, "alice", "gpu_requested"),
+        (Kind.AUDIO, False, GpuMode.OPTIONAL, LIVE, Lane.CPU, SHARED, "gpu_not_requested"),
+        (Kind.AUDIO, False, GpuMode.REQUIRED, LIVE, Lane.GPU, "alice", "gpu_requested"),
+        (Kind.AUDIO, True, GpuMode.OFF, LIVE, Lane.CPU, SHARED, "gpu_mode_off"),
+        (Kind.NOOP, True, GpuMode.OPTIONAL, LIVE, Lane.CPU, SHARED, "kind_not_gpu_beneficial"),
+        (Kind.VIDEO, True, GpuMode.OPTIONAL, Fleet(False, False, 0), Lane.CPU, SHARED, "no_live_gpu_node"),
+        (Kind.VIDEO, True, GpuMode.OPTIONAL, Fleet(False, True, 0), Lane.CPU, "alice", "no_live_gpu_node"),
+        (Kind.AUDIO, True, GpuMode.OPTIONAL, Fleet(True, True, 10), Lane.CPU, "alice", "gpu_backlog_full"),
+    ],
+)
+def test_routing_table(kind, requested, mode, fleet, lane, queue, reason):
+    route = choose("alice", kind, requested, mode, fleet, max_backlog=10)
+    assert (route.lane, route.queue_owner, route.reason) == (lane, queue, reason)
+
+
+def _rec(**kw) -> JobRecord:
+    base = dict(job_id="j" + "0" * 32, owner="a", queue_owner="a", kind=Kind.AUDIO, lane=Lane.GPU,
+                routed_reason="gpu_requested", created_at=1.0, updated_at=1.0)
+    return JobRecord(**(base | kw))
+
+
+def _ev(type_: EventType, node: str = "n1", attempt: int = 1, **kw) -> JobEvent:
+    return JobEvent(type=type_, job_id="j" + "0" * 32, owner="a", attempt=attempt, lane=Lane.GPU, node_id=node,
+                    at=5.0, **kw)
+
+
+def test_started_then_succeeded():
+    rec = fold(_rec(), _ev(EventType.STARTED))
+    assert rec.status == JobStatus.RUNNING and rec.node_id == "n1" and rec.started_at == 5.0
+    rec = fold(rec, _ev(EventType.SUCCEEDED, result_object="out/x/1.json"))
+    assert rec.status == JobStatus.SUCCEEDED and rec.result_object == "out/x/1.json" and rec.progress == 1.0
+
+
+def test_first_terminal_wins_and_late_completion_is_counted():
+    done = fold(_rec(attempts=2), _ev(EventType.SUCCEEDED, node="cpu1", attempt=2, result_object="out/x/2.json"))
+    late = fold(done.model_copy(), _ev(EventType.SUCCEEDED, node="gpu1", attempt=1, result_object="out/x/1.json"))
+    assert late.status == JobStatus.SUCCEEDED and late.result_object == "out/x/2.json" and late.node_id == "cpu1"
+    assert late.late_completions == 1
+
+
+def test_replayed_terminal_event_changes_nothing():
+    done = fold(_rec(), _ev(EventType.FAILED, error=ErrorInfo(code="DECODE_FAILED", message="x")))
+    assert fold(done.model_copy(), _ev(EventType.FAILED, error=ErrorInfo(code="DECODE_FAILED", message="x"))) is None
+
+
+def test_terminal_state_never_goes_back():
+    done = fold(_rec(), _ev(EventType.SUCCEEDED))
+    assert fold(done.model_copy(), _ev(EventType.STARTED)) is None
+    assert fold(done.model_copy(), _ev(EventType.PROGRESS, progress=0.5)) is None
+
+
+def test_progress_of_an_abandoned_attempt_is_ignored():
+    assert fold(_rec(attempts=2), _ev(EventType.PROGRESS, attempt=1, progress=0.9)) is None
+
+
+def test_progress_out_of_order_never_goes_backwards():
+    rec = fold(_rec(), _ev(EventType.PROGRESS, progress=0.6))
+    rec = fold(rec, _ev(EventType.PROGRESS, progress=0.3))
+    assert rec.progress == 0.6 and rec.status == JobStatus.RUNNING

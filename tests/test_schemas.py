@@ -1,0 +1,117 @@
+"""Wire contracts: codec, names, formats, keys, sniffing (no server needed)."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from schemas import codec, names
+from schemas.errors import InvalidInput, Unauthorized
+from schemas.formats import render
+from schemas.jobs import JobMessage, TranscribeOptions, new_job_id
+from schemas.keys import ApiKeyRecord, new_secret, parse_key, secret_matches
+from schemas.media_sniff import sniff
+from schemas.names import Kind, Lane
+from schemas.results import Segment, Transcript
+from tests.harness import TESTDATA
+
+
+def _job(**kw) -> JobMessage:
+    base = dict(job_id=new_job_id(), owner="alice", queue_owner="alice", lane=Lane.GPU, kind=Kind.AUDIO, attempt=1,
+                submitted_at=1.0)
+    return JobMessage(**(base | kw))
+
+
+def test_codec_roundtrip_keeps_version_and_fields():
+    job = _job(options=TranscribeOptions(language="de", word_timestamps=True))
+    back = codec.decode(codec.encode(job), JobMessage)
+    assert back == job and back.v == 1
+
+
+@pytest.mark.parametrize("raw", [b"", b"\xc1", b"not msgpack at all", msgpack.packb([1, 2]), msgpack.packb({"v": 1})])
+def test_codec_refuses_garbage_and_keeps_raw(raw):
+    with pytest.raises(codec.DecodeError) as e:
+        codec.decode(raw, JobMessage)
+    assert e.value.raw == raw and e.value.code == "DECODE_ERROR"
+
+
+def test_codec_refuses_bad_job_id_and_attempt():
+    data = msgpack.packb(_job().model_dump(mode="json") | {"job_id": "../etc", "attempt": 0})
+    with pytest.raises(codec.DecodeError):
+        codec.decode(data, JobMessage)
+
+
+@pytest.mark.parametrize("owner", ["alice", "a", "bob-2", "x_y", "0" * 64])
+def test_owner_ids_accepted(owner):
+    assert names.validate_owner(owner) == owner
+
+
+@pytest.mark.parametrize("owner", ["", "Alice", "a.b", "a>", "a*", "-a", "a b", "0" * 65, "shared", "anonymous"])
+def test_owner_ids_refused(owner):
+    with pytest.raises(InvalidInput):
+        names.validate_owner(owner)
+
+
+def test_subjects_and_consumers():
+    assert names.job_subject("alice", Lane.GPU, Kind.VIDEO) == "jobs.alice.gpu.video"
+    assert names.consumer_name("alice", Lane.GPU) == "gpu_alice"
+    assert names.consumer_name(names.SHARED, Lane.CPU) == "cpu_shared"
+    assert names.lane_filter("alice", Lane.CPU) == "jobs.alice.cpu.>"
+    assert names.result_object("j1", 2) == "out/j1/2.json"
+
+
+def _transcript() -> Transcript:
+    return Transcript(
+        text="Hello world. Again.", language="en", duration=3723.5,
+        segments=[Segment(id=0, start=0.0, end=1.5, text=" Hello world."),
+                  Segment(id=1, start=3661.007, end=3723.4996, text=" Again.")],
+    )
+
+
+def test_srt_timing_syntax_exact():
+    body, media_type = render(_transcript(), "srt")
+    assert body == (
+        "1\n00:00:00,000 --> 00:00:01,500\nHello world.\n\n"
+        "2\n01:01:01,007 --> 01:02:03,500\nAgain.\n"
+    )
+    assert media_type.startswith("application/x-subrip")
+
+
+def test_vtt_timing_syntax_exact():
+    body, _ = render(_transcript(), "vtt")
+    assert body == "WEBVTT\n\n00:00:00.000 --> 00:00:01.500\nHello world.\n\n01:01:01.007 --> 01:02:03.500\nAgain.\n"
+
+
+def test_text_json_md_and_unknown_format():
+    assert render(_transcript(), "text")[0] == "Hello world. Again.\n"
+    assert '"segments"' in render(_transcript(), "json")[0]
+    md = render(_transcript(), "md")[0]
+    assert md.startswith("# Transcript") and "**[01:01:01]** Again." in md
+    with pytest.raises(InvalidInput):
+        render(_transcript(), "docx")
+
+
+def test_keys_are_random_prefixed_and_hashed():
+    full, key_id, digest = new_secret()
+    assert full.startswith("gpb_") and len(full) >= 4 + 16 + 1 + 43
+    kid, secret = parse_key(full)
+    assert kid == key_id and secret not in digest
+    rec = ApiKeyRecord(key_id=kid, user_id="a", roles=["user"], secret_sha256=digest, created_at=0)
+    assert secret_matches(secret, rec) and not secret_matches(secret[:-1] + "A", rec)
+    assert new_secret()[0] != full
+    for bad in ("", "gpb_", "gpb_zz_x", full + "x", full.replace("gpb_", "gpx_")):
+        with pytest.raises(Unauthorized):
+            parse_key(bad)
+
+
+@pytest.mark.parametrize(
+    "name,kind",
+    [("hello.wav", Kind.AUDIO), ("hello.mp4", Kind.VIDEO), ("garbage.bin", Kind.AUDIO)],
+)
+def test_sniff_testdata(name, kind):
+    assert sniff((TESTDATA / name).read_bytes()[:64])[0] is kind
+
+
+@pytest.mark.parametrize("head", [b"%PDF-1.5", b"PK\x03\x04xx", b"\x89PNG\r\n", b"<html><body>", b'{"a": 1}', b"\x7fELF"])
+def test_sniff_refuses_known_non_media(head):
+    assert sniff(head)[0] is None
