@@ -15,6 +15,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFound
 from nats.js.kv import KeyValue
 
 from bus.errors import CasConflict
+from bus.retry import retrying
 from schemas import codec, names
 from schemas.errors import Conflict, NotFound
 from schemas.jobs import JobRecord, now
@@ -30,11 +31,22 @@ class JobStore:
     def __init__(self, kv: KeyValue) -> None:
         self._kv = kv
 
-    async def create(self, rec: JobRecord) -> int:
-        try:
-            return await self._kv.create(names.job_key(rec.owner, rec.job_id), codec.encode_record(rec))
-        except KeyWrongLastSequenceError:
-            raise Conflict(f"job {rec.job_id} exists") from None
+    async def create(self, rec: JobRecord, *, give_up_after_s: float = 0.0) -> None:
+        """Retried through a NATS blip; a "key exists" on a retry is our own
+        first try having landed (job ids are fresh and random)."""
+        key, data = names.job_key(rec.owner, rec.job_id), codec.encode_record(rec)
+        tries = 0
+
+        async def once() -> None:
+            nonlocal tries
+            tries += 1
+            try:
+                await self._kv.create(key, data)
+            except KeyWrongLastSequenceError:
+                if tries == 1:
+                    raise Conflict(f"job {rec.job_id} exists") from None
+
+        await retrying(once, what=f"record {rec.job_id}", give_up_after_s=give_up_after_s)
 
     async def get(self, owner: str, job_id: str) -> tuple[JobRecord, int]:
         if not JOB_ID_RE.fullmatch(job_id):
@@ -82,3 +94,12 @@ class JobStore:
         finally:
             await watcher.stop()
         return out
+
+
+def with_seq(rec: JobRecord, attempt: int, seq: int) -> JobRecord | None:
+    """Mutator: remember where attempt `attempt` sits in the JOBS stream (so a
+    cancel can delete it), unless the job has moved on to another attempt."""
+    if rec.attempts != attempt:
+        return None
+    rec.stream_seq = seq
+    return rec

@@ -25,6 +25,8 @@ log = logging.getLogger("gpubus.bus.materializer")
 
 FETCH_BATCH = 64
 FETCH_WAIT_S = 5.0
+UNKNOWN_JOB_RETRIES = 40
+UNKNOWN_JOB_RETRY_S = 0.25
 
 _TERMINAL_STATUS = {
     EventType.SUCCEEDED: JobStatus.SUCCEEDED,
@@ -114,6 +116,11 @@ class Materializer:
         try:
             await self.apply(ev)
         except NotFound:
+            # The gateway writes a record just after the job's PubAck, so a
+            # fast node's first event can beat it: wait for it, within reason.
+            if msg.metadata.num_delivered < UNKNOWN_JOB_RETRIES:
+                await msg.nak(delay=UNKNOWN_JOB_RETRY_S)
+                return
             log.warning("event %s for unknown job %s.%s; dropped", ev.type, ev.owner, ev.job_id)
         except Exception as e:
             log.warning("could not apply %s for job %s (%s); will be redelivered", ev.type, ev.job_id, e)

@@ -105,6 +105,7 @@ async def start_node(
         node_id=node_id,
         metrics_url=metrics_url,
         handle_signals=handle_signals,
+        drain_timeout_s=settings.drain_timeout,
     )
     await runtime.start()
     log.info("node %s ready: %s lane of %s, metrics %s", node_id, identity.lane, identity.queue_owner, metrics_url)

@@ -40,6 +40,7 @@ log = logging.getLogger("gpubus.bus.node")
 
 FETCH_WAIT_S = 2.0
 PROGRESS_EVERY_S = 0.3
+CANCEL_MEMORY_S = 300.0
 
 
 def new_node_id(lane: Lane) -> str:
@@ -86,6 +87,7 @@ class NodeRuntime:
         node_id: str | None = None,
         metrics_url: str | None = None,
         handle_signals: bool = True,
+        drain_timeout_s: float = 30.0,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
@@ -98,6 +100,8 @@ class NodeRuntime:
         self.node_id = node_id or new_node_id(lane)
         self.metrics_url = metrics_url
         self._handle_signals = handle_signals
+        self.drain_timeout_s = drain_timeout_s
+        self._cancelled_early: dict[str, float] = {}
         self._slots = asyncio.Semaphore(capacity)
         self._pool = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix=f"gpubus-{lane}")
         self._inflight: dict[str, InFlight] = {}
@@ -145,28 +149,36 @@ class NodeRuntime:
             self.node_id, consumer, self._ack_wait_s, self.capacity, self.processor.device,
         )
 
-    async def stop(self, drain_timeout_s: float = 30.0) -> None:
+    async def stop(self, drain_timeout_s: float | None = None) -> None:
         """Shutdown in a fixed order:
         1. stop fetching, so no new job is taken;
         2. let in-flight jobs finish while the connection is still up, so
            their results, events and acks get out;
         3. whatever is still running past the grace period is interrupted and
            nak'ed, so JetStream redelivers it at once to another node;
-        4. leave the registry, then drain the connection."""
+        4. leave the registry (close() then closes the connection)."""
         if self._stopping.is_set():
             await self.stopped.wait()
             return
         self._stopping.set()
+        if drain_timeout_s is None:
+            drain_timeout_s = self.drain_timeout_s
         log.info("node %s stopping: %d in flight, grace %.0fs", self.node_id, len(self._tasks), drain_timeout_s)
         fetch = self._background[0] if self._background else None
         if fetch:
+            # A fetch in progress ends within FETCH_WAIT_S (its message, if
+            # any, is nak'ed); a loop waiting for a free slot has no pull
+            # request out, so cancelling it loses nothing.
+            await asyncio.wait([fetch], timeout=FETCH_WAIT_S + 1)
+            fetch.cancel()
             await asyncio.gather(fetch, return_exceptions=True)
         if self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=drain_timeout_s)
-        for inflight in self._inflight.values():
-            inflight.cancelled.set()
+        # Cancel the tasks first (settle naks them), then free their threads.
         for task in list(self._tasks.values()):
             task.cancel()
+        for inflight in self._inflight.values():
+            inflight.cancelled.set()
         if self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=5)
         for task in self._background[1:]:
@@ -217,11 +229,17 @@ class NodeRuntime:
         self._slots.release()
 
     async def _on_cancel(self, msg: Msg) -> None:
-        job_id = msg.data.decode(errors="replace")
+        """Stop a running job; remember a cancel for a job not seen yet, in
+        case it was fetched just before the gateway deleted it."""
+        job_id = msg.data.decode(errors="replace")[:64]
         inflight = self._inflight.get(job_id)
         if inflight:
             log.info("job %s cancel requested; stopping it", job_id)
             inflight.cancelled.set()
+            return
+        t = time.monotonic()
+        self._cancelled_early = {j: at for j, at in self._cancelled_early.items() if t - at < CANCEL_MEMORY_S}
+        self._cancelled_early[job_id] = t
 
     # -- one job -------------------------------------------------------------
 
@@ -235,6 +253,8 @@ class NodeRuntime:
             await msg.term()
             return
         inflight = InFlight(job=job, msg=msg, lease=Lease(self.job_deadline_s))
+        if self._cancelled_early.pop(job.job_id, None) is not None:
+            inflight.cancelled.set()
         self._inflight[job.job_id] = inflight
         self.metrics.in_flight.inc()
         ref = f"{job.job_id} owner={job.owner} lane={self.lane} node={self.node_id} attempt={job.attempt}"
@@ -267,6 +287,8 @@ class NodeRuntime:
 
     async def _run(self, inflight: InFlight) -> JobOutput:
         job = inflight.job
+        if inflight.cancelled.is_set():
+            raise JobCancelled()
         work_dir = Path(tempfile.mkdtemp(prefix=f"gpubus-{job.job_id}-"))
         try:
             input_path = await self._fetch_input(job, work_dir)

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     node_concurrency: int = Field(1, ge=1)
     device: str = "auto"
     compute_type: str | None = None
+    drain_timeout: float = Field(30.0, ge=0, description="grace for in-flight jobs when a node is told to stop")
     metrics_port: int = Field(0, ge=0, description="0 = pick a free port")
     enable_noop: bool = Field(False, description="accept the `noop` kind (benchmarks)")
 

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bus.retry import is_transient
 from schemas import errors as e
 
 log = logging.getLogger("gpubus.gateway.errors")
@@ -66,5 +67,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, err: Exception) -> JSONResponse:
+        if is_transient(err):  # NATS restarting or electing a leader
+            log.warning("NATS unavailable: %r", err)
+            return error_response(503, e.Unavailable.code, "the bus is unavailable; retry shortly", {"Retry-After": "2"})
         log.exception("unhandled error")
         return error_response(500, "INTERNAL", "internal error; see the gateway log")

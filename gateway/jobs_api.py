@@ -90,6 +90,18 @@ def job_view(rec: JobRecord) -> dict[str, Any]:
     return body
 
 
+async def route_for(st: GatewayState, owner: str, kind: Kind, gpu: bool) -> routing.Route:
+    fleet = routing.Fleet(
+        owner_gpu_live=bool(st.nodes.live(owner=owner, lane=names.Lane.GPU)),
+        owner_cpu_live=bool(st.nodes.live(owner=owner, lane=names.Lane.CPU)),
+        gpu_backlog=0,
+    )
+    wanted, _ = routing.gpu_wanted(kind, gpu, st.settings.gpu_mode)
+    if wanted and fleet.owner_gpu_live:
+        fleet = routing.Fleet(fleet.owner_gpu_live, fleet.owner_cpu_live, await st.gpu_backlog(owner))
+    return routing.choose(owner, kind, gpu, st.settings.gpu_mode, fleet, st.settings.gpu_max_backlog)
+
+
 async def enqueue(
     st: GatewayState,
     owner: str,
@@ -101,44 +113,21 @@ async def enqueue(
     staged: StagedInput | None = None,
     url: str | None = None,
 ) -> JobRecord:
-    """Route, record, publish. The record exists before the message, so no
-    event can arrive for a job the materializer does not know."""
-    fleet = routing.Fleet(
-        owner_gpu_live=bool(st.nodes.live(owner=owner, lane=names.Lane.GPU)),
-        owner_cpu_live=bool(st.nodes.live(owner=owner, lane=names.Lane.CPU)),
-        gpu_backlog=0,
-    )
-    wanted, _ = routing.gpu_wanted(kind, gpu, st.settings.gpu_mode)
-    if wanted and fleet.owner_gpu_live:
-        fleet = routing.Fleet(fleet.owner_gpu_live, fleet.owner_cpu_live, await st.gpu_backlog(owner))
-    route = routing.choose(owner, kind, gpu, st.settings.gpu_mode, fleet, st.settings.gpu_max_backlog)
+    """Route, publish, record. The message is stored (with its Nats-Msg-Id,
+    retried through a NATS restart) before the record is written, so a
+    record never claims a job that is not queued; the materializer waits for
+    a record that is not there yet."""
+    route = await route_for(st, owner, kind, gpu)
     t = now()
     rec = JobRecord(
         job_id=job_id, owner=owner, queue_owner=route.queue_owner, kind=kind, lane=route.lane,
         routed_reason=route.reason, created_at=t, updated_at=t, input=staged, url=url, options=options,
     )
-    await st.jobs.create(rec)
-    try:
-        seq = await st.publisher.publish(rec.to_message())
-    except Exception:
-        await st.jobs.update(owner, job_id, lambda r: _mark_unpublished(r))
-        raise
-    rec = await st.jobs.update(owner, job_id, lambda r: _set_seq(r, seq))
+    rec.stream_seq = await st.publisher.publish(rec.to_message())
+    await st.jobs.create(rec, give_up_after_s=st.settings.publish_timeout)
     st.metrics.jobs_submitted.labels(lane=route.lane.value, kind=kind.value).inc()
-    log.info("job %s owner=%s kind=%s lane=%s reason=%s queued", job_id, owner, kind, route.lane, route.reason)
-    return rec
-
-
-def _set_seq(rec: JobRecord, seq: int) -> JobRecord:
-    rec.stream_seq = seq
-    return rec
-
-
-def _mark_unpublished(rec: JobRecord) -> JobRecord:
-    from schemas.jobs import ErrorInfo
-
-    rec.status = JobStatus.FAILED
-    rec.error = ErrorInfo(code="NOT_QUEUED", message="the bus was unavailable; the job was never queued")
+    log.info("job %s owner=%s kind=%s lane=%s reason=%s queued", job_id, owner, kind, route.lane, route.reason,
+             extra={"job_id": job_id, "owner": owner, "lane": route.lane.value})
     return rec
 
 

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from bus import topology
 from bus.connection import close, connect
+from bus.fallback_router import FallbackRouter
 from bus.jobstore import JobStore
 from bus.keystore import KeyStore
 from bus.materializer import Materializer
@@ -57,12 +58,14 @@ class GatewayState:
         await self.nodes.start()
         self.materializer = Materializer(self.js, self.jobs, self.metrics)
         await self.materializer.start()
+        self.router = FallbackRouter(self.js, self.jobs, self.publisher, self.metrics, cpu_queue_for=self.cpu_queue_for)
+        await self.router.start()
         self.ready = True
         log.info("gateway connected to %s; topology ready", ",".join(s.nats_servers))
 
     async def stop(self) -> None:
         self.ready = False
-        for part in ("materializer", "nodes"):
+        for part in ("router", "materializer", "nodes"):
             if hasattr(self, part):
                 await getattr(self, part).stop()
         if self.nc:
@@ -76,6 +79,10 @@ class GatewayState:
             if owner not in self._owners_ready:
                 await topology.ensure_owner(self.js, self.settings, owner)
                 self._owners_ready.add(owner)
+
+    def cpu_queue_for(self, owner: str) -> str:
+        """The owner's CPU lane if they run a CPU node, else the shared pool."""
+        return owner if self.nodes.live(owner=owner, lane=Lane.CPU) else names.SHARED
 
     async def gpu_backlog(self, owner: str) -> int:
         """Pending + unacked on the owner's GPU lane, cached briefly so a burst

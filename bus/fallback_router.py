@@ -1,0 +1,166 @@
+"""Sends jobs that ran out of GPU deliveries to the CPU lane.
+
+When a GPU node does not ack in time (it died, hung, or vanished) and the
+consumer's max_deliver is reached, JetStream publishes a MAX_DELIVERIES
+advisory; the DEADLETTER stream keeps it, so a fallback survives a gateway
+restart. This router (one durable consumer, shared by every gateway) reads
+the original job by stream sequence, republishes it on the CPU lane as the
+next attempt, and deletes the original. From a CPU consumer, the same
+advisory means no node could finish the job: it fails `NO_NODE_COMPLETED`.
+
+Every step is idempotent, so a router that crashes half way is simply
+redelivered the advisory: the record update is a CAS that only bumps the
+attempt once, the republish has a `Nats-Msg-Id` per attempt, and deleting an
+already deleted message is not an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from bus.jobstore import JobStore, with_seq
+from bus.metrics import GatewayMetrics
+from bus.publisher import JobPublisher
+from bus.pulling import next_batch
+from schemas import codec, names
+from schemas.errors import NO_NODE_COMPLETED, NotFound
+from schemas.jobs import ErrorInfo, Fallback, JobMessage, JobRecord, JobStatus, now
+from schemas.names import Lane
+
+log = logging.getLogger("gpubus.bus.fallback")
+
+FETCH_WAIT_S = 5.0
+ACK_TIMEOUT = "ack_timeout"
+
+
+def fall_back(rec: JobRecord, job: JobMessage, cpu_queue: str) -> JobRecord | None:
+    """Record update for a GPU attempt that timed out (None: nothing to do)."""
+    if rec.terminal or rec.attempts != job.attempt or rec.lane is not Lane.GPU:
+        return None
+    rec.attempts += 1
+    rec.lane = Lane.CPU
+    rec.queue_owner = cpu_queue
+    rec.status = JobStatus.QUEUED
+    rec.node_id = None
+    rec.progress = 0.0
+    rec.fallback = Fallback(from_lane=Lane.GPU, reason=ACK_TIMEOUT, at=now())
+    return rec
+
+
+def give_up(rec: JobRecord, job: JobMessage, deliveries: int) -> JobRecord | None:
+    if rec.terminal or rec.attempts != job.attempt:
+        return None
+    rec.status = JobStatus.FAILED
+    rec.finished_at = now()
+    rec.error = ErrorInfo(code=NO_NODE_COMPLETED, message=f"no node completed the job in {deliveries} deliveries")
+    return rec
+
+
+class FallbackRouter:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        jobs: JobStore,
+        publisher: JobPublisher,
+        metrics: GatewayMetrics,
+        *,
+        cpu_queue_for: Callable[[str], str],
+    ) -> None:
+        self._js = js
+        self._jobs = jobs
+        self._publisher = publisher
+        self._metrics = metrics
+        self._cpu_queue_for = cpu_queue_for
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        sub = await self._js.pull_subscribe_bind(durable=names.FALLBACK_CONSUMER, stream=names.DEADLETTER_STREAM)
+        self._task = asyncio.create_task(self._run(sub), name="fallback-router")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self, sub) -> None:
+        while True:
+            try:
+                msgs = await next_batch(sub, max_batch=16, wait_s=FETCH_WAIT_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("fallback fetch failed: %s", e)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                try:
+                    await self.handle(json.loads(msg.data))
+                    await msg.ack()
+                except (ValueError, KeyError) as e:
+                    log.error("unreadable advisory, dropped: %s", e)
+                    await msg.term()
+                except Exception as e:
+                    log.warning("fallback of advisory failed (%s); will retry", e)
+                    await msg.nak(delay=1.0)
+
+    async def handle(self, advisory: dict) -> None:
+        consumer: str = advisory["consumer"]
+        seq = int(advisory["stream_seq"])
+        try:
+            raw = await self._js.get_msg(names.JOBS_STREAM, seq)
+        except NotFoundError:
+            return  # acked at the last moment, or already handled by another router
+        try:
+            job = codec.decode(raw.data, JobMessage)
+        except codec.DecodeError:
+            await self._delete(seq)  # garbage the node already termed
+            return
+        if consumer.startswith(f"{Lane.GPU}_"):
+            await self._to_cpu(job, seq)
+        else:
+            await self._fail(job, seq, int(advisory.get("deliveries", 0)))
+
+    async def _to_cpu(self, job: JobMessage, seq: int) -> None:
+        cpu_queue = self._cpu_queue_for(job.owner)
+        try:
+            rec = await self._jobs.update(job.owner, job.job_id, lambda r: fall_back(r, job, cpu_queue))
+        except NotFound:
+            await self._delete(seq)
+            return
+        if not rec.terminal and rec.lane is Lane.CPU and rec.attempts == job.attempt + 1:
+            new_seq = await self._publisher.publish(rec.to_message())
+            await self._jobs.update(job.owner, job.job_id, lambda r: with_seq(r, job.attempt + 1, new_seq))
+            self._metrics.fallbacks.labels(reason=ACK_TIMEOUT, kind=job.kind.value).inc()
+            log.info(
+                "job %s owner=%s fell back gpu -> cpu (%s), attempt %d", job.job_id, job.owner, rec.queue_owner,
+                rec.attempts, extra={"job_id": job.job_id, "owner": job.owner, "lane": "cpu"},
+            )
+        await self._delete(seq)
+
+    async def _fail(self, job: JobMessage, seq: int, deliveries: int) -> None:
+        try:
+            old, _ = await self._jobs.get(job.owner, job.job_id)
+            rec = await self._jobs.update(job.owner, job.job_id, lambda r: give_up(r, job, deliveries))
+        except NotFound:
+            await self._delete(seq)
+            return
+        if not old.terminal and rec.terminal:
+            self._metrics.jobs_finished.labels(
+                lane=rec.lane.value, kind=rec.kind.value, status=rec.status.value, code=NO_NODE_COMPLETED
+            ).inc()
+            log.warning("job %s owner=%s failed: %s after %d deliveries", job.job_id, job.owner, NO_NODE_COMPLETED,
+                        deliveries, extra={"job_id": job.job_id, "owner": job.owner, "lane": job.lane.value})
+        await self._delete(seq)
+
+    async def _delete(self, seq: int) -> None:
+        try:
+            await self._js.delete_msg(names.JOBS_STREAM, seq)
+        except NotFoundError:
+            pass
+
