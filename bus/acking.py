@@ -28,9 +28,12 @@ Report = Callable[[str, ErrorInfo | None], Awaitable[None]]
 
 
 @asynccontextmanager
-async def settle(msg: Msg, report: Report, *, job_ref: str) -> AsyncIterator[None]:
+async def settle(msg: Msg, report: Report, *, job_ref: str, last_delivery: bool = False) -> AsyncIterator[None]:
     """`report(outcome, error)` publishes the node's event for a failure or
-    cancel before the message is settled (success reports itself)."""
+    cancel before the message is settled (success reports itself). On the
+    consumer's last delivery a nak alone would leave the job waiting for a
+    puller (JetStream only notices max_deliver when it tries to redeliver),
+    so the node also reports `released` and the gateway moves the job on."""
     try:
         yield
     except JobFailed as e:
@@ -40,13 +43,14 @@ async def settle(msg: Msg, report: Report, *, job_ref: str) -> AsyncIterator[Non
     except JobCancelled:
         log.info("job %s cancelled while running", job_ref)
         await report("cancelled", None)
-        await msg.ack_sync()
+        await _ack(msg, job_ref)
     except JobRetryable as e:
         log.warning("job %s transient failure %s: %s; nak %.1fs", job_ref, e.code, e.message, e.delay_s)
-        await msg.nak(delay=e.delay_s)
+        await _give_back(msg, report, ErrorInfo(code=e.code, message=e.message), last_delivery, delay_s=e.delay_s)
     except asyncio.CancelledError:
         log.warning("job %s interrupted by shutdown; nak for immediate redelivery", job_ref)
-        await asyncio.shield(msg.nak())
+        info = ErrorInfo(code="NODE_SHUTDOWN", message="the node stopped before finishing")
+        await asyncio.shield(_give_back(msg, report, info, last_delivery, delay_s=0.0))
         raise
     except GpubusError as e:
         log.warning("job %s error %s: %s; nak", job_ref, e.code, e)
@@ -55,4 +59,23 @@ async def settle(msg: Msg, report: Report, *, job_ref: str) -> AsyncIterator[Non
         log.exception("job %s: unexpected %s; nak", job_ref, PROCESSOR_ERROR)
         await msg.nak(delay=UNEXPECTED_NAK_DELAY_S)
     else:
+        await _ack(msg, job_ref)
+
+
+async def _give_back(msg: Msg, report: Report, info: ErrorInfo, last_delivery: bool, *, delay_s: float) -> None:
+    if last_delivery:
+        try:
+            await report("released", info)
+        except Exception as e:  # the lease will time out instead: slower, not lost
+            log.warning("could not report release (%r); the job falls back when its lease ends", e)
+    await msg.nak(delay=delay_s or None)
+
+
+async def _ack(msg: Msg, job_ref: str) -> None:
+    """An ack can fail when the job moved on without us (it fell back and
+    the original was deleted); the result is stored and reported already, so
+    that is logged, not raised."""
+    try:
         await msg.ack_sync()
+    except Exception as e:
+        log.warning("job %s: ack not confirmed (%r); the job may have moved on", job_ref, e)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import nats
@@ -11,7 +12,9 @@ from nats.aio.client import Client as NatsClient
 log = logging.getLogger("gpubus.bus.connection")
 
 
-async def connect(servers: list[str], *, name: str, **auth: Any) -> NatsClient:
+async def connect(
+    servers: list[str], *, name: str, on_reconnect: Callable[[], None] | None = None, **auth: Any
+) -> NatsClient:
     """Reconnect forever: a node or gateway outlives a NATS restart or a
     leader change; JetStream redelivery covers what was in flight."""
 
@@ -21,8 +24,10 @@ async def connect(servers: list[str], *, name: str, **auth: Any) -> NatsClient:
     async def on_disconnect() -> None:
         log.warning("nats disconnected (%s)", name)
 
-    async def on_reconnect() -> None:
+    async def reconnected() -> None:
         log.info("nats reconnected (%s)", name)
+        if on_reconnect is not None:
+            on_reconnect()
 
     return await nats.connect(
         servers=servers,
@@ -33,7 +38,7 @@ async def connect(servers: list[str], *, name: str, **auth: Any) -> NatsClient:
         allow_reconnect=True,
         error_cb=on_error,
         disconnected_cb=on_disconnect,
-        reconnected_cb=on_reconnect,
+        reconnected_cb=reconnected,
         **{k: v for k, v in auth.items() if v is not None},
     )
 

@@ -16,7 +16,6 @@ already deleted message is not an error.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -27,20 +26,21 @@ from nats.js.errors import NotFoundError
 from bus.jobstore import JobStore, with_seq
 from bus.metrics import GatewayMetrics
 from bus.publisher import JobPublisher
-from bus.pulling import next_batch
+from bus.pulling import DurableLoop
 from schemas import codec, names
 from schemas.errors import NO_NODE_COMPLETED, NotFound
+from schemas.events import JobEvent
 from schemas.jobs import ErrorInfo, Fallback, JobMessage, JobRecord, JobStatus, now
 from schemas.names import Lane
 
 log = logging.getLogger("gpubus.bus.fallback")
 
-FETCH_WAIT_S = 5.0
 ACK_TIMEOUT = "ack_timeout"
+NODE_RELEASED = "node_released"
 
 
-def fall_back(rec: JobRecord, job: JobMessage, cpu_queue: str) -> JobRecord | None:
-    """Record update for a GPU attempt that timed out (None: nothing to do)."""
+def fall_back(rec: JobRecord, job: JobMessage, cpu_queue: str, reason: str = ACK_TIMEOUT) -> JobRecord | None:
+    """Record update for a GPU attempt that ended unfinished (None: nothing to do)."""
     if rec.terminal or rec.attempts != job.attempt or rec.lane is not Lane.GPU:
         return None
     rec.attempts += 1
@@ -49,7 +49,7 @@ def fall_back(rec: JobRecord, job: JobMessage, cpu_queue: str) -> JobRecord | No
     rec.status = JobStatus.QUEUED
     rec.node_id = None
     rec.progress = 0.0
-    rec.fallback = Fallback(from_lane=Lane.GPU, reason=ACK_TIMEOUT, at=now())
+    rec.fallback = Fallback(from_lane=Lane.GPU, reason=reason, at=now())
     return rec
 
 
@@ -77,37 +77,26 @@ class FallbackRouter:
         self._publisher = publisher
         self._metrics = metrics
         self._cpu_queue_for = cpu_queue_for
-        self._task: asyncio.Task | None = None
+        self._loop = DurableLoop(
+            js, durable=names.FALLBACK_CONSUMER, stream=names.DEADLETTER_STREAM, handle=self._handle_msg, max_batch=16
+        )
 
     async def start(self) -> None:
-        sub = await self._js.pull_subscribe_bind(durable=names.FALLBACK_CONSUMER, stream=names.DEADLETTER_STREAM)
-        self._task = asyncio.create_task(self._run(sub), name="fallback-router")
+        await self._loop.start()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._loop.stop()
 
-    async def _run(self, sub) -> None:
-        while True:
-            try:
-                msgs = await next_batch(sub, max_batch=16, wait_s=FETCH_WAIT_S)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("fallback fetch failed: %s", e)
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                try:
-                    await self.handle(json.loads(msg.data))
-                    await msg.ack()
-                except (ValueError, KeyError) as e:
-                    log.error("unreadable advisory, dropped: %s", e)
-                    await msg.term()
-                except Exception as e:
-                    log.warning("fallback of advisory failed (%s); will retry", e)
-                    await msg.nak(delay=1.0)
+    async def _handle_msg(self, msg) -> None:
+        try:
+            await self.handle(json.loads(msg.data))
+            await msg.ack()
+        except (ValueError, KeyError) as e:
+            log.error("unreadable advisory, dropped: %s", e)
+            await msg.term()
+        except Exception as e:
+            log.warning("fallback of advisory failed (%s); will retry", e)
+            await msg.nak(delay=1.0)
 
     async def handle(self, advisory: dict) -> None:
         consumer: str = advisory["consumer"]
@@ -126,20 +115,28 @@ class FallbackRouter:
         else:
             await self._fail(job, seq, int(advisory.get("deliveries", 0)))
 
-    async def _to_cpu(self, job: JobMessage, seq: int) -> None:
+    async def released(self, ev: JobEvent) -> None:
+        """A GPU node gave back its job on the last delivery: fall back now."""
+        rec, _ = await self._jobs.get(ev.owner, ev.job_id)
+        if rec.terminal or rec.lane is not Lane.GPU or rec.attempts != ev.attempt or rec.stream_seq is None:
+            return
+        log.info("job %s owner=%s released by %s (%s)", ev.job_id, ev.owner, ev.node_id, ev.error.code if ev.error else "")
+        await self._to_cpu(rec.to_message(), rec.stream_seq, reason=NODE_RELEASED)
+
+    async def _to_cpu(self, job: JobMessage, seq: int, *, reason: str = ACK_TIMEOUT) -> None:
         cpu_queue = self._cpu_queue_for(job.owner)
         try:
-            rec = await self._jobs.update(job.owner, job.job_id, lambda r: fall_back(r, job, cpu_queue))
+            rec = await self._jobs.update(job.owner, job.job_id, lambda r: fall_back(r, job, cpu_queue, reason))
         except NotFound:
             await self._delete(seq)
             return
         if not rec.terminal and rec.lane is Lane.CPU and rec.attempts == job.attempt + 1:
             new_seq = await self._publisher.publish(rec.to_message())
             await self._jobs.update(job.owner, job.job_id, lambda r: with_seq(r, job.attempt + 1, new_seq))
-            self._metrics.fallbacks.labels(reason=ACK_TIMEOUT, kind=job.kind.value).inc()
+            self._metrics.fallbacks.labels(reason=reason, kind=job.kind.value).inc()
             log.info(
-                "job %s owner=%s fell back gpu -> cpu (%s), attempt %d", job.job_id, job.owner, rec.queue_owner,
-                rec.attempts, extra={"job_id": job.job_id, "owner": job.owner, "lane": "cpu"},
+                "job %s owner=%s fell back gpu -> cpu (%s, %s), attempt %d", job.job_id, job.owner, reason,
+                rec.queue_owner, rec.attempts, extra={"job_id": job.job_id, "owner": job.owner, "lane": "cpu"},
             )
         await self._delete(seq)
 

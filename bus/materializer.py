@@ -8,14 +8,14 @@ run this at once: they share one durable consumer and update records by CAS.
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
 
 from bus.jobstore import JobStore
 from bus.metrics import GatewayMetrics
-from bus.pulling import next_batch
+from bus.pulling import DurableLoop
 from schemas import codec, names
 from schemas.errors import NotFound
 from schemas.events import EventType, JobEvent
@@ -24,7 +24,6 @@ from schemas.jobs import JobRecord, JobStatus
 log = logging.getLogger("gpubus.bus.materializer")
 
 FETCH_BATCH = 64
-FETCH_WAIT_S = 5.0
 UNKNOWN_JOB_RETRIES = 40
 UNKNOWN_JOB_RETRY_S = 0.25
 
@@ -72,33 +71,27 @@ def fold(rec: JobRecord, ev: JobEvent) -> JobRecord | None:
 
 
 class Materializer:
-    def __init__(self, js: JetStreamContext, jobs: JobStore, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        jobs: JobStore,
+        metrics: GatewayMetrics,
+        *,
+        on_released: Callable[[JobEvent], Awaitable[None]],
+    ) -> None:
         self._js = js
+        self._on_released = on_released
         self._jobs = jobs
         self._metrics = metrics
-        self._task: asyncio.Task | None = None
+        self._loop = DurableLoop(
+            js, durable=names.MATERIALIZER_CONSUMER, stream=names.EVENTS_STREAM, handle=self._handle, max_batch=FETCH_BATCH
+        )
 
     async def start(self) -> None:
-        sub = await self._js.pull_subscribe_bind(durable=names.MATERIALIZER_CONSUMER, stream=names.EVENTS_STREAM)
-        self._task = asyncio.create_task(self._run(sub), name="materializer")
+        await self._loop.start()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self, sub) -> None:
-        while True:
-            try:
-                msgs = await next_batch(sub, max_batch=FETCH_BATCH, wait_s=FETCH_WAIT_S)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # connection trouble: JetStream keeps the events
-                log.warning("materializer fetch failed: %s", e)
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                await self._handle(msg)
+        await self._loop.stop()
 
     async def _handle(self, msg) -> None:
         try:
@@ -114,7 +107,10 @@ class Materializer:
             await msg.term()
             return
         try:
-            await self.apply(ev)
+            if ev.type == EventType.RELEASED:
+                await self._on_released(ev)
+            else:
+                await self.apply(ev)
         except NotFound:
             # The gateway writes a record just after the job's PubAck, so a
             # fast node's first event can beat it: wait for it, within reason.

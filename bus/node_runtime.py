@@ -110,6 +110,7 @@ class NodeRuntime:
         self._stopping = asyncio.Event()
         self._started_at = now()
         self._ack_wait_s = 30.0
+        self._max_deliver = -1
         self._heartbeat_s = 3.0
         self._nodes_kv = None
         self.done = 0
@@ -129,6 +130,7 @@ class NodeRuntime:
         psub = await self.js.pull_subscribe_bind(durable=consumer, stream=names.JOBS_STREAM)
         info = await psub.consumer_info()
         self._ack_wait_s = float(info.config.ack_wait or 30.0)
+        self._max_deliver = int(info.config.max_deliver or -1)
         self._nodes_kv = await self.js.key_value(names.NODES_BUCKET)
         ttl = (await self._nodes_kv.status()).ttl or 10.0
         self._heartbeat_s = max(0.2, ttl / 3)
@@ -262,7 +264,8 @@ class NodeRuntime:
         started = time.monotonic()
         status = "failed"
         try:
-            async with settle(msg, lambda kind, err: self._report(job, kind, err), job_ref=ref):
+            last = self._max_deliver > 0 and msg.metadata.num_delivered >= self._max_deliver
+            async with settle(msg, lambda kind, err: self._report(job, kind, err), job_ref=ref, last_delivery=last):
                 await self._event(job, EventType.STARTED)
                 log.info("job %s started", ref)
                 output = await self._run(inflight)
@@ -371,8 +374,15 @@ class NodeRuntime:
         )
 
     async def _event(self, job: JobMessage, type_: EventType, **fields) -> None:
+        """Lifecycle events carry a Nats-Msg-Id per (job, attempt, type): a
+        node redoing an attempt after a lost ack reports it once, so every
+        attempt has exactly one terminal event in the stream."""
         ev = self._make_event(job, type_, **fields)
-        await self.js.publish(names.event_subject(job.owner, job.job_id), codec.encode(ev))
+        await self.js.publish(
+            names.event_subject(job.owner, job.job_id),
+            codec.encode(ev),
+            headers={"Nats-Msg-Id": names.event_msg_id(job.job_id, job.attempt, type_)},
+        )
 
     async def _report(self, job: JobMessage, outcome: str, error: ErrorInfo | None) -> None:
         await self._event(job, EventType(outcome), error=error)

@@ -27,6 +27,7 @@ log = logging.getLogger("gpubus.bus.objects")
 
 CHUNK_BYTES = 1024 * 1024  # 1 MiB chunks publish 2-3x faster than the 128 KiB default
 MAX_INFLIGHT_CHUNKS = 16
+PUBACK_TIMEOUT_S = 10.0  # an ack lost in a NATS restart never comes: give up, the caller retries
 FETCH_BATCH = 64
 FETCH_TIMEOUT_S = 10.0
 
@@ -88,13 +89,13 @@ class ObjectWriter:
         self._inflight.append(fut)
         self.chunks += 1
         if len(self._inflight) >= MAX_INFLIGHT_CHUNKS:
-            await self._inflight.pop(0)
+            await asyncio.wait_for(self._inflight.pop(0), PUBACK_TIMEOUT_S)
 
     async def commit(self, *, description: str | None = None) -> None:
         if self._buf:
             await self._publish(bytes(self._buf))
             self._buf.clear()
-        await asyncio.gather(*self._inflight)
+        await asyncio.wait_for(asyncio.gather(*self._inflight), PUBACK_TIMEOUT_S)
         self._inflight.clear()
         digest = base64.urlsafe_b64encode(self._sha.digest()).decode()
         info = ObjectInfo(

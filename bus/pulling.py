@@ -9,11 +9,14 @@ take whatever else is already there without waiting.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 
 DRAIN_TIMEOUT_S = 0.05
+log = logging.getLogger("gpubus.bus.pulling")
 
 
 async def next_batch(psub, *, max_batch: int, wait_s: float) -> list[Msg]:
@@ -28,3 +31,49 @@ async def next_batch(psub, *, max_batch: int, wait_s: float) -> list[Msg]:
         except (NatsTimeoutError, asyncio.TimeoutError):
             pass
     return msgs
+
+
+class DurableLoop:
+    """A background task pulling one durable consumer and handing each message
+    to `handle` (which settles it). Used by the gateway side's materializer
+    and fallback router; JetStream keeps what arrives while it is down."""
+
+    def __init__(
+        self,
+        js,
+        *,
+        durable: str,
+        stream: str,
+        handle: Callable[[Msg], Awaitable[None]],
+        max_batch: int = 64,
+        wait_s: float = 5.0,
+    ) -> None:
+        self._js = js
+        self._durable = durable
+        self._stream = stream
+        self._handle = handle
+        self._max_batch = max_batch
+        self._wait_s = wait_s
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        sub = await self._js.pull_subscribe_bind(durable=self._durable, stream=self._stream)
+        self._task = asyncio.create_task(self._run(sub), name=self._durable)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self, sub) -> None:
+        while True:
+            try:
+                msgs = await next_batch(sub, max_batch=self._max_batch, wait_s=self._wait_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # connection trouble: the messages wait in the stream
+                log.warning("%s: fetch failed: %s", self._durable, e)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                await self._handle(msg)

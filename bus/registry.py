@@ -8,9 +8,11 @@ view also ages entries itself, since a TTL expiry is not always announced.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from schemas import codec, names
@@ -35,6 +37,7 @@ class LiveNodes:
         self._nodes: dict[str, NodeHeartbeat] = {}
         self._task: asyncio.Task | None = None
         self._ready = asyncio.Event()
+        self._rewatch = asyncio.Event()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._watch(), name="live-nodes")
@@ -45,11 +48,22 @@ class LiveNodes:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    def rewatch(self) -> None:
+        """Start over from a fresh snapshot (call after a reconnect: the
+        server-side state of the old watch may be gone with the server)."""
+        self._rewatch.set()
+
     async def _watch(self) -> None:
+        """Watch the bucket; start a fresh watch when told to, or when it has
+        been silent for a TTL (live nodes beat every third of one, so silence
+        means no nodes or a watch that died with its server)."""
         while True:
+            watcher = None
             try:
                 watcher = await self._kv.watchall()
-                async for entry in watcher:
+                self._rewatch.clear()
+                while not self._rewatch.is_set():
+                    entry = await watcher.updates(timeout=self._ttl_s)
                     if entry is None:
                         self._ready.set()
                         continue
@@ -58,9 +72,15 @@ class LiveNodes:
                         self._ready.set()
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # the watch dies with the connection; start a new one
+            except NatsTimeoutError:
+                self._ready.set()
+            except Exception as e:
                 log.warning("node registry watch failed (%s); re-watching", e)
                 await asyncio.sleep(1.0)
+            finally:
+                if watcher is not None:
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()
 
     def _apply(self, key: str, op: str | None, value: bytes | None) -> None:
         if op in (KV_DEL, KV_PURGE) or not value:

@@ -48,7 +48,7 @@ class GatewayState:
 
     async def start(self) -> None:
         s = self.settings
-        self.nc = await connect(s.nats_servers, name="gpubus-gateway")
+        self.nc = await connect(s.nats_servers, name="gpubus-gateway", on_reconnect=self._reconnected)
         self.js = self.nc.jetstream()
         await topology.ensure_core(self.js, s)
         self.jobs = JobStore(await self.js.key_value(names.JOBS_BUCKET))
@@ -56,12 +56,16 @@ class GatewayState:
         self.publisher = JobPublisher(self.js, give_up_after_s=s.publish_timeout)
         self.nodes = LiveNodes(await self.js.key_value(names.NODES_BUCKET), ttl_s=s.registry_ttl)
         await self.nodes.start()
-        self.materializer = Materializer(self.js, self.jobs, self.metrics)
-        await self.materializer.start()
         self.router = FallbackRouter(self.js, self.jobs, self.publisher, self.metrics, cpu_queue_for=self.cpu_queue_for)
+        self.materializer = Materializer(self.js, self.jobs, self.metrics, on_released=self.router.released)
+        await self.materializer.start()
         await self.router.start()
         self.ready = True
         log.info("gateway connected to %s; topology ready", ",".join(s.nats_servers))
+
+    def _reconnected(self) -> None:
+        if hasattr(self, "nodes"):
+            self.nodes.rewatch()
 
     async def stop(self) -> None:
         self.ready = False

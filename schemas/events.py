@@ -21,6 +21,10 @@ class EventType(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # The node gives the job back on its last delivery (shutdown, a transient
+    # failure): the gateway side moves it on at once instead of waiting for
+    # a puller that may never come.
+    RELEASED = "released"
 
 
 TERMINAL_EVENTS = frozenset({EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELLED})

@@ -104,3 +104,7 @@ def msg_id(job_id: str, lane: Lane, attempt: int) -> str:
     """`Nats-Msg-Id`: a retried publish of the same attempt is dropped by the
     stream's duplicate window."""
     return f"{job_id}.{lane}.{attempt}"
+
+
+def event_msg_id(job_id: str, attempt: int, event_type: str) -> str:
+    return f"{job_id}.{attempt}.{event_type}"

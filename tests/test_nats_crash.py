@@ -1,0 +1,76 @@
+"""kill -9 the nats-server (and restart it on the same store) while jobs are
+being submitted and processed: every job answered 202 succeeds exactly once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests import busreader
+from tests.harness import Gateway, start_node, wait_until
+
+pytestmark = pytest.mark.timeout(240)
+JOBS = 200
+
+
+def test_nats_killed_and_restarted_mid_stream_loses_nothing(fresh_nats, tmp_path):
+    # Given a gateway, the user's CPU node and a shared-pool node on a server of our own
+    # (while NATS is down nodes cannot heartbeat, so jobs submitted just after the
+    # restart may go to the shared pool until the user's node is seen again)
+    gw = Gateway(fresh_nats.url, tmp_path, settings={"enable_noop": "true", "publish_timeout": 30}).start()
+    key = gw.create_key("crash")
+    node = start_node(gw, "cpu", key=key, name="cpu-crash", enable_noop="true")
+    shared = start_node(gw, "cpu", shared=True, name="cpu-shared", enable_noop="true")
+    accepted: list[str] = []
+    refused: list[int] = []
+    lock = threading.Lock()
+
+    def submit(_: int) -> None:
+        with gw.client(key) as c:
+            try:
+                r = c.post("/api/v1/jobs", json={"kind": "noop"}, timeout=60)
+            except httpx.HTTPError:
+                with lock:
+                    refused.append(0)
+                return
+        with lock:
+            if r.status_code == 202:
+                accepted.append(r.json()["job_id"])
+            else:
+                assert r.status_code == 503, r.text  # refused cleanly, never a 500
+                refused.append(r.status_code)
+
+    try:
+        # When the server is killed -9 a third of the way in, and restarted
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(submit, i) for i in range(JOBS)]
+            wait_until(lambda: len(accepted) >= JOBS // 3, timeout_s=60, what="a third accepted")
+            fresh_nats.kill()
+            time.sleep(2)
+            fresh_nats.start()
+            for f in futures:
+                f.result()
+        print(f"\naccepted {len(accepted)}, refused {len(refused)}")
+        assert len(accepted) >= JOBS * 0.9 and len(accepted) + len(refused) == JOBS
+
+        # Then every accepted job succeeds, exactly once
+        with gw.client(key) as c:
+            def all_done():
+                jobs = c.get("/api/v1/jobs", params={"limit": 1000}).json()["jobs"]
+                done = {j["job_id"] for j in jobs if j["status"] == "succeeded"}
+                return done if done >= set(accepted) else None
+
+            wait_until(all_done, timeout_s=120, what="all accepted jobs succeeded", interval_s=0.5)
+            jobs = c.get("/api/v1/jobs", params={"limit": 1000}).json()["jobs"]
+        assert {j["job_id"] for j in jobs} == set(accepted)  # no phantom records either
+        assert all(j["status"] == "succeeded" and j["late_completions"] == 0 for j in jobs)
+        counts = busreader.terminal_counts(fresh_nats.url, "crash")
+        assert counts == {j: 1 for j in accepted}
+    finally:
+        node.stop()
+        shared.stop()
+        gw.stop()
