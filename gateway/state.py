@@ -15,6 +15,7 @@ from bus import topology
 from bus.connection import connect
 from bus.jobstore import JobStore
 from bus.keystore import KeyStore
+from bus.lag_monitor import LagMonitor
 from bus.materializer import Materializer
 from bus.metrics import GatewayMetrics
 from bus.publisher import JobPublisher
@@ -40,6 +41,7 @@ class GatewayState:
         self.publisher: JobPublisher
         self.nodes: LiveNodes
         self.materializer: Materializer
+        self.lag: LagMonitor
         self.ready = False
         self._owners_ready: set[str] = set()
         self._owner_lock = asyncio.Lock()
@@ -57,12 +59,15 @@ class GatewayState:
         await self.nodes.start()
         self.materializer = Materializer(self.js, self.jobs, self.metrics)
         await self.materializer.start()
+        self.lag = LagMonitor(self.js, interval_s=s.lag_poll_interval, metrics=self.metrics)
+        self.metrics.watch_queues(self.lag.snapshot, self.nodes.live)
+        await self.lag.start()
         self.ready = True
         log.info("gateway connected to %s; topology ready", ",".join(s.nats_servers))
 
     async def stop(self) -> None:
         self.ready = False
-        for part in ("materializer", "nodes"):
+        for part in ("lag", "materializer", "nodes"):
             if hasattr(self, part):
                 await getattr(self, part).stop()
         if self.nc and not self.nc.is_closed:
