@@ -13,6 +13,7 @@ import logging
 
 from nats.js import JetStreamContext
 
+from bus.joblog import job_fields
 from bus.jobstore import JobStore
 from bus.metrics import GatewayMetrics
 from bus.pulling import next_batch
@@ -148,4 +149,5 @@ class Materializer:
             log.info(
                 "job %s owner=%s lane=%s node=%s %s -> %s",
                 new.job_id, new.owner, lane, new.node_id, old.status.value, new.status.value,
+                extra=job_fields(new.job_id, new.owner, lane, new.node_id, new.status.value, previous=old.status.value),
             )

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bus import objects
+from bus.joblog import job_fields
 from gateway import auth, routing
 from gateway.auth import Principal
 from gateway.state import GatewayState
@@ -125,7 +126,10 @@ async def enqueue(
         raise
     rec = await st.jobs.update(owner, job_id, lambda r: _set_seq(r, seq))
     st.metrics.jobs_submitted.labels(lane=route.lane.value, kind=kind.value).inc()
-    log.info("job %s owner=%s kind=%s lane=%s reason=%s queued", job_id, owner, kind, route.lane, route.reason)
+    log.info(
+        "job %s owner=%s kind=%s lane=%s reason=%s queued", job_id, owner, kind, route.lane, route.reason,
+        extra=job_fields(job_id, owner, route.lane, None, "queued", kind=str(kind), reason=route.reason),
+    )
     return rec
 
 
