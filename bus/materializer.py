@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
 
+from bus.joblog import job_fields
 from bus.jobstore import JobStore
 from bus.metrics import GatewayMetrics
 from bus.pulling import DurableLoop
@@ -151,4 +152,5 @@ class Materializer:
             log.info(
                 "job %s owner=%s lane=%s node=%s %s -> %s",
                 new.job_id, new.owner, lane, new.node_id, old.status.value, new.status.value,
+                extra=job_fields(new.job_id, new.owner, lane, new.node_id, new.status.value, previous=old.status.value),
             )

@@ -8,7 +8,21 @@ ids or file names.
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from bus.lag_monitor import QueueSnapshot
+    from schemas.nodes import NodeHeartbeat
+
+log = logging.getLogger("gpubus.bus.metrics")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5)
@@ -50,6 +64,81 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.lag_polls = Counter(
+            "gpubus_lag_polls_total", "Polls of the JOBS consumer list by the lag monitor", ["result"], registry=registry
+        )
+        self.lag_poll_seconds = Gauge(
+            "gpubus_lag_poll_duration_seconds", "How long the last lag poll took", registry=registry
+        )
+
+    def watch_queues(
+        self, snapshot: Callable[[], QueueSnapshot], nodes: Callable[[], Sequence[NodeHeartbeat]]
+    ) -> None:
+        """Per-consumer queue gauges and live nodes, read at scrape time."""
+        self.registry.register(QueueCollector(snapshot, nodes))
+
+
+CONSUMER_LABELS = ["consumer", "owner", "lane"]
+# (ConsumerLag attribute, metric, help): the counts JetStream's consumer info gives.
+CONSUMER_GAUGES = (
+    ("pending", "gpubus_consumer_pending_jobs", "Jobs waiting on the consumer, not yet delivered to a node"),
+    ("ack_pending", "gpubus_consumer_ack_pending_jobs", "Jobs delivered to a node and not yet acked (running)"),
+    ("redelivered", "gpubus_consumer_redelivered_jobs", "Jobs delivered more than once and not yet acked"),
+)
+
+
+class QueueCollector(Collector):
+    """Renders the lag monitor's latest JetStream poll at scrape time.
+
+    Counts are as of the last poll (a few seconds old at most); the lag is
+    aged to the moment of the scrape, so a stuck queue's lag keeps growing
+    between polls instead of moving in steps.
+    """
+
+    def __init__(
+        self,
+        snapshot: Callable[[], QueueSnapshot],
+        nodes: Callable[[], Sequence[NodeHeartbeat]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._snapshot = snapshot
+        self._nodes = nodes
+        self._clock = clock
+
+    def _families(self) -> dict[str, GaugeMetricFamily]:
+        fams = {key: GaugeMetricFamily(name, doc, labels=CONSUMER_LABELS) for key, name, doc in CONSUMER_GAUGES}
+        fams["lag"] = GaugeMetricFamily(
+            "gpubus_consumer_lag_seconds", "Age of the oldest job on the consumer not yet acked (0 when none)",
+            labels=CONSUMER_LABELS,
+        )
+        fams["live"] = GaugeMetricFamily("gpubus_live_nodes", "Nodes heartbeating now", labels=["owner", "lane"])
+        fams["age"] = GaugeMetricFamily(
+            "gpubus_queue_info_age_seconds", "Seconds since the last successful poll of JetStream consumer info"
+        )
+        return fams
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families().values()
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot()
+        t = self._clock()
+        fam = self._families()
+        live: dict[tuple[str, str], int] = {}
+        for c in snap.consumers:
+            labels = [c.consumer, c.owner, str(c.lane)]
+            for key, _, _ in CONSUMER_GAUGES:
+                fam[key].add_metric(labels, getattr(c, key))
+            fam["lag"].add_metric(labels, c.lag_s(t))
+            live.setdefault((c.owner, str(c.lane)), 0)  # a queue with no node shows 0, not nothing
+        for n in self._nodes():
+            key = (n.owner, str(n.lane))
+            live[key] = live.get(key, 0) + 1
+        for (owner, lane), count in sorted(live.items()):
+            fam["live"].add_metric([owner, lane], count)
+        if snap.at is not None:
+            fam["age"].add_metric([], max(0.0, t - snap.at))
+        yield from fam.values()
 
 
 class NodeMetrics:
@@ -84,3 +173,79 @@ class NodeMetrics:
 
     def job_done(self, status: str) -> None:
         self.jobs.labels(status=status, **self._labels).inc()
+
+    def watch_gpus(self, source: GpuSource) -> None:
+        """GPU memory and utilisation, read from `source` at scrape time."""
+        errors = Counter(
+            "gpubus_node_gpu_read_errors_total", "Failed reads of GPU telemetry", ["node", "device"],
+            registry=self.registry,
+        ).labels(**self._labels)
+        self.registry.register(GpuCollector(source, self._labels, errors))
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    index: int
+    name: str
+    memory_used_bytes: float
+    memory_total_bytes: float
+    utilization_ratio: float | None  # None where the source cannot tell (torch without NVML)
+
+
+class GpuSource(Protocol):
+    """Where GPU telemetry comes from: `name` is nvml, torch or none."""
+
+    name: str
+
+    def read(self) -> list[GpuReading]: ...
+
+
+GPU_LABELS = ["node", "device", "gpu", "gpu_name"]
+
+
+class GpuCollector(Collector):
+    """Per-GPU gauges, read when Prometheus scrapes (NVML reads are cheap).
+
+    `gpubus_node_gpu_devices{source}` always exists: a node without NVML or
+    CUDA reports 0 devices with source="none" rather than nothing, so a
+    dashboard can tell "no telemetry here" from "node not scraped". A failed
+    read is logged and counted, never a failed scrape.
+    """
+
+    def __init__(self, source: GpuSource, labels: dict[str, str], errors: Counter) -> None:
+        self._source = source
+        self._node, self._device = labels["node"], labels["device"]
+        self._errors = errors
+
+    def _families(self) -> dict[str, GaugeMetricFamily]:
+        return {
+            "devices": GaugeMetricFamily(
+                "gpubus_node_gpu_devices", "GPUs whose telemetry the node reads (0 with source=none: no NVML/CUDA)",
+                labels=["node", "device", "source"],
+            ),
+            "used": GaugeMetricFamily("gpubus_node_gpu_memory_used_bytes", "GPU memory in use", labels=GPU_LABELS),
+            "total": GaugeMetricFamily("gpubus_node_gpu_memory_total_bytes", "GPU memory in all", labels=GPU_LABELS),
+            "util": GaugeMetricFamily(
+                "gpubus_node_gpu_utilization_ratio", "Share of time the GPU was busy (NVML, 0..1)", labels=GPU_LABELS
+            ),
+        }
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families().values()
+
+    def collect(self) -> Iterator[Metric]:
+        fam = self._families()
+        try:
+            readings = self._source.read()
+        except Exception as e:  # a GPU fallen off the bus must not break /metrics
+            log.warning("GPU telemetry read from %s failed: %s", self._source.name, e)
+            self._errors.inc()
+            readings = []
+        fam["devices"].add_metric([self._node, self._device, self._source.name], len(readings))
+        for r in readings:
+            labels = [self._node, self._device, str(r.index), r.name]
+            fam["used"].add_metric(labels, r.memory_used_bytes)
+            fam["total"].add_metric(labels, r.memory_total_bytes)
+            if r.utilization_ratio is not None:
+                fam["util"].add_metric(labels, r.utilization_ratio)
+        yield from fam.values()

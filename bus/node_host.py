@@ -17,7 +17,7 @@ import httpx
 from prometheus_client import CollectorRegistry, start_http_server
 
 from bus.connection import connect
-from bus.metrics import NodeMetrics
+from bus.metrics import GpuSource, NodeMetrics
 from bus.node_runtime import NodeRuntime, new_node_id
 from bus.settings import Settings
 from schemas.errors import GpubusError, InvalidInput, Unauthorized
@@ -82,8 +82,10 @@ async def start_node(
     *,
     shared: bool = False,
     handle_signals: bool = True,
+    gpu_source: Callable[[], GpuSource] | None = None,
 ) -> NodeRuntime:
-    """Bootstrap, load the model, serve metrics, connect and start pulling."""
+    """Bootstrap, load the model, serve metrics, connect and start pulling.
+    `gpu_source` (GPU nodes) adds GPU memory/utilisation to the metrics."""
     identity = await bootstrap(settings, lane, shared=shared)
     node_id = new_node_id(lane)
     processor = await asyncio.to_thread(make_processor, node_id)
@@ -92,6 +94,8 @@ async def start_node(
     load_s = getattr(processor, "load_seconds", None)
     if load_s is not None:
         metrics.model_load_seconds.set(load_s)
+    if gpu_source is not None:
+        metrics.watch_gpus(gpu_source())
     metrics_url = start_metrics_server(settings, registry)
     nc = await connect(identity.nats_servers, name=node_id, **identity.nats_auth)
     runtime = NodeRuntime(
@@ -118,9 +122,10 @@ async def run_node(
     make_processor: Callable[[str], Processor],
     *,
     shared: bool = False,
+    gpu_source: Callable[[], GpuSource] | None = None,
 ) -> None:
     """A node process: run until SIGTERM/SIGINT, then drain (NodeRuntime.stop)."""
-    runtime = await start_node(settings, lane, make_processor, shared=shared)
+    runtime = await start_node(settings, lane, make_processor, shared=shared, gpu_source=gpu_source)
     print(f"node {runtime.node_id} ready ({runtime!r}), metrics {runtime.metrics_url}", flush=True)
     try:
         await runtime.stopped.wait()

@@ -26,6 +26,7 @@ from nats.aio.msg import Msg
 
 from bus import connection, objects, registry
 from bus.acking import settle
+from bus.joblog import job_fields
 from bus.metrics import NodeMetrics
 from bus.pulling import next_batch
 from schemas import codec, names
@@ -267,7 +268,7 @@ class NodeRuntime:
             last = self._max_deliver > 0 and msg.metadata.num_delivered >= self._max_deliver
             async with settle(msg, lambda kind, err: self._report(job, kind, err), job_ref=ref, last_delivery=last):
                 await self._event(job, EventType.STARTED)
-                log.info("job %s started", ref)
+                log.info("job %s started", ref, extra=self._log_fields(job, "started"))
                 output = await self._run(inflight)
                 await self._store_result(job, output)
                 status = "succeeded"
@@ -278,7 +279,11 @@ class NodeRuntime:
             self.metrics.job_done(status)
             self.done += status == "succeeded"
             self.failed += status != "succeeded"
-            log.info("job %s %s in %.2fs", ref, status, time.monotonic() - started)
+            elapsed = time.monotonic() - started
+            log.info("job %s %s in %.2fs", ref, status, elapsed, extra=self._log_fields(job, status, elapsed_s=elapsed))
+
+    def _log_fields(self, job: JobMessage, state: str, **more) -> dict:
+        return job_fields(job.job_id, job.owner, self.lane, self.node_id, state, attempt=job.attempt, **more)
 
     def _check_queue(self, job: JobMessage) -> None:
         """A message on our consumer must belong to our queue; anything else

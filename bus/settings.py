@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     job_deadline: float = Field(600.0, gt=0, description="no progress for this long = hung node")
     registry_ttl: float = Field(10.0, gt=0, description="a node unseen this long is not live")
     publish_timeout: float = Field(10.0, gt=0, description="how long to retry a publish before 503")
+    lag_poll_interval: float = Field(5.0, gt=0, description="how often the gateway reads JOBS consumer info for metrics")
 
     # Nodes
     whisper_model: str | None = Field(None, description="model name or path; default: offline tiny.en")

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bus import objects
+from bus.joblog import job_fields
 from gateway import auth, routing
 from gateway.auth import Principal
 from gateway.state import GatewayState
@@ -126,8 +127,10 @@ async def enqueue(
     rec.stream_seq = await st.publisher.publish(rec.to_message())
     await st.jobs.create(rec, give_up_after_s=st.settings.publish_timeout)
     st.metrics.jobs_submitted.labels(lane=route.lane.value, kind=kind.value).inc()
-    log.info("job %s owner=%s kind=%s lane=%s reason=%s queued", job_id, owner, kind, route.lane, route.reason,
-             extra={"job_id": job_id, "owner": owner, "lane": route.lane.value})
+    log.info(
+        "job %s owner=%s kind=%s lane=%s reason=%s queued", job_id, owner, kind, route.lane, route.reason,
+        extra=job_fields(job_id, owner, route.lane, None, "queued", kind=str(kind), reason=route.reason),
+    )
     return rec
 
 

@@ -16,6 +16,7 @@ from bus.connection import close, connect
 from bus.fallback_router import FallbackRouter
 from bus.jobstore import JobStore
 from bus.keystore import KeyStore
+from bus.lag_monitor import LagMonitor
 from bus.materializer import Materializer
 from bus.metrics import GatewayMetrics
 from bus.publisher import JobPublisher
@@ -41,6 +42,7 @@ class GatewayState:
         self.publisher: JobPublisher
         self.nodes: LiveNodes
         self.materializer: Materializer
+        self.lag: LagMonitor
         self.ready = False
         self._owners_ready: set[str] = set()
         self._owner_lock = asyncio.Lock()
@@ -60,6 +62,9 @@ class GatewayState:
         self.materializer = Materializer(self.js, self.jobs, self.metrics, on_released=self.router.released)
         await self.materializer.start()
         await self.router.start()
+        self.lag = LagMonitor(self.js, interval_s=s.lag_poll_interval, metrics=self.metrics)
+        self.metrics.watch_queues(self.lag.snapshot, self.nodes.live)
+        await self.lag.start()
         self.ready = True
         log.info("gateway connected to %s; topology ready", ",".join(s.nats_servers))
 
@@ -69,7 +74,7 @@ class GatewayState:
 
     async def stop(self) -> None:
         self.ready = False
-        for part in ("router", "materializer", "nodes"):
+        for part in ("lag", "router", "materializer", "nodes"):
             if hasattr(self, part):
                 await getattr(self, part).stop()
         if self.nc:

@@ -6,7 +6,7 @@ import asyncio
 
 from bus.node_host import run_node
 from bus.settings import Settings
-from gpu_node import device
+from gpu_node import device, telemetry
 from processors import factory
 from processors.whisper_engine import EngineConfig
 from schemas.names import Lane
@@ -28,4 +28,6 @@ def make_processor(settings: Settings, node_id: str) -> Processor:
 
 
 def main(settings: Settings) -> None:
-    asyncio.run(run_node(settings, Lane.GPU, lambda node_id: make_processor(settings, node_id)))
+    asyncio.run(
+        run_node(settings, Lane.GPU, lambda node_id: make_processor(settings, node_id), gpu_source=telemetry.open_source)
+    )

@@ -1,4 +1,4 @@
-"""Progress bars and tables for the CLI (rich), on stderr."""
+"""Progress bars (rich, on stderr) and the status tables (on stdout) for the CLI."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 from rich.table import Table
@@ -14,6 +14,7 @@ from rich.table import Table
 from ops.client import GatewayClient
 
 err = Console(stderr=True)
+out = Console()
 
 
 def upload(c: GatewayClient, path: Path, **kw: Any) -> dict[str, Any]:
@@ -38,23 +39,60 @@ def wait(c: GatewayClient, job_id: str) -> dict[str, Any]:
         return c.wait(job_id, on_update=update)
 
 
-def status_table(c: GatewayClient) -> Table:
-    t = Table(title="gpubus nodes")
-    for col in ("node", "owner", "lane", "device", "busy/cap", "models", "last seen"):
+QUEUE_INFO = "/api/v1/auth/queue-info"
+
+
+def _ago(t: float | None) -> str:
+    return f"{time.time() - t:.1f}s ago" if t else "-"
+
+
+def nodes_table(info: dict[str, Any]) -> Table:
+    t = Table(title="live nodes")
+    for col in ("node", "owner", "lane", "device", "busy/cap", "done", "models", "last seen"):
         t.add_column(col)
-    for n in c.get("/api/v1/status/workers")["nodes"]:
+    for n in info["live_nodes"]:
         t.add_row(
-            n["node_id"], n["owner"], n["lane"], n["device"], f"{n['busy']}/{n['capacity']}",
-            ",".join(n["models"]), f"{time.time() - n['last_seen']:.1f}s ago",
+            n["node_id"], n["owner"], n["lane"], n["device"], f"{n['busy']}/{n['capacity']}", str(n.get("jobs_done", 0)),
+            ",".join(n["models"]), _ago(n["last_seen"]),
         )
     return t
 
 
-def status(c: GatewayClient, *, watch: bool) -> None:
+def queues_table(info: dict[str, Any]) -> Table:
+    t = Table(title=f"queues (JetStream, polled {_ago(info.get('as_of'))})")
+    for col in ("consumer", "owner", "lane", "pending", "running", "redelivered", "lag"):
+        t.add_column(col, justify="right" if col in ("pending", "running", "redelivered", "lag") else "left")
+    for q in info["consumers"]:
+        t.add_row(
+            q["consumer"], q["owner"], q["lane"], str(q["pending"]), str(q["ack_pending"]), str(q["redelivered"]),
+            f"{q['lag_s']:.1f}s",
+        )
+    return t
+
+
+def failures_table(info: dict[str, Any]) -> Table:
+    t = Table(title="recent failures")
+    for col in ("job", "kind", "lane", "node", "code", "message", "when"):
+        t.add_column(col)
+    for f in info["recent_failures"]:
+        t.add_row(
+            f["job_id"], f["kind"], f["lane"], f["node_id"] or "-", f["code"] or "-", (f["message"] or "")[:60],
+            _ago(f["finished_at"]),
+        )
+    return t
+
+
+def status_view(c: GatewayClient) -> Group:
+    info = c.get(QUEUE_INFO)
+    return Group(nodes_table(info), queues_table(info), failures_table(info))
+
+
+def status(c: GatewayClient, *, watch: bool, console: Console = out, every_s: float = 2.0) -> None:
+    """One snapshot, or (`--watch`) a live view refreshed every `every_s`."""
     if not watch:
-        err.print(status_table(c))
+        console.print(status_view(c))
         return
-    with Live(status_table(c), console=err, refresh_per_second=1) as live:
+    with Live(status_view(c), console=console, refresh_per_second=1) as live:
         while True:
-            time.sleep(2)
-            live.update(status_table(c))
+            time.sleep(every_s)
+            live.update(status_view(c))

@@ -23,7 +23,7 @@ from bus.node_host import start_node
 from bus.settings import Settings
 from cpu_node.main import make_processor as make_cpu
 from gateway.app import create_app
-from gpu_node import device
+from gpu_node import device, telemetry
 from gpu_node.main import make_processor as make_gpu
 from ops.embedded_nats import NatsServer
 from schemas.keys import Role
@@ -83,7 +83,10 @@ async def run(settings: Settings, *, nats_port: int) -> None:
         nodes.append(await start_node(settings, Lane.CPU, lambda nid: make_cpu(settings, nid), shared=True, handle_signals=False))
         if device.cuda_device_count() > 0:
             gpu_settings = settings.model_copy(update={"api_key": SecretStr(full_key), "device": "cuda"})
-            nodes.append(await start_node(gpu_settings, Lane.GPU, lambda nid: make_gpu(gpu_settings, nid), handle_signals=False))
+            nodes.append(await start_node(
+                gpu_settings, Lane.GPU, lambda nid: make_gpu(gpu_settings, nid), handle_signals=False,
+                gpu_source=telemetry.open_source,
+            ))
         info = {"gateway_url": gateway_url, "nats_url": nats.url, "api_key": full_key, "admin_token": token, "user_id": LOCAL_USER}
         up_json = data_dir / "up.json"
         up_json.write_text(json.dumps(info, indent=2))

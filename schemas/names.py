@@ -69,6 +69,15 @@ def consumer_name(queue_owner: str, lane: Lane) -> str:
     return f"{lane}_{queue_owner}"
 
 
+def parse_consumer_name(name: str) -> tuple[str, Lane] | None:
+    """(queue_owner, lane) of a lane consumer, or None for any other name.
+    The inverse of `consumer_name`, for tools that list the JOBS consumers."""
+    lane, sep, owner = name.partition("_")
+    if not sep or lane not in Lane.__members__.values() or not OWNER_RE.fullmatch(owner):
+        return None
+    return owner, Lane(lane)
+
+
 def event_subject(owner: str, job_id: str) -> str:
     return f"events.{owner}.{job_id}"
 

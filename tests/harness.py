@@ -131,6 +131,23 @@ class Gateway:
             self.proc.stop()
 
 
+def stop_all(procs: list[Proc], timeout_s: float = 15) -> None:
+    """SIGTERM every process at once and give them one shared grace period,
+    so teardown costs the slowest drain, not the sum of them."""
+    procs = [p for p in procs if p is not None and p.alive()]
+    for p in procs:
+        p.signal(signal.SIGCONT)
+        p.signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while any(p.alive() for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for p in procs:
+        if p.alive():
+            p.kill()
+        elif p.proc is not None:
+            p.proc.wait()
+
+
 def _ready(url: str) -> bool:
     try:
         return httpx.get(f"{url}/ready", timeout=1).status_code == 200
@@ -183,3 +200,15 @@ def wait_job(c: httpx.Client, job_id: str, *, timeout_s: float = 60, statuses=("
         return j if j["status"] in statuses else None
 
     return wait_until(done, timeout_s=timeout_s, what=f"job {job_id} in {statuses}", interval_s=0.1)
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """One sample from a /metrics page (0 when the series does not exist yet)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url if url.endswith("/metrics") else f"{url}/metrics", timeout=10).text
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0

@@ -11,7 +11,7 @@ import pytest
 
 from schemas.events import EventType
 from tests import busreader
-from tests.harness import TESTDATA, start_node, submit_file, wait_job, wait_until, words
+from tests.harness import TESTDATA, metric, start_node, submit_file, wait_job, wait_until, words
 
 pytestmark = pytest.mark.timeout(240)
 ACK_WAIT_S = 3
@@ -29,6 +29,7 @@ def test_gpu_node_killed_mid_job_falls_back_to_cpu(gateway, shared_cpu_node, use
     # Given a GPU node transcribing a long file
     key = gateway.create_key(user)
     gpu = start_node(gateway, "gpu", key=key, name=f"gpu-{user}")
+    fallbacks = metric(gateway.url, "gpubus_jobs_fallback_total", reason="ack_timeout", kind="audio")
     with gateway.client(key) as c:
         job = submit_file(c, TESTDATA / "long.wav", gpu=True)
         assert job["lane"] == "gpu"
@@ -46,12 +47,14 @@ def test_gpu_node_killed_mid_job_falls_back_to_cpu(gateway, shared_cpu_node, use
         assert fallback_delay < ACK_WAIT_S + 5, fallback_delay
         assert "section" in words(c.get(f"/api/v1/jobs/{job['job_id']}/result?format=text").text)
     assert busreader.terminal_counts(gateway.nats_url, user) == {job["job_id"]: 1}
+    assert metric(gateway.url, "gpubus_jobs_fallback_total", reason="ack_timeout", kind="audio") == fallbacks + 1
 
 
 def test_stopped_gpu_node_wakes_late_first_terminal_wins(gateway, shared_cpu_node, user):
     # Given a GPU node transcribing a long file
     key = gateway.create_key(user)
     gpu = start_node(gateway, "gpu", key=key, name=f"gpu-{user}")
+    late_before = metric(gateway.url, "gpubus_late_completions_total", lane="cpu")
     try:
         with gateway.client(key) as c:
             job = submit_file(c, TESTDATA / "long.wav", gpu=True)
@@ -75,6 +78,8 @@ def test_stopped_gpu_node_wakes_late_first_terminal_wins(gateway, shared_cpu_nod
             assert late["status"] == "succeeded" and late["node_id"] == final["node_id"]
             assert late["result_object"] == final["result_object"].replace("/1.json", "/2.json")
             assert late["finished_at"] == final["finished_at"]
+            late_after = metric(gateway.url, "gpubus_late_completions_total", lane="cpu")
+            assert late_after == late_before + 1
         evs = busreader.events(gateway.nats_url, user)
         terminal = [(e.attempt, e.node_id[:4]) for e in evs if e.terminal]
         assert sorted(terminal) == [(1, "gpu-"), (2, "cpu-")]

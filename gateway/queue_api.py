@@ -1,0 +1,102 @@
+"""What the caller's queues look like, and where Prometheus finds the nodes.
+
+Both read what the gateway already holds (the lag monitor's last poll and
+the live node view), so a `gpubus status --watch` per user, or Prometheus
+service discovery every few seconds, costs JetStream nothing extra.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Depends, Request
+
+from bus.lag_monitor import ConsumerLag
+from gateway import auth
+from gateway.auth import Principal
+from gateway.state import GatewayState
+from schemas import names
+from schemas.jobs import JobRecord, JobStatus
+from schemas.names import SHARED, Lane
+from schemas.nodes import NodeHeartbeat
+
+router = APIRouter(tags=["status"])
+Anyone = Annotated[Principal, Depends(auth.authenticate)]
+Admin = Annotated[Principal, Depends(auth.admin)]
+
+RECENT_FAILURES = 10
+
+
+def consumer_view(c: ConsumerLag, at: float) -> dict[str, Any]:
+    return {
+        "consumer": c.consumer, "owner": c.owner, "lane": str(c.lane), "pending": c.pending,
+        "ack_pending": c.ack_pending, "redelivered": c.redelivered, "lag_s": round(c.lag_s(at), 3),
+    }
+
+
+def node_view(n: NodeHeartbeat) -> dict[str, Any]:
+    return n.model_dump(mode="json", exclude={"v", "started_at"})
+
+
+def failure_view(rec: JobRecord) -> dict[str, Any]:
+    err = rec.error
+    return {
+        "job_id": rec.job_id, "kind": str(rec.kind), "lane": str(rec.lane), "node_id": rec.node_id,
+        "code": err.code if err else None, "message": err.message if err else None, "finished_at": rec.finished_at,
+    }
+
+
+def owner_subjects(owner: str) -> dict[str, Any]:
+    """The names an operator types into the `nats` CLI for this owner."""
+    return {
+        "jobs": [names.lane_filter(owner, lane) for lane in Lane],
+        "consumers": [names.consumer_name(owner, lane) for lane in Lane],
+        "shared_pool": names.consumer_name(SHARED, Lane.CPU),
+        "events": names.event_subject(owner, ">"),
+        "jobs_kv": {"bucket": names.JOBS_BUCKET, "keys": names.job_key(owner, "*")},
+        "files": names.files_bucket(owner),
+    }
+
+
+async def recent_failures(st: GatewayState, owner: str) -> list[dict[str, Any]]:
+    recs = [r for r in await st.jobs.list(owner) if r.status == JobStatus.FAILED]
+    recs.sort(key=lambda r: r.finished_at or r.updated_at, reverse=True)
+    return [failure_view(r) for r in recs[:RECENT_FAILURES]]
+
+
+@router.get("/api/v1/auth/queue-info")
+async def queue_info(request: Request, p: Anyone) -> dict[str, Any]:
+    """The caller's subjects, consumers (with the shared pool their jobs may
+    wait in), pending counts, lag, live nodes and recent failures. The admin
+    token sees every consumer and node; failures are per user."""
+    st: GatewayState = request.app.state.gateway
+    snap = st.lag.snapshot()
+    t = time.time()
+    mine = (lambda owner: True) if p.admin else (lambda owner: owner in (p.user_id, SHARED))
+    return {
+        "user_id": p.user_id,
+        "as_of": snap.at,
+        "subjects": None if p.admin else owner_subjects(p.user_id),
+        "consumers": [consumer_view(c, t) for c in snap.consumers if mine(c.owner)],
+        "live_nodes": [node_view(n) for n in sorted(st.nodes.live(), key=lambda n: n.node_id) if mine(n.owner)],
+        "recent_failures": [] if p.admin else await recent_failures(st, p.user_id),
+    }
+
+
+@router.get("/api/v1/status/prometheus-targets")
+async def prometheus_targets(request: Request, _: Admin) -> list[dict[str, Any]]:
+    """Prometheus HTTP service discovery (`http_sd_configs`): one target per
+    live node that serves metrics, labelled with its queue owner and lane (the
+    node id is already a label of every node metric)."""
+    st: GatewayState = request.app.state.gateway
+    out = []
+    for n in sorted(st.nodes.live(), key=lambda n: n.node_id):
+        if not n.metrics_url:
+            continue
+        url = urlsplit(n.metrics_url)
+        labels = {"__metrics_path__": url.path or "/metrics", "__scheme__": url.scheme or "http",
+                  "owner": n.owner, "lane": str(n.lane)}
+        out.append({"targets": [url.netloc], "labels": labels})
+    return out

@@ -1,0 +1,159 @@
+"""The lag monitor against a real nats-server: counts, the age of the oldest
+unacked job, paging of the consumer list, and how it renders in /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from bus import topology
+from bus.connection import connect
+from bus.lag_monitor import LagMonitor, QueueSnapshot, poll
+from bus.metrics import GatewayMetrics
+from bus.settings import Settings
+from schemas import names
+from schemas.names import Kind, Lane
+from tests.promql import Exposition
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def _bus(server, **settings):
+    nc = await connect([server.url], name="lag-test")
+    js = nc.jetstream()
+    s = Settings(nats_url=server.url, **settings)
+    await topology.ensure_core(js, s)
+    return nc, js, s
+
+
+def _one(snap: QueueSnapshot, consumer: str):
+    [c] = [c for c in snap.consumers if c.consumer == consumer]
+    return c
+
+
+async def _publish(js, owner: str, lane: Lane) -> float:
+    await js.publish(names.job_subject(owner, lane, Kind.AUDIO), b"job")
+    return time.time()
+
+
+async def test_lag_is_the_age_of_the_oldest_unacked_job(fresh_nats):
+    nc, js, s = await _bus(fresh_nats)
+    try:
+        # Given alice's GPU lane with three jobs published 0.4 s apart
+        await topology.ensure_owner(js, s, "alice")
+        sent = []
+        for _ in range(3):
+            sent.append(await _publish(js, "alice", Lane.GPU))
+            await asyncio.sleep(0.4)
+        # When polled, all three are pending and the lag is the first one's age
+        c = _one(await poll(js), "gpu_alice")
+        assert (c.owner, c.lane, c.pending, c.ack_pending, c.redelivered) == ("alice", Lane.GPU, 3, 0, 0)
+        assert c.lag_s(time.time()) == pytest.approx(time.time() - sent[0], abs=0.3)
+        # When a node takes two and acks only the second, the first is still the oldest
+        psub = await js.pull_subscribe_bind(durable="gpu_alice", stream=names.JOBS_STREAM)
+        first, second = await psub.fetch(2, timeout=5)
+        await second.ack_sync()
+        c = _one(await poll(js), "gpu_alice")
+        assert (c.pending, c.ack_pending) == (1, 1)
+        assert c.lag_s(time.time()) == pytest.approx(time.time() - sent[0], abs=0.3)
+        # When it acks the first too, the third is the oldest
+        await first.ack_sync()
+        c = _one(await poll(js), "gpu_alice")
+        assert (c.pending, c.ack_pending) == (1, 0)
+        assert c.lag_s(time.time()) == pytest.approx(time.time() - sent[2], abs=0.3)
+        # When everything is acked, nothing lags
+        [third] = await psub.fetch(1, timeout=5)
+        await third.ack_sync()
+        c = _one(await poll(js), "gpu_alice")
+        assert (c.pending, c.ack_pending, c.oldest_at, c.lag_s(time.time())) == (0, 0, None, 0.0)
+        # and the other lane consumers are listed with nothing pending
+        assert {x.consumer for x in (await poll(js)).consumers} == {"gpu_alice", "cpu_alice", "cpu_shared"}
+    finally:
+        await nc.close()
+
+
+async def test_an_expired_last_delivery_does_not_count_as_lag(fresh_nats):
+    # Given a GPU lane that gives a node 1 s and one delivery per job
+    nc, js, s = await _bus(fresh_nats, gpu_ack_wait=1.0, gpu_max_deliver=1)
+    try:
+        await topology.ensure_owner(js, s, "bob")
+        await _publish(js, "bob", Lane.GPU)
+        psub = await js.pull_subscribe_bind(durable="gpu_bob", stream=names.JOBS_STREAM)
+        await psub.fetch(1, timeout=5)  # taken and never acked: the node died
+        await asyncio.sleep(1.5)  # past ack_wait: the job now waits for the fallback router
+        # When a later job arrives, the lag is that job's age, not the abandoned one's
+        later = await _publish(js, "bob", Lane.GPU)
+        await asyncio.sleep(0.3)
+        c = _one(await poll(js), "gpu_bob")
+        assert (c.pending, c.ack_pending) == (1, 0)
+        assert c.lag_s(time.time()) == pytest.approx(time.time() - later, abs=0.3)
+    finally:
+        await nc.close()
+
+
+async def test_consumer_list_is_read_past_one_page(fresh_nats):
+    nc, js, s = await _bus(fresh_nats)
+    try:
+        # Given more lane consumers than one CONSUMER.LIST page holds (256)
+        owners = [f"p{i:03d}" for i in range(270)]
+        gate = asyncio.Semaphore(32)
+
+        async def lane(owner):
+            async with gate:
+                await topology.ensure_lane(js, s, owner, Lane.GPU)
+
+        await asyncio.gather(*(lane(o) for o in owners))
+        await _publish(js, "p269", Lane.GPU)
+        # Then one poll sees every one of them, including the last page's
+        snap = await poll(js)
+        assert len(snap.consumers) == len(owners) + 1  # + cpu_shared
+        assert _one(snap, "gpu_p269").pending == 1
+    finally:
+        await nc.close()
+
+
+async def test_queue_gauges_render_from_the_snapshot_and_age_between_polls(fresh_nats):
+    nc, js, s = await _bus(fresh_nats)
+    registry = CollectorRegistry()
+    metrics = GatewayMetrics(registry)
+    monitor = LagMonitor(js, interval_s=60, metrics=metrics)
+    try:
+        await topology.ensure_owner(js, s, "carol")
+        await _publish(js, "carol", Lane.CPU)
+        # Given a monitor whose only poll is the one at start
+        await monitor.start()
+        metrics.watch_queues(monitor.snapshot, list)
+        labels = {"consumer": "cpu_carol", "owner": "carol", "lane": "cpu"}
+        first = registry.get_sample_value("gpubus_consumer_lag_seconds", labels)
+        await asyncio.sleep(1.0)
+        # Then the pending count is the poll's and the lag has aged with the clock
+        assert registry.get_sample_value("gpubus_consumer_pending_jobs", labels) == 1
+        assert registry.get_sample_value("gpubus_consumer_lag_seconds", labels) >= first + 0.9
+        assert registry.get_sample_value("gpubus_live_nodes", {"owner": "carol", "lane": "cpu"}) == 0
+        assert registry.get_sample_value("gpubus_lag_polls_total", {"result": "ok"}) == 1
+        assert registry.get_sample_value("gpubus_queue_info_age_seconds") >= 0.9
+        exported = Exposition().add(generate_latest(registry).decode())
+        assert exported.samples["gpubus_consumer_ack_pending_jobs"] == {"consumer", "owner", "lane"}
+    finally:
+        await monitor.stop()
+        await nc.close()
+
+
+async def test_a_failed_poll_keeps_the_last_snapshot_and_counts_the_error(fresh_nats):
+    nc, _, _ = await _bus(fresh_nats)
+    js = nc.jetstream(timeout=1.0)
+    metrics = GatewayMetrics(CollectorRegistry())
+    monitor = LagMonitor(js, interval_s=60, metrics=metrics)
+    try:
+        good = await monitor.refresh()
+        # When JetStream goes away
+        fresh_nats.stop()
+        after = await monitor.refresh()
+        # Then the numbers stay (their age shows they are old) and the failure is counted
+        assert after is good and good.at is not None
+        assert metrics.registry.get_sample_value("gpubus_lag_polls_total", {"result": "error"}) == 1
+    finally:
+        await nc.close()
