@@ -12,6 +12,7 @@ from typing import Any
 from bus.settings import Settings
 from ops.client import ApiError, GatewayClient
 from ops.logs import configure_logging
+from schemas.errors import GpubusError
 
 FORMATS = ["json", "text", "srt", "vtt", "md"]
 
@@ -210,6 +211,8 @@ def main(argv: list[str] | None = None) -> None:
         args.fn(args)
     except ApiError as e:
         raise SystemExit(f"error: {e}") from None
+    except GpubusError as e:  # a node that cannot start (no model, no CUDA) says why and exits 1
+        raise SystemExit(f"error: {e.code}: {e.message}") from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 
