@@ -32,9 +32,9 @@ from schemas import codec, names
 from schemas.errors import INPUT_CORRUPT, INPUT_MISSING, Forbidden, JobCancelled, JobFailed, NotFound
 from schemas.events import EventType, JobEvent
 from schemas.jobs import ErrorInfo, JobMessage, now
-from schemas.names import Lane
+from schemas.names import Kind, Lane
 from schemas.nodes import NodeHeartbeat
-from schemas.processing import JobOutput, Processor
+from schemas.processing import JobOutput, Processor, cookies_path
 
 log = logging.getLogger("gpubus.bus.node")
 
@@ -287,6 +287,8 @@ class NodeRuntime:
             shutil.rmtree(work_dir, ignore_errors=True)
 
     async def _fetch_input(self, job: JobMessage, work_dir: Path) -> Path | None:
+        if job.kind is Kind.URL:
+            await self._fetch_cookies(job, work_dir)
         if job.input is None:
             return None
         dest = work_dir / job.input.filename
@@ -299,6 +301,16 @@ class NodeRuntime:
         except objects.DigestMismatch as e:
             raise JobFailed(INPUT_CORRUPT, str(e)) from e
         return dest
+
+    async def _fetch_cookies(self, job: JobMessage, work_dir: Path) -> None:
+        """The owner's cookie file (if any) into the job's private temp dir
+        (mkdtemp: mode 0700), deleted with it; its contents are never logged."""
+        try:
+            await objects.read_to_file(
+                self.js, names.files_bucket(job.owner), names.COOKIES_OBJECT, cookies_path(work_dir)
+            )
+        except NotFound:
+            return
 
     async def _store_result(self, job: JobMessage, output: JobOutput) -> None:
         """Result first, then the event, then (in `settle`) the ack: a node

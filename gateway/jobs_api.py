@@ -4,28 +4,31 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bus import objects
-from gateway import auth, routing
+from gateway import auth, fleet_models, routing
 from gateway.auth import Principal
 from gateway.state import GatewayState
-from gateway.uploads import MultipartToObject
+from gateway.uploads import MultipartToObject, ParsedForm
 from schemas import names
 from schemas.errors import Conflict, InvalidInput, UnsupportedMedia
 from schemas.formats import render
 from schemas.jobs import JobRecord, JobStatus, StagedInput, TranscribeOptions, new_job_id, now
 from schemas.names import Kind
 from schemas.results import Transcript
+from schemas.url_guard import check_syntax
 
 log = logging.getLogger("gpubus.gateway.jobs")
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 User = Annotated[Principal, Depends(auth.user)]
+T = TypeVar("T")
 
 
 class JsonJobRequest(BaseModel):
@@ -103,6 +106,7 @@ async def enqueue(
 ) -> JobRecord:
     """Route, record, publish. The record exists before the message, so no
     event can arrive for a job the materializer does not know."""
+    options = fleet_models.resolve(st, owner, options)
     fleet = routing.Fleet(
         owner_gpu_live=bool(st.nodes.live(owner=owner, lane=names.Lane.GPU)),
         owner_cpu_live=bool(st.nodes.live(owner=owner, lane=names.Lane.CPU)),
@@ -150,7 +154,21 @@ def accepted(rec: JobRecord) -> JSONResponse:
     return JSONResponse(body.model_dump(mode="json"), status_code=202, headers={"Location": body.status_url})
 
 
-async def stage_multipart(st: GatewayState, request: Request, owner: str, job_id: str):
+def job_form(form: ParsedForm) -> tuple[Kind, bool, TranscribeOptions]:
+    """The fields of `POST /api/v1/jobs`: `kind`, `gpu`, `options` (JSON)."""
+    return (
+        parse_kind(form.fields.get("kind"), form.sniffed_kind),
+        parse_bool(form.fields.get("gpu"), "gpu"),
+        parse_options(form.fields.get("options")),
+    )
+
+
+async def stage_upload(
+    st: GatewayState, request: Request, owner: str, job_id: str, interpret: Callable[[ParsedForm], T]
+) -> tuple[StagedInput, ParsedForm, T]:
+    """Stream the multipart `file` into the owner's bucket. `interpret` reads
+    the other form fields (each endpoint has its own); if it refuses them the
+    staged object is purged, like any other failure before commit."""
     upload = MultipartToObject(
         request.headers.get("content-type", ""),
         lambda filename: objects.ObjectWriter(
@@ -161,9 +179,7 @@ async def stage_multipart(st: GatewayState, request: Request, owner: str, job_id
         form = await upload.run(request.stream())
         if form.size == 0:
             raise InvalidInput("the uploaded file is empty")
-        kind = parse_kind(form.fields.get("kind"), form.sniffed_kind)
-        gpu = parse_bool(form.fields.get("gpu"), "gpu")
-        options = parse_options(form.fields.get("options"))
+        fields = interpret(form)
         assert upload.writer is not None
         await upload.writer.commit(description=form.content_type)
     except BaseException:
@@ -175,7 +191,36 @@ async def stage_multipart(st: GatewayState, request: Request, owner: str, job_id
         bucket=upload.writer.bucket, object_name=upload.writer.name, filename=form.filename or "upload",
         size=form.size, sha256=form.sha256, content_type=form.content_type,
     )
-    return staged, kind, gpu, options
+    return staged, form, fields
+
+
+async def submit_upload(
+    st: GatewayState,
+    request: Request,
+    owner: str,
+    interpret: Callable[[ParsedForm], tuple[Kind, bool, TranscribeOptions]],
+) -> tuple[JobRecord, ParsedForm]:
+    """Multipart upload to a queued job; the endpoint's own fields stay in the form."""
+    await st.ensure_owner(owner)
+    job_id = new_job_id()
+    staged, form, (kind, gpu, options) = await stage_upload(st, request, owner, job_id, interpret)
+    return await enqueue(st, owner, job_id, kind, gpu, options, staged=staged), form
+
+
+async def submit_url(st: GatewayState, owner: str, url: str, gpu: bool, options: TranscribeOptions) -> JobRecord:
+    """A URL job: the syntax is checked here (422); the node that downloads
+    it checks every address it connects to (schemas/url_guard.py)."""
+    url = check_syntax(url)
+    await st.ensure_owner(owner)
+    return await enqueue(st, owner, new_job_id(), Kind.URL, gpu, options, url=url)
+
+
+def parse_json_body(model: type[T], raw: bytes) -> T:
+    try:
+        return model.model_validate_json(raw)  # type: ignore[attr-defined]
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise InvalidInput(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from e
 
 
 @router.post("", status_code=202, response_model=Accepted)
@@ -183,27 +228,23 @@ async def submit(request: Request, principal: User) -> JSONResponse:
     """Multipart (`file`, `gpu`, `kind`, `options` JSON) or JSON (`url`)."""
     st: GatewayState = request.app.state.gateway
     owner = principal.user_id
-    await st.ensure_owner(owner)
-    job_id = new_job_id()
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/"):
-        staged, kind, gpu, options = await stage_multipart(st, request, owner, job_id)
-        rec = await enqueue(st, owner, job_id, kind, gpu, options, staged=staged)
+        rec, _ = await submit_upload(st, request, owner, job_form)
         return accepted(rec)
     if ctype.startswith("application/json"):
-        try:
-            req = JsonJobRequest.model_validate_json(await request.body())
-        except ValidationError as e:
-            first = e.errors()[0]
-            raise InvalidInput(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from e
+        req = parse_json_body(JsonJobRequest, await request.body())
         kind = req.kind or (Kind.URL if req.url else None)
-        if kind is Kind.NOOP and not st.settings.enable_noop:
-            raise InvalidInput("the noop kind is for benchmarks; enable it with GPUBUS_ENABLE_NOOP=true")
         if kind is Kind.URL:
-            raise UnsupportedMedia("URL jobs are not enabled on this gateway yet")
+            if not req.url:
+                raise InvalidInput("url: required for a url job")
+            return accepted(await submit_url(st, owner, req.url, req.gpu, req.options))
         if kind is not Kind.NOOP:
             raise InvalidInput("a JSON job needs `url`; upload files as multipart/form-data")
-        rec = await enqueue(st, owner, job_id, kind, req.gpu, req.options, url=req.url)
+        if not st.settings.enable_noop:
+            raise InvalidInput("the noop kind is for benchmarks; enable it with GPUBUS_ENABLE_NOOP=true")
+        await st.ensure_owner(owner)
+        rec = await enqueue(st, owner, new_job_id(), kind, req.gpu, req.options, url=req.url)
         return accepted(rec)
     raise UnsupportedMedia("send multipart/form-data with a `file` part, or JSON with `url`")
 
