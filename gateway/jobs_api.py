@@ -17,7 +17,7 @@ from gateway.auth import Principal
 from gateway.state import GatewayState
 from gateway.uploads import MultipartToObject, ParsedForm
 from schemas import names
-from schemas.errors import Conflict, InvalidInput, UnsupportedMedia
+from schemas.errors import Conflict, InvalidInput, JobFailed, UnsupportedMedia
 from schemas.formats import render
 from schemas.jobs import JobRecord, JobStatus, StagedInput, TranscribeOptions, new_job_id, now
 from schemas.names import Kind
@@ -62,16 +62,25 @@ def parse_bool(value: str | None, field: str) -> bool:
     raise InvalidInput(f"{field}: expected true or false, got {value!r}")
 
 
+def make_options(values: dict[str, Any]) -> TranscribeOptions:
+    """Options from any endpoint's fields; a bad value is a 422 naming it."""
+    try:
+        return TranscribeOptions.model_validate(values)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise InvalidInput(f"options.{'.'.join(map(str, first['loc']))}: {first['msg']}") from e
+
+
 def parse_options(raw: str | None) -> TranscribeOptions:
     if not raw:
         return TranscribeOptions()
     try:
-        return TranscribeOptions.model_validate(json.loads(raw))
+        values = json.loads(raw)
     except json.JSONDecodeError as e:
         raise InvalidInput(f"options: not JSON ({e.msg})") from e
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise InvalidInput(f"options.{'.'.join(map(str, first['loc']))}: {first['msg']}") from e
+    if not isinstance(values, dict):
+        raise InvalidInput("options: expected a JSON object")
+    return make_options(values)
 
 
 def parse_kind(raw: str | None, sniffed: Kind | None) -> Kind:
@@ -271,14 +280,31 @@ async def get_job(request: Request, job_id: str, principal: User) -> dict[str, A
     return job_view(rec)
 
 
+async def read_transcript(st: GatewayState, rec: JobRecord) -> bytes:
+    """The stored result JSON of a succeeded job (409 if there is none)."""
+    if rec.status != JobStatus.SUCCEEDED or not rec.result_object:
+        detail = f": {rec.error.code}: {rec.error.message}" if rec.error else ""
+        raise Conflict(f"job {rec.job_id} is {rec.status}, no result{detail}")
+    return await objects.read_bytes(st.js, names.files_bucket(rec.owner), rec.result_object)
+
+
+async def finished_transcript(st: GatewayState, rec: JobRecord, timeout_s: float) -> tuple[JobRecord, Transcript | None]:
+    """For the synchronous endpoints: wait up to `timeout_s` for the job.
+    Returns (record, transcript), transcript None while it still runs; a
+    failed job raises its own error (JobFailed: 422 with its code)."""
+    rec = await st.jobs.wait_terminal(rec.owner, rec.job_id, timeout_s)
+    if not rec.terminal:
+        return rec, None
+    if rec.status == JobStatus.FAILED and rec.error is not None:
+        raise JobFailed(rec.error.code, f"job {rec.job_id} failed: {rec.error.message}")
+    return rec, Transcript.model_validate_json(await read_transcript(st, rec))
+
+
 @router.get("/{job_id}/result")
 async def get_result(request: Request, job_id: str, principal: User, format: str = "json") -> Response:
     st: GatewayState = request.app.state.gateway
     rec, _ = await st.jobs.get(principal.user_id, job_id)
-    if rec.status != JobStatus.SUCCEEDED or not rec.result_object:
-        detail = f": {rec.error.code}: {rec.error.message}" if rec.error else ""
-        raise Conflict(f"job {job_id} is {rec.status}, no result{detail}")
-    data = await objects.read_bytes(st.js, names.files_bucket(rec.owner), rec.result_object)
+    data = await read_transcript(st, rec)
     if rec.kind is Kind.NOOP:
         return Response(data, media_type="application/json")
     body, media_type = render(Transcript.model_validate_json(data), format)
