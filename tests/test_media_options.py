@@ -89,3 +89,25 @@ def test_a_language_the_model_cannot_do_fails_the_job_clearly(gateway, shared_cp
         job = submit_file(c, TESTDATA / "hello.wav", options=json.dumps({"language": "de"}))
         final = wait_job(c, job["job_id"], timeout_s=120)
     assert final["status"] == "failed" and final["error"]["code"] == "UNSUPPORTED_LANGUAGE", final
+
+
+def test_cli_flags_become_options_and_refusals_are_shown(gateway, shared_cpu_node, user, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.harness import base_env
+
+    env = base_env(gateway.nats_url, gateway_url=gateway.url, api_key=gateway.create_key(user), data_dir=tmp_path)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "ops.cli", "submit", *args], env=env, capture_output=True, text=True, timeout=150)
+
+    out = cli(str(TESTDATA / "hello.wav"), "--model", "large-v3")
+    assert out.returncode == 1 and "422 INVALID_INPUT" in out.stderr and "available: tiny.en" in out.stderr
+    out = cli("ftp://example.com/a.mp3")
+    assert out.returncode == 1 and "422 URL_REFUSED" in out.stderr
+    out = cli(str(TESTDATA / "hello.wav"), "--wait", "--format", "json", "--word-timestamps", "--vad", "--task", "translate",
+              "--prompt", "Hello.", "--language", "en")
+    assert out.returncode == 0, out.stderr
+    body = json.loads(out.stdout)
+    assert body["task"] == "translate" and body["segments"][0]["words"]
