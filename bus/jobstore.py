@@ -7,12 +7,14 @@ state wins" holds without locks.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
-from nats.js.kv import KeyValue
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from bus.errors import CasConflict
 from bus.retry import retrying
@@ -94,6 +96,42 @@ class JobStore:
         finally:
             await watcher.stop()
         return out
+
+    async def watch(self, owner: str, job_id: str) -> AsyncIterator[JobRecord]:
+        """The record as it is now, then every new revision of it, as the
+        materializer, router and API write them (a KV watch: no polling)."""
+        current, _ = await self.get(owner, job_id)  # NotFound before any subscription
+        yield current
+        watcher = await self._kv.watch(names.job_key(owner, job_id))
+        try:
+            async for entry in watcher:
+                if entry is None or entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                    continue
+                rec = codec.decode_record(entry.value, JobRecord)
+                if rec.updated_at >= current.updated_at and rec != current:
+                    current = rec
+                    yield rec
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+
+    async def wait_terminal(self, owner: str, job_id: str, timeout_s: float) -> JobRecord:
+        """The record once terminal, or as it stands after `timeout_s`."""
+        last: JobRecord | None = None
+
+        async def follow() -> None:
+            nonlocal last
+            async with contextlib.aclosing(self.watch(owner, job_id)) as records:
+                async for rec in records:
+                    last = rec
+                    if rec.terminal:
+                        return
+
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(follow(), timeout_s)
+        if last is None:
+            last, _ = await self.get(owner, job_id)
+        return last
 
 
 def with_seq(rec: JobRecord, attempt: int, seq: int) -> JobRecord | None:

@@ -33,9 +33,9 @@ from schemas import codec, names
 from schemas.errors import INPUT_CORRUPT, INPUT_MISSING, Forbidden, JobCancelled, JobFailed, NotFound
 from schemas.events import EventType, JobEvent
 from schemas.jobs import ErrorInfo, JobMessage, now
-from schemas.names import Lane
+from schemas.names import Kind, Lane
 from schemas.nodes import NodeHeartbeat
-from schemas.processing import JobOutput, Processor
+from schemas.processing import JobOutput, Processor, cookies_path
 
 log = logging.getLogger("gpubus.bus.node")
 
@@ -167,14 +167,6 @@ class NodeRuntime:
         if drain_timeout_s is None:
             drain_timeout_s = self.drain_timeout_s
         log.info("node %s stopping: %d in flight, grace %.0fs", self.node_id, len(self._tasks), drain_timeout_s)
-        fetch = self._background[0] if self._background else None
-        if fetch:
-            # A fetch in progress ends within FETCH_WAIT_S (its message, if
-            # any, is nak'ed); a loop waiting for a free slot has no pull
-            # request out, so cancelling it loses nothing.
-            await asyncio.wait([fetch], timeout=FETCH_WAIT_S + 1)
-            fetch.cancel()
-            await asyncio.gather(fetch, return_exceptions=True)
         if self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=drain_timeout_s)
         # Cancel the tasks first (settle naks them), then free their threads.
@@ -184,6 +176,13 @@ class NodeRuntime:
             inflight.cancelled.set()
         if self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=5)
+        fetch = self._background[0] if self._background else None
+        if fetch:
+            # A fetch in progress ends within FETCH_WAIT_S (its message, if
+            # any, is nak'ed); a loop waiting for a free slot has no pull
+            # request out, so cancelling it loses nothing.
+            await asyncio.wait([fetch], timeout=FETCH_WAIT_S + 1)
+            fetch.cancel()
         for task in self._background[1:]:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -316,6 +315,8 @@ class NodeRuntime:
             shutil.rmtree(work_dir, ignore_errors=True)
 
     async def _fetch_input(self, job: JobMessage, work_dir: Path) -> Path | None:
+        if job.kind is Kind.URL:
+            await self._fetch_cookies(job, work_dir)
         if job.input is None:
             return None
         dest = work_dir / job.input.filename
@@ -328,6 +329,16 @@ class NodeRuntime:
         except objects.DigestMismatch as e:
             raise JobFailed(INPUT_CORRUPT, str(e)) from e
         return dest
+
+    async def _fetch_cookies(self, job: JobMessage, work_dir: Path) -> None:
+        """The owner's cookie file (if any) into the job's private temp dir
+        (mkdtemp: mode 0700), deleted with it; its contents are never logged."""
+        try:
+            await objects.read_to_file(
+                self.js, names.files_bucket(job.owner), names.COOKIES_OBJECT, cookies_path(work_dir)
+            )
+        except NotFound:
+            return
 
     async def _store_result(self, job: JobMessage, output: JobOutput) -> None:
         """Result first, then the event, then (in `settle`) the ack: a node

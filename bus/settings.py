@@ -48,7 +48,10 @@ class Settings(BaseSettings):
     lag_poll_interval: float = Field(5.0, gt=0, description="how often the gateway reads JOBS consumer info for metrics")
 
     # Nodes
-    whisper_model: str | None = Field(None, description="model name or path; default: offline tiny.en")
+    whisper_model: str | None = Field(
+        None, description="model name or path; default: large-v3 on a CUDA GPU node, else the offline tiny.en"
+    )
+    gpu_batch_size: int = Field(16, ge=0, description="BatchedInferencePipeline batch on CUDA; 0 = sequential")
     node_concurrency: int = Field(1, ge=1)
     device: str = "auto"
     compute_type: str | None = None
@@ -61,7 +64,10 @@ class Settings(BaseSettings):
     replicas: int = Field(1, ge=1, le=5)
     events_max_age_days: float = 7.0
     files_ttl_days: float = 7.0
-    allow_private_urls: bool = False
+    allow_private_urls: bool = Field(False, description="nodes may download from loopback/private/link-local hosts")
+    download_max_mb: int = Field(2048, gt=0, description="largest media a node downloads for a URL job")
+    download_timeout: float = Field(900.0, gt=0, description="longest a node spends downloading one URL job")
+    sync_timeout: float = Field(600.0, gt=0, description="longest a synchronous endpoint waits for its job")
 
     @property
     def nats_servers(self) -> list[str]:
@@ -70,3 +76,7 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def download_max_bytes(self) -> int:
+        return self.download_max_mb * 1024 * 1024

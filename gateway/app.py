@@ -10,7 +10,18 @@ from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry
 
 from bus.settings import Settings
-from gateway import errors, job_control, jobs_api, keys_api, queue_api, status_api
+from gateway import (
+    cookies_api,
+    errors,
+    events_api,
+    job_control,
+    jobs_api,
+    keys_api,
+    openai_api,
+    queue_api,
+    seed_api,
+    status_api,
+)
 from gateway.state import GatewayState
 
 log = logging.getLogger("gpubus.gateway")
@@ -30,7 +41,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app = FastAPI(title="gpubus", version="0.1.0", lifespan=lifespan)
     app.state.gateway = state
     errors.install(app)
-    for module in (jobs_api, job_control, keys_api, queue_api, status_api):
+    for module in (jobs_api, job_control, events_api, keys_api, queue_api, status_api, cookies_api, openai_api, seed_api):
         app.include_router(module.router)
 
     @app.middleware("http")

@@ -25,6 +25,8 @@ STATUS: list[tuple[type[e.GpubusError], int]] = [
     (e.UnsupportedMedia, 415),
     (e.RateLimited, 429),
     (e.Unavailable, 503),
+    (e.StillRunning, 504),  # synchronous endpoints: the job goes on
+    (e.JobFailed, 422),  # synchronous endpoints: the job's own error code (DECODE_FAILED, ...)
 ]
 
 HTTP_CODES = {400: "BAD_REQUEST", 401: "UNAUTHORIZED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -12,21 +14,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bus import objects
 from bus.joblog import job_fields
-from gateway import auth, routing
+from gateway import auth, fleet_models, routing
 from gateway.auth import Principal
 from gateway.state import GatewayState
-from gateway.uploads import MultipartToObject
+from gateway.uploads import MultipartToObject, ParsedForm
 from schemas import names
-from schemas.errors import Conflict, InvalidInput, UnsupportedMedia
+from schemas.errors import Conflict, InvalidInput, JobFailed, UnsupportedMedia
 from schemas.formats import render
 from schemas.jobs import JobRecord, JobStatus, StagedInput, TranscribeOptions, new_job_id, now
 from schemas.names import Kind
 from schemas.results import Transcript
+from schemas.url_guard import check_syntax
 
 log = logging.getLogger("gpubus.gateway.jobs")
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 User = Annotated[Principal, Depends(auth.user)]
+T = TypeVar("T")
 
 
 class JsonJobRequest(BaseModel):
@@ -60,16 +64,25 @@ def parse_bool(value: str | None, field: str) -> bool:
     raise InvalidInput(f"{field}: expected true or false, got {value!r}")
 
 
+def make_options(values: dict[str, Any]) -> TranscribeOptions:
+    """Options from any endpoint's fields; a bad value is a 422 naming it."""
+    try:
+        return TranscribeOptions.model_validate(values)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise InvalidInput(f"options.{'.'.join(map(str, first['loc']))}: {first['msg']}") from e
+
+
 def parse_options(raw: str | None) -> TranscribeOptions:
     if not raw:
         return TranscribeOptions()
     try:
-        return TranscribeOptions.model_validate(json.loads(raw))
+        values = json.loads(raw)
     except json.JSONDecodeError as e:
         raise InvalidInput(f"options: not JSON ({e.msg})") from e
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise InvalidInput(f"options.{'.'.join(map(str, first['loc']))}: {first['msg']}") from e
+    if not isinstance(values, dict):
+        raise InvalidInput("options: expected a JSON object")
+    return make_options(values)
 
 
 def parse_kind(raw: str | None, sniffed: Kind | None) -> Kind:
@@ -118,6 +131,7 @@ async def enqueue(
     retried through a NATS restart) before the record is written, so a
     record never claims a job that is not queued; the materializer waits for
     a record that is not there yet."""
+    options = fleet_models.resolve(st, owner, options)
     route = await route_for(st, owner, kind, gpu)
     t = now()
     rec = JobRecord(
@@ -142,7 +156,21 @@ def accepted(rec: JobRecord) -> JSONResponse:
     return JSONResponse(body.model_dump(mode="json"), status_code=202, headers={"Location": body.status_url})
 
 
-async def stage_multipart(st: GatewayState, request: Request, owner: str, job_id: str):
+def job_form(form: ParsedForm) -> tuple[Kind, bool, TranscribeOptions]:
+    """The fields of `POST /api/v1/jobs`: `kind`, `gpu`, `options` (JSON)."""
+    return (
+        parse_kind(form.fields.get("kind"), form.sniffed_kind),
+        parse_bool(form.fields.get("gpu"), "gpu"),
+        parse_options(form.fields.get("options")),
+    )
+
+
+async def stage_upload(
+    st: GatewayState, request: Request, owner: str, job_id: str, interpret: Callable[[ParsedForm], T]
+) -> tuple[StagedInput, ParsedForm, T]:
+    """Stream the multipart `file` into the owner's bucket. `interpret` reads
+    the other form fields (each endpoint has its own); if it refuses them the
+    staged object is purged, like any other failure before commit."""
     upload = MultipartToObject(
         request.headers.get("content-type", ""),
         lambda filename: objects.ObjectWriter(
@@ -153,9 +181,7 @@ async def stage_multipart(st: GatewayState, request: Request, owner: str, job_id
         form = await upload.run(request.stream())
         if form.size == 0:
             raise InvalidInput("the uploaded file is empty")
-        kind = parse_kind(form.fields.get("kind"), form.sniffed_kind)
-        gpu = parse_bool(form.fields.get("gpu"), "gpu")
-        options = parse_options(form.fields.get("options"))
+        fields = interpret(form)
         assert upload.writer is not None
         await upload.writer.commit(description=form.content_type)
     except BaseException:
@@ -167,7 +193,41 @@ async def stage_multipart(st: GatewayState, request: Request, owner: str, job_id
         bucket=upload.writer.bucket, object_name=upload.writer.name, filename=form.filename or "upload",
         size=form.size, sha256=form.sha256, content_type=form.content_type,
     )
-    return staged, kind, gpu, options
+    return staged, form, fields
+
+
+async def submit_upload(
+    st: GatewayState,
+    request: Request,
+    owner: str,
+    interpret: Callable[[ParsedForm], tuple[Kind, bool, TranscribeOptions]],
+) -> tuple[JobRecord, ParsedForm]:
+    """Multipart upload to a queued job; the endpoint's own fields stay in the form."""
+    await st.ensure_owner(owner)
+    job_id = new_job_id()
+    staged, form, (kind, gpu, options) = await stage_upload(st, request, owner, job_id, interpret)
+    try:
+        return await enqueue(st, owner, job_id, kind, gpu, options, staged=staged), form
+    except BaseException:  # refused (say, an unknown model) or never queued: leave nothing behind
+        with contextlib.suppress(Exception):
+            await objects.delete_object(st.js, staged.bucket, staged.object_name)
+        raise
+
+
+async def submit_url(st: GatewayState, owner: str, url: str, gpu: bool, options: TranscribeOptions) -> JobRecord:
+    """A URL job: the syntax is checked here (422); the node that downloads
+    it checks every address it connects to (schemas/url_guard.py)."""
+    url = check_syntax(url)
+    await st.ensure_owner(owner)
+    return await enqueue(st, owner, new_job_id(), Kind.URL, gpu, options, url=url)
+
+
+def parse_json_body(model: type[T], raw: bytes) -> T:
+    try:
+        return model.model_validate_json(raw)  # type: ignore[attr-defined]
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise InvalidInput(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from e
 
 
 @router.post("", status_code=202, response_model=Accepted)
@@ -175,27 +235,23 @@ async def submit(request: Request, principal: User) -> JSONResponse:
     """Multipart (`file`, `gpu`, `kind`, `options` JSON) or JSON (`url`)."""
     st: GatewayState = request.app.state.gateway
     owner = principal.user_id
-    await st.ensure_owner(owner)
-    job_id = new_job_id()
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/"):
-        staged, kind, gpu, options = await stage_multipart(st, request, owner, job_id)
-        rec = await enqueue(st, owner, job_id, kind, gpu, options, staged=staged)
+        rec, _ = await submit_upload(st, request, owner, job_form)
         return accepted(rec)
     if ctype.startswith("application/json"):
-        try:
-            req = JsonJobRequest.model_validate_json(await request.body())
-        except ValidationError as e:
-            first = e.errors()[0]
-            raise InvalidInput(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from e
+        req = parse_json_body(JsonJobRequest, await request.body())
         kind = req.kind or (Kind.URL if req.url else None)
-        if kind is Kind.NOOP and not st.settings.enable_noop:
-            raise InvalidInput("the noop kind is for benchmarks; enable it with GPUBUS_ENABLE_NOOP=true")
         if kind is Kind.URL:
-            raise UnsupportedMedia("URL jobs are not enabled on this gateway yet")
+            if not req.url:
+                raise InvalidInput("url: required for a url job")
+            return accepted(await submit_url(st, owner, req.url, req.gpu, req.options))
         if kind is not Kind.NOOP:
             raise InvalidInput("a JSON job needs `url`; upload files as multipart/form-data")
-        rec = await enqueue(st, owner, job_id, kind, req.gpu, req.options, url=req.url)
+        if not st.settings.enable_noop:
+            raise InvalidInput("the noop kind is for benchmarks; enable it with GPUBUS_ENABLE_NOOP=true")
+        await st.ensure_owner(owner)
+        rec = await enqueue(st, owner, new_job_id(), kind, req.gpu, req.options, url=req.url)
         return accepted(rec)
     raise UnsupportedMedia("send multipart/form-data with a `file` part, or JSON with `url`")
 
@@ -222,14 +278,31 @@ async def get_job(request: Request, job_id: str, principal: User) -> dict[str, A
     return job_view(rec)
 
 
+async def read_transcript(st: GatewayState, rec: JobRecord) -> bytes:
+    """The stored result JSON of a succeeded job (409 if there is none)."""
+    if rec.status != JobStatus.SUCCEEDED or not rec.result_object:
+        detail = f": {rec.error.code}: {rec.error.message}" if rec.error else ""
+        raise Conflict(f"job {rec.job_id} is {rec.status}, no result{detail}")
+    return await objects.read_bytes(st.js, names.files_bucket(rec.owner), rec.result_object)
+
+
+async def finished_transcript(st: GatewayState, rec: JobRecord, timeout_s: float) -> tuple[JobRecord, Transcript | None]:
+    """For the synchronous endpoints: wait up to `timeout_s` for the job.
+    Returns (record, transcript), transcript None while it still runs; a
+    failed job raises its own error (JobFailed: 422 with its code)."""
+    rec = await st.jobs.wait_terminal(rec.owner, rec.job_id, timeout_s)
+    if not rec.terminal:
+        return rec, None
+    if rec.status == JobStatus.FAILED and rec.error is not None:
+        raise JobFailed(rec.error.code, f"job {rec.job_id} failed: {rec.error.message}")
+    return rec, Transcript.model_validate_json(await read_transcript(st, rec))
+
+
 @router.get("/{job_id}/result")
 async def get_result(request: Request, job_id: str, principal: User, format: str = "json") -> Response:
     st: GatewayState = request.app.state.gateway
     rec, _ = await st.jobs.get(principal.user_id, job_id)
-    if rec.status != JobStatus.SUCCEEDED or not rec.result_object:
-        detail = f": {rec.error.code}: {rec.error.message}" if rec.error else ""
-        raise Conflict(f"job {job_id} is {rec.status}, no result{detail}")
-    data = await objects.read_bytes(st.js, names.files_bucket(rec.owner), rec.result_object)
+    data = await read_transcript(st, rec)
     if rec.kind is Kind.NOOP:
         return Response(data, media_type="application/json")
     body, media_type = render(Transcript.model_validate_json(data), format)

@@ -36,7 +36,8 @@ def safe_filename(raw: str | None) -> str:
 
 @dataclass
 class ParsedForm:
-    fields: dict[str, str] = field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)  # the last value of each field
+    lists: dict[str, list[str]] = field(default_factory=dict)  # every value (`name[]` style arrays)
     filename: str | None = None
     content_type: str = "application/octet-stream"
     sniffed_kind: Kind | None = None
@@ -163,5 +164,7 @@ class MultipartToObject:
             self.form.size = self.writer.size
             self.form.sha256 = self.writer.sha256_hex
         elif self._name:
-            self.form.fields[self._name] = self._buf.decode(errors="replace")
+            value = self._buf.decode(errors="replace")
+            self.form.fields[self._name] = value
+            self.form.lists.setdefault(self._name, []).append(value)
         self._is_file = False

@@ -8,23 +8,35 @@ from bus.node_host import run_node
 from bus.settings import Settings
 from gpu_node import device, telemetry
 from processors import factory
+from processors.media_fetch import FetchConfig
 from processors.whisper_engine import EngineConfig
 from schemas.names import Lane
 from schemas.processing import Processor
 
-GPU_BATCH_SIZE = 8  # BatchedInferencePipeline on CUDA; CPU runs stay sequential
+CUDA_DEFAULT_MODEL = "large-v3"  # what people buy a GPU for; must be installed on the node
 
 
-def make_processor(settings: Settings, node_id: str) -> Processor:
+def engine_config(settings: Settings) -> EngineConfig:
+    """On CUDA: large-v3 (unless GPUBUS_WHISPER_MODEL), float16, batched.
+    On the CPU (tests, `--device cpu`): the offline tiny.en, sequential."""
     dev, compute = device.select(settings.device, settings.compute_type)
-    cfg = EngineConfig(
-        model=settings.whisper_model,
+    cuda = dev == "cuda"
+    return EngineConfig(
+        model=settings.whisper_model or (CUDA_DEFAULT_MODEL if cuda else None),
         device=dev,
         compute_type=compute,
         workers=settings.node_concurrency,
-        batch_size=GPU_BATCH_SIZE if dev == "cuda" else 0,
+        batch_size=settings.gpu_batch_size if cuda else 0,
     )
-    return factory.build(cfg, node_id=node_id, enable_noop=settings.enable_noop)
+
+
+def make_processor(settings: Settings, node_id: str) -> Processor:
+    return factory.build(
+        engine_config(settings),
+        node_id=node_id,
+        enable_noop=settings.enable_noop,
+        fetch=FetchConfig(settings.download_max_bytes, settings.download_timeout, settings.allow_private_urls),
+    )
 
 
 def main(settings: Settings) -> None:

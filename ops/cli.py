@@ -12,6 +12,7 @@ from typing import Any
 from bus.settings import Settings
 from ops.client import ApiError, GatewayClient
 from ops.logs import configure_logging
+from schemas.errors import GpubusError
 
 FORMATS = ["json", "text", "srt", "vtt", "md"]
 
@@ -88,10 +89,11 @@ def cmd_submit(args: argparse.Namespace) -> None:
     url, key = _client_config(Settings())
     c = GatewayClient(url, key)
     options = json.loads(args.options) if args.options else {}
-    if args.language:
-        options["language"] = args.language
+    flags = {"language": args.language, "task": args.task, "model": args.model, "initial_prompt": args.prompt}
+    options.update({k: v for k, v in flags.items() if v is not None})
+    options.update({k: True for k in ("word_timestamps", "vad_filter") if getattr(args, k)})
     target = args.target
-    if target.startswith(("http://", "https://")):
+    if "://" in target:  # a URL job; the gateway judges the scheme
         job = c.submit_json({"url": target, "gpu": args.gpu, "options": options})
     else:
         job = progress.upload(c, Path(target), gpu=args.gpu, kind=args.kind, options=options)
@@ -179,7 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--wait", action="store_true")
     sm.add_argument("--format", choices=FORMATS, default="text")
     sm.add_argument("--kind", choices=["audio", "video"])
-    sm.add_argument("--language")
+    sm.add_argument("--language", help="e.g. en; default: detected")
+    sm.add_argument("--task", choices=["transcribe", "translate"])
+    sm.add_argument("--model", help="one a live node serves (see `gpubus status`)")
+    sm.add_argument("--prompt", help="initial prompt: names, spelling, style")
+    sm.add_argument("--word-timestamps", dest="word_timestamps", action="store_true")
+    sm.add_argument("--vad", dest="vad_filter", action="store_true", help="skip silence (Silero VAD)")
     sm.add_argument("--options", help="options JSON")
     sm.set_defaults(fn=cmd_submit)
 
@@ -210,6 +217,8 @@ def main(argv: list[str] | None = None) -> None:
         args.fn(args)
     except ApiError as e:
         raise SystemExit(f"error: {e}") from None
+    except GpubusError as e:  # a node that cannot start (no model, no CUDA) says why and exits 1
+        raise SystemExit(f"error: {e.code}: {e.message}") from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 

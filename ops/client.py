@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import mimetypes
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import httpx
 
+from ops.sse import SseEvent, parse
 from schemas.errors import GpubusError
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -105,6 +106,17 @@ class GatewayClient:
 
     def delete(self, path: str) -> dict[str, Any]:
         return self._check(self.http.delete(path)).json()
+
+    def events(self, job_id: str, *, timeout_s: float = 3600) -> Iterator[SseEvent]:
+        """The job's Server-Sent Events until it is terminal (the gateway ends
+        the stream there). Reads time out only if nothing, not even a ping,
+        arrives for a minute."""
+        timeout = httpx.Timeout(10.0, read=60.0)
+        with self.http.stream("GET", f"/api/v1/jobs/{job_id}/events", timeout=timeout) as r:
+            if r.status_code >= 400:
+                r.read()
+                self._check(r)
+            yield from parse(r.iter_lines())
 
     def wait(
         self, job_id: str, *, timeout_s: float = 3600, on_update: Callable[[dict[str, Any]], None] = lambda j: None

@@ -13,6 +13,8 @@ from schemas.jobs import JobMessage, ResultSummary
 from schemas.names import Kind
 from schemas.processing import JobOutput, ProgressFn
 
+MODEL_NOT_SERVED = "MODEL_NOT_SERVED"
+
 
 class TranscriptionProcessor:
     kinds = frozenset({Kind.AUDIO.value, Kind.VIDEO.value})
@@ -36,6 +38,9 @@ class TranscriptionProcessor:
     ) -> JobOutput:
         if input_path is None:
             raise JobFailed(INPUT_MISSING, f"a {job.kind} job needs a staged file")
+        wanted = job.options.model
+        if wanted and wanted != self.engine.model_name:
+            raise JobFailed(MODEL_NOT_SERVED, f"this node serves {self.engine.model_name}, not {wanted}")
         t0 = time.monotonic()
         audio = audio_decode.decode(input_path)
         progress(0.0, len(audio) / audio_decode.SAMPLE_RATE)

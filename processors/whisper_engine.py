@@ -1,28 +1,34 @@
 """faster-whisper, loaded once per process, shared by the node's workers.
 
-Device-agnostic: the GPU node passes cuda/float16, the CPU node cpu/int8.
-CTranslate2 runs several transcriptions at once on one model (`num_workers`),
-so `GPUBUS_NODE_CONCURRENCY` jobs share one copy of the weights.
+Device-agnostic: the GPU node passes cuda/float16 and a batch size (faster-
+whisper's `BatchedInferencePipeline`), the CPU node cpu/int8 and sequential
+decoding. CTranslate2 runs several transcriptions at once on one model
+(`num_workers`), so `GPUBUS_NODE_CONCURRENCY` jobs share one copy of the
+weights.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from processors import model_paths
-from schemas.errors import JobCancelled
+from processors import gpu_memory, model_paths
+from schemas.errors import JobCancelled, JobFailed
 from schemas.jobs import TranscribeOptions
 from schemas.results import Segment, Transcript, Word
 
 log = logging.getLogger("gpubus.processors.whisper")
 
 SAMPLE_RATE = 16_000
+CHUNK_S = 30  # Whisper's window; the batched pipeline decodes one chunk per batch row
+UNSUPPORTED_LANGUAGE = "UNSUPPORTED_LANGUAGE"
 
 
 @dataclass(frozen=True)
@@ -35,30 +41,76 @@ class EngineConfig:
     batch_size: int = 0  # >0: BatchedInferencePipeline (GPU nodes)
 
 
+def fixed_chunks(duration_s: float) -> list[dict[str, float]]:
+    """30 s windows over the whole file: the batched pipeline needs chunk
+    boundaries, and without the VAD nothing may be skipped."""
+    n = max(1, math.ceil(duration_s / CHUNK_S))
+    return [{"start": float(i * CHUNK_S), "end": float(min((i + 1) * CHUNK_S, duration_s))} for i in range(n)]
+
+
 class WhisperEngine:
     def __init__(self, cfg: EngineConfig) -> None:
-        from faster_whisper import BatchedInferencePipeline, WhisperModel
+        from faster_whisper import WhisperModel
 
         self.cfg = cfg
         self.model_name, load_path = model_paths.resolve(cfg.model)
         t0 = time.monotonic()
-        self._model = WhisperModel(
-            load_path,
-            device=cfg.device,
-            compute_type=cfg.compute_type,
-            num_workers=cfg.workers,
-            cpu_threads=cfg.cpu_threads,
-            local_files_only=True,
-        )
-        self._batched = BatchedInferencePipeline(self._model) if cfg.batch_size > 0 else None
+        try:
+            self._model = WhisperModel(
+                load_path,
+                device=cfg.device,
+                compute_type=cfg.compute_type,
+                num_workers=cfg.workers,
+                cpu_threads=cfg.cpu_threads,
+                local_files_only=True,  # never download weights while serving
+            )
+        except (OSError, ValueError) as e:
+            raise model_paths.ModelUnavailable(
+                f"whisper model {self.model_name!r} is not installed on this machine ({type(e).__name__}); "
+                "put the CTranslate2 weights on the node ahead of time and set GPUBUS_WHISPER_MODEL to their "
+                "directory (or to a name already in the local model cache)"
+            ) from e
         self.load_seconds = time.monotonic() - t0
         log.info(
-            "loaded whisper %s on %s/%s in %.2fs", self.model_name, cfg.device, cfg.compute_type, self.load_seconds
+            "loaded whisper %s on %s/%s (batch %d) in %.2fs",
+            self.model_name, cfg.device, cfg.compute_type, cfg.batch_size, self.load_seconds,
         )
 
     @property
     def english_only(self) -> bool:
         return not self._model.model.is_multilingual
+
+    def _decode_kwargs(self, opts: TranscribeOptions) -> dict[str, Any]:
+        """An English-only model cannot detect or translate: English audio is
+        transcribed (its translation to English is the transcript), any other
+        language is refused rather than silently transcribed as English."""
+        language = opts.language.lower() if opts.language else None
+        if self.english_only:
+            if language not in (None, "en"):
+                raise JobFailed(
+                    UNSUPPORTED_LANGUAGE, f"model {self.model_name} is English-only; it cannot do language {language!r}"
+                )
+            language = "en"
+        return dict(
+            language=language,
+            task="transcribe" if self.english_only else opts.task,
+            beam_size=opts.beam_size,
+            temperature=opts.temperature,
+            word_timestamps=opts.word_timestamps,
+            vad_filter=opts.vad_filter,
+            initial_prompt=opts.initial_prompt,
+        )
+
+    def _segments(self, audio: np.ndarray, kwargs: dict[str, Any], batch_size: int):
+        if batch_size <= 0:
+            return self._model.transcribe(audio, **kwargs)
+        from faster_whisper import BatchedInferencePipeline
+
+        # One pipeline per call: it keeps per-transcription state, the model is shared.
+        pipeline = BatchedInferencePipeline(self._model)
+        if not kwargs["vad_filter"]:
+            kwargs = {**kwargs, "clip_timestamps": fixed_chunks(len(audio) / SAMPLE_RATE)}
+        return pipeline.transcribe(audio, batch_size=batch_size, **kwargs)
 
     def transcribe(
         self,
@@ -68,20 +120,25 @@ class WhisperEngine:
         on_segment: Callable[[float, float], None],
         cancelled: threading.Event,
     ) -> Transcript:
-        duration = len(audio) / SAMPLE_RATE
-        kwargs = dict(
-            language=opts.language or ("en" if self.english_only else None),
-            task=opts.task,
-            beam_size=opts.beam_size,
-            temperature=opts.temperature,
-            word_timestamps=opts.word_timestamps,
-            vad_filter=opts.vad_filter,
-            initial_prompt=opts.initial_prompt,
+        """On CUDA out-of-memory the job is decoded again with half the batch,
+        once; a second OOM raises JobRetryable (see processors.gpu_memory)."""
+        kwargs = self._decode_kwargs(opts)
+        return gpu_memory.with_oom_retry(
+            lambda batch: self._transcribe_once(audio, opts, kwargs, batch, on_segment, cancelled),
+            self.cfg.batch_size,
         )
-        if self._batched is not None:
-            segments_iter, info = self._batched.transcribe(audio, batch_size=self.cfg.batch_size, **kwargs)
-        else:
-            segments_iter, info = self._model.transcribe(audio, **kwargs)
+
+    def _transcribe_once(
+        self,
+        audio: np.ndarray,
+        opts: TranscribeOptions,
+        kwargs: dict[str, Any],
+        batch_size: int,
+        on_segment: Callable[[float, float], None],
+        cancelled: threading.Event,
+    ) -> Transcript:
+        duration = len(audio) / SAMPLE_RATE
+        segments_iter, info = self._segments(audio, kwargs, batch_size)
         segments: list[Segment] = []
         for seg in segments_iter:  # decoding happens lazily, segment by segment
             if cancelled.is_set():

@@ -83,6 +83,13 @@ class Unavailable(GpubusError):
         self.retry_after_s = retry_after_s
 
 
+class StillRunning(GpubusError):
+    """A synchronous request's job did not finish in time; it goes on, and
+    its status and result stay available under its job id."""
+
+    code = "STILL_RUNNING"
+
+
 class JobFailed(GpubusError):
     """A permanent failure of one job (bad media, no audio track): retrying
     the same input cannot succeed, so the message is termed."""

@@ -103,6 +103,11 @@ def input_object(job_id: str, filename: str) -> str:
     return f"in/{job_id}/{filename}"
 
 
+# The owner's cookie file for yt-dlp (PUT /api/v1/auth/cookies), kept only in
+# the owner's own bucket; nodes copy it into a URL job's private temp dir.
+COOKIES_OBJECT = "auth/cookies.txt"
+
+
 def result_object(job_id: str, attempt: int) -> str:
     """One object per attempt: a late node finishing an attempt that already
     fell back must not overwrite the result the user was shown."""

@@ -13,6 +13,15 @@ from pydantic import BaseModel
 from schemas.jobs import JobMessage, ResultSummary
 
 
+COOKIES_FILENAME = "cookies.txt"
+
+
+def cookies_path(work_dir: Path) -> Path:
+    """Where the node runtime puts the owner's cookie file for a URL job, if
+    the owner uploaded one; the URL processor hands it to yt-dlp from there."""
+    return work_dir / COOKIES_FILENAME
+
+
 class ProgressFn(Protocol):
     def __call__(self, media_s_done: float, media_s_total: float) -> None: ...
 

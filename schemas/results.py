@@ -32,3 +32,5 @@ class Transcript(BaseModel):
     node_id: str | None = None
     processing_s: float | None = None
     real_time_factor: float | None = None
+    source_url: str | None = None  # URL jobs: what was downloaded
+    title: str | None = None  # URL jobs: the page's title, as yt-dlp found it

@@ -1,0 +1,60 @@
+"""URL jobs: download the media with yt-dlp, then transcribe it like an upload."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from processors import media_fetch
+from processors.media_fetch import FetchConfig
+from processors.transcription import TranscriptionProcessor
+from schemas.errors import INPUT_MISSING, JobFailed
+from schemas.jobs import JobMessage
+from schemas.names import Kind
+from schemas.processing import JobOutput, ProgressFn, cookies_path
+from schemas.results import Transcript
+from schemas.url_guard import UrlRefused, check_syntax
+
+
+class UrlProcessor:
+    kinds = frozenset({Kind.URL.value})
+
+    def __init__(self, transcriber: TranscriptionProcessor, cfg: FetchConfig) -> None:
+        self.transcriber = transcriber
+        self.cfg = cfg
+        self.device = transcriber.device
+
+    @property
+    def models(self) -> list[str]:
+        return self.transcriber.models
+
+    def run(
+        self,
+        job: JobMessage,
+        input_path: Path | None,
+        work_dir: Path,
+        progress: ProgressFn,
+        cancelled: threading.Event,
+    ) -> JobOutput:
+        if not job.url:
+            raise JobFailed(INPUT_MISSING, "a url job needs a url")
+        try:
+            url = check_syntax(job.url)  # the gateway checked it too; a node trusts no message
+        except UrlRefused as e:
+            raise JobFailed(e.code, e.message) from None
+        cookies = cookies_path(work_dir)
+        download_dir = work_dir / "download"
+        download_dir.mkdir()
+        fetched = media_fetch.fetch(
+            url,
+            download_dir,
+            self.cfg,
+            cookiefile=cookies if cookies.is_file() else None,
+            on_progress=lambda _bytes: progress(0.0, 0.0),  # proof of life while downloading
+            cancelled=cancelled,
+        )
+        output = self.transcriber.run(job, fetched.path, work_dir, progress, cancelled)
+        if isinstance(output.result, Transcript):
+            output.result.source_url = url
+            output.result.title = fetched.title
+        return output

@@ -1,0 +1,70 @@
+"""Live progress: `GET /api/v1/jobs/{id}/events` (SSE) and `gpubus submit --wait`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from ops.client import GatewayClient
+from ops.sse import SseEvent, parse
+from tests.harness import TESTDATA, base_env, submit_file, wait_job
+from tests.test_formats import check_srt_syntax
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_sse_parser_reads_events_and_skips_pings():
+    lines = ["event: state", 'data: {"status": "queued"}', "", ": ping", "", "event: progress", 'data: {"progress": 0.5}', ""]
+    assert list(parse(lines)) == [SseEvent("state", {"status": "queued"}), SseEvent("progress", {"progress": 0.5})]
+
+
+def test_events_stream_progress_until_the_terminal_state(gateway, shared_cpu_node, user):
+    key = gateway.create_key(user)
+    with gateway.client(key) as c:
+        job = submit_file(c, TESTDATA / "long.wav")
+        with c.stream("GET", f"/api/v1/jobs/{job['job_id']}/events") as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            events = list(parse(r.iter_lines()))
+        # The stream opens with the record, then the node's events, and closes on the terminal record
+        kinds = [e.event for e in events]
+        assert kinds[0] == "state" and events[0].data["job_id"] == job["job_id"]
+        assert "started" in kinds and "succeeded" in kinds, kinds
+        assert kinds[-1] == "state" and events[-1].data["status"] == "succeeded"
+        fractions = [e.data["progress"] for e in events if e.event == "progress" and "progress" in e.data]
+        assert len(fractions) >= 2 and fractions == sorted(fractions) and fractions[-1] > 0.5, kinds
+        assert all(e.data["media_s_done"] <= 77 for e in events if e.event == "progress")
+        assert kinds.index("started") < kinds.index("succeeded")
+        # When the stream ends the result is there
+        assert c.get(f"/api/v1/jobs/{job['job_id']}/result?format=text").status_code == 200
+
+
+def test_events_of_a_finished_job_replay_the_final_state_and_end(gateway, shared_cpu_node, user):
+    key = gateway.create_key(user)
+    with gateway.client(key) as c:
+        job = submit_file(c, TESTDATA / "hello.wav")
+        wait_job(c, job["job_id"])
+    events = list(GatewayClient(gateway.url, key).events(job["job_id"]))
+    assert [e.event for e in events] == ["state"] and events[0].data["status"] == "succeeded"
+
+
+def test_events_of_another_users_job_are_404(gateway, shared_cpu_node, user):
+    key_a, key_b = gateway.create_key(user), gateway.create_key(user + "-b")
+    with gateway.client(key_a) as a, gateway.client(key_b) as b:
+        job = submit_file(a, TESTDATA / "hello.wav")
+        r = b.get(f"/api/v1/jobs/{job['job_id']}/events")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND"
+        wait_job(a, job["job_id"])
+
+
+def test_cli_submit_wait_follows_the_events_and_prints_the_result(gateway, shared_cpu_node, user, tmp_path):
+    key = gateway.create_key(user)
+    env = base_env(gateway.nats_url, gateway_url=gateway.url, api_key=key, data_dir=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "ops.cli", "submit", str(TESTDATA / "numbers.wav"), "--wait", "--format", "srt"],
+        env=env, capture_output=True, text=True, timeout=150,
+    )
+    assert out.returncode == 0, out.stderr
+    assert check_srt_syntax(out.stdout) >= 1 and "report" in out.stdout.lower()
+    assert "polling" not in out.stderr and "queued on cpu" in out.stderr
