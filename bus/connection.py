@@ -10,24 +10,47 @@ import nats
 from nats.aio.client import Client as NatsClient
 
 log = logging.getLogger("gpubus.bus.connection")
+AUTH_REFUSALS_FINAL = 3
 
 
 async def connect(
-    servers: list[str], *, name: str, on_reconnect: Callable[[], None] | None = None, **auth: Any
+    servers: list[str],
+    *,
+    name: str,
+    on_reconnect: Callable[[], None] | None = None,
+    on_closed: Callable[[], None] | None = None,
+    **auth: Any,
 ) -> NatsClient:
     """Reconnect forever: a node or gateway outlives a NATS restart or a
     leader change; JetStream redelivery covers what was in flight."""
 
+    refusals = 0
+
     async def on_error(e: Exception) -> None:
+        """NATS refusing our credentials again and again (a revoked key) is
+        final for this process; nats-py would retry forever."""
+        nonlocal refusals
         log.warning("nats error (%s): %s", name, e)
+        if "authorization violation" in str(e).lower():
+            refusals += 1
+            if refusals >= AUTH_REFUSALS_FINAL and on_closed is not None:
+                log.error("nats refused %s's credentials %d times in a row; giving up", name, refusals)
+                on_closed()
 
     async def on_disconnect() -> None:
         log.warning("nats disconnected (%s)", name)
 
     async def reconnected() -> None:
+        nonlocal refusals
+        refusals = 0
         log.info("nats reconnected (%s)", name)
         if on_reconnect is not None:
             on_reconnect()
+
+    async def closed() -> None:
+        log.info("nats connection closed (%s)", name)
+        if on_closed is not None:
+            on_closed()
 
     return await nats.connect(
         servers=servers,
@@ -39,6 +62,7 @@ async def connect(
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=reconnected,
+        closed_cb=closed,
         **{k: v for k, v in auth.items() if v is not None},
     )
 
@@ -54,4 +78,7 @@ async def close(nc: NatsClient, *, flush_timeout_s: float = 5.0) -> None:
             await nc.flush(timeout=flush_timeout_s)
     except Exception as e:
         log.warning("flush before close failed: %s", e)
-    await nc.close()
+    try:
+        await nc.close()
+    except OSError as e:  # the peer is gone already; closed either way
+        log.debug("close: %s", e)

@@ -7,15 +7,18 @@ fallback to anonymous.
 
 from __future__ import annotations
 
+import re
+
 from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
 from schemas import codec, names
 from schemas.errors import NotFound, Unauthorized
 from schemas.jobs import now
-from schemas.keys import ApiKeyRecord, Role, new_secret, parse_key, secret_matches
+from schemas.keys import KEY_ID_HEX, ApiKeyRecord, Role, new_secret, parse_key, secret_matches
 
 DAY_S = 86_400.0
+KEY_ID_RE = re.compile(rf"^[0-9a-f]{{{KEY_ID_HEX}}}$")
 
 
 class KeyStore:
@@ -23,7 +26,14 @@ class KeyStore:
         self._kv = kv
 
     async def create(
-        self, user_id: str, roles: list[Role], *, description: str = "", expires_days: float | None = None
+        self,
+        user_id: str,
+        roles: list[Role],
+        *,
+        description: str = "",
+        expires_days: float | None = None,
+        max_upload_mb: int | None = None,
+        max_active_jobs: int | None = None,
     ) -> tuple[str, ApiKeyRecord]:
         names.validate_owner(user_id)
         full, key_id, digest = new_secret()
@@ -36,11 +46,15 @@ class KeyStore:
             description=description,
             created_at=created,
             expires_at=created + expires_days * DAY_S if expires_days else None,
+            max_upload_mb=max_upload_mb,
+            max_active_jobs=max_active_jobs,
         )
         await self._kv.create(key_id, codec.encode_record(rec))
         return full, rec
 
     async def get(self, key_id: str) -> ApiKeyRecord:
+        if not KEY_ID_RE.fullmatch(key_id):  # user input becomes a KV key: check it first
+            raise NotFound(f"no key {key_id[:40]!r}")
         try:
             entry = await self._kv.get(key_id)
         except (KeyNotFoundError, NotFoundError):

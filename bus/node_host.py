@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import httpx
 from prometheus_client import CollectorRegistry, start_http_server
 
-from bus.connection import connect
+from bus.connection import close, connect
 from bus.metrics import GpuSource, NodeMetrics
 from bus.node_runtime import NodeRuntime, new_node_id
 from bus.settings import Settings
@@ -34,7 +34,14 @@ class NodeIdentity:
     queue_owner: str
     lane: Lane
     nats_servers: list[str]
-    nats_auth: dict
+    secret: str  # presented to NATS as the token; auth callout maps it to permissions
+    inbox_prefix: str
+
+
+class NodeCutOff(GpubusError):
+    """NATS will not have this node any more (its key was revoked or expired)."""
+
+    code = "NODE_CUT_OFF"
 
 
 class BootstrapFailed(GpubusError):
@@ -65,7 +72,8 @@ async def bootstrap(settings: Settings, lane: Lane, *, shared: bool) -> NodeIden
         queue_owner=body["queue_owner"],
         lane=Lane(body["lane"]),
         nats_servers=body["nats_servers"],
-        nats_auth=body.get("nats_auth") or {},
+        secret=secret.get_secret_value(),
+        inbox_prefix=body.get("inbox_prefix") or "_INBOX",
     )
 
 
@@ -97,7 +105,11 @@ async def start_node(
     if gpu_source is not None:
         metrics.watch_gpus(gpu_source())
     metrics_url = start_metrics_server(settings, registry)
-    nc = await connect(identity.nats_servers, name=node_id, **identity.nats_auth)
+    lost = asyncio.Event()
+    nc = await connect(
+        identity.nats_servers, name=node_id, token=identity.secret, inbox_prefix=identity.inbox_prefix,
+        on_closed=lost.set,
+    )
     runtime = NodeRuntime(
         nc,
         processor,
@@ -111,6 +123,7 @@ async def start_node(
         handle_signals=handle_signals,
         drain_timeout_s=settings.drain_timeout,
     )
+    runtime.connection_lost = lost
     await runtime.start()
     log.info("node %s ready: %s lane of %s, metrics %s", node_id, identity.lane, identity.queue_owner, metrics_url)
     return runtime
@@ -127,7 +140,17 @@ async def run_node(
     """A node process: run until SIGTERM/SIGINT, then drain (NodeRuntime.stop)."""
     runtime = await start_node(settings, lane, make_processor, shared=shared, gpu_source=gpu_source)
     print(f"node {runtime.node_id} ready ({runtime!r}), metrics {runtime.metrics_url}", flush=True)
+    stopped = asyncio.create_task(runtime.stopped.wait())
+    lost = asyncio.create_task(runtime.connection_lost.wait())
     try:
-        await runtime.stopped.wait()
+        await asyncio.wait([stopped, lost], return_when=asyncio.FIRST_COMPLETED)
+        if lost.done() and not runtime.stopped.is_set():
+            # nats-py gives up only when NATS refuses us (a revoked or expired
+            # key): in-flight jobs will be redelivered elsewhere.
+            log.error("node %s: NATS closed the connection for good (key revoked?); exiting", runtime.node_id)
+            await close(runtime.nc)  # stop nats-py's reconnect loop before the runtime winds down
+            raise NodeCutOff(f"node {runtime.node_id} lost its NATS connection for good")
     finally:
+        stopped.cancel()
+        lost.cancel()
         await runtime.close()

@@ -117,6 +117,7 @@ class NodeRuntime:
         self.done = 0
         self.failed = 0
         self.stopped = asyncio.Event()
+        self.connection_lost = asyncio.Event()
 
     def __repr__(self) -> str:
         return (
@@ -187,7 +188,8 @@ class NodeRuntime:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         try:
-            await registry.forget(self._nodes_kv, self.queue_owner, self.lane, self.node_id)
+            if not self.nc.is_closed:
+                await registry.forget(self._nodes_kv, self.queue_owner, self.lane, self.node_id)
         except Exception as e:
             log.warning("could not leave the registry: %s", e)
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -22,7 +22,7 @@ class JobPublisher:
 
     async def publish(self, job: JobMessage) -> int:
         """Returns the stream sequence of the stored message."""
-        subject = names.job_subject(job.queue_owner, job.lane, job.kind)
+        subject = names.job_subject(job.queue_owner, job.lane, job.kind, job.owner)
         payload = codec.encode(job)
         headers = {"Nats-Msg-Id": names.msg_id(job.job_id, job.lane, job.attempt)}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +35,12 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
     admin_token: SecretStr | None = None
     allow_anonymous: bool = False
+    nats_issuer_seed: SecretStr | None = Field(
+        None, description="account nkey seed that signs auth callout answers; set = nodes get scoped NATS identities"
+    )
+    nats_system_url: SecretStr | None = Field(
+        None, description="NATS system account URL (with credentials): lets the gateway disconnect revoked nodes"
+    )
 
     # Routing and retry policy (seconds where a duration)
     gpu_mode: GpuMode = GpuMode.OPTIONAL
@@ -61,6 +68,7 @@ class Settings(BaseSettings):
 
     # Limits and storage
     max_upload_mb: int = Field(1024, gt=0)
+    max_active_jobs: int = Field(1000, gt=0, description="queued + running jobs per user before 429")
     replicas: int = Field(1, ge=1, le=5)
     events_max_age_days: float = 7.0
     files_ttl_days: float = 7.0
@@ -74,9 +82,25 @@ class Settings(BaseSettings):
         return [u.strip() for u in self.nats_url.split(",") if u.strip()]
 
     @property
+    def nats_public_servers(self) -> list[str]:
+        """What remote nodes are told to connect to: never the gateway's own
+        credentials (they authenticate with their key)."""
+        urls = (self.nats_public_url or self.nats_url).split(",")
+        return [_without_userinfo(u.strip()) for u in urls if u.strip()]
+
+    @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
 
     @property
     def download_max_bytes(self) -> int:
         return self.download_max_mb * 1024 * 1024
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -20,6 +20,8 @@ class Principal:
     roles: frozenset[Role]
     admin: bool = False
     key_id: str | None = None
+    max_upload_mb: int | None = None  # this key's own limits, else the gateway's
+    max_active_jobs: int | None = None
 
 
 ADMIN = Principal(user_id="admin", roles=frozenset(Role), admin=True)
@@ -52,7 +54,10 @@ async def authenticate(request: Request) -> Principal:
             return ADMIN
         raise Unauthorized("invalid token")
     rec = await st.keys.authenticate(secret)
-    return Principal(user_id=rec.user_id, roles=frozenset(rec.roles), key_id=rec.key_id)
+    return Principal(
+        user_id=rec.user_id, roles=frozenset(rec.roles), key_id=rec.key_id,
+        max_upload_mb=rec.max_upload_mb, max_active_jobs=rec.max_active_jobs,
+    )
 
 
 async def user(request: Request) -> Principal:

@@ -19,7 +19,7 @@ from gateway.auth import Principal
 from gateway.state import GatewayState
 from gateway.uploads import MultipartToObject, ParsedForm
 from schemas import names
-from schemas.errors import Conflict, InvalidInput, JobFailed, UnsupportedMedia
+from schemas.errors import Conflict, InvalidInput, JobFailed, RateLimited, UnsupportedMedia
 from schemas.formats import render
 from schemas.jobs import JobRecord, JobStatus, StagedInput, TranscribeOptions, new_job_id, now
 from schemas.names import Kind
@@ -165,8 +165,22 @@ def job_form(form: ParsedForm) -> tuple[Kind, bool, TranscribeOptions]:
     )
 
 
+async def admit(st: GatewayState, principal: Principal) -> None:
+    """Per-user limit on unfinished jobs, checked before anything is staged."""
+    limit = principal.max_active_jobs or st.settings.max_active_jobs
+    active = await st.active_jobs(principal.user_id)
+    if active >= limit:
+        raise RateLimited(f"{active} jobs queued or running; the limit is {limit}", retry_after_s=5)
+
+
 async def stage_upload(
-    st: GatewayState, request: Request, owner: str, job_id: str, interpret: Callable[[ParsedForm], T]
+    st: GatewayState,
+    request: Request,
+    owner: str,
+    job_id: str,
+    interpret: Callable[[ParsedForm], T],
+    *,
+    max_bytes: int,
 ) -> tuple[StagedInput, ParsedForm, T]:
     """Stream the multipart `file` into the owner's bucket. `interpret` reads
     the other form fields (each endpoint has its own); if it refuses them the
@@ -174,7 +188,7 @@ async def stage_upload(
     upload = MultipartToObject(
         request.headers.get("content-type", ""),
         lambda filename: objects.ObjectWriter(
-            st.js, names.files_bucket(owner), names.input_object(job_id, filename), max_bytes=st.settings.max_upload_bytes
+            st.js, names.files_bucket(owner), names.input_object(job_id, filename), max_bytes=max_bytes
         ),
     )
     try:
@@ -199,13 +213,16 @@ async def stage_upload(
 async def submit_upload(
     st: GatewayState,
     request: Request,
-    owner: str,
+    principal: Principal,
     interpret: Callable[[ParsedForm], tuple[Kind, bool, TranscribeOptions]],
 ) -> tuple[JobRecord, ParsedForm]:
     """Multipart upload to a queued job; the endpoint's own fields stay in the form."""
+    owner = principal.user_id
+    await admit(st, principal)
     await st.ensure_owner(owner)
     job_id = new_job_id()
-    staged, form, (kind, gpu, options) = await stage_upload(st, request, owner, job_id, interpret)
+    max_bytes = (principal.max_upload_mb or st.settings.max_upload_mb) * 1024 * 1024
+    staged, form, (kind, gpu, options) = await stage_upload(st, request, owner, job_id, interpret, max_bytes=max_bytes)
     try:
         return await enqueue(st, owner, job_id, kind, gpu, options, staged=staged), form
     except BaseException:  # refused (say, an unknown model) or never queued: leave nothing behind
@@ -214,12 +231,15 @@ async def submit_upload(
         raise
 
 
-async def submit_url(st: GatewayState, owner: str, url: str, gpu: bool, options: TranscribeOptions) -> JobRecord:
+async def submit_url(
+    st: GatewayState, principal: Principal, url: str, gpu: bool, options: TranscribeOptions
+) -> JobRecord:
     """A URL job: the syntax is checked here (422); the node that downloads
     it checks every address it connects to (schemas/url_guard.py)."""
     url = check_syntax(url)
-    await st.ensure_owner(owner)
-    return await enqueue(st, owner, new_job_id(), Kind.URL, gpu, options, url=url)
+    await admit(st, principal)
+    await st.ensure_owner(principal.user_id)
+    return await enqueue(st, principal.user_id, new_job_id(), Kind.URL, gpu, options, url=url)
 
 
 def parse_json_body(model: type[T], raw: bytes) -> T:
@@ -237,7 +257,7 @@ async def submit(request: Request, principal: User) -> JSONResponse:
     owner = principal.user_id
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/"):
-        rec, _ = await submit_upload(st, request, owner, job_form)
+        rec, _ = await submit_upload(st, request, principal, job_form)
         return accepted(rec)
     if ctype.startswith("application/json"):
         req = parse_json_body(JsonJobRequest, await request.body())
@@ -245,11 +265,12 @@ async def submit(request: Request, principal: User) -> JSONResponse:
         if kind is Kind.URL:
             if not req.url:
                 raise InvalidInput("url: required for a url job")
-            return accepted(await submit_url(st, owner, req.url, req.gpu, req.options))
+            return accepted(await submit_url(st, principal, req.url, req.gpu, req.options))
         if kind is not Kind.NOOP:
             raise InvalidInput("a JSON job needs `url`; upload files as multipart/form-data")
         if not st.settings.enable_noop:
             raise InvalidInput("the noop kind is for benchmarks; enable it with GPUBUS_ENABLE_NOOP=true")
+        await admit(st, principal)
         await st.ensure_owner(owner)
         rec = await enqueue(st, owner, new_job_id(), kind, req.gpu, req.options, url=req.url)
         return accepted(rec)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from bus import node_permissions
 from gateway import auth
 from gateway.auth import Principal
 from gateway.state import GatewayState
@@ -29,6 +30,8 @@ class CreateKey(BaseModel):
     expires_days: float | None = Field(None, gt=0, le=3650)
     role: Role | None = None
     roles: list[Role] | None = None
+    max_upload_mb: int | None = Field(None, gt=0, le=1_000_000)
+    max_active_jobs: int | None = Field(None, gt=0, le=1_000_000)
 
 
 class Bootstrap(BaseModel):
@@ -50,7 +53,10 @@ def _st(request: Request) -> GatewayState:
 async def create_key(request: Request, body: CreateKey, _: Admin) -> JSONResponse:
     st = _st(request)
     roles = body.roles or [body.role or Role.USER]
-    full, rec = await st.keys.create(body.user_id, roles, description=body.description, expires_days=body.expires_days)
+    full, rec = await st.keys.create(
+        body.user_id, roles, description=body.description, expires_days=body.expires_days,
+        max_upload_mb=body.max_upload_mb, max_active_jobs=body.max_active_jobs,
+    )
     await st.ensure_owner(body.user_id)
     out = {"api_key": full, "key_id": rec.key_id, "user_id": rec.user_id, "roles": rec.roles,
            "role": rec.roles[0] if len(rec.roles) == 1 else ",".join(rec.roles), "expires_at": rec.expires_at}
@@ -69,7 +75,10 @@ async def revoke_key(request: Request, key_id: str, p: Anyone) -> dict[str, Any]
     rec = await st.keys.get(key_id)
     if not p.admin and rec.user_id != p.user_id:
         raise NotFound(f"no key {key_id}")
-    return key_view(await st.keys.revoke(key_id))
+    revoked = await st.keys.revoke(key_id)
+    if st.auth_callout is not None:  # connected nodes of this key are cut off now
+        await st.auth_callout.revoked(key_id)
+    return key_view(revoked)
 
 
 @router.post("/api/v1/auth/validate-key")
@@ -95,11 +104,12 @@ async def bootstrap_node(request: Request, body: Bootstrap, p: Anyone) -> dict[s
             raise Forbidden("this key has no `node` role; create one with `gpubus keys create USER --role node`")
         queue_owner = p.user_id
         await st.ensure_owner(queue_owner)
-    public = st.settings.nats_public_url or st.settings.nats_url
     return {
         "queue_owner": queue_owner,
         "lane": body.lane.value,
         "consumer": names.consumer_name(queue_owner, body.lane),
-        "nats_servers": [u.strip() for u in public.split(",") if u.strip()],
-        "nats_auth": {},
+        "nats_servers": st.settings.nats_public_servers,
+        # Nodes present their own key to NATS (auth callout); replies come to
+        # an inbox only their owner's connections may read.
+        "inbox_prefix": node_permissions.inbox_prefix(queue_owner) if queue_owner != names.SHARED else "_INBOX",
     }

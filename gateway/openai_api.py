@@ -104,7 +104,7 @@ def respond(t: Transcript, fmt: str) -> Response:
 
 async def _run(request: Request, principal: Principal, task: str) -> Response:
     st: GatewayState = request.app.state.gateway
-    rec, form = await submit_upload(st, request, principal.user_id, _interpreter(task))
+    rec, form = await submit_upload(st, request, principal, _interpreter(task))
     rec, transcript = await finished_transcript(st, rec, st.settings.sync_timeout)
     if transcript is None:
         raise StillRunning(

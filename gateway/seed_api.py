@@ -109,7 +109,7 @@ async def _answer(st: GatewayState, rec: JobRecord, fmt: str, timeout_s: float) 
 @router.post("/process/file")
 async def process_file(request: Request, principal: User) -> Response:
     st: GatewayState = request.app.state.gateway
-    rec, form = await submit_upload(st, request, principal.user_id, form_job)
+    rec, form = await submit_upload(st, request, principal, form_job)
     return await _answer(st, rec, form.fields.get("format") or "json", _timeout(st, form.fields.get("timeout")))
 
 
@@ -118,14 +118,14 @@ async def process_url(request: Request, principal: User) -> Response:
     st: GatewayState = request.app.state.gateway
     req = parse_json_body(SeedUrlRequest, await request.body())
     fmt = _check_format(req.format)
-    rec = await submit_url(st, principal.user_id, req.url, req.gpu, url_job_options(req))
+    rec = await submit_url(st, principal, req.url, req.gpu, url_job_options(req))
     return await _answer(st, rec, fmt, _timeout(st, req.timeout))
 
 
 @router.post("/api/v1/ingest/file", status_code=202)
 async def ingest_file(request: Request, principal: User) -> JSONResponse:
     st: GatewayState = request.app.state.gateway
-    rec, _ = await submit_upload(st, request, principal.user_id, form_job)
+    rec, _ = await submit_upload(st, request, principal, form_job)
     return accepted(rec)
 
 
@@ -133,4 +133,4 @@ async def ingest_file(request: Request, principal: User) -> JSONResponse:
 async def ingest_url(request: Request, principal: User) -> JSONResponse:
     st: GatewayState = request.app.state.gateway
     req = parse_json_body(SeedUrlRequest, await request.body())
-    return accepted(await submit_url(st, principal.user_id, req.url, req.gpu, url_job_options(req)))
+    return accepted(await submit_url(st, principal, req.url, req.gpu, url_job_options(req)))

@@ -12,6 +12,7 @@ from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry
 
 from bus import topology
+from bus.auth_callout import AuthCallout
 from bus.connection import close, connect
 from bus.fallback_router import FallbackRouter
 from bus.jobstore import JobStore
@@ -44,6 +45,7 @@ class GatewayState:
         self.materializer: Materializer
         self.lag: LagMonitor
         self.ready = False
+        self.system_nc: NatsClient | None = None
         self._owners_ready: set[str] = set()
         self._owner_lock = asyncio.Lock()
         self._backlog: dict[str, tuple[float, int]] = {}
@@ -59,6 +61,18 @@ class GatewayState:
         self.nodes = LiveNodes(await self.js.key_value(names.NODES_BUCKET), ttl_s=s.registry_ttl)
         await self.nodes.start()
         self.router = FallbackRouter(self.js, self.jobs, self.publisher, self.metrics, cpu_queue_for=self.cpu_queue_for)
+        self.auth_callout: AuthCallout | None = None
+        if s.nats_issuer_seed is not None:
+            if s.nats_system_url is not None:
+                self.system_nc = await connect(
+                    [u.strip() for u in s.nats_system_url.get_secret_value().split(",")], name="gpubus-gateway-sys"
+                )
+            self.auth_callout = AuthCallout(
+                self.nc, self.keys, issuer_seed=s.nats_issuer_seed.get_secret_value(),
+                admin_token=lambda: s.admin_token.get_secret_value() if s.admin_token else None,
+                system_nc=self.system_nc,
+            )
+            await self.auth_callout.start()
         self.materializer = Materializer(self.js, self.jobs, self.metrics, on_released=self.router.released)
         await self.materializer.start()
         await self.router.start()
@@ -74,9 +88,11 @@ class GatewayState:
 
     async def stop(self) -> None:
         self.ready = False
-        for part in ("lag", "router", "materializer", "nodes"):
-            if hasattr(self, part):
+        for part in ("lag", "router", "materializer", "nodes", "auth_callout"):
+            if getattr(self, part, None) is not None:
                 await getattr(self, part).stop()
+        if self.system_nc is not None:
+            await close(self.system_nc)
         if self.nc:
             await close(self.nc)
 
@@ -88,6 +104,15 @@ class GatewayState:
             if owner not in self._owners_ready:
                 await topology.ensure_owner(self.js, self.settings, owner)
                 self._owners_ready.add(owner)
+
+    async def active_jobs(self, owner: str) -> int:
+        """Queued + running jobs of an owner: their unacked messages in the
+        work-queue stream (two subject-filtered counts, no record scan)."""
+        total = 0
+        for subject in names.owner_job_filters(owner):
+            info = await self.js.stream_info(names.JOBS_STREAM, subjects_filter=subject)
+            total += sum((info.state.subjects or {}).values())
+        return total
 
     def cpu_queue_for(self, owner: str) -> str:
         """The owner's CPU lane if they run a CPU node, else the shared pool."""

@@ -9,13 +9,15 @@ afford it.
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sysconfig
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from schemas.errors import GpubusError
@@ -51,6 +53,54 @@ def server_version(binary: Path) -> tuple[int, ...]:
     return tuple(int(p) for p in out.strip().rsplit("v", 1)[-1].split(".")[:3])
 
 
+@dataclass(frozen=True)
+class NatsAuth:
+    """Authorization on: the service identity (user/password, bypasses the
+    callout) and the account key whose signature the server accepts on auth
+    callout answers. Everyone else is asked about (bus/auth_callout.py)."""
+
+    service_password: str
+    issuer_seed: str
+    system_password: str
+    service_user: str = "gpubus"
+    system_user: str = "gpubus-sys"
+
+    @classmethod
+    def generate(cls) -> NatsAuth:
+        from bus.nats_jwt import new_account_seed
+
+        return cls(
+            service_password=secrets.token_urlsafe(24),
+            issuer_seed=new_account_seed(),
+            system_password=secrets.token_urlsafe(24),
+        )
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> NatsAuth:
+        """Kept in the data dir (0600) so `gpubus up` restarts with the same identity."""
+        if path.exists():
+            return cls(**json.loads(path.read_text()))
+        auth = cls.generate()
+        path.write_text(json.dumps(asdict(auth)))
+        path.chmod(0o600)
+        return auth
+
+    def config_text(self) -> str:
+        from bus.nats_jwt import public_key
+
+        return (
+            "accounts {\n"
+            f'  APP {{ jetstream: enabled, users: [ {{ user: "{self.service_user}", password: "{self.service_password}" }} ] }}\n'
+            f'  SYS {{ users: [ {{ user: "{self.system_user}", password: "{self.system_password}" }} ] }}\n'
+            "}\n"
+            "system_account: SYS\n"
+            "authorization {\n  auth_callout {\n"
+            f'    issuer: "{public_key(self.issuer_seed)}"\n'
+            f'    auth_users: [ "{self.service_user}", "{self.system_user}" ]\n'
+            "    account: APP\n  }\n}\n"
+        )
+
+
 @dataclass
 class NatsServer:
     store_dir: Path
@@ -61,6 +111,7 @@ class NatsServer:
     cluster_port: int = 0
     routes: list[str] = field(default_factory=list)
     extra_config: str = ""
+    auth: NatsAuth | None = None
     proc: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
@@ -69,8 +120,23 @@ class NatsServer:
             self.port = free_port(self.host)
 
     @property
-    def url(self) -> str:
+    def public_url(self) -> str:
+        """For nodes, who authenticate with their own key."""
         return f"nats://{self.host}:{self.port}"
+
+    @property
+    def system_url(self) -> str | None:
+        """The system account (for the gateway to disconnect revoked nodes)."""
+        if self.auth is None:
+            return None
+        return f"nats://{self.auth.system_user}:{self.auth.system_password}@{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """For the gateway side: with the service identity when auth is on."""
+        if self.auth is None:
+            return self.public_url
+        return f"nats://{self.auth.service_user}:{self.auth.service_password}@{self.host}:{self.port}"
 
     @property
     def config_path(self) -> Path:
@@ -93,7 +159,7 @@ class NatsServer:
             f"listen: {self.host}:{self.port}\n"
             f"max_payload: 8MB\n"
             f"jetstream {{\n  store_dir: \"{self.store_dir / 'js'}\"\n  sync_interval: always\n}}\n"
-            f"{cluster}{self.extra_config}"
+            f"{cluster}{self.auth.config_text() if self.auth else ''}{self.extra_config}"
         )
 
     def start(self) -> NatsServer:

@@ -25,7 +25,7 @@ from cpu_node.main import make_processor as make_cpu
 from gateway.app import create_app
 from gpu_node import device, telemetry
 from gpu_node.main import make_processor as make_gpu
-from ops.embedded_nats import NatsServer
+from ops.embedded_nats import NatsAuth, NatsServer
 from schemas.keys import Role
 from schemas.names import Lane
 
@@ -58,10 +58,18 @@ async def run(settings: Settings, *, nats_port: int) -> None:
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     token = admin_token(data_dir, settings)
-    nats = NatsServer(store_dir=data_dir / "nats", port=nats_port, host="127.0.0.1").start()
+    auth = NatsAuth.load_or_create(data_dir / "nats_auth.json")
+    nats = NatsServer(store_dir=data_dir / "nats", port=nats_port, host="127.0.0.1", auth=auth).start()
     gateway_url = f"http://{settings.host}:{settings.port}"
     settings = settings.model_copy(
-        update={"nats_url": nats.url, "admin_token": SecretStr(token), "gateway_url": gateway_url}
+        update={
+            "nats_url": nats.url,
+            "nats_public_url": nats.public_url,
+            "nats_issuer_seed": SecretStr(auth.issuer_seed),
+            "nats_system_url": SecretStr(nats.system_url or ""),
+            "admin_token": SecretStr(token),
+            "gateway_url": gateway_url,
+        }
     )
     app = create_app(settings)
     server = _Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", lifespan="on"))

@@ -32,6 +32,9 @@ class ApiKeyRecord(BaseModel):
     created_at: float
     expires_at: float | None = None
     revoked_at: float | None = None
+    # Per-key limits set by the admin; None = the gateway's defaults.
+    max_upload_mb: int | None = None
+    max_active_jobs: int | None = None
 
 
 def new_secret() -> tuple[str, str, str]:

@@ -56,9 +56,17 @@ def validate_owner(owner: str, *, allow_reserved: bool = False) -> str:
     return owner
 
 
-def job_subject(queue_owner: str, lane: Lane, kind: Kind) -> str:
-    """`queue_owner` is the job's owner, or `shared` for the shared pool."""
+def job_subject(queue_owner: str, lane: Lane, kind: Kind, owner: str | None = None) -> str:
+    """`queue_owner` is the job's owner, or `shared` for the shared pool,
+    where the owner is a last token so an owner's jobs can still be counted."""
+    if queue_owner == SHARED and owner:
+        return f"jobs.{SHARED}.{lane}.{kind}.{owner}"
     return f"jobs.{queue_owner}.{lane}.{kind}"
+
+
+def owner_job_filters(owner: str) -> tuple[str, str]:
+    """Subjects of an owner's unfinished jobs: their own lanes, their share of the pool."""
+    return f"jobs.{owner}.>", f"jobs.{SHARED}.*.*.{owner}"
 
 
 def lane_filter(queue_owner: str, lane: Lane) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.embedded_nats import NatsServer
+from ops.embedded_nats import NatsAuth, NatsServer
 from tests.harness import Gateway, Proc, start_node
 
 _users = itertools.count()
@@ -24,14 +24,14 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def nats_server(workdir: Path) -> Iterator[NatsServer]:
-    server = NatsServer(store_dir=workdir / "nats").start()
+    server = NatsServer(store_dir=workdir / "nats", auth=NatsAuth.generate()).start()
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
 def gateway(nats_server: NatsServer, workdir: Path) -> Iterator[Gateway]:
-    gw = Gateway(nats_server.url, workdir, settings={"gpu_ack_wait": 3, "max_upload_mb": 8}).start()
+    gw = Gateway.on(nats_server, workdir, gpu_ack_wait=3, max_upload_mb=8).start()
     yield gw
     gw.stop()
 
@@ -53,7 +53,7 @@ def user(request) -> str:
 @pytest.fixture
 def fresh_nats(tmp_path: Path) -> Iterator[NatsServer]:
     """A server of the test's own, for tests that kill or restart it."""
-    server = NatsServer(store_dir=tmp_path / "nats").start()
+    server = NatsServer(store_dir=tmp_path / "nats", auth=NatsAuth.generate()).start()
     yield server
     server.stop()
 

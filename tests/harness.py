@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from ops.embedded_nats import free_port
+from ops.embedded_nats import NatsServer, free_port
 
 TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
 if not TESTDATA.is_dir():  # a fresh clone has shared/ beside the repo
@@ -97,6 +97,14 @@ class Gateway:
     settings: dict[str, Any] = field(default_factory=dict)
     port: int = 0
     proc: Proc | None = None
+    issuer_seed: str | None = None  # the server's auth callout issuer, when auth is on
+    system_url: str | None = None
+
+    @classmethod
+    def on(cls, server: NatsServer, workdir: Path, **settings: Any) -> Gateway:
+        """A gateway for `server`, as its auth callout when authorization is on."""
+        seed = server.auth.issuer_seed if server.auth else None
+        return cls(server.url, workdir, settings=settings, issuer_seed=seed, system_url=server.system_url)
 
     @property
     def url(self) -> str:
@@ -105,6 +113,10 @@ class Gateway:
     def start(self) -> Gateway:
         self.port = self.port or free_port()
         env = base_env(self.nats_url, port=self.port, host="127.0.0.1", **self.settings)
+        if self.issuer_seed:
+            env["GPUBUS_NATS_ISSUER_SEED"] = self.issuer_seed
+        if self.system_url:
+            env["GPUBUS_NATS_SYSTEM_URL"] = self.system_url
         self.proc = Proc(["gateway"], env, self.workdir / f"gateway-{self.port}.log").start()
         wait_until(lambda: _ready(self.url), timeout_s=30, what=f"gateway {self.url} ready", proc=self.proc)
         return self

@@ -21,7 +21,7 @@ def test_nats_killed_and_restarted_mid_stream_loses_nothing(fresh_nats, tmp_path
     # Given a gateway, the user's CPU node and a shared-pool node on a server of our own
     # (while NATS is down nodes cannot heartbeat, so jobs submitted just after the
     # restart may go to the shared pool until the user's node is seen again)
-    gw = Gateway(fresh_nats.url, tmp_path, settings={"enable_noop": "true", "publish_timeout": 30}).start()
+    gw = Gateway.on(fresh_nats, tmp_path, enable_noop="true", publish_timeout=30).start()
     key = gw.create_key("crash")
     node = start_node(gw, "cpu", key=key, name="cpu-crash", enable_noop="true")
     shared = start_node(gw, "cpu", shared=True, name="cpu-shared", enable_noop="true")

@@ -86,7 +86,7 @@ def test_runs_on_the_owners_gpu_node_through_the_bus(gateway, user):
 
 
 def test_a_job_over_the_sync_timeout_answers_504_and_goes_on(nats_server, workdir, user):
-    gw = Gateway(nats_server.url, workdir, settings={"sync_timeout": 1}).start()
+    gw = Gateway.on(nats_server, workdir, sync_timeout=1).start()
     try:
         key = gw.create_key(user)
         c = OpenAI(base_url=f"{gw.url}/v1", api_key=key, timeout=60, max_retries=0)

@@ -35,7 +35,7 @@ def test_up_then_submit_with_the_cli(tmp_path):
         info = json.loads(up_json.read_text())
         # Then it printed the gateway URL and a key, and wrote them for scripts
         assert info["gateway_url"] == f"http://127.0.0.1:{port}"
-        assert info["api_key"].startswith("gpb_") and info["nats_url"].startswith("nats://127.0.0.1:")
+        assert info["api_key"].startswith("gpb_") and "@127.0.0.1:" in info["nats_url"]  # service identity
         assert info["api_key"] in up.log() and info["gateway_url"] in up.log()
 
         # When the CLI submits speech with --gpu --wait --format srt

@@ -1,0 +1,164 @@
+"""User isolation enforced by NATS itself (auth callout on a real server):
+a node holding user A's key cannot read, take or forge anything of user B."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import nats
+import pytest
+
+from bus import node_permissions, objects
+from schemas import names
+from schemas.names import Lane
+from tests.harness import TESTDATA, Gateway, start_node, submit_file, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Violations:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def record(self, e: Exception) -> None:
+        self.seen.append(str(e))
+
+    def about(self, subject: str) -> bool:
+        return any("permissions violation" in s.lower() and subject.lower() in s.lower() for s in self.seen)
+
+
+async def _as_node(server, key: str, owner: str, errors: Violations):
+    return await nats.connect(
+        server.public_url, token=key, inbox_prefix=node_permissions.inbox_prefix(owner),
+        error_cb=errors.record, allow_reconnect=False, connect_timeout=5,
+    )
+
+
+async def test_node_of_a_cannot_touch_b(nats_server, gateway, user):
+    a, b = user + "-a", user + "-b"
+    key_a = gateway.create_key(a, roles=("node",))
+    key_b = gateway.create_key(b)
+    # Given B has a queued job and a staged file
+    with gateway.client(key_b) as c:
+        job_b = submit_file(c, TESTDATA / "hello.wav", gpu=False)
+    svc = await nats.connect(nats_server.url)
+    rec = await (await svc.jetstream().key_value(names.JOBS_BUCKET)).get(names.job_key(b, job_b["job_id"]))
+    assert rec.value  # (the shared pool may or may not have run it; its file stays)
+    b_file = names.input_object(job_b["job_id"], "hello.wav")
+    await svc.jetstream().publish(names.job_subject(b, Lane.GPU, names.Kind.AUDIO), b"bait")
+
+    errors = Violations()
+    nc = await _as_node(nats_server, key_a, a, errors)
+    js = nc.jetstream()
+    try:
+        # Positive control: A's node can use A's own consumer and bucket
+        assert (await js.consumer_info(names.JOBS_STREAM, names.consumer_name(a, Lane.GPU))).name == f"gpu_{a}"
+
+        # When it tries B's consumer, B's files, B's events, everyone's jobs and B's inbox
+        psub = await js.pull_subscribe_bind(durable=names.consumer_name(b, Lane.GPU), stream=names.JOBS_STREAM)
+        with pytest.raises((nats.errors.TimeoutError, asyncio.TimeoutError)):
+            await psub.fetch(1, timeout=1)
+        with pytest.raises(Exception):
+            await asyncio.wait_for(objects.read_bytes(js, names.files_bucket(b), b_file), 3)
+        await nc.publish(names.event_subject(b, job_b["job_id"]), b"forged")
+        await nc.subscribe("jobs.>")
+        await nc.subscribe(f"{node_permissions.inbox_prefix(b)}.>")
+        await nc.flush()
+        await asyncio.sleep(0.5)
+    finally:
+        await nc.close()
+
+    # Then NATS refused each one, and nothing of B's moved
+    assert errors.about(f"$JS.API.CONSUMER.MSG.NEXT.JOBS.gpu_{b}"), errors.seen
+    assert errors.about(f"OBJ_files-{b}"), errors.seen
+    assert errors.about(f"events.{b}.{job_b['job_id']}"), errors.seen
+    assert errors.about("jobs.>"), errors.seen
+    assert errors.about(f"_INBOX_{b}.>"), errors.seen
+    js_svc = svc.jetstream()
+    info = await js_svc.consumer_info(names.JOBS_STREAM, names.consumer_name(b, Lane.GPU))
+    assert info.num_pending == 1 and info.delivered.consumer_seq == 0  # the bait was never delivered
+    evs = await js_svc.stream_info(names.EVENTS_STREAM, subjects_filter=f"events.{b}.>")
+    assert all(subj.startswith(f"events.{b}.") for subj in (evs.state.subjects or {}))
+    raw = await js_svc.get_last_msg(names.EVENTS_STREAM, names.event_subject(b, job_b["job_id"])) if evs.state.subjects else None
+    assert raw is None or raw.data != b"forged"
+    await svc.close()
+
+
+@pytest.mark.parametrize("secret", ["user-role", "garbage", "gpb_0123456789abcdef_" + "A" * 43])
+async def test_connection_refused_without_a_node_key(nats_server, gateway, user, secret):
+    if secret == "user-role":
+        secret = gateway.create_key(user, roles=("user",))  # may submit jobs, may not run nodes
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(nats_server.public_url, token=secret, allow_reconnect=False, connect_timeout=5)
+
+
+def test_user_key_cannot_bootstrap_a_node(gateway, user):
+    key = gateway.create_key(user, roles=("user",))
+    with gateway.client(key) as c:
+        r = c.post("/api/v1/nodes/bootstrap", json={"lane": "gpu"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "FORBIDDEN"
+        r = c.post("/api/v1/nodes/bootstrap", json={"lane": "cpu", "shared": True})
+        assert r.status_code == 403
+
+
+def test_revoked_key_is_refused_at_once_and_its_node_cut_off(fresh_nats, tmp_path):
+    # Given a gateway (auth callout) and a running node
+    gw = Gateway.on(fresh_nats, tmp_path, registry_ttl=3).start()
+    try:
+        key = gw.create_key("revokee")
+        node = start_node(gw, "gpu", key=key, name="gpu-revokee")
+        key_id = key[4:20]
+        # When the key is revoked
+        with gw.admin() as admin:
+            assert admin.delete(f"/api/v1/auth/keys/{key_id}").json()["revoked_at"]
+        # Then REST refuses it on the next request
+        with gw.client(key) as c:
+            assert c.get("/api/v1/jobs").status_code == 401
+        # ...and its node is disconnected at once, cannot come back, and exits saying why
+        node.proc.wait(20)
+        assert node.proc.returncode != 0 and "NODE_CUT_OFF" in node.log()
+        wait_until(lambda: not gw.live_nodes(), timeout_s=15, what="revoked node gone from the registry")
+    finally:
+        gw.stop()
+
+
+def test_per_key_limits_active_jobs_429_and_upload_size_413(gateway, user):
+    # Given a key limited to 2 unfinished jobs and 1 MiB uploads, and no node for its GPU lane
+    with gateway.admin() as admin:
+        r = admin.post("/api/v1/auth/keys", json={"user_id": user, "roles": ["user", "node"],
+                                                  "max_active_jobs": 2, "max_upload_mb": 1})
+        key = r.json()["api_key"]
+    node = start_node(gateway, "gpu", key=key, name=f"gpu-{user}")
+    node.signal(signal.SIGSTOP)  # live in the registry (for a while), taking nothing
+    try:
+        with gateway.client(key) as c:
+            wav = (TESTDATA / "hello.wav").read_bytes()  # 0.35 MiB
+            for _ in range(2):
+                assert c.post("/api/v1/jobs", files={"file": ("a.wav", wav)}, data={"gpu": "true"}).status_code == 202
+            # Then the third is refused with Retry-After, nothing staged
+            r = c.post("/api/v1/jobs", files={"file": ("a.wav", wav)}, data={"gpu": "true"})
+            assert r.status_code == 429 and r.json()["error"]["code"] == "RATE_LIMITED" and int(r.headers["Retry-After"]) > 0
+            # ...and the key's own upload limit applies (the gateway's is 8 MiB)
+            for j in c.get("/api/v1/jobs").json()["jobs"]:
+                c.post(f"/api/v1/jobs/{j['job_id']}/cancel")
+            big = wav * 4
+            r = c.post("/api/v1/jobs", files={"file": ("b.wav", big)})
+            assert r.status_code == 413 and r.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    finally:
+        node.stop()
+
+
+def test_keys_listing_never_shows_secrets_and_owner_can_revoke(gateway, user):
+    key = gateway.create_key(user)
+    other = gateway.create_key(user + "-x")
+    with gateway.client(key) as c:
+        keys = c.get("/api/v1/auth/keys").json()["keys"]
+        assert [k["user_id"] for k in keys] == [user]
+        assert not any("sha256" in str(k) or key[21:] in str(k) for k in keys), keys
+        assert c.delete(f"/api/v1/auth/keys/{other[4:20]}").status_code == 404  # not theirs: not found
+        assert c.post("/api/v1/auth/validate-key").json()["user_id"] == user
+        assert c.delete(f"/api/v1/auth/keys/{key[4:20]}").status_code == 200
+        assert c.get("/api/v1/jobs").status_code == 401
+    with gateway.client(other) as c:
+        assert c.get("/api/v1/jobs").status_code == 200
