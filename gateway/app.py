@@ -21,6 +21,7 @@ from gateway import (
     queue_api,
     seed_api,
     status_api,
+    web,
 )
 from gateway.state import GatewayState
 
@@ -43,6 +44,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     errors.install(app)
     for module in (jobs_api, job_control, events_api, keys_api, queue_api, status_api, cookies_api, openai_api, seed_api):
         app.include_router(module.router)
+    web.install(app)
 
     @app.middleware("http")
     async def observe(request: Request, call_next):

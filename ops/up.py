@@ -99,7 +99,8 @@ async def run(settings: Settings, *, nats_port: int) -> None:
         up_json = data_dir / "up.json"
         up_json.write_text(json.dumps(info, indent=2))
         up_json.chmod(0o600)
-        print(f"gpubus is up\n  gateway: {gateway_url}\n  api key: {full_key}  (user {LOCAL_USER})\n"
+        print(f"gpubus is up\n  gateway: {gateway_url}\n  web:     {gateway_url}/  (sign in with the api key)\n"
+              f"  api key: {full_key}  (user {LOCAL_USER})\n"
               f"  nats:    {nats.url}\n  nodes:   {', '.join(n.node_id for n in nodes)}\n  details: {up_json}", flush=True)
         await stop.wait()
     finally:
