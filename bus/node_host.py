@@ -110,6 +110,7 @@ async def start_node(
         metrics_url=metrics_url,
         handle_signals=handle_signals,
         drain_timeout_s=settings.drain_timeout,
+        bus_retry_s=settings.publish_timeout,
     )
     await runtime.start()
     log.info("node %s ready: %s lane of %s, metrics %s", node_id, identity.lane, identity.queue_owner, metrics_url)
