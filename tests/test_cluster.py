@@ -59,6 +59,29 @@ async def _js_of(cluster: NatsCluster):
 # -- replicas ---------------------------------------------------------------
 
 
+async def _assert_replicated(js, owner: str, replicas: int) -> None:
+    """Every stream (KV and object store included) and durable consumer has
+    `replicas` replicas, each with a leader and its followers."""
+    streams = {i.config.name: i for i in await js.streams_info()}
+    assert set(streams) == {
+        names.JOBS_STREAM, names.EVENTS_STREAM, names.DEADLETTER_STREAM,
+        f"KV_{names.JOBS_BUCKET}", f"KV_{names.APIKEYS_BUCKET}", f"KV_{names.NODES_BUCKET}",
+        f"OBJ_{names.files_bucket(owner)}",
+    }
+    for name, info in streams.items():
+        assert info.config.num_replicas == replicas, name
+        assert info.cluster.leader and len(info.cluster.replicas or []) == replicas - 1, name
+    # durable consumers too, so their ack state survives a server
+    durables = [c for st in streams for c in await js.consumers_info(st) if c.config.durable_name]
+    assert {c.name for c in durables} >= {
+        names.consumer_name(names.SHARED, names.Lane.CPU), names.consumer_name(owner, names.Lane.GPU),
+        names.consumer_name(owner, names.Lane.CPU), names.MATERIALIZER_CONSUMER, names.FALLBACK_CONSUMER,
+    }
+    for c in durables:
+        assert c.config.num_replicas == replicas and not c.config.mem_storage, c.name
+        assert len(c.cluster.replicas or []) == replicas - 1, c.name
+
+
 async def test_every_stream_bucket_and_durable_consumer_is_replicated(cluster):
     # Given the topology the gateway creates, with GPUBUS_REPLICAS=3
     s = Settings(nats_url=cluster.url, replicas=REPLICAS)
@@ -66,25 +89,31 @@ async def test_every_stream_bucket_and_durable_consumer_is_replicated(cluster):
     try:
         await topology.ensure_core(js, s)
         await topology.ensure_owner(js, s, "alice")
-        # Then every stream (KV and object store included) has 3 replicas
-        streams = {i.config.name: i for i in await js.streams_info()}
-        assert set(streams) == {
-            names.JOBS_STREAM, names.EVENTS_STREAM, names.DEADLETTER_STREAM,
-            f"KV_{names.JOBS_BUCKET}", f"KV_{names.APIKEYS_BUCKET}", f"KV_{names.NODES_BUCKET}",
-            f"OBJ_{names.files_bucket('alice')}",
-        }
-        for name, info in streams.items():
-            assert info.config.num_replicas == REPLICAS, name
-            assert info.cluster.leader and len(info.cluster.replicas or []) == REPLICAS - 1, name
-        # And so does every durable consumer, so its ack state survives a server
-        durables = [c for st in streams for c in await js.consumers_info(st) if c.config.durable_name]
-        assert {c.name for c in durables} >= {
-            names.consumer_name(names.SHARED, names.Lane.CPU), names.consumer_name("alice", names.Lane.GPU),
-            names.consumer_name("alice", names.Lane.CPU), names.MATERIALIZER_CONSUMER, names.FALLBACK_CONSUMER,
-        }
-        for c in durables:
-            assert c.config.num_replicas == REPLICAS and not c.config.mem_storage, c.name
-            assert len(c.cluster.replicas or []) == REPLICAS - 1, c.name
+        # Then everything is replicated 3 times
+        await _assert_replicated(js, "alice", REPLICAS)
+    finally:
+        await nc.close()
+
+
+async def test_raising_replicas_scales_an_existing_deployment(cluster):
+    # Given a deployment that started with one replica (one server's worth)
+    nc, js = await _js_of(cluster)
+    try:
+        await topology.ensure_core(js, Settings(nats_url=cluster.url, replicas=1))
+        await topology.ensure_owner(js, Settings(nats_url=cluster.url, replicas=1), "bob")
+        # When the gateway restarts with GPUBUS_REPLICAS=3
+        s = Settings(nats_url=cluster.url, replicas=REPLICAS)
+        await topology.ensure_core(js, s)
+        await topology.ensure_owner(js, s, "bob")
+        # Then it starts (KV buckets and object stores are updated, not
+        # refused) and everything ends up with 3 replicas
+        for _ in range(50):  # new peers catch up in the background
+            try:
+                await _assert_replicated(js, "bob", REPLICAS)
+                break
+            except AssertionError:
+                await asyncio.sleep(0.2)
+        await _assert_replicated(js, "bob", REPLICAS)
     finally:
         await nc.close()
 
