@@ -8,6 +8,8 @@
 # Configuration is environment only: GPUBUS_NATS_URL (all servers,
 # comma-separated), GPUBUS_ADMIN_TOKEN, GPUBUS_REPLICAS (3 on a cluster),
 # GPUBUS_NATS_PUBLIC_URL (what remote nodes are told), GPUBUS_PORT.
+# GPUBUS_GATEWAY_URL points the CLI inside the container at this gateway
+# (`gpubus keys create ...` with the admin token from the environment).
 
 # The interpreter the test suite runs on.
 ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
@@ -40,7 +42,8 @@ ENV PATH=/opt/gpubus/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     GPUBUS_HOST=0.0.0.0 \
     GPUBUS_PORT=8000 \
-    GPUBUS_LOG_FORMAT=json
+    GPUBUS_LOG_FORMAT=json \
+    GPUBUS_GATEWAY_URL=http://127.0.0.1:8000
 USER 10001:10001
 WORKDIR /home/gpubus
 EXPOSE 8000
