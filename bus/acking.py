@@ -18,12 +18,14 @@ from contextlib import asynccontextmanager
 
 from nats.aio.msg import Msg
 
+from bus.retry import retrying
 from schemas.errors import PROCESSOR_ERROR, GpubusError, JobCancelled, JobFailed, JobRetryable
 from schemas.jobs import ErrorInfo
 
 log = logging.getLogger("gpubus.bus.acking")
 
 UNEXPECTED_NAK_DELAY_S = 2.0
+ACK_RETRY_S = 10.0  # about one Raft election: the consumer's new leader takes the ack
 Report = Callable[[str, ErrorInfo | None], Awaitable[None]]
 
 
@@ -72,10 +74,12 @@ async def _give_back(msg: Msg, report: Report, info: ErrorInfo, last_delivery: b
 
 
 async def _ack(msg: Msg, job_ref: str) -> None:
-    """An ack can fail when the job moved on without us (it fell back and
-    the original was deleted); the result is stored and reported already, so
+    """Retried through a leader election (an ack lost with a dying server
+    would have the finished job delivered and run again after ack_wait). It
+    can also fail when the job moved on without us (it fell back and the
+    original was deleted); the result is stored and reported already, so
     that is logged, not raised."""
     try:
-        await msg.ack_sync()
+        await retrying(msg.ack_sync, what=f"ack job {job_ref}", give_up_after_s=ACK_RETRY_S)
     except Exception as e:
         log.warning("job %s: ack not confirmed (%r); the job may have moved on", job_ref, e)

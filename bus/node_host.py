@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -80,7 +81,20 @@ async def bootstrap(settings: Settings, lane: Lane, *, shared: bool) -> NodeIden
 def start_metrics_server(settings: Settings, registry: CollectorRegistry) -> str:
     server, _thread = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
     host, port = server.server_address[:2]
-    return f"http://{host}:{port}/metrics"
+    return f"http://{advertised_host(host)}:{port}/metrics"
+
+
+def advertised_host(bound: str) -> str:
+    """The address others reach our metrics at. A container binds 0.0.0.0,
+    which Prometheus (fed the node's metrics_url through the gateway) would
+    take as itself: advertise this host's own address instead, the
+    container's or pod's IP on its network."""
+    if bound not in ("0.0.0.0", "::", ""):
+        return bound
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return bound
 
 
 async def start_node(
@@ -122,6 +136,7 @@ async def start_node(
         metrics_url=metrics_url,
         handle_signals=handle_signals,
         drain_timeout_s=settings.drain_timeout,
+        bus_retry_s=settings.publish_timeout,
     )
     runtime.connection_lost = lost
     await runtime.start()

@@ -29,6 +29,7 @@ from bus.acking import settle
 from bus.joblog import job_fields
 from bus.metrics import NodeMetrics
 from bus.pulling import next_batch
+from bus.retry import retrying
 from schemas import codec, names
 from schemas.errors import INPUT_CORRUPT, INPUT_MISSING, Forbidden, JobCancelled, JobFailed, NotFound
 from schemas.events import EventType, JobEvent
@@ -89,6 +90,7 @@ class NodeRuntime:
         metrics_url: str | None = None,
         handle_signals: bool = True,
         drain_timeout_s: float = 30.0,
+        bus_retry_s: float = 10.0,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
@@ -102,6 +104,10 @@ class NodeRuntime:
         self.metrics_url = metrics_url
         self._handle_signals = handle_signals
         self.drain_timeout_s = drain_timeout_s
+        # How long each NATS step of a job (input, result, events) is retried
+        # through a leader election or a reconnect before the job is nak'ed:
+        # a finished transcript lost to seconds of failover is a job redone.
+        self.bus_retry_s = bus_retry_s
         self._cancelled_early: dict[str, float] = {}
         self._slots = asyncio.Semaphore(capacity)
         self._pool = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix=f"gpubus-{lane}")
@@ -323,8 +329,11 @@ class NodeRuntime:
             return None
         dest = work_dir / job.input.filename
         try:
-            await objects.read_to_file(
-                self.js, job.input.bucket, job.input.object_name, dest, expected_sha256_hex=job.input.sha256
+            await retrying(
+                lambda: objects.read_to_file(
+                    self.js, job.input.bucket, job.input.object_name, dest, expected_sha256_hex=job.input.sha256
+                ),
+                what=f"read the input of {job.job_id}", give_up_after_s=self.bus_retry_s,
             )
         except NotFound:
             raise JobFailed(INPUT_MISSING, "the staged input is gone (expired or deleted)") from None
@@ -346,7 +355,11 @@ class NodeRuntime:
         """Result first, then the event, then (in `settle`) the ack: a node
         dying anywhere in between leaves the job redeliverable, never lost."""
         name = names.result_object(job.job_id, job.attempt)
-        await objects.put_bytes(self.js, names.files_bucket(job.owner), name, output.result.model_dump_json().encode())
+        data = output.result.model_dump_json().encode()
+        await retrying(
+            lambda: objects.put_bytes(self.js, names.files_bucket(job.owner), name, data),
+            what=f"store the result of {job.job_id}", give_up_after_s=self.bus_retry_s,
+        )
         s = output.summary
         self.metrics.media_seconds.inc(s.duration_s)
         self.metrics.processing_seconds.inc(s.processing_s)
@@ -396,10 +409,11 @@ class NodeRuntime:
         node redoing an attempt after a lost ack reports it once, so every
         attempt has exactly one terminal event in the stream."""
         ev = self._make_event(job, type_, **fields)
-        await self.js.publish(
-            names.event_subject(job.owner, job.job_id),
-            codec.encode(ev),
-            headers={"Nats-Msg-Id": names.event_msg_id(job.job_id, job.attempt, type_)},
+        subject, payload = names.event_subject(job.owner, job.job_id), codec.encode(ev)
+        headers = {"Nats-Msg-Id": names.event_msg_id(job.job_id, job.attempt, type_)}
+        await retrying(
+            lambda: self.js.publish(subject, payload, headers=headers),
+            what=f"publish {type_} of {job.job_id}", give_up_after_s=self.bus_retry_s,
         )
 
     async def _report(self, job: JobMessage, outcome: str, error: ErrorInfo | None) -> None:

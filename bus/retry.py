@@ -38,8 +38,10 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 def is_transient(e: BaseException) -> bool:
     if isinstance(e, TRANSIENT_ERRORS):
         return True
-    # JetStream answers 503/500 while a stream has no leader (election)
-    return isinstance(e, APIError) and (e.code or 0) >= 500
+    # JetStream answers 503/500 while a stream has no leader (election).
+    # nats-py's KV errors (KeyWrongLastSequenceError, KeyNotFoundError) skip
+    # APIError.__init__ and have no `code` at all.
+    return isinstance(e, APIError) and (getattr(e, "code", None) or 0) >= 500
 
 
 async def retrying(op: Callable[[], Awaitable[T]], *, what: str, give_up_after_s: float) -> T:

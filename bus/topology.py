@@ -8,7 +8,10 @@ an update.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -31,6 +34,8 @@ log = logging.getLogger("gpubus.bus.topology")
 
 DAY_S = 86_400.0
 STREAM_NAME_IN_USE = 10058
+CONSUMER_REPLICAS_EXCEED_STREAM = 10126
+SCALE_UP_WAIT_S = 30.0
 DUPLICATE_WINDOW_S = 120.0
 
 
@@ -42,6 +47,35 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
             raise
         log.info("stream %s exists with another config; updating", config.name)
         await js.update_stream(config)
+
+
+async def _ensure_bucket(
+    js: JetStreamContext, create: Callable[[], Awaitable[object]], stream: str, *, replicas: int, max_age_s: float | None
+) -> None:
+    """KV buckets and object stores are streams that nats-py creates with a
+    plain add, which the server refuses when the config changed (10058):
+    raising GPUBUS_REPLICAS from 1 to 3 when a deployment grows to a cluster,
+    or a new TTL, kept the gateway from starting. Apply the change instead."""
+    try:
+        await create()
+    except BadRequestError as e:
+        if e.err_code != STREAM_NAME_IN_USE:
+            raise
+        cfg = (await js.stream_info(stream)).config
+        cfg.num_replicas = replicas
+        if max_age_s:
+            cfg.max_age = max_age_s
+            cfg.duplicate_window = min(cfg.duplicate_window or max_age_s, max_age_s)
+        log.info("bucket stream %s exists with another config; updating (replicas %d)", stream, replicas)
+        await js.update_stream(cfg)
+
+
+def _kv_stream(bucket: str) -> str:
+    return f"KV_{bucket}"
+
+
+def _obj_stream(bucket: str) -> str:
+    return f"OBJ_{bucket}"
 
 
 def _jobs_stream(s: Settings) -> StreamConfig:
@@ -85,9 +119,11 @@ async def ensure_core(js: JetStreamContext, s: Settings) -> None:
     """What the gateway side needs before it serves a request."""
     for cfg in (_jobs_stream(s), _events_stream(s), _deadletter_stream(s)):
         await ensure_stream(js, cfg)
-    await js.create_key_value(KeyValueConfig(bucket=names.JOBS_BUCKET, history=1, replicas=s.replicas))
-    await js.create_key_value(KeyValueConfig(bucket=names.APIKEYS_BUCKET, history=1, replicas=s.replicas))
-    await js.create_key_value(KeyValueConfig(bucket=names.NODES_BUCKET, history=1, ttl=s.registry_ttl, replicas=s.replicas))
+    for bucket, ttl in ((names.JOBS_BUCKET, None), (names.APIKEYS_BUCKET, None), (names.NODES_BUCKET, s.registry_ttl)):
+        kv = KeyValueConfig(bucket=bucket, history=1, ttl=ttl, replicas=s.replicas)
+        await _ensure_bucket(
+            js, lambda kv=kv: js.create_key_value(kv), _kv_stream(bucket), replicas=s.replicas, max_age_s=ttl
+        )
     await _ensure_consumer(js, names.EVENTS_STREAM, _internal_consumer(names.MATERIALIZER_CONSUMER, names.EVENTS_SUBJECTS, s))
     await _ensure_consumer(
         js, names.DEADLETTER_STREAM, _internal_consumer(names.FALLBACK_CONSUMER, names.MAX_DELIVERIES_SUBJECTS, s)
@@ -126,7 +162,18 @@ def lane_consumer_config(s: Settings, queue_owner: str, lane: Lane) -> ConsumerC
 
 
 async def _ensure_consumer(js: JetStreamContext, stream: str, cfg: ConsumerConfig) -> None:
-    await js.add_consumer(stream, cfg)
+    """A stream just scaled up (GPUBUS_REPLICAS raised) takes a moment to
+    add its peers; until then the server refuses its consumers' new replica
+    count (10126). Wait for it, within reason."""
+    deadline = time.monotonic() + SCALE_UP_WAIT_S
+    while True:
+        try:
+            await js.add_consumer(stream, cfg)
+            return
+        except BadRequestError as e:
+            if e.err_code != CONSUMER_REPLICAS_EXCEED_STREAM or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.25)
 
 
 async def ensure_lane(js: JetStreamContext, s: Settings, queue_owner: str, lane: Lane) -> None:
@@ -137,8 +184,11 @@ async def ensure_owner(js: JetStreamContext, s: Settings, owner: str) -> None:
     """An owner's consumers and file bucket; created by the trusted gateway
     side (at key creation, node bootstrap or first submit), never by nodes."""
     names.validate_owner(owner, allow_reserved=owner == names.ANONYMOUS)
-    await js.create_object_store(
-        names.files_bucket(owner), ttl=s.files_ttl_days * DAY_S, replicas=s.replicas, storage=StorageType.FILE
+    bucket, ttl = names.files_bucket(owner), s.files_ttl_days * DAY_S
+    await _ensure_bucket(
+        js,
+        lambda: js.create_object_store(bucket, ttl=ttl, replicas=s.replicas, storage=StorageType.FILE),
+        _obj_stream(bucket), replicas=s.replicas, max_age_s=ttl,
     )
     for lane in Lane:
         await ensure_lane(js, s, owner, lane)

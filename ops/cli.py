@@ -44,7 +44,7 @@ def cmd_up(args: argparse.Namespace) -> None:
     from ops import up
 
     s = _settings(args, port=args.port, data_dir=args.data_dir, host=args.host)
-    asyncio.run(up.run(s, nats_port=args.nats_port))
+    asyncio.run(up.run(s, nats_port=args.nats_port, cluster=args.cluster))
 
 
 def cmd_gateway(args: argparse.Namespace) -> None:
@@ -146,7 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int)
     up.add_argument("--host")
     up.add_argument("--data-dir", type=Path)
-    up.add_argument("--nats-port", type=int, default=0, help="0 = a free port")
+    up.add_argument("--nats-port", type=int, default=0, help="0 = a free port (with --cluster: the first of N)")
+    up.add_argument(
+        "--cluster", type=int, default=1, choices=range(1, 6), metavar="N",
+        help="run N embedded nats-servers as one JetStream cluster, replicas N (default 1: a single server)",
+    )
     up.set_defaults(fn=cmd_up)
 
     gw = sub.add_parser("gateway", help="the REST gateway")

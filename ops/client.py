@@ -15,6 +15,7 @@ from ops.sse import SseEvent, parse
 from schemas.errors import GpubusError
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
+GET_RETRY_FOR_S = 60.0
 
 
 class ApiError(GpubusError):
@@ -55,6 +56,16 @@ class GatewayClient:
     def close(self) -> None:
         self.http.close()
 
+    def _get(self, path: str, **kw: Any) -> httpx.Response:
+        """GETs are safe to repeat: a 503 (NATS restarting or electing a
+        leader) is retried after its Retry-After, for up to a minute."""
+        deadline = time.monotonic() + GET_RETRY_FOR_S
+        while True:
+            r = self.http.get(path, **kw)
+            if r.status_code != 503 or time.monotonic() > deadline:
+                return r
+            time.sleep(min(float(r.headers.get("Retry-After", "1") or 1), 5.0))
+
     def _check(self, r: httpx.Response) -> httpx.Response:
         if r.status_code >= 400:
             try:
@@ -87,22 +98,22 @@ class GatewayClient:
         return self._check(self.http.post("/api/v1/jobs", json=body)).json()
 
     def job(self, job_id: str) -> dict[str, Any]:
-        return self._check(self.http.get(f"/api/v1/jobs/{job_id}")).json()
+        return self._check(self._get(f"/api/v1/jobs/{job_id}")).json()
 
     def jobs(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}
         if status:
             params["status"] = status
-        return self._check(self.http.get("/api/v1/jobs", params=params)).json()["jobs"]
+        return self._check(self._get("/api/v1/jobs", params=params)).json()["jobs"]
 
     def result(self, job_id: str, fmt: str = "json") -> str:
-        return self._check(self.http.get(f"/api/v1/jobs/{job_id}/result", params={"format": fmt})).text
+        return self._check(self._get(f"/api/v1/jobs/{job_id}/result", params={"format": fmt})).text
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         return self._check(self.http.post(path, json=body or {})).json()
 
     def get(self, path: str) -> dict[str, Any]:
-        return self._check(self.http.get(path)).json()
+        return self._check(self._get(path)).json()
 
     def delete(self, path: str) -> dict[str, Any]:
         return self._check(self.http.delete(path)).json()

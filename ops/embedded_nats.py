@@ -5,6 +5,10 @@ run the same server with the same config. JetStream syncs every write to disk
 (`sync_interval: always`): the default (fsync every 2 min) can lose
 acknowledged writes on power loss, and a job bus's writes are few enough to
 afford it.
+
+`NatsCluster` runs N of them as one JetStream cluster on loopback ports, for
+`gpubus up --cluster 3` and the cluster fault test: the same config a real
+3-server deployment uses (ops/deploy/nats), only on one machine.
 """
 
 from __future__ import annotations
@@ -17,12 +21,15 @@ import socket
 import subprocess
 import sysconfig
 import time
+import urllib.error
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from schemas.errors import GpubusError
 
 READY_TIMEOUT_S = 20.0
+CLUSTER_READY_TIMEOUT_S = 60.0
 MIN_VERSION = (2, 10)
 
 
@@ -110,6 +117,7 @@ class NatsServer:
     cluster_name: str | None = None
     cluster_port: int = 0
     routes: list[str] = field(default_factory=list)
+    http_port: int = 0  # monitoring endpoint (/healthz, /jsz); 0 = none
     extra_config: str = ""
     auth: NatsAuth | None = None
     proc: subprocess.Popen | None = None
@@ -146,8 +154,13 @@ class NatsServer:
     def log_path(self) -> Path:
         return self.store_dir / f"{self.server_name}.log"
 
+    @property
+    def route_url(self) -> str:
+        return f"nats-route://{self.host}:{self.cluster_port}"
+
     def config_text(self) -> str:
         cluster = ""
+        monitor = f"http: {self.host}:{self.http_port}\n" if self.http_port else ""
         if self.cluster_name:
             routes = ", ".join(f'"{r}"' for r in self.routes)
             cluster = (
@@ -159,7 +172,7 @@ class NatsServer:
             f"listen: {self.host}:{self.port}\n"
             f"max_payload: 8MB\n"
             f"jetstream {{\n  store_dir: \"{self.store_dir / 'js'}\"\n  sync_interval: always\n}}\n"
-            f"{cluster}{self.auth.config_text() if self.auth else ''}{self.extra_config}"
+            f"{monitor}{cluster}{self.auth.config_text() if self.auth else ''}{self.extra_config}"
         )
 
     def start(self) -> NatsServer:
@@ -188,8 +201,22 @@ class NatsServer:
                 time.sleep(0.05)
         raise NatsServerError(f"nats-server not ready on {self.url} after {timeout_s}s; see {self.log_path}")
 
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def healthy(self) -> bool:
+        """JetStream is usable through this server: `/healthz` answers 200 only
+        once the server is current with the meta leader and its assets."""
+        if not self.http_port or not self.alive():
+            return False
+        try:
+            with urllib.request.urlopen(f"http://{self.host}:{self.http_port}/healthz", timeout=1) as r:
+                return r.status == 200 and json.load(r).get("status") == "ok"
+        except (OSError, ValueError, urllib.error.URLError):
+            return False
+
     def signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.alive():
             os.kill(self.proc.pid, sig)
 
     def kill(self) -> None:
@@ -208,6 +235,100 @@ class NatsServer:
             self.kill()
 
     def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class NatsCluster:
+    """`size` servers routed to each other as one JetStream cluster.
+
+    Every server gets its own store dir, client, route and monitoring port;
+    ports are fixed at construction so a killed server restarts on the same
+    addresses with the same store, as a crashed machine would come back."""
+
+    store_dir: Path
+    size: int = 3
+    host: str = "127.0.0.1"
+    name: str = "gpubus"
+    first_port: int = 0  # client port of server 0, the next ones follow; 0 = free ports
+    auth: NatsAuth | None = None
+    servers: list[NatsServer] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise NatsServerError("a cluster needs at least one server")
+        self.store_dir = Path(self.store_dir)
+        if self.servers:
+            return
+        for i in range(self.size):
+            self.servers.append(
+                NatsServer(
+                    store_dir=self.store_dir / f"n{i}",
+                    port=self.first_port + i if self.first_port else 0,
+                    host=self.host,
+                    server_name=f"{self.name}-{i}",
+                    cluster_name=self.name,
+                    cluster_port=free_port(self.host),
+                    http_port=free_port(self.host),
+                    auth=self.auth,
+                )
+            )
+        routes = [s.route_url for s in self.servers]
+        for s in self.servers:
+            s.routes = [r for r in routes if r != s.route_url]
+
+    @property
+    def urls(self) -> list[str]:
+        return [s.url for s in self.servers]
+
+    @property
+    def url(self) -> str:
+        """The form GPUBUS_NATS_URL takes: every server, comma-separated."""
+        return ",".join(self.urls)
+
+    @property
+    def public_url(self) -> str:
+        return ",".join(s.public_url for s in self.servers)
+
+    @property
+    def system_url(self) -> str | None:
+        return None if self.auth is None else ",".join(s.system_url or "" for s in self.servers)
+
+    def server(self, server_name: str) -> NatsServer:
+        for s in self.servers:
+            if s.server_name == server_name:
+                return s
+        raise NatsServerError(f"no server {server_name!r} in cluster {self.name}")
+
+    def start(self, timeout_s: float = CLUSTER_READY_TIMEOUT_S) -> NatsCluster:
+        for s in self.servers:
+            s.start()
+        self.wait_healthy(timeout_s)
+        return self
+
+    def wait_healthy(self, timeout_s: float = CLUSTER_READY_TIMEOUT_S, servers: list[NatsServer] | None = None) -> None:
+        """Until every (given) server reports JetStream healthy: a meta leader
+        is elected and the server is current with it."""
+        wanted = servers if servers is not None else self.servers
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for s in wanted:
+                if s.proc is not None and s.proc.poll() is not None:
+                    raise NatsServerError(f"{s.server_name} exited ({s.proc.returncode}); see {s.log_path}")
+            if all(s.healthy() for s in wanted):
+                return
+            time.sleep(0.1)
+        sick = [s.server_name for s in wanted if not s.healthy()]
+        raise NatsServerError(f"cluster {self.name}: {sick} not healthy after {timeout_s}s")
+
+    def stop(self) -> None:
+        for s in self.servers:
+            s.stop()
+
+    def __enter__(self) -> NatsCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

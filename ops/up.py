@@ -3,6 +3,10 @@
 An embedded nats-server (subprocess), the gateway, a shared CPU node, and a
 GPU node for the local user when CUDA is present. Prints the gateway URL and
 a fresh API key, and writes `<data-dir>/up.json` for scripts.
+
+`--cluster N` runs N embedded servers as one JetStream cluster instead, with
+every stream, bucket and consumer replicated N times (at most 5): the setup
+of a real deployment, on one machine, to try failover.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from cpu_node.main import make_processor as make_cpu
 from gateway.app import create_app
 from gpu_node import device, telemetry
 from gpu_node.main import make_processor as make_gpu
-from ops.embedded_nats import NatsAuth, NatsServer
+from ops.embedded_nats import NatsAuth, NatsCluster, NatsServer
 from schemas.keys import Role
 from schemas.names import Lane
 
@@ -54,12 +58,22 @@ def admin_token(data_dir: Path, settings: Settings) -> str:
     return token
 
 
-async def run(settings: Settings, *, nats_port: int) -> None:
+def start_nats(data_dir: Path, *, nats_port: int, cluster: int, auth: NatsAuth | None) -> NatsServer | NatsCluster:
+    """One server by default; a cluster keeps its stores apart from the
+    single server's, so switching between the two never mixes state."""
+    if cluster <= 1:
+        return NatsServer(store_dir=data_dir / "nats", port=nats_port, host="127.0.0.1", auth=auth).start()
+    return NatsCluster(
+        store_dir=data_dir / f"nats-cluster{cluster}", size=cluster, first_port=nats_port, auth=auth
+    ).start()
+
+
+async def run(settings: Settings, *, nats_port: int, cluster: int = 1) -> None:
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     token = admin_token(data_dir, settings)
     auth = NatsAuth.load_or_create(data_dir / "nats_auth.json")
-    nats = NatsServer(store_dir=data_dir / "nats", port=nats_port, host="127.0.0.1", auth=auth).start()
+    nats = start_nats(data_dir, nats_port=nats_port, cluster=cluster, auth=auth)
     gateway_url = f"http://{settings.host}:{settings.port}"
     settings = settings.model_copy(
         update={
@@ -69,6 +83,7 @@ async def run(settings: Settings, *, nats_port: int) -> None:
             "nats_system_url": SecretStr(nats.system_url or ""),
             "admin_token": SecretStr(token),
             "gateway_url": gateway_url,
+            "replicas": max(1, cluster),
         }
     )
     app = create_app(settings)

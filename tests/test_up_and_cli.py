@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 
 import pytest
 
+from bus.connection import connect
 from ops.embedded_nats import free_port
 from tests.harness import TESTDATA, Proc, wait_until, words
 
@@ -59,3 +61,39 @@ def test_up_then_submit_with_the_cli(tmp_path):
     nats_port = int(info["nats_url"].rsplit(":", 1)[1])
     with pytest.raises(OSError):  # the embedded nats-server is gone too
         socket.create_connection(("127.0.0.1", nats_port), timeout=1).close()
+
+
+def test_up_cluster_3_runs_a_replicated_cluster(tmp_path):
+    # Given `gpubus up --cluster 3`
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUBUS_")}
+    env.update(GPUBUS_DATA_DIR=str(tmp_path / "data"), GPUBUS_LOG_FORMAT="text", PYTHONUNBUFFERED="1")
+    up = Proc(["up", "--port", str(free_port()), "--cluster", "3"], env, tmp_path / "up.log").start()
+    try:
+        up_json = tmp_path / "data" / "up.json"
+        wait_until(up_json.exists, timeout_s=90, what="up.json", proc=up)
+        info = json.loads(up_json.read_text())
+        # Then scripts get all three servers, and the JOBS stream has three replicas
+        urls = info["nats_url"].split(",")
+        assert len(urls) == 3 and len(set(urls)) == 3, urls
+        assert _stream_replicas(urls, "JOBS") == 3
+        # And a job goes through it
+        r = cli("submit", str(TESTDATA / "hello.wav"), "--wait", "--format", "text", env=env)
+        assert r.returncode == 0 and "weather" in r.stdout.lower(), r.stderr
+    finally:
+        up.signal(signal.SIGTERM)
+        assert up.proc.wait(60) == 0, up.log()[-2000:]
+    for url in urls:  # every embedded server is gone
+        host, port = url.removeprefix("nats://").rsplit(":", 1)
+        with pytest.raises(OSError):
+            socket.create_connection((host, int(port)), timeout=1).close()
+
+
+def _stream_replicas(urls: list[str], stream: str) -> int:
+    async def replicas() -> int:
+        nc = await connect(urls, name="up-cluster-test")
+        try:
+            return (await nc.jetstream().stream_info(stream)).config.num_replicas
+        finally:
+            await nc.close()
+
+    return asyncio.run(replicas())
