@@ -131,6 +131,18 @@ def cmd_status(args: argparse.Namespace) -> None:
     progress.status(GatewayClient(url, key), watch=args.watch)
 
 
+def cmd_nats_auth(args: argparse.Namespace) -> None:
+    """Fresh NATS identities for a deployment, as .env lines (ops/deploy)."""
+    from bus.nats_jwt import public_key
+    from ops.embedded_nats import NatsAuth
+
+    auth = NatsAuth.generate()
+    print(f"GPUBUS_NATS_SERVICE_PASSWORD={auth.service_password}")
+    print(f"GPUBUS_NATS_SYSTEM_PASSWORD={auth.system_password}")
+    print(f"GPUBUS_NATS_ISSUER_SEED={auth.issuer_seed}")
+    print(f"GPUBUS_NATS_ISSUER={public_key(auth.issuer_seed)}")
+
+
 def cmd_doctor(args: argparse.Namespace) -> None:
     from ops import doctor
 
@@ -212,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(fn=cmd_status)
 
     sub.add_parser("doctor", help="check this machine and the configuration").set_defaults(fn=cmd_doctor)
+    sub.add_parser("nats-auth", help="print fresh NATS auth secrets for a deployment's .env").set_defaults(
+        fn=cmd_nats_auth
+    )
     return p
 
 

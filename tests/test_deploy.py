@@ -167,24 +167,35 @@ def test_gateway_image_needs_no_model_runtime():
 # -- compose --------------------------------------------------------------------
 
 
+def nats_auth_env() -> dict[str, str]:
+    """What `gpubus nats-auth >> .env` gives a deployment."""
+    out = run(sys.executable, "-m", "ops.cli", "nats-auth", cwd=ROOT)
+    return dict(line.split("=", 1) for line in out.stdout.split())
+
+
 def compose_config(file: str, env: dict[str, str], *extra: str) -> dict:
     out = run(tool("docker-compose"), "-f", file, *extra, "config", "--format", "json", env=env)
     return json.loads(out.stdout)
 
 
 def test_compose_one_host_cluster():
-    cfg = compose_config("compose.yaml", {"GPUBUS_ADMIN_TOKEN": "adm_test"}, "--profile", "gpu")
+    auth = nats_auth_env()
+    cfg = compose_config("compose.yaml", {"GPUBUS_ADMIN_TOKEN": "adm_test", **auth}, "--profile", "gpu")
     svc = cfg["services"]
     assert set(svc) == {*NATS_SERVICES, "gateway", "cpu-node", "gpu-node", "prometheus", "grafana"}
     # Three NATS servers, each with its own name, volume and the shared config
     for name in NATS_SERVICES:
         s = svc[name]
         assert s["environment"]["NATS_SERVER_NAME"] == name
+        assert s["environment"]["GPUBUS_NATS_ISSUER"] == auth["GPUBUS_NATS_ISSUER"]  # callout issuer
         assert {m["target"] for m in s["volumes"]} == {"/data", "/etc/gpubus/nats.conf"}
         assert "healthz" in " ".join(s["healthcheck"]["test"])
     # The gateway knows every server and replicates everything 3 times
     gw = svc["gateway"]["environment"]
-    assert gw["GPUBUS_NATS_URL"].split(",") == [f"nats://{n}:4222" for n in NATS_SERVICES]
+    password = auth["GPUBUS_NATS_SERVICE_PASSWORD"]
+    assert gw["GPUBUS_NATS_URL"].split(",") == [f"nats://gpubus:{password}@{n}:4222" for n in NATS_SERVICES]
+    assert gw["GPUBUS_NATS_ISSUER_SEED"] == auth["GPUBUS_NATS_ISSUER_SEED"]
+    assert gw["GPUBUS_NATS_SYSTEM_URL"].startswith("nats://gpubus-sys:")
     assert gw["GPUBUS_REPLICAS"] == "3" and gw["GPUBUS_ADMIN_TOKEN"] == "adm_test"
     assert all(svc["gateway"]["depends_on"][n]["condition"] == "service_healthy" for n in NATS_SERVICES)
     # Nodes bootstrap from the gateway once it is ready
@@ -203,7 +214,8 @@ def test_compose_one_host_cluster():
 
 
 def test_compose_bind_mounts_point_at_files_of_ops_deploy():
-    cfg = compose_config("compose.yaml", {"GPUBUS_ADMIN_TOKEN": "adm_test"}, "--profile", "gpu")
+    auth = nats_auth_env()
+    cfg = compose_config("compose.yaml", {"GPUBUS_ADMIN_TOKEN": "adm_test", **auth}, "--profile", "gpu")
     sources = {Path(m["source"]) for s in cfg["services"].values() for m in s.get("volumes", []) if m["type"] == "bind"}
     assert DEPLOY / "nats" / "nats.conf" in sources
     expected = {
@@ -246,9 +258,12 @@ def test_remote_gpu_box_joins_with_gateway_url_and_key_only():
 @pytest.mark.parametrize("server", NATS_SERVICES)
 def test_nats_config_loads_in_the_real_server(server):
     conf = DEPLOY / "nats" / "nats.conf"
-    out = run(str(server_binary()), "-c", str(conf), "-t", env={"NATS_SERVER_NAME": server})
+    out = run(str(server_binary()), "-c", str(conf), "-t", env={"NATS_SERVER_NAME": server, **nats_auth_env()})
     assert "is valid" in out.stdout + out.stderr
     text = conf.read_text()
+    # The same authorization as the embedded server: service, system and callout
+    for needle in ("auth_callout", "auth_users: [ gpubus, gpubus-sys ]", "account: APP", "system_account: SYS"):
+        assert needle in text
     # Routes to every server of the compose file, and the durability of the embedded one
     assert re.findall(r"nats-route://([\w-]+):6222", text) == list(NATS_SERVICES)
     assert "sync_interval: always" in text
