@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bus.settings import Settings
-from ops.client import ApiError, GatewayClient
-from schemas.errors import GpubusError
+from ops.client import GatewayClient
 from ops.logs import configure_logging
 from schemas.errors import GpubusError
 
@@ -235,8 +234,6 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         args.fn(args)
-    except (ApiError, GpubusError) as e:
-        raise SystemExit(f"error: {e.code}: {e}") from None
     except GpubusError as e:  # a node that cannot start (no model, no CUDA) says why and exits 1
         raise SystemExit(f"error: {e.code}: {e.message}") from None
     except KeyboardInterrupt:
