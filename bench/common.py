@@ -1,0 +1,193 @@
+"""What every benchmark needs: a private nats-server, the real gpubus
+processes, statistics, and the closing ratio lines.
+
+Every figure a benchmark reports is a ratio of two things measured side by
+side in the same run, because absolute times on a shared 2-core machine do
+not compare from one run to the next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from ops.embedded_nats import NatsServer
+from tests.harness import Gateway, Proc, start_node
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def testdata_dir() -> Path:
+    """The shared speech fixtures: GPUBUS_TESTDATA, else a `shared/testdata`
+    beside any parent of the repo (worktrees sit deeper than a clone)."""
+    env = os.environ.get("GPUBUS_TESTDATA")
+    if env:
+        return Path(env)
+    for parent in REPO.parents:
+        cand = parent / "shared" / "testdata"
+        if cand.is_dir():
+            return cand
+    raise SystemExit("no shared/testdata found; set GPUBUS_TESTDATA")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def latency_summary(samples_s: list[float]) -> dict[str, float]:
+    return {
+        "n": len(samples_s),
+        "p50_ms": percentile(samples_s, 50) * 1e3,
+        "p99_ms": percentile(samples_s, 99) * 1e3,
+        "mean_ms": statistics.fmean(samples_s) * 1e3,
+    }
+
+
+@dataclass
+class Report:
+    """Rows of measurements, then the ratios (printed last)."""
+
+    name: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    ratios: list[dict[str, Any]] = field(default_factory=list)
+
+    def row(self, what: str, **values: Any) -> None:
+        self.rows.append({"what": what, **values})
+        shown = "  ".join(f"{k}={_fmt(v)}" for k, v in values.items())
+        print(f"  {what:<34} {shown}", flush=True)
+
+    def ratio(self, name: str, value: float, *, target: str, ok: bool | None) -> None:
+        self.ratios.append({"ratio": name, "value": value, "target": target, "met": ok})
+
+    def finish(self, json_path: str | None) -> int:
+        """Print the ratios last; return 0 (benchmarks never fail on a miss,
+        they report it)."""
+        if json_path:
+            Path(json_path).write_text(json.dumps(self.as_dict(), indent=2))
+        for r in self.ratios:
+            verdict = "n/a" if r["met"] is None else ("met" if r["met"] else "MISSED")
+            print(f"RATIO {self.name}: {r['ratio']} = {r['value']:.3f} (target {r['target']}) {verdict}", flush=True)
+        return 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "bench": self.name,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "machine": machine(),
+            "rows": self.rows,
+            "ratios": self.ratios,
+        }
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def machine() -> str:
+    return f"{platform.machine()} {psutil.cpu_count()} cores, {psutil.virtual_memory().total // 2**30} GiB, {platform.python_version()}"
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--json", help="also write the results as JSON here")
+    p.add_argument("--workdir", help="keep server stores and logs here (default: a temp dir, removed)")
+    return p
+
+
+@contextlib.contextmanager
+def workdir(path: str | None) -> Iterator[Path]:
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="gpubus-bench-") as d:
+        yield Path(d)
+
+
+@contextlib.contextmanager
+def nats_server(root: Path, name: str = "bench") -> Iterator[NatsServer]:
+    """A private nats-server on a free loopback port, stopped by pid."""
+    server = NatsServer(store_dir=root / f"nats-{name}").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def gateway(server: NatsServer, root: Path, **settings: Any) -> Iterator[Gateway]:
+    settings.setdefault("enable_noop", "true")
+    gw = Gateway(server.url, root, settings=settings).start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+@contextlib.contextmanager
+def nodes(gw: Gateway, count: int, kind: str = "cpu", *, key: str, name: str = "node", **settings: Any) -> Iterator[list[Proc]]:
+    """`count` real node processes (`gpubus cpu-node` / `gpu-node --device cpu`)."""
+    settings.setdefault("enable_noop", "true")
+    started: list[Proc] = []
+    try:
+        for i in range(count):
+            started.append(start_node(gw, kind, key=key, name=f"{name}{i}", **settings))
+        yield started
+    finally:
+        for p in started:
+            p.stop()
+
+
+class RssSampler:
+    """Peak resident memory of real processes, sampled from a thread (psutil
+    reads /proc), so a benchmark sees what the gateway or node really holds."""
+
+    def __init__(self, pids: dict[str, int], interval_s: float = 0.02) -> None:
+        self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.baseline = {name: p.memory_info().rss for name, p in self._procs.items()}
+        self.peak = dict(self.baseline)
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name, p in self._procs.items():
+                try:
+                    self.peak[name] = max(self.peak[name], p.memory_info().rss)
+                except psutil.Error:
+                    pass
+            self._stop.wait(self._interval_s)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def growth_mb(self, name: str) -> float:
+        return (self.peak[name] - self.baseline[name]) / 2**20
+
+
+def run_main(main) -> None:
+    """Entry point of a benchmark script: exit code of `main()`."""
+    sys.exit(main())
