@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+import wave
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,17 @@ def testdata_dir() -> Path:
         if cand.is_dir():
             return cand
     raise SystemExit("no shared/testdata found; set GPUBUS_TESTDATA")
+
+
+def clip_wav(src: Path, dest: Path, seconds: float) -> Path:
+    """The first `seconds` of a WAV file (small inputs for smoke runs)."""
+    with wave.open(str(src)) as w:
+        params = w.getparams()
+        frames = w.readframes(int(seconds * w.getframerate()))
+    with wave.open(str(dest), "wb") as out:
+        out.setparams(params)
+        out.writeframes(frames)
+    return dest
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -31,14 +31,9 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
 from bench import common, raw_worker
+from bench.busclient import BusClient
 from bench.loops import Waiters, pipelined, sequential
 from bench.redis_server import redis_server
-from bus.jobstore import JobStore
-from bus.publisher import JobPublisher
-from schemas import codec, names
-from schemas.events import EventType, JobEvent
-from schemas.jobs import JobRecord, new_job_id, now
-from schemas.names import Kind, Lane
 
 PAYLOAD_PAD = b"x" * 256  # about the size of a JobMessage
 POLL_FIRST_S = 0.001
@@ -95,41 +90,19 @@ async def bench_raw(url: str, root: Path, args) -> tuple[list[float], float]:
 
 
 async def bench_bus(url: str, owner: str, args) -> tuple[list[float], float]:
-    nc = await nats.connect(url)
-    js = nc.jetstream()
-    jobs = JobStore(await js.key_value(names.JOBS_BUCKET))
-    publisher = JobPublisher(js, give_up_after_s=10)
-    waiters = Waiters()
-
-    async def on_event(msg) -> None:
-        ev = codec.decode(msg.data, JobEvent)
-        if ev.type is EventType.SUCCEEDED:
-            waiters.resolve(ev.job_id)
-
-    await nc.subscribe(f"events.{owner}.*", cb=on_event)
-
-    async def one(_: int) -> None:
-        t = now()
-        rec = JobRecord(
-            job_id=new_job_id(), owner=owner, queue_owner=owner, kind=Kind.NOOP, lane=Lane.CPU,
-            routed_reason="bench", created_at=t, updated_at=t,
-        )
-        await jobs.create(rec)
-        t0 = time.perf_counter()
-        fut = waiters.expect(rec.job_id)
-        await publisher.publish(rec.to_message())
-        await asyncio.wait_for(fut, 30)
-        one.bus_s.append(time.perf_counter() - t0)  # type: ignore[attr-defined]
-
+    client = await BusClient.open(url)
     try:
-        # The clock of `sequential` would include the record create; time the bus part only.
-        one.bus_s = []  # type: ignore[attr-defined]
+        lat: list[float] = []
+
+        async def one(_: int) -> None:
+            lat.append(await client.run_job(owner))
+
         await sequential(one, args.seq, warmup=args.warmup)
-        seq = one.bus_s[args.warmup :]  # type: ignore[attr-defined]
+        seq = lat[args.warmup :]  # publish -> succeeded, without the record create
         rate, _ = await pipelined(one, args.pipe, inflight=args.inflight)
         return seq, rate
     finally:
-        await nc.close()
+        await client.close()
 
 
 async def bench_http(gw_url: str, key: str, args) -> tuple[list[float], float]:

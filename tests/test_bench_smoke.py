@@ -1,0 +1,44 @@
+"""Each benchmark script runs end to end with tiny sizes and prints its ratio
+lines last. Nothing here looks at a time or a ratio's value: benchmarks are
+run by hand (see README), never judged inside the test suite."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NO_FALLBACK_EXIT = 3
+
+SCRIPTS = {
+    "roundtrip": ["--seq", "5", "--pipe", "20", "--warmup", "2", "--inflight", "4", "--node-concurrency", "2"],
+    "staging": ["--mib", "2", "--rss-mib", "4"],
+    "transcription": ["--clip", "4", "--repeat", "2", "--jobs", "1", "--rounds", "1", "--concurrency", "2"],
+    "fallback": ["--clip", "4", "--ack-wait", "2", "--trials", "1"],
+    "scale": ["--jobs", "20", "--nodes", "1,2", "--owners", "1,3", "--inflight", "4", "--capacity", "2"],
+}
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_benchmark_runs_with_tiny_sizes(name: str, tmp_path: Path) -> None:
+    # Given a benchmark script and tiny sizes
+    out_json = tmp_path / f"{name}.json"
+    # When it runs
+    proc = subprocess.run(
+        [sys.executable, "-m", f"bench.{name}", *SCRIPTS[name], "--json", str(out_json), "--workdir", str(tmp_path / "w")],
+        cwd=REPO, capture_output=True, text=True, timeout=580,
+    )
+    if name == "fallback" and proc.returncode == NO_FALLBACK_EXIT:
+        pytest.skip("no fallback router in this build: " + proc.stdout.strip().splitlines()[-1])
+    # Then it exits cleanly and its last lines are its ratios
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines and lines[-1].startswith(f"RATIO {name}: "), proc.stdout[-2000:]
+    report = json.loads(out_json.read_text())
+    assert report["bench"] == name and report["ratios"] and report["rows"]
+    assert all(isinstance(r["value"], float) for r in report["ratios"])
