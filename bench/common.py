@@ -13,7 +13,9 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -198,6 +200,36 @@ class RssSampler:
 
     def growth_mb(self, name: str) -> float:
         return (self.peak[name] - self.baseline[name]) / 2**20
+
+
+def profiler(out_dir: str | None, pids: dict[str, int]):
+    """`with profile(label):` records the given processes with py-spy while
+    the block runs (one collapsed-stack file per process and label), or
+    does nothing when no directory was asked for."""
+
+    @contextlib.contextmanager
+    def profile(label: str) -> Iterator[None]:
+        if not out_dir or label not in ("bus", "http"):
+            yield
+            return
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        spies = [
+            subprocess.Popen(
+                ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--nonblocking",
+                 "-o", str(Path(out_dir) / f"{label}-{name}-{pid}-{time.monotonic_ns()}.txt")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            for name, pid in pids.items()
+        ]
+        try:
+            yield
+        finally:
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)
+            for spy in spies:
+                spy.wait(30)
+
+    return profile
 
 
 def run_main(main) -> None:

@@ -9,21 +9,27 @@ Celery 5 + Redis, side by side in one run.
   (The job record is created before the clock starts: the materializer needs
   it, but it is the gateway's step, not the bus path.)
 - gpubus HTTP: `POST /api/v1/jobs {"kind": "noop"}` -> gateway -> bus -> node
-  -> materializer -> `GET /api/v1/jobs/{id}/result` answers 200 (polled).
+  -> materializer -> `GET /api/v1/jobs/{id}/result` answers 200 (polled,
+  first after 1 ms, then backing off x1.5 up to 20 ms).
 - Celery: `noop.delay(id).get()` with acks_late, a prefork worker (the
   default 2 processes here) and Redis as broker and result backend.
 
-    python -m bench.roundtrip [--seq 300] [--pipe 2000] [--inflight 64]
+All four systems are up at once and driven in turns, round after round, so
+a burst of load from elsewhere on the machine hits all of them alike.
+
+    python -m bench.roundtrip [--seq 400] [--pipe 2000] [--inflight 64] [--rounds 4]
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -38,24 +44,66 @@ from bench.redis_server import redis_server
 PAYLOAD_PAD = b"x" * 256  # about the size of a JobMessage
 POLL_FIRST_S = 0.001
 POLL_MAX_S = 0.02
+SYSTEMS = ("raw", "bus", "http", "celery")
+LABELS = {
+    "raw": "raw nats-py",
+    "bus": "gpubus bus-only",
+    "http": "gpubus HTTP",
+    "celery": "celery+redis (acks_late)",
+}
 
 
 # -- raw nats-py ---------------------------------------------------------------
 
 
-async def bench_raw(url: str, root: Path, args) -> tuple[list[float], float]:
+class Raw:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.waiters = Waiters()
+
+    async def open(self) -> None:
+        self.nc = await nats.connect(self.url)
+        self.js = self.nc.jetstream()
+        self.inbox = self.nc.new_inbox()
+
+        async def on_reply(msg) -> None:
+            self.waiters.resolve(msg.data[:12].decode())
+
+        await self.nc.subscribe(self.inbox, cb=on_reply)
+
+    async def one(self, i: int) -> None:
+        key = f"{i:012d}"[-12:]
+        fut = self.waiters.expect(key)
+        await self.js.publish(raw_worker.SUBJECT, key.encode() + PAYLOAD_PAD, headers={"Reply-To": self.inbox})
+        await asyncio.wait_for(fut, 30)
+
+    async def close(self) -> None:
+        await self.nc.close()
+
+
+async def raw_topology(url: str) -> None:
+    """The raw baseline's work-queue stream (file storage, like JOBS) and
+    its durable pull consumer with explicit ack."""
     nc = await nats.connect(url)
-    js = nc.jetstream()
-    await js.add_stream(
-        StreamConfig(
-            name=raw_worker.STREAM, subjects=[raw_worker.SUBJECT],
-            retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
+    try:
+        js = nc.jetstream()
+        await js.add_stream(
+            StreamConfig(
+                name=raw_worker.STREAM, subjects=[raw_worker.SUBJECT],
+                retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
+            )
         )
-    )
-    await js.add_consumer(
-        raw_worker.STREAM,
-        ConsumerConfig(durable_name=raw_worker.CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_ack_pending=1000),
-    )
+        await js.add_consumer(
+            raw_worker.STREAM,
+            ConsumerConfig(durable_name=raw_worker.CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_ack_pending=1000),
+        )
+    finally:
+        await nc.close()
+
+
+@contextlib.contextmanager
+def raw_worker_proc(url: str, root: Path) -> Iterator[None]:
+    asyncio.run(raw_topology(url))
     log = (root / "raw-worker.log").open("ab")
     worker = subprocess.Popen(
         [sys.executable, "-m", "bench.raw_worker", url], cwd=common.REPO, stdout=subprocess.PIPE, stderr=log,
@@ -63,109 +111,77 @@ async def bench_raw(url: str, root: Path, args) -> tuple[list[float], float]:
     )
     try:
         assert worker.stdout is not None and worker.stdout.readline().strip() == b"ready", "raw worker did not start"
-        waiters = Waiters()
-        inbox = nc.new_inbox()
-
-        async def on_reply(msg) -> None:
-            waiters.resolve(msg.data[:12].decode())
-
-        await nc.subscribe(inbox, cb=on_reply)
-
-        async def one(i: int) -> None:
-            key = f"{i:012d}"[-12:]
-            fut = waiters.expect(key)
-            await js.publish(raw_worker.SUBJECT, key.encode() + PAYLOAD_PAD, headers={"Reply-To": inbox})
-            await asyncio.wait_for(fut, 30)
-
-        seq = await sequential(one, args.seq, warmup=args.warmup)
-        rate, _ = await pipelined(one, args.pipe, inflight=args.inflight)
-        return seq, rate
+        yield
     finally:
         worker.terminate()
         worker.wait(10)
-        await nc.close()
 
 
 # -- gpubus --------------------------------------------------------------------
 
 
-async def bench_bus(url: str, owner: str, args) -> tuple[list[float], float]:
-    client = await BusClient.open(url)
-    try:
-        lat: list[float] = []
+class Bus:
+    def __init__(self, url: str, owner: str) -> None:
+        self.url, self.owner = url, owner
 
-        async def one(_: int) -> None:
-            lat.append(await client.run_job(owner))
+    async def open(self) -> None:
+        self.client = await BusClient.open(self.url)
 
-        await sequential(one, args.seq, warmup=args.warmup)
-        seq = lat[args.warmup :]  # publish -> succeeded, without the record create
-        rate, _ = await pipelined(one, args.pipe, inflight=args.inflight)
-        return seq, rate
-    finally:
-        await client.close()
+    async def one(self, _: int) -> None:
+        await self.client.run_job(self.owner)
+
+    async def timed(self, _: int) -> float:
+        return await self.client.run_job(self.owner)
+
+    async def close(self) -> None:
+        await self.client.close()
 
 
-async def bench_http(gw_url: str, key: str, args) -> tuple[list[float], float]:
-    limits = httpx.Limits(max_connections=args.inflight, max_keepalive_connections=args.inflight)
-    async with httpx.AsyncClient(
-        base_url=gw_url, headers={"Authorization": f"Bearer {key}"}, timeout=30, limits=limits
-    ) as c:
+class Http:
+    def __init__(self, gw_url: str, key: str, inflight: int) -> None:
+        limits = httpx.Limits(max_connections=inflight, max_keepalive_connections=inflight)
+        self.c = httpx.AsyncClient(base_url=gw_url, headers={"Authorization": f"Bearer {key}"}, timeout=30, limits=limits)
 
-        async def one(_: int) -> None:
-            r = await c.post("/api/v1/jobs", json={"kind": "noop"})
-            assert r.status_code == 202, r.text
-            job_id = r.json()["job_id"]
-            delay = POLL_FIRST_S
-            deadline = time.monotonic() + 30
-            while True:
-                r = await c.get(f"/api/v1/jobs/{job_id}/result")
-                if r.status_code == 200:
-                    return
-                assert r.status_code == 409 and time.monotonic() < deadline, r.text
-                await asyncio.sleep(delay)
-                delay = min(delay * 1.5, POLL_MAX_S)
+    async def open(self) -> None:
+        pass
 
-        seq = await sequential(one, args.seq, warmup=args.warmup)
-        rate, _ = await pipelined(one, args.pipe, inflight=args.inflight)
-        return seq, rate
+    async def one(self, _: int) -> None:
+        r = await self.c.post("/api/v1/jobs", json={"kind": "noop"})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job_id"]
+        delay = POLL_FIRST_S
+        deadline = time.monotonic() + 30
+        while True:
+            await asyncio.sleep(delay)
+            r = await self.c.get(f"/api/v1/jobs/{job_id}/result")
+            if r.status_code == 200:
+                return
+            assert r.status_code == 409 and time.monotonic() < deadline, r.text
+            delay = min(delay * 1.5, POLL_MAX_S)
+
+    async def close(self) -> None:
+        await self.c.aclose()
 
 
 # -- Celery + Redis --------------------------------------------------------------
 
 
-def bench_celery(root: Path, args) -> tuple[list[float], float]:
+@contextlib.contextmanager
+def celery_worker(root: Path, concurrency: int) -> Iterator[None]:
     with redis_server(root / "redis") as redis_url:
-        env = {**os.environ, "BENCH_REDIS_URL": redis_url}
         os.environ["BENCH_REDIS_URL"] = redis_url
         log = (root / "celery-worker.log").open("ab")
         worker = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker", "--loglevel", "WARNING",
-             "--concurrency", str(args.celery_concurrency), "--without-gossip", "--without-mingle",
-             "--without-heartbeat"],
-            cwd=common.REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+             "--concurrency", str(concurrency), "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=common.REPO, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         try:
             from bench.celery_app import app, noop
 
             app.conf.broker_url = app.conf.result_backend = redis_url
             noop.delay("warm").get(timeout=60)
-            for i in range(args.warmup):
-                noop.delay(f"w{i}").get(timeout=30)
-            seq = []
-            for i in range(args.seq):
-                t0 = time.perf_counter()
-                noop.delay(str(i)).get(timeout=30)
-                seq.append(time.perf_counter() - t0)
-            window: collections.deque = collections.deque()
-            t0 = time.perf_counter()
-            for i in range(args.pipe):
-                if len(window) >= args.inflight:
-                    window.popleft().get(timeout=30)
-                window.append(noop.delay(str(i)))
-            while window:
-                window.popleft().get(timeout=30)
-            rate = args.pipe / (time.perf_counter() - t0)
-            return seq, rate
+            yield
         finally:
             worker.terminate()
             try:
@@ -175,44 +191,113 @@ def bench_celery(root: Path, args) -> tuple[list[float], float]:
                 worker.wait(10)
 
 
+def celery_sequential(n: int) -> list[float]:
+    from bench.celery_app import noop
+
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        noop.delay(str(i)).get(timeout=30)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def celery_pipelined(n: int, inflight: int) -> float:
+    """A window of `inflight` AsyncResults, oldest awaited first (Celery's
+    result consumer is not meant to be shared by many threads)."""
+    from bench.celery_app import noop
+
+    window: collections.deque = collections.deque()
+    t0 = time.perf_counter()
+    for i in range(n):
+        if len(window) >= inflight:
+            window.popleft().get(timeout=30)
+        window.append(noop.delay(str(i)))
+    while window:
+        window.popleft().get(timeout=30)
+    return n / (time.perf_counter() - t0)
+
+
 # -- the run -------------------------------------------------------------------
+
+
+async def drive(systems: dict, args, profile) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Rounds of: each system's share of sequential jobs, then of pipelined."""
+    lat: dict[str, list[float]] = {k: [] for k in systems}
+    rates: dict[str, list[float]] = {k: [] for k in systems}
+    for s in systems.values():
+        if s is not None:
+            await s.open()
+    try:
+        for name, s in systems.items():  # warm up every path
+            if name == "celery":
+                await asyncio.to_thread(celery_sequential, args.warmup)
+            else:
+                await sequential(s.one, args.warmup, warmup=0)
+        seq_n, pipe_n = max(1, args.seq // args.rounds), max(1, args.pipe // args.rounds)
+        for _ in range(args.rounds):
+            for name, s in systems.items():
+                if name == "celery":
+                    lat[name] += await asyncio.to_thread(celery_sequential, seq_n)
+                elif name == "bus":
+                    lat[name] += [await s.timed(i) for i in range(seq_n)]
+                else:
+                    lat[name] += await sequential(s.one, seq_n, warmup=0)
+            for name, s in systems.items():
+                with profile(name):
+                    if name == "celery":
+                        rates[name].append(await asyncio.to_thread(celery_pipelined, pipe_n, args.inflight))
+                    else:
+                        rates[name].append((await pipelined(s.one, pipe_n, inflight=args.inflight))[0])
+    finally:
+        for s in systems.values():
+            if s is not None:
+                await s.close()
+    return lat, rates
 
 
 def main() -> int:
     p = common.base_parser(__doc__.split("\n\n")[0])
-    p.add_argument("--seq", type=int, default=300, help="sequential jobs per system")
+    p.add_argument("--seq", type=int, default=400, help="sequential jobs per system")
     p.add_argument("--pipe", type=int, default=2000, help="pipelined jobs per system")
     p.add_argument("--inflight", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=4, help="turns each system gets")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--node-concurrency", type=int, default=64, help="GPUBUS_NODE_CONCURRENCY of the gpubus node")
     p.add_argument("--celery-concurrency", type=int, default=os.cpu_count() or 2, help="prefork processes")
     p.add_argument("--skip-celery", action="store_true")
+    p.add_argument("--profile", help="py-spy the gateway and node during gpubus's pipelined turns into this dir")
     args = p.parse_args()
     rep = common.Report("roundtrip")
-    print(f"roundtrip: {args.seq} sequential + {args.pipe} pipelined ({args.inflight} in flight) per system", flush=True)
-    with common.workdir(args.workdir) as root, common.nats_server(root) as server:
-        raw_seq, raw_rate = asyncio.run(bench_raw(server.url, root, args))
-        rep.row("raw nats-py", **common.latency_summary(raw_seq), jobs_per_s=raw_rate)
-        with common.gateway(server, root) as gw:
-            owner = "bench"
-            key = gw.create_key(owner)
-            with common.nodes(gw, 1, key=key, node_concurrency=args.node_concurrency):
-                bus_seq, bus_rate = asyncio.run(bench_bus(server.url, owner, args))
-                rep.row("gpubus bus-only", **common.latency_summary(bus_seq), jobs_per_s=bus_rate)
-                http_seq, http_rate = asyncio.run(bench_http(gw.url, key, args))
-                rep.row("gpubus HTTP", **common.latency_summary(http_seq), jobs_per_s=http_rate)
+    print(f"roundtrip: {args.seq} sequential + {args.pipe} pipelined ({args.inflight} in flight) per system, "
+          f"{args.rounds} rounds", flush=True)
+    with contextlib.ExitStack() as stack:
+        root = stack.enter_context(common.workdir(args.workdir))
+        server = stack.enter_context(common.nats_server(root))
+        gw = stack.enter_context(common.gateway(server, root))
+        owner = "bench"
+        key = gw.create_key(owner)
+        (node,) = stack.enter_context(common.nodes(gw, 1, key=key, node_concurrency=args.node_concurrency))
+        stack.enter_context(raw_worker_proc(server.url, root))
+        systems = {"raw": Raw(server.url), "bus": Bus(server.url, owner), "http": Http(gw.url, key, args.inflight)}
         if not args.skip_celery:
-            cel_seq, cel_rate = bench_celery(root, args)
-            rep.row("celery+redis (acks_late)", **common.latency_summary(cel_seq), jobs_per_s=cel_rate)
-    raw_p50 = common.percentile(raw_seq, 50)
-    bus_r = common.percentile(bus_seq, 50) / raw_p50
-    http_r = common.percentile(http_seq, 50) / raw_p50
+            stack.enter_context(celery_worker(root, args.celery_concurrency))
+            systems["celery"] = None
+        profile = common.profiler(args.profile, {"gateway": gw.proc.pid, "node": node.pid})
+        lat, rates = asyncio.run(drive(systems, args, profile))
+    for name in systems:
+        rep.row(LABELS[name], **common.latency_summary(lat[name]), jobs_per_s=sum(rates[name]) / len(rates[name]))
+    raw_p50 = common.percentile(lat["raw"], 50)
+    bus_r = common.percentile(lat["bus"], 50) / raw_p50
+    http_r = common.percentile(lat["http"], 50) / raw_p50
     rep.ratio("bus-only p50 / raw p50", bus_r, target="<= 3", ok=bus_r <= 3)
     rep.ratio("HTTP p50 / raw p50", http_r, target="<= 6", ok=http_r <= 6)
     if not args.skip_celery:
-        pipe_r = bus_rate / cel_rate
+        cel = sum(rates["celery"]) / len(rates["celery"])
+        pipe_r = sum(rates["bus"]) / len(rates["bus"]) / cel
         rep.ratio("bus-only pipelined jobs/s / celery+redis", pipe_r, target=">= 3", ok=pipe_r >= 3)
-        rep.ratio("HTTP pipelined jobs/s / celery+redis", http_rate / cel_rate, target="(reported)", ok=None)
+        rep.ratio("HTTP pipelined jobs/s / celery+redis", sum(rates["http"]) / len(rates["http"]) / cel,
+                  target="(reported)", ok=None)
     return rep.finish(args.json)
 
 
