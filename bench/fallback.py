@@ -27,6 +27,10 @@ NO_FALLBACK_EXIT = 3
 POLL_S = 0.05
 
 
+def give_up_s(ack_wait: float, processing: float) -> float:
+    return 3 * ack_wait + 3 * processing + 60
+
+
 def cpu_lane_seconds(c, path: Path) -> float:
     """The same file on the CPU lane: 202 -> succeeded."""
     job = submit_file(c, path, gpu=False)
@@ -36,8 +40,9 @@ def cpu_lane_seconds(c, path: Path) -> float:
     return time.perf_counter() - t0
 
 
-def one_trial(gw, key: str, owner: str, path: Path, ack_wait: float, i: int) -> float | None:
-    """Seconds from kill to succeeded, or None when the job never fell back."""
+def one_trial(gw, key: str, path: Path, ack_wait: float, processing: float, i: int) -> float | None:
+    """Seconds from kill to succeeded, or None when the job never fell back
+    within a generous bound (3 x ack_wait + 3 x processing + 60 s)."""
     gpu = start_node(gw, "gpu", key=key, name=f"gpu-victim{i}")
     try:
         with gw.client(key) as c:
@@ -50,7 +55,7 @@ def one_trial(gw, key: str, owner: str, path: Path, ack_wait: float, i: int) -> 
             gpu.kill()
             t_kill = time.perf_counter()
             try:
-                final = wait_job(c, job["job_id"], timeout_s=ack_wait * 3 + 300)
+                final = wait_job(c, job["job_id"], timeout_s=give_up_s(ack_wait, processing))
             except AssertionError:
                 return None
             delay = time.perf_counter() - t_kill
@@ -87,10 +92,10 @@ def main() -> int:
                 rep.row("CPU lane submit -> succeeded", seconds=processing)
                 delays = []
                 for i in range(args.trials):
-                    d = one_trial(gw, key, owner, src, args.ack_wait, i)
+                    d = one_trial(gw, key, src, args.ack_wait, processing, i)
                     if d is None:
-                        print(f"no fallback within {args.ack_wait * 3 + 300:.0f}s: is the fallback router (DEADLETTER "
-                              "advisory -> CPU lane) in this build?", flush=True)
+                        print(f"no fallback within {give_up_s(args.ack_wait, processing):.0f}s: is the fallback router "
+                              "(DEADLETTER advisory -> CPU lane) in this build?", flush=True)
                         return NO_FALLBACK_EXIT
                     rep.row(f"trial {i}: kill -> succeeded", seconds=d, over_ack_wait=(d - processing) / args.ack_wait)
                     delays.append(d)

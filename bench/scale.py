@@ -19,24 +19,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nats
+
 from bench import common
 from bench.busclient import BusClient
 from bench.loops import pipelined
 from bus import topology
-from bus.connection import connect
 from bus.settings import Settings
-from schemas.names import Lane
 
 
 async def prepare(url: str, owners: list[str]) -> None:
-    """Streams, buckets and each owner's consumers, as the gateway makes them."""
+    """Streams, buckets and each owner's consumers and file bucket, as the
+    gateway makes them."""
     s = Settings(nats_url=url)
-    nc = await connect([url], name="bench-setup")
+    nc = await nats.connect(url)
     try:
         js = nc.jetstream()
         await topology.ensure_core(js, s)
         for owner in owners:
-            await topology.ensure_lane(js, s, owner, Lane.CPU)
+            await topology.ensure_owner(js, s, owner)
     finally:
         await nc.close()
 
@@ -88,7 +89,7 @@ def main() -> int:
     p.add_argument("--inflight", type=int, default=64)
     p.add_argument("--nodes", default="1,2,4")
     p.add_argument("--owners", default="1,10,100")
-    p.add_argument("--capacity", type=int, default=16, help="capacity of each owner's runtime in a node")
+    p.add_argument("--capacity", type=int, default=64, help="capacity of each owner's runtime in a node (64: the in-flight count bounds every cell alike)")
     args = p.parse_args()
     node_counts = [int(x) for x in args.nodes.split(",")]
     owner_counts = [int(x) for x in args.owners.split(",")]
