@@ -95,40 +95,73 @@ class Materializer:
                 log.warning("materializer fetch failed: %s", e)
                 await asyncio.sleep(0.5)
                 continue
-            for msg in msgs:
-                await self._handle(msg)
+            by_job: dict[str, list] = {}
+            for msg in msgs:  # a batch often holds a job's `started` and its outcome
+                by_job.setdefault(msg.subject, []).append(msg)
+            for err in await asyncio.gather(*(self._handle(g) for g in by_job.values()), return_exceptions=True):
+                if isinstance(err, Exception):  # unacked events come back after ack_wait
+                    log.warning("materializer could not settle events: %s", err)
 
-    async def _handle(self, msg) -> None:
+    async def _handle(self, msgs: list) -> None:
+        """One job's events from one batch, in stream order: folded into its
+        record with one compare-and-set, and jobs of a batch side by side
+        (one CAS per event, one job after another, made the materializer
+        the bottleneck of the whole system under load)."""
+        events: list[JobEvent] = []
+        good = []
+        for msg in msgs:
+            ev = await self._decode(msg)
+            if ev is not None:
+                events.append(ev)
+                good.append(msg)
+        if not events:
+            return
+        try:
+            await self.apply_all(events)
+        except NotFound:
+            log.warning("%d event(s) for unknown job %s.%s; dropped", len(events), events[0].owner, events[0].job_id)
+        except Exception as e:
+            log.warning("could not apply events for job %s (%s); will be redelivered", events[0].job_id, e)
+            for msg in good:
+                await msg.nak(delay=1.0)
+            return
+        for msg in good:
+            await msg.ack()
+
+    async def _decode(self, msg) -> JobEvent | None:
+        """The event, or None once a bad one is counted and termed."""
         try:
             ev = codec.decode(msg.data, JobEvent)
         except codec.DecodeError as e:
             self._metrics.bad_events.inc()
             log.error("dropping undecodable event on %s: %s", msg.subject, e)
             await msg.term()
-            return
+            return None
         if msg.subject != names.event_subject(ev.owner, ev.job_id):
             self._metrics.bad_events.inc()
             log.error("event for %s.%s arrived on %s; dropped", ev.owner, ev.job_id, msg.subject)
             await msg.term()
-            return
-        try:
-            await self.apply(ev)
-        except NotFound:
-            log.warning("event %s for unknown job %s.%s; dropped", ev.type, ev.owner, ev.job_id)
-        except Exception as e:
-            log.warning("could not apply %s for job %s (%s); will be redelivered", ev.type, ev.job_id, e)
-            await msg.nak(delay=1.0)
-            return
-        await msg.ack()
+            return None
+        return ev
 
     async def apply(self, ev: JobEvent) -> JobRecord:
+        return await self.apply_all([ev])
+
+    async def apply_all(self, events: list[JobEvent]) -> JobRecord:
+        """Events of one job, in order, in one compare-and-set."""
         before: dict[str, JobRecord] = {}
 
         def mutate(rec: JobRecord) -> JobRecord | None:
             before["rec"] = rec.model_copy()
-            return fold(rec, ev)
+            changed = False
+            for ev in events:
+                new = fold(rec, ev)
+                if new is not None:
+                    rec, changed = new, True
+            return rec if changed else None
 
-        new = await self._jobs.update(ev.owner, ev.job_id, mutate)
+        first = events[0]
+        new = await self._jobs.update(first.owner, first.job_id, mutate)
         self._observe(before["rec"], new)
         return new
 
