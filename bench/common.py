@@ -122,6 +122,10 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--json", help="also write the results as JSON here")
     p.add_argument("--workdir", help="keep server stores and logs here (default: a temp dir, removed)")
+    p.add_argument(
+        "--nats-sync", choices=["always", "default"], default="always",
+        help="always: gpubus's config (a disk sync per JetStream write); default: nats-server's 2-minute sync",
+    )
     return p
 
 
@@ -135,10 +139,23 @@ def workdir(path: str | None) -> Iterator[Path]:
         yield Path(d)
 
 
+@dataclass
+class BenchNatsServer(NatsServer):
+    """gpubus's own server config, optionally without `sync_interval:
+    always` (then nats-server syncs on its default 2-minute timer), to show
+    what the per-write disk sync costs next to a Redis that never syncs."""
+
+    sync_always: bool = True
+
+    def config_text(self) -> str:
+        text = super().config_text()
+        return text if self.sync_always else text.replace("  sync_interval: always\n", "")
+
+
 @contextlib.contextmanager
-def nats_server(root: Path, name: str = "bench") -> Iterator[NatsServer]:
+def nats_server(root: Path, name: str = "bench", *, sync: str = "always") -> Iterator[NatsServer]:
     """A private nats-server on a free loopback port, stopped by pid."""
-    server = NatsServer(store_dir=root / f"nats-{name}").start()
+    server = BenchNatsServer(store_dir=root / f"nats-{name}", sync_always=sync == "always").start()
     try:
         yield server
     finally:

@@ -75,7 +75,7 @@ def main() -> int:
     args = p.parse_args()
     rep = common.Report("fallback")
     src = common.testdata_dir() / "long.wav"
-    with common.workdir(args.workdir) as root, common.nats_server(root) as server:
+    with common.workdir(args.workdir) as root, common.nats_server(root, sync=args.nats_sync) as server:
         if args.clip:
             src = common.clip_wav(src, root / "clip.wav", args.clip)
         with common.gateway(server, root, gpu_ack_wait=args.ack_wait, gpu_max_deliver=1) as gw:

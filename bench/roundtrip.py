@@ -10,7 +10,8 @@ Celery 5 + Redis, side by side in one run.
   it, but it is the gateway's step, not the bus path.)
 - gpubus HTTP: `POST /api/v1/jobs {"kind": "noop"}` -> gateway -> bus -> node
   -> materializer -> `GET /api/v1/jobs/{id}/result` answers 200 (polled,
-  first after 1 ms, then backing off x1.5 up to 20 ms).
+  first after 1 ms, then backing off x1.5 up to 20 ms; 100 ms when 64 are in
+  flight, or the polls alone would saturate the gateway).
 - Celery: `noop.delay(id).get()` with acks_late, a prefork worker (the
   default 2 processes here) and Redis as broker and result backend.
 
@@ -44,6 +45,7 @@ from bench.redis_server import redis_server
 PAYLOAD_PAD = b"x" * 256  # about the size of a JobMessage
 POLL_FIRST_S = 0.001
 POLL_MAX_S = 0.02
+PIPELINED_POLL_MAX_S = 0.1  # 64 clients polling every 20 ms would saturate the gateway with polls alone
 SYSTEMS = ("raw", "bus", "http", "celery")
 LABELS = {
     "raw": "raw nats-py",
@@ -141,23 +143,40 @@ class Http:
     def __init__(self, gw_url: str, key: str, inflight: int) -> None:
         limits = httpx.Limits(max_connections=inflight, max_keepalive_connections=inflight)
         self.c = httpx.AsyncClient(base_url=gw_url, headers={"Authorization": f"Bearer {key}"}, timeout=30, limits=limits)
+        self.retries = 0
 
     async def open(self) -> None:
         pass
 
+    async def _call(self, method: str, url: str, **kw) -> httpx.Response:
+        """One retry when a kept-alive connection turns out closed: uvicorn
+        drops connections idle for 5 s, as they are while the other systems
+        take their turns (the request never reached the handler)."""
+        try:
+            return await self.c.request(method, url, **kw)
+        except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError):
+            self.retries += 1
+            return await self.c.request(method, url, **kw)
+
     async def one(self, _: int) -> None:
-        r = await self.c.post("/api/v1/jobs", json={"kind": "noop"})
+        await self.job(POLL_MAX_S)
+
+    async def many(self, _: int) -> None:
+        await self.job(PIPELINED_POLL_MAX_S)
+
+    async def job(self, poll_max_s: float) -> None:
+        r = await self._call("POST", "/api/v1/jobs", json={"kind": "noop"})
         assert r.status_code == 202, r.text
         job_id = r.json()["job_id"]
         delay = POLL_FIRST_S
         deadline = time.monotonic() + 30
         while True:
             await asyncio.sleep(delay)
-            r = await self.c.get(f"/api/v1/jobs/{job_id}/result")
+            r = await self._call("GET", f"/api/v1/jobs/{job_id}/result")
             if r.status_code == 200:
                 return
             assert r.status_code == 409 and time.monotonic() < deadline, r.text
-            delay = min(delay * 1.5, POLL_MAX_S)
+            delay = min(delay * 1.5, poll_max_s)
 
     async def close(self) -> None:
         await self.c.aclose()
@@ -248,7 +267,8 @@ async def drive(systems: dict, args, profile) -> tuple[dict[str, list[float]], d
                     if name == "celery":
                         rates[name].append(await asyncio.to_thread(celery_pipelined, pipe_n, args.inflight))
                     else:
-                        rates[name].append((await pipelined(s.one, pipe_n, inflight=args.inflight))[0])
+                        one = s.many if name == "http" else s.one
+                        rates[name].append((await pipelined(one, pipe_n, inflight=args.inflight))[0])
     finally:
         for s in systems.values():
             if s is not None:
@@ -273,7 +293,7 @@ def main() -> int:
           f"{args.rounds} rounds", flush=True)
     with contextlib.ExitStack() as stack:
         root = stack.enter_context(common.workdir(args.workdir))
-        server = stack.enter_context(common.nats_server(root))
+        server = stack.enter_context(common.nats_server(root, sync=args.nats_sync))
         gw = stack.enter_context(common.gateway(server, root))
         owner = "bench"
         key = gw.create_key(owner)
@@ -285,6 +305,8 @@ def main() -> int:
             systems["celery"] = None
         profile = common.profiler(args.profile, {"gateway": gw.proc.pid, "node": node.pid})
         lat, rates = asyncio.run(drive(systems, args, profile))
+    if systems["http"].retries:
+        print(f"  (HTTP: {systems['http'].retries} request(s) retried on a connection uvicorn had closed)")
     for name in systems:
         rep.row(LABELS[name], **common.latency_summary(lat[name]), jobs_per_s=sum(rates[name]) / len(rates[name]))
     raw_p50 = common.percentile(lat["raw"], 50)

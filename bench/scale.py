@@ -99,7 +99,7 @@ def main() -> int:
     with common.workdir(args.workdir) as root:
         for n_owners in owner_counts:
             owners = [f"o{i}" for i in range(n_owners)]
-            with common.nats_server(root, name=f"o{n_owners}") as server:
+            with common.nats_server(root, name=f"o{n_owners}", sync=args.nats_sync) as server:
                 asyncio.run(prepare(server.url, owners))
                 for n_nodes in node_counts:
                     pools = start_pools(server.url, owners, n_nodes, args.capacity, root)

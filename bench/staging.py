@@ -166,7 +166,7 @@ def main() -> int:
     args = p.parse_args()
     rep = common.Report("staging")
     print(f"staging: {args.mib} MiB x {args.rounds} rounds throughput, {args.rss_mib} MiB memory check", flush=True)
-    with common.workdir(args.workdir) as root, common.nats_server(root) as server:
+    with common.workdir(args.workdir) as root, common.nats_server(root, sync=args.nats_sync) as server:
         max_mb = max(args.mib, args.rss_mib) + 16
         with common.gateway(server, root, max_upload_mb=max_mb) as gw:
             took = throughput(gw, server, root, args)

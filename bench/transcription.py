@@ -88,7 +88,7 @@ def main() -> int:
               f"{args.jobs} jobs per batch", flush=True)
         bare = Bare()
         ratios: list[float] = []
-        with common.nats_server(root) as server, common.gateway(server, root, max_upload_mb=2048) as gw:
+        with common.nats_server(root, sync=args.nats_sync) as server, common.gateway(server, root, max_upload_mb=2048) as gw:
             key = gw.create_key("bench")
             with common.nodes(gw, 1, key=key, name="asr") as _, gw.client(key) as c:
                 through_node(c, [long_wav])  # warm the node and the page cache
