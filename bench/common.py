@@ -249,6 +249,18 @@ def profiler(out_dir: str | None, pids: dict[str, int]):
     return profile
 
 
+def stop_proc(proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
+    """SIGTERM a process this benchmark started, SIGKILL it past the grace."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def run_main(main) -> None:
     """Entry point of a benchmark script: exit code of `main()`."""
     sys.exit(main())

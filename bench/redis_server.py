@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from bench.common import stop_proc
 from ops.embedded_nats import free_port
 
 READY_TIMEOUT_S = 15.0
@@ -47,9 +48,4 @@ def redis_server(root: Path) -> Iterator[str]:
             time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_proc(proc, 10)

@@ -115,8 +115,7 @@ def raw_worker_proc(url: str, root: Path) -> Iterator[None]:
         assert worker.stdout is not None and worker.stdout.readline().strip() == b"ready", "raw worker did not start"
         yield
     finally:
-        worker.terminate()
-        worker.wait(10)
+        common.stop_proc(worker, 10)
 
 
 # -- gpubus --------------------------------------------------------------------
@@ -202,12 +201,7 @@ def celery_worker(root: Path, concurrency: int) -> Iterator[None]:
             noop.delay("warm").get(timeout=60)
             yield
         finally:
-            worker.terminate()
-            try:
-                worker.wait(15)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait(10)
+            common.stop_proc(worker)
 
 
 def celery_sequential(n: int) -> list[float]:

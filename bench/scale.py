@@ -60,11 +60,7 @@ def stop_pools(procs: list[subprocess.Popen]) -> None:
     for p in procs:
         p.terminate()
     for p in procs:
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(10)
+        common.stop_proc(p, 20)
 
 
 async def drive(url: str, owners: list[str], jobs: int, inflight: int) -> tuple[float, float]:
