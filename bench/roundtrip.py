@@ -280,7 +280,7 @@ def main() -> int:
     p.add_argument("--node-concurrency", type=int, default=64, help="GPUBUS_NODE_CONCURRENCY of the gpubus node")
     p.add_argument("--celery-concurrency", type=int, default=os.cpu_count() or 2, help="prefork processes")
     p.add_argument("--skip-celery", action="store_true")
-    p.add_argument("--profile", help="py-spy the gateway and node during gpubus's pipelined turns into this dir")
+    p.add_argument("--profile", help="py-spy the gateway, the node and this client during gpubus's pipelined turns into this dir")
     args = p.parse_args()
     rep = common.Report("roundtrip")
     print(f"roundtrip: {args.seq} sequential + {args.pipe} pipelined ({args.inflight} in flight) per system, "
@@ -297,7 +297,7 @@ def main() -> int:
         if not args.skip_celery:
             stack.enter_context(celery_worker(root, args.celery_concurrency))
             systems["celery"] = None
-        profile = common.profiler(args.profile, {"gateway": gw.proc.pid, "node": node.pid})
+        profile = common.profiler(args.profile, {"gateway": gw.proc.pid, "node": node.pid, "client": os.getpid()})
         lat, rates = asyncio.run(drive(systems, args, profile))
     if systems["http"].retries:
         print(f"  (HTTP: {systems['http'].retries} request(s) retried on a connection uvicorn had closed)")
