@@ -137,8 +137,8 @@ async def start_node(
         handle_signals=handle_signals,
         drain_timeout_s=settings.drain_timeout,
         bus_retry_s=settings.publish_timeout,
+        connection_lost=lost,
     )
-    runtime.connection_lost = lost
     await runtime.start()
     log.info("node %s ready: %s lane of %s, metrics %s", node_id, identity.lane, identity.queue_owner, metrics_url)
     return runtime

@@ -90,6 +90,7 @@ class NodeRuntime:
         metrics_url: str | None = None,
         handle_signals: bool = True,
         drain_timeout_s: float = 30.0,
+        connection_lost: asyncio.Event | None = None,
         bus_retry_s: float = 10.0,
     ) -> None:
         self.nc = nc
@@ -123,7 +124,8 @@ class NodeRuntime:
         self.done = 0
         self.failed = 0
         self.stopped = asyncio.Event()
-        self.connection_lost = asyncio.Event()
+        # Set by whoever opened `nc` when NATS closes it for good (a revoked key).
+        self.connection_lost = connection_lost or asyncio.Event()
 
     def __repr__(self) -> str:
         return (
