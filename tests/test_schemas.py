@@ -97,7 +97,8 @@ def test_keys_are_random_prefixed_and_hashed():
     kid, secret = parse_key(full)
     assert kid == key_id and secret not in digest
     rec = ApiKeyRecord(key_id=kid, user_id="a", roles=["user"], secret_sha256=digest, created_at=0)
-    assert secret_matches(secret, rec) and not secret_matches(secret[:-1] + "A", rec)
+    tampered = secret[:-1] + ("B" if secret[-1] == "A" else "A")  # always differs from secret
+    assert secret_matches(secret, rec) and not secret_matches(tampered, rec)
     assert new_secret()[0] != full
     for bad in ("", "gpb_", "gpb_zz_x", full + "x", full.replace("gpb_", "gpx_")):
         with pytest.raises(Unauthorized):
