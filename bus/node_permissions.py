@@ -35,6 +35,7 @@ def for_node(owner: str) -> dict[str, list[str]]:
         f"$JS.API.CONSUMER.CREATE.{files}.>",
         f"$JS.API.CONSUMER.MSG.NEXT.{files}.>",
         f"$JS.API.CONSUMER.DELETE.{files}.>",
+        f"$JS.FC.{files}.>",  # flow-control replies of the ordered consumer reading a file
     ]
     for lane in Lane:
         consumer = names.consumer_name(owner, lane)

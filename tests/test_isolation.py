@@ -85,6 +85,27 @@ async def test_node_of_a_cannot_touch_b(nats_server, gateway, user):
     await svc.close()
 
 
+async def test_node_reads_a_multi_chunk_file_of_its_owner(nats_server, gateway, user, tmp_path):
+    # Given a file of A's larger than one chunk (read with an ordered consumer, flow control included)
+    key = gateway.create_key(user, roles=("user", "node"))
+    with gateway.client(key) as c:
+        submit_file(c, TESTDATA / "hello.wav", gpu=False)  # creates A's file bucket
+    data = bytes(range(256)) * (4 * objects.CHUNK_BYTES // 256 + 123)
+    svc = await nats.connect(nats_server.url)
+    await objects.put_bytes(svc.jetstream(), names.files_bucket(user), "big.bin", data)
+    await svc.close()
+    # When A's node identity reads it
+    errors = Violations()
+    nc = await _as_node(nats_server, key, user, errors)
+    try:
+        size = await objects.read_to_file(nc.jetstream(), names.files_bucket(user), "big.bin", tmp_path / "big.bin")
+    finally:
+        await nc.close()
+    # Then it has every byte and NATS refused nothing on the way
+    assert size == len(data) and (tmp_path / "big.bin").read_bytes() == data
+    assert not errors.seen
+
+
 @pytest.mark.parametrize("secret", ["user-role", "garbage", "gpb_0123456789abcdef_" + "A" * 43])
 async def test_connection_refused_without_a_node_key(nats_server, gateway, user, secret):
     if secret == "user-role":
