@@ -45,9 +45,18 @@ PROGRESS_EVERY_S = 0.3
 CANCEL_MEMORY_S = 300.0
 
 
+def _log_failed_publish(fut: asyncio.Future, job_id: str, type_: EventType) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("job %s: %s event not stored: %s", job_id, type_, fut.exception())
+
+
 def new_node_id(lane: Lane) -> str:
     host = "".join(c if c.isalnum() else "-" for c in socket.gethostname().lower())[:24].strip("-") or "node"
     return f"{lane}-{host}-{uuid.uuid4().hex[:6]}"
+
+
+def _make_work_dir(job_id: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"gpubus-{job_id}-"))
 
 
 @dataclass
@@ -276,7 +285,7 @@ class NodeRuntime:
         try:
             last = self._max_deliver > 0 and msg.metadata.num_delivered >= self._max_deliver
             async with settle(msg, lambda kind, err: self._report(job, kind, err), job_ref=ref, last_delivery=last):
-                await self._event(job, EventType.STARTED)
+                await self._announce(job, EventType.STARTED)
                 log.info("job %s started", ref, extra=self._log_fields(job, "started"))
                 output = await self._run(inflight)
                 await self._store_result(job, output)
@@ -303,24 +312,38 @@ class NodeRuntime:
             raise Forbidden(f"job of {job.owner} on {self.queue_owner}'s queue")
 
     async def _run(self, inflight: InFlight) -> JobOutput:
+        """The work directory is made and removed on a pool thread, never on
+        the event loop: under disk load a mkdir or rmdir blocks for
+        milliseconds, and the loop carries every other job's acks and
+        events. A job without input runs all three steps in one hop."""
         job = inflight.job
         if inflight.cancelled.is_set():
             raise JobCancelled()
-        work_dir = Path(tempfile.mkdtemp(prefix=f"gpubus-{job.job_id}-"))
+        loop = asyncio.get_running_loop()
+
+        def progress(done_s: float, total_s: float) -> None:
+            inflight.lease.touch()
+            loop.call_soon_threadsafe(self._progress_event, inflight, done_s, total_s)
+
+        if job.input is None:
+            output = await loop.run_in_executor(self._pool, self._run_in_fresh_dir, inflight, progress)
+        else:
+            work_dir = await loop.run_in_executor(self._pool, _make_work_dir, job.job_id)
+            try:
+                input_path = await self._fetch_input(job, work_dir)
+                output = await loop.run_in_executor(
+                    self._pool, self.processor.run, job, input_path, work_dir, progress, inflight.cancelled
+                )
+            finally:
+                await loop.run_in_executor(self._pool, shutil.rmtree, work_dir, True)
+        if inflight.cancelled.is_set():
+            raise JobCancelled()
+        return output
+
+    def _run_in_fresh_dir(self, inflight: InFlight, progress) -> JobOutput:
+        work_dir = _make_work_dir(inflight.job.job_id)
         try:
-            input_path = await self._fetch_input(job, work_dir)
-            loop = asyncio.get_running_loop()
-
-            def progress(done_s: float, total_s: float) -> None:
-                inflight.lease.touch()
-                loop.call_soon_threadsafe(self._progress_event, inflight, done_s, total_s)
-
-            output = await loop.run_in_executor(
-                self._pool, self.processor.run, job, input_path, work_dir, progress, inflight.cancelled
-            )
-            if inflight.cancelled.is_set():
-                raise JobCancelled()
-            return output
+            return self.processor.run(inflight.job, None, work_dir, progress, inflight.cancelled)
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
 
@@ -417,6 +440,19 @@ class NodeRuntime:
             lambda: self.js.publish(subject, payload, headers=headers),
             what=f"publish {type_} of {job.job_id}", give_up_after_s=self.bus_retry_s,
         )
+
+    async def _announce(self, job: JobMessage, type_: EventType) -> None:
+        """An advisory event (`started`) is sent without waiting for its
+        PubAck: nothing depends on it being stored, and the wait (a disk
+        sync on the server) was on every job's critical path. It still goes
+        out before the outcome on the same connection, so it is stored
+        first; a failure is logged."""
+        ev = self._make_event(job, type_)
+        headers = {"Nats-Msg-Id": names.event_msg_id(job.job_id, job.attempt, type_)}
+        fut = await self.js.publish_async(
+            names.event_subject(job.owner, job.job_id), codec.encode(ev), headers=headers
+        )
+        fut.add_done_callback(lambda f, ref=job.job_id: _log_failed_publish(f, ref, type_))
 
     async def _report(self, job: JobMessage, outcome: str, error: ErrorInfo | None) -> None:
         await self._event(job, EventType(outcome), error=error)
