@@ -91,11 +91,13 @@ class ObjectWriter:
             await asyncio.wait_for(self._inflight.pop(0), PUBACK_TIMEOUT_S)
 
     async def commit(self, *, description: str | None = None) -> None:
+        """Publish the last chunk and the meta message together and wait for
+        all PubAcks at once (one round trip where there were two). The meta
+        is sent after every chunk on the same connection, so the server
+        stores it last; if any chunk failed, the meta is purged again."""
         if self._buf:
             await self._publish(bytes(self._buf))
             self._buf.clear()
-        await asyncio.wait_for(asyncio.gather(*self._inflight), PUBACK_TIMEOUT_S)
-        self._inflight.clear()
         digest = base64.urlsafe_b64encode(self._sha.digest()).decode()
         info = ObjectInfo(
             name=self.name,
@@ -108,12 +110,31 @@ class ObjectWriter:
             description=description,
             options=ObjectMetaOptions(max_chunk_size=CHUNK_BYTES),
         )
-        await self._js.publish(
-            _meta_subject(self.bucket, self.name),
-            json.dumps(info.as_dict()).encode(),
-            headers={"Nats-Rollup": "sub"},
+        meta = await self._js.publish_async(
+            _meta_subject(self.bucket, self.name), json.dumps(info.as_dict()).encode(), headers={"Nats-Rollup": "sub"}
         )
+        pending = asyncio.gather(*self._inflight, meta, return_exceptions=True)
+        self._inflight.clear()
+        try:
+            acks = await asyncio.wait_for(pending, PUBACK_TIMEOUT_S)
+        except TimeoutError:
+            await self._purge_meta()
+            raise
+        failed = [a for a in acks if isinstance(a, BaseException)]
+        if failed:
+            if not isinstance(acks[-1], BaseException):
+                await self._purge_meta()
+            raise failed[0]
         self._done = True
+
+    async def _purge_meta(self) -> None:
+        """Best effort: a meta stored without all its chunks would name an
+        object that can never be read whole (readers would still catch it by
+        the chunk count and SHA-256)."""
+        try:
+            await self._js.purge_stream(_stream(self.bucket), subject=_meta_subject(self.bucket, self.name))
+        except Exception as e:
+            log.warning("could not purge the meta of unfinished %s/%s: %s", self.bucket, self.name, e)
 
     async def abort(self) -> None:
         """Remove whatever chunks were written; safe to call twice."""
