@@ -78,7 +78,7 @@ class FallbackRouter:
         self._metrics = metrics
         self._cpu_queue_for = cpu_queue_for
         self._loop = DurableLoop(
-            js, durable=names.FALLBACK_CONSUMER, stream=names.DEADLETTER_STREAM, handle=self._handle_msg, max_batch=16
+            js, durable=names.FALLBACK_CONSUMER, stream=names.DEADLETTER_STREAM, handle=self._handle_batch, max_batch=16
         )
 
     async def start(self) -> None:
@@ -86,6 +86,10 @@ class FallbackRouter:
 
     async def stop(self) -> None:
         await self._loop.stop()
+
+    async def _handle_batch(self, msgs: list) -> None:
+        for msg in msgs:  # rare and each one several round trips: one at a time
+            await self._handle_msg(msg)
 
     async def _handle_msg(self, msg) -> None:
         try:

@@ -8,9 +8,11 @@ run this at once: they share one durable consumer and update records by CAS.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from bus.joblog import job_fields
@@ -94,45 +96,88 @@ class Materializer:
     async def stop(self) -> None:
         await self._loop.stop()
 
-    async def _handle(self, msg) -> None:
+    async def _handle(self, msgs: list[Msg]) -> None:
+        """A batch, grouped by job: each job's events are folded into its
+        record with one compare-and-set, and the jobs of a batch go side by
+        side (one CAS per event, one job after another, made the
+        materializer the bottleneck of the whole system under load)."""
+        by_job: dict[str, list[tuple[Msg, JobEvent]]] = {}
+        for msg in msgs:  # a batch often holds a job's `started` and its outcome
+            ev = await self._decode(msg)
+            if ev is not None:
+                by_job.setdefault(msg.subject, []).append((msg, ev))
+        await asyncio.gather(*(self._handle_job(group) for group in by_job.values()))
+
+    async def _decode(self, msg: Msg) -> JobEvent | None:
+        """The event, or None once a bad one is counted and termed."""
         try:
             ev = codec.decode(msg.data, JobEvent)
         except codec.DecodeError as e:
             self._metrics.bad_events.inc()
             log.error("dropping undecodable event on %s: %s", msg.subject, e)
             await msg.term()
-            return
+            return None
         if msg.subject != names.event_subject(ev.owner, ev.job_id):
             self._metrics.bad_events.inc()
             log.error("event for %s.%s arrived on %s; dropped", ev.owner, ev.job_id, msg.subject)
             await msg.term()
-            return
-        try:
+            return None
+        return ev
+
+    async def _handle_job(self, group: list[tuple[Msg, JobEvent]]) -> None:
+        """One job's events of a batch, in stream order. A `released` event
+        (rare: a job's last delivery given up) goes to the fallback router
+        on its own; the events around it are folded in one CAS each run."""
+        run: list[tuple[Msg, JobEvent]] = []
+        for msg, ev in group:
             if ev.type == EventType.RELEASED:
-                await self._on_released(ev)
+                await self._settle(run, self.apply_all)
+                await self._settle([(msg, ev)], lambda evs: self._on_released(evs[0]))
+                run = []
             else:
-                await self.apply(ev)
+                run.append((msg, ev))
+        await self._settle(run, self.apply_all)
+
+    async def _settle(
+        self, items: list[tuple[Msg, JobEvent]], apply: Callable[[list[JobEvent]], Awaitable[object]]
+    ) -> None:
+        if not items:
+            return
+        msgs, events = [m for m, _ in items], [e for _, e in items]
+        first = events[0]
+        try:
+            await apply(events)
         except NotFound:
             # The gateway writes a record just after the job's PubAck, so a
             # fast node's first event can beat it: wait for it, within reason.
-            if msg.metadata.num_delivered < UNKNOWN_JOB_RETRIES:
-                await msg.nak(delay=UNKNOWN_JOB_RETRY_S)
+            if msgs[0].metadata.num_delivered < UNKNOWN_JOB_RETRIES:
+                await asyncio.gather(*(m.nak(delay=UNKNOWN_JOB_RETRY_S) for m in msgs))
                 return
-            log.warning("event %s for unknown job %s.%s; dropped", ev.type, ev.owner, ev.job_id)
+            log.warning("%d event(s) for unknown job %s.%s; dropped", len(events), first.owner, first.job_id)
         except Exception as e:
-            log.warning("could not apply %s for job %s (%s); will be redelivered", ev.type, ev.job_id, e)
-            await msg.nak(delay=1.0)
+            log.warning("could not apply %d event(s) of job %s (%s); will be redelivered", len(events), first.job_id, e)
+            await asyncio.gather(*(m.nak(delay=1.0) for m in msgs))
             return
-        await msg.ack()
+        await asyncio.gather(*(m.ack() for m in msgs))
 
     async def apply(self, ev: JobEvent) -> JobRecord:
+        return await self.apply_all([ev])
+
+    async def apply_all(self, events: list[JobEvent]) -> JobRecord:
+        """Events of one job, in order, in one compare-and-set."""
         before: dict[str, JobRecord] = {}
 
         def mutate(rec: JobRecord) -> JobRecord | None:
             before["rec"] = rec.model_copy()
-            return fold(rec, ev)
+            changed = False
+            for ev in events:
+                new = fold(rec, ev)
+                if new is not None:
+                    rec, changed = new, True
+            return rec if changed else None
 
-        new = await self._jobs.update(ev.owner, ev.job_id, mutate)
+        first = events[0]
+        new = await self._jobs.update(first.owner, first.job_id, mutate)
         self._observe(before["rec"], new)
         return new
 

@@ -60,9 +60,10 @@ async def take_available(psub, max_msgs: int) -> list[Msg]:
 
 
 class DurableLoop:
-    """A background task pulling one durable consumer and handing each message
-    to `handle` (which settles it). Used by the gateway side's materializer
-    and fallback router; JetStream keeps what arrives while it is down."""
+    """A background task pulling one durable consumer and handing each batch
+    to `handle` (which settles every message in it). Used by the gateway
+    side's materializer and fallback router; JetStream keeps what arrives
+    while it is down."""
 
     def __init__(
         self,
@@ -70,7 +71,7 @@ class DurableLoop:
         *,
         durable: str,
         stream: str,
-        handle: Callable[[Msg], Awaitable[None]],
+        handle: Callable[[list[Msg]], Awaitable[None]],
         max_batch: int = 64,
         wait_s: float = 5.0,
     ) -> None:
@@ -101,5 +102,11 @@ class DurableLoop:
                 log.warning("%s: fetch failed: %s", self._durable, e)
                 await asyncio.sleep(0.5)
                 continue
-            for msg in msgs:
-                await self._handle(msg)
+            if not msgs:
+                continue
+            try:
+                await self._handle(msgs)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # unsettled messages come back after ack_wait
+                log.warning("%s: batch not settled: %s", self._durable, e)
