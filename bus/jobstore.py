@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
@@ -25,13 +26,28 @@ from schemas.jobs import JobRecord, now
 log = logging.getLogger("gpubus.bus.jobstore")
 
 MAX_CAS_TRIES = 20
+KNOWN_RECORDS = 4096
 JOB_ID_RE = re.compile(r"^j[0-9a-f]{32}$")
 Mutator = Callable[[JobRecord], JobRecord | None]
 
 
 class JobStore:
+    """`update` starts from the last (record, revision) this process wrote
+    or read for the key, when it has one, and reads the key only if the CAS
+    then loses: a job's record is written by the API and then by the
+    materializer in the same gateway, so the read before every write was a
+    round trip that nearly always returned what this process had just
+    written. A stale copy costs one failed CAS, never a wrong record."""
+
     def __init__(self, kv: KeyValue) -> None:
         self._kv = kv
+        self._known: OrderedDict[str, tuple[JobRecord, int]] = OrderedDict()
+
+    def _remember(self, key: str, rec: JobRecord, rev: int) -> None:
+        self._known[key] = (rec, rev)
+        self._known.move_to_end(key)
+        if len(self._known) > KNOWN_RECORDS:
+            self._known.popitem(last=False)
 
     async def create(self, rec: JobRecord, *, give_up_after_s: float = 0.0) -> None:
         """Retried through a NATS blip; a "key exists" on a retry is our own
@@ -43,10 +59,12 @@ class JobStore:
             nonlocal tries
             tries += 1
             try:
-                await self._kv.create(key, data)
+                rev = await self._kv.create(key, data)
             except KeyWrongLastSequenceError:
                 if tries == 1:
                     raise Conflict(f"job {rec.job_id} exists") from None
+                return  # our first try landed; its revision is unknown, so nothing is remembered
+            self._remember(key, rec.model_copy(deep=True), rev)
 
         await retrying(once, what=f"record {rec.job_id}", give_up_after_s=give_up_after_s)
 
@@ -59,22 +77,34 @@ class JobStore:
             raise NotFound(f"no job {job_id}") from None
         if entry.value is None:
             raise NotFound(f"no job {job_id}")
-        return codec.decode_record(entry.value, JobRecord), entry.revision
+        rec = codec.decode_record(entry.value, JobRecord)
+        self._remember(entry.key, rec.model_copy(deep=True), entry.revision)
+        return rec, entry.revision
 
     async def update(self, owner: str, job_id: str, mutate: Mutator) -> JobRecord:
         """Apply `mutate` to a fresh copy until the CAS wins. `mutate` returns
         None for "no change" and must be pure: it may run more than once."""
+        key = names.job_key(owner, job_id)
+        known = self._known.get(key)
         for _ in range(MAX_CAS_TRIES):
-            rec, rev = await self.get(owner, job_id)
+            cached = known is not None
+            if known is not None:
+                rec, rev = known
+                known = None
+            else:
+                rec, rev = await self.get(owner, job_id)
             new = mutate(rec.model_copy(deep=True))
             if new is None:
+                if cached:  # "no change" is only trusted on a fresh read
+                    continue
                 return rec
             new.updated_at = now()
             try:
-                await self._kv.update(names.job_key(owner, job_id), codec.encode_record(new), last=rev)
-                return new
+                new_rev = await self._kv.update(key, codec.encode_record(new), last=rev)
             except KeyWrongLastSequenceError:
                 continue
+            self._remember(key, new.model_copy(deep=True), new_rev)
+            return new
         raise CasConflict(f"job {job_id}: {MAX_CAS_TRIES} CAS conflicts in a row")
 
     async def list(self, owner: str) -> list[JobRecord]:
