@@ -28,7 +28,7 @@ from bus import connection, objects, registry
 from bus.acking import settle
 from bus.joblog import job_fields
 from bus.metrics import NodeMetrics
-from bus.pulling import next_batch
+from bus.pulling import next_batch, take_available
 from bus.retry import retrying
 from schemas import codec, names
 from schemas.errors import INPUT_CORRUPT, INPUT_MISSING, Forbidden, JobCancelled, JobFailed, NotFound
@@ -219,7 +219,10 @@ class NodeRuntime:
     # -- pulling -------------------------------------------------------------
 
     async def _fetch_loop(self, psub) -> None:
-        """Never fetch more than free slots: one slot, one message."""
+        """Never fetch more than free slots: wait for one message holding one
+        slot, then take what else is already queued, up to the slots free
+        right now, in one request (one pull round trip per job capped a
+        busy node's intake)."""
         while not self._stopping.is_set():
             await self._slots.acquire()
             if self._stopping.is_set():
@@ -235,15 +238,33 @@ class NodeRuntime:
             if not msgs:
                 self._slots.release()
                 continue
-            msg = msgs[0]
-            if self._stopping.is_set():
-                await msg.nak()  # fetched but not started: hand it back now
-                self._slots.release()
-                break
-            key = f"{msg.metadata.sequence.stream}"
-            task = asyncio.create_task(self._handle(msg), name=f"job-{key}")
-            self._tasks[key] = task
-            task.add_done_callback(lambda _t, k=key: self._finished(k))
+            msgs += await self._take_more(psub)
+            for msg in msgs:
+                if self._stopping.is_set():
+                    await msg.nak()  # fetched but not started: hand it back now
+                    self._slots.release()
+                    continue
+                key = f"{msg.metadata.sequence.stream}"
+                task = asyncio.create_task(self._handle(msg), name=f"job-{key}")
+                self._tasks[key] = task
+                task.add_done_callback(lambda _t, k=key: self._finished(k))
+
+    async def _take_more(self, psub) -> list[Msg]:
+        """Messages already waiting, one per slot that is free right now;
+        the slots taken but not filled are given back."""
+        free = 0
+        while not self._slots.locked():
+            await self._slots.acquire()  # returns at once while not locked
+            free += 1
+        more: list[Msg] = []
+        try:
+            if free:
+                more = await take_available(psub, free)
+        except Exception as e:  # the message in hand still runs
+            log.warning("fetch of more messages failed: %s", e)
+        for _ in range(free - len(more)):
+            self._slots.release()
+        return more
 
     def _finished(self, key: str) -> None:
         self._tasks.pop(key, None)
