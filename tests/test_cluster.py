@@ -300,7 +300,10 @@ def test_killing_the_jobs_stream_leader_loses_no_job(cluster, tmp_path):
         assert set(statuses) <= {202, 503}, statuses
         assert all(a.retry_after for a in answers if a.status == 503)
         failed_at = [(round(a.t0 - t_kill, 2), round(a.t1 - t_kill, 2)) for a in answers if _failed(a)]
-        assert all(0 <= t1 <= election_s + ELECTION_SLACK_S for _, t1 in failed_at), (election_s, failed_at)
+        # (a request is judged by when it was sent: a leader that was just
+        # elected may still be catching up, so one sent right after the
+        # election can still run into one JetStream API timeout)
+        assert all(0 <= t0 <= election_s + ELECTION_SLACK_S for t0, _ in failed_at), (election_s, failed_at)
     finally:
         stop.set()
         for n in nodes:
