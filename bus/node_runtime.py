@@ -336,7 +336,7 @@ class NodeRuntime:
         """The work directory is made and removed on a pool thread, never on
         the event loop: under disk load a mkdir or rmdir blocks for
         milliseconds, and the loop carries every other job's acks and
-        events. A job without input runs all three steps in one hop."""
+        events. A job with nothing to fetch runs all three steps in one hop."""
         job = inflight.job
         if inflight.cancelled.is_set():
             raise JobCancelled()
@@ -346,7 +346,7 @@ class NodeRuntime:
             inflight.lease.touch()
             loop.call_soon_threadsafe(self._progress_event, inflight, done_s, total_s)
 
-        if job.input is None:
+        if job.input is None and job.kind is not Kind.URL:  # nothing to fetch (URL jobs fetch cookies)
             output = await loop.run_in_executor(self._pool, self._run_in_fresh_dir, inflight, progress)
         else:
             work_dir = await loop.run_in_executor(self._pool, _make_work_dir, job.job_id)
