@@ -250,11 +250,14 @@ def test_failed_job_reads_plainly_and_retry_fails_again_the_same_way(
     tab.only_the_gateway_was_called(gateway)
 
 
-def first_seconds(src: Path, seconds: float, dest: Path) -> Path:
-    """A shorter copy of a WAV file: long enough to stop a node mid-job, short enough to redo quickly."""
+def wav_of_seconds(src: Path, seconds: float, dest: Path) -> Path:
+    """A copy of a WAV file cut or looped to `seconds`: long enough that a
+    fast node is still mid-job when the test stops it (30 s of speech took
+    the tiny model only 1.4 s once, and the job finished before the stop)."""
     with wave.open(str(src), "rb") as r, wave.open(str(dest), "wb") as w:
         w.setparams(r.getparams())
-        w.writeframes(r.readframes(int(r.getframerate() * seconds)))
+        frames, want = r.readframes(r.getnframes()), int(r.getframerate() * seconds) * r.getsampwidth() * r.getnchannels()
+        w.writeframes((frames * (want // len(frames) + 1))[:want])
     return dest
 
 
@@ -262,7 +265,7 @@ def test_gpu_node_that_stops_mid_job_shows_the_move_to_cpu(
     gateway: Gateway, web_user: WebUser, tab: Tab, shots: Path, tmp_path: Path
 ):
     page = tab.page
-    lecture = first_seconds(TESTDATA / "long.wav", 30, tmp_path / "lecture.wav")
+    lecture = wav_of_seconds(TESTDATA / "long.wav", 150, tmp_path / "lecture.wav")
     # A CPU node of the user's to fall back to, starting while the page works
     starting = ThreadPoolExecutor(1).submit(start_node, gateway, "cpu", key=web_user.key, name=f"cpu-{web_user.user_id}")
     cpu: Proc | None = None
