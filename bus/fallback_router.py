@@ -145,13 +145,19 @@ class FallbackRouter:
         await self._delete(seq)
 
     async def _fail(self, job: JobMessage, seq: int, deliveries: int) -> None:
+        was_terminal = True
+
+        def mutate(r: JobRecord) -> JobRecord | None:
+            nonlocal was_terminal  # as of the revision the CAS wins on, not a separate read
+            was_terminal = r.terminal
+            return give_up(r, job, deliveries)
+
         try:
-            old, _ = await self._jobs.get(job.owner, job.job_id)
-            rec = await self._jobs.update(job.owner, job.job_id, lambda r: give_up(r, job, deliveries))
+            rec = await self._jobs.update(job.owner, job.job_id, mutate)
         except NotFound:
             await self._delete(seq)
             return
-        if not old.terminal and rec.terminal:
+        if not was_terminal and rec.terminal:
             self._metrics.jobs_finished.labels(
                 lane=rec.lane.value, kind=rec.kind.value, status=rec.status.value, code=NO_NODE_COMPLETED
             ).inc()
