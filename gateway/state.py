@@ -107,12 +107,14 @@ class GatewayState:
 
     async def active_jobs(self, owner: str) -> int:
         """Queued + running jobs of an owner: their unacked messages in the
-        work-queue stream (two subject-filtered counts, no record scan)."""
-        total = 0
-        for subject in names.owner_job_filters(owner):
+        work-queue stream (two subject-filtered counts, asked side by side;
+        no record scan)."""
+
+        async def count(subject: str) -> int:
             info = await self.js.stream_info(names.JOBS_STREAM, subjects_filter=subject)
-            total += sum((info.state.subjects or {}).values())
-        return total
+            return sum((info.state.subjects or {}).values())
+
+        return sum(await asyncio.gather(*(count(s) for s in names.owner_job_filters(owner))))
 
     def cpu_queue_for(self, owner: str) -> str:
         """The owner's CPU lane if they run a CPU node, else the shared pool."""
