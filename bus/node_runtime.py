@@ -238,16 +238,20 @@ class NodeRuntime:
             if not msgs:
                 self._slots.release()
                 continue
-            msgs += await self._take_more(psub)
-            for msg in msgs:
-                if self._stopping.is_set():
-                    await msg.nak()  # fetched but not started: hand it back now
-                    self._slots.release()
-                    continue
-                key = f"{msg.metadata.sequence.stream}"
-                task = asyncio.create_task(self._handle(msg), name=f"job-{key}")
-                self._tasks[key] = task
-                task.add_done_callback(lambda _t, k=key: self._finished(k))
+            await self._start(msgs[0])  # runs while the pull for more is out
+            for msg in await self._take_more(psub):
+                await self._start(msg)
+
+    async def _start(self, msg: Msg) -> None:
+        """Run one fetched message as a task holding the slot it was fetched with."""
+        if self._stopping.is_set():
+            await msg.nak()  # fetched but not started: hand it back now
+            self._slots.release()
+            return
+        key = f"{msg.metadata.sequence.stream}"
+        task = asyncio.create_task(self._handle(msg), name=f"job-{key}")
+        self._tasks[key] = task
+        task.add_done_callback(lambda _t, k=key: self._finished(k))
 
     async def _take_more(self, psub) -> list[Msg]:
         """Messages already waiting, one per slot that is free right now;
@@ -336,7 +340,7 @@ class NodeRuntime:
         """The work directory is made and removed on a pool thread, never on
         the event loop: under disk load a mkdir or rmdir blocks for
         milliseconds, and the loop carries every other job's acks and
-        events. A job with nothing to fetch runs all three steps in one hop."""
+        events. A job with nothing to fetch gets no directory at all."""
         job = inflight.job
         if inflight.cancelled.is_set():
             raise JobCancelled()
@@ -347,7 +351,9 @@ class NodeRuntime:
             loop.call_soon_threadsafe(self._progress_event, inflight, done_s, total_s)
 
         if job.input is None and job.kind is not Kind.URL:  # nothing to fetch (URL jobs fetch cookies)
-            output = await loop.run_in_executor(self._pool, self._run_in_fresh_dir, inflight, progress)
+            output = await loop.run_in_executor(
+                self._pool, self.processor.run, job, None, None, progress, inflight.cancelled
+            )
         else:
             work_dir = await loop.run_in_executor(self._pool, _make_work_dir, job.job_id)
             try:
@@ -360,13 +366,6 @@ class NodeRuntime:
         if inflight.cancelled.is_set():
             raise JobCancelled()
         return output
-
-    def _run_in_fresh_dir(self, inflight: InFlight, progress) -> JobOutput:
-        work_dir = _make_work_dir(inflight.job.job_id)
-        try:
-            return self.processor.run(inflight.job, None, work_dir, progress, inflight.cancelled)
-        finally:
-            shutil.rmtree(work_dir, ignore_errors=True)
 
     async def _fetch_input(self, job: JobMessage, work_dir: Path) -> Path | None:
         if job.kind is Kind.URL:

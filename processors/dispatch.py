@@ -25,7 +25,7 @@ class ByKind:
         return sorted({m for p in self._processors for m in p.models})
 
     def run(
-        self, job: JobMessage, input_path: Path | None, work_dir: Path, progress: ProgressFn, cancelled: threading.Event
+        self, job: JobMessage, input_path: Path | None, work_dir: Path | None, progress: ProgressFn, cancelled: threading.Event
     ) -> JobOutput:
         proc = self._by_kind.get(job.kind.value)
         if proc is None:

@@ -32,7 +32,7 @@ class TranscriptionProcessor:
         self,
         job: JobMessage,
         input_path: Path | None,
-        work_dir: Path,
+        work_dir: Path | None,
         progress: ProgressFn,
         cancelled: threading.Event,
     ) -> JobOutput:

@@ -32,12 +32,12 @@ class UrlProcessor:
         self,
         job: JobMessage,
         input_path: Path | None,
-        work_dir: Path,
+        work_dir: Path | None,
         progress: ProgressFn,
         cancelled: threading.Event,
     ) -> JobOutput:
-        if not job.url:
-            raise JobFailed(INPUT_MISSING, "a url job needs a url")
+        if not job.url or work_dir is None:
+            raise JobFailed(INPUT_MISSING, "a url job needs a url (and a work dir to download into)")
         try:
             url = check_syntax(job.url)  # the gateway checked it too; a node trusts no message
         except UrlRefused as e:

@@ -36,7 +36,11 @@ class Processor(Protocol):
     """Runs one job in a worker thread. Raises `JobFailed` for bad input,
     `JobRetryable` for transient trouble, `JobCancelled` when `cancelled`
     was set. Calls `progress` as it goes: that is also the node's proof of
-    life, so a job that stops calling it past the deadline falls back."""
+    life, so a job that stops calling it past the deadline falls back.
+
+    `work_dir` is the job's private scratch directory (removed after the
+    job); a job with nothing to fetch (no staged input, not a URL) gets
+    None, so a no-op or inline job costs no directory on disk."""
 
     device: str
     kinds: frozenset[str]
@@ -48,7 +52,7 @@ class Processor(Protocol):
         self,
         job: JobMessage,
         input_path: Path | None,
-        work_dir: Path,
+        work_dir: Path | None,
         progress: ProgressFn,
         cancelled: threading.Event,
     ) -> JobOutput: ...
