@@ -9,9 +9,8 @@ Celery 5 + Redis, side by side in one run.
   (The job record is created before the clock starts: the materializer needs
   it, but it is the gateway's step, not the bus path.)
 - gpubus HTTP: `POST /api/v1/jobs {"kind": "noop"}` -> gateway -> bus -> node
-  -> materializer -> `GET /api/v1/jobs/{id}/result` answers 200 (polled,
-  first after 1 ms, then backing off x1.5 up to 20 ms; 100 ms when 64 are in
-  flight, or the polls alone would saturate the gateway).
+  -> materializer -> `GET /api/v1/jobs/{id}/result?wait=30` answers 200 (a
+  long poll: the gateway answers the moment the record turns terminal).
 - Celery: `noop.delay(id).get()` with acks_late, a prefork worker (the
   default 2 processes here) and Redis as broker and result backend.
 
@@ -43,9 +42,6 @@ from bench.loops import Waiters, pipelined, sequential
 from bench.redis_server import redis_server
 
 PAYLOAD_PAD = b"x" * 256  # about the size of a JobMessage
-POLL_FIRST_S = 0.001
-POLL_MAX_S = 0.02
-PIPELINED_POLL_MAX_S = 0.1  # 64 clients polling every 20 ms would saturate the gateway with polls alone
 SYSTEMS = ("raw", "bus", "http", "celery")
 LABELS = {
     "raw": "raw nats-py",
@@ -158,24 +154,10 @@ class Http:
             return await self.c.request(method, url, **kw)
 
     async def one(self, _: int) -> None:
-        await self.job(POLL_MAX_S)
-
-    async def many(self, _: int) -> None:
-        await self.job(PIPELINED_POLL_MAX_S)
-
-    async def job(self, poll_max_s: float) -> None:
         r = await self._call("POST", "/api/v1/jobs", json={"kind": "noop"})
         assert r.status_code == 202, r.text
-        job_id = r.json()["job_id"]
-        delay = POLL_FIRST_S
-        deadline = time.monotonic() + 30
-        while True:
-            await asyncio.sleep(delay)
-            r = await self._call("GET", f"/api/v1/jobs/{job_id}/result")
-            if r.status_code == 200:
-                return
-            assert r.status_code == 409 and time.monotonic() < deadline, r.text
-            delay = min(delay * 1.5, poll_max_s)
+        r = await self._call("GET", f"/api/v1/jobs/{r.json()['job_id']}/result", params={"wait": 30})
+        assert r.status_code == 200, r.text
 
     async def close(self) -> None:
         await self.c.aclose()
@@ -261,8 +243,7 @@ async def drive(systems: dict, args, profile) -> tuple[dict[str, list[float]], d
                     if name == "celery":
                         rates[name].append(await asyncio.to_thread(celery_pipelined, pipe_n, args.inflight))
                     else:
-                        one = s.many if name == "http" else s.one
-                        rates[name].append((await pipelined(one, pipe_n, inflight=args.inflight))[0])
+                        rates[name].append((await pipelined(s.one, pipe_n, inflight=args.inflight))[0])
     finally:
         for s in systems.values():
             if s is not None:

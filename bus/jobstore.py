@@ -11,9 +11,13 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
@@ -27,8 +31,65 @@ log = logging.getLogger("gpubus.bus.jobstore")
 
 MAX_CAS_TRIES = 20
 KNOWN_RECORDS = 4096
+RECHECK_S = 5.0
 JOB_ID_RE = re.compile(r"^j[0-9a-f]{32}$")
 Mutator = Callable[[JobRecord], JobRecord | None]
+
+
+class FinishWatch:
+    """Every job record this process waits on, seen the moment it turns
+    terminal, from one subscription for the whole process: a long poll
+    (`?wait=`, the synchronous endpoints) waits on an in-memory future
+    instead of creating a KV watch, which is a JetStream consumer, per
+    request. An ordered consumer from "new" on the bucket's subjects; a
+    record is decoded only when someone waits for it."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+        self._prefix = f"$KV.{names.JOBS_BUCKET}."
+        self._waiters: dict[str, set[asyncio.Future[JobRecord]]] = {}
+        self._sub = None
+
+    async def start(self) -> None:
+        self._sub = await self._js.subscribe(
+            self._prefix + ">", stream=f"KV_{names.JOBS_BUCKET}", ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW, cb=self._on_update,
+        )
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    @contextlib.contextmanager
+    def waiting(self, key: str):
+        """A future for `key`'s terminal record, registered for the block:
+        register first, then read the record, so no update falls between."""
+        fut: asyncio.Future[JobRecord] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(key, set()).add(fut)
+        try:
+            yield fut
+        finally:
+            waiters = self._waiters.get(key)
+            if waiters is not None:
+                waiters.discard(fut)
+                if not waiters:
+                    del self._waiters[key]
+
+    async def _on_update(self, msg: Msg) -> None:
+        waiters = self._waiters.get(msg.subject[len(self._prefix):])
+        if not waiters or not msg.data:
+            return
+        try:
+            rec = codec.decode_record(msg.data, JobRecord)
+        except codec.DecodeError as e:
+            log.error("undecodable job record on %s: %s", msg.subject, e)
+            return
+        if rec.terminal:
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(rec)
 
 
 class JobStore:
@@ -39,8 +100,9 @@ class JobStore:
     round trip that nearly always returned what this process had just
     written. A stale copy costs one failed CAS, never a wrong record."""
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, *, finishes: FinishWatch | None = None) -> None:
         self._kv = kv
+        self._finishes = finishes
         self._known: OrderedDict[str, tuple[JobRecord, int]] = OrderedDict()
 
     def _remember(self, key: str, rec: JobRecord, rev: int) -> None:
@@ -147,6 +209,23 @@ class JobStore:
 
     async def wait_terminal(self, owner: str, job_id: str, timeout_s: float) -> JobRecord:
         """The record once terminal, or as it stands after `timeout_s`."""
+        if self._finishes is None:
+            return await self._follow_until_terminal(owner, job_id, timeout_s)
+        deadline = time.monotonic() + timeout_s
+        with self._finishes.waiting(names.job_key(owner, job_id)) as finished:
+            while True:
+                rec, _ = await self.get(owner, job_id)
+                left = deadline - time.monotonic()
+                if rec.terminal or left <= 0:
+                    return rec
+                # The watch answers at once; the re-read every few seconds
+                # only bounds the wait if it ever missed an update (a NATS
+                # failover between its consumer and the stream).
+                with contextlib.suppress(asyncio.TimeoutError):
+                    return await asyncio.wait_for(asyncio.shield(finished), min(left, RECHECK_S))
+
+    async def _follow_until_terminal(self, owner: str, job_id: str, timeout_s: float) -> JobRecord:
+        """wait_terminal for a process without a FinishWatch: a watch of its own."""
         last: JobRecord | None = None
 
         async def follow() -> None:

@@ -292,11 +292,26 @@ async def list_jobs(
     return {"jobs": [job_view(r) for r in recs[:limit]], "total": len(recs)}
 
 
+MAX_WAIT_S = 60.0
+Wait = Annotated[
+    float,
+    Query(ge=0, le=MAX_WAIT_S, description="seconds to hold the request open until the job is finished (long poll)"),
+]
+
+
+async def job_record(st: GatewayState, owner: str, job_id: str, wait: float) -> JobRecord:
+    """The record now, or (with `wait`) once terminal or after `wait` seconds:
+    a client learns of completion without polling, the moment it happens."""
+    if wait > 0:
+        return await st.jobs.wait_terminal(owner, job_id, wait)
+    rec, _ = await st.jobs.get(owner, job_id)
+    return rec
+
+
 @router.get("/{job_id}")
-async def get_job(request: Request, job_id: str, principal: User) -> dict[str, Any]:
+async def get_job(request: Request, job_id: str, principal: User, wait: Wait = 0.0) -> dict[str, Any]:
     st: GatewayState = request.app.state.gateway
-    rec, _ = await st.jobs.get(principal.user_id, job_id)
-    return job_view(rec)
+    return job_view(await job_record(st, principal.user_id, job_id, wait))
 
 
 async def read_transcript(st: GatewayState, rec: JobRecord) -> bytes:
@@ -320,9 +335,11 @@ async def finished_transcript(st: GatewayState, rec: JobRecord, timeout_s: float
 
 
 @router.get("/{job_id}/result")
-async def get_result(request: Request, job_id: str, principal: User, format: str = "json") -> Response:
+async def get_result(
+    request: Request, job_id: str, principal: User, format: str = "json", wait: Wait = 0.0
+) -> Response:
     st: GatewayState = request.app.state.gateway
-    rec, _ = await st.jobs.get(principal.user_id, job_id)
+    rec = await job_record(st, principal.user_id, job_id, wait)
     data = await read_transcript(st, rec)
     if rec.kind is Kind.NOOP:
         return Response(data, media_type="application/json")

@@ -15,7 +15,7 @@ from bus import topology
 from bus.auth_callout import AuthCallout
 from bus.connection import close, connect
 from bus.fallback_router import FallbackRouter
-from bus.jobstore import JobStore
+from bus.jobstore import FinishWatch, JobStore
 from bus.keystore import KeyStore
 from bus.lag_monitor import LagMonitor
 from bus.materializer import Materializer
@@ -55,7 +55,9 @@ class GatewayState:
         self.nc = await connect(s.nats_servers, name="gpubus-gateway", on_reconnect=self._reconnected)
         self.js = self.nc.jetstream()
         await topology.ensure_core(self.js, s)
-        self.jobs = JobStore(await self.js.key_value(names.JOBS_BUCKET))
+        self.finishes = FinishWatch(self.js)
+        await self.finishes.start()
+        self.jobs = JobStore(await self.js.key_value(names.JOBS_BUCKET), finishes=self.finishes)
         self.keys = KeyStore(await self.js.key_value(names.APIKEYS_BUCKET))
         self.publisher = JobPublisher(self.js, give_up_after_s=s.publish_timeout)
         self.nodes = LiveNodes(await self.js.key_value(names.NODES_BUCKET), ttl_s=s.registry_ttl)
@@ -88,7 +90,7 @@ class GatewayState:
 
     async def stop(self) -> None:
         self.ready = False
-        for part in ("lag", "router", "materializer", "nodes", "auth_callout"):
+        for part in ("lag", "router", "materializer", "nodes", "auth_callout", "finishes"):
             if getattr(self, part, None) is not None:
                 await getattr(self, part).stop()
         if self.system_nc is not None:

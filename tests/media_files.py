@@ -1,8 +1,10 @@
-"""Real video files made at test time with PyAV (FFmpeg's encoders): speech
-from a fixture muxed with a small video track, or a video track alone."""
+"""Real media files made at test time: with PyAV (FFmpeg's encoders), speech
+from a fixture muxed with a small video track, or a video track alone; and
+longer speech, a fixture looped."""
 
 from __future__ import annotations
 
+import wave
 from fractions import Fraction
 from pathlib import Path
 
@@ -51,4 +53,15 @@ def make_video(speech: Path, dest: Path, *, vcodec: str, acodec: str, rate: int 
 def make_video_only(dest: Path, *, seconds: float = 2.0, vcodec: str = "mpeg4") -> Path:
     with av.open(str(dest), "w") as out:
         _write_video(out, _video_stream(out, vcodec), seconds)
+    return dest
+
+
+def wav_of_seconds(src: Path, seconds: float, dest: Path) -> Path:
+    """A copy of a WAV file cut or looped to `seconds`: long enough that a
+    fast node is still mid-job when the test stops it (30 s of speech took
+    the tiny model only 1.4 s once, and the job finished before the stop)."""
+    with wave.open(str(src), "rb") as r, wave.open(str(dest), "wb") as w:
+        w.setparams(r.getparams())
+        frames, want = r.readframes(r.getnframes()), int(r.getframerate() * seconds) * r.getsampwidth() * r.getnchannels()
+        w.writeframes((frames * (want // len(frames) + 1))[:want])
     return dest

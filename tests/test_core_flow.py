@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.harness import TESTDATA, expected_text, start_node, submit_file, wait_job, words
+from tests.media_files import wav_of_seconds
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -59,3 +60,28 @@ def test_job_listing_is_per_user(gateway, shared_cpu_node, user):
         assert b.get(f"/api/v1/jobs/{job['job_id']}").status_code == 404
         assert b.get(f"/api/v1/jobs/{job['job_id']}/result").status_code == 404
         wait_job(a, job["job_id"])
+
+
+def test_long_poll_answers_when_the_job_finishes_and_not_before(gateway, shared_cpu_node, user, tmp_path):
+    key = gateway.create_key(user)
+    speech = wav_of_seconds(TESTDATA / "long.wav", 160, tmp_path / "lecture.wav")
+    with gateway.client(key) as c:
+        # Given a job of 160 s of speech (seconds of work for the CPU node; uploads are capped at 8 MiB here)
+        job = submit_file(c, speech, gpu=False)
+        # When a client long-polls for less time than the job takes
+        early = c.get(f"/api/v1/jobs/{job['job_id']}", params={"wait": 0.5})
+        early_result = c.get(f"/api/v1/jobs/{job['job_id']}/result", params={"wait": 0.5})
+        # Then it gets the record as it stands, and no result yet
+        assert early.status_code == 200 and early.json()["status"] in ("queued", "running")
+        assert early_result.status_code == 409 and early_result.json()["error"]["code"] == "CONFLICT"
+        # When it long-polls for the result with time to spare
+        r = c.get(f"/api/v1/jobs/{job['job_id']}/result", params={"wait": 60, "format": "json"}, timeout=90)
+        # Then one request brings the transcript, and the record agrees
+        assert r.status_code == 200, r.text
+        assert len(words(r.json()["text"]) & words(expected_text("long"))) >= 20 and r.json()["duration"] > 150
+        assert c.get(f"/api/v1/jobs/{job['job_id']}", params={"wait": 60}).json()["status"] == "succeeded"
+        # And a wait out of range, or for a job that does not exist, is refused at once
+        bad = c.get(f"/api/v1/jobs/{job['job_id']}", params={"wait": 61})
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "INVALID_INPUT"
+        missing = c.get("/api/v1/jobs/j" + "0" * 32 + "/result", params={"wait": 60})
+        assert missing.status_code == 404

@@ -12,7 +12,6 @@ import os
 import re
 import secrets
 import signal
-import wave
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from gateway.web import STATIC_DIR as STATIC
 from tests.harness import ADMIN_TOKEN, TESTDATA, Gateway, Proc, expected_text, start_node, stop_all, words
+from tests.media_files import wav_of_seconds
 from tests.test_formats import check_srt_syntax
 
 pytestmark = pytest.mark.timeout(180)
@@ -248,17 +248,6 @@ def test_failed_job_reads_plainly_and_retry_fails_again_the_same_way(
     assert (job["status"], job["attempts"], job["error"]["code"]) == ("failed", 2, "DECODE_FAILED")
     expect(page.get_by_role("status")).to_contain_text("garbage.bin: Failed")
     tab.only_the_gateway_was_called(gateway)
-
-
-def wav_of_seconds(src: Path, seconds: float, dest: Path) -> Path:
-    """A copy of a WAV file cut or looped to `seconds`: long enough that a
-    fast node is still mid-job when the test stops it (30 s of speech took
-    the tiny model only 1.4 s once, and the job finished before the stop)."""
-    with wave.open(str(src), "rb") as r, wave.open(str(dest), "wb") as w:
-        w.setparams(r.getparams())
-        frames, want = r.readframes(r.getnframes()), int(r.getframerate() * seconds) * r.getsampwidth() * r.getnchannels()
-        w.writeframes((frames * (want // len(frames) + 1))[:want])
-    return dest
 
 
 def test_gpu_node_that_stops_mid_job_shows_the_move_to_cpu(
