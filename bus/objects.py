@@ -10,6 +10,7 @@ The object format is the standard one, so `nats object get` still works.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import base64
 import hashlib
 import json
@@ -113,13 +114,14 @@ class ObjectWriter:
         meta = await self._js.publish_async(
             _meta_subject(self.bucket, self.name), json.dumps(info.as_dict()).encode(), headers={"Nats-Rollup": "sub"}
         )
-        pending = asyncio.gather(*self._inflight, meta, return_exceptions=True)
-        self._inflight.clear()
         try:
-            acks = await asyncio.wait_for(pending, PUBACK_TIMEOUT_S)
+            acks = await asyncio.wait_for(
+                asyncio.gather(*self._inflight, meta, return_exceptions=True), PUBACK_TIMEOUT_S
+            )
         except TimeoutError:
             await self._purge_meta()
             raise
+        self._inflight.clear()
         failed = [a for a in acks if isinstance(a, BaseException)]
         if failed:
             if not isinstance(acks[-1], BaseException):
@@ -141,8 +143,14 @@ class ObjectWriter:
         if self._done:
             return
         self._done = True
-        for fut in self._inflight:
-            fut.cancel()
+        # Chunks already sent must be stored before the purge: the server
+        # answers the purge request apart from the stream's incoming
+        # messages, so a purge sent right behind them could run first and
+        # leave them behind.
+        if self._inflight:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*self._inflight, return_exceptions=True), PUBACK_TIMEOUT_S)
+            self._inflight.clear()
         try:
             await self._js.purge_stream(_stream(self.bucket), subject=self._subject)
         except Exception as e:  # the purge is best effort; the bucket TTL is the backstop
