@@ -60,6 +60,15 @@ def server_version(binary: Path) -> tuple[int, ...]:
     return tuple(int(p) for p in out.strip().rsplit("v", 1)[-1].split(".")[:3])
 
 
+def _password() -> str:
+    """192 random bits that nats-server always reads as a string: the deploy
+    config takes the passwords as `$VARIABLE` references, which the server
+    parses like config values, so one starting with a digit or '-' could
+    read as a number or a date and stop the server (1 run in 6 with
+    token_urlsafe)."""
+    return "p" + secrets.token_hex(24)
+
+
 @dataclass(frozen=True)
 class NatsAuth:
     """Authorization on: the service identity (user/password, bypasses the
@@ -77,9 +86,9 @@ class NatsAuth:
         from bus.nats_jwt import new_account_seed
 
         return cls(
-            service_password=secrets.token_urlsafe(24),
+            service_password=_password(),
             issuer_seed=new_account_seed(),
-            system_password=secrets.token_urlsafe(24),
+            system_password=_password(),
         )
 
     @classmethod
