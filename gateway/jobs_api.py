@@ -168,7 +168,7 @@ def job_form(form: ParsedForm) -> tuple[Kind, bool, TranscribeOptions]:
 async def admit(st: GatewayState, principal: Principal) -> None:
     """Per-user limit on unfinished jobs, checked before anything is staged."""
     limit = principal.max_active_jobs or st.settings.max_active_jobs
-    active = await st.active_jobs(principal.user_id)
+    active = await st.admit_one(principal.user_id, limit)
     if active >= limit:
         raise RateLimited(f"{active} jobs queued or running; the limit is {limit}", retry_after_s=5)
 
