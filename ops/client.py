@@ -97,8 +97,10 @@ class GatewayClient:
     def submit_json(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._check(self.http.post("/api/v1/jobs", json=body)).json()
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        return self._check(self._get(f"/api/v1/jobs/{job_id}")).json()
+    def job(self, job_id: str, *, wait_s: float = 0.0) -> dict[str, Any]:
+        """The job's record; with `wait_s`, once it is finished or after that long."""
+        params = {"wait": round(wait_s, 3)} if wait_s > 0 else None
+        return self._check(self._get(f"/api/v1/jobs/{job_id}", params=params)).json()
 
     def jobs(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}
@@ -132,14 +134,13 @@ class GatewayClient:
     def wait(
         self, job_id: str, *, timeout_s: float = 3600, on_update: Callable[[dict[str, Any]], None] = lambda j: None
     ) -> dict[str, Any]:
+        """Long polls of a second each: the record at least every second for
+        `on_update` (progress), and the end the moment it comes."""
         deadline = time.monotonic() + timeout_s
-        delay = 0.1
         while True:
-            job = self.job(job_id)
+            job = self.job(job_id, wait_s=max(0.0, min(1.0, deadline - time.monotonic())))
             on_update(job)
             if job["status"] in TERMINAL:
                 return job
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s}s")
-            time.sleep(delay)
-            delay = min(delay * 1.5, 1.0)

@@ -10,6 +10,7 @@ import pytest
 from ops.client import GatewayClient
 from ops.sse import SseEvent, parse
 from tests.harness import TESTDATA, base_env, submit_file, wait_job
+from tests.media_files import wav_of_seconds
 from tests.test_formats import check_srt_syntax
 
 pytestmark = pytest.mark.timeout(180)
@@ -68,3 +69,17 @@ def test_cli_submit_wait_follows_the_events_and_prints_the_result(gateway, share
     assert out.returncode == 0, out.stderr
     assert check_srt_syntax(out.stdout) >= 1 and "report" in out.stdout.lower()
     assert "polling" not in out.stderr and "queued on cpu" in out.stderr
+
+
+def test_client_wait_without_events_long_polls_to_the_end(gateway, shared_cpu_node, user, tmp_path):
+    # Given a job of 160 s of speech (seconds of work), and a client that cannot use the event stream
+    key = gateway.create_key(user)
+    client = GatewayClient(gateway.url, key)
+    with gateway.client(key) as c:
+        job = submit_file(c, wav_of_seconds(TESTDATA / "long.wav", 160, tmp_path / "talk.wav"))
+    seen: list[str] = []
+    # When it waits by long polls
+    final = client.wait(job["job_id"], timeout_s=120, on_update=lambda j: seen.append(j["status"]))
+    # Then it saw the job along the way (about once a second) and got its end
+    assert final["status"] == "succeeded" and seen[-1] == "succeeded"
+    assert len(seen) >= 2 and set(seen[:-1]) <= {"queued", "running"}, seen
