@@ -49,6 +49,7 @@ class FinishWatch:
         self._prefix = f"$KV.{names.JOBS_BUCKET}."
         self._waiters: dict[str, set[asyncio.Future[JobRecord]]] = {}
         self._sub = None
+        self._restart: asyncio.Task | None = None
 
     async def start(self) -> None:
         self._sub = await self._js.subscribe(
@@ -57,10 +58,30 @@ class FinishWatch:
         )
 
     async def stop(self) -> None:
+        if self._restart is not None:
+            self._restart.cancel()
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
+
+    def restart_soon(self) -> None:
+        """Subscribe afresh (call after a reconnect: the consumer behind the
+        old subscription may have gone with its server). Waiters re-read
+        their record every RECHECK_S, so an update lost in between only
+        delays them."""
+        if self._restart is None or self._restart.done():
+            self._restart = asyncio.get_running_loop().create_task(self._resubscribe(), name="finish-watch")
+
+    async def _resubscribe(self) -> None:
+        old, self._sub = self._sub, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.unsubscribe()
+        try:
+            await self.start()
+        except Exception as e:  # waiters fall back to their periodic re-read
+            log.warning("finish watch not resubscribed: %s", e)
 
     @contextlib.contextmanager
     def waiting(self, key: str):

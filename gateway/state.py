@@ -89,6 +89,8 @@ class GatewayState:
     def _reconnected(self) -> None:
         if hasattr(self, "nodes"):
             self.nodes.rewatch()
+        if hasattr(self, "finishes"):
+            self.finishes.restart_soon()
 
     async def stop(self) -> None:
         self.ready = False

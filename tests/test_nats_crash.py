@@ -70,6 +70,16 @@ def test_nats_killed_and_restarted_mid_stream_loses_nothing(fresh_nats, tmp_path
         assert all(j["status"] == "succeeded" and j["late_completions"] == 0 for j in jobs)
         counts = busreader.terminal_counts(fresh_nats.url, "crash")
         assert counts == {j: 1 for j in accepted}
+
+        # And a long poll after the restart still answers the moment its job
+        # is done (the gateway's finish watch came back with the server), not
+        # on its 5 s safety re-read
+        with gw.client(key) as c:
+            for _ in range(3):
+                t0 = time.monotonic()
+                job = c.post("/api/v1/jobs", json={"kind": "noop"}).json()
+                r = c.get(f"/api/v1/jobs/{job['job_id']}/result", params={"wait": 30}, timeout=40)
+                assert r.status_code == 200 and time.monotonic() - t0 < 2.5, (r.text, time.monotonic() - t0)
     finally:
         node.stop()
         shared.stop()
