@@ -66,7 +66,9 @@ def test_long_poll_answers_when_the_job_finishes_and_not_before(gateway, shared_
     key = gateway.create_key(user)
     speech = wav_of_seconds(TESTDATA / "long.wav", 160, tmp_path / "lecture.wav")
     with gateway.client(key) as c:
-        # Given a job of 160 s of speech (seconds of work for the CPU node; uploads are capped at 8 MiB here)
+        # Given a job of 160 s of speech queued behind another (seconds of work for the
+        # one-at-a-time shared CPU node; uploads are capped at 8 MiB here)
+        ahead = submit_file(c, speech, gpu=False)
         job = submit_file(c, speech, gpu=False)
         # When a client long-polls for less time than the job takes
         early = c.get(f"/api/v1/jobs/{job['job_id']}", params={"wait": 0.5})
@@ -80,6 +82,7 @@ def test_long_poll_answers_when_the_job_finishes_and_not_before(gateway, shared_
         assert r.status_code == 200, r.text
         assert len(words(r.json()["text"]) & words(expected_text("long"))) >= 20 and r.json()["duration"] > 150
         assert c.get(f"/api/v1/jobs/{job['job_id']}", params={"wait": 60}).json()["status"] == "succeeded"
+        assert c.get(f"/api/v1/jobs/{ahead['job_id']}", params={"wait": 60}).json()["status"] == "succeeded"
         # And a wait out of range, or for a job that does not exist, is refused at once
         bad = c.get(f"/api/v1/jobs/{job['job_id']}", params={"wait": 61})
         assert bad.status_code == 422 and bad.json()["error"]["code"] == "INVALID_INPUT"
