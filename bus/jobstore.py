@@ -53,7 +53,7 @@ class FinishWatch:
 
     async def start(self) -> None:
         self._sub = await self._js.subscribe(
-            self._prefix + ">", stream=f"KV_{names.JOBS_BUCKET}", ordered_consumer=True,
+            self._prefix + ">", stream=names.kv_stream(names.JOBS_BUCKET), ordered_consumer=True,
             deliver_policy=DeliverPolicy.NEW, cb=self._on_update,
         )
 

@@ -21,7 +21,7 @@ def inbox_prefix(owner: str) -> str:
 def for_node(owner: str) -> dict[str, list[str]]:
     """Allow lists for a node of `owner`, on either of its lanes."""
     files = f"OBJ_{names.files_bucket(owner)}"
-    nodes_kv = f"KV_{names.NODES_BUCKET}"
+    nodes_kv = names.kv_stream(names.NODES_BUCKET)
     pub: list[str] = [
         f"events.{owner}.>",
         f"$KV.{names.NODES_BUCKET}.{owner}.*.*",

@@ -70,10 +70,6 @@ async def _ensure_bucket(
         await js.update_stream(cfg)
 
 
-def _kv_stream(bucket: str) -> str:
-    return f"KV_{bucket}"
-
-
 def _obj_stream(bucket: str) -> str:
     return f"OBJ_{bucket}"
 
@@ -122,7 +118,7 @@ async def ensure_core(js: JetStreamContext, s: Settings) -> None:
     for bucket, ttl in ((names.JOBS_BUCKET, None), (names.APIKEYS_BUCKET, None), (names.NODES_BUCKET, s.registry_ttl)):
         kv = KeyValueConfig(bucket=bucket, history=1, ttl=ttl, replicas=s.replicas)
         await _ensure_bucket(
-            js, lambda kv=kv: js.create_key_value(kv), _kv_stream(bucket), replicas=s.replicas, max_age_s=ttl
+            js, lambda kv=kv: js.create_key_value(kv), names.kv_stream(bucket), replicas=s.replicas, max_age_s=ttl
         )
     await _ensure_consumer(js, names.EVENTS_STREAM, _internal_consumer(names.MATERIALIZER_CONSUMER, names.EVENTS_SUBJECTS, s))
     await _ensure_consumer(

@@ -95,6 +95,11 @@ def cancel_subject(owner: str) -> str:
     return f"ctl.{owner}.cancel"
 
 
+def kv_stream(bucket: str) -> str:
+    """The JetStream stream behind a KV bucket (consumers and permissions name it)."""
+    return f"KV_{bucket}"
+
+
 def files_bucket(owner: str) -> str:
     return f"files-{owner}"
 
