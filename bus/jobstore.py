@@ -60,10 +60,13 @@ class FinishWatch:
     async def stop(self) -> None:
         if self._restart is not None:
             self._restart.cancel()
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+        await self._unsubscribe()
+
+    async def _unsubscribe(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):  # its server may be gone: nothing to undo there
+                await sub.unsubscribe()
 
     def restart_soon(self) -> None:
         """Subscribe afresh (call after a reconnect: the consumer behind the
@@ -74,10 +77,7 @@ class FinishWatch:
             self._restart = asyncio.get_running_loop().create_task(self._resubscribe(), name="finish-watch")
 
     async def _resubscribe(self) -> None:
-        old, self._sub = self._sub, None
-        if old is not None:
-            with contextlib.suppress(Exception):
-                await old.unsubscribe()
+        await self._unsubscribe()
         try:
             await self.start()
         except Exception as e:  # waiters fall back to their periodic re-read
