@@ -449,13 +449,17 @@ class NodeRuntime:
             lane=self.lane, node_id=self.node_id, at=now(), **fields,
         )
 
-    async def _event(self, job: JobMessage, type_: EventType, **fields) -> None:
-        """Lifecycle events carry a Nats-Msg-Id per (job, attempt, type): a
-        node redoing an attempt after a lost ack reports it once, so every
-        attempt has exactly one terminal event in the stream."""
+    def _lifecycle_message(self, job: JobMessage, type_: EventType, **fields) -> tuple[str, bytes, dict[str, str]]:
+        """Subject, payload and headers of a lifecycle event. It carries a
+        Nats-Msg-Id per (job, attempt, type): a node redoing an attempt after
+        a lost ack reports it once, so every attempt has exactly one terminal
+        event in the stream."""
         ev = self._make_event(job, type_, **fields)
-        subject, payload = names.event_subject(job.owner, job.job_id), codec.encode(ev)
         headers = {"Nats-Msg-Id": names.event_msg_id(job.job_id, job.attempt, type_)}
+        return names.event_subject(job.owner, job.job_id), codec.encode(ev), headers
+
+    async def _event(self, job: JobMessage, type_: EventType, **fields) -> None:
+        subject, payload, headers = self._lifecycle_message(job, type_, **fields)
         await retrying(
             lambda: self.js.publish(subject, payload, headers=headers),
             what=f"publish {type_} of {job.job_id}", give_up_after_s=self.bus_retry_s,
@@ -467,11 +471,8 @@ class NodeRuntime:
         sync on the server) was on every job's critical path. It still goes
         out before the outcome on the same connection, so it is stored
         first; a failure is logged."""
-        ev = self._make_event(job, type_)
-        headers = {"Nats-Msg-Id": names.event_msg_id(job.job_id, job.attempt, type_)}
-        fut = await self.js.publish_async(
-            names.event_subject(job.owner, job.job_id), codec.encode(ev), headers=headers
-        )
+        subject, payload, headers = self._lifecycle_message(job, type_)
+        fut = await self.js.publish_async(subject, payload, headers=headers)
         fut.add_done_callback(lambda f, ref=job.job_id: _log_failed_publish(f, ref, type_))
 
     async def _report(self, job: JobMessage, outcome: str, error: ErrorInfo | None) -> None:
