@@ -10,8 +10,8 @@ The object format is the standard one, so `nats object get` still works.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import base64
+import contextlib
 import hashlib
 import json
 import logging

@@ -13,8 +13,8 @@ import httpx
 
 from ops.sse import SseEvent, parse
 from schemas.errors import GpubusError
+from schemas.jobs import TERMINAL
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
 GET_RETRY_FOR_S = 60.0
 
 

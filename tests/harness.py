@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from ops.embedded_nats import NatsServer, free_port
+from schemas.jobs import TERMINAL
 
 TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
 if not TESTDATA.is_dir():  # a fresh clone has shared/ beside the repo
@@ -216,7 +217,7 @@ def wait_job(c: httpx.Client, job_id: str, *, timeout_s: float = 60) -> dict[str
         r = c.get(f"/api/v1/jobs/{job_id}", params={"wait": round(wait, 3)}, timeout=wait + 15)
         assert r.status_code == 200, r.text
         job = r.json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
+        if job["status"] in TERMINAL:
             return job
         if left <= 0:
             raise AssertionError(f"job {job_id} still {job['status']} after {timeout_s}s: {job}")
