@@ -20,7 +20,7 @@ def inbox_prefix(owner: str) -> str:
 
 def for_node(owner: str) -> dict[str, list[str]]:
     """Allow lists for a node of `owner`, on either of its lanes."""
-    files = f"OBJ_{names.files_bucket(owner)}"
+    files = names.object_stream(names.files_bucket(owner))
     nodes_kv = names.kv_stream(names.NODES_BUCKET)
     pub: list[str] = [
         f"events.{owner}.>",

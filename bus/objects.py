@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ObjectInfo, ObjectMetaOptions
 from nats.js.errors import NotFoundError
 
+from schemas import names
 from schemas.errors import GpubusError, NotFound, PayloadTooLarge
 
 log = logging.getLogger("gpubus.bus.objects")
@@ -36,10 +37,6 @@ class DigestMismatch(GpubusError):
     """The bytes read back do not match the digest recorded at upload."""
 
     code = "INPUT_CORRUPT"
-
-
-def _stream(bucket: str) -> str:
-    return f"OBJ_{bucket}"
 
 
 def _meta_subject(bucket: str, name: str) -> str:
@@ -134,7 +131,7 @@ class ObjectWriter:
         object that can never be read whole (readers would still catch it by
         the chunk count and SHA-256)."""
         try:
-            await self._js.purge_stream(_stream(self.bucket), subject=_meta_subject(self.bucket, self.name))
+            await self._js.purge_stream(names.object_stream(self.bucket), subject=_meta_subject(self.bucket, self.name))
         except Exception as e:
             log.warning("could not purge the meta of unfinished %s/%s: %s", self.bucket, self.name, e)
 
@@ -152,7 +149,7 @@ class ObjectWriter:
                 await asyncio.wait_for(asyncio.gather(*self._inflight, return_exceptions=True), PUBACK_TIMEOUT_S)
             self._inflight.clear()
         try:
-            await self._js.purge_stream(_stream(self.bucket), subject=self._subject)
+            await self._js.purge_stream(names.object_stream(self.bucket), subject=self._subject)
         except Exception as e:  # the purge is best effort; the bucket TTL is the backstop
             log.warning("could not purge aborted object %s/%s: %s", self.bucket, self.name, e)
 
@@ -170,7 +167,7 @@ async def put_bytes(js: JetStreamContext, bucket: str, name: str, data: bytes) -
 
 async def object_info(js: JetStreamContext, bucket: str, name: str) -> ObjectInfo:
     try:
-        msg = await js.get_last_msg(_stream(bucket), _meta_subject(bucket, name))
+        msg = await js.get_last_msg(names.object_stream(bucket), _meta_subject(bucket, name))
     except NotFoundError:
         raise NotFound(f"no object {name!r}") from None
     info = ObjectInfo.from_response(json.loads(msg.data))
@@ -188,11 +185,11 @@ async def _iter_chunks(js: JetStreamContext, info: ObjectInfo):
     if info.chunks == 0:
         return
     if info.chunks == 1:  # results: one direct read, no consumer to create
-        msg = await js.get_last_msg(_stream(info.bucket), _chunk_subject(info.bucket, info.nuid))
+        msg = await js.get_last_msg(names.object_stream(info.bucket), _chunk_subject(info.bucket, info.nuid))
         yield msg.data
         return
     sub = await js.subscribe(
-        _chunk_subject(info.bucket, info.nuid), stream=_stream(info.bucket), ordered_consumer=True
+        _chunk_subject(info.bucket, info.nuid), stream=names.object_stream(info.bucket), ordered_consumer=True
     )
     try:
         for _ in range(info.chunks):
@@ -246,5 +243,5 @@ async def delete_object(js: JetStreamContext, bucket: str, name: str) -> None:
         info = await object_info(js, bucket, name)
     except NotFound:
         return
-    await js.purge_stream(_stream(bucket), subject=_chunk_subject(bucket, info.nuid))
-    await js.purge_stream(_stream(bucket), subject=_meta_subject(bucket, name))
+    await js.purge_stream(names.object_stream(bucket), subject=_chunk_subject(bucket, info.nuid))
+    await js.purge_stream(names.object_stream(bucket), subject=_meta_subject(bucket, name))

@@ -70,10 +70,6 @@ async def _ensure_bucket(
         await js.update_stream(cfg)
 
 
-def _obj_stream(bucket: str) -> str:
-    return f"OBJ_{bucket}"
-
-
 def _jobs_stream(s: Settings) -> StreamConfig:
     return StreamConfig(
         name=names.JOBS_STREAM,
@@ -184,7 +180,7 @@ async def ensure_owner(js: JetStreamContext, s: Settings, owner: str) -> None:
     await _ensure_bucket(
         js,
         lambda: js.create_object_store(bucket, ttl=ttl, replicas=s.replicas, storage=StorageType.FILE),
-        _obj_stream(bucket), replicas=s.replicas, max_age_s=ttl,
+        names.object_stream(bucket), replicas=s.replicas, max_age_s=ttl,
     )
     for lane in Lane:
         await ensure_lane(js, s, owner, lane)

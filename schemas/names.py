@@ -100,6 +100,11 @@ def kv_stream(bucket: str) -> str:
     return f"KV_{bucket}"
 
 
+def object_stream(bucket: str) -> str:
+    """The JetStream stream behind an object store bucket."""
+    return f"OBJ_{bucket}"
+
+
 def files_bucket(owner: str) -> str:
     return f"files-{owner}"
 
