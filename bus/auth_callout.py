@@ -43,7 +43,6 @@ AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"
 REVOKED_SUBJECT = "gpubus.ctl.key_revoked"  # core NATS, among gateways (service identity)
 KICK_SUBJECT = "$SYS.REQ.SERVER.{server_id}.KICK"
 QUEUE = "gpubus-auth"
-APP_ACCOUNT = "APP"
 
 
 class AuthCallout:
@@ -132,11 +131,15 @@ class AuthCallout:
     def _grant(self, user_nkey: str, server_id: str, name: str, perms: dict[str, list[str]] | None) -> str:
         now = int(time.time())
         nats: dict = {"type": "user", "version": 2}
+        account = node_permissions.APP_ACCOUNT  # the service identity: trusted, full access
         if perms is not None:
+            # An untrusted node: its own account, walled off from JetStream
+            # and the trusted state (bus/node_permissions.py says why).
+            account = node_permissions.NODE_ACCOUNT
             nats |= {"pub": {"allow": perms["pub"]}, "sub": {"allow": perms["sub"]}}
         user_jwt = nats_jwt.encode(
             {"iat": now, "iss": self._issuer, "sub": user_nkey,
-             "name": name, "aud": APP_ACCOUNT, "nats": nats},
+             "name": name, "aud": account, "nats": nats},
             self._seed,
         )
         return self._response(user_nkey, server_id, {"jwt": user_jwt})

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import httpx
 from prometheus_client import CollectorRegistry, start_http_server
 
+from bus import node_permissions
 from bus.connection import close, connect
 from bus.metrics import GpuSource, NodeMetrics
 from bus.node_runtime import NodeRuntime, new_node_id
@@ -37,6 +38,7 @@ class NodeIdentity:
     nats_servers: list[str]
     secret: str  # presented to NATS as the token; auth callout maps it to permissions
     inbox_prefix: str
+    js_api_prefix: str  # where this node's account sees the JetStream API
 
 
 class NodeCutOff(GpubusError):
@@ -75,6 +77,7 @@ async def bootstrap(settings: Settings, lane: Lane, *, shared: bool) -> NodeIden
         nats_servers=body["nats_servers"],
         secret=secret.get_secret_value(),
         inbox_prefix=body.get("inbox_prefix") or "_INBOX",
+        js_api_prefix=body.get("js_api_prefix") or node_permissions.JS_API,
     )
 
 
@@ -138,6 +141,7 @@ async def start_node(
         drain_timeout_s=settings.drain_timeout,
         bus_retry_s=settings.publish_timeout,
         connection_lost=lost,
+        js_api_prefix=identity.js_api_prefix,
     )
     await runtime.start()
     log.info("node %s ready: %s lane of %s, metrics %s", node_id, identity.lane, identity.queue_owner, metrics_url)

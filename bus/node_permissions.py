@@ -1,15 +1,77 @@
-"""What a user's node may do on NATS: its owner's queues, files, events,
-registry keys and a private inbox; nothing else.
+"""What a user's node may do on NATS, and the account wall around it.
 
-These become the publish/subscribe allow lists of the user JWT that auth
-callout issues for a node key. NATS denies everything not listed, so a node
-holding user A's key gets a permissions violation on anything of user B.
+User nodes are untrusted remote machines. They live in their own account,
+`NODES`, which has no JetStream and no state of its own. The trusted account
+`APP` (JetStream, the `jobs`/`apikeys`/`nodes` buckets, every stream) exports
+exactly the services and streams a node needs, and `NODES` imports them
+(`BRIDGE`). Inside `NODES`, each node's user JWT (issued by auth callout)
+allows only its owner's subjects (`for_node`).
+
+Why an account and not only permissions: NATS checks a publish permission on
+the subject, never on the reply subject, and the JetStream API answers on
+whatever reply subject a request carries. In one shared account a node could
+therefore have the server publish bytes it chose onto `$KV.apikeys.…` or
+`events.<other>.…` (security review of 2026-12-01, F1). Across a service
+import, the server sends the request on with a reply subject of its own
+making (`_R_.…`) and routes the answer back into the importing account, so a
+forged reply subject can only land in `NODES`, where nothing stores it and a
+response never travels on through another import (checked on nats-server
+2.15.1; see docs/SECURITY.md, "Facts checked").
+
+The JetStream API is imported under `NODE_JS_API` instead of `$JS.API`: an
+account without JetStream answers `$JS.API.>` itself with "JetStream not
+enabled for account" (10039), so nodes use that prefix (nats-py's
+`jetstream(prefix=…)`), which the bootstrap answer names.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from schemas import names
 from schemas.names import Lane
+
+APP_ACCOUNT = "APP"
+NODE_ACCOUNT = "NODES"
+JS_API = "$JS.API"
+NODE_JS_API = "gpubus.js"
+
+
+@dataclass(frozen=True)
+class Bridge:
+    """One export of `APP`, imported by `NODES`. `api` subjects are JetStream
+    API calls, seen in `NODES` under NODE_JS_API; `many` answers are streams
+    of messages (a pull request, a batched direct get)."""
+
+    subject: str
+    kind: str = "service"  # or "stream": published by APP, delivered to NODES
+    api: bool = False
+    many: bool = False
+
+    @property
+    def app_subject(self) -> str:
+        return f"{JS_API}.{self.subject}" if self.api else self.subject
+
+    @property
+    def node_subject(self) -> str:
+        return f"{NODE_JS_API}.{self.subject}" if self.api else self.subject
+
+
+# Everything a node can ever reach in APP. Per-owner narrowing is for_node's
+# job; this list is the account-level ceiling no user JWT can exceed.
+BRIDGE: tuple[Bridge, ...] = (
+    Bridge(f"CONSUMER.MSG.NEXT.{names.JOBS_STREAM}.*", api=True, many=True),
+    Bridge(f"CONSUMER.INFO.{names.JOBS_STREAM}.*", api=True),
+    Bridge(f"$JS.ACK.{names.JOBS_STREAM}.>"),
+    Bridge(f"$KV.{names.NODES_BUCKET}.>"),
+    Bridge(names.EVENTS_SUBJECTS),
+    Bridge("STREAM.INFO.*", api=True),  # KV_nodes, and files-<owner> (made per owner)
+    Bridge("STREAM.MSG.GET.*", api=True),
+    Bridge("STREAM.PURGE.*", api=True),
+    Bridge("DIRECT.GET.>", api=True, many=True),  # by sequence, or last by subject
+    Bridge("$O.>"),
+    Bridge(names.cancel_subject("*"), kind="stream"),
+)
 
 
 def inbox_prefix(owner: str) -> str:
@@ -18,31 +80,73 @@ def inbox_prefix(owner: str) -> str:
     return f"_INBOX_{owner}"
 
 
+def node_api(subject: str) -> str:
+    """A JetStream API subject (without `$JS.API.`) as a user node sends it."""
+    return f"{NODE_JS_API}.{subject}"
+
+
 def for_node(owner: str) -> dict[str, list[str]]:
-    """Allow lists for a node of `owner`, on either of its lanes."""
-    files = names.object_stream(names.files_bucket(owner))
-    nodes_kv = names.kv_stream(names.NODES_BUCKET)
+    """Allow lists for a node of `owner`, on either of its lanes, in NODES."""
+    bucket = names.files_bucket(owner)
+    files = names.object_stream(bucket)
     pub: list[str] = [
         f"events.{owner}.>",
         f"$KV.{names.NODES_BUCKET}.{owner}.*.*",
-        f"$JS.API.STREAM.INFO.{nodes_kv}",
-        f"$O.{names.files_bucket(owner)}.>",
-        f"$JS.API.STREAM.INFO.{files}",
-        f"$JS.API.STREAM.MSG.GET.{files}",
-        f"$JS.API.DIRECT.GET.{files}.>",
-        f"$JS.API.STREAM.PURGE.{files}",
-        f"$JS.API.CONSUMER.CREATE.{files}",
-        f"$JS.API.CONSUMER.CREATE.{files}.>",
-        f"$JS.API.CONSUMER.MSG.NEXT.{files}.>",
-        f"$JS.API.CONSUMER.DELETE.{files}.>",
-        f"$JS.FC.{files}.>",  # flow-control replies of the ordered consumer reading a file
+        node_api(f"STREAM.INFO.{names.kv_stream(names.NODES_BUCKET)}"),
+        f"$O.{bucket}.>",
+        node_api(f"STREAM.INFO.{files}"),
+        node_api(f"STREAM.MSG.GET.{files}"),
+        node_api(f"STREAM.PURGE.{files}"),
+        node_api(f"DIRECT.GET.{files}"),
+        node_api(f"DIRECT.GET.{files}.>"),
     ]
     for lane in Lane:
         consumer = names.consumer_name(owner, lane)
         pub += [
-            f"$JS.API.CONSUMER.INFO.{names.JOBS_STREAM}.{consumer}",
-            f"$JS.API.CONSUMER.MSG.NEXT.{names.JOBS_STREAM}.{consumer}",
+            node_api(f"CONSUMER.INFO.{names.JOBS_STREAM}.{consumer}"),
+            node_api(f"CONSUMER.MSG.NEXT.{names.JOBS_STREAM}.{consumer}"),
             f"$JS.ACK.{names.JOBS_STREAM}.{consumer}.>",
         ]
     sub = [f"{inbox_prefix(owner)}.>", names.cancel_subject(owner)]
     return {"pub": pub, "sub": sub}
+
+
+def app_exports_config() -> str:
+    """The `exports` list of account APP in nats-server config syntax."""
+    items = []
+    for b in BRIDGE:
+        if b.kind == "stream":
+            items.append(f'{{ stream: "{b.app_subject}" }}')
+        else:
+            many = ", response_type: stream" if b.many else ""
+            items.append(f'{{ service: "{b.app_subject}"{many} }}')
+    return "[\n      " + ",\n      ".join(items) + "\n    ]"
+
+
+def node_imports_config() -> str:
+    """The `imports` list of account NODES in nats-server config syntax."""
+    items = []
+    for b in BRIDGE:
+        source = f'{{ account: {APP_ACCOUNT}, subject: "{b.app_subject}" }}'
+        to = f', to: "{b.node_subject}"' if b.node_subject != b.app_subject else ""
+        items.append(f"{{ {b.kind}: {source}{to} }}")
+    return "[\n      " + ",\n      ".join(items) + "\n    ]"
+
+
+def accounts_config(service_user: str, service_password: str, system_user: str, system_password: str) -> str:
+    """The `accounts` block every gpubus nats-server runs with. Passwords are
+    config values as written: a quoted string (the embedded server) or a
+    `$VARIABLE` reference (deploy configs)."""
+    return (
+        "accounts {\n"
+        f"  {APP_ACCOUNT} {{\n"
+        "    jetstream: enabled\n"
+        f'    users: [ {{ user: "{service_user}", password: {service_password} }} ]\n'
+        f"    exports: {app_exports_config()}\n"
+        "  }\n"
+        f"  {NODE_ACCOUNT} {{\n"
+        f"    imports: {node_imports_config()}\n"
+        "  }\n"
+        f'  SYS {{ users: [ {{ user: "{system_user}", password: {system_password} }} ] }}\n'
+        "}\n"
+    )

@@ -24,7 +24,7 @@ from pathlib import Path
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from bus import connection, objects, registry
+from bus import connection, node_permissions, objects, registry
 from bus.acking import settle
 from bus.joblog import job_fields
 from bus.metrics import NodeMetrics
@@ -101,9 +101,12 @@ class NodeRuntime:
         drain_timeout_s: float = 30.0,
         connection_lost: asyncio.Event | None = None,
         bus_retry_s: float = 10.0,
+        js_api_prefix: str = node_permissions.JS_API,
     ) -> None:
         self.nc = nc
-        self.js = nc.jetstream()
+        # A user node reaches JetStream from its own account through imports
+        # under another prefix (bus/node_permissions.py); the bootstrap answer names it.
+        self.js = nc.jetstream(prefix=js_api_prefix)
         self.processor = processor
         self.queue_owner = queue_owner
         self.lane = lane
@@ -335,6 +338,10 @@ class NodeRuntime:
             raise Forbidden(f"job for {job.queue_owner}/{job.lane} on {self.queue_owner}/{self.lane}")
         if self.queue_owner != names.SHARED and job.owner != self.queue_owner:
             raise Forbidden(f"job of {job.owner} on {self.queue_owner}'s queue")
+        if job.input is not None and not names.is_input_of(job.owner, job.job_id, job.input.bucket, job.input.object_name):
+            # Even a trusted node reads only the job owner's staged file: a
+            # job naming another bucket would turn it into a copying machine.
+            raise Forbidden(f"job {job.job_id}'s input {job.input.bucket}/{job.input.object_name} is not its own")
 
     async def _run(self, inflight: InFlight) -> JobOutput:
         """The work directory is made and removed on a pool thread, never on

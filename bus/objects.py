@@ -3,7 +3,7 @@
 nats-py's `ObjectStore.put` wants a whole reader up front and its `get` grows a
 bytes object chunk by chunk (5-27 MB/s measured). gpubus streams an HTTP
 upload straight into chunks as they arrive (never the whole file in memory)
-and reads chunks with an ordered consumer into a file, checking SHA-256 itself.
+and reads chunks by direct get into a file, checking SHA-256 itself.
 The object format is the standard one, so `nats object get` still works.
 """
 
@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from nats.js import JetStreamContext
+from nats.nuid import NUID
 from nats.js.api import ObjectInfo, ObjectMetaOptions
 from nats.js.errors import NotFoundError
 
@@ -30,7 +31,6 @@ log = logging.getLogger("gpubus.bus.objects")
 CHUNK_BYTES = 1024 * 1024  # 1 MiB chunks publish 2-3x faster than the 128 KiB default
 MAX_INFLIGHT_CHUNKS = 16
 PUBACK_TIMEOUT_S = 10.0  # an ack lost in a NATS restart never comes: give up, the caller retries
-FETCH_TIMEOUT_S = 10.0
 
 
 class DigestMismatch(GpubusError):
@@ -56,7 +56,7 @@ class ObjectWriter:
         self._js = js
         self.bucket = bucket
         self.name = name
-        self._nuid = js._nc._nuid.next().decode()
+        self._nuid = NUID().next().decode()
         self._subject = _chunk_subject(bucket, self._nuid)
         self._max_bytes = max_bytes
         self._buf = bytearray()
@@ -177,29 +177,18 @@ async def object_info(js: JetStreamContext, bucket: str, name: str) -> ObjectInf
 
 
 async def _iter_chunks(js: JetStreamContext, info: ObjectInfo):
-    """The object's chunks in order, from an ordered push consumer on its
-    chunk subject: the server streams them under its flow control, so
-    throughput matches a raw chunk pull while memory stays flat (a batch
-    pull of 64 x 1 MiB chunks read at a quarter of that speed and held
-    ~100 MiB)."""
-    if info.chunks == 0:
-        return
-    if info.chunks == 1:  # results: one direct read, no consumer to create
-        msg = await js.get_last_msg(names.object_stream(info.bucket), _chunk_subject(info.bucket, info.nuid))
-        yield msg.data
-        return
-    sub = await js.subscribe(
-        _chunk_subject(info.bucket, info.nuid), stream=names.object_stream(info.bucket), ordered_consumer=True
-    )
-    try:
-        for _ in range(info.chunks):
-            msg = await sub.next_msg(timeout=FETCH_TIMEOUT_S)
-            yield msg.data
-    finally:
-        try:
-            await sub.unsubscribe()
-        except Exception as e:
-            log.debug("unsubscribe of chunk reader failed: %s", e)
+    """The object's chunks in order, one direct get each (`next_by_subj` from
+    the sequence after the last chunk). Direct gets are plain requests, so
+    they work for a user node reaching JetStream through its account's
+    imports, where a push consumer's deliveries could not follow it
+    (bus/node_permissions.py); memory stays at one chunk."""
+    stream = names.object_stream(info.bucket)
+    subject = _chunk_subject(info.bucket, info.nuid)
+    seq = 1
+    for _ in range(info.chunks):
+        msg = await js.get_msg(stream, seq=seq, subject=subject, next=True, direct=True)
+        seq = msg.seq + 1
+        yield msg.data or b""
 
 
 def _check_digest(info: ObjectInfo, sha: "hashlib._Hash", expected_sha256_hex: str | None) -> None:

@@ -102,18 +102,18 @@ class NatsAuth:
         return auth
 
     def config_text(self) -> str:
+        from bus import node_permissions
         from bus.nats_jwt import public_key
 
         return (
-            "accounts {\n"
-            f'  APP {{ jetstream: enabled, users: [ {{ user: "{self.service_user}", password: "{self.service_password}" }} ] }}\n'
-            f'  SYS {{ users: [ {{ user: "{self.system_user}", password: "{self.system_password}" }} ] }}\n'
-            "}\n"
-            "system_account: SYS\n"
+            node_permissions.accounts_config(
+                self.service_user, f'"{self.service_password}"', self.system_user, f'"{self.system_password}"'
+            )
+            + "system_account: SYS\n"
             "authorization {\n  auth_callout {\n"
             f'    issuer: "{public_key(self.issuer_seed)}"\n'
             f'    auth_users: [ "{self.service_user}", "{self.system_user}" ]\n'
-            "    account: APP\n  }\n}\n"
+            f"    account: {node_permissions.APP_ACCOUNT}\n  }}\n}}\n"
         )
 
 

@@ -121,6 +121,11 @@ def input_object(job_id: str, filename: str) -> str:
     return f"in/{job_id}/{filename}"
 
 
+def is_input_of(owner: str, job_id: str, bucket: str, object_name: str) -> bool:
+    """Whether an object is where the gateway stages `job_id`'s input."""
+    return bucket == files_bucket(owner) and object_name.startswith(f"in/{job_id}/") and ".." not in object_name
+
+
 # The owner's cookie file for yt-dlp (PUT /api/v1/auth/cookies), kept only in
 # the owner's own bucket; nodes copy it into a URL job's private temp dir.
 COOKIES_OBJECT = "auth/cookies.txt"

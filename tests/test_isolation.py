@@ -35,6 +35,11 @@ async def _as_node(server, key: str, owner: str, errors: Violations):
     )
 
 
+def _node_js(nc):
+    """JetStream as a user node sees it: through its account's imports."""
+    return nc.jetstream(prefix=node_permissions.NODE_JS_API)
+
+
 async def test_node_of_a_cannot_touch_b(nats_server, gateway, user):
     a, b = user + "-a", user + "-b"
     key_a = gateway.create_key(a, roles=("node",))
@@ -50,7 +55,7 @@ async def test_node_of_a_cannot_touch_b(nats_server, gateway, user):
 
     errors = Violations()
     nc = await _as_node(nats_server, key_a, a, errors)
-    js = nc.jetstream()
+    js = _node_js(nc)
     try:
         # Positive control: A's node can use A's own consumer and bucket
         assert (await js.consumer_info(names.JOBS_STREAM, names.consumer_name(a, Lane.GPU))).name == f"gpu_{a}"
@@ -70,7 +75,7 @@ async def test_node_of_a_cannot_touch_b(nats_server, gateway, user):
         await nc.close()
 
     # Then NATS refused each one, and nothing of B's moved
-    assert errors.about(f"$JS.API.CONSUMER.MSG.NEXT.JOBS.gpu_{b}"), errors.seen
+    assert errors.about(node_permissions.node_api(f"CONSUMER.MSG.NEXT.JOBS.gpu_{b}")), errors.seen
     assert errors.about(f"OBJ_files-{b}"), errors.seen
     assert errors.about(f"events.{b}.{job_b['job_id']}"), errors.seen
     assert errors.about("jobs.>"), errors.seen
@@ -86,7 +91,7 @@ async def test_node_of_a_cannot_touch_b(nats_server, gateway, user):
 
 
 async def test_node_reads_a_multi_chunk_file_of_its_owner(nats_server, gateway, user, tmp_path):
-    # Given a file of A's larger than one chunk (read with an ordered consumer, flow control included)
+    # Given a file of A's larger than one chunk (read by direct gets through the NODES account's imports)
     key = gateway.create_key(user, roles=("user", "node"))
     with gateway.client(key) as c:
         submit_file(c, TESTDATA / "hello.wav", gpu=False)  # creates A's file bucket
@@ -98,7 +103,7 @@ async def test_node_reads_a_multi_chunk_file_of_its_owner(nats_server, gateway, 
     errors = Violations()
     nc = await _as_node(nats_server, key, user, errors)
     try:
-        size = await objects.read_to_file(nc.jetstream(), names.files_bucket(user), "big.bin", tmp_path / "big.bin")
+        size = await objects.read_to_file(_node_js(nc), names.files_bucket(user), "big.bin", tmp_path / "big.bin")
     finally:
         await nc.close()
     # Then it has every byte and NATS refused nothing on the way
