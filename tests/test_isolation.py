@@ -4,13 +4,17 @@ a node holding user A's key cannot read, take or forge anything of user B."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import time
+import uuid
 
 import nats
 import pytest
 
 from bus import node_permissions, objects
 from schemas import names
+from schemas.keys import ApiKeyRecord, Role, hash_secret
 from schemas.names import Lane
 from tests.harness import TESTDATA, Gateway, start_node, submit_file, wait_until
 
@@ -188,3 +192,94 @@ def test_keys_listing_never_shows_secrets_and_owner_can_revoke(gateway, user):
         assert c.get("/api/v1/jobs").status_code == 401
     with gateway.client(other) as c:
         assert c.get("/api/v1/jobs").status_code == 200
+
+
+# -- reply subjects ------------------------------------------------------------
+# NATS checks a publish permission on the subject only; the JetStream API
+# answers on whatever reply subject a request carries. A node must not be able
+# to use that to have the server write anywhere trusted (review 2026-12-01, F1).
+
+
+async def _plant(nc, bucket: str, name: str, payload: bytes) -> str:
+    """Node-written bytes in the node's own bucket, for DIRECT.GET to echo back."""
+    subject = f"$O.{bucket}.C.{name}"
+    await nc.request(subject, payload, timeout=5)
+    return subject
+
+
+def _requests(owner: str, bucket: str, planted: str) -> list[tuple[str, bytes]]:
+    """Every kind of request a node of `owner` may send, each answered by the server."""
+    files = names.object_stream(bucket)
+    api = node_permissions.node_api
+    gpu = names.consumer_name(owner, Lane.GPU)
+    return [
+        (api(f"DIRECT.GET.{files}.{planted}"), b""),
+        (api(f"DIRECT.GET.{files}"), json.dumps({"last_by_subj": planted}).encode()),
+        (api(f"STREAM.MSG.GET.{files}"), json.dumps({"last_by_subj": planted}).encode()),
+        (api(f"STREAM.INFO.{files}"), b""),
+        (api(f"STREAM.INFO.{names.kv_stream(names.NODES_BUCKET)}"), b""),
+        (api(f"STREAM.PURGE.{files}"), json.dumps({"filter": f"$O.{bucket}.C.nothing-here"}).encode()),
+        (api(f"CONSUMER.INFO.{names.JOBS_STREAM}.{gpu}"), b""),
+        (api(f"CONSUMER.MSG.NEXT.{names.JOBS_STREAM}.{gpu}"), json.dumps({"batch": 1, "no_wait": True}).encode()),
+        (f"events.{owner}.j{'0' * 32}", b"\x80"),
+        (f"$KV.{names.NODES_BUCKET}.{owner}.cpu.probe", b"{}"),
+        (f"$O.{bucket}.C.probe", b"probe"),
+    ]
+
+
+async def _nothing_at(js_svc, stream: str, subject: str) -> bool:
+    try:
+        await js_svc.get_last_msg(stream, subject)
+    except nats.js.errors.NotFoundError:
+        return True
+    return False
+
+
+async def test_no_reply_subject_lets_a_node_write_trusted_state(nats_server, gateway, user):
+    a, b = user + "-a", user + "-b"
+    key_a = gateway.create_key(a, roles=("node",))
+    with gateway.client(key_a) as c:  # creates A's consumers and bucket
+        assert c.post("/api/v1/nodes/bootstrap", json={"lane": "gpu"}).status_code == 200
+    svc = await nats.connect(nats_server.url)
+    js_svc = svc.jetstream()
+    canary = f"CANARY_{uuid.uuid4().hex[:12]}"
+    await js_svc.add_stream(name=canary, subjects=[f"canary.{canary}"])
+    await js_svc.publish(f"canary.{canary}", b"alive")
+    jobs_before = (await js_svc.stream_info(names.JOBS_STREAM)).state.last_seq
+    stolen_id, job_b = uuid.uuid4().hex[:16], "j" + uuid.uuid4().hex
+    captured = {  # reply subject -> the trusted stream that would store it
+        f"$KV.{names.APIKEYS_BUCKET}.{stolen_id}": names.kv_stream(names.APIKEYS_BUCKET),
+        f"$KV.{names.JOBS_BUCKET}.{b}.{job_b}": names.kv_stream(names.JOBS_BUCKET),
+        f"$KV.{names.NODES_BUCKET}.{b}.cpu.spoof": names.kv_stream(names.NODES_BUCKET),
+        names.event_subject(b, job_b): names.EVENTS_STREAM,
+        f"jobs.{names.SHARED}.cpu.audio.{a}": names.JOBS_STREAM,
+        f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.JOBS.cpu_{b}": names.DEADLETTER_STREAM,
+    }
+    api_replies = [f"$JS.API.STREAM.PURGE.{canary}", f"$JS.API.STREAM.DELETE.{canary}"]
+    # Given node-written bytes that would be a valid key of B's if stored
+    forged_key = ApiKeyRecord(key_id=stolen_id, user_id=b, roles=[Role.NODE, Role.USER],
+                              secret_sha256=hash_secret("stolen"), created_at=time.time())
+    errors = Violations()
+    nc = await _as_node(nats_server, key_a, a, errors)
+    try:
+        planted = await _plant(nc, names.files_bucket(a), "forged", forged_key.model_dump_json().encode())
+        requests = _requests(a, names.files_bucket(a), planted)
+        for subject, body in requests:  # (each is allowed and answered: the probe is real)
+            assert (await nc.request(subject, body, timeout=5)) is not None, subject
+        # When every request it may send goes out with every trusted reply subject
+        for subject, body in requests:
+            for reply in [*captured, *api_replies]:
+                await nc.publish(subject, body, reply=reply)
+        await nc.flush()
+        await asyncio.sleep(1.0)
+    finally:
+        await nc.close()
+    # Then nothing landed anywhere trusted, and nothing trusted changed
+    for reply, stream in captured.items():
+        assert await _nothing_at(js_svc, stream, reply), f"{reply} was written into {stream}"
+    assert (await js_svc.stream_info(names.JOBS_STREAM)).state.last_seq == jobs_before
+    assert (await js_svc.stream_info(canary)).state.messages == 1
+    with gateway.client(f"gpb_{stolen_id}_stolen") as c:
+        assert c.post("/api/v1/auth/validate-key").status_code == 401
+    await js_svc.delete_stream(canary)
+    await svc.close()
