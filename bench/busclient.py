@@ -13,6 +13,7 @@ from nats.aio.client import Client as NatsClient
 from bench.loops import Waiters
 from bus.jobstore import JobStore
 from bus.publisher import JobPublisher
+from bus.sealing import RecordSeal
 from schemas import codec, names
 from schemas.events import EventType, JobEvent
 from schemas.jobs import JobRecord, new_job_id, now
@@ -29,10 +30,12 @@ class BusClient:
         self._waiters = Waiters()
 
     @classmethod
-    async def open(cls, url: str) -> BusClient:
+    async def open(cls, url: str, seal: RecordSeal) -> BusClient:
+        """`seal`: the gateways' (a bus client writes records as they do)."""
         nc = await nats.connect(url)
         js = nc.jetstream()
-        client = cls(nc, JobStore(await js.key_value(names.JOBS_BUCKET)), JobPublisher(js, give_up_after_s=10))
+        jobs = JobStore(await js.key_value(names.JOBS_BUCKET), seal)
+        client = cls(nc, jobs, JobPublisher(js, seal, give_up_after_s=10))
         await nc.subscribe("events.>", cb=client._on_event)
         return client
 

@@ -39,6 +39,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType,
 
 from bench import common, raw_worker
 from bench.busclient import BusClient
+from bus.sealing import RecordSeal
 from bench.loops import Waiters, pipelined, sequential
 from bench.redis_server import redis_server
 
@@ -123,7 +124,7 @@ class Bus:
         self.url, self.owner = url, owner
 
     async def open(self) -> None:
-        self.client = await BusClient.open(self.url)
+        self.client = await BusClient.open(self.url, RecordSeal.from_secret(common.ADMIN_TOKEN))
 
     async def one(self, _: int) -> None:
         await self.client.run_job(self.owner)

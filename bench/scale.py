@@ -23,6 +23,7 @@ import nats
 
 from bench import common
 from bench.busclient import BusClient
+from bus.sealing import RecordSeal
 from bench.loops import pipelined
 from bus import topology
 from bus.settings import Settings
@@ -64,7 +65,7 @@ def stop_pools(procs: list[subprocess.Popen]) -> None:
 
 
 async def drive(url: str, owners: list[str], jobs: int, inflight: int) -> tuple[float, float]:
-    client = await BusClient.open(url)
+    client = await BusClient.open(url, RecordSeal.from_secret(common.ADMIN_TOKEN))
     try:
         lat: list[float] = []
 

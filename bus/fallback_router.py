@@ -26,7 +26,9 @@ from nats.js.errors import NotFoundError
 from bus.jobstore import JobStore, with_seq
 from bus.metrics import GatewayMetrics
 from bus.publisher import JobPublisher
+from bus import sealing
 from bus.pulling import DurableLoop
+from bus.sealing import RecordSeal, SealBroken
 from schemas import codec, names
 from schemas.errors import NO_NODE_COMPLETED, NotFound
 from schemas.events import JobEvent
@@ -69,10 +71,12 @@ class FallbackRouter:
         jobs: JobStore,
         publisher: JobPublisher,
         metrics: GatewayMetrics,
+        seal: RecordSeal,
         *,
         cpu_queue_for: Callable[[str], str],
     ) -> None:
         self._js = js
+        self._seal = seal
         self._jobs = jobs
         self._publisher = publisher
         self._metrics = metrics
@@ -103,21 +107,54 @@ class FallbackRouter:
             await msg.nak(delay=1.0)
 
     async def handle(self, advisory: dict) -> None:
-        consumer: str = advisory["consumer"]
+        lane_of = names.parse_consumer_name(str(advisory["consumer"]))
         seq = int(advisory["stream_seq"])
+        if lane_of is None:
+            log.error("advisory for %r is not about a lane consumer; dropped", advisory["consumer"])
+            return
+        queue_owner, lane = lane_of
         try:
             raw = await self._js.get_msg(names.JOBS_STREAM, seq)
         except NotFoundError:
             return  # acked at the last moment, or already handled by another router
-        try:
-            job = codec.decode(raw.data, JobMessage)
-        except codec.DecodeError:
-            await self._delete(seq)  # garbage the node already termed
+        job = await self._job_named_by(raw, queue_owner, lane, seq)
+        if job is None:
             return
-        if consumer.startswith(f"{Lane.GPU}_"):
+        if lane is Lane.GPU:
             await self._to_cpu(job, seq)
         else:
             await self._fail(job, seq, int(advisory.get("deliveries", 0)))
+
+    async def _job_named_by(self, raw, queue_owner: str, lane: Lane, seq: int) -> JobMessage | None:
+        """The job an advisory is about, only if everything agrees: the message
+        at that sequence is on the advisory's consumer's subjects, sealed by a
+        gateway, and its record says it is that attempt at that sequence. An
+        advisory is data anyone who reached the DEADLETTER subject could have
+        written, and stream sequences are small consecutive numbers."""
+        if not raw.subject.startswith(names.lane_filter(queue_owner, lane)[:-1]):
+            log.error("advisory seq %d names a message on %s, not %s's %s lane; dropped", seq, raw.subject,
+                      queue_owner, lane)
+            return None
+        try:
+            self._seal.check(raw.subject, raw.data or b"", (raw.headers or {}).get(sealing.HEADER))
+            job = codec.decode(raw.data or b"", JobMessage)
+        except (SealBroken, codec.DecodeError) as e:
+            log.error("job message at seq %d refused (%s); deleted", seq, e)
+            await self._delete(seq)  # garbage the node already termed
+            return None
+        try:
+            rec, _ = await self._jobs.get(job.owner, job.job_id)
+        except NotFound:
+            await self._delete(seq)
+            return None
+        # A later attempt on record is this router's own unfinished work
+        # (crashed between the record update and the republish): go on.
+        current = rec.attempts == job.attempt
+        if rec.attempts < job.attempt or (current and (rec.lane is not lane or rec.stream_seq not in (None, seq))):
+            log.warning("advisory seq %d: record of %s is attempt %d on %s at seq %s; nothing to do", seq,
+                        job.job_id, rec.attempts, rec.lane, rec.stream_seq)
+            return None
+        return job
 
     async def released(self, ev: JobEvent) -> None:
         """A GPU node gave back its job on the last delivery: fall back now."""

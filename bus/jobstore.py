@@ -23,6 +23,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from bus.errors import CasConflict
 from bus.retry import retrying
+from bus.sealing import RecordSeal, SealBroken
 from schemas import codec, names
 from schemas.errors import Conflict, NotFound
 from schemas.jobs import JobRecord, now
@@ -44,8 +45,9 @@ class FinishWatch:
     request. An ordered consumer from "new" on the bucket's subjects; a
     record is decoded only when someone waits for it."""
 
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, seal: RecordSeal) -> None:
         self._js = js
+        self._seal = seal
         self._prefix = f"$KV.{names.JOBS_BUCKET}."
         self._waiters: dict[str, set[asyncio.Future[JobRecord]]] = {}
         self._sub = None
@@ -103,7 +105,7 @@ class FinishWatch:
         if not waiters or not msg.data:
             return
         try:
-            rec = codec.decode_record(msg.data, JobRecord)
+            rec = decode_job_record(self._seal, msg.subject, msg.data)
         except codec.DecodeError as e:
             log.error("undecodable job record on %s: %s", msg.subject, e)
             return
@@ -121,10 +123,17 @@ class JobStore:
     round trip that nearly always returned what this process had just
     written. A stale copy costs one failed CAS, never a wrong record."""
 
-    def __init__(self, kv: KeyValue, *, finishes: FinishWatch | None = None) -> None:
+    def __init__(self, kv: KeyValue, seal: RecordSeal, *, finishes: FinishWatch | None = None) -> None:
         self._kv = kv
+        self._seal = seal
         self._finishes = finishes
         self._known: OrderedDict[str, tuple[JobRecord, int]] = OrderedDict()
+
+    def _encode(self, key: str, rec: JobRecord) -> bytes:
+        return self._seal.seal(_kv_subject(key), codec.encode_record(rec))
+
+    def _decode(self, key: str, value: bytes) -> JobRecord:
+        return decode_job_record(self._seal, _kv_subject(key), value)
 
     def _remember(self, key: str, rec: JobRecord, rev: int) -> None:
         self._known[key] = (rec, rev)
@@ -135,7 +144,8 @@ class JobStore:
     async def create(self, rec: JobRecord, *, give_up_after_s: float = 0.0) -> None:
         """Retried through a NATS blip; a "key exists" on a retry is our own
         first try having landed (job ids are fresh and random)."""
-        key, data = names.job_key(rec.owner, rec.job_id), codec.encode_record(rec)
+        key = names.job_key(rec.owner, rec.job_id)
+        data = self._encode(key, rec)
         tries = 0
 
         async def once() -> None:
@@ -160,7 +170,7 @@ class JobStore:
             raise NotFound(f"no job {job_id}") from None
         if entry.value is None:
             raise NotFound(f"no job {job_id}")
-        rec = codec.decode_record(entry.value, JobRecord)
+        rec = self._decode(entry.key, entry.value)
         self._remember(entry.key, rec.model_copy(deep=True), entry.revision)
         return rec, entry.revision
 
@@ -183,7 +193,7 @@ class JobStore:
                 return rec
             new.updated_at = now()
             try:
-                new_rev = await self._kv.update(key, codec.encode_record(new), last=rev)
+                new_rev = await self._kv.update(key, self._encode(key, new), last=rev)
             except KeyWrongLastSequenceError:
                 continue
             self._remember(key, new.model_copy(deep=True), new_rev)
@@ -201,7 +211,7 @@ class JobStore:
                     break
                 if entry.value:
                     try:
-                        out.append(codec.decode_record(entry.value, JobRecord))
+                        out.append(self._decode(entry.key, entry.value))
                     except codec.DecodeError as e:
                         log.error("skipping undecodable job record %s: %s", entry.key, e)
                 if entry.delta == 0:
@@ -220,7 +230,7 @@ class JobStore:
             async for entry in watcher:
                 if entry is None or entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
                     continue
-                rec = codec.decode_record(entry.value, JobRecord)
+                rec = self._decode(entry.key, entry.value)
                 if rec.updated_at >= current.updated_at and rec != current:
                     current = rec
                     yield rec
@@ -262,6 +272,22 @@ class JobStore:
         if last is None:
             last, _ = await self.get(owner, job_id)
         return last
+
+
+def _kv_subject(key: str) -> str:
+    return f"$KV.{names.JOBS_BUCKET}.{key}"
+
+
+def decode_job_record(seal: RecordSeal, subject: str, value: bytes) -> JobRecord:
+    """A record only if a gateway sealed it, for the key it is stored under
+    (so no record is read as another job's); DecodeError otherwise."""
+    try:
+        rec = codec.decode_record(seal.open(subject, value), JobRecord)
+    except SealBroken as e:
+        raise codec.DecodeError(str(e), value) from e
+    if subject != _kv_subject(names.job_key(rec.owner, rec.job_id)):
+        raise codec.DecodeError(f"{subject} holds the record of {rec.owner}/{rec.job_id}", value)
+    return rec
 
 
 def with_seq(rec: JobRecord, attempt: int, seq: int) -> JobRecord | None:

@@ -7,23 +7,33 @@ fallback to anonymous.
 
 from __future__ import annotations
 
+import logging
 import re
 
 from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
+from bus.sealing import RecordSeal, SealBroken
 from schemas import codec, names
 from schemas.errors import NotFound, Unauthorized
 from schemas.jobs import now
 from schemas.keys import KEY_ID_HEX, ApiKeyRecord, Role, new_secret, parse_key, secret_matches
 
+log = logging.getLogger("gpubus.bus.keystore")
 DAY_S = 86_400.0
 KEY_ID_RE = re.compile(rf"^[0-9a-f]{{{KEY_ID_HEX}}}$")
 
 
 class KeyStore:
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, seal: RecordSeal) -> None:
         self._kv = kv
+        self._seal = seal
+
+    def _where(self, key_id: str) -> str:
+        return f"$KV.{names.APIKEYS_BUCKET}.{key_id}"
+
+    def _encode(self, rec: ApiKeyRecord) -> bytes:
+        return self._seal.seal(self._where(rec.key_id), codec.encode_record(rec))
 
     async def create(
         self,
@@ -49,7 +59,7 @@ class KeyStore:
             max_upload_mb=max_upload_mb,
             max_active_jobs=max_active_jobs,
         )
-        await self._kv.create(key_id, codec.encode_record(rec))
+        await self._kv.create(key_id, self._encode(rec))
         return full, rec
 
     async def get(self, key_id: str) -> ApiKeyRecord:
@@ -61,7 +71,15 @@ class KeyStore:
             raise NotFound(f"no key {key_id}") from None
         if not entry.value:
             raise NotFound(f"no key {key_id}")
-        return codec.decode_record(entry.value, ApiKeyRecord)
+        try:
+            rec = codec.decode_record(self._seal.open(self._where(key_id), entry.value), ApiKeyRecord)
+        except (SealBroken, codec.DecodeError) as e:  # not written by a gateway: as good as absent
+            log.error("refusing key record %s: %s", key_id, e)
+            raise NotFound(f"no key {key_id}") from None
+        if rec.key_id != key_id:
+            log.error("refusing key record %s: it names key %s", key_id, rec.key_id)
+            raise NotFound(f"no key {key_id}")
+        return rec
 
     async def authenticate(self, full_key: str) -> ApiKeyRecord:
         key_id, secret = parse_key(full_key)
@@ -89,5 +107,5 @@ class KeyStore:
         rec = await self.get(key_id)
         if rec.revoked_at is None:
             rec.revoked_at = now()
-            await self._kv.put(key_id, codec.encode_record(rec))
+            await self._kv.put(key_id, self._encode(rec))
         return rec

@@ -21,6 +21,7 @@ from bus import node_permissions
 from bus.connection import close, connect
 from bus.metrics import GpuSource, NodeMetrics
 from bus.node_runtime import NodeRuntime, new_node_id
+from bus.sealing import RecordSeal
 from bus.settings import Settings
 from schemas.errors import GpubusError, InvalidInput, Unauthorized
 from schemas.names import Lane
@@ -142,6 +143,7 @@ async def start_node(
         bus_retry_s=settings.publish_timeout,
         connection_lost=lost,
         js_api_prefix=identity.js_api_prefix,
+        job_seal=RecordSeal.from_settings(settings) if shared else None,
     )
     await runtime.start()
     log.info("node %s ready: %s lane of %s, metrics %s", node_id, identity.lane, identity.queue_owner, metrics_url)

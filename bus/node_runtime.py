@@ -24,12 +24,13 @@ from pathlib import Path
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from bus import connection, node_permissions, objects, registry
+from bus import connection, node_permissions, objects, registry, sealing
 from bus.acking import settle
 from bus.joblog import job_fields
 from bus.metrics import NodeMetrics
 from bus.pulling import next_batch, take_available
 from bus.retry import retrying
+from bus.sealing import RecordSeal
 from schemas import codec, names
 from schemas.errors import INPUT_CORRUPT, INPUT_MISSING, Forbidden, JobCancelled, JobFailed, NotFound
 from schemas.events import EventType, JobEvent
@@ -102,11 +103,16 @@ class NodeRuntime:
         connection_lost: asyncio.Event | None = None,
         bus_retry_s: float = 10.0,
         js_api_prefix: str = node_permissions.JS_API,
+        job_seal: RecordSeal | None = None,
     ) -> None:
         self.nc = nc
         # A user node reaches JetStream from its own account through imports
         # under another prefix (bus/node_permissions.py); the bootstrap answer names it.
         self.js = nc.jetstream(prefix=js_api_prefix)
+        # The trusted shared-pool node holds the gateways' seal and checks
+        # every job message against it; a user's node cannot (it never holds
+        # the secret) and relies on its account wall and _check_queue.
+        self._job_seal = job_seal
         self.processor = processor
         self.queue_owner = queue_owner
         self.lane = lane
@@ -294,9 +300,11 @@ class NodeRuntime:
 
     async def _handle(self, msg: Msg) -> None:
         try:
+            if self._job_seal is not None:
+                self._job_seal.check(msg.subject, msg.data, (msg.headers or {}).get(sealing.HEADER))
             job = codec.decode(msg.data, JobMessage)
             self._check_queue(job)
-        except (codec.DecodeError, Forbidden) as e:
+        except (codec.DecodeError, Forbidden, sealing.SealBroken) as e:
             self.metrics.bad_messages.inc()
             log.error("terming bad job message on %s (seq %s): %s", msg.subject, msg.metadata.sequence.stream, e)
             await msg.term()

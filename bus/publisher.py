@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from nats.js import JetStreamContext
 
+from bus import sealing
 from bus.retry import retrying
+from bus.sealing import RecordSeal
 from schemas import codec, names
 from schemas.jobs import JobMessage
 
@@ -16,8 +18,9 @@ ATTEMPT_TIMEOUT_S = 2.0
 
 
 class JobPublisher:
-    def __init__(self, js: JetStreamContext, *, give_up_after_s: float) -> None:
+    def __init__(self, js: JetStreamContext, seal: RecordSeal, *, give_up_after_s: float) -> None:
         self._js = js
+        self._seal = seal
         self._give_up_after_s = give_up_after_s
 
     async def publish(self, job: JobMessage) -> int:
@@ -25,6 +28,8 @@ class JobPublisher:
         subject = names.job_subject(job.queue_owner, job.lane, job.kind, job.owner)
         payload = codec.encode(job)
         headers = {"Nats-Msg-Id": names.msg_id(job.job_id, job.lane, job.attempt)}
+        if self._seal.enabled:
+            headers[sealing.HEADER] = self._seal.tag(subject, payload)
 
         async def once() -> int:
             ack = await self._js.publish(subject, payload, timeout=ATTEMPT_TIMEOUT_S, headers=headers)

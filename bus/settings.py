@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     nats_issuer_seed: SecretStr | None = Field(
         None, description="account nkey seed that signs auth callout answers; set = nodes get scoped NATS identities"
     )
+    state_key: SecretStr | None = Field(
+        None, description="secret the trusted side seals key/job records and job messages with; default: admin_token"
+    )
     nats_system_url: SecretStr | None = Field(
         None, description="NATS system account URL (with credentials): lets the gateway disconnect revoked nodes"
     )

@@ -22,6 +22,7 @@ from bus.materializer import Materializer
 from bus.metrics import GatewayMetrics
 from bus.publisher import JobPublisher
 from bus.registry import LiveNodes
+from bus.sealing import RecordSeal
 from bus.settings import Settings
 from schemas import names
 from schemas.names import Lane
@@ -57,14 +58,17 @@ class GatewayState:
         self.nc = await connect(s.nats_servers, name="gpubus-gateway", on_reconnect=self._reconnected)
         self.js = self.nc.jetstream()
         await topology.ensure_core(self.js, s)
-        self.finishes = FinishWatch(self.js)
+        seal = RecordSeal.from_settings(s)
+        self.finishes = FinishWatch(self.js, seal)
         await self.finishes.start()
-        self.jobs = JobStore(await self.js.key_value(names.JOBS_BUCKET), finishes=self.finishes)
-        self.keys = KeyStore(await self.js.key_value(names.APIKEYS_BUCKET))
-        self.publisher = JobPublisher(self.js, give_up_after_s=s.publish_timeout)
+        self.jobs = JobStore(await self.js.key_value(names.JOBS_BUCKET), seal, finishes=self.finishes)
+        self.keys = KeyStore(await self.js.key_value(names.APIKEYS_BUCKET), seal)
+        self.publisher = JobPublisher(self.js, seal, give_up_after_s=s.publish_timeout)
         self.nodes = LiveNodes(await self.js.key_value(names.NODES_BUCKET), ttl_s=s.registry_ttl)
         await self.nodes.start()
-        self.router = FallbackRouter(self.js, self.jobs, self.publisher, self.metrics, cpu_queue_for=self.cpu_queue_for)
+        self.router = FallbackRouter(
+            self.js, self.jobs, self.publisher, self.metrics, seal, cpu_queue_for=self.cpu_queue_for
+        )
         self.auth_callout: AuthCallout | None = None
         if s.nats_issuer_seed is not None:
             if s.nats_system_url is not None:

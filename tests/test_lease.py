@@ -16,11 +16,13 @@ from bus import topology
 from bus.metrics import NodeMetrics
 from bus.node_runtime import NodeRuntime
 from bus.publisher import JobPublisher
+from bus.sealing import RecordSeal
 from bus.settings import Settings
 from processors.noop import NoopResult
 from schemas import names
 from schemas.jobs import JobMessage, ResultSummary, new_job_id
 from schemas.names import Kind, Lane
+from tests.harness import ADMIN_TOKEN
 from schemas.processing import JobOutput
 
 pytestmark = pytest.mark.timeout(60)
@@ -56,7 +58,7 @@ async def _run_one(nats_url: str, processor, *, job_deadline_s: float, watch_s: 
     try:
         job = JobMessage(job_id=new_job_id(), owner="alice", queue_owner="alice", lane=Lane.GPU, kind=Kind.AUDIO,
                          attempt=1, submitted_at=time.time())
-        await JobPublisher(js, give_up_after_s=5).publish(job)
+        await JobPublisher(js, RecordSeal.from_secret(ADMIN_TOKEN), give_up_after_s=5).publish(job)
         await asyncio.sleep(watch_s)
         dead = await js.stream_info(names.DEADLETTER_STREAM)
         cons = await js.consumer_info(names.JOBS_STREAM, names.consumer_name("alice", Lane.GPU))

@@ -1,0 +1,87 @@
+"""What the trusted side writes carries an HMAC that only it can make.
+
+Key records, job records and job messages are written by gateways alone.
+Nodes are walled off from them by their NATS account (bus/node_permissions.py);
+this seal is the second wall: should anything else ever get bytes onto those
+subjects (a misconfigured deploy, a server bug, a leaked service password
+used by a tool that does not hold the seal key), readers refuse them instead
+of trusting them.
+
+The tag covers the KV key or subject too, so a sealed record cannot be
+replayed under another key (one user's key record as another's). Records
+keep their JSON readable for operators (`nats kv get`): the tag follows on
+a line of its own. Job messages carry it in a header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+
+from bus.settings import Settings
+from schemas.errors import GpubusError
+
+log = logging.getLogger("gpubus.bus.sealing")
+
+TAG_SEPARATOR = b"\n#seal="
+HEADER = "Gpubus-Seal"
+_CONTEXT = b"gpubus record seal v1"
+
+
+class SealBroken(GpubusError):
+    """Stored bytes lack the trusted side's seal, or it does not match."""
+
+    code = "SEAL_BROKEN"
+
+
+class RecordSeal:
+    """HMAC-SHA256 over (where, bytes). `key=None` is the unsealed mode of a
+    NATS without authorization, where every client is trusted anyway."""
+
+    def __init__(self, key: bytes | None) -> None:
+        self._key = key
+
+    @classmethod
+    def from_secret(cls, secret: str | None) -> RecordSeal:
+        """Derived, so every gateway holding the same secret agrees on it."""
+        if not secret:
+            return cls(None)
+        return cls(hmac.new(secret.encode(), _CONTEXT, hashlib.sha256).digest())
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RecordSeal:
+        """Every process of the trusted side (gateways, the shared-pool node)
+        holds the admin token, and nodes never do; an explicit state key
+        lets the admin token rotate without unsealing every record."""
+        secret = settings.state_key or settings.admin_token
+        return cls.from_secret(secret.get_secret_value() if secret else None)
+
+    @property
+    def enabled(self) -> bool:
+        return self._key is not None
+
+    def tag(self, where: str, data: bytes) -> str:
+        assert self._key is not None
+        return hmac.new(self._key, where.encode() + b"\0" + data, hashlib.sha256).hexdigest()
+
+    def seal(self, where: str, data: bytes) -> bytes:
+        if self._key is None:
+            return data
+        return data + TAG_SEPARATOR + self.tag(where, data).encode()
+
+    def open(self, where: str, stored: bytes) -> bytes:
+        """The record's bytes, or SealBroken."""
+        if self._key is None:
+            return stored.split(TAG_SEPARATOR, 1)[0]
+        data, sep, tag = stored.rpartition(TAG_SEPARATOR)
+        if not sep:
+            raise SealBroken(f"{where}: not sealed by a gateway")
+        self.check(where, data, tag.decode(errors="replace"))
+        return data
+
+    def check(self, where: str, data: bytes, tag: str | None) -> None:
+        if self._key is None:
+            return
+        if not tag or not hmac.compare_digest(tag, self.tag(where, data)):
+            raise SealBroken(f"{where}: seal does not match")
