@@ -111,42 +111,30 @@ def for_node(owner: str) -> dict[str, list[str]]:
     return {"pub": pub, "sub": sub}
 
 
-def app_exports_config() -> str:
-    """The `exports` list of account APP in nats-server config syntax."""
-    items = []
-    for b in BRIDGE:
-        if b.kind == "stream":
-            items.append(f'{{ stream: "{b.app_subject}" }}')
-        else:
-            many = ", response_type: stream" if b.many else ""
-            items.append(f'{{ service: "{b.app_subject}"{many} }}')
-    return "[\n      " + ",\n      ".join(items) + "\n    ]"
+def _export(b: Bridge) -> dict[str, str]:
+    if b.kind == "stream":
+        return {"stream": b.app_subject}
+    return {"service": b.app_subject, **({"response_type": "stream"} if b.many else {})}
 
 
-def node_imports_config() -> str:
-    """The `imports` list of account NODES in nats-server config syntax."""
-    items = []
-    for b in BRIDGE:
-        source = f'{{ account: {APP_ACCOUNT}, subject: "{b.app_subject}" }}'
-        to = f', to: "{b.node_subject}"' if b.node_subject != b.app_subject else ""
-        items.append(f"{{ {b.kind}: {source}{to} }}")
-    return "[\n      " + ",\n      ".join(items) + "\n    ]"
+def _import(b: Bridge) -> dict[str, object]:
+    imp: dict[str, object] = {b.kind: {"account": APP_ACCOUNT, "subject": b.app_subject}}
+    if b.node_subject != b.app_subject:
+        imp["to"] = b.node_subject
+    return imp
 
 
-def accounts_config(service_user: str, service_password: str, system_user: str, system_password: str) -> str:
-    """The `accounts` block every gpubus nats-server runs with. Passwords are
-    config values as written: a quoted string (the embedded server) or a
-    `$VARIABLE` reference (deploy configs)."""
-    return (
-        "accounts {\n"
-        f"  {APP_ACCOUNT} {{\n"
-        "    jetstream: enabled\n"
-        f'    users: [ {{ user: "{service_user}", password: {service_password} }} ]\n'
-        f"    exports: {app_exports_config()}\n"
-        "  }\n"
-        f"  {NODE_ACCOUNT} {{\n"
-        f"    imports: {node_imports_config()}\n"
-        "  }\n"
-        f'  SYS {{ users: [ {{ user: "{system_user}", password: {system_password} }} ] }}\n'
-        "}\n"
-    )
+def accounts_spec(service_user: str, service_password: str, system_user: str, system_password: str) -> dict:
+    """The `accounts` block every gpubus nats-server runs with, as data: the
+    embedded server renders it with real passwords, the deploy configs
+    (compose, the Helm values) with `$VARIABLE` references, and a test
+    checks each deploy config against it (ops/nats_conf.py renders)."""
+    return {
+        APP_ACCOUNT: {
+            "jetstream": "enabled",
+            "users": [{"user": service_user, "password": service_password}],
+            "exports": [_export(b) for b in BRIDGE],
+        },
+        NODE_ACCOUNT: {"imports": [_import(b) for b in BRIDGE]},
+        "SYS": {"users": [{"user": system_user, "password": system_password}]},
+    }

@@ -112,5 +112,12 @@ async def bootstrap_node(request: Request, body: Bootstrap, p: Anyone) -> dict[s
         # Nodes present their own key to NATS (auth callout); replies come to
         # an inbox only their owner's connections may read.
         "inbox_prefix": node_permissions.inbox_prefix(queue_owner) if queue_owner != names.SHARED else "_INBOX",
-        "js_api_prefix": node_permissions.JS_API if queue_owner == names.SHARED else node_permissions.NODE_JS_API,
+        # With authorization on, a user's node lives in account NODES and sees
+        # JetStream through its imports; without it (a bare dev server) there
+        # is only the one account.
+        "js_api_prefix": (
+            node_permissions.NODE_JS_API
+            if queue_owner != names.SHARED and st.auth_callout is not None
+            else node_permissions.JS_API
+        ),
     }

@@ -136,10 +136,21 @@ def cmd_nats_auth(args: argparse.Namespace) -> None:
     from ops.embedded_nats import NatsAuth
 
     auth = NatsAuth.generate()
-    print(f"GPUBUS_NATS_SERVICE_PASSWORD={auth.service_password}")
-    print(f"GPUBUS_NATS_SYSTEM_PASSWORD={auth.system_password}")
-    print(f"GPUBUS_NATS_ISSUER_SEED={auth.issuer_seed}")
-    print(f"GPUBUS_NATS_ISSUER={public_key(auth.issuer_seed)}")
+    values = {
+        "service-password": auth.service_password,
+        "system-password": auth.system_password,
+        "issuer-seed": auth.issuer_seed,
+        "issuer": public_key(auth.issuer_seed),
+    }
+    if args.k8s:  # the Secret ops/deploy/k8s reads (NATS pods and the gateway)
+        import json
+
+        secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                  "metadata": {"name": "gpubus-nats"}, "stringData": values}
+        print(json.dumps(secret, indent=2))
+        return
+    for name, value in values.items():
+        print(f"GPUBUS_NATS_{name.upper().replace('-', '_')}={value}")
 
 
 def cmd_doctor(args: argparse.Namespace) -> None:
@@ -223,9 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(fn=cmd_status)
 
     sub.add_parser("doctor", help="check this machine and the configuration").set_defaults(fn=cmd_doctor)
-    sub.add_parser("nats-auth", help="print fresh NATS auth secrets for a deployment's .env").set_defaults(
-        fn=cmd_nats_auth
-    )
+    na = sub.add_parser("nats-auth", help="print fresh NATS auth secrets for a deployment's .env")
+    na.add_argument("--k8s", action="store_true", help="as the Kubernetes Secret `gpubus-nats` instead")
+    na.set_defaults(fn=cmd_nats_auth)
     return p
 
 

@@ -26,6 +26,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ops import nats_conf
 from schemas.errors import GpubusError
 
 READY_TIMEOUT_S = 20.0
@@ -105,10 +106,11 @@ class NatsAuth:
         from bus import node_permissions
         from bus.nats_jwt import public_key
 
+        accounts = node_permissions.accounts_spec(
+            self.service_user, self.service_password, self.system_user, self.system_password
+        )
         return (
-            node_permissions.accounts_config(
-                self.service_user, f'"{self.service_password}"', self.system_user, f'"{self.system_password}"'
-            )
+            nats_conf.block("accounts", accounts)
             + "system_account: SYS\n"
             "authorization {\n  auth_callout {\n"
             f'    issuer: "{public_key(self.issuer_seed)}"\n'

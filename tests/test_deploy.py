@@ -23,7 +23,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from ops import healthcheck, pins
+from ops import healthcheck, nats_conf, pins
 from ops.embedded_nats import NatsServer, free_port, server_binary
 
 pytestmark = pytest.mark.timeout(120)
@@ -309,8 +309,13 @@ def test_k8s_wiring():
         assert c["readinessProbe"] and c["livenessProbe"]
         assert c["securityContext"]["allowPrivilegeEscalation"] is False
     env = {e["name"]: e for e in deployments["gpubus-gateway"]["spec"]["template"]["spec"]["containers"][0]["env"]}
-    # the official chart's pods nats-0..2 behind its headless service
-    assert env["GPUBUS_NATS_URL"]["value"].split(",") == [f"nats://nats-{i}.nats-headless:4222" for i in range(3)]
+    # the official chart's pods nats-0..2 behind its headless service, as the service identity
+    assert env["GPUBUS_NATS_URL"]["value"].split(",") == [
+        f"nats://gpubus:$(GPUBUS_NATS_SERVICE_PASSWORD)@nats-{i}.nats-headless:4222" for i in range(3)
+    ]
+    for name in ("GPUBUS_NATS_SERVICE_PASSWORD", "GPUBUS_NATS_SYSTEM_PASSWORD", "GPUBUS_NATS_ISSUER_SEED"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "gpubus-nats", name
+    assert "$(GPUBUS_NATS_SYSTEM_PASSWORD)@nats-0" in env["GPUBUS_NATS_SYSTEM_URL"]["value"]
     assert env["GPUBUS_REPLICAS"]["value"] == "3"
     service = next(d for d in docs if d["kind"] == "Service")
     gw_pod = deployments["gpubus-gateway"]["spec"]["template"]
@@ -328,6 +333,34 @@ def test_k8s_wiring():
     assert values["config"]["cluster"] == {"enabled": True, "replicas": 3}
     assert values["config"]["jetstream"]["enabled"] is True
     assert values["config"]["jetstream"]["merge"]["sync_interval"] == "always"
+
+
+def test_k8s_nats_enforces_isolation(tmp_path):
+    """The Helm values carry the embedded server's accounts and callout: the
+    block renders to the same config the code makes, and the real server
+    takes it (offline: nothing is applied to a cluster)."""
+    values = yaml.safe_load((K8S / "nats-values.yaml").read_text())
+    merge = values["config"]["merge"]
+    assert merge["accounts"] == nats_conf.deploy_accounts(raw=True)
+    assert set(merge["accounts"]) == {"APP", "NODES", "SYS"} and "jetstream" not in merge["accounts"]["NODES"]
+    callout = merge["authorization"]["auth_callout"]
+    assert callout["account"] == "APP" and callout["auth_users"] == ["gpubus", "gpubus-sys"]
+    assert merge["system_account"] == "SYS"
+    env = values["container"]["env"]
+    assert {k: v["valueFrom"]["secretKeyRef"]["name"] for k, v in env.items()} == dict.fromkeys(
+        ["GPUBUS_NATS_SERVICE_PASSWORD", "GPUBUS_NATS_SYSTEM_PASSWORD", "GPUBUS_NATS_ISSUER"], "gpubus-nats"
+    )
+    # Rendered as the chart would (plain keys, `<< raw >>` values), it loads in the real server
+    body = "".join(nats_conf.block(k, v) for k, v in merge.items())
+    conf = tmp_path / "k8s-nats.conf"
+    conf.write_text(f"listen: 127.0.0.1:{free_port()}\njetstream {{ store_dir: \"{tmp_path / 'js'}\" }}\n{body}")
+    out = run(str(server_binary()), "-c", str(conf), "-t", env=nats_auth_env())
+    assert "is valid" in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def test_compose_nats_conf_carries_the_codes_accounts():
+    text = (DEPLOY / "nats" / "nats.conf").read_text()
+    assert nats_conf.block("accounts", nats_conf.deploy_accounts()) in text
 
 
 # -- HEALTHCHECK and advertised metrics address --------------------------------
