@@ -9,8 +9,9 @@ of trusting them.
 
 The tag covers the KV key or subject too, so a sealed record cannot be
 replayed under another key (one user's key record as another's). Records
-keep their JSON readable for operators (`nats kv get`): the tag follows on
-a line of its own. Job messages carry it in a header.
+stay one JSON object for operators (`nats kv get … | jq`): the tag is its
+last member, `"_seal"`, over the bytes without it. Job messages carry it in
+a header.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from schemas.errors import GpubusError
 
 log = logging.getLogger("gpubus.bus.sealing")
 
-TAG_SEPARATOR = b"\n#seal="
+TAG_MEMBER = b',"_seal":"'
+TAG_END = b'"}'
 HEADER = "Gpubus-Seal"
 _CONTEXT = b"gpubus record seal v1"
 
@@ -66,18 +68,21 @@ class RecordSeal:
         return hmac.new(self._key, where.encode() + b"\0" + data, hashlib.sha256).hexdigest()
 
     def seal(self, where: str, data: bytes) -> bytes:
+        """`data` is a non-empty JSON object (a record)."""
         if self._key is None:
             return data
-        return data + TAG_SEPARATOR + self.tag(where, data).encode()
+        assert data.startswith(b"{") and data.endswith(b"}") and data != b"{}", "records are JSON objects"
+        return data[:-1] + TAG_MEMBER + self.tag(where, data).encode() + TAG_END
 
     def open(self, where: str, stored: bytes) -> bytes:
-        """The record's bytes, or SealBroken."""
-        if self._key is None:
-            return stored.split(TAG_SEPARATOR, 1)[0]
-        data, sep, tag = stored.rpartition(TAG_SEPARATOR)
-        if not sep:
+        """The record's bytes as sealed, or SealBroken."""
+        at = stored.rfind(TAG_MEMBER)
+        if at < 0 or not stored.endswith(TAG_END):
+            if self._key is None:
+                return stored
             raise SealBroken(f"{where}: not sealed by a gateway")
-        self.check(where, data, tag.decode(errors="replace"))
+        data = stored[:at] + b"}"
+        self.check(where, data, stored[at + len(TAG_MEMBER) : -len(TAG_END)].decode(errors="replace"))
         return data
 
     def check(self, where: str, data: bytes, tag: str | None) -> None:

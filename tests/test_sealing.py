@@ -69,7 +69,7 @@ async def test_forged_advisories_do_not_fail_or_move_anyones_job(nats_server, ga
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
     jobs_kv = await js.key_value(names.JOBS_BUCKET)
-    seq = json.loads((await jobs_kv.get(names.job_key(user, job["job_id"]))).value.split(b"\n")[0])["stream_seq"]
+    seq = json.loads((await jobs_kv.get(names.job_key(user, job["job_id"]))).value)["stream_seq"]
     # When advisories name its sequence on the wrong consumer, on a consumer that
     # is no lane's, and its lane's consumer for an unsealed copy of the message
     unsealed = codec.encode(JobMessage(job_id=job["job_id"], owner=user, queue_owner=names.SHARED, lane=Lane.CPU,
