@@ -17,9 +17,8 @@ import httpx
 from ops.embedded_nats import NatsServer, free_port
 from schemas.jobs import TERMINAL
 
-TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
-if not TESTDATA.is_dir():  # a fresh clone has shared/ beside the repo
-    TESTDATA = Path(os.environ.get("GPUBUS_TESTDATA", "../shared/testdata")).resolve()
+REPO = Path(__file__).resolve().parents[1]
+TESTDATA = REPO / "tests" / "data"  # speech fixtures (WAV, MP4, expected .txt), part of the repository
 ADMIN_TOKEN = "adm_test_token_0123456789"
 
 
