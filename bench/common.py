@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 
 from ops.embedded_nats import NatsServer
-from tests.harness import Gateway, Proc, start_node
+from testkit.harness import Gateway, Proc, start_node
 
 REPO = Path(__file__).resolve().parents[1]
 

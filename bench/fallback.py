@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from bench import common
-from tests.harness import TESTDATA, Proc, start_node, submit_file, wait_job, wait_until
+from testkit.harness import TESTDATA, Proc, start_node, submit_file, wait_job, wait_until
 
 NO_FALLBACK_EXIT = 3
 POLL_S = 0.05

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench import common
 from processors import model_paths
-from tests.harness import TESTDATA, submit_file, wait_job
+from testkit.harness import TESTDATA, submit_file, wait_job
 
 
 def concatenate(src: Path, dest: Path, times: int) -> Path:
