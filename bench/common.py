@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import platform
 import signal
 import statistics
@@ -29,22 +28,9 @@ from typing import Any
 import psutil
 
 from ops.embedded_nats import NatsServer
-from tests.harness import ADMIN_TOKEN, Gateway, Proc, start_node
+from testkit.harness import ADMIN_TOKEN, Gateway, Proc, start_node
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def testdata_dir() -> Path:
-    """The shared speech fixtures: GPUBUS_TESTDATA, else a `shared/testdata`
-    beside any parent of the repo (worktrees sit deeper than a clone)."""
-    env = os.environ.get("GPUBUS_TESTDATA")
-    if env:
-        return Path(env)
-    for parent in REPO.parents:
-        cand = parent / "shared" / "testdata"
-        if cand.is_dir():
-            return cand
-    raise SystemExit("no shared/testdata found; set GPUBUS_TESTDATA")
 
 
 def clip_wav(src: Path, dest: Path, seconds: float) -> Path:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from bench import common
-from tests.harness import Proc, start_node, submit_file, wait_job, wait_until
+from testkit.harness import TESTDATA, Proc, start_node, submit_file, wait_job, wait_until
 
 NO_FALLBACK_EXIT = 3
 POLL_S = 0.05
@@ -74,7 +74,7 @@ def main() -> int:
     p.add_argument("--clip", type=float, default=0.0, help="use only the first N seconds of long.wav")
     args = p.parse_args()
     rep = common.Report("fallback")
-    src = common.testdata_dir() / "long.wav"
+    src = TESTDATA / "long.wav"
     with common.workdir(args.workdir) as root, common.nats_server(root, sync=args.nats_sync) as server:
         if args.clip:
             src = common.clip_wav(src, root / "clip.wav", args.clip)

@@ -39,7 +39,7 @@ import httpx
 from bus.connection import connect
 from ops.embedded_nats import NatsCluster, NatsServer
 from schemas import names
-from tests.harness import TESTDATA, Gateway, Proc, start_node
+from testkit.harness import TESTDATA, Gateway, Proc, start_node
 
 UPLOAD = "upload"
 NOOP = "noop"

@@ -32,7 +32,7 @@ from nats.js.api import ObjectMeta, ObjectMetaOptions
 from bench import common
 from bus import objects
 from schemas import names
-from tests.harness import wait_job
+from testkit.harness import wait_job
 
 MIB = 2**20
 RAW_BUCKET = "rawbench"

@@ -1,6 +1,6 @@
 """Benchmark 3: what a node costs on top of the model.
 
-The same audio (shared testdata long.wav, and a longer file made by
+The same audio (tests/data/long.wav, and a longer file made by
 concatenating it) through a real `gpubus cpu-node` (upload through the
 gateway, queue, fetch, decode, transcribe, store the result, record
 succeeded) against bare faster-whisper in this process with the same model
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench import common
 from processors import model_paths
-from tests.harness import submit_file, wait_job
+from testkit.harness import TESTDATA, submit_file, wait_job
 
 
 def concatenate(src: Path, dest: Path, times: int) -> Path:
@@ -84,7 +84,7 @@ def main() -> int:
     p.add_argument("--clip", type=float, default=0.0, help="use only the first N seconds of long.wav (smoke tests)")
     args = p.parse_args()
     rep = common.Report("transcription")
-    long_wav = common.testdata_dir() / "long.wav"
+    long_wav = TESTDATA / "long.wav"
     with common.workdir(args.workdir) as root:
         if args.clip:
             long_wav = common.clip_wav(long_wav, root / "clip.wav", args.clip)

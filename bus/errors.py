@@ -11,12 +11,6 @@ class BusError(GpubusError):
     code = "BUS_ERROR"
 
 
-class TopologyError(BusError):
-    """A stream, consumer or bucket could not be created or does not match."""
-
-    code = "TOPOLOGY_ERROR"
-
-
 class BusUnavailable(Unavailable):
     """NATS stayed away past the bound; nothing was accepted."""
 

@@ -160,9 +160,6 @@ class Materializer:
             return
         await asyncio.gather(*(m.ack() for m in msgs))
 
-    async def apply(self, ev: JobEvent) -> JobRecord:
-        return await self.apply_all([ev])
-
     async def apply_all(self, events: list[JobEvent]) -> JobRecord:
         """Events of one job, in order, in one compare-and-set."""
         before: dict[str, JobRecord] = {}

@@ -92,10 +92,6 @@ class Settings(BaseSettings):
         return [_without_userinfo(u.strip()) for u in urls if u.strip()]
 
     @property
-    def max_upload_bytes(self) -> int:
-        return self.max_upload_mb * 1024 * 1024
-
-    @property
     def download_max_bytes(self) -> int:
         return self.download_max_mb * 1024 * 1024
 

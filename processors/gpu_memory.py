@@ -17,7 +17,6 @@ from schemas.errors import JobRetryable
 log = logging.getLogger("gpubus.processors.gpu_memory")
 
 GPU_OUT_OF_MEMORY = "GPU_OUT_OF_MEMORY"
-OOM_NAK_DELAY_S = 1.0
 # CTranslate2 raises RuntimeError("CUDA failed with error out of memory") or
 # a cuBLAS/cuDNN allocation failure; torch raises torch.cuda.OutOfMemoryError
 # (a RuntimeError) with "CUDA out of memory".

@@ -5,14 +5,13 @@ queues never mix."""
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ops.embedded_nats import NatsAuth, NatsServer
-from tests.harness import Gateway, Proc, start_node
+from tests.harness import REPO, TESTDATA, Gateway, Proc, start_node
 
 _users = itertools.count()
 
@@ -59,4 +58,4 @@ def fresh_nats(tmp_path: Path) -> Iterator[NatsServer]:
 
 
 def pytest_report_header(config) -> str:
-    return f"gpubus tests; GPUBUS_TESTDATA={os.environ.get('GPUBUS_TESTDATA', 'auto')}"
+    return f"gpubus tests; speech fixtures in {TESTDATA.relative_to(REPO)}/"
