@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     nats_issuer_seed: SecretStr | None = Field(
         None, description="account nkey seed that signs auth callout answers; set = nodes get scoped NATS identities"
     )
+    nats_xkey_seed: SecretStr | None = Field(
+        None, description="curve seed (SX...) of the auth callout: the server seals requests to its public key"
+    )
     nats_system_url: SecretStr | None = Field(
         None, description="NATS system account URL (with credentials): lets the gateway disconnect revoked nodes"
     )

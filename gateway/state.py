@@ -75,6 +75,7 @@ class GatewayState:
                 self.nc, self.keys, issuer_seed=s.nats_issuer_seed.get_secret_value(),
                 admin_token=lambda: s.admin_token.get_secret_value() if s.admin_token else None,
                 system_nc=self.system_nc,
+                xkey_seed=s.nats_xkey_seed.get_secret_value() if s.nats_xkey_seed else None,
             )
             await self.auth_callout.start()
         self.materializer = Materializer(self.js, self.jobs, self.metrics, on_released=self.router.released)

@@ -23,7 +23,7 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from schemas.errors import GpubusError
@@ -80,26 +80,38 @@ class NatsAuth:
     system_password: str
     service_user: str = "gpubus"
     system_user: str = "gpubus-sys"
+    xkey_seed: str | None = None  # the callout's curve key: requests and answers are sealed (bus/xkeys.py)
 
     @classmethod
     def generate(cls) -> NatsAuth:
+        from bus import xkeys
         from bus.nats_jwt import new_account_seed
 
         return cls(
             service_password=_password(),
             issuer_seed=new_account_seed(),
             system_password=_password(),
+            xkey_seed=xkeys.new_seed(),
         )
 
     @classmethod
     def load_or_create(cls, path: Path) -> NatsAuth:
         """Kept in the data dir (0600) so `gpubus up` restarts with the same identity."""
         if path.exists():
-            return cls(**json.loads(path.read_text()))
-        auth = cls.generate()
+            auth = cls(**json.loads(path.read_text()))
+            if auth.xkey_seed:
+                return auth
+            auth = replace(auth, xkey_seed=cls.generate().xkey_seed)  # a data dir from before xkey
+        else:
+            auth = cls.generate()
         path.write_text(json.dumps(asdict(auth)))
         path.chmod(0o600)
         return auth
+
+    def _xkey_line(self) -> str:
+        from bus import xkeys
+
+        return f'    xkey: "{xkeys.public_key(self.xkey_seed)}"\n' if self.xkey_seed else ""
 
     def config_text(self) -> str:
         from bus.nats_jwt import public_key
@@ -113,6 +125,7 @@ class NatsAuth:
             "authorization {\n  auth_callout {\n"
             f'    issuer: "{public_key(self.issuer_seed)}"\n'
             f'    auth_users: [ "{self.service_user}", "{self.system_user}" ]\n'
+            f"{self._xkey_line()}"
             "    account: APP\n  }\n}\n"
         )
 

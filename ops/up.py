@@ -80,6 +80,7 @@ async def run(settings: Settings, *, nats_port: int, cluster: int = 1) -> None:
             "nats_url": nats.url,
             "nats_public_url": nats.public_url,
             "nats_issuer_seed": SecretStr(auth.issuer_seed),
+            "nats_xkey_seed": SecretStr(auth.xkey_seed) if auth.xkey_seed else None,
             "nats_system_url": SecretStr(nats.system_url or ""),
             "admin_token": SecretStr(token),
             "gateway_url": gateway_url,
