@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from bus.connection import close, connect
 from bus.metrics import GpuSource, NodeMetrics
 from bus.node_runtime import NodeRuntime, new_node_id
 from bus.settings import Settings
+from bus.tls import gateway_context, nats_context
 from schemas.errors import GpubusError, InvalidInput, Unauthorized
 from schemas.names import Lane
 from schemas.processing import Processor
@@ -37,6 +39,7 @@ class NodeIdentity:
     nats_servers: list[str]
     secret: str  # presented to NATS as the token; auth callout maps it to permissions
     inbox_prefix: str
+    nats_tls: ssl.SSLContext | None = None  # verifies NATS: the operator's CA file, else the gateway's word
 
 
 class NodeCutOff(GpubusError):
@@ -58,7 +61,11 @@ async def bootstrap(settings: Settings, lane: Lane, *, shared: bool) -> NodeIden
     if secret is None:
         what = "GPUBUS_ADMIN_TOKEN (service identity)" if shared else "GPUBUS_API_KEY (a key with the node role)"
         raise InvalidInput(f"a {'shared' if shared else 'user'} node needs {what}")
-    async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=15) as client:
+    verify = await asyncio.to_thread(
+        gateway_context, settings.gateway_url, ca_file=settings.tls_ca_file, pin=settings.gateway_fingerprint,
+        allow_insecure=settings.allow_insecure,
+    )
+    async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=15, verify=verify or True) as client:
         r = await client.post(
             BOOTSTRAP_PATH,
             json={"lane": lane.value, "shared": shared},
@@ -69,12 +76,14 @@ async def bootstrap(settings: Settings, lane: Lane, *, shared: bool) -> NodeIden
     if r.status_code != 200:
         raise BootstrapFailed(f"gateway answered {r.status_code}: {r.text}")
     body = r.json()
+    ca_pem = settings.nats_ca_file.read_text() if settings.nats_ca_file else body.get("nats_ca_pem")
     return NodeIdentity(
         queue_owner=body["queue_owner"],
         lane=Lane(body["lane"]),
         nats_servers=body["nats_servers"],
         secret=secret.get_secret_value(),
         inbox_prefix=body.get("inbox_prefix") or "_INBOX",
+        nats_tls=nats_context(body["nats_servers"], ca_pem=ca_pem),
     )
 
 
@@ -122,7 +131,7 @@ async def start_node(
     lost = asyncio.Event()
     nc = await connect(
         identity.nats_servers, name=node_id, token=identity.secret, inbox_prefix=identity.inbox_prefix,
-        on_closed=lost.set,
+        on_closed=lost.set, tls=identity.nats_tls, allow_insecure=settings.allow_insecure,
     )
     runtime = NodeRuntime(
         nc,

@@ -45,6 +45,21 @@ class Settings(BaseSettings):
         None, description="NATS system account URL (with credentials): lets the gateway disconnect revoked nodes"
     )
 
+    # TLS (ops/tls.py makes the files; README "TLS")
+    nats_ca_file: Path | None = Field(
+        None, description="CA of the NATS servers' certificates: the gateway connects with it and hands it to nodes "
+        "at bootstrap; set on a node, it overrides what the gateway says"
+    )
+    tls_ca_file: Path | None = Field(None, description="CA that verifies the gateway's HTTPS certificate (nodes, CLI)")
+    gateway_fingerprint: str | None = Field(
+        None, description="SHA-256 of the gateway's certificate: trust exactly it (no CA file needed)"
+    )
+    tls_cert_file: Path | None = Field(None, description="the gateway's HTTPS certificate (PEM, chain first)")
+    tls_key_file: Path | None = Field(None, description="the gateway's HTTPS private key")
+    allow_insecure: bool = Field(
+        False, description="allow plaintext NATS/gateway connections beyond loopback (a trusted private network)"
+    )
+
     # Routing and retry policy (seconds where a duration)
     gpu_mode: GpuMode = GpuMode.OPTIONAL
     gpu_ack_wait: float = Field(30.0, gt=0)
