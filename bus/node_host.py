@@ -22,7 +22,7 @@ from bus.connection import close, connect
 from bus.metrics import GpuSource, NodeMetrics
 from bus.node_runtime import NodeRuntime, new_node_id
 from bus.settings import Settings
-from bus.tls import gateway_context, nats_context
+from bus.tls import UntrustedCertificate, gateway_context, nats_context
 from schemas.errors import GpubusError, InvalidInput, Unauthorized
 from schemas.names import Lane
 from schemas.processing import Processor
@@ -65,12 +65,17 @@ async def bootstrap(settings: Settings, lane: Lane, *, shared: bool) -> NodeIden
         gateway_context, settings.gateway_url, ca_file=settings.tls_ca_file, pin=settings.gateway_fingerprint,
         allow_insecure=settings.allow_insecure,
     )
-    async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=15, verify=verify or True) as client:
-        r = await client.post(
-            BOOTSTRAP_PATH,
-            json={"lane": lane.value, "shared": shared},
-            headers={"Authorization": f"Bearer {secret.get_secret_value()}"},
-        )
+    try:
+        async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=15, verify=verify or True) as client:
+            r = await client.post(
+                BOOTSTRAP_PATH,
+                json={"lane": lane.value, "shared": shared},
+                headers={"Authorization": f"Bearer {secret.get_secret_value()}"},
+            )
+    except httpx.ConnectError as e:
+        if isinstance(e.__cause__, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(e):
+            raise UntrustedCertificate(f"gateway {settings.gateway_url} certificate not trusted: {e}") from e
+        raise
     if r.status_code == 401:
         raise Unauthorized(f"gateway refused the node's credentials: {r.text}")
     if r.status_code != 200:
