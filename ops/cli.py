@@ -157,6 +157,7 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 def cmd_nats_auth(args: argparse.Namespace) -> None:
     """Fresh NATS identities for a deployment, as .env lines (ops/deploy)."""
+    from bus import xkeys
     from bus.nats_jwt import public_key
     from ops.embedded_nats import NatsAuth
 
@@ -165,6 +166,8 @@ def cmd_nats_auth(args: argparse.Namespace) -> None:
     print(f"GPUBUS_NATS_SYSTEM_PASSWORD={auth.system_password}")
     print(f"GPUBUS_NATS_ISSUER_SEED={auth.issuer_seed}")
     print(f"GPUBUS_NATS_ISSUER={public_key(auth.issuer_seed)}")
+    print(f"GPUBUS_NATS_XKEY_SEED={auth.xkey_seed}")
+    print(f"GPUBUS_NATS_XKEY={xkeys.public_key(auth.xkey_seed)}")
 
 
 def cmd_doctor(args: argparse.Namespace) -> None:
