@@ -61,21 +61,7 @@ async def bootstrap(settings: Settings, lane: Lane, *, shared: bool) -> NodeIden
     if secret is None:
         what = "GPUBUS_ADMIN_TOKEN (service identity)" if shared else "GPUBUS_API_KEY (a key with the node role)"
         raise InvalidInput(f"a {'shared' if shared else 'user'} node needs {what}")
-    verify = await asyncio.to_thread(
-        gateway_context, settings.gateway_url, ca_file=settings.tls_ca_file, pin=settings.gateway_fingerprint,
-        allow_insecure=settings.allow_insecure,
-    )
-    try:
-        async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=15, verify=verify or True) as client:
-            r = await client.post(
-                BOOTSTRAP_PATH,
-                json={"lane": lane.value, "shared": shared},
-                headers={"Authorization": f"Bearer {secret.get_secret_value()}"},
-            )
-    except httpx.ConnectError as e:
-        if isinstance(e.__cause__, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(e):
-            raise UntrustedCertificate(f"gateway {settings.gateway_url} certificate not trusted: {e}") from e
-        raise
+    r = await _post_bootstrap(settings, {"lane": lane.value, "shared": shared}, secret.get_secret_value())
     if r.status_code == 401:
         raise Unauthorized(f"gateway refused the node's credentials: {r.text}")
     if r.status_code != 200:
@@ -90,6 +76,23 @@ async def bootstrap(settings: Settings, lane: Lane, *, shared: bool) -> NodeIden
         inbox_prefix=body.get("inbox_prefix") or "_INBOX",
         nats_tls=nats_context(body["nats_servers"], ca_pem=ca_pem),
     )
+
+
+async def _post_bootstrap(settings: Settings, body: dict, secret: str) -> httpx.Response:
+    """Over TLS verified as the operator said (CA file or pinned
+    certificate): the answer tells the node which NATS CA to trust."""
+    url = settings.gateway_url or ""
+    verify = await asyncio.to_thread(
+        gateway_context, url, ca_file=settings.tls_ca_file, pin=settings.gateway_fingerprint,
+        allow_insecure=settings.allow_insecure,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=15, verify=verify or True) as client:
+            return await client.post(BOOTSTRAP_PATH, json=body, headers={"Authorization": f"Bearer {secret}"})
+    except httpx.ConnectError as e:
+        if isinstance(e.__cause__, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(e):
+            raise UntrustedCertificate(f"gateway {url} certificate not trusted: {e}") from e
+        raise
 
 
 def start_metrics_server(settings: Settings, registry: CollectorRegistry) -> str:

@@ -18,6 +18,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sysconfig
 import time
@@ -156,7 +157,8 @@ class NatsTls:
             f'    ca_file: "{self.ca_file}"\n    timeout: 5\n  }}\n'
         )
 
-    def context(self):
+    def context(self) -> ssl.SSLContext:
+        """What our own clients verify these servers with."""
         from bus.tls import client_context
 
         return client_context(ca_file=self.ca_file)

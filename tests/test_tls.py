@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import socket
-import ssl
 import stat
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from ops import tls
 from ops.embedded_nats import NatsAuth, NatsCluster, NatsServer, NatsTls, free_port
 from schemas import names
 from schemas.keys import Role
-from tests.harness import TESTDATA, Gateway, Proc, submit_file, wait_job, wait_until, words
+from tests.harness import ADMIN_TOKEN, TESTDATA, Gateway, Proc, base_env, submit_file, wait_job, wait_until, words
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -178,6 +177,41 @@ def test_plaintext_beyond_loopback_is_refused_unless_allowed():
 def test_untrusted_cert_is_a_typed_error_with_a_code():
     assert UntrustedCertificate("x").code == "UNTRUSTED_CERTIFICATE"
     assert InsecureConnection("x").code == "INSECURE_CONNECTION"
+
+
+# -- `gpubus gateway` with operator-supplied files ----------------------------
+
+
+def test_gateway_serves_https_and_hands_nodes_the_nats_ca(tmp_path):
+    # Given the operator's CA, certificate and key, a TLS NATS, and `gpubus gateway` configured by environment
+    files = tls.load_or_create(tmp_path / "tls")
+    server = NatsServer(store_dir=tmp_path / "nats", auth=NatsAuth.generate(),
+                        tls=NatsTls(files.cert_file, files.key_file, files.ca_file)).start()
+    port = free_port()
+    env = base_env(server.url, port=port, nats_ca_file=files.ca_file, tls_cert_file=files.cert_file,
+                   tls_key_file=files.key_file, nats_issuer_seed=server.auth.issuer_seed,
+                   nats_xkey_seed=server.auth.xkey_seed, nats_system_url=server.system_url)
+    gw = Proc(["gateway"], env, tmp_path / "gateway.log").start()
+    ca = client_context(ca_file=files.ca_file)
+    try:
+        def ready() -> bool:
+            try:
+                return httpx.get(f"https://127.0.0.1:{port}/ready", verify=ca, timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, timeout_s=30, what="gateway ready over https", proc=gw)
+        # Then plain HTTP gets nowhere, and the bootstrap answer carries the NATS CA
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2)
+        r = httpx.post(f"https://127.0.0.1:{port}/api/v1/nodes/bootstrap", json={"lane": "cpu", "shared": True},
+                       headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, verify=ca, timeout=10)
+        body = r.json()
+        assert body["nats_ca_pem"] == files.ca_pem and body["nats_ca_sha256"] == fingerprint(files.ca_pem)
+        assert body["nats_servers"] == [server.public_url] and server.public_url.startswith("tls://")
+    finally:
+        gw.stop()
+        server.stop()
 
 
 # -- cluster routes ----------------------------------------------------------
