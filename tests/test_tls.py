@@ -340,3 +340,28 @@ def test_server_refuses_nodes_when_the_callout_cannot_seal_for_it(tmp_path, gate
             asyncio.run(join())
         finally:
             gw.stop()
+
+
+def test_a_data_dir_from_before_xkey_gets_one(tmp_path):
+    # Given nats_auth.json written before the callout was sealed
+    old = NatsAuth.generate()
+    path = tmp_path / "nats_auth.json"
+    path.write_text(json.dumps({k: v for k, v in vars(old).items() if k != "xkey_seed"}))
+    # When `gpubus up` loads it, it keeps the identities and adds a curve key, kept for the next start
+    auth = NatsAuth.load_or_create(path)
+    assert auth.issuer_seed == old.issuer_seed and auth.xkey_seed.startswith("SX")
+    assert NatsAuth.load_or_create(path) == auth and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert f'xkey: "{xkeys.public_key(auth.xkey_seed)}"' in auth.config_text()
+
+
+def test_xkv1_sealing_refuses_tampering_and_other_keys():
+    a, b, c = xkeys.new_seed(), xkeys.new_seed(), xkeys.new_seed()
+    sealed = xkeys.seal(b"request", seed=a, recipient=xkeys.public_key(b))
+    assert sealed[:4] == b"xkv1" and len(sealed) == 4 + 24 + 16 + len(b"request")
+    assert xkeys.open_sealed(sealed, seed=b, sender=xkeys.public_key(a)) == b"request"
+    tampered = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    for bad, seed in ((tampered, b), (sealed, c), (b"request", b)):
+        with pytest.raises(xkeys.XkeyError):
+            xkeys.open_sealed(bad, seed=seed, sender=xkeys.public_key(a))
+    with pytest.raises(xkeys.XkeyError):
+        xkeys.public_key(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT).decode())  # not a curve seed
