@@ -32,7 +32,7 @@ from collections.abc import Callable
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from bus import nats_jwt, node_permissions
+from bus import nats_jwt, node_permissions, xkeys
 from bus.keystore import KeyStore
 from schemas.errors import GpubusError, Unauthorized
 from schemas.keys import KEY_PREFIX, Role
@@ -54,6 +54,7 @@ class AuthCallout:
         issuer_seed: str,
         admin_token: Callable[[], str | None],
         system_nc: NatsClient | None = None,
+        xkey_seed: str | None = None,
     ) -> None:
         self._nc = nc
         self._keys = keys
@@ -61,6 +62,7 @@ class AuthCallout:
         self._issuer = nats_jwt.public_key(issuer_seed)
         self._admin_token = admin_token
         self._system_nc = system_nc
+        self._xkey_seed = xkey_seed  # set = the server seals requests to us and wants sealed answers
         self._granted: dict[str, set[tuple[str, int]]] = {}  # key id -> (server id, client id)
         self._subs: list = []
 
@@ -96,7 +98,8 @@ class AuthCallout:
 
     async def _on_request(self, msg: Msg) -> None:
         try:
-            req = nats_jwt.decode_verified(msg.data.decode())
+            server_xkey = self._server_xkey(msg)
+            req = nats_jwt.decode_verified(self._unseal(msg.data, server_xkey).decode())
         except (Unauthorized, UnicodeDecodeError) as e:
             log.warning("ignoring unverifiable auth request: %s", e)
             return
@@ -114,7 +117,27 @@ class AuthCallout:
         except GpubusError as e:
             reply = self._refuse(user_nkey, server_id, e.message)
             log.warning("nats identity refused (%s): %s", opts.get("name") or "?", e.message)
-        await msg.respond(reply.encode())
+        await msg.respond(self._seal(reply.encode(), server_xkey))
+
+    def _server_xkey(self, msg: Msg) -> str | None:
+        """The server's one-time curve key; with xkey on, a request without
+        one was not sealed by the server and is not answered."""
+        if self._xkey_seed is None:
+            return None
+        key = (msg.headers or {}).get(xkeys.XKEY_HEADER)
+        if not key:
+            raise xkeys.XkeyError("auth request not sealed (no server xkey)")
+        return key
+
+    def _unseal(self, data: bytes, server_xkey: str | None) -> bytes:
+        if self._xkey_seed is None or server_xkey is None:
+            return data
+        return xkeys.open_sealed(data, seed=self._xkey_seed, sender=server_xkey)
+
+    def _seal(self, reply: bytes, server_xkey: str | None) -> bytes:
+        if self._xkey_seed is None or server_xkey is None:
+            return reply
+        return xkeys.seal(reply, seed=self._xkey_seed, recipient=server_xkey)
 
     async def _permissions_for(self, secret: str) -> tuple[str, dict[str, list[str]] | None, str | None]:
         """(name, allow lists, key id); None lists = the service identity's full access."""

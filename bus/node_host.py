@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from bus.metrics import GpuSource, NodeMetrics
 from bus.node_runtime import NodeRuntime, new_node_id
 from bus.sealing import RecordSeal
 from bus.settings import Settings
+from bus.tls import UntrustedCertificate, gateway_context, nats_context
 from schemas.errors import GpubusError, InvalidInput, Unauthorized
 from schemas.names import Lane
 from schemas.processing import Processor
@@ -40,6 +42,7 @@ class NodeIdentity:
     secret: str  # presented to NATS as the token; auth callout maps it to permissions
     inbox_prefix: str
     js_api_prefix: str  # where this node's account sees the JetStream API
+    nats_tls: ssl.SSLContext | None = None  # verifies NATS: the operator's CA file, else the gateway's word
 
 
 class NodeCutOff(GpubusError):
@@ -61,17 +64,13 @@ async def bootstrap(settings: Settings, lane: Lane, *, shared: bool) -> NodeIden
     if secret is None:
         what = "GPUBUS_ADMIN_TOKEN (service identity)" if shared else "GPUBUS_API_KEY (a key with the node role)"
         raise InvalidInput(f"a {'shared' if shared else 'user'} node needs {what}")
-    async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=15) as client:
-        r = await client.post(
-            BOOTSTRAP_PATH,
-            json={"lane": lane.value, "shared": shared},
-            headers={"Authorization": f"Bearer {secret.get_secret_value()}"},
-        )
+    r = await _post_bootstrap(settings, {"lane": lane.value, "shared": shared}, secret.get_secret_value())
     if r.status_code == 401:
         raise Unauthorized(f"gateway refused the node's credentials: {r.text}")
     if r.status_code != 200:
         raise BootstrapFailed(f"gateway answered {r.status_code}: {r.text}")
     body = r.json()
+    ca_pem = settings.nats_ca_file.read_text() if settings.nats_ca_file else body.get("nats_ca_pem")
     return NodeIdentity(
         queue_owner=body["queue_owner"],
         lane=Lane(body["lane"]),
@@ -79,7 +78,25 @@ async def bootstrap(settings: Settings, lane: Lane, *, shared: bool) -> NodeIden
         secret=secret.get_secret_value(),
         inbox_prefix=body.get("inbox_prefix") or "_INBOX",
         js_api_prefix=body.get("js_api_prefix") or node_permissions.JS_API,
+        nats_tls=nats_context(body["nats_servers"], ca_pem=ca_pem),
     )
+
+
+async def _post_bootstrap(settings: Settings, body: dict, secret: str) -> httpx.Response:
+    """Over TLS verified as the operator said (CA file or pinned
+    certificate): the answer tells the node which NATS CA to trust."""
+    url = settings.gateway_url or ""
+    verify = await asyncio.to_thread(
+        gateway_context, url, ca_file=settings.tls_ca_file, pin=settings.gateway_fingerprint,
+        allow_insecure=settings.allow_insecure,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=15, verify=verify or True) as client:
+            return await client.post(BOOTSTRAP_PATH, json=body, headers={"Authorization": f"Bearer {secret}"})
+    except httpx.ConnectError as e:
+        if isinstance(e.__cause__, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(e):
+            raise UntrustedCertificate(f"gateway {url} certificate not trusted: {e}") from e
+        raise
 
 
 def start_metrics_server(settings: Settings, registry: CollectorRegistry) -> str:
@@ -126,7 +143,7 @@ async def start_node(
     lost = asyncio.Event()
     nc = await connect(
         identity.nats_servers, name=node_id, token=identity.secret, inbox_prefix=identity.inbox_prefix,
-        on_closed=lost.set,
+        on_closed=lost.set, tls=identity.nats_tls, allow_insecure=settings.allow_insecure,
     )
     runtime = NodeRuntime(
         nc,

@@ -41,8 +41,26 @@ class Settings(BaseSettings):
     state_key: SecretStr | None = Field(
         None, description="secret the trusted side seals key/job records and job messages with; default: admin_token"
     )
+    nats_xkey_seed: SecretStr | None = Field(
+        None, description="curve seed (SX...) of the auth callout: the server seals requests to its public key"
+    )
     nats_system_url: SecretStr | None = Field(
         None, description="NATS system account URL (with credentials): lets the gateway disconnect revoked nodes"
+    )
+
+    # TLS (ops/tls.py makes the files; README "TLS")
+    nats_ca_file: Path | None = Field(
+        None, description="CA of the NATS servers' certificates: the gateway connects with it and hands it to nodes "
+        "at bootstrap; set on a node, it overrides what the gateway says"
+    )
+    tls_ca_file: Path | None = Field(None, description="CA that verifies the gateway's HTTPS certificate (nodes, CLI)")
+    gateway_fingerprint: str | None = Field(
+        None, description="SHA-256 of the gateway's certificate: trust exactly it (no CA file needed)"
+    )
+    tls_cert_file: Path | None = Field(None, description="the gateway's HTTPS certificate (PEM, chain first)")
+    tls_key_file: Path | None = Field(None, description="the gateway's HTTPS private key")
+    allow_insecure: bool = Field(
+        False, description="allow plaintext NATS/gateway connections beyond loopback (a trusted private network)"
     )
 
     # Routing and retry policy (seconds where a duration)

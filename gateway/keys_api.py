@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from bus import node_permissions
+from bus.tls import fingerprint
 from gateway import auth
 from gateway.auth import Principal
 from gateway.state import GatewayState
@@ -120,4 +121,16 @@ async def bootstrap_node(request: Request, body: Bootstrap, p: Anyone) -> dict[s
             if queue_owner != names.SHARED and st.auth_callout is not None
             else node_permissions.JS_API
         ),
+        **_nats_ca(st),
     }
+
+
+def _nats_ca(st: GatewayState) -> dict[str, str]:
+    """The CA a node verifies NATS with: it trusts the gateway (verified by
+    its own CA file or pin), so it can learn the NATS CA from it. Read per
+    request, so a rotated CA file reaches the next node without a restart."""
+    path = st.settings.nats_ca_file
+    if path is None:
+        return {}
+    pem = path.read_text()
+    return {"nats_ca_pem": pem, "nats_ca_sha256": fingerprint(pem)}

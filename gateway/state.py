@@ -24,6 +24,7 @@ from bus.publisher import JobPublisher
 from bus.registry import LiveNodes
 from bus.sealing import RecordSeal
 from bus.settings import Settings
+from bus.tls import nats_context
 from schemas import names
 from schemas.names import Lane
 
@@ -55,7 +56,7 @@ class GatewayState:
 
     async def start(self) -> None:
         s = self.settings
-        self.nc = await connect(s.nats_servers, name="gpubus-gateway", on_reconnect=self._reconnected)
+        self.nc = await connect(s.nats_servers, name="gpubus-gateway", on_reconnect=self._reconnected, **self._nats_tls())
         self.js = self.nc.jetstream()
         await topology.ensure_core(self.js, s)
         seal = RecordSeal.from_settings(s)
@@ -73,12 +74,14 @@ class GatewayState:
         if s.nats_issuer_seed is not None:
             if s.nats_system_url is not None:
                 self.system_nc = await connect(
-                    [u.strip() for u in s.nats_system_url.get_secret_value().split(",")], name="gpubus-gateway-sys"
+                    [u.strip() for u in s.nats_system_url.get_secret_value().split(",")], name="gpubus-gateway-sys",
+                    **self._nats_tls(),
                 )
             self.auth_callout = AuthCallout(
                 self.nc, self.keys, issuer_seed=s.nats_issuer_seed.get_secret_value(),
                 admin_token=lambda: s.admin_token.get_secret_value() if s.admin_token else None,
                 system_nc=self.system_nc,
+                xkey_seed=s.nats_xkey_seed.get_secret_value() if s.nats_xkey_seed else None,
             )
             await self.auth_callout.start()
         self.materializer = Materializer(self.js, self.jobs, self.metrics, on_released=self.router.released)
@@ -89,6 +92,11 @@ class GatewayState:
         await self.lag.start()
         self.ready = True
         log.info("gateway connected to %s; topology ready", ",".join(s.nats_servers))
+
+    def _nats_tls(self) -> dict:
+        """TLS to NATS with the operator's CA (the one nodes are handed)."""
+        s = self.settings
+        return {"tls": nats_context(s.nats_servers, ca_file=s.nats_ca_file), "allow_insecure": s.allow_insecure}
 
     def _reconnected(self) -> None:
         if hasattr(self, "nodes"):

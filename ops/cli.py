@@ -22,19 +22,26 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     return Settings(**updates) if updates else Settings()
 
 
-def _client_config(settings: Settings, *, admin: bool = False) -> tuple[str, str | None]:
-    """Environment first, then the `up.json` a local `gpubus up` wrote."""
+def _client(settings: Settings, *, admin: bool = False) -> GatewayClient:
+    """Environment first, then the `up.json` a local `gpubus up` wrote (its
+    URL, key and, with --tls, the CA that verifies the gateway)."""
+    from bus.tls import gateway_context
+
     url = settings.gateway_url
     token = (settings.admin_token if admin else settings.api_key)
     secret = token.get_secret_value() if token else None
+    ca_file = settings.tls_ca_file
     up_json = settings.data_dir / "up.json"
     if (url is None or secret is None) and up_json.exists():
         info = json.loads(up_json.read_text())
         url = url or info.get("gateway_url")
         secret = secret or info.get("admin_token" if admin else "api_key")
+        ca_file = ca_file or (Path(info["tls_ca_file"]) if info.get("tls_ca_file") else None)
     if url is None:
         raise SystemExit("no gateway: set GPUBUS_GATEWAY_URL (or run `gpubus up` here)")
-    return url, secret
+    verify = gateway_context(url, ca_file=ca_file, pin=settings.gateway_fingerprint,
+                             allow_insecure=settings.allow_insecure)
+    return GatewayClient(url, secret, verify=verify)
 
 
 def cmd_up(args: argparse.Namespace) -> None:
@@ -43,33 +50,54 @@ def cmd_up(args: argparse.Namespace) -> None:
     from ops import up
 
     s = _settings(args, port=args.port, data_dir=args.data_dir, host=args.host)
-    asyncio.run(up.run(s, nats_port=args.nats_port, cluster=args.cluster))
+    asyncio.run(up.run(s, nats_port=args.nats_port, cluster=args.cluster, tls=args.tls))
 
 
 def cmd_gateway(args: argparse.Namespace) -> None:
     import uvicorn
 
     from gateway.app import create_app
+    from ops.tls import uvicorn_options
 
     s = _settings(args, port=args.port, host=args.host)
-    uvicorn.run(create_app(s), host=s.host, port=s.port, log_config=None, timeout_graceful_shutdown=30)
+    uvicorn.run(create_app(s), host=s.host, port=s.port, log_config=None, timeout_graceful_shutdown=30,
+                **uvicorn_options(s))
+
+
+def _node_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    return _settings(
+        args, gateway_url=args.gateway, api_key=args.api_key, tls_ca_file=args.gateway_ca,
+        gateway_fingerprint=args.gateway_fingerprint, nats_ca_file=args.nats_ca,
+        allow_insecure=args.allow_insecure or None, **overrides,
+    )
 
 
 def cmd_gpu_node(args: argparse.Namespace) -> None:
     from gpu_node.main import main
 
-    main(_settings(args, device=args.device, gateway_url=args.gateway, api_key=args.api_key))
+    main(_node_settings(args, device=args.device))
 
 
 def cmd_cpu_node(args: argparse.Namespace) -> None:
     from cpu_node.main import main
 
-    main(_settings(args, gateway_url=args.gateway, api_key=args.api_key), shared=args.shared)
+    main(_node_settings(args), shared=args.shared)
+
+
+def cmd_tls_init(args: argparse.Namespace) -> None:
+    """A CA and a server certificate for a deployment (ops/deploy), as files
+    and the .env lines that point at them."""
+    from ops import tls
+
+    files = tls.load_or_create(args.dir, args.name)
+    print(f"# CA {files.ca_file} (give it to nodes: --gateway-ca), key {args.dir / tls.CA_KEY} (keep it here)")
+    print(f"# server certificate for {', '.join([*tls.DEFAULT_NAMES, *args.name])}")
+    print(f"GPUBUS_TLS_DIR={args.dir.resolve()}")
+    print(f"GPUBUS_GATEWAY_FINGERPRINT={files.cert_sha256}")
 
 
 def cmd_keys(args: argparse.Namespace) -> None:
-    url, token = _client_config(Settings(), admin=True)
-    c = GatewayClient(url, token)
+    c = _client(Settings(), admin=True)
     if args.keys_cmd == "create":
         roles = args.role or ["user"]
         body = {"user_id": args.user, "roles": roles, "description": args.description or ""}
@@ -86,8 +114,7 @@ def cmd_keys(args: argparse.Namespace) -> None:
 def cmd_submit(args: argparse.Namespace) -> None:
     from ops import progress
 
-    url, key = _client_config(Settings())
-    c = GatewayClient(url, key)
+    c = _client(Settings())
     options = json.loads(args.options) if args.options else {}
     flags = {"language": args.language, "task": args.task, "model": args.model, "initial_prompt": args.prompt}
     options.update({k: v for k, v in flags.items() if v is not None})
@@ -109,8 +136,7 @@ def cmd_submit(args: argparse.Namespace) -> None:
 
 
 def cmd_jobs(args: argparse.Namespace) -> None:
-    url, key = _client_config(Settings())
-    c = GatewayClient(url, key)
+    c = _client(Settings())
     if args.jobs_cmd == "list":
         for j in c.jobs(args.status, args.limit):
             err = (j.get("error") or {}).get("code", "")
@@ -126,12 +152,12 @@ def cmd_jobs(args: argparse.Namespace) -> None:
 def cmd_status(args: argparse.Namespace) -> None:
     from ops import progress
 
-    url, key = _client_config(Settings())
-    progress.status(GatewayClient(url, key), watch=args.watch)
+    progress.status(_client(Settings()), watch=args.watch)
 
 
 def cmd_nats_auth(args: argparse.Namespace) -> None:
     """Fresh NATS identities for a deployment, as .env lines (ops/deploy)."""
+    from bus import xkeys
     from bus.nats_jwt import public_key
     from ops.embedded_nats import NatsAuth
 
@@ -141,6 +167,8 @@ def cmd_nats_auth(args: argparse.Namespace) -> None:
         "system-password": auth.system_password,
         "issuer-seed": auth.issuer_seed,
         "issuer": public_key(auth.issuer_seed),
+        "xkey-seed": auth.xkey_seed,
+        "xkey": xkeys.public_key(auth.xkey_seed),
     }
     if args.k8s:  # the Secret ops/deploy/k8s reads (NATS pods and the gateway)
         import json
@@ -173,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cluster", type=int, default=1, choices=range(1, 6), metavar="N",
         help="run N embedded nats-servers as one JetStream cluster, replicas N (default 1: a single server)",
     )
+    up.add_argument("--tls", action="store_true",
+                    help="TLS on NATS (clients and routes) and HTTPS on the gateway, from a CA in <data-dir>/tls")
     up.set_defaults(fn=cmd_up)
 
     gw = sub.add_parser("gateway", help="the REST gateway")
@@ -184,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
         n = sub.add_parser(name, help=f"a {name.split('-')[0].upper()} node")
         n.add_argument("--gateway", help="gateway URL (GPUBUS_GATEWAY_URL)")
         n.add_argument("--api-key", help="a key with the node role (GPUBUS_API_KEY)")
+        n.add_argument("--gateway-ca", type=Path, help="CA file that verifies the https gateway (GPUBUS_TLS_CA_FILE)")
+        n.add_argument("--gateway-fingerprint", help="or pin the gateway's certificate by SHA-256 (GPUBUS_GATEWAY_FINGERPRINT)")
+        n.add_argument("--nats-ca", type=Path, help="CA of NATS; default: the one the gateway gives (GPUBUS_NATS_CA_FILE)")
+        n.add_argument("--allow-insecure", action="store_true",
+                       help="allow plaintext to a non-loopback gateway or NATS (GPUBUS_ALLOW_INSECURE)")
         if name == "gpu-node":
             n.add_argument("--device", choices=["auto", "cuda", "cpu"], help="cpu: tests only")
         else:
@@ -232,6 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="live nodes and queues")
     st.add_argument("--watch", action="store_true")
     st.set_defaults(fn=cmd_status)
+
+    tls = sub.add_parser("tls", help="certificates for TLS (ops/tls.py)")
+    ts = tls.add_subparsers(dest="tls_cmd", required=True)
+    ti = ts.add_parser("init", help="a CA and a server certificate in DIR (kept if they exist and cover the names)")
+    ti.add_argument("--dir", type=Path, default=Path("tls"))
+    ti.add_argument("--name", action="append", default=[], help="a DNS name or IP the servers are reached at (repeat)")
+    ti.set_defaults(fn=cmd_tls_init)
 
     sub.add_parser("doctor", help="check this machine and the configuration").set_defaults(fn=cmd_doctor)
     na = sub.add_parser("nats-auth", help="print fresh NATS auth secrets for a deployment's .env")

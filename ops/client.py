@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -49,9 +50,12 @@ class _CountingReader:
 
 
 class GatewayClient:
-    def __init__(self, base_url: str, token: str | None, *, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, base_url: str, token: str | None, *, timeout_s: float = 60.0, verify: ssl.SSLContext | None = None
+    ) -> None:
+        """`verify`: how HTTPS is checked (bus.tls.gateway_context); None = the system's trust store."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s)
+        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s, verify=verify or True)
 
     def close(self) -> None:
         self.http.close()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import httpx
 
 from bus.settings import Settings
+from bus.tls import gateway_context
 from gpu_node import device
 from ops.embedded_nats import NatsServerError, server_binary, server_version
 from processors import model_paths
+from schemas.errors import GpubusError
 
 
 def run(settings: Settings) -> int:
@@ -32,8 +34,10 @@ def run(settings: Settings) -> int:
     print(f"[info] CUDA devices: {n}" + ("" if n else " (GPU nodes need --device cpu here)"))
     if settings.gateway_url:
         try:
-            r = httpx.get(f"{settings.gateway_url}/ready", timeout=5)
+            verify = gateway_context(settings.gateway_url, ca_file=settings.tls_ca_file,
+                                     pin=settings.gateway_fingerprint, allow_insecure=settings.allow_insecure)
+            r = httpx.get(f"{settings.gateway_url}/ready", timeout=5, verify=verify or True)
             check("gateway", r.status_code == 200, f"{settings.gateway_url}/ready -> {r.status_code}")
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, GpubusError, OSError) as e:  # unreachable, untrusted or plaintext refused
             check("gateway", False, f"{settings.gateway_url}: {e}")
     return 1 if problems else 0

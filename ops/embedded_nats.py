@@ -18,12 +18,13 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sysconfig
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ops import nats_conf
@@ -81,26 +82,38 @@ class NatsAuth:
     system_password: str
     service_user: str = "gpubus"
     system_user: str = "gpubus-sys"
+    xkey_seed: str | None = None  # the callout's curve key: requests and answers are sealed (bus/xkeys.py)
 
     @classmethod
     def generate(cls) -> NatsAuth:
+        from bus import xkeys
         from bus.nats_jwt import new_account_seed
 
         return cls(
             service_password=_password(),
             issuer_seed=new_account_seed(),
             system_password=_password(),
+            xkey_seed=xkeys.new_seed(),
         )
 
     @classmethod
     def load_or_create(cls, path: Path) -> NatsAuth:
         """Kept in the data dir (0600) so `gpubus up` restarts with the same identity."""
         if path.exists():
-            return cls(**json.loads(path.read_text()))
-        auth = cls.generate()
+            auth = cls(**json.loads(path.read_text()))
+            if auth.xkey_seed:
+                return auth
+            auth = replace(auth, xkey_seed=cls.generate().xkey_seed)  # a data dir from before xkey
+        else:
+            auth = cls.generate()
         path.write_text(json.dumps(asdict(auth)))
         path.chmod(0o600)
         return auth
+
+    def _xkey_line(self) -> str:
+        from bus import xkeys
+
+        return f'    xkey: "{xkeys.public_key(self.xkey_seed)}"\n' if self.xkey_seed else ""
 
     def config_text(self) -> str:
         from bus import node_permissions
@@ -115,8 +128,42 @@ class NatsAuth:
             "authorization {\n  auth_callout {\n"
             f'    issuer: "{public_key(self.issuer_seed)}"\n'
             f'    auth_users: [ "{self.service_user}", "{self.system_user}" ]\n'
+            f"{self._xkey_line()}"
             f"    account: {node_permissions.APP_ACCOUNT}\n  }}\n}}\n"
         )
+
+
+@dataclass(frozen=True)
+class NatsTls:
+    """TLS on client connections and cluster routes (files from ops/tls.py
+    or the operator). Kept apart from `NatsAuth`: who may connect and how
+    the connection is protected change independently."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+    def client_block(self) -> str:
+        """Handshake first: no plaintext INFO a client could be fooled by,
+        and a plaintext client gets nothing (bus/tls.py)."""
+        return (
+            f'tls {{\n  cert_file: "{self.cert_file}"\n  key_file: "{self.key_file}"\n'
+            f'  ca_file: "{self.ca_file}"\n  handshake_first: true\n  timeout: 5\n}}\n'
+        )
+
+    def route_block(self) -> str:
+        """Routes verify each other against the CA (nats-server requires a
+        client certificate on routes when TLS is on)."""
+        return (
+            f'  tls {{\n    cert_file: "{self.cert_file}"\n    key_file: "{self.key_file}"\n'
+            f'    ca_file: "{self.ca_file}"\n    timeout: 5\n  }}\n'
+        )
+
+    def context(self) -> ssl.SSLContext:
+        """What our own clients verify these servers with."""
+        from bus.tls import client_context
+
+        return client_context(ca_file=self.ca_file)
 
 
 @dataclass
@@ -131,6 +178,7 @@ class NatsServer:
     http_port: int = 0  # monitoring endpoint (/healthz, /jsz); 0 = none
     extra_config: str = ""
     auth: NatsAuth | None = None
+    tls: NatsTls | None = None
     proc: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
@@ -141,21 +189,25 @@ class NatsServer:
     @property
     def public_url(self) -> str:
         """For nodes, who authenticate with their own key."""
-        return f"nats://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    @property
+    def scheme(self) -> str:
+        return "tls" if self.tls else "nats"
 
     @property
     def system_url(self) -> str | None:
         """The system account (for the gateway to disconnect revoked nodes)."""
         if self.auth is None:
             return None
-        return f"nats://{self.auth.system_user}:{self.auth.system_password}@{self.host}:{self.port}"
+        return f"{self.scheme}://{self.auth.system_user}:{self.auth.system_password}@{self.host}:{self.port}"
 
     @property
     def url(self) -> str:
         """For the gateway side: with the service identity when auth is on."""
         if self.auth is None:
             return self.public_url
-        return f"nats://{self.auth.service_user}:{self.auth.service_password}@{self.host}:{self.port}"
+        return f"{self.scheme}://{self.auth.service_user}:{self.auth.service_password}@{self.host}:{self.port}"
 
     @property
     def config_path(self) -> Path:
@@ -176,14 +228,15 @@ class NatsServer:
             routes = ", ".join(f'"{r}"' for r in self.routes)
             cluster = (
                 f"cluster {{\n  name: {self.cluster_name}\n  listen: {self.host}:{self.cluster_port}\n"
-                f"  routes: [{routes}]\n}}\n"
+                f"  routes: [{routes}]\n{self.tls.route_block() if self.tls else ''}}}\n"
             )
         return (
             f"server_name: {self.server_name}\n"
             f"listen: {self.host}:{self.port}\n"
             f"max_payload: 8MB\n"
             f"jetstream {{\n  store_dir: \"{self.store_dir / 'js'}\"\n  sync_interval: always\n}}\n"
-            f"{monitor}{cluster}{self.auth.config_text() if self.auth else ''}{self.extra_config}"
+            f"{monitor}{cluster}{self.tls.client_block() if self.tls else ''}"
+            f"{self.auth.config_text() if self.auth else ''}{self.extra_config}"
         )
 
     def start(self) -> NatsServer:
@@ -205,12 +258,19 @@ class NatsServer:
             if self.proc is not None and self.proc.poll() is not None:
                 raise NatsServerError(f"nats-server exited ({self.proc.returncode}); see {self.log_path}")
             try:
-                with socket.create_connection((self.host, self.port), timeout=0.5) as s:
-                    if s.recv(4096).startswith(b"INFO"):
-                        return
+                if self._says_info():
+                    return
             except OSError:
                 time.sleep(0.05)
         raise NatsServerError(f"nats-server not ready on {self.url} after {timeout_s}s; see {self.log_path}")
+
+    def _says_info(self) -> bool:
+        """The server greets: in clear, or after the handshake with TLS first."""
+        with socket.create_connection((self.host, self.port), timeout=0.5) as s:
+            if self.tls is None:
+                return s.recv(4096).startswith(b"INFO")
+            with self.tls.context().wrap_socket(s, server_hostname=self.host) as t:
+                return t.recv(4096).startswith(b"INFO")
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -266,6 +326,7 @@ class NatsCluster:
     name: str = "gpubus"
     first_port: int = 0  # client port of server 0, the next ones follow; 0 = free ports
     auth: NatsAuth | None = None
+    tls: NatsTls | None = None
     servers: list[NatsServer] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -285,6 +346,7 @@ class NatsCluster:
                     cluster_port=free_port(self.host),
                     http_port=free_port(self.host),
                     auth=self.auth,
+                    tls=self.tls,
                 )
             )
         routes = [s.route_url for s in self.servers]

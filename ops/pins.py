@@ -24,10 +24,12 @@ from packaging.requirements import Requirement
 ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "ops" / "deploy" / "requirements"
 
-# What `gpubus gateway` imports (FastAPI app, NATS, CLI client and logging).
+# What `gpubus gateway` imports (FastAPI app, NATS, CLI client and logging;
+# nkeys and PyNaCl for the auth callout's signatures and xkey sealing,
+# cryptography for ops/tls.py: `gpubus tls init` and the HTTPS set-up).
 GATEWAY_DEPS = (
     "nats-py", "msgpack", "pydantic", "pydantic-settings", "fastapi", "uvicorn",
-    "python-multipart", "prometheus-client", "httpx", "rich",
+    "python-multipart", "prometheus-client", "httpx", "rich", "nkeys", "PyNaCl", "cryptography",
 )
 
 

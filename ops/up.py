@@ -29,7 +29,9 @@ from cpu_node.main import make_processor as make_cpu
 from gateway.app import create_app
 from gpu_node import device, telemetry
 from gpu_node.main import make_processor as make_gpu
-from ops.embedded_nats import NatsAuth, NatsCluster, NatsServer
+from ops import tls as ops_tls
+from ops.embedded_nats import NatsAuth, NatsCluster, NatsServer, NatsTls
+from ops.tls import TlsFiles
 from schemas.keys import Role
 from schemas.names import Lane
 
@@ -58,28 +60,45 @@ def admin_token(data_dir: Path, settings: Settings) -> str:
     return token
 
 
-def start_nats(data_dir: Path, *, nats_port: int, cluster: int, auth: NatsAuth | None) -> NatsServer | NatsCluster:
+def start_nats(
+    data_dir: Path, *, nats_port: int, cluster: int, auth: NatsAuth | None, tls: NatsTls | None = None
+) -> NatsServer | NatsCluster:
     """One server by default; a cluster keeps its stores apart from the
     single server's, so switching between the two never mixes state."""
     if cluster <= 1:
-        return NatsServer(store_dir=data_dir / "nats", port=nats_port, host="127.0.0.1", auth=auth).start()
+        return NatsServer(store_dir=data_dir / "nats", port=nats_port, host="127.0.0.1", auth=auth, tls=tls).start()
     return NatsCluster(
-        store_dir=data_dir / f"nats-cluster{cluster}", size=cluster, first_port=nats_port, auth=auth
+        store_dir=data_dir / f"nats-cluster{cluster}", size=cluster, first_port=nats_port, auth=auth, tls=tls
     ).start()
 
 
-async def run(settings: Settings, *, nats_port: int, cluster: int = 1) -> None:
+def tls_settings(settings: Settings, data_dir: Path) -> tuple[TlsFiles, dict]:
+    """One CA and certificate for the embedded NATS and the gateway: nodes
+    verify the gateway with the CA (or the certificate's fingerprint) and
+    learn the same CA for NATS at bootstrap."""
+    files = ops_tls.for_settings(settings, data_dir / "tls")
+    return files, {
+        "nats_ca_file": files.ca_file, "tls_ca_file": files.ca_file,
+        "tls_cert_file": files.cert_file, "tls_key_file": files.key_file,
+    }
+
+
+async def run(settings: Settings, *, nats_port: int, cluster: int = 1, tls: bool = False) -> None:
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     token = admin_token(data_dir, settings)
     auth = NatsAuth.load_or_create(data_dir / "nats_auth.json")
-    nats = start_nats(data_dir, nats_port=nats_port, cluster=cluster, auth=auth)
-    gateway_url = f"http://{settings.host}:{settings.port}"
+    files, tls_update = tls_settings(settings, data_dir) if tls else (None, {})
+    nats_tls = NatsTls(files.cert_file, files.key_file, files.ca_file) if files else None
+    nats = start_nats(data_dir, nats_port=nats_port, cluster=cluster, auth=auth, tls=nats_tls)
+    gateway_url = f"{'https' if files else 'http'}://{settings.host}:{settings.port}"
     settings = settings.model_copy(
         update={
+            **tls_update,
             "nats_url": nats.url,
             "nats_public_url": nats.public_url,
             "nats_issuer_seed": SecretStr(auth.issuer_seed),
+            "nats_xkey_seed": SecretStr(auth.xkey_seed) if auth.xkey_seed else None,
             "nats_system_url": SecretStr(nats.system_url or ""),
             "admin_token": SecretStr(token),
             "gateway_url": gateway_url,
@@ -87,7 +106,10 @@ async def run(settings: Settings, *, nats_port: int, cluster: int = 1) -> None:
         }
     )
     app = create_app(settings)
-    server = _Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", lifespan="on"))
+    server = _Server(uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level="warning", lifespan="on",
+        **ops_tls.uvicorn_options(settings),
+    ))
     serve = asyncio.create_task(server.serve())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -111,12 +133,18 @@ async def run(settings: Settings, *, nats_port: int, cluster: int = 1) -> None:
                 gpu_source=telemetry.open_source,
             ))
         info = {"gateway_url": gateway_url, "nats_url": nats.url, "api_key": full_key, "admin_token": token, "user_id": LOCAL_USER}
+        if files:
+            info |= {"nats_public_url": nats.public_url, "tls_ca_file": str(files.ca_file),
+                     "gateway_fingerprint": files.cert_sha256}
         up_json = data_dir / "up.json"
         up_json.write_text(json.dumps(info, indent=2))
         up_json.chmod(0o600)
+        tls_lines = (f"  tls ca:  {files.ca_file}\n  gateway certificate sha256: {files.cert_sha256}\n"
+                     if files else "")
         print(f"gpubus is up\n  gateway: {gateway_url}\n  web:     {gateway_url}/  (sign in with the api key)\n"
               f"  api key: {full_key}  (user {LOCAL_USER})\n"
-              f"  nats:    {nats.url}\n  nodes:   {', '.join(n.node_id for n in nodes)}\n  details: {up_json}", flush=True)
+              f"  nats:    {nats.url}\n{tls_lines}"
+              f"  nodes:   {', '.join(n.node_id for n in nodes)}\n  details: {up_json}", flush=True)
         await stop.wait()
     finally:
         # Order: nodes drain first (while gateway and NATS are up), then the

@@ -100,12 +100,14 @@ class Gateway:
     proc: Proc | None = None
     issuer_seed: str | None = None  # the server's auth callout issuer, when auth is on
     system_url: str | None = None
+    xkey_seed: str | None = None  # the callout's curve key, when the server seals requests
 
     @classmethod
     def on(cls, server: NatsServer, workdir: Path, **settings: Any) -> Gateway:
         """A gateway for `server`, as its auth callout when authorization is on."""
         seed = server.auth.issuer_seed if server.auth else None
-        return cls(server.url, workdir, settings=settings, issuer_seed=seed, system_url=server.system_url)
+        xkey = server.auth.xkey_seed if server.auth else None
+        return cls(server.url, workdir, settings=settings, issuer_seed=seed, system_url=server.system_url, xkey_seed=xkey)
 
     @property
     def url(self) -> str:
@@ -118,6 +120,8 @@ class Gateway:
             env["GPUBUS_NATS_ISSUER_SEED"] = self.issuer_seed
         if self.system_url:
             env["GPUBUS_NATS_SYSTEM_URL"] = self.system_url
+        if self.xkey_seed:
+            env["GPUBUS_NATS_XKEY_SEED"] = self.xkey_seed
         self.proc = Proc(["gateway"], env, self.workdir / f"gateway-{self.port}.log").start()
         wait_until(lambda: _ready(self.url), timeout_s=30, what=f"gateway {self.url} ready", proc=self.proc)
         return self

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from ops import healthcheck, nats_conf, pins
+from ops import healthcheck, nats_conf, pins, tls
 from ops.embedded_nats import NatsServer, free_port, server_binary
 
 pytestmark = pytest.mark.timeout(120)
@@ -188,19 +188,29 @@ def test_compose_one_host_cluster():
         s = svc[name]
         assert s["environment"]["NATS_SERVER_NAME"] == name
         assert s["environment"]["GPUBUS_NATS_ISSUER"] == auth["GPUBUS_NATS_ISSUER"]  # callout issuer
-        assert {m["target"] for m in s["volumes"]} == {"/data", "/etc/gpubus/nats.conf"}
+        assert s["environment"]["GPUBUS_NATS_XKEY"] == auth["GPUBUS_NATS_XKEY"]  # callout requests sealed
+        assert {m["target"] for m in s["volumes"]} == {"/data", "/etc/gpubus/nats.conf", "/etc/gpubus/tls"}
         assert "healthz" in " ".join(s["healthcheck"]["test"])
     # The gateway knows every server and replicates everything 3 times
     gw = svc["gateway"]["environment"]
     password = auth["GPUBUS_NATS_SERVICE_PASSWORD"]
-    assert gw["GPUBUS_NATS_URL"].split(",") == [f"nats://gpubus:{password}@{n}:4222" for n in NATS_SERVICES]
+    assert gw["GPUBUS_NATS_URL"].split(",") == [f"tls://gpubus:{password}@{n}:4222" for n in NATS_SERVICES]
     assert gw["GPUBUS_NATS_ISSUER_SEED"] == auth["GPUBUS_NATS_ISSUER_SEED"]
-    assert gw["GPUBUS_NATS_SYSTEM_URL"].startswith("nats://gpubus-sys:")
+    assert gw["GPUBUS_NATS_XKEY_SEED"] == auth["GPUBUS_NATS_XKEY_SEED"]
+    assert gw["GPUBUS_NATS_SYSTEM_URL"].startswith("tls://gpubus-sys:")
+    # TLS on: the gateway verifies NATS with the CA it hands nodes, and serves HTTPS
+    assert gw["GPUBUS_NATS_CA_FILE"] == "/etc/gpubus/tls/ca.pem"
+    assert (gw["GPUBUS_TLS_CERT_FILE"], gw["GPUBUS_TLS_KEY_FILE"]) == (
+        "/etc/gpubus/tls/server.pem", "/etc/gpubus/tls/server-key.pem")
     assert gw["GPUBUS_REPLICAS"] == "3" and gw["GPUBUS_ADMIN_TOKEN"] == "adm_test"
     assert all(svc["gateway"]["depends_on"][n]["condition"] == "service_healthy" for n in NATS_SERVICES)
     # Nodes bootstrap from the gateway once it is ready
     cpu = svc["cpu-node"]
-    assert cpu["command"] == ["cpu-node", "--shared"] and cpu["environment"]["GPUBUS_GATEWAY_URL"] == "http://gateway:8000"
+    assert cpu["command"] == ["cpu-node", "--shared"] and cpu["environment"]["GPUBUS_GATEWAY_URL"] == "https://gateway:8000"
+    for node in ("cpu-node", "gpu-node"):  # nodes verify the gateway with the CA, and hold nothing else of it
+        assert svc[node]["environment"]["GPUBUS_TLS_CA_FILE"] == "/etc/gpubus/tls/ca.pem"
+        assert [m["target"] for m in svc[node]["volumes"] if m["target"].startswith("/etc/gpubus")] == [
+            "/etc/gpubus/tls/ca.pem"]
     assert cpu["depends_on"]["gateway"]["condition"] == "service_healthy"
     gpu = svc["gpu-node"]
     assert gpu["profiles"] == ["gpu"] and "GPUBUS_API_KEY" in gpu["environment"]
@@ -223,7 +233,9 @@ def test_compose_bind_mounts_point_at_files_of_ops_deploy():
         DEPLOY / "grafana" / "provisioning", DEPLOY / "grafana" / "dashboards",
     }
     assert expected <= sources
-    for src in sources - {DEPLOY / "models"}:  # models: created by Docker, filled by the operator
+    assert DEPLOY / "tls" in sources  # made by the operator: `gpubus tls init --dir tls`
+    operator_made = {DEPLOY / "models", DEPLOY / "tls", DEPLOY / "tls" / "ca.pem"}
+    for src in sources - operator_made:  # models: created by Docker, filled by the operator
         owner = src.relative_to(DEPLOY).parts[0]
         # prometheus/ and grafana/ come with the observability work: once
         # their folder exists, every file the compose file mounts must too
@@ -256,11 +268,18 @@ def test_remote_gpu_box_joins_with_gateway_url_and_key_only():
 
 
 @pytest.mark.parametrize("server", NATS_SERVICES)
-def test_nats_config_loads_in_the_real_server(server):
+def test_nats_config_loads_in_the_real_server(server, tmp_path):
     conf = DEPLOY / "nats" / "nats.conf"
-    out = run(str(server_binary()), "-c", str(conf), "-t", env={"NATS_SERVER_NAME": server, **nats_auth_env()})
-    assert "is valid" in out.stdout + out.stderr
     text = conf.read_text()
+    # With real TLS files where the container mounts them (nats-server -t loads them)
+    tls.load_or_create(tmp_path / "tls", list(NATS_SERVICES))
+    local = tmp_path / "nats.conf"
+    local.write_text(text.replace("/etc/gpubus/tls", str(tmp_path / "tls")))
+    out = run(str(server_binary()), "-c", str(local), "-t", env={"NATS_SERVER_NAME": server, **nats_auth_env()})
+    assert "is valid" in out.stdout + out.stderr
+    # TLS on client connections (handshake first) and on routes, and callout requests sealed
+    assert "handshake_first: true" in text and text.count("cert_file: /etc/gpubus/tls/server.pem") == 2
+    assert "xkey: $GPUBUS_NATS_XKEY" in text
     # The same authorization as the embedded server: service, system and callout
     for needle in ("auth_callout", "auth_users: [ gpubus, gpubus-sys ]", "account: APP", "system_account: SYS"):
         assert needle in text
@@ -311,11 +330,18 @@ def test_k8s_wiring():
     env = {e["name"]: e for e in deployments["gpubus-gateway"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     # the official chart's pods nats-0..2 behind its headless service, as the service identity
     assert env["GPUBUS_NATS_URL"]["value"].split(",") == [
-        f"nats://gpubus:$(GPUBUS_NATS_SERVICE_PASSWORD)@nats-{i}.nats-headless:4222" for i in range(3)
+        f"tls://gpubus:$(GPUBUS_NATS_SERVICE_PASSWORD)@nats-{i}.nats-headless:4222" for i in range(3)
     ]
-    for name in ("GPUBUS_NATS_SERVICE_PASSWORD", "GPUBUS_NATS_SYSTEM_PASSWORD", "GPUBUS_NATS_ISSUER_SEED"):
+    for name in ("GPUBUS_NATS_SERVICE_PASSWORD", "GPUBUS_NATS_SYSTEM_PASSWORD", "GPUBUS_NATS_ISSUER_SEED",
+                 "GPUBUS_NATS_XKEY_SEED"):
         assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "gpubus-nats", name
     assert "$(GPUBUS_NATS_SYSTEM_PASSWORD)@nats-0" in env["GPUBUS_NATS_SYSTEM_URL"]["value"]
+    # TLS from the Secret gpubus-tls: HTTPS (probes too), NATS verified with its CA
+    assert {"GPUBUS_NATS_CA_FILE", "GPUBUS_TLS_CERT_FILE", "GPUBUS_TLS_KEY_FILE"} <= set(env)
+    gw_spec = deployments["gpubus-gateway"]["spec"]["template"]["spec"]
+    assert {"name": "tls", "secret": {"secretName": "gpubus-tls", "defaultMode": 0o440}} in gw_spec["volumes"]
+    probes = gw_spec["containers"][0]
+    assert probes["readinessProbe"]["httpGet"]["scheme"] == probes["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
     assert env["GPUBUS_REPLICAS"]["value"] == "3"
     service = next(d for d in docs if d["kind"] == "Service")
     gw_pod = deployments["gpubus-gateway"]["spec"]["template"]
@@ -328,11 +354,22 @@ def test_k8s_wiring():
     cpu = deployments["gpubus-cpu-node"]["spec"]["template"]["spec"]["containers"][0]
     assert cpu["args"] == ["cpu-node", "--shared"]
     assert {e["name"] for e in cpu["env"]} >= {"GPUBUS_GATEWAY_URL", "GPUBUS_ADMIN_TOKEN"}
+    for node in (cpu, gpu):  # https to the gateway, verified by the CA only (never the key)
+        node_env = {e["name"]: e.get("value") for e in node["env"]}
+        assert node_env["GPUBUS_GATEWAY_URL"] == "https://gpubus-gateway:8000"
+        assert node_env["GPUBUS_TLS_CA_FILE"] == "/etc/gpubus/tls/ca.crt"
+    for name in ("gpubus-cpu-node", "gpubus-gpu-node"):
+        [vol] = [v for v in deployments[name]["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+        assert vol["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
     # NATS from the official chart: a 3-server JetStream cluster that fsyncs
     values = yaml.safe_load((K8S / "nats-values.yaml").read_text())
-    assert values["config"]["cluster"] == {"enabled": True, "replicas": 3}
+    assert {k: values["config"]["cluster"][k] for k in ("enabled", "replicas")} == {"enabled": True, "replicas": 3}
     assert values["config"]["jetstream"]["enabled"] is True
     assert values["config"]["jetstream"]["merge"]["sync_interval"] == "always"
+    # and TLS on clients (handshake first) and routes, from the same Secret
+    assert values["config"]["nats"]["tls"]["enabled"] and values["config"]["nats"]["tls"]["secretName"] == "gpubus-tls"
+    assert values["config"]["nats"]["tls"]["merge"]["handshake_first"] is True
+    assert values["config"]["cluster"]["tls"]["enabled"] and values["tlsCA"]["secretName"] == "gpubus-tls"
 
 
 def test_k8s_nats_enforces_isolation(tmp_path):
@@ -345,10 +382,12 @@ def test_k8s_nats_enforces_isolation(tmp_path):
     assert set(merge["accounts"]) == {"APP", "NODES", "SYS"} and "jetstream" not in merge["accounts"]["NODES"]
     callout = merge["authorization"]["auth_callout"]
     assert callout["account"] == "APP" and callout["auth_users"] == ["gpubus", "gpubus-sys"]
+    assert callout["xkey"] == "<< $GPUBUS_NATS_XKEY >>"  # the callout's requests and answers are sealed
     assert merge["system_account"] == "SYS"
     env = values["container"]["env"]
     assert {k: v["valueFrom"]["secretKeyRef"]["name"] for k, v in env.items()} == dict.fromkeys(
-        ["GPUBUS_NATS_SERVICE_PASSWORD", "GPUBUS_NATS_SYSTEM_PASSWORD", "GPUBUS_NATS_ISSUER"], "gpubus-nats"
+        ["GPUBUS_NATS_SERVICE_PASSWORD", "GPUBUS_NATS_SYSTEM_PASSWORD", "GPUBUS_NATS_ISSUER", "GPUBUS_NATS_XKEY"],
+        "gpubus-nats",
     )
     # Rendered as the chart would (plain keys, `<< raw >>` values), it loads in the real server
     body = "".join(nats_conf.block(k, v) for k, v in merge.items())
