@@ -25,6 +25,7 @@ from gateway import (
     status_api,
     web,
 )
+from gateway.bodies import BodyLimit
 from gateway.state import GatewayState
 
 log = logging.getLogger("gpubus.gateway")
@@ -48,6 +49,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         app.include_router(module.router)
     web.install(app)
 
+    # ObserveLatency is added last, so it is outermost: its latency
+    # covers a body BodyLimit refused too.
+    app.add_middleware(BodyLimit)
     app.add_middleware(ObserveLatency, metrics=state.metrics)
     return app
 

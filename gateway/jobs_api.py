@@ -16,6 +16,7 @@ from bus import objects
 from bus.joblog import job_fields
 from gateway import auth, fleet_models, routing
 from gateway.auth import Principal
+from gateway.bodies import json_body
 from gateway.state import GatewayState
 from gateway.uploads import MultipartToObject, ParsedForm
 from schemas import names
@@ -242,14 +243,6 @@ async def submit_url(
     return await enqueue(st, principal.user_id, new_job_id(), Kind.URL, gpu, options, url=url)
 
 
-def parse_json_body(model: type[T], raw: bytes) -> T:
-    try:
-        return model.model_validate_json(raw)  # type: ignore[attr-defined]
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise InvalidInput(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from e
-
-
 @router.post("", status_code=202, response_model=Accepted)
 async def submit(request: Request, principal: User) -> JSONResponse:
     """Multipart (`file`, `gpu`, `kind`, `options` JSON) or JSON (`url`)."""
@@ -260,7 +253,7 @@ async def submit(request: Request, principal: User) -> JSONResponse:
         rec, _ = await submit_upload(st, request, principal, job_form)
         return accepted(rec)
     if ctype.startswith("application/json"):
-        req = parse_json_body(JsonJobRequest, await request.body())
+        req = await json_body(request, JsonJobRequest)
         kind = req.kind or (Kind.URL if req.url else None)
         if kind is Kind.URL:
             if not req.url:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bus import node_permissions
 from gateway import auth
 from gateway.auth import Principal
+from gateway.bodies import json_body
 from gateway.state import GatewayState
 from schemas import names
 from schemas.errors import Forbidden, NotFound
@@ -50,8 +51,9 @@ def _st(request: Request) -> GatewayState:
 
 
 @router.post("/api/v1/auth/keys", status_code=201)
-async def create_key(request: Request, body: CreateKey, _: Admin) -> JSONResponse:
+async def create_key(request: Request, _: Admin) -> JSONResponse:
     st = _st(request)
+    body = await json_body(request, CreateKey)
     roles = body.roles or [body.role or Role.USER]
     full, rec = await st.keys.create(
         body.user_id, roles, description=body.description, expires_days=body.expires_days,
@@ -87,9 +89,10 @@ async def validate_key(p: Anyone) -> dict[str, Any]:
 
 
 @router.post("/api/v1/nodes/bootstrap")
-async def bootstrap_node(request: Request, body: Bootstrap, p: Anyone) -> dict[str, Any]:
+async def bootstrap_node(request: Request, p: Anyone) -> dict[str, Any]:
     """A node learns its queue from its credentials: a key with the `node`
     role runs its owner's lanes; the service identity runs the shared pool."""
+    body = await json_body(request, Bootstrap)
     st = _st(request)
     if body.shared:
         if not p.admin:
