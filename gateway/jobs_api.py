@@ -20,7 +20,7 @@ from gateway.bodies import json_body
 from gateway.state import GatewayState
 from gateway.uploads import MultipartToObject, ParsedForm
 from schemas import names
-from schemas.errors import Conflict, InvalidInput, JobFailed, RateLimited, UnsupportedMedia
+from schemas.errors import Conflict, InvalidInput, JobFailed, RateLimited, ResultUnreadable, UnsupportedMedia
 from schemas.formats import render
 from schemas.jobs import JobRecord, JobStatus, StagedInput, TranscribeOptions, new_job_id, now
 from schemas.names import Kind
@@ -81,6 +81,8 @@ def parse_options(raw: str | None) -> TranscribeOptions:
         values = json.loads(raw)
     except json.JSONDecodeError as e:
         raise InvalidInput(f"options: not JSON ({e.msg})") from e
+    except RecursionError:  # the form field is capped in bytes, not in depth
+        raise InvalidInput("options: nested too deeply") from None
     if not isinstance(values, dict):
         raise InvalidInput("options: expected a JSON object")
     return make_options(values)
@@ -324,7 +326,16 @@ async def finished_transcript(st: GatewayState, rec: JobRecord, timeout_s: float
         return rec, None
     if rec.status == JobStatus.FAILED and rec.error is not None:
         raise JobFailed(rec.error.code, f"job {rec.job_id} failed: {rec.error.message}")
-    return rec, Transcript.model_validate_json(await read_transcript(st, rec))
+    return rec, parse_transcript(rec, await read_transcript(st, rec))
+
+
+def parse_transcript(rec: JobRecord, data: bytes) -> Transcript:
+    """The stored result as a transcript. The object is the one the node
+    named, so it may be anything: a 409 saying so, never a 500."""
+    try:
+        return Transcript.model_validate_json(data)
+    except ValidationError:
+        raise ResultUnreadable(f"job {rec.job_id}: its stored result is not a transcript") from None
 
 
 @router.get("/{job_id}/result")
@@ -336,5 +347,5 @@ async def get_result(
     data = await read_transcript(st, rec)
     if rec.kind is Kind.NOOP:
         return Response(data, media_type="application/json")
-    body, media_type = render(Transcript.model_validate_json(data), format)
+    body, media_type = render(parse_transcript(rec, data), format)
     return Response(body, media_type=media_type)

@@ -3,15 +3,25 @@ F16, F19), each reproduced against a real gateway on a real nats-server."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import socket
 import threading
+import time
 
 import httpx
+import nats
 import pytest
 
 from bench.common import RssSampler
+from ops.embedded_nats import NatsServer
+from schemas import codec, names
+from schemas.jobs import JobRecord, JobStatus
+from tests.harness import TESTDATA, submit_file, wait_until
 
 pytestmark = pytest.mark.timeout(120)
+
+WAV = (TESTDATA / "hello.wav").read_bytes()
 
 
 def _error(r: httpx.Response, status: int, code: str | None = None) -> dict:
@@ -90,3 +100,68 @@ def test_refused_body_has_the_json_error_shape_and_small_json_still_works(gatewa
         _error(c.post("/api/v1/ingest/url", json={"url": "https://example.com/" + "a" * 70_000}), 413)
     with gateway.client(None) as anon:  # and no key is still a 401, never anonymous
         _error(anon.post("/api/v1/jobs", json={"url": "https://example.com/a.mp3"}), 401, "UNAUTHORIZED")
+
+
+# -- F16: crafted input is a 4xx, a disconnect is quiet -----------------------
+
+
+def test_multipart_boundary_over_256_chars_is_422(gateway, user):
+    key = gateway.create_key(user)
+    boundary = "b" * 300
+    body = f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n".encode()
+    body += WAV[:1000] + f"\r\n--{boundary}--\r\n".encode()
+    with gateway.client(key) as c:
+        r = c.post("/api/v1/jobs", content=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    _error(r, 422, "INVALID_INPUT")
+
+
+def test_deeply_nested_options_are_422(gateway, user):
+    key = gateway.create_key(user)
+    nested = '{"a":' * 10_000 + "1" + "}" * 10_000
+    with gateway.client(key) as c:
+        r = c.post("/api/v1/jobs", files={"file": ("a.wav", WAV)}, data={"options": nested})
+    _error(r, 422, "INVALID_INPUT")
+
+
+async def _point_result_at(server: NatsServer, owner: str, job_id: str) -> None:
+    """What a node of the owner can make the materializer record: its job
+    succeeded, with `result_object` naming an object that is no transcript
+    (here the job's own input)."""
+    nc = await nats.connect(server.url)
+    try:
+        kv = await nc.jetstream().key_value(names.JOBS_BUCKET)
+        entry = await kv.get(names.job_key(owner, job_id))
+        rec = codec.decode_record(entry.value, JobRecord)
+        rec.status, rec.result_object = JobStatus.SUCCEEDED, rec.input.object_name
+        await kv.update(entry.key, codec.encode_record(rec), last=entry.revision)
+    finally:
+        await nc.close()
+
+
+def test_a_result_that_is_no_transcript_is_a_json_error(gateway, nats_server, user):
+    key = gateway.create_key(user)
+    with gateway.client(key) as c:
+        job = submit_file(c, TESTDATA / "hello.wav")
+        asyncio.run(_point_result_at(nats_server, user, job["job_id"]))
+        for fmt in ("json", "srt"):
+            _error(c.get(f"/api/v1/jobs/{job['job_id']}/result", params={"format": fmt}), 409, "RESULT_UNREADABLE")
+
+
+def test_client_disconnect_mid_upload_is_logged_quietly(gateway, user):
+    key = gateway.create_key(user)
+    before = len(gateway.proc.log())
+    # When a client sends half an upload and hangs up
+    boundary = "xyz"
+    head = f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n".encode()
+    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+    sock.sendall(
+        f"POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(head) + len(WAV) + 100}\r\n\r\n".encode()
+        + head + WAV[: len(WAV) // 2]
+    )
+    time.sleep(0.5)
+    sock.close()
+    # Then the gateway says so in one quiet line: no ERROR, no stack trace
+    wait_until(lambda: "client disconnected" in gateway.proc.log()[before:], timeout_s=10, what="the disconnect logged")
+    lines = [json.loads(line) for line in gateway.proc.log()[before:].splitlines() if line.startswith("{")]
+    assert not [line for line in lines if line["level"] in ("error", "critical") or "exc" in line], lines
