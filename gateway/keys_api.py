@@ -65,15 +65,28 @@ async def create_key(request: Request, _: Admin) -> JSONResponse:
     return JSONResponse(out, status_code=201)
 
 
+def manages_keys(p: Principal) -> bool:
+    """The admin, or a key with the `user` role: a node key is the
+    credential of an untrusted remote box, so it must not see or revoke its
+    owner's other keys."""
+    return p.admin or Role.USER in p.roles
+
+
 @router.get("/api/v1/auth/keys")
 async def list_keys(request: Request, p: Anyone) -> dict[str, Any]:
+    if not manages_keys(p):
+        raise Forbidden("listing keys needs a key with the `user` role")
     recs = await _st(request).keys.list(None if p.admin else p.user_id)
     return {"keys": [key_view(r) for r in recs]}
 
 
 @router.delete("/api/v1/auth/keys/{key_id}")
 async def revoke_key(request: Request, key_id: str, p: Anyone) -> dict[str, Any]:
+    """An owner revokes any of their keys; a node key only itself (a box
+    that knows it is compromised can still retire its credential)."""
     st = _st(request)
+    if not manages_keys(p) and key_id != p.key_id:
+        raise Forbidden("a key without the `user` role may revoke only itself")
     rec = await st.keys.get(key_id)
     if not p.admin and rec.user_id != p.user_id:
         raise NotFound(f"no key {key_id}")

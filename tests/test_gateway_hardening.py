@@ -102,6 +102,22 @@ def test_refused_body_has_the_json_error_shape_and_small_json_still_works(gatewa
         _error(anon.post("/api/v1/jobs", json={"url": "https://example.com/a.mp3"}), 401, "UNAUTHORIZED")
 
 
+# -- F9: a node key does not manage its owner's keys ---------------------------
+
+
+def test_node_only_key_cannot_list_or_revoke_its_owners_keys(gateway, user):
+    user_key = gateway.create_key(user, roles=("user",))
+    node_key = gateway.create_key(user, roles=("node",))
+    with gateway.client(node_key) as node:
+        _error(node.get("/api/v1/auth/keys"), 403, "FORBIDDEN")
+        _error(node.delete(f"/api/v1/auth/keys/{user_key[4:20]}"), 403, "FORBIDDEN")
+    with gateway.client(user_key) as c:  # the user key still works, and sees both
+        assert len(c.get("/api/v1/auth/keys").json()["keys"]) == 2
+    with gateway.client(node_key) as node:  # a node key may retire itself
+        assert node.delete(f"/api/v1/auth/keys/{node_key[4:20]}").status_code == 200
+        _error(node.post("/api/v1/auth/validate-key"), 401, "UNAUTHORIZED")
+
+
 # -- F16: crafted input is a 4xx, a disconnect is quiet -----------------------
 
 
