@@ -82,6 +82,12 @@ class Settings(BaseSettings):
         return [u.strip() for u in self.nats_url.split(",") if u.strip()]
 
     @property
+    def nats_servers_redacted(self) -> list[str]:
+        """`nats_servers` fit for a log line: the service identity's
+        password in a URL bypasses auth callout, so it is never printed."""
+        return [_without_userinfo(u) for u in self.nats_servers]
+
+    @property
     def nats_public_servers(self) -> list[str]:
         """What remote nodes are told to connect to: never the gateway's own
         credentials (they authenticate with their key)."""

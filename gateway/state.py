@@ -84,7 +84,7 @@ class GatewayState:
         self.metrics.watch_queues(self.lag.snapshot, self.nodes.live)
         await self.lag.start()
         self.ready = True
-        log.info("gateway connected to %s; topology ready", ",".join(s.nats_servers))
+        log.info("gateway connected to %s; topology ready", ",".join(s.nats_servers_redacted))
 
     def _reconnected(self) -> None:
         if hasattr(self, "nodes"):

@@ -116,7 +116,7 @@ async def run(settings: Settings, *, nats_port: int, cluster: int = 1) -> None:
         up_json.chmod(0o600)
         print(f"gpubus is up\n  gateway: {gateway_url}\n  web:     {gateway_url}/  (sign in with the api key)\n"
               f"  api key: {full_key}  (user {LOCAL_USER})\n"
-              f"  nats:    {nats.url}\n  nodes:   {', '.join(n.node_id for n in nodes)}\n  details: {up_json}", flush=True)
+              f"  nats:    {nats.public_url}\n  nodes:   {', '.join(n.node_id for n in nodes)}\n  details: {up_json}", flush=True)
         await stop.wait()
     finally:
         # Order: nodes drain first (while gateway and NATS are up), then the

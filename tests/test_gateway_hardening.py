@@ -118,6 +118,16 @@ def test_node_only_key_cannot_list_or_revoke_its_owners_keys(gateway, user):
         _error(node.post("/api/v1/auth/validate-key"), 401, "UNAUTHORIZED")
 
 
+# -- F10: no NATS password in the gateway's log ------------------------------
+
+
+def test_gateway_log_never_shows_the_nats_service_password(gateway, nats_server):
+    log = gateway.proc.log()
+    assert f"connected to nats://127.0.0.1:{nats_server.port}" in log
+    assert nats_server.auth.service_password not in log
+    assert nats_server.auth.system_password not in log
+
+
 # -- F16: crafted input is a 4xx, a disconnect is quiet -----------------------
 
 
