@@ -26,6 +26,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ops.private_files import private_dir, write_private
 from schemas.errors import GpubusError
 
 READY_TIMEOUT_S = 20.0
@@ -97,8 +98,7 @@ class NatsAuth:
         if path.exists():
             return cls(**json.loads(path.read_text()))
         auth = cls.generate()
-        path.write_text(json.dumps(asdict(auth)))
-        path.chmod(0o600)
+        write_private(path, json.dumps(asdict(auth)))
         return auth
 
     def config_text(self) -> str:
@@ -188,8 +188,8 @@ class NatsServer:
         binary = server_binary()
         if server_version(binary) < MIN_VERSION:
             raise NatsServerError(f"{binary} is older than {'.'.join(map(str, MIN_VERSION))}")
-        self.store_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(self.config_text())
+        private_dir(self.store_dir)
+        write_private(self.config_path, self.config_text())  # it holds the passwords
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [str(binary), "-c", str(self.config_path)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -30,6 +30,7 @@ from gateway.app import create_app
 from gpu_node import device, telemetry
 from gpu_node.main import make_processor as make_gpu
 from ops.embedded_nats import NatsAuth, NatsCluster, NatsServer
+from ops.private_files import private_dir, write_private
 from schemas.keys import Role
 from schemas.names import Lane
 
@@ -53,8 +54,7 @@ def admin_token(data_dir: Path, settings: Settings) -> str:
     if path.exists():
         return path.read_text().strip()
     token = "adm_" + secrets.token_urlsafe(32)
-    path.write_text(token)
-    path.chmod(0o600)
+    write_private(path, token)
     return token
 
 
@@ -70,7 +70,7 @@ def start_nats(data_dir: Path, *, nats_port: int, cluster: int, auth: NatsAuth |
 
 async def run(settings: Settings, *, nats_port: int, cluster: int = 1) -> None:
     data_dir = settings.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     token = admin_token(data_dir, settings)
     auth = NatsAuth.load_or_create(data_dir / "nats_auth.json")
     nats = start_nats(data_dir, nats_port=nats_port, cluster=cluster, auth=auth)
@@ -112,8 +112,7 @@ async def run(settings: Settings, *, nats_port: int, cluster: int = 1) -> None:
             ))
         info = {"gateway_url": gateway_url, "nats_url": nats.url, "api_key": full_key, "admin_token": token, "user_id": LOCAL_USER}
         up_json = data_dir / "up.json"
-        up_json.write_text(json.dumps(info, indent=2))
-        up_json.chmod(0o600)
+        write_private(up_json, json.dumps(info, indent=2))  # nats_url carries the service password
         print(f"gpubus is up\n  gateway: {gateway_url}\n  web:     {gateway_url}/  (sign in with the api key)\n"
               f"  api key: {full_key}  (user {LOCAL_USER})\n"
               f"  nats:    {nats.public_url}\n  nodes:   {', '.join(n.node_id for n in nodes)}\n  details: {up_json}", flush=True)

@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import stat
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import nats
 import pytest
 
 from bench.common import RssSampler
-from ops.embedded_nats import NatsServer
+from ops.embedded_nats import NatsServer, free_port
+from ops.private_files import private_dir, write_private
 from schemas import codec, names
 from schemas.jobs import JobRecord, JobStatus
-from tests.harness import TESTDATA, submit_file, wait_until
+from tests.harness import TESTDATA, Proc, submit_file, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -126,6 +130,60 @@ def test_gateway_log_never_shows_the_nats_service_password(gateway, nats_server)
     assert f"connected to nats://127.0.0.1:{nats_server.port}" in log
     assert nats_server.auth.service_password not in log
     assert nats_server.auth.system_password not in log
+
+
+# -- F10, F11: `gpubus up`: secrets private from creation, none on the console --
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_embedded_nats_config_is_private_from_creation(fresh_nats):
+    assert _mode(fresh_nats.config_path) == 0o600
+    assert fresh_nats.auth.service_password in fresh_nats.config_path.read_text()
+    assert _mode(fresh_nats.store_dir) == 0o700
+
+
+def test_private_files_narrow_what_already_exists(tmp_path):
+    old = tmp_path / "secret"
+    old.write_text("old")
+    old.chmod(0o644)
+    loose = tmp_path / "dir"
+    loose.mkdir(mode=0o755)
+    previous = os.umask(0)  # not even a permissive umask widens them
+    try:
+        write_private(old, "new")
+        write_private(tmp_path / "fresh", "x")
+        private_dir(loose)
+        private_dir(tmp_path / "made")
+    finally:
+        os.umask(previous)
+    assert old.read_text() == "new" and _mode(old) == 0o600 and _mode(tmp_path / "fresh") == 0o600
+    assert _mode(loose) == 0o700 and _mode(tmp_path / "made") == 0o700
+
+
+@pytest.mark.timeout(150)
+def test_up_keeps_its_secrets_private_and_off_the_console(tmp_path):
+    # Given `gpubus up` on a fresh data dir
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUBUS_")}
+    data = tmp_path / "data"
+    env.update(GPUBUS_DATA_DIR=str(data), GPUBUS_LOG_FORMAT="text", PYTHONUNBUFFERED="1")
+    up = Proc(["up", "--port", str(free_port())], env, tmp_path / "up.log").start()
+    try:
+        wait_until((data / "up.json").exists, timeout_s=90, what="up.json", proc=up)
+        wait_until(lambda: "details:" in up.log(), timeout_s=10, what="the banner", proc=up)
+        auth = json.loads((data / "nats_auth.json").read_text())
+        # Then the banner shows the NATS URL, but no password
+        log = up.log()
+        assert "nats:    nats://127.0.0.1:" in log
+        assert auth["service_password"] not in log and auth["system_password"] not in log
+        # And the data dir is 0700, every secret file 0600
+        assert _mode(data) == 0o700 and _mode(data / "nats") == 0o700
+        for name in ("nats/gpubus-0.conf", "nats_auth.json", "admin_token", "up.json"):
+            assert _mode(data / name) == 0o600, name
+    finally:
+        up.stop(60)
 
 
 # -- F16: crafted input is a 4xx, a disconnect is quiet -----------------------
