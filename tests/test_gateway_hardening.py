@@ -21,10 +21,11 @@ from ops.embedded_nats import NatsServer, free_port
 from ops.private_files import private_dir, write_private
 from schemas import codec, names
 from schemas.jobs import JobRecord, JobStatus
-from tests.harness import TESTDATA, Proc, submit_file, wait_until
+from tests.harness import ADMIN_HEADERS, TESTDATA, Proc, submit_file, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
+REPO = Path(__file__).resolve().parents[1]
 WAV = (TESTDATA / "hello.wav").read_bytes()
 
 
@@ -184,6 +185,25 @@ def test_up_keeps_its_secrets_private_and_off_the_console(tmp_path):
             assert _mode(data / name) == 0o600, name
     finally:
         up.stop(60)
+
+
+# -- F12: /metrics needs the admin token ---------------------------------------
+
+
+def test_metrics_need_the_admin_token(gateway, user):
+    key = gateway.create_key(user)
+    _error(httpx.get(f"{gateway.url}/metrics"), 401, "UNAUTHORIZED")
+    _error(httpx.get(f"{gateway.url}/metrics", headers={"Authorization": f"Bearer {key}"}), 403, "FORBIDDEN")
+    r = httpx.get(f"{gateway.url}/metrics", headers=ADMIN_HEADERS)
+    assert r.status_code == 200 and "gpubus_http_request_duration_seconds" in r.text
+
+
+def test_prometheus_sends_the_admin_token_to_the_gateway():
+    import yaml
+
+    config = yaml.safe_load((REPO / "ops" / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    [job] = [j for j in config["scrape_configs"] if j["job_name"] == "gpubus-gateway"]
+    assert job["authorization"] == {"type": "Bearer", "credentials_file": "/etc/prometheus/gpubus_admin_token"}
 
 
 # -- F16: crafted input is a 4xx, a disconnect is quiet -----------------------
