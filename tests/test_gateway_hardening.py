@@ -269,3 +269,19 @@ def test_client_disconnect_mid_upload_is_logged_quietly(gateway, user):
     wait_until(lambda: "client disconnected" in gateway.proc.log()[before:], timeout_s=10, what="the disconnect logged")
     lines = [json.loads(line) for line in gateway.proc.log()[before:].splitlines() if line.startswith("{")]
     assert not [line for line in lines if line["level"] in ("error", "critical") or "exc" in line], lines
+
+
+# -- F19: response headers, no CDN pages ----------------------------------------
+
+
+def test_api_responses_are_not_cached_or_sniffed_and_docs_load_no_cdn(gateway, user):
+    with gateway.admin() as admin:
+        created = admin.post("/api/v1/auth/keys", json={"user_id": user, "roles": ["user"]})
+        for r in (created, admin.get("/health"), httpx.get(f"{gateway.url}/api/v1/jobs"), admin.get("/openapi.json")):
+            assert r.headers["cache-control"] == "no-store", (r.url, r.headers)
+            assert r.headers["x-content-type-options"] == "nosniff", (r.url, r.headers)
+        assert admin.get("/openapi.json").json()["paths"]
+        for page in ("/docs", "/redoc"):
+            _error(admin.get(page), 404)
+        web = admin.get("/")  # the web page keeps its own policy
+        assert web.headers["cache-control"] == "no-cache" and "default-src 'none'" in web.headers["content-security-policy"]
