@@ -20,7 +20,7 @@ from gateway.bodies import json_body
 from gateway.state import GatewayState
 from gateway.uploads import MultipartToObject, ParsedForm
 from schemas import names
-from schemas.errors import Conflict, InvalidInput, JobFailed, RateLimited, ResultUnreadable, UnsupportedMedia
+from schemas.errors import Conflict, InvalidInput, JobFailed, ResultUnreadable, UnsupportedMedia
 from schemas.formats import render
 from schemas.jobs import JobRecord, JobStatus, StagedInput, TranscribeOptions, new_job_id, now
 from schemas.names import Kind
@@ -168,12 +168,10 @@ def job_form(form: ParsedForm) -> tuple[Kind, bool, TranscribeOptions]:
     )
 
 
-async def admit(st: GatewayState, principal: Principal) -> None:
-    """Per-user limit on unfinished jobs, checked before anything is staged."""
-    limit = principal.max_active_jobs or st.settings.max_active_jobs
-    active = await st.admit_one(principal.user_id, limit)
-    if active >= limit:
-        raise RateLimited(f"{active} jobs queued or running; the limit is {limit}", retry_after_s=5)
+def admitted(st: GatewayState, principal: Principal) -> contextlib.AbstractAsyncContextManager[None]:
+    """Per-user limit on unfinished jobs: a slot is taken before anything
+    is staged and held until the job is queued or has failed (429 if none)."""
+    return st.admission.slot(principal.user_id, principal.max_active_jobs or st.settings.max_active_jobs)
 
 
 async def stage_upload(
@@ -221,17 +219,17 @@ async def submit_upload(
 ) -> tuple[JobRecord, ParsedForm]:
     """Multipart upload to a queued job; the endpoint's own fields stay in the form."""
     owner = principal.user_id
-    await admit(st, principal)
-    await st.ensure_owner(owner)
-    job_id = new_job_id()
-    max_bytes = (principal.max_upload_mb or st.settings.max_upload_mb) * 1024 * 1024
-    staged, form, (kind, gpu, options) = await stage_upload(st, request, owner, job_id, interpret, max_bytes=max_bytes)
-    try:
-        return await enqueue(st, owner, job_id, kind, gpu, options, staged=staged), form
-    except BaseException:  # refused (say, an unknown model) or never queued: leave nothing behind
-        with contextlib.suppress(Exception):
-            await objects.delete_object(st.js, staged.bucket, staged.object_name)
-        raise
+    async with admitted(st, principal):
+        await st.ensure_owner(owner)
+        job_id = new_job_id()
+        max_bytes = (principal.max_upload_mb or st.settings.max_upload_mb) * 1024 * 1024
+        staged, form, (kind, gpu, options) = await stage_upload(st, request, owner, job_id, interpret, max_bytes=max_bytes)
+        try:
+            return await enqueue(st, owner, job_id, kind, gpu, options, staged=staged), form
+        except BaseException:  # refused (say, an unknown model) or never queued: leave nothing behind
+            with contextlib.suppress(Exception):
+                await objects.delete_object(st.js, staged.bucket, staged.object_name)
+            raise
 
 
 async def submit_url(
@@ -240,9 +238,9 @@ async def submit_url(
     """A URL job: the syntax is checked here (422); the node that downloads
     it checks every address it connects to (schemas/url_guard.py)."""
     url = check_syntax(url)
-    await admit(st, principal)
-    await st.ensure_owner(principal.user_id)
-    return await enqueue(st, principal.user_id, new_job_id(), Kind.URL, gpu, options, url=url)
+    async with admitted(st, principal):
+        await st.ensure_owner(principal.user_id)
+        return await enqueue(st, principal.user_id, new_job_id(), Kind.URL, gpu, options, url=url)
 
 
 @router.post("", status_code=202, response_model=Accepted)
@@ -265,10 +263,9 @@ async def submit(request: Request, principal: User) -> JSONResponse:
             raise InvalidInput("a JSON job needs `url`; upload files as multipart/form-data")
         if not st.settings.enable_noop:
             raise InvalidInput("the noop kind is for benchmarks; enable it with GPUBUS_ENABLE_NOOP=true")
-        await admit(st, principal)
-        await st.ensure_owner(owner)
-        rec = await enqueue(st, owner, new_job_id(), kind, req.gpu, req.options, url=req.url)
-        return accepted(rec)
+        async with admitted(st, principal):
+            await st.ensure_owner(owner)
+            return accepted(await enqueue(st, owner, new_job_id(), kind, req.gpu, req.options, url=req.url))
     raise UnsupportedMedia("send multipart/form-data with a `file` part, or JSON with `url`")
 
 

@@ -23,13 +23,13 @@ from bus.metrics import GatewayMetrics
 from bus.publisher import JobPublisher
 from bus.registry import LiveNodes
 from bus.settings import Settings
+from gateway.admission import Admission
 from schemas import names
 from schemas.names import Lane
 
 log = logging.getLogger("gpubus.gateway.state")
 
 BACKLOG_CACHE_S = 1.0
-ACTIVE_CACHE_S = 1.0
 
 
 class GatewayState:
@@ -50,7 +50,7 @@ class GatewayState:
         self._owners_ready: set[str] = set()
         self._owner_lock = asyncio.Lock()
         self._backlog: dict[str, tuple[float, int]] = {}
-        self._active: dict[str, tuple[float, int]] = {}
+        self.admission = Admission(self.active_jobs)
 
     async def start(self) -> None:
         s = self.settings
@@ -120,25 +120,7 @@ class GatewayState:
             info = await self.js.stream_info(names.JOBS_STREAM, subjects_filter=subject)
             return sum((info.state.subjects or {}).values())
 
-        total = sum(await asyncio.gather(*(count(s) for s in names.owner_job_filters(owner))))
-        self._active[owner] = (time.monotonic(), total)
-        return total
-
-    async def admit_one(self, owner: str, limit: int) -> int:
-        """The owner's unfinished jobs before this one, counting it in. A
-        count well under the limit is reused for ACTIVE_CACHE_S, plus the
-        jobs admitted since: a burst of submissions costs one count, not two
-        stream_info requests each (each one a scan of the owner's subjects
-        on the server). Near the limit the count is always fresh, so a job
-        is refused only on a current count."""
-        cached = self._active.get(owner)
-        if cached and time.monotonic() - cached[0] < ACTIVE_CACHE_S and cached[1] + 1 < limit:
-            active = cached[1]
-        else:
-            active = await self.active_jobs(owner)
-        if active < limit:
-            self._active[owner] = (self._active[owner][0], active + 1)
-        return active
+        return sum(await asyncio.gather(*(count(s) for s in names.owner_job_filters(owner))))
 
     def cpu_queue_for(self, owner: str) -> str:
         """The owner's CPU lane if they run a CPU node, else the shared pool."""

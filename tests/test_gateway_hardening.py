@@ -10,6 +10,7 @@ import socket
 import stat
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -204,6 +205,28 @@ def test_prometheus_sends_the_admin_token_to_the_gateway():
     config = yaml.safe_load((REPO / "ops" / "deploy" / "prometheus" / "prometheus.yml").read_text())
     [job] = [j for j in config["scrape_configs"] if j["job_name"] == "gpubus-gateway"]
     assert job["authorization"] == {"type": "Bearer", "credentials_file": "/etc/prometheus/gpubus_admin_token"}
+
+
+# -- F13: the active-job limit holds under parallel submissions ---------------
+
+
+async def _submit_parallel(url: str, key: str, n: int) -> Counter:
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+        answers = await asyncio.gather(
+            *(c.post("/api/v1/jobs", files={"file": ("a.wav", WAV)}) for _ in range(n))
+        )
+    return Counter(r.status_code for r in answers)
+
+
+def test_twenty_parallel_submits_against_a_limit_of_five_admit_five(gateway, user):
+    # Given a key limited to 5 unfinished jobs, and no node for them
+    key = gateway.create_key(user, max_active_jobs=5)
+    # When it submits 20 at once
+    answers = asyncio.run(_submit_parallel(gateway.url, key, 20))
+    # Then exactly 5 are admitted, and 5 are queued
+    assert answers == Counter({202: 5, 429: 15}), answers
+    with gateway.client(key) as c:
+        assert c.get("/api/v1/jobs").json()["total"] == 5
 
 
 # -- F16: crafted input is a 4xx, a disconnect is quiet -----------------------
