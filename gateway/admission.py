@@ -64,3 +64,28 @@ class Admission:
             return cached[1]
         return None
 
+
+class StreamCap:
+    """At most `limit` concurrent event streams (SSE) per owner. Each one
+    holds two JetStream consumers for as long as it is open; without a cap
+    one key held hundreds."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+
+    def take(self, owner: str) -> Callable[[], None]:
+        """A slot for one stream (RateLimited when all are taken) and the
+        function that gives it back; calling that twice gives back once."""
+        if self._open.get(owner, 0) >= self.limit:
+            raise RateLimited(f"{self.limit} event streams open; close one first", retry_after_s=RETRY_AFTER_S)
+        self._open[owner] = self._open.get(owner, 0) + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._open[owner] -= 1
+
+        return release

@@ -23,7 +23,7 @@ from bus.metrics import GatewayMetrics
 from bus.publisher import JobPublisher
 from bus.registry import LiveNodes
 from bus.settings import Settings
-from gateway.admission import Admission
+from gateway.admission import Admission, StreamCap
 from schemas import names
 from schemas.names import Lane
 
@@ -51,6 +51,7 @@ class GatewayState:
         self._owner_lock = asyncio.Lock()
         self._backlog: dict[str, tuple[float, int]] = {}
         self.admission = Admission(self.active_jobs)
+        self.event_streams = StreamCap(settings.max_event_streams)
 
     async def start(self) -> None:
         s = self.settings

@@ -11,6 +11,8 @@ import stat
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -22,7 +24,7 @@ from ops.embedded_nats import NatsServer, free_port
 from ops.private_files import private_dir, write_private
 from schemas import codec, names
 from schemas.jobs import JobRecord, JobStatus
-from tests.harness import ADMIN_HEADERS, TESTDATA, Proc, submit_file, wait_until
+from tests.harness import ADMIN_HEADERS, TESTDATA, Gateway, Proc, submit_file, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -106,6 +108,115 @@ def test_refused_body_has_the_json_error_shape_and_small_json_still_works(gatewa
         _error(c.post("/api/v1/ingest/url", json={"url": "https://example.com/" + "a" * 70_000}), 413)
     with gateway.client(None) as anon:  # and no key is still a 401, never anonymous
         _error(anon.post("/api/v1/jobs", json={"url": "https://example.com/a.mp3"}), 401, "UNAUTHORIZED")
+
+
+# -- F8: consumers go with the request that made them; SSE streams are capped --
+
+
+STREAM_CAP = 3
+
+
+@pytest.fixture(scope="module")
+def capped_gateway(nats_server: NatsServer, workdir: Path) -> Iterator[Gateway]:
+    """A second gateway on the session's server, with a small SSE cap."""
+    gw = Gateway.on(nats_server, workdir, max_event_streams=STREAM_CAP).start()
+    yield gw
+    gw.stop()
+
+
+async def _consumer_counts(server: NatsServer) -> dict[str, int]:
+    nc = await nats.connect(server.url)
+    try:
+        js = nc.jetstream()
+        streams = (names.kv_stream(names.JOBS_BUCKET), names.EVENTS_STREAM)
+        return {s: len(await js.consumers_info(s)) for s in streams}
+    finally:
+        await nc.close()
+
+
+def consumer_counts(server: NatsServer) -> dict[str, int]:
+    return asyncio.run(_consumer_counts(server))
+
+
+def _near(counts: dict[str, int], baseline: dict[str, int]) -> bool:
+    return all(counts[s] <= baseline[s] + 1 for s in baseline)
+
+
+@dataclass
+class OpenStream:
+    """An event stream, open until `close` (the line iterator is kept: once
+    collected, httpx closes the connection under it)."""
+
+    client: httpx.Client
+    response: httpx.Response
+    lines: Iterator[str] | None = None
+
+    @property
+    def status(self) -> int:
+        return self.response.status_code
+
+    def close(self) -> None:
+        self.response.close()
+        self.client.close()
+
+
+def open_sse(gw: Gateway, key: str, job_id: str) -> OpenStream:
+    """An event stream of the job, its first `state` event read when it is served."""
+    c = gw.client(key)
+    s = OpenStream(c, c.send(c.build_request("GET", f"/api/v1/jobs/{job_id}/events"), stream=True))
+    if s.status == 200:
+        s.lines = s.response.iter_lines()
+        assert next(s.lines).startswith("event: state")
+    else:
+        s.response.read()
+    return s
+
+
+def test_lists_and_closed_event_streams_leave_no_consumers(capped_gateway, nats_server, user):
+    gw = capped_gateway
+    key = gw.create_key(user)
+    with gw.client(key) as c:
+        job = submit_file(c, TESTDATA / "hello.wav")  # no node for it: it stays queued
+    baseline = consumer_counts(nats_server)
+    # When the user lists their jobs 30 times and opens and closes 3 event streams, 3 times over
+    with gw.client(key) as c:
+        for _ in range(30):
+            assert c.get("/api/v1/jobs").status_code == 200
+    for _ in range(3):
+        streams = [open_sse(gw, key, job["job_id"]) for _ in range(STREAM_CAP)]
+        assert [s.status for s in streams] == [200] * STREAM_CAP
+        for s in streams:
+            s.close()
+    # Then within a few seconds the consumers are back to the baseline (nats-py's default kept them 300 s)
+    t0 = time.monotonic()
+    wait_until(lambda: _near(consumer_counts(nats_server), baseline), timeout_s=5, interval_s=0.5,
+               what=f"consumers back to {baseline} (now {consumer_counts(nats_server)})")
+    print(f"consumers {baseline} -> back after {time.monotonic() - t0:.1f} s")
+
+
+def test_one_event_stream_over_the_cap_is_429(capped_gateway, user):
+    gw = capped_gateway
+    key = gw.create_key(user)
+    with gw.client(key) as c:
+        job = submit_file(c, TESTDATA / "hello.wav")
+    streams = [open_sse(gw, key, job["job_id"]) for _ in range(STREAM_CAP)]
+    try:
+        assert [s.status for s in streams] == [200] * STREAM_CAP
+        # When one more opens while those are open, it is refused with Retry-After
+        extra = open_sse(gw, key, job["job_id"])
+        extra.close()
+        _error(extra.response, 429, "RATE_LIMITED")
+        assert int(extra.response.headers["Retry-After"]) > 0
+    finally:
+        for s in streams:
+            s.close()
+    # And once they are closed, a new one is served again
+    def served() -> bool:
+        s = open_sse(gw, key, job["job_id"])
+        s.close()
+        return s.status == 200
+
+    wait_until(served, timeout_s=5, what="a stream slot given back")
 
 
 # -- F9: a node key does not manage its owner's keys ---------------------------
