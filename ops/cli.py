@@ -55,16 +55,35 @@ def cmd_gateway(args: argparse.Namespace) -> None:
     uvicorn.run(create_app(s), host=s.host, port=s.port, log_config=None, timeout_graceful_shutdown=30)
 
 
+API_KEY_IN_ARGV = (
+    "warning: --api-key is visible to every local user (ps, /proc/*/cmdline); "
+    "use --api-key-file or GPUBUS_API_KEY instead"
+)
+
+
+def node_api_key(args: argparse.Namespace) -> str | None:
+    """The node's key from --api-key-file, else --api-key (with a warning:
+    argv is world-readable), else None: GPUBUS_API_KEY then applies."""
+    if args.api_key_file is not None:
+        key = args.api_key_file.read_text().strip()
+        if not key:
+            raise SystemExit(f"error: {args.api_key_file} is empty")
+        return key
+    if args.api_key is not None:
+        print(API_KEY_IN_ARGV, file=sys.stderr)
+    return args.api_key
+
+
 def cmd_gpu_node(args: argparse.Namespace) -> None:
     from gpu_node.main import main
 
-    main(_settings(args, device=args.device, gateway_url=args.gateway, api_key=args.api_key))
+    main(_settings(args, device=args.device, gateway_url=args.gateway, api_key=node_api_key(args)))
 
 
 def cmd_cpu_node(args: argparse.Namespace) -> None:
     from cpu_node.main import main
 
-    main(_settings(args, gateway_url=args.gateway, api_key=args.api_key), shared=args.shared)
+    main(_settings(args, gateway_url=args.gateway, api_key=node_api_key(args)), shared=args.shared)
 
 
 def cmd_keys(args: argparse.Namespace) -> None:
@@ -172,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn in (("gpu-node", cmd_gpu_node), ("cpu-node", cmd_cpu_node)):
         n = sub.add_parser(name, help=f"a {name.split('-')[0].upper()} node")
         n.add_argument("--gateway", help="gateway URL (GPUBUS_GATEWAY_URL)")
-        n.add_argument("--api-key", help="a key with the node role (GPUBUS_API_KEY)")
+        key = n.add_mutually_exclusive_group()
+        key.add_argument("--api-key-file", type=Path, help="file holding a key with the node role")
+        key.add_argument("--api-key", help="a key with the node role; visible in ps, prefer --api-key-file or GPUBUS_API_KEY")
         if name == "gpu-node":
             n.add_argument("--device", choices=["auto", "cuda", "cpu"], help="cpu: tests only")
         else:

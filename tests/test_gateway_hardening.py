@@ -20,6 +20,7 @@ import nats
 import pytest
 
 from bench.common import RssSampler
+from ops import cli
 from ops.embedded_nats import NatsServer, free_port
 from ops.private_files import private_dir, write_private
 from schemas import codec, names
@@ -338,6 +339,30 @@ def test_twenty_parallel_submits_against_a_limit_of_five_admit_five(gateway, use
     assert answers == Counter({202: 5, 429: 15}), answers
     with gateway.client(key) as c:
         assert c.get("/api/v1/jobs").json()["total"] == 5
+
+
+# -- F15: a node's key off the command line -----------------------------------
+
+
+def test_node_key_from_a_file_or_the_environment_and_a_warning_for_argv(tmp_path, monkeypatch, capsys):
+    key_file = tmp_path / "key"
+    key_file.write_text("gpb_fromfile_secret\n")
+    args = cli.build_parser().parse_args(["cpu-node", "--api-key-file", str(key_file)])
+    assert cli.node_api_key(args) == "gpb_fromfile_secret"
+    assert capsys.readouterr().err == ""
+
+    monkeypatch.setenv("GPUBUS_API_KEY", "gpb_fromenv_secret")
+    args = cli.build_parser().parse_args(["gpu-node"])
+    assert cli.node_api_key(args) is None  # nothing overrides the environment
+    assert cli._settings(args, api_key=cli.node_api_key(args)).api_key.get_secret_value() == "gpb_fromenv_secret"
+
+    args = cli.build_parser().parse_args(["gpu-node", "--api-key", "gpb_inargv_secret"])
+    assert cli.node_api_key(args) == "gpb_inargv_secret"
+    assert "--api-key-file" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit):  # one or the other
+        cli.build_parser().parse_args(["cpu-node", "--api-key", "k", "--api-key-file", str(key_file)])
+    assert "--api-key gpb_" not in (REPO / "README.md").read_text()
 
 
 # -- F16: crafted input is a 4xx, a disconnect is quiet -----------------------
