@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
+from bus import ephemeral
 from bus.jobstore import JobStore
 from schemas import codec, names
 from schemas.events import JobEvent
@@ -61,12 +62,16 @@ async def follow(
             async for rec in records:
                 queue.put_nowait(FeedItem("state", record=rec))
 
-    sub = await js.subscribe(
-        names.event_subject(first.owner, first.job_id),
-        stream=names.EVENTS_STREAM,
-        ordered_consumer=True,
-        deliver_policy=DeliverPolicy.ALL,
-        cb=on_event,
+    sub = await ephemeral.created(
+        js.subscribe(
+            names.event_subject(first.owner, first.job_id),
+            stream=names.EVENTS_STREAM,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+            cb=on_event,
+            inactive_threshold=ephemeral.INACTIVE_THRESHOLD_S,
+        ),
+        ephemeral.drop,
     )
     watcher = asyncio.create_task(watch_record(), name=f"feed-{first.job_id}")
     last = first
@@ -98,5 +103,4 @@ async def follow(
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await watcher
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+        await ephemeral.drop(sub)

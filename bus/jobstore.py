@@ -21,6 +21,7 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from bus import ephemeral
 from bus.errors import CasConflict
 from bus.retry import retrying
 from bus.sealing import RecordSeal, SealBroken
@@ -203,7 +204,10 @@ class JobStore:
     async def list(self, owner: str) -> list[JobRecord]:
         """All of one owner's records (a subject-filtered watch, not a scan of
         every user's keys)."""
-        watcher = await self._kv.watch(f"{owner}.*", ignore_deletes=True)
+        watcher = await ephemeral.created(
+            self._kv.watch(f"{owner}.*", ignore_deletes=True, inactive_threshold=ephemeral.INACTIVE_THRESHOLD_S),
+            ephemeral.stop_watch,
+        )
         out: list[JobRecord] = []
         try:
             async for entry in watcher:
@@ -217,7 +221,7 @@ class JobStore:
                 if entry.delta == 0:
                     break
         finally:
-            await watcher.stop()
+            await ephemeral.stop_watch(watcher)
         return out
 
     async def watch(self, owner: str, job_id: str) -> AsyncIterator[JobRecord]:
@@ -225,7 +229,10 @@ class JobStore:
         materializer, router and API write them (a KV watch: no polling)."""
         current, _ = await self.get(owner, job_id)  # NotFound before any subscription
         yield current
-        watcher = await self._kv.watch(names.job_key(owner, job_id))
+        watcher = await ephemeral.created(
+            self._kv.watch(names.job_key(owner, job_id), inactive_threshold=ephemeral.INACTIVE_THRESHOLD_S),
+            ephemeral.stop_watch,
+        )
         try:
             async for entry in watcher:
                 if entry is None or entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
@@ -235,8 +242,7 @@ class JobStore:
                     current = rec
                     yield rec
         finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()
+            await ephemeral.stop_watch(watcher)
 
     async def wait_terminal(self, owner: str, job_id: str, timeout_s: float) -> JobRecord:
         """The record once terminal, or as it stands after `timeout_s`."""

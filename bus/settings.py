@@ -90,6 +90,7 @@ class Settings(BaseSettings):
     # Limits and storage
     max_upload_mb: int = Field(1024, gt=0)
     max_active_jobs: int = Field(1000, gt=0, description="queued + running jobs per user before 429")
+    max_event_streams: int = Field(20, gt=0, description="concurrent SSE streams per user before 429")
     replicas: int = Field(1, ge=1, le=5)
     events_max_age_days: float = 7.0
     files_ttl_days: float = 7.0
@@ -101,6 +102,12 @@ class Settings(BaseSettings):
     @property
     def nats_servers(self) -> list[str]:
         return [u.strip() for u in self.nats_url.split(",") if u.strip()]
+
+    @property
+    def nats_servers_redacted(self) -> list[str]:
+        """`nats_servers` fit for a log line: the service identity's
+        password in a URL bypasses auth callout, so it is never printed."""
+        return [_without_userinfo(u) for u in self.nats_servers]
 
     @property
     def nats_public_servers(self) -> list[str]:

@@ -25,6 +25,7 @@ from gateway import (
     status_api,
     web,
 )
+from gateway.bodies import BodyLimit
 from gateway.state import GatewayState
 
 log = logging.getLogger("gpubus.gateway")
@@ -41,19 +42,40 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         finally:
             await state.stop()
 
-    app = FastAPI(title="gpubus", version="0.1.0", lifespan=lifespan)
+    # No /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a
+    # CDN, with no CSP; /openapi.json stays for clients and tooling.
+    app = FastAPI(title="gpubus", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gateway = state
     errors.install(app)
     for module in (jobs_api, job_control, events_api, keys_api, queue_api, status_api, cookies_api, openai_api, seed_api):
         app.include_router(module.router)
     web.install(app)
 
+    # ObserveLatency is added last, so it is outermost: its latency and
+    # headers cover a body BodyLimit refused too.
+    app.add_middleware(BodyLimit)
     app.add_middleware(ObserveLatency, metrics=state.metrics)
     return app
 
 
+# Every response gets these unless its route chose its own (the web page's
+# `no-cache`, SSE's `no-cache`): an API answer (a new key's secret, a
+# transcript) is never stored by a cache, and never sniffed as another type.
+API_HEADERS = ((b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"))
+
+
+def with_api_headers(message: Message) -> Message:
+    """`message` (an http.response.start) with API_HEADERS it lacks."""
+    present = {name.lower() for name, _ in message.get("headers", ())}
+    missing = [h for h in API_HEADERS if h[0] not in present]
+    if missing:
+        message = {**message, "headers": [*message.get("headers", ()), *missing]}
+    return message
+
+
 class ObserveLatency:
-    """Request latency by route and status, as plain ASGI middleware:
+    """Request latency by route and status, and API_HEADERS on every
+    response, as plain ASGI middleware:
     `@app.middleware("http")` (BaseHTTPMiddleware) wraps every request in
     extra tasks and streams, which py-spy showed as a large share of the
     gateway's CPU per request."""
@@ -72,6 +94,7 @@ class ObserveLatency:
         async def send_observed(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                message = with_api_headers(message)
             await send(message)
 
         try:

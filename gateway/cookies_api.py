@@ -17,10 +17,11 @@ from fastapi import APIRouter, Depends, Request
 from bus import objects
 from gateway import auth
 from gateway.auth import Principal
+from gateway.bodies import read_capped
 from gateway.state import GatewayState
 from schemas import names
 from schemas.cookies import MAX_COOKIE_FILE_BYTES, normalize
-from schemas.errors import NotFound, PayloadTooLarge
+from schemas.errors import NotFound
 
 log = logging.getLogger("gpubus.gateway.cookies")
 
@@ -28,21 +29,12 @@ router = APIRouter(prefix="/api/v1/auth/cookies", tags=["auth"])
 User = Annotated[Principal, Depends(auth.user)]
 
 
-async def _read_limited(request: Request) -> bytes:
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_COOKIE_FILE_BYTES:
-            raise PayloadTooLarge(f"the cookie file is over {MAX_COOKIE_FILE_BYTES // 1024} KiB")
-    return bytes(body)
-
-
 @router.put("")
 async def put_cookies(request: Request, principal: User) -> dict[str, Any]:
     """The raw Netscape cookie file as the request body."""
     st: GatewayState = request.app.state.gateway
     owner = principal.user_id
-    data, count = normalize(await _read_limited(request))
+    data, count = normalize(await read_capped(request, MAX_COOKIE_FILE_BYTES, "the cookie file"))
     await st.ensure_owner(owner)
     await objects.put_bytes(st.js, names.files_bucket(owner), names.COOKIES_OBJECT, data)
     log.info("cookie file stored for owner=%s (%d cookies, %d bytes)", owner, count, len(data))

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from nats.errors import Error as NatsError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from bus.retry import is_transient
 from schemas import errors as e
@@ -30,6 +31,7 @@ STATUS: list[tuple[type[e.GpubusError], int]] = [
     (e.JobFailed, 422),  # synchronous endpoints: the job's own error code (DECODE_FAILED, ...)
 ]
 
+CLIENT_CLOSED = 499  # nginx's code: nobody reads it, the logs and metrics do
 HTTP_CODES = {400: "BAD_REQUEST", 401: "UNAUTHORIZED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}
 
 
@@ -67,6 +69,14 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, err: StarletteHTTPException) -> JSONResponse:
         return error_response(err.status_code, HTTP_CODES.get(err.status_code, "HTTP_ERROR"), str(err.detail))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _: ClientDisconnect) -> JSONResponse:
+        """The client went away mid-request (say, mid-upload): its own
+        doing, not a gateway fault, so one quiet line, not an ERROR with a
+        stack trace. Whatever it had staged is purged on the way out."""
+        log.info("client disconnected during %s %s", request.method, request.url.path)
+        return error_response(CLIENT_CLOSED, "CLIENT_CLOSED", "the client closed the connection")
 
     @app.exception_handler(NatsError)
     async def _nats(request: Request, err: NatsError) -> JSONResponse:

@@ -9,12 +9,14 @@ with a terminal status. Event data is JSON.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from bus import job_feed
 from gateway import auth
@@ -33,18 +35,40 @@ def sse(event: str, data: dict) -> bytes:
 
 
 async def _stream(feed: AsyncIterator[job_feed.FeedItem]) -> AsyncIterator[bytes]:
-    async for item in feed:
-        if item.kind == "ping":
-            yield b": ping\n\n"
-        elif item.kind == "state" and item.record is not None:
-            yield sse("state", job_view(item.record))
-        elif item.event is not None:
-            yield sse(item.event.type.value, item.event.model_dump(mode="json", exclude_none=True))
+    async with contextlib.aclosing(feed):  # closing this stream closes the feed, with its consumers
+        async for item in feed:
+            if item.kind == "ping":
+                yield b": ping\n\n"
+            elif item.kind == "state" and item.record is not None:
+                yield sse("state", job_view(item.record))
+            elif item.event is not None:
+                yield sse(item.event.type.value, item.event.model_dump(mode="json", exclude_none=True))
+
+
+class FeedResponse(StreamingResponse):
+    """An SSE response that closes its feed and gives back its stream slot
+    however it ends. A client that goes away cancels Starlette's streaming
+    task, which leaves the generator suspended, with its consumers, until
+    the garbage collector finalizes it; here they go at once."""
+
+    def __init__(self, feed: AsyncIterator[bytes], release: Callable[[], None]) -> None:
+        super().__init__(feed, media_type="text/event-stream", headers=SSE_HEADERS)
+        self._feed = feed
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self._feed.aclose()  # type: ignore[attr-defined]
+            finally:
+                self._release()
 
 
 @router.get("/{job_id}/events")
 async def job_events(request: Request, job_id: str, principal: User) -> StreamingResponse:
     st: GatewayState = request.app.state.gateway
     first, _ = await st.jobs.get(principal.user_id, job_id)  # 404 before the stream starts
-    feed = job_feed.follow(st.js, st.jobs, first)
-    return StreamingResponse(_stream(feed), media_type="text/event-stream", headers=SSE_HEADERS)
+    release = st.event_streams.take(principal.user_id)  # 429 when the owner has too many open
+    return FeedResponse(_stream(job_feed.follow(st.js, st.jobs, first)), release)

@@ -16,10 +16,11 @@ from bus import objects
 from bus.joblog import job_fields
 from gateway import auth, fleet_models, routing
 from gateway.auth import Principal
+from gateway.bodies import json_body
 from gateway.state import GatewayState
 from gateway.uploads import MultipartToObject, ParsedForm
 from schemas import names
-from schemas.errors import Conflict, InvalidInput, JobFailed, RateLimited, UnsupportedMedia
+from schemas.errors import Conflict, InvalidInput, JobFailed, ResultUnreadable, UnsupportedMedia
 from schemas.formats import render
 from schemas.jobs import JobRecord, JobStatus, StagedInput, TranscribeOptions, new_job_id, now
 from schemas.names import Kind
@@ -80,6 +81,8 @@ def parse_options(raw: str | None) -> TranscribeOptions:
         values = json.loads(raw)
     except json.JSONDecodeError as e:
         raise InvalidInput(f"options: not JSON ({e.msg})") from e
+    except RecursionError:  # the form field is capped in bytes, not in depth
+        raise InvalidInput("options: nested too deeply") from None
     if not isinstance(values, dict):
         raise InvalidInput("options: expected a JSON object")
     return make_options(values)
@@ -165,12 +168,10 @@ def job_form(form: ParsedForm) -> tuple[Kind, bool, TranscribeOptions]:
     )
 
 
-async def admit(st: GatewayState, principal: Principal) -> None:
-    """Per-user limit on unfinished jobs, checked before anything is staged."""
-    limit = principal.max_active_jobs or st.settings.max_active_jobs
-    active = await st.admit_one(principal.user_id, limit)
-    if active >= limit:
-        raise RateLimited(f"{active} jobs queued or running; the limit is {limit}", retry_after_s=5)
+def admitted(st: GatewayState, principal: Principal) -> contextlib.AbstractAsyncContextManager[None]:
+    """Per-user limit on unfinished jobs: a slot is taken before anything
+    is staged and held until the job is queued or has failed (429 if none)."""
+    return st.admission.slot(principal.user_id, principal.max_active_jobs or st.settings.max_active_jobs)
 
 
 async def stage_upload(
@@ -218,17 +219,17 @@ async def submit_upload(
 ) -> tuple[JobRecord, ParsedForm]:
     """Multipart upload to a queued job; the endpoint's own fields stay in the form."""
     owner = principal.user_id
-    await admit(st, principal)
-    await st.ensure_owner(owner)
-    job_id = new_job_id()
-    max_bytes = (principal.max_upload_mb or st.settings.max_upload_mb) * 1024 * 1024
-    staged, form, (kind, gpu, options) = await stage_upload(st, request, owner, job_id, interpret, max_bytes=max_bytes)
-    try:
-        return await enqueue(st, owner, job_id, kind, gpu, options, staged=staged), form
-    except BaseException:  # refused (say, an unknown model) or never queued: leave nothing behind
-        with contextlib.suppress(Exception):
-            await objects.delete_object(st.js, staged.bucket, staged.object_name)
-        raise
+    async with admitted(st, principal):
+        await st.ensure_owner(owner)
+        job_id = new_job_id()
+        max_bytes = (principal.max_upload_mb or st.settings.max_upload_mb) * 1024 * 1024
+        staged, form, (kind, gpu, options) = await stage_upload(st, request, owner, job_id, interpret, max_bytes=max_bytes)
+        try:
+            return await enqueue(st, owner, job_id, kind, gpu, options, staged=staged), form
+        except BaseException:  # refused (say, an unknown model) or never queued: leave nothing behind
+            with contextlib.suppress(Exception):
+                await objects.delete_object(st.js, staged.bucket, staged.object_name)
+            raise
 
 
 async def submit_url(
@@ -237,17 +238,9 @@ async def submit_url(
     """A URL job: the syntax is checked here (422); the node that downloads
     it checks every address it connects to (schemas/url_guard.py)."""
     url = check_syntax(url)
-    await admit(st, principal)
-    await st.ensure_owner(principal.user_id)
-    return await enqueue(st, principal.user_id, new_job_id(), Kind.URL, gpu, options, url=url)
-
-
-def parse_json_body(model: type[T], raw: bytes) -> T:
-    try:
-        return model.model_validate_json(raw)  # type: ignore[attr-defined]
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise InvalidInput(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from e
+    async with admitted(st, principal):
+        await st.ensure_owner(principal.user_id)
+        return await enqueue(st, principal.user_id, new_job_id(), Kind.URL, gpu, options, url=url)
 
 
 @router.post("", status_code=202, response_model=Accepted)
@@ -260,7 +253,7 @@ async def submit(request: Request, principal: User) -> JSONResponse:
         rec, _ = await submit_upload(st, request, principal, job_form)
         return accepted(rec)
     if ctype.startswith("application/json"):
-        req = parse_json_body(JsonJobRequest, await request.body())
+        req = await json_body(request, JsonJobRequest)
         kind = req.kind or (Kind.URL if req.url else None)
         if kind is Kind.URL:
             if not req.url:
@@ -270,10 +263,9 @@ async def submit(request: Request, principal: User) -> JSONResponse:
             raise InvalidInput("a JSON job needs `url`; upload files as multipart/form-data")
         if not st.settings.enable_noop:
             raise InvalidInput("the noop kind is for benchmarks; enable it with GPUBUS_ENABLE_NOOP=true")
-        await admit(st, principal)
-        await st.ensure_owner(owner)
-        rec = await enqueue(st, owner, new_job_id(), kind, req.gpu, req.options, url=req.url)
-        return accepted(rec)
+        async with admitted(st, principal):
+            await st.ensure_owner(owner)
+            return accepted(await enqueue(st, owner, new_job_id(), kind, req.gpu, req.options, url=req.url))
     raise UnsupportedMedia("send multipart/form-data with a `file` part, or JSON with `url`")
 
 
@@ -331,7 +323,16 @@ async def finished_transcript(st: GatewayState, rec: JobRecord, timeout_s: float
         return rec, None
     if rec.status == JobStatus.FAILED and rec.error is not None:
         raise JobFailed(rec.error.code, f"job {rec.job_id} failed: {rec.error.message}")
-    return rec, Transcript.model_validate_json(await read_transcript(st, rec))
+    return rec, parse_transcript(rec, await read_transcript(st, rec))
+
+
+def parse_transcript(rec: JobRecord, data: bytes) -> Transcript:
+    """The stored result as a transcript. The object is the one the node
+    named, so it may be anything: a 409 saying so, never a 500."""
+    try:
+        return Transcript.model_validate_json(data)
+    except ValidationError:
+        raise ResultUnreadable(f"job {rec.job_id}: its stored result is not a transcript") from None
 
 
 @router.get("/{job_id}/result")
@@ -343,5 +344,5 @@ async def get_result(
     data = await read_transcript(st, rec)
     if rec.kind is Kind.NOOP:
         return Response(data, media_type="application/json")
-    body, media_type = render(Transcript.model_validate_json(data), format)
+    body, media_type = render(parse_transcript(rec, data), format)
     return Response(body, media_type=media_type)

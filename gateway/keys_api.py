@@ -12,6 +12,7 @@ from bus import node_permissions
 from bus.tls import fingerprint
 from gateway import auth
 from gateway.auth import Principal
+from gateway.bodies import json_body
 from gateway.state import GatewayState
 from schemas import names
 from schemas.errors import Forbidden, NotFound
@@ -51,8 +52,9 @@ def _st(request: Request) -> GatewayState:
 
 
 @router.post("/api/v1/auth/keys", status_code=201)
-async def create_key(request: Request, body: CreateKey, _: Admin) -> JSONResponse:
+async def create_key(request: Request, _: Admin) -> JSONResponse:
     st = _st(request)
+    body = await json_body(request, CreateKey)
     roles = body.roles or [body.role or Role.USER]
     full, rec = await st.keys.create(
         body.user_id, roles, description=body.description, expires_days=body.expires_days,
@@ -64,15 +66,28 @@ async def create_key(request: Request, body: CreateKey, _: Admin) -> JSONRespons
     return JSONResponse(out, status_code=201)
 
 
+def manages_keys(p: Principal) -> bool:
+    """The admin, or a key with the `user` role: a node key is the
+    credential of an untrusted remote box, so it must not see or revoke its
+    owner's other keys."""
+    return p.admin or Role.USER in p.roles
+
+
 @router.get("/api/v1/auth/keys")
 async def list_keys(request: Request, p: Anyone) -> dict[str, Any]:
+    if not manages_keys(p):
+        raise Forbidden("listing keys needs a key with the `user` role")
     recs = await _st(request).keys.list(None if p.admin else p.user_id)
     return {"keys": [key_view(r) for r in recs]}
 
 
 @router.delete("/api/v1/auth/keys/{key_id}")
 async def revoke_key(request: Request, key_id: str, p: Anyone) -> dict[str, Any]:
+    """An owner revokes any of their keys; a node key only itself (a box
+    that knows it is compromised can still retire its credential)."""
     st = _st(request)
+    if not manages_keys(p) and key_id != p.key_id:
+        raise Forbidden("a key without the `user` role may revoke only itself")
     rec = await st.keys.get(key_id)
     if not p.admin and rec.user_id != p.user_id:
         raise NotFound(f"no key {key_id}")
@@ -88,9 +103,10 @@ async def validate_key(p: Anyone) -> dict[str, Any]:
 
 
 @router.post("/api/v1/nodes/bootstrap")
-async def bootstrap_node(request: Request, body: Bootstrap, p: Anyone) -> dict[str, Any]:
+async def bootstrap_node(request: Request, p: Anyone) -> dict[str, Any]:
     """A node learns its queue from its credentials: a key with the `node`
     role runs its owner's lanes; the service identity runs the shared pool."""
+    body = await json_body(request, Bootstrap)
     st = _st(request)
     if body.shared:
         if not p.admin:

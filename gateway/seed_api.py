@@ -22,12 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import auth
 from gateway.auth import Principal
+from gateway.bodies import json_body
 from gateway.jobs_api import (
     accepted,
     finished_transcript,
     make_options,
     parse_bool,
-    parse_json_body,
     parse_kind,
     parse_options,
     submit_upload,
@@ -116,7 +116,7 @@ async def process_file(request: Request, principal: User) -> Response:
 @router.post("/process/url")
 async def process_url(request: Request, principal: User) -> Response:
     st: GatewayState = request.app.state.gateway
-    req = parse_json_body(SeedUrlRequest, await request.body())
+    req = await json_body(request, SeedUrlRequest)
     fmt = _check_format(req.format)
     rec = await submit_url(st, principal, req.url, req.gpu, url_job_options(req))
     return await _answer(st, rec, fmt, _timeout(st, req.timeout))
@@ -132,5 +132,5 @@ async def ingest_file(request: Request, principal: User) -> JSONResponse:
 @router.post("/api/v1/ingest/url", status_code=202)
 async def ingest_url(request: Request, principal: User) -> JSONResponse:
     st: GatewayState = request.app.state.gateway
-    req = parse_json_body(SeedUrlRequest, await request.body())
+    req = await json_body(request, SeedUrlRequest)
     return accepted(await submit_url(st, principal, req.url, req.gpu, url_job_options(req)))

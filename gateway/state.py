@@ -25,13 +25,13 @@ from bus.registry import LiveNodes
 from bus.sealing import RecordSeal
 from bus.settings import Settings
 from bus.tls import nats_context
+from gateway.admission import Admission, StreamCap
 from schemas import names
 from schemas.names import Lane
 
 log = logging.getLogger("gpubus.gateway.state")
 
 BACKLOG_CACHE_S = 1.0
-ACTIVE_CACHE_S = 1.0
 
 
 class GatewayState:
@@ -52,7 +52,8 @@ class GatewayState:
         self._owners_ready: set[str] = set()
         self._owner_lock = asyncio.Lock()
         self._backlog: dict[str, tuple[float, int]] = {}
-        self._active: dict[str, tuple[float, int]] = {}
+        self.admission = Admission(self.active_jobs)
+        self.event_streams = StreamCap(settings.max_event_streams)
 
     async def start(self) -> None:
         s = self.settings
@@ -91,7 +92,7 @@ class GatewayState:
         self.metrics.watch_queues(self.lag.snapshot, self.nodes.live)
         await self.lag.start()
         self.ready = True
-        log.info("gateway connected to %s; topology ready", ",".join(s.nats_servers))
+        log.info("gateway connected to %s; topology ready", ",".join(s.nats_servers_redacted))
 
     def _nats_tls(self) -> dict:
         """TLS to NATS with the operator's CA (the one nodes are handed)."""
@@ -132,25 +133,7 @@ class GatewayState:
             info = await self.js.stream_info(names.JOBS_STREAM, subjects_filter=subject)
             return sum((info.state.subjects or {}).values())
 
-        total = sum(await asyncio.gather(*(count(s) for s in names.owner_job_filters(owner))))
-        self._active[owner] = (time.monotonic(), total)
-        return total
-
-    async def admit_one(self, owner: str, limit: int) -> int:
-        """The owner's unfinished jobs before this one, counting it in. A
-        count well under the limit is reused for ACTIVE_CACHE_S, plus the
-        jobs admitted since: a burst of submissions costs one count, not two
-        stream_info requests each (each one a scan of the owner's subjects
-        on the server). Near the limit the count is always fresh, so a job
-        is refused only on a current count."""
-        cached = self._active.get(owner)
-        if cached and time.monotonic() - cached[0] < ACTIVE_CACHE_S and cached[1] + 1 < limit:
-            active = cached[1]
-        else:
-            active = await self.active_jobs(owner)
-        if active < limit:
-            self._active[owner] = (self._active[owner][0], active + 1)
-        return active
+        return sum(await asyncio.gather(*(count(s) for s in names.owner_job_filters(owner))))
 
     def cpu_queue_for(self, owner: str) -> str:
         """The owner's CPU lane if they run a CPU node, else the shared pool."""

@@ -15,6 +15,7 @@ from schemas.names import SHARED
 
 router = APIRouter(tags=["status"])
 Anyone = Annotated[Principal, Depends(auth.authenticate)]
+Admin = Annotated[Principal, Depends(auth.admin)]
 
 
 @router.get("/health")
@@ -39,6 +40,7 @@ async def workers(request: Request, p: Anyone) -> dict[str, Any]:
 
 
 @router.get("/metrics")
-async def metrics(request: Request) -> Response:
+async def metrics(request: Request, _: Admin) -> Response:
+    """Admin token only: the labels name every tenant and its queues."""
     st: GatewayState = request.app.state.gateway
     return Response(generate_latest(st.registry), media_type=CONTENT_TYPE_LATEST)

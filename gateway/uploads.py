@@ -13,7 +13,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from bus.objects import ObjectWriter
@@ -80,7 +80,10 @@ class MultipartToObject:
         if ctype != b"multipart/form-data" or b"boundary" not in params:
             raise InvalidInput("expected multipart/form-data with a boundary")
         self._events = _Events()
-        self._parser = MultipartParser(params[b"boundary"], self._events.callbacks())
+        try:  # python-multipart refuses a boundary over 256 bytes here
+            self._parser = MultipartParser(params[b"boundary"], self._events.callbacks())
+        except FormParserError as e:
+            raise InvalidInput(f"malformed multipart header: {e}") from e
         self._open_writer = open_writer
         self.writer: ObjectWriter | None = None
         self.form = ParsedForm()
@@ -97,7 +100,7 @@ class MultipartToObject:
                 await self._drain()
             self._parser.finalize()
             await self._drain()
-        except MultipartParseError as e:
+        except FormParserError as e:  # the root of python-multipart's parse errors
             raise InvalidInput(f"malformed multipart body: {e}") from e
         if self.writer is None:
             raise InvalidInput(f"the form has no `{FILE_FIELD}` part")

@@ -66,10 +66,29 @@ def cmd_gateway(args: argparse.Namespace) -> None:
 
 def _node_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     return _settings(
-        args, gateway_url=args.gateway, api_key=args.api_key, tls_ca_file=args.gateway_ca,
+        args, gateway_url=args.gateway, api_key=node_api_key(args), tls_ca_file=args.gateway_ca,
         gateway_fingerprint=args.gateway_fingerprint, nats_ca_file=args.nats_ca,
         allow_insecure=args.allow_insecure or None, **overrides,
     )
+
+
+API_KEY_IN_ARGV = (
+    "warning: --api-key is visible to every local user (ps, /proc/*/cmdline); "
+    "use --api-key-file or GPUBUS_API_KEY instead"
+)
+
+
+def node_api_key(args: argparse.Namespace) -> str | None:
+    """The node's key from --api-key-file, else --api-key (with a warning:
+    argv is world-readable), else None: GPUBUS_API_KEY then applies."""
+    if args.api_key_file is not None:
+        key = args.api_key_file.read_text().strip()
+        if not key:
+            raise SystemExit(f"error: {args.api_key_file} is empty")
+        return key
+    if args.api_key is not None:
+        print(API_KEY_IN_ARGV, file=sys.stderr)
+    return args.api_key
 
 
 def cmd_gpu_node(args: argparse.Namespace) -> None:
@@ -213,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn in (("gpu-node", cmd_gpu_node), ("cpu-node", cmd_cpu_node)):
         n = sub.add_parser(name, help=f"a {name.split('-')[0].upper()} node")
         n.add_argument("--gateway", help="gateway URL (GPUBUS_GATEWAY_URL)")
-        n.add_argument("--api-key", help="a key with the node role (GPUBUS_API_KEY)")
+        key = n.add_mutually_exclusive_group()
+        key.add_argument("--api-key-file", type=Path, help="file holding a key with the node role")
+        key.add_argument("--api-key", help="a key with the node role; visible in ps, prefer --api-key-file or GPUBUS_API_KEY")
         n.add_argument("--gateway-ca", type=Path, help="CA file that verifies the https gateway (GPUBUS_TLS_CA_FILE)")
         n.add_argument("--gateway-fingerprint", help="or pin the gateway's certificate by SHA-256 (GPUBUS_GATEWAY_FINGERPRINT)")
         n.add_argument("--nats-ca", type=Path, help="CA of NATS; default: the one the gateway gives (GPUBUS_NATS_CA_FILE)")

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ops import nats_conf
+from ops.private_files import private_dir, write_private
 from schemas.errors import GpubusError
 
 READY_TIMEOUT_S = 20.0
@@ -106,8 +107,7 @@ class NatsAuth:
             auth = replace(auth, xkey_seed=cls.generate().xkey_seed)  # a data dir from before xkey
         else:
             auth = cls.generate()
-        path.write_text(json.dumps(asdict(auth)))
-        path.chmod(0o600)
+        write_private(path, json.dumps(asdict(auth)))
         return auth
 
     def _xkey_line(self) -> str:
@@ -243,8 +243,8 @@ class NatsServer:
         binary = server_binary()
         if server_version(binary) < MIN_VERSION:
             raise NatsServerError(f"{binary} is older than {'.'.join(map(str, MIN_VERSION))}")
-        self.store_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(self.config_text())
+        private_dir(self.store_dir)
+        write_private(self.config_path, self.config_text())  # it holds the passwords
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [str(binary), "-c", str(self.config_path)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -262,7 +262,7 @@ class NatsServer:
                     return
             except OSError:
                 time.sleep(0.05)
-        raise NatsServerError(f"nats-server not ready on {self.url} after {timeout_s}s; see {self.log_path}")
+        raise NatsServerError(f"nats-server not ready on {self.public_url} after {timeout_s}s; see {self.log_path}")
 
     def _says_info(self) -> bool:
         """The server greets: in clear, or after the handshake with TLS first."""

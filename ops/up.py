@@ -32,6 +32,7 @@ from gpu_node.main import make_processor as make_gpu
 from ops import tls as ops_tls
 from ops.embedded_nats import NatsAuth, NatsCluster, NatsServer, NatsTls
 from ops.tls import TlsFiles
+from ops.private_files import private_dir, write_private
 from schemas.keys import Role
 from schemas.names import Lane
 
@@ -55,8 +56,7 @@ def admin_token(data_dir: Path, settings: Settings) -> str:
     if path.exists():
         return path.read_text().strip()
     token = "adm_" + secrets.token_urlsafe(32)
-    path.write_text(token)
-    path.chmod(0o600)
+    write_private(path, token)
     return token
 
 
@@ -85,7 +85,7 @@ def tls_settings(settings: Settings, data_dir: Path) -> tuple[TlsFiles, dict]:
 
 async def run(settings: Settings, *, nats_port: int, cluster: int = 1, tls: bool = False) -> None:
     data_dir = settings.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     token = admin_token(data_dir, settings)
     auth = NatsAuth.load_or_create(data_dir / "nats_auth.json")
     files, tls_update = tls_settings(settings, data_dir) if tls else (None, {})
@@ -137,13 +137,12 @@ async def run(settings: Settings, *, nats_port: int, cluster: int = 1, tls: bool
             info |= {"nats_public_url": nats.public_url, "tls_ca_file": str(files.ca_file),
                      "gateway_fingerprint": files.cert_sha256}
         up_json = data_dir / "up.json"
-        up_json.write_text(json.dumps(info, indent=2))
-        up_json.chmod(0o600)
+        write_private(up_json, json.dumps(info, indent=2))  # nats_url carries the service password
         tls_lines = (f"  tls ca:  {files.ca_file}\n  gateway certificate sha256: {files.cert_sha256}\n"
                      if files else "")
         print(f"gpubus is up\n  gateway: {gateway_url}\n  web:     {gateway_url}/  (sign in with the api key)\n"
               f"  api key: {full_key}  (user {LOCAL_USER})\n"
-              f"  nats:    {nats.url}\n{tls_lines}"
+              f"  nats:    {nats.public_url}\n{tls_lines}"
               f"  nodes:   {', '.join(n.node_id for n in nodes)}\n  details: {up_json}", flush=True)
         await stop.wait()
     finally:

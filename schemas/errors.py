@@ -51,6 +51,13 @@ class Conflict(GpubusError):
     code = "CONFLICT"
 
 
+class ResultUnreadable(Conflict):
+    """A succeeded job's stored result does not parse as its result type
+    (the node that ran it named or wrote something else)."""
+
+    code = "RESULT_UNREADABLE"
+
+
 class PayloadTooLarge(GpubusError):
     """Upload over the size limit."""
 

@@ -21,6 +21,7 @@ from schemas.jobs import TERMINAL
 REPO = Path(__file__).resolve().parents[1]
 TESTDATA = REPO / "tests" / "data"  # speech fixtures (WAV, MP4, expected .txt), part of the repository
 ADMIN_TOKEN = "adm_test_token_0123456789"
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def expected_text(name: str) -> str:
@@ -127,7 +128,7 @@ class Gateway:
         return self
 
     def admin(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
+        return httpx.Client(base_url=self.url, headers=ADMIN_HEADERS, timeout=30)
 
     def client(self, key: str | None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -227,11 +228,18 @@ def wait_job(c: httpx.Client, job_id: str, *, timeout_s: float = 60) -> dict[str
             raise AssertionError(f"job {job_id} still {job['status']} after {timeout_s}s: {job}")
 
 
+def metrics_page(url: str) -> str:
+    """A /metrics page: a gateway's needs the admin token (a node's ignores it)."""
+    r = httpx.get(url, headers=ADMIN_HEADERS, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.text
+
+
 def metric(url: str, name: str, **labels: str) -> float:
     """One sample from a /metrics page (0 when the series does not exist yet)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(url if url.endswith("/metrics") else f"{url}/metrics", timeout=10).text
+    text = metrics_page(url if url.endswith("/metrics") else f"{url}/metrics")
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):

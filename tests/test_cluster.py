@@ -24,7 +24,7 @@ from bus.settings import Settings
 from ops.embedded_nats import NatsCluster
 from schemas import codec, names
 from schemas.events import EventType, JobEvent
-from tests.harness import TESTDATA, Gateway, start_node, wait_until
+from tests.harness import TESTDATA, Gateway, metrics_page, start_node, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -221,7 +221,7 @@ def _longest_5xx_run(answers: list[Answer]) -> float:
 
 
 def _counter(metrics_url: str, name: str, **labels: str) -> float:
-    text = httpx.get(metrics_url, timeout=10).text
+    text = metrics_page(metrics_url)
     return sum(
         s.value
         for fam in text_string_to_metric_families(text)

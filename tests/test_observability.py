@@ -30,6 +30,7 @@ from tests.harness import (
     TESTDATA,
     Gateway,
     Proc,
+    metrics_page,
     start_node,
     stop_all,
     submit_file,
@@ -67,9 +68,7 @@ class Scrape:
 
 
 def scrape(url: str) -> Scrape:
-    r = httpx.get(url, timeout=10)
-    assert r.status_code == 200, r.text
-    return Scrape(r.text)
+    return Scrape(metrics_page(url))
 
 
 def wav_seconds(path: Path) -> float:
