@@ -37,6 +37,17 @@ _TERMINAL_STATUS = {
 }
 
 
+def event_refusal(subject: str, ev: JobEvent) -> str | None:
+    """Why a well-formed event is still not believed: a node may publish
+    only under its owner, and a result may be only the object the attempt
+    was told to write (not, say, the owner's cookie file)."""
+    if subject != names.event_subject(ev.owner, ev.job_id):
+        return "subject and body disagree"
+    if ev.result_object is not None and ev.result_object != names.result_object(ev.job_id, ev.attempt):
+        return f"result_object {ev.result_object[:80]!r} is not this attempt's result"
+    return None
+
+
 def _is_replay(rec: JobRecord, ev: JobEvent) -> bool:
     """The very event that made the record terminal, delivered again."""
     return rec.status == _TERMINAL_STATUS.get(ev.type) and rec.node_id == ev.node_id and rec.attempts == ev.attempt
@@ -117,9 +128,10 @@ class Materializer:
             log.error("dropping undecodable event on %s: %s", msg.subject, e)
             await msg.term()
             return None
-        if msg.subject != names.event_subject(ev.owner, ev.job_id):
+        why = event_refusal(msg.subject, ev)
+        if why is not None:
             self._metrics.bad_events.inc()
-            log.error("event for %s.%s arrived on %s; dropped", ev.owner, ev.job_id, msg.subject)
+            log.error("event for %s.%s on %s dropped: %s", ev.owner, ev.job_id, msg.subject, why)
             await msg.term()
             return None
         return ev

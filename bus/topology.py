@@ -37,6 +37,9 @@ STREAM_NAME_IN_USE = 10058
 CONSUMER_REPLICAS_EXCEED_STREAM = 10126
 SCALE_UP_WAIT_S = 30.0
 DUPLICATE_WINDOW_S = 120.0
+# Node events are a few hundred bytes; the cap keeps an untrusted node from
+# storing megabytes per event (review F4: records of ~8 MB each).
+EVENT_MAX_BYTES = 64 * 1024
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
@@ -91,6 +94,7 @@ def _events_stream(s: Settings) -> StreamConfig:
         num_replicas=s.replicas,
         max_age=s.events_max_age_days * DAY_S,
         duplicate_window=DUPLICATE_WINDOW_S,
+        max_msg_size=EVENT_MAX_BYTES,
     )
 
 

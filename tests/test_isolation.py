@@ -12,7 +12,7 @@ import pytest
 from bus import node_permissions, objects
 from schemas import names
 from schemas.names import Lane
-from tests.harness import TESTDATA, Gateway, start_node, submit_file, wait_until
+from tests.harness import TESTDATA, Gateway, connect_as_node, start_node, submit_file, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -29,10 +29,7 @@ class Violations:
 
 
 async def _as_node(server, key: str, owner: str, errors: Violations):
-    return await nats.connect(
-        server.public_url, token=key, inbox_prefix=node_permissions.inbox_prefix(owner),
-        error_cb=errors.record, allow_reconnect=False, connect_timeout=5,
-    )
+    return await connect_as_node(server, key, owner, error_cb=errors.record)
 
 
 async def test_node_of_a_cannot_touch_b(nats_server, gateway, user):

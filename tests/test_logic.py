@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from bus.materializer import fold
+from bus.jobstore import KNOWN_RECORDS_BYTES, JobStore
+from bus.materializer import event_refusal, fold
 from bus.settings import GpuMode
 from gateway.routing import Fleet, choose
 from schemas.events import EventType, JobEvent
 from schemas.jobs import ErrorInfo, JobRecord, JobStatus
+from schemas import names
 from schemas.names import SHARED, Kind, Lane
 
 LIVE = Fleet(owner_gpu_live=True, owner_cpu_live=False, gpu_backlog=0)
@@ -76,3 +78,22 @@ def test_progress_out_of_order_never_goes_backwards():
     rec = fold(_rec(), _ev(EventType.PROGRESS, progress=0.6))
     rec = fold(rec, _ev(EventType.PROGRESS, progress=0.3))
     assert rec.progress == 0.6 and rec.status == JobStatus.RUNNING
+
+
+def test_result_object_must_be_the_attempts_own():
+    job_id = "j" + "0" * 32
+    subject = names.event_subject("a", job_id)
+    assert event_refusal(subject, _ev(EventType.SUCCEEDED, attempt=2, result_object=names.result_object(job_id, 2))) is None
+    for elsewhere in (names.COOKIES_OBJECT, names.result_object(job_id, 1), "in/x/../../auth/cookies.txt"):
+        assert event_refusal(subject, _ev(EventType.SUCCEEDED, attempt=2, result_object=elsewhere)) is not None
+    assert event_refusal(names.event_subject("b", job_id), _ev(EventType.STARTED)) is not None
+
+
+def test_known_records_are_bounded_by_bytes():
+    store = JobStore(kv=None)  # type: ignore[arg-type]  (only the in-memory cache is used)
+    big = KNOWN_RECORDS_BYTES // 4
+    for i in range(10):
+        store._remember(f"a.j{i}", _rec(), i, big)
+    assert store.cached_bytes <= KNOWN_RECORDS_BYTES and store.knows("a", "j9") and not store.knows("a", "j0")
+    store._remember("a.j9", _rec(), 11, 10)  # a rewrite replaces its own bytes
+    assert store.cached_bytes == 3 * big + 10
