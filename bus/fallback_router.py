@@ -27,6 +27,7 @@ from bus.jobstore import JobStore, with_seq
 from bus.metrics import GatewayMetrics
 from bus.publisher import JobPublisher
 from bus.pulling import DurableLoop
+from bus.retry import is_retryable
 from schemas import codec, names
 from schemas.errors import NO_NODE_COMPLETED, NotFound
 from schemas.events import JobEvent
@@ -99,6 +100,10 @@ class FallbackRouter:
             log.error("unreadable advisory, dropped: %s", e)
             await msg.term()
         except Exception as e:
+            if not is_retryable(e):  # it would fail the same way on every delivery
+                log.error("fallback of advisory failed for good (%s: %s); dropped", type(e).__name__, e)
+                await msg.term()
+                return
             log.warning("fallback of advisory failed (%s); will retry", e)
             await msg.nak(delay=1.0)
 

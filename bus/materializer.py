@@ -15,10 +15,12 @@ from collections.abc import Awaitable, Callable
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from bus.event_drops import EventDrops
 from bus.joblog import job_fields
 from bus.jobstore import JobStore
 from bus.metrics import GatewayMetrics
 from bus.pulling import DurableLoop
+from bus.retry import is_retryable
 from schemas import codec, names
 from schemas.errors import NotFound
 from schemas.events import EventType, JobEvent
@@ -27,8 +29,10 @@ from schemas.jobs import JobRecord, JobStatus
 log = logging.getLogger("gpubus.bus.materializer")
 
 FETCH_BATCH = 64
-UNKNOWN_JOB_RETRIES = 40
-UNKNOWN_JOB_RETRY_S = 0.25
+RETRY_DELAY_S = 1.0
+UNKNOWN_JOB = "unknown_job"
+OVER_QUOTA = "over_quota"
+NOT_FOLDABLE = "not_foldable"
 
 _TERMINAL_STATUS = {
     EventType.SUCCEEDED: JobStatus.SUCCEEDED,
@@ -97,6 +101,7 @@ class Materializer:
         self._on_released = on_released
         self._jobs = jobs
         self._metrics = metrics
+        self._drops = EventDrops()
         self._loop = DurableLoop(
             js, durable=names.MATERIALIZER_CONSUMER, stream=names.EVENTS_STREAM, handle=self._handle, max_batch=FETCH_BATCH
         )
@@ -106,6 +111,7 @@ class Materializer:
 
     async def stop(self) -> None:
         await self._loop.stop()
+        self._drops.flush()
 
     async def _handle(self, msgs: list[Msg]) -> None:
         """A batch, grouped by job: each job's events are folded into its
@@ -139,7 +145,13 @@ class Materializer:
     async def _handle_job(self, group: list[tuple[Msg, JobEvent]]) -> None:
         """One job's events of a batch, in stream order. A `released` event
         (rare: a job's last delivery given up) goes to the fallback router
-        on its own; the events around it are folded in one CAS each run."""
+        on its own; the events around it are folded in one CAS each run.
+        An owner flooding events for unknown jobs gets no look-up for jobs
+        this gateway does not know (bus/event_drops.py)."""
+        first = group[0][1]
+        if self._drops.flooding(first.owner) and not self._jobs.knows(first.owner, first.job_id):
+            await self._drop([m for m, _ in group], first, OVER_QUOTA)
+            return
         run: list[tuple[Msg, JobEvent]] = []
         for msg, ev in group:
             if ev.type == EventType.RELEASED:
@@ -153,6 +165,9 @@ class Materializer:
     async def _settle(
         self, items: list[tuple[Msg, JobEvent]], apply: Callable[[list[JobEvent]], Awaitable[object]]
     ) -> None:
+        """One place decides: ack what was applied; nak what may work on a
+        later delivery (a record not written yet, NATS blinking); term the
+        rest, so no event is redelivered for ever."""
         if not items:
             return
         msgs, events = [m for m, _ in items], [e for _, e in items]
@@ -160,17 +175,27 @@ class Materializer:
         try:
             await apply(events)
         except NotFound:
-            # The gateway writes a record just after the job's PubAck, so a
-            # fast node's first event can beat it: wait for it, within reason.
-            if msgs[0].metadata.num_delivered < UNKNOWN_JOB_RETRIES:
-                await asyncio.gather(*(m.nak(delay=UNKNOWN_JOB_RETRY_S) for m in msgs))
-                return
-            log.warning("%d event(s) for unknown job %s.%s; dropped", len(events), first.owner, first.job_id)
+            delay = self._drops.retry_delay(first.owner, msgs[0].metadata.num_delivered, len(msgs))
+            if delay is not None:
+                await asyncio.gather(*(m.nak(delay=delay) for m in msgs))
+            else:
+                await self._drop(msgs, first, UNKNOWN_JOB)
+            return
         except Exception as e:
-            log.warning("could not apply %d event(s) of job %s (%s); will be redelivered", len(events), first.job_id, e)
-            await asyncio.gather(*(m.nak(delay=1.0) for m in msgs))
+            if is_retryable(e):
+                log.warning("could not apply %d event(s) of job %s (%s); will be redelivered", len(events), first.job_id, e)
+                await asyncio.gather(*(m.nak(delay=RETRY_DELAY_S) for m in msgs))
+            else:
+                log.error("%d event(s) of job %s.%s cannot be folded (%s: %s); dropped",
+                          len(events), first.owner, first.job_id, type(e).__name__, str(e)[:200])
+                await self._drop(msgs, first, NOT_FOLDABLE)
             return
         await asyncio.gather(*(m.ack() for m in msgs))
+
+    async def _drop(self, msgs: list[Msg], first: JobEvent, reason: str) -> None:
+        self._metrics.dropped_events.labels(reason=reason).inc(len(msgs))
+        self._drops.dropped(first.owner, reason, len(msgs))
+        await asyncio.gather(*(m.term() for m in msgs))
 
     async def apply(self, ev: JobEvent) -> JobRecord:
         return await self.apply_all([ev])

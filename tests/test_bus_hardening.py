@@ -4,18 +4,19 @@ gateway does about it: the security review's F2, F4, F6, F7 and F14."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
 import nats
 import pytest
 
-from bus.topology import EVENT_MAX_BYTES
+from bus.topology import EVENT_MAX_BYTES, INTERNAL_MAX_DELIVER
 from schemas import codec, names
 from schemas.events import EventType, JobEvent
-from schemas.jobs import ErrorInfo
+from schemas.jobs import ErrorInfo, new_job_id
 from schemas.names import Lane
-from tests.harness import TESTDATA, connect_as_node, metric, submit_file, wait_until
+from tests.harness import TESTDATA, connect_as_node, metric, submit_file, wait_job, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -49,6 +50,12 @@ def _record(gateway, key: str, job_id: str) -> dict:
         return r.json()
 
 
+def _timed_job(gateway, key: str) -> float:
+    t0 = time.monotonic()
+    with gateway.client(key) as c:
+        job = submit_file(c, TESTDATA / "hello.wav")
+        assert wait_job(c, job["job_id"], timeout_s=120)["status"] == "succeeded"
+    return time.monotonic() - t0
 
 
 # F4: bounded events and records
@@ -94,3 +101,68 @@ async def test_oversize_events_and_foreign_result_objects_are_refused(nats_serve
     assert rec.get("late_completions", 0) == 0 and "error" not in rec
     assert len(json.dumps(rec)) < 4096
     assert metric(gateway.url, "gpubus_bad_events_total") >= bad_before + 3
+
+
+# F7: poison events
+
+
+async def test_event_that_cannot_be_folded_is_termed_and_others_go_on(nats_server, gateway, shared_cpu_node, user):
+    key = gateway.create_key(user)
+    svc = await nats.connect(nats_server.url)
+    try:
+        js = svc.jetstream()
+        for durable, stream in ((names.MATERIALIZER_CONSUMER, names.EVENTS_STREAM),
+                                (names.FALLBACK_CONSUMER, names.DEADLETTER_STREAM)):
+            assert (await js.consumer_info(stream, durable)).config.max_deliver == INTERNAL_MAX_DELIVER
+        # Given a job record that no fold can read, and an event for it
+        job_id = new_job_id()
+        await (await js.key_value(names.JOBS_BUCKET)).put(names.job_key(user, job_id), b"{not a record")
+        dropped_before = metric(gateway.url, "gpubus_dropped_events_total", reason="not_foldable")
+        ack = await js.publish(names.event_subject(user, job_id), _event(user, job_id, EventType.STARTED))
+        # Then the materializer drops it at once instead of redelivering it every second
+        wait_until(lambda: metric(gateway.url, "gpubus_dropped_events_total", reason="not_foldable") > dropped_before,
+                   timeout_s=15, what="the poison event dropped")
+        await asyncio.sleep(2.5)
+        info = await js.consumer_info(names.EVENTS_STREAM, names.MATERIALIZER_CONSUMER)
+        assert info.ack_floor.stream_seq >= ack.seq  # settled: not waiting for another delivery
+        assert metric(gateway.url, "gpubus_dropped_events_total", reason="not_foldable") == dropped_before + 1
+    finally:
+        await svc.close()
+    # ...and goes on folding other jobs
+    assert _timed_job(gateway, key) < 60
+
+
+# F6: floods of events for unknown jobs
+
+
+def _unknown_job_drops(gateway) -> float:
+    return sum(metric(gateway.url, "gpubus_dropped_events_total", reason=r) for r in ("unknown_job", "over_quota"))
+
+
+async def test_flood_of_unknown_job_events_does_not_starve_another_user(nats_server, gateway, shared_cpu_node, user):
+    alice, bob = user + "-a", user + "-b"
+    key_a = gateway.create_key(alice, roles=("node",))
+    key_b = gateway.create_key(bob, roles=("user",))
+    # Given bob's normal round trip, measured now (the warmer of two)
+    normal = min(_timed_job(gateway, key_b) for _ in range(2))
+    dropped_before = _unknown_job_drops(gateway)
+    nc = await connect_as_node(nats_server, key_a, alice)
+    try:
+        # When alice's node floods 2,000 progress events for job ids that do not exist
+        for _ in range(2000):
+            job_id = new_job_id()
+            await nc.publish(names.event_subject(alice, job_id), _event(alice, job_id, EventType.PROGRESS, progress=0.5))
+        await nc.flush()
+        t_flood = time.monotonic()
+        # ...and bob submits a job at the same time
+        flooded = _timed_job(gateway, key_b)
+        wait_until(lambda: _unknown_job_drops(gateway) >= dropped_before + 2000, timeout_s=30,
+                   what="the flood dropped", interval_s=0.05)
+        drained = time.monotonic() - t_flood
+    finally:
+        await nc.close()
+    print(f"bob's job: {normal:.2f}s normally, {flooded:.2f}s during the flood; flood dropped in {drained:.2f}s")
+    # Then bob waited at most twice as long, every flood event was dropped, and the log got a handful of lines
+    assert flooded <= 2 * normal, (normal, flooded)
+    lines = [ln for ln in gateway.proc.log().splitlines() if alice in ln and "drop" in ln]
+    assert len(lines) <= 5, lines[:10]

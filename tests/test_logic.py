@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bus.event_drops import UNKNOWN_JOB_BACKOFF_S, UNKNOWN_JOB_QUOTA, WINDOW_S, EventDrops
 from bus.jobstore import KNOWN_RECORDS_BYTES, JobStore
 from bus.materializer import event_refusal, fold
 from bus.settings import GpuMode
@@ -87,6 +88,36 @@ def test_result_object_must_be_the_attempts_own():
     for elsewhere in (names.COOKIES_OBJECT, names.result_object(job_id, 1), "in/x/../../auth/cookies.txt"):
         assert event_refusal(subject, _ev(EventType.SUCCEEDED, attempt=2, result_object=elsewhere)) is not None
     assert event_refusal(names.event_subject("b", job_id), _ev(EventType.STARTED)) is not None
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_unknown_job_events_get_a_few_short_tries(caplog):
+    drops = EventDrops(clock=_Clock())
+    delays = [drops.retry_delay("a", n, 1) for n in (1, 2, 3)]
+    assert delays[:2] == list(UNKNOWN_JOB_BACKOFF_S) and delays[2] is None
+    assert not drops.flooding("a")
+
+
+def test_an_owner_over_its_unknown_job_quota_floods_until_the_window_ends(caplog):
+    clock = _Clock()
+    drops = EventDrops(clock=clock)
+    for _ in range(UNKNOWN_JOB_QUOTA + 1):
+        drops.retry_delay("a", 1, 1)
+        drops.dropped("a", "unknown_job", 1)
+    assert drops.flooding("a") and not drops.flooding("b")
+    assert drops.retry_delay("a", 1, 1) is None
+    assert not caplog.records  # nothing logged per event
+    clock.t += WINDOW_S
+    assert not drops.flooding("a")
+    [line] = [r.getMessage() for r in caplog.records]
+    assert f"dropped {UNKNOWN_JOB_QUOTA + 1} event(s)" in line and "a/unknown_job" in line
 
 
 def test_known_records_are_bounded_by_bytes():
