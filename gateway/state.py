@@ -62,7 +62,9 @@ class GatewayState:
         self.jobs = JobStore(await self.js.key_value(names.JOBS_BUCKET), finishes=self.finishes)
         self.keys = KeyStore(await self.js.key_value(names.APIKEYS_BUCKET))
         self.publisher = JobPublisher(self.js, give_up_after_s=s.publish_timeout)
-        self.nodes = LiveNodes(await self.js.key_value(names.NODES_BUCKET), ttl_s=s.registry_ttl)
+        self.nodes = LiveNodes(
+            await self.js.key_value(names.NODES_BUCKET), ttl_s=s.registry_ttl, on_bad=self.metrics.bad_heartbeats.inc
+        )
         await self.nodes.start()
         self.router = FallbackRouter(self.js, self.jobs, self.publisher, self.metrics, cpu_queue_for=self.cpu_queue_for)
         self.auth_callout: AuthCallout | None = None

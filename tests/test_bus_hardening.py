@@ -58,6 +58,62 @@ def _timed_job(gateway, key: str) -> float:
     return time.monotonic() - t0
 
 
+# F2: the node registry
+
+
+async def test_registry_entry_naming_another_owner_is_ignored(nats_server, gateway, shared_cpu_node, user):
+    alice, bob = user + "-a", user + "-b"
+    key_a = gateway.create_key(alice, roles=("node",))
+    key_b = gateway.create_key(bob, roles=("user",))
+    bad_before = metric(gateway.url, "gpubus_bad_heartbeats_total")
+    nc = await connect_as_node(nats_server, key_a, alice)
+    try:
+        js = nc.jetstream()
+        # Given alice's node writes, under its own keys, bodies that say "bob" and a far future
+        for lane in ("cpu", "gpu"):
+            await js.publish(f"$KV.nodes.{alice}.{lane}.spoof",
+                             _heartbeat(bob, lane, f"{lane}-spoof", last_seen=time.time() + 3e8))
+        await js.publish(f"$KV.nodes.{alice}.cpu.ctl", _heartbeat(alice, "cpu", "ctl"))  # control: a true entry
+        wait_until(lambda: any(n["node_id"] == "ctl" for n in _workers(gateway, key_a)), timeout_s=10,
+                   what="the control entry seen")
+        # Then bob sees no node of his, alice none either, and it was counted
+        assert not [n for n in _workers(gateway, key_b) if n["owner"] == bob]
+        assert not [n for n in _workers(gateway, key_a) if "spoof" in n["node_id"]]
+        assert metric(gateway.url, "gpubus_bad_heartbeats_total") >= bad_before + 2
+        # ...and bob's job goes to the shared pool and finishes
+        with gateway.client(key_b) as c:
+            job = submit_file(c, TESTDATA / "hello.wav")
+            assert job["lane"] == "cpu"
+            final = wait_job(c, job["job_id"], timeout_s=60)
+        assert final["status"] == "succeeded" and final["queue_owner"] == names.SHARED
+    finally:
+        await nc.close()
+
+
+async def test_registry_entry_ages_by_server_time_and_metrics_url_is_checked(nats_server, gateway, user):
+    key = gateway.create_key(user, roles=("user", "node"))
+    nc = await connect_as_node(nats_server, key, user)
+    try:
+        # Given one heartbeat claiming to be seen ten years ahead, with a metrics_url carrying userinfo
+        hb = _heartbeat(user, "cpu", "stale", last_seen=time.time() + 3e8,
+                        metrics_url="http://admin:pw@127.0.0.1:9/metrics")
+        await nc.jetstream().publish(f"$KV.nodes.{user}.cpu.stale", hb)
+    finally:
+        await nc.close()
+    [node] = wait_until(lambda: [n for n in _workers(gateway, key) if n["node_id"] == "stale"], timeout_s=10,
+                        what="the entry listed")
+    # Then it is listed as seen now at the latest, without its URL, and nowhere for Prometheus
+    assert node["last_seen"] <= time.time() + 1 and node["metrics_url"] is None
+    with gateway.admin() as admin:
+        targets = admin.get("/api/v1/status/prometheus-targets").json()
+    assert not [t for t in targets if t["labels"]["owner"] == user]
+    # ...and, its heartbeats stopped, it is gone after the TTL (3 s here), DEL marker or not
+    t0 = time.monotonic()
+    wait_until(lambda: not [n for n in _workers(gateway, key) if n["node_id"] == "stale"], timeout_s=12,
+               what="the stale entry gone")
+    assert time.monotonic() - t0 < 8
+
+
 # F4: bounded events and records
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import time
+from datetime import datetime, timezone
+
 import pytest
 
 from bus.event_drops import UNKNOWN_JOB_BACKOFF_S, UNKNOWN_JOB_QUOTA, WINDOW_S, EventDrops
 from bus.jobstore import KNOWN_RECORDS_BYTES, JobStore
 from bus.materializer import event_refusal, fold
+from bus.registry import LiveNodes
 from bus.settings import GpuMode
 from gateway.routing import Fleet, choose
 from schemas.events import EventType, JobEvent
@@ -128,3 +133,37 @@ def test_known_records_are_bounded_by_bytes():
     assert store.cached_bytes <= KNOWN_RECORDS_BYTES and store.knows("a", "j9") and not store.knows("a", "j0")
     store._remember("a.j9", _rec(), 11, 10)  # a rewrite replaces its own bytes
     assert store.cached_bytes == 3 * big + 10
+
+
+def _hb(owner="alice", lane="cpu", node_id="n1", **kw) -> bytes:
+    base = dict(node_id=node_id, owner=owner, lane=lane, device="cpu", kinds=["audio"], models=["tiny.en"], capacity=1,
+                busy=0, last_seen=time.time(), started_at=time.time(), metrics_url="http://127.0.0.1:9100/metrics")
+    return json.dumps(base | kw).encode()
+
+
+def test_registry_believes_the_key_not_the_body():
+    bad: list[int] = []
+    nodes = LiveNodes(kv=None, ttl_s=3, on_bad=lambda: bad.append(1))  # type: ignore[arg-type]
+    now = datetime.now(timezone.utc)
+    nodes._apply("alice.cpu.n1", None, _hb(), now)
+    nodes._apply("alice.cpu.spoof", None, _hb(owner="bob", node_id="spoof"), now)
+    nodes._apply("alice.gpu.n2", None, _hb(lane="cpu", node_id="n2"), now)
+    nodes._apply("alice.cpu.n3", None, _hb(node_id="other"), now)
+    assert [n.node_id for n in nodes.live()] == ["n1"] and not nodes.live(owner="bob") and len(bad) == 3
+
+
+def test_registry_ages_by_the_servers_time_and_clamps_the_future():
+    nodes = LiveNodes(kv=None, ttl_s=3)  # type: ignore[arg-type]
+    long_ago = datetime.fromtimestamp(time.time() - 10, timezone.utc)
+    nodes._apply("alice.cpu.old", None, _hb(node_id="old", last_seen=time.time() + 3e8), long_ago)
+    nodes._apply("alice.cpu.new", None, _hb(node_id="new", last_seen=time.time() + 3e8), datetime.now(timezone.utc))
+    [n] = nodes.live()
+    assert n.node_id == "new" and n.last_seen <= time.time()
+
+
+def test_registry_drops_a_metrics_url_prometheus_must_not_scrape():
+    bad: list[int] = []
+    nodes = LiveNodes(kv=None, ttl_s=3, on_bad=lambda: bad.append(1))  # type: ignore[arg-type]
+    nodes._apply("alice.cpu.n1", None, _hb(metrics_url="http://u:p@10.0.0.1:80/"), datetime.now(timezone.utc))
+    [n] = nodes.live()
+    assert n.metrics_url is None and bad == [1]

@@ -25,6 +25,7 @@ from schemas.jobs import (
 )
 from schemas.keys import ApiKeyRecord, new_secret, parse_key, secret_matches
 from schemas.media_sniff import sniff
+from schemas.nodes import metrics_url_refusal
 from schemas.names import Kind, Lane
 from schemas.results import Segment, Transcript
 from tests.harness import TESTDATA
@@ -160,3 +161,17 @@ def test_event_over_a_bound_does_not_decode(field, value):
 def test_error_info_of_cuts_a_long_report_to_fit():
     info = ErrorInfo.of("E" * 100, "x" * 10_000)
     assert len(info.code) == CODE_MAX and len(info.message) == MESSAGE_MAX
+
+
+@pytest.mark.parametrize("url", ["http://10.1.2.3:9100/metrics", "https://node.example:443/m"])
+def test_metrics_url_plain_http_with_host_and_port_passes(url):
+    assert metrics_url_refusal(url) is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["file:///etc/passwd", "gopher://h:70/", "http://user:pw@h:9100/metrics", "http://h/metrics", "http://:9100/",
+     "http://h:99999/", "http://h:9100/metrics?target=http://169.254.169.254/", "not a url"],
+)
+def test_metrics_url_anything_else_is_refused(url):
+    assert metrics_url_refusal(url) is not None
