@@ -222,3 +222,26 @@ async def test_flood_of_unknown_job_events_does_not_starve_another_user(nats_ser
     assert flooded <= 2 * normal, (normal, flooded)
     lines = [ln for ln in gateway.proc.log().splitlines() if alice in ln and "drop" in ln]
     assert len(lines) <= 5, lines[:10]
+
+
+# F14: expired keys
+
+
+async def test_expired_node_key_loses_its_live_connection(nats_server, gateway, user):
+    key = gateway.create_key(user, roles=("node",), expires_days=4 / 86_400)
+    expires_at = time.time() + 4
+    closed = asyncio.Event()
+
+    async def on_closed() -> None:
+        closed.set()
+
+    nc = await connect_as_node(nats_server, key, user, closed_cb=on_closed)
+    try:
+        # Given the node's connection works before the key expires
+        info = await nc.jetstream().consumer_info(names.JOBS_STREAM, names.consumer_name(user, Lane.CPU))
+        assert info.name == names.consumer_name(user, Lane.CPU)
+        # Then the server closes it within a few seconds of the expiry
+        await asyncio.wait_for(closed.wait(), timeout=expires_at - time.time() + 5)
+        assert time.time() >= expires_at - 1.5
+    finally:
+        await nc.close()
