@@ -8,7 +8,8 @@ retry multiplies that, and a line per event floods the log (review F6: 40
 retries per event turned 2,000 events into 14 s of delay for everyone). So:
 few tries, and an owner over its quota of unknown-job events in a window is
 "flooding": its events are not waited for, and those of jobs this gateway
-does not know are dropped without a look-up (the look-up was the cost). Drops
+does not know are dropped by their subject alone, neither decoded nor looked
+up (the look-up was most of the cost, the decoding most of the rest). Drops
 are logged as one line per window.
 
 The price is the flooding owner's own: with several gateways, its true events

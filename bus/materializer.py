@@ -52,6 +52,12 @@ def event_refusal(subject: str, ev: JobEvent) -> str | None:
     return None
 
 
+def _subject_job(subject: str) -> tuple[str, str]:
+    """(owner, job id) as `events.<owner>.<job_id>` names them."""
+    _, owner, job_id = (subject.split(".", 2) + ["", ""])[:3]
+    return owner, job_id
+
+
 def _is_replay(rec: JobRecord, ev: JobEvent) -> bool:
     """The very event that made the record terminal, delivered again."""
     return rec.status == _TERMINAL_STATUS.get(ev.type) and rec.node_id == ev.node_id and rec.attempts == ev.attempt
@@ -119,10 +125,17 @@ class Materializer:
         side (one CAS per event, one job after another, made the
         materializer the bottleneck of the whole system under load)."""
         by_job: dict[str, list[tuple[Msg, JobEvent]]] = {}
+        flooded: dict[str, list[Msg]] = {}
         for msg in msgs:  # a batch often holds a job's `started` and its outcome
+            owner, job_id = _subject_job(msg.subject)
+            if self._drops.flooding(owner) and not self._jobs.knows(owner, job_id):
+                flooded.setdefault(owner, []).append(msg)  # not even decoded: see bus/event_drops.py
+                continue
             ev = await self._decode(msg)
             if ev is not None:
                 by_job.setdefault(msg.subject, []).append((msg, ev))
+        for owner, dropped in flooded.items():
+            await self._drop(dropped, owner, OVER_QUOTA)
         await asyncio.gather(*(self._handle_job(group) for group in by_job.values()))
 
     async def _decode(self, msg: Msg) -> JobEvent | None:
@@ -145,13 +158,7 @@ class Materializer:
     async def _handle_job(self, group: list[tuple[Msg, JobEvent]]) -> None:
         """One job's events of a batch, in stream order. A `released` event
         (rare: a job's last delivery given up) goes to the fallback router
-        on its own; the events around it are folded in one CAS each run.
-        An owner flooding events for unknown jobs gets no look-up for jobs
-        this gateway does not know (bus/event_drops.py)."""
-        first = group[0][1]
-        if self._drops.flooding(first.owner) and not self._jobs.knows(first.owner, first.job_id):
-            await self._drop([m for m, _ in group], first, OVER_QUOTA)
-            return
+        on its own; the events around it are folded in one CAS each run."""
         run: list[tuple[Msg, JobEvent]] = []
         for msg, ev in group:
             if ev.type == EventType.RELEASED:
@@ -179,7 +186,7 @@ class Materializer:
             if delay is not None:
                 await asyncio.gather(*(m.nak(delay=delay) for m in msgs))
             else:
-                await self._drop(msgs, first, UNKNOWN_JOB)
+                await self._drop(msgs, first.owner, UNKNOWN_JOB)
             return
         except Exception as e:
             if is_retryable(e):
@@ -188,13 +195,13 @@ class Materializer:
             else:
                 log.error("%d event(s) of job %s.%s cannot be folded (%s: %s); dropped",
                           len(events), first.owner, first.job_id, type(e).__name__, str(e)[:200])
-                await self._drop(msgs, first, NOT_FOLDABLE)
+                await self._drop(msgs, first.owner, NOT_FOLDABLE)
             return
         await asyncio.gather(*(m.ack() for m in msgs))
 
-    async def _drop(self, msgs: list[Msg], first: JobEvent, reason: str) -> None:
+    async def _drop(self, msgs: list[Msg], owner: str, reason: str) -> None:
         self._metrics.dropped_events.labels(reason=reason).inc(len(msgs))
-        self._drops.dropped(first.owner, reason, len(msgs))
+        self._drops.dropped(owner, reason, len(msgs))
         await asyncio.gather(*(m.term() for m in msgs))
 
     async def apply(self, ev: JobEvent) -> JobRecord:

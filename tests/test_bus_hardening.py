@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import time
 
 import nats
@@ -199,8 +200,8 @@ async def test_flood_of_unknown_job_events_does_not_starve_another_user(nats_ser
     alice, bob = user + "-a", user + "-b"
     key_a = gateway.create_key(alice, roles=("node",))
     key_b = gateway.create_key(bob, roles=("user",))
-    # Given bob's normal round trip, measured now (the warmer of two)
-    normal = min(_timed_job(gateway, key_b) for _ in range(2))
+    # Given bob's normal round trip, measured now (the median of three: the machine is shared)
+    normal = statistics.median(_timed_job(gateway, key_b) for _ in range(3))
     dropped_before = _unknown_job_drops(gateway)
     nc = await connect_as_node(nats_server, key_a, alice)
     try:
