@@ -40,7 +40,7 @@ async def settle(msg: Msg, report: Report, *, job_ref: str, last_delivery: bool 
         yield
     except JobFailed as e:
         log.info("job %s failed permanently: %s %s", job_ref, e.code, e.message)
-        await report("failed", ErrorInfo(code=e.code, message=e.message))
+        await report("failed", ErrorInfo.of(e.code, e.message))
         await msg.term()
     except JobCancelled:
         log.info("job %s cancelled while running", job_ref)
@@ -48,7 +48,7 @@ async def settle(msg: Msg, report: Report, *, job_ref: str, last_delivery: bool 
         await _ack(msg, job_ref)
     except JobRetryable as e:
         log.warning("job %s transient failure %s: %s; nak %.1fs", job_ref, e.code, e.message, e.delay_s)
-        await _give_back(msg, report, ErrorInfo(code=e.code, message=e.message), last_delivery, delay_s=e.delay_s)
+        await _give_back(msg, report, ErrorInfo.of(e.code, e.message), last_delivery, delay_s=e.delay_s)
     except asyncio.CancelledError:
         log.warning("job %s interrupted by shutdown; nak for immediate redelivery", job_ref)
         info = ErrorInfo(code="NODE_SHUTDOWN", message="the node stopped before finishing")

@@ -12,9 +12,11 @@ Revocation: we remember which connections (server id, client id) each key
 was granted; when a key is revoked, every gateway hears it on a core subject
 and asks the servers (system account `KICK`) to disconnect those
 connections. The node reconnects with the same key, is refused, and exits.
-The user JWT itself does not expire: nats-py closes a connection for good,
-without reconnecting, when the server reports an expired authentication, so
-an expiring identity would take healthy nodes down with it.
+The user JWT expires only with its key: nats-py closes a connection for
+good, without reconnecting, when the server reports an expired
+authentication, so a short-lived identity would take healthy nodes down
+with it; for a key that expires that is exactly right, and the server itself
+cuts the connection at the key's `expires_at` (the JWT's `exp`).
 
 Why callout rather than user credentials signed ahead of time: nodes need
 only the gateway URL and their API key (nothing to mint, copy or rotate),
@@ -26,6 +28,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -109,7 +112,7 @@ class AuthCallout:
         secret = opts.get("auth_token") or opts.get("pass") or ""
         try:
             name, perms, key_id = await self._permissions_for(secret)
-            reply = self._grant(user_nkey, server_id, name, perms)
+            reply = self._grant(user_nkey, server_id, name, perms, expires=await self._expiry(key_id))
             cid = data.get("client_info", {}).get("id")
             if key_id and cid is not None:
                 self._granted.setdefault(key_id, set()).add((server_id, int(cid)))
@@ -151,7 +154,18 @@ class AuthCallout:
             raise Unauthorized(f"key {rec.key_id} has no node role")
         return f"{rec.user_id}/{rec.key_id}", node_permissions.for_node(rec.user_id), rec.key_id
 
-    def _grant(self, user_nkey: str, server_id: str, name: str, perms: dict[str, list[str]] | None) -> str:
+    async def _expiry(self, key_id: str | None) -> int | None:
+        """When the key's NATS identity must end: revocation kicks a live
+        connection, but nothing else would end one whose key just expired
+        (review F14). Whole seconds, rounded up: the JWT's `exp` is an int."""
+        if key_id is None:
+            return None
+        expires_at = (await self._keys.get(key_id)).expires_at
+        return None if expires_at is None else math.ceil(expires_at)
+
+    def _grant(
+        self, user_nkey: str, server_id: str, name: str, perms: dict[str, list[str]] | None, *, expires: int | None = None
+    ) -> str:
         now = int(time.time())
         nats: dict = {"type": "user", "version": 2}
         account = node_permissions.APP_ACCOUNT  # the service identity: trusted, full access
@@ -160,11 +174,10 @@ class AuthCallout:
             # and the trusted state (bus/node_permissions.py says why).
             account = node_permissions.NODE_ACCOUNT
             nats |= {"pub": {"allow": perms["pub"]}, "sub": {"allow": perms["sub"]}}
-        user_jwt = nats_jwt.encode(
-            {"iat": now, "iss": self._issuer, "sub": user_nkey,
-             "name": name, "aud": account, "nats": nats},
-            self._seed,
-        )
+        claims = {"iat": now, "iss": self._issuer, "sub": user_nkey, "name": name, "aud": account, "nats": nats}
+        if expires is not None:
+            claims["exp"] = expires
+        user_jwt = nats_jwt.encode(claims, self._seed)
         return self._response(user_nkey, server_id, {"jwt": user_jwt})
 
     def _refuse(self, user_nkey: str, server_id: str, why: str) -> str:

@@ -29,6 +29,7 @@ from bus.publisher import JobPublisher
 from bus import sealing
 from bus.pulling import DurableLoop
 from bus.sealing import RecordSeal, SealBroken
+from bus.retry import is_retryable
 from schemas import codec, names
 from schemas.errors import NO_NODE_COMPLETED, NotFound
 from schemas.events import JobEvent
@@ -103,6 +104,10 @@ class FallbackRouter:
             log.error("unreadable advisory, dropped: %s", e)
             await msg.term()
         except Exception as e:
+            if not is_retryable(e):  # it would fail the same way on every delivery
+                log.error("fallback of advisory failed for good (%s: %s); dropped", type(e).__name__, e)
+                await msg.term()
+                return
             log.warning("fallback of advisory failed (%s); will retry", e)
             await msg.nak(delay=1.0)
 

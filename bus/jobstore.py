@@ -33,6 +33,7 @@ log = logging.getLogger("gpubus.bus.jobstore")
 
 MAX_CAS_TRIES = 20
 KNOWN_RECORDS = 4096
+KNOWN_RECORDS_BYTES = 16 * 1024 * 1024  # encoded size: a count alone let a few huge records take the memory
 RECHECK_S = 5.0
 JOB_ID_RE = re.compile(r"^j[0-9a-f]{32}$")
 Mutator = Callable[[JobRecord], JobRecord | None]
@@ -128,7 +129,8 @@ class JobStore:
         self._kv = kv
         self._seal = seal
         self._finishes = finishes
-        self._known: OrderedDict[str, tuple[JobRecord, int]] = OrderedDict()
+        self._known: OrderedDict[str, tuple[JobRecord, int, int]] = OrderedDict()  # key -> (record, revision, bytes)
+        self._known_bytes = 0
 
     def _encode(self, key: str, rec: JobRecord) -> bytes:
         return self._seal.seal(_kv_subject(key), codec.encode_record(rec))
@@ -136,11 +138,25 @@ class JobStore:
     def _decode(self, key: str, value: bytes) -> JobRecord:
         return decode_job_record(self._seal, _kv_subject(key), value)
 
-    def _remember(self, key: str, rec: JobRecord, rev: int) -> None:
-        self._known[key] = (rec, rev)
-        self._known.move_to_end(key)
-        if len(self._known) > KNOWN_RECORDS:
-            self._known.popitem(last=False)
+    def _remember(self, key: str, rec: JobRecord, rev: int, size: int) -> None:
+        """Least recently used first out, bounded by entries and by the
+        records' encoded bytes."""
+        old = self._known.pop(key, None)
+        if old is not None:
+            self._known_bytes -= old[2]
+        self._known[key] = (rec, rev, size)
+        self._known_bytes += size
+        while self._known and (len(self._known) > KNOWN_RECORDS or self._known_bytes > KNOWN_RECORDS_BYTES):
+            _, (_, _, gone) = self._known.popitem(last=False)
+            self._known_bytes -= gone
+
+    def knows(self, owner: str, job_id: str) -> bool:
+        """This process created or read the record lately (no NATS round trip)."""
+        return names.job_key(owner, job_id) in self._known
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._known_bytes
 
     async def create(self, rec: JobRecord, *, give_up_after_s: float = 0.0) -> None:
         """Retried through a NATS blip; a "key exists" on a retry is our own
@@ -158,7 +174,7 @@ class JobStore:
                 if tries == 1:
                     raise Conflict(f"job {rec.job_id} exists") from None
                 return  # our first try landed; its revision is unknown, so nothing is remembered
-            self._remember(key, rec.model_copy(deep=True), rev)
+            self._remember(key, rec.model_copy(deep=True), rev, len(data))
 
         await retrying(once, what=f"record {rec.job_id}", give_up_after_s=give_up_after_s)
 
@@ -172,7 +188,7 @@ class JobStore:
         if entry.value is None:
             raise NotFound(f"no job {job_id}")
         rec = self._decode(entry.key, entry.value)
-        self._remember(entry.key, rec.model_copy(deep=True), entry.revision)
+        self._remember(entry.key, rec.model_copy(deep=True), entry.revision, len(entry.value))
         return rec, entry.revision
 
     async def update(self, owner: str, job_id: str, mutate: Mutator) -> JobRecord:
@@ -183,7 +199,7 @@ class JobStore:
         for _ in range(MAX_CAS_TRIES):
             cached = known is not None
             if known is not None:
-                rec, rev = known
+                rec, rev, _ = known
                 known = None
             else:
                 rec, rev = await self.get(owner, job_id)
@@ -193,11 +209,12 @@ class JobStore:
                     continue
                 return rec
             new.updated_at = now()
+            data = self._encode(key, new)
             try:
-                new_rev = await self._kv.update(key, self._encode(key, new), last=rev)
+                new_rev = await self._kv.update(key, data, last=rev)
             except KeyWrongLastSequenceError:
                 continue
-            self._remember(key, new.model_copy(deep=True), new_rev)
+            self._remember(key, new.model_copy(deep=True), new_rev, len(data))
             return new
         raise CasConflict(f"job {job_id}: {MAX_CAS_TRIES} CAS conflicts in a row")
 

@@ -15,10 +15,12 @@ from collections.abc import Awaitable, Callable
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from bus.event_drops import EventDrops
 from bus.joblog import job_fields
 from bus.jobstore import JobStore
 from bus.metrics import GatewayMetrics
 from bus.pulling import DurableLoop
+from bus.retry import is_retryable
 from schemas import codec, names
 from schemas.errors import NotFound
 from schemas.events import EventType, JobEvent
@@ -27,14 +29,33 @@ from schemas.jobs import JobRecord, JobStatus
 log = logging.getLogger("gpubus.bus.materializer")
 
 FETCH_BATCH = 64
-UNKNOWN_JOB_RETRIES = 40
-UNKNOWN_JOB_RETRY_S = 0.25
+RETRY_DELAY_S = 1.0
+UNKNOWN_JOB = "unknown_job"
+OVER_QUOTA = "over_quota"
+NOT_FOLDABLE = "not_foldable"
 
 _TERMINAL_STATUS = {
     EventType.SUCCEEDED: JobStatus.SUCCEEDED,
     EventType.FAILED: JobStatus.FAILED,
     EventType.CANCELLED: JobStatus.CANCELLED,
 }
+
+
+def event_refusal(subject: str, ev: JobEvent) -> str | None:
+    """Why a well-formed event is still not believed: a node may publish
+    only under its owner, and a result may be only the object the attempt
+    was told to write (not, say, the owner's cookie file)."""
+    if subject != names.event_subject(ev.owner, ev.job_id):
+        return "subject and body disagree"
+    if ev.result_object is not None and ev.result_object != names.result_object(ev.job_id, ev.attempt):
+        return f"result_object {ev.result_object[:80]!r} is not this attempt's result"
+    return None
+
+
+def _subject_job(subject: str) -> tuple[str, str]:
+    """(owner, job id) as `events.<owner>.<job_id>` names them."""
+    _, owner, job_id = (subject.split(".", 2) + ["", ""])[:3]
+    return owner, job_id
 
 
 def _is_replay(rec: JobRecord, ev: JobEvent) -> bool:
@@ -86,6 +107,7 @@ class Materializer:
         self._on_released = on_released
         self._jobs = jobs
         self._metrics = metrics
+        self._drops = EventDrops()
         self._loop = DurableLoop(
             js, durable=names.MATERIALIZER_CONSUMER, stream=names.EVENTS_STREAM, handle=self._handle, max_batch=FETCH_BATCH
         )
@@ -95,6 +117,7 @@ class Materializer:
 
     async def stop(self) -> None:
         await self._loop.stop()
+        self._drops.flush()
 
     async def _handle(self, msgs: list[Msg]) -> None:
         """A batch, grouped by job: each job's events are folded into its
@@ -102,10 +125,17 @@ class Materializer:
         side (one CAS per event, one job after another, made the
         materializer the bottleneck of the whole system under load)."""
         by_job: dict[str, list[tuple[Msg, JobEvent]]] = {}
+        flooded: dict[str, list[Msg]] = {}
         for msg in msgs:  # a batch often holds a job's `started` and its outcome
+            owner, job_id = _subject_job(msg.subject)
+            if self._drops.flooding(owner) and not self._jobs.knows(owner, job_id):
+                flooded.setdefault(owner, []).append(msg)  # not even decoded: see bus/event_drops.py
+                continue
             ev = await self._decode(msg)
             if ev is not None:
                 by_job.setdefault(msg.subject, []).append((msg, ev))
+        for owner, dropped in flooded.items():
+            await self._drop(dropped, owner, OVER_QUOTA)
         await asyncio.gather(*(self._handle_job(group) for group in by_job.values()))
 
     async def _decode(self, msg: Msg) -> JobEvent | None:
@@ -117,9 +147,10 @@ class Materializer:
             log.error("dropping undecodable event on %s: %s", msg.subject, e)
             await msg.term()
             return None
-        if msg.subject != names.event_subject(ev.owner, ev.job_id):
+        why = event_refusal(msg.subject, ev)
+        if why is not None:
             self._metrics.bad_events.inc()
-            log.error("event for %s.%s arrived on %s; dropped", ev.owner, ev.job_id, msg.subject)
+            log.error("event for %s.%s on %s dropped: %s", ev.owner, ev.job_id, msg.subject, why)
             await msg.term()
             return None
         return ev
@@ -141,6 +172,9 @@ class Materializer:
     async def _settle(
         self, items: list[tuple[Msg, JobEvent]], apply: Callable[[list[JobEvent]], Awaitable[object]]
     ) -> None:
+        """One place decides: ack what was applied; nak what may work on a
+        later delivery (a record not written yet, NATS blinking); term the
+        rest, so no event is redelivered for ever."""
         if not items:
             return
         msgs, events = [m for m, _ in items], [e for _, e in items]
@@ -148,17 +182,27 @@ class Materializer:
         try:
             await apply(events)
         except NotFound:
-            # The gateway writes a record just after the job's PubAck, so a
-            # fast node's first event can beat it: wait for it, within reason.
-            if msgs[0].metadata.num_delivered < UNKNOWN_JOB_RETRIES:
-                await asyncio.gather(*(m.nak(delay=UNKNOWN_JOB_RETRY_S) for m in msgs))
-                return
-            log.warning("%d event(s) for unknown job %s.%s; dropped", len(events), first.owner, first.job_id)
+            delay = self._drops.retry_delay(first.owner, msgs[0].metadata.num_delivered, len(msgs))
+            if delay is not None:
+                await asyncio.gather(*(m.nak(delay=delay) for m in msgs))
+            else:
+                await self._drop(msgs, first.owner, UNKNOWN_JOB)
+            return
         except Exception as e:
-            log.warning("could not apply %d event(s) of job %s (%s); will be redelivered", len(events), first.job_id, e)
-            await asyncio.gather(*(m.nak(delay=1.0) for m in msgs))
+            if is_retryable(e):
+                log.warning("could not apply %d event(s) of job %s (%s); will be redelivered", len(events), first.job_id, e)
+                await asyncio.gather(*(m.nak(delay=RETRY_DELAY_S) for m in msgs))
+            else:
+                log.error("%d event(s) of job %s.%s cannot be folded (%s: %s); dropped",
+                          len(events), first.owner, first.job_id, type(e).__name__, str(e)[:200])
+                await self._drop(msgs, first.owner, NOT_FOLDABLE)
             return
         await asyncio.gather(*(m.ack() for m in msgs))
+
+    async def _drop(self, msgs: list[Msg], owner: str, reason: str) -> None:
+        self._metrics.dropped_events.labels(reason=reason).inc(len(msgs))
+        self._drops.dropped(owner, reason, len(msgs))
+        await asyncio.gather(*(m.term() for m in msgs))
 
     async def apply_all(self, events: list[JobEvent]) -> JobRecord:
         """Events of one job, in order, in one compare-and-set."""

@@ -50,6 +50,14 @@ class GatewayMetrics:
             registry=registry,
         )
         self.bad_events = Counter("gpubus_bad_events_total", "Undecodable events, dropped", registry=registry)
+        self.dropped_events = Counter(
+            "gpubus_dropped_events_total", "Well-formed events dropped (unknown job, owner over quota, not foldable)",
+            ["reason"], registry=registry,
+        )
+        self.bad_heartbeats = Counter(
+            "gpubus_bad_heartbeats_total", "Node registry entries ignored (body disagrees with key, bad metrics_url)",
+            registry=registry,
+        )
         self.upload_bytes = Counter("gpubus_upload_bytes_total", "Bytes staged into the object store", registry=registry)
         self.queue_wait = Histogram(
             "gpubus_queue_wait_seconds", "Submit to start", ["lane", "kind"], buckets=LATENCY_BUCKETS, registry=registry

@@ -18,7 +18,7 @@ from nats.errors import ConnectionClosedError, NoRespondersError, StaleConnectio
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 
-from bus.errors import BusUnavailable
+from bus.errors import BusUnavailable, CasConflict
 
 log = logging.getLogger("gpubus.bus.retry")
 
@@ -42,6 +42,14 @@ def is_transient(e: BaseException) -> bool:
     # nats-py's KV errors (KeyWrongLastSequenceError, KeyNotFoundError) skip
     # APIError.__init__ and have no `code` at all.
     return isinstance(e, APIError) and (getattr(e, "code", None) or 0) >= 500
+
+
+def is_retryable(e: BaseException) -> bool:
+    """Worth another delivery of the message that caused it: NATS blinked,
+    a CAS race was lost too often, or the bus stayed away past a bound.
+    Anything else (a record over max_payload, a bug) fails the same way on
+    every delivery, so the message is termed rather than redelivered for ever."""
+    return is_transient(e) or isinstance(e, (CasConflict, BusUnavailable))
 
 
 async def retrying(op: Callable[[], Awaitable[T]], *, what: str, give_up_after_s: float) -> T:

@@ -37,6 +37,16 @@ STREAM_NAME_IN_USE = 10058
 CONSUMER_REPLICAS_EXCEED_STREAM = 10126
 SCALE_UP_WAIT_S = 30.0
 DUPLICATE_WINDOW_S = 120.0
+# Node events are a few hundred bytes; the cap keeps an untrusted node from
+# storing megabytes per event (review F4: records of ~8 MB each).
+EVENT_MAX_BYTES = 64 * 1024
+# The materializer and the fallback router nak only what may work later (a
+# record not written yet, NATS away) and term the rest; this bound is the
+# backstop, so no message is redelivered for ever whatever the code does
+# (review F7). Ack_wait 30 s x 20 is ten minutes of a gateway side that
+# cannot settle at all. A message past it stays in its stream (EVENTS keeps
+# it for events_max_age_days, DEADLETTER likewise) for an operator to read.
+INTERNAL_MAX_DELIVER = 20
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
@@ -91,6 +101,7 @@ def _events_stream(s: Settings) -> StreamConfig:
         num_replicas=s.replicas,
         max_age=s.events_max_age_days * DAY_S,
         duplicate_window=DUPLICATE_WINDOW_S,
+        max_msg_size=EVENT_MAX_BYTES,
     )
 
 
@@ -130,7 +141,7 @@ def _internal_consumer(durable: str, subject: str, s: Settings) -> ConsumerConfi
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=30.0,
-        max_deliver=-1,
+        max_deliver=INTERNAL_MAX_DELIVER,
         max_ack_pending=10_000,
         num_replicas=s.replicas,
     )

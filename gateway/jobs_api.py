@@ -25,7 +25,7 @@ from schemas.formats import render
 from schemas.jobs import JobRecord, JobStatus, StagedInput, TranscribeOptions, new_job_id, now
 from schemas.names import Kind
 from schemas.results import Transcript
-from schemas.url_guard import check_syntax
+from schemas.url_guard import check_submitted
 
 log = logging.getLogger("gpubus.gateway.jobs")
 
@@ -235,9 +235,10 @@ async def submit_upload(
 async def submit_url(
     st: GatewayState, principal: Principal, url: str, gpu: bool, options: TranscribeOptions
 ) -> JobRecord:
-    """A URL job: the syntax is checked here (422); the node that downloads
-    it checks every address it connects to (schemas/url_guard.py)."""
-    url = check_syntax(url)
+    """A URL job: the syntax and any address literal are checked here (422);
+    the node that downloads it checks every address it connects to
+    (schemas/url_guard.py)."""
+    url = check_submitted(url, allow_private=st.settings.allow_private_urls)
     async with admitted(st, principal):
         await st.ensure_owner(principal.user_id)
         return await enqueue(st, principal.user_id, new_job_id(), Kind.URL, gpu, options, url=url)

@@ -66,7 +66,9 @@ class GatewayState:
         self.jobs = JobStore(await self.js.key_value(names.JOBS_BUCKET), seal, finishes=self.finishes)
         self.keys = KeyStore(await self.js.key_value(names.APIKEYS_BUCKET), seal)
         self.publisher = JobPublisher(self.js, seal, give_up_after_s=s.publish_timeout)
-        self.nodes = LiveNodes(await self.js.key_value(names.NODES_BUCKET), ttl_s=s.registry_ttl)
+        self.nodes = LiveNodes(
+            await self.js.key_value(names.NODES_BUCKET), ttl_s=s.registry_ttl, on_bad=self.metrics.bad_heartbeats.inc
+        )
         await self.nodes.start()
         self.router = FallbackRouter(
             self.js, self.jobs, self.publisher, self.metrics, seal, cpu_queue_for=self.cpu_queue_for

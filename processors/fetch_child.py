@@ -133,19 +133,23 @@ def _classify(message: str) -> tuple[str, bool]:
 
 def download(spec: dict[str, Any]) -> dict[str, Any]:
     from yt_dlp import YoutubeDL
-    from yt_dlp.utils import DownloadError
+    from yt_dlp.utils import DownloadError, YoutubeDLError
 
     log = _Log()
     try:
         with YoutubeDL(_options(spec, log)) as ydl:
             info = ydl.extract_info(spec["url"], download=True)
-    except (DownloadError, _TooLarge, OSError) as e:
+    except (YoutubeDLError, _TooLarge, OSError) as e:
         cause = getattr(e, "exc_info", None)
         if isinstance(e, _TooLarge) or (cause and isinstance(cause[1], _TooLarge)):
             return {"ok": False, "code": DOWNLOAD_TOO_LARGE, "message": str(cause[1] if cause else e)}
         if _refusals:
             return {"ok": False, "code": URL_REFUSED_CODE, "message": _refusals[0]}
         message = (log.errors[-1] if log.errors else str(e)).removeprefix("ERROR: ")
+        if isinstance(e, YoutubeDLError) and not isinstance(e, DownloadError):
+            # Raised past yt-dlp's own reporting, e.g. a redirect to file:// or
+            # ftp:// (RequestError): the same URL will do it again.
+            return {"ok": False, "code": DOWNLOAD_FAILED, "message": message[:500]}
         code, transient = _classify(message)
         return {"ok": False, "code": code, "message": message[:500], "transient": transient}
     if info is None:
@@ -168,9 +172,16 @@ def download(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    spec = json.loads(sys.stdin.read())
-    install_guard(allow_private=bool(spec["allow_private"]))
-    emit(download(spec))
+    """Always one outcome line: a child that dies without one looks like a
+    crashed node to the parent, which retries the job as transient, five
+    times over, for an error that repeats every time."""
+    try:
+        spec = json.loads(sys.stdin.read())
+        install_guard(allow_private=bool(spec["allow_private"]))
+        outcome = download(spec)
+    except Exception as e:  # a bug of ours or yt-dlp's, for this URL: permanent
+        outcome = {"ok": False, "code": DOWNLOAD_FAILED, "message": f"the download failed: {type(e).__name__}: {e}"[:500]}
+    emit(outcome)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-from schemas.jobs import SCHEMA_VERSION, ErrorInfo, ResultSummary
+from schemas.jobs import ID_MAX, NODE_ID_MAX, OBJECT_NAME_MAX, SCHEMA_VERSION, ErrorInfo, ResultSummary
 from schemas.names import Lane
 
 
@@ -33,15 +33,15 @@ TERMINAL_EVENTS = frozenset({EventType.SUCCEEDED, EventType.FAILED, EventType.CA
 class JobEvent(BaseModel):
     v: int = SCHEMA_VERSION
     type: EventType
-    job_id: str
-    owner: str
+    job_id: str = Field(max_length=ID_MAX)
+    owner: str = Field(max_length=ID_MAX)
     attempt: int = Field(ge=1)
     lane: Lane
-    node_id: str
+    node_id: str = Field(max_length=NODE_ID_MAX)
     at: float
     progress: float | None = Field(None, ge=0.0, le=1.0)
     media_s_done: float | None = None
-    result_object: str | None = None
+    result_object: str | None = Field(None, max_length=OBJECT_NAME_MAX)
     summary: ResultSummary | None = None
     error: ErrorInfo | None = None
 

@@ -14,6 +14,16 @@ from schemas.names import Kind, Lane
 SCHEMA_VERSION = 1
 JOB_ID_BYTES = 16  # 128 random bits: job ids are unguessable
 
+# Bounds on what an untrusted node may put into a record it reports on: an
+# unbounded string made each record up to max_payload (8 MB), and the
+# gateway caches thousands of records (review F4).
+ID_MAX = 64  # job ids, owner ids
+NODE_ID_MAX = 128
+CODE_MAX = 64
+MESSAGE_MAX = 2000
+OBJECT_NAME_MAX = 512
+NAME_MAX = 256  # model names or paths, devices, languages
+
 
 def new_job_id() -> str:
     return "j" + secrets.token_hex(JOB_ID_BYTES)
@@ -61,8 +71,15 @@ class StagedInput(BaseModel):
 
 
 class ErrorInfo(BaseModel):
-    code: str
-    message: str
+    code: str = Field(max_length=CODE_MAX)
+    message: str = Field(max_length=MESSAGE_MAX)
+
+    @classmethod
+    def of(cls, code: str, message: str) -> ErrorInfo:
+        """For the side that reports an error (a node, the router): an
+        exception's text may be long, and an over-long report would be
+        refused whole, so it is cut to fit."""
+        return cls(code=code[:CODE_MAX], message=message[:MESSAGE_MAX])
 
 
 class Fallback(BaseModel):
@@ -94,9 +111,9 @@ class ResultSummary(BaseModel):
 
     duration_s: float = 0.0
     processing_s: float = 0.0
-    language: str | None = None
-    device: str | None = None
-    model: str | None = None
+    language: str | None = Field(None, max_length=NAME_MAX)
+    device: str | None = Field(None, max_length=NAME_MAX)
+    model: str | None = Field(None, max_length=NAME_MAX)
     real_time_factor: float | None = None
 
 

@@ -2,23 +2,48 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from urllib.parse import urlsplit
 
-from schemas.jobs import SCHEMA_VERSION
+from pydantic import BaseModel, Field
+
+from schemas.jobs import ID_MAX, NAME_MAX, NODE_ID_MAX, SCHEMA_VERSION
 from schemas.names import Lane
+
+URL_MAX = 512
+METRICS_SCHEMES = frozenset({"http", "https"})
 
 
 class NodeHeartbeat(BaseModel):
     v: int = SCHEMA_VERSION
-    node_id: str
-    owner: str  # the queue owner: a user id, or `shared`
+    node_id: str = Field(min_length=1, max_length=NODE_ID_MAX)
+    owner: str = Field(max_length=ID_MAX)  # the queue owner: a user id, or `shared`
     lane: Lane
-    device: str
-    kinds: list[str]
-    models: list[str]
+    device: str = Field(max_length=NAME_MAX)
+    kinds: list[str] = Field(max_length=16)
+    models: list[str] = Field(max_length=64)
     capacity: int
     busy: int
     last_seen: float
     started_at: float
-    metrics_url: str | None = None
+    metrics_url: str | None = Field(None, max_length=URL_MAX)
     jobs_done: int = 0
+
+
+def metrics_url_refusal(url: str) -> str | None:
+    """Why a node's metrics_url may not be handed to Prometheus, or None.
+    Prometheus scrapes whatever the gateway lists, so a node naming any
+    address or scheme would have it send requests there."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        return f"not a URL ({e})"
+    if parts.scheme not in METRICS_SCHEMES:
+        return f"scheme {parts.scheme!r} is not http or https"
+    if parts.username is not None or parts.password is not None:
+        return "it carries userinfo"
+    if not parts.hostname or port is None:
+        return "it has no host and port"
+    if parts.query or parts.fragment:
+        return "it has a query or fragment"
+    return None

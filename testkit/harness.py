@@ -149,6 +149,20 @@ class Gateway:
             self.proc.stop()
 
 
+async def connect_as_node(server: NatsServer, key: str, owner: str, **options: Any):
+    """A NATS connection the way a user's node makes one (its key as the
+    token, its owner's inbox), to act as that node, or as a hostile one.
+    Its JetStream is `nc.jetstream(prefix=node_permissions.NODE_JS_API)`."""
+    import nats
+
+    from bus import node_permissions
+
+    return await nats.connect(
+        server.public_url, token=key, inbox_prefix=node_permissions.inbox_prefix(owner),
+        **({"allow_reconnect": False, "connect_timeout": 5} | options),
+    )
+
+
 def stop_all(procs: list[Proc], timeout_s: float = 15) -> None:
     """SIGTERM every process at once and give them one shared grace period,
     so teardown costs the slowest drain, not the sum of them."""

@@ -30,7 +30,9 @@ def nats_server(workdir: Path) -> Iterator[NatsServer]:
 
 @pytest.fixture(scope="session")
 def gateway(nats_server: NatsServer, workdir: Path) -> Iterator[Gateway]:
-    gw = Gateway.on(nats_server, workdir, gpu_ack_wait=3, max_upload_mb=8).start()
+    # Private URLs allowed at submit: the URL tests fetch from 127.0.0.1, and
+    # it is the nodes' flag they test (metadata literals stay refused).
+    gw = Gateway.on(nats_server, workdir, gpu_ack_wait=3, max_upload_mb=8, allow_private_urls=True).start()
     yield gw
     gw.stop()
 

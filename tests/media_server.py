@@ -2,7 +2,8 @@
 
 yt-dlp's generic extractor takes direct media links, so these are real
 downloads. The server records each request's path and Cookie header, and has
-a few misbehaving routes: a redirect to a cloud metadata address, a body
+a few misbehaving routes: redirects to a cloud metadata address and to
+file:// and ftp://, a body
 without Content-Length, and one that drips bytes forever.
 """
 
@@ -16,6 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 METADATA_URL = "http://169.254.169.254/latest/meta-data/"
+REDIRECTS = {  # path -> Location: where a hostile page sends the downloader
+    "/to-metadata": METADATA_URL,
+    "/to-file": "file:///etc/passwd",
+    "/to-ftp": "ftp://127.0.0.1:1/a.wav",
+}
 
 
 @dataclass
@@ -64,9 +70,9 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self._record()
-        if self.path == "/to-metadata":
+        if self.path in REDIRECTS:
             self.send_response(302)
-            self.send_header("Location", METADATA_URL)
+            self.send_header("Location", REDIRECTS[self.path])
             self.end_headers()
         elif self.path.startswith("/stream/"):
             self._stream(self.path.removeprefix("/stream/"))

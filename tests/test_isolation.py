@@ -16,7 +16,7 @@ from bus import node_permissions, objects
 from schemas import names
 from schemas.keys import ApiKeyRecord, Role, hash_secret
 from schemas.names import Lane
-from tests.harness import TESTDATA, Gateway, start_node, submit_file, wait_until
+from tests.harness import TESTDATA, Gateway, connect_as_node, start_node, submit_file, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,10 +33,7 @@ class Violations:
 
 
 async def _as_node(server, key: str, owner: str, errors: Violations):
-    return await nats.connect(
-        server.public_url, token=key, inbox_prefix=node_permissions.inbox_prefix(owner),
-        error_cb=errors.record, allow_reconnect=False, connect_timeout=5,
-    )
+    return await connect_as_node(server, key, owner, error_cb=errors.record)
 
 
 def _node_js(nc):

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import time
+from datetime import datetime, timezone
+
 import pytest
 
-from bus.materializer import fold
+from bus.event_drops import UNKNOWN_JOB_BACKOFF_S, UNKNOWN_JOB_QUOTA, WINDOW_S, EventDrops
+from bus.jobstore import KNOWN_RECORDS_BYTES, JobStore
+from bus.sealing import RecordSeal
+from bus.materializer import event_refusal, fold
+from bus.registry import LiveNodes
 from bus.settings import GpuMode
 from gateway.routing import Fleet, choose
 from schemas.events import EventType, JobEvent
 from schemas.jobs import ErrorInfo, JobRecord, JobStatus
+from schemas import names
 from schemas.names import SHARED, Kind, Lane
 
 LIVE = Fleet(owner_gpu_live=True, owner_cpu_live=False, gpu_backlog=0)
@@ -76,3 +85,86 @@ def test_progress_out_of_order_never_goes_backwards():
     rec = fold(_rec(), _ev(EventType.PROGRESS, progress=0.6))
     rec = fold(rec, _ev(EventType.PROGRESS, progress=0.3))
     assert rec.progress == 0.6 and rec.status == JobStatus.RUNNING
+
+
+def test_result_object_must_be_the_attempts_own():
+    job_id = "j" + "0" * 32
+    subject = names.event_subject("a", job_id)
+    assert event_refusal(subject, _ev(EventType.SUCCEEDED, attempt=2, result_object=names.result_object(job_id, 2))) is None
+    for elsewhere in (names.COOKIES_OBJECT, names.result_object(job_id, 1), "in/x/../../auth/cookies.txt"):
+        assert event_refusal(subject, _ev(EventType.SUCCEEDED, attempt=2, result_object=elsewhere)) is not None
+    assert event_refusal(names.event_subject("b", job_id), _ev(EventType.STARTED)) is not None
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_unknown_job_events_get_a_few_short_tries(caplog):
+    drops = EventDrops(clock=_Clock())
+    delays = [drops.retry_delay("a", n, 1) for n in (1, 2, 3)]
+    assert delays[:2] == list(UNKNOWN_JOB_BACKOFF_S) and delays[2] is None
+    assert not drops.flooding("a")
+
+
+def test_an_owner_over_its_unknown_job_quota_floods_until_the_window_ends(caplog):
+    clock = _Clock()
+    drops = EventDrops(clock=clock)
+    for _ in range(UNKNOWN_JOB_QUOTA + 1):
+        drops.retry_delay("a", 1, 1)
+        drops.dropped("a", "unknown_job", 1)
+    assert drops.flooding("a") and not drops.flooding("b")
+    assert drops.retry_delay("a", 1, 1) is None
+    assert not caplog.records  # nothing logged per event
+    clock.t += WINDOW_S
+    assert not drops.flooding("a")
+    [line] = [r.getMessage() for r in caplog.records]
+    assert f"dropped {UNKNOWN_JOB_QUOTA + 1} event(s)" in line and "a/unknown_job" in line
+
+
+def test_known_records_are_bounded_by_bytes():
+    store = JobStore(kv=None, seal=RecordSeal(None))  # type: ignore[arg-type]  (only the in-memory cache is used)
+    big = KNOWN_RECORDS_BYTES // 4
+    for i in range(10):
+        store._remember(f"a.j{i}", _rec(), i, big)
+    assert store.cached_bytes <= KNOWN_RECORDS_BYTES and store.knows("a", "j9") and not store.knows("a", "j0")
+    store._remember("a.j9", _rec(), 11, 10)  # a rewrite replaces its own bytes
+    assert store.cached_bytes == 3 * big + 10
+
+
+def _hb(owner="alice", lane="cpu", node_id="n1", **kw) -> bytes:
+    base = dict(node_id=node_id, owner=owner, lane=lane, device="cpu", kinds=["audio"], models=["tiny.en"], capacity=1,
+                busy=0, last_seen=time.time(), started_at=time.time(), metrics_url="http://127.0.0.1:9100/metrics")
+    return json.dumps(base | kw).encode()
+
+
+def test_registry_believes_the_key_not_the_body():
+    bad: list[int] = []
+    nodes = LiveNodes(kv=None, ttl_s=3, on_bad=lambda: bad.append(1))  # type: ignore[arg-type]
+    now = datetime.now(timezone.utc)
+    nodes._apply("alice.cpu.n1", None, _hb(), now)
+    nodes._apply("alice.cpu.spoof", None, _hb(owner="bob", node_id="spoof"), now)
+    nodes._apply("alice.gpu.n2", None, _hb(lane="cpu", node_id="n2"), now)
+    nodes._apply("alice.cpu.n3", None, _hb(node_id="other"), now)
+    assert [n.node_id for n in nodes.live()] == ["n1"] and not nodes.live(owner="bob") and len(bad) == 3
+
+
+def test_registry_ages_by_the_servers_time_and_clamps_the_future():
+    nodes = LiveNodes(kv=None, ttl_s=3)  # type: ignore[arg-type]
+    long_ago = datetime.fromtimestamp(time.time() - 10, timezone.utc)
+    nodes._apply("alice.cpu.old", None, _hb(node_id="old", last_seen=time.time() + 3e8), long_ago)
+    nodes._apply("alice.cpu.new", None, _hb(node_id="new", last_seen=time.time() + 3e8), datetime.now(timezone.utc))
+    [n] = nodes.live()
+    assert n.node_id == "new" and n.last_seen <= time.time()
+
+
+def test_registry_drops_a_metrics_url_prometheus_must_not_scrape():
+    bad: list[int] = []
+    nodes = LiveNodes(kv=None, ttl_s=3, on_bad=lambda: bad.append(1))  # type: ignore[arg-type]
+    nodes._apply("alice.cpu.n1", None, _hb(metrics_url="http://u:p@10.0.0.1:80/"), datetime.now(timezone.utc))
+    [n] = nodes.live()
+    assert n.metrics_url is None and bad == [1]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from processors.media_fetch import DOWNLOAD_TIMEOUT, FetchConfig, fetch
-from schemas.errors import JobCancelled, JobFailed
+from schemas.errors import JobCancelled, JobFailed, JobRetryable
 from schemas.url_guard import URL_REFUSED_CODE
 from tests.harness import TESTDATA
 from tests.media_server import MediaServer
@@ -98,3 +98,12 @@ def test_cancel_stops_the_download(server, tmp_path):
 def test_missing_page_is_a_permanent_failure(server, tmp_path):
     err = failure(tmp_path, server.url("nothing-here.wav"))
     assert err.code == "DOWNLOAD_FAILED" and "404" in err.message
+
+
+@pytest.mark.parametrize("path", ["to-file", "to-ftp"])
+def test_redirect_to_another_scheme_is_a_permanent_failure(server, tmp_path, path):
+    # Given a page that redirects to file:// or ftp://, when a node fetches it
+    err = failure(tmp_path, server.url(path), allow_private=True)
+    # Then the child reports a permanent failure (not a crash, retried as transient)
+    assert err.code == "DOWNLOAD_FAILED" and not isinstance(err, JobRetryable)
+    assert f"/{path}" in [r.path for r in server.requests]

@@ -8,9 +8,24 @@ import pytest
 from schemas import codec, names
 from schemas.errors import InvalidInput, Unauthorized
 from schemas.formats import render
-from schemas.jobs import JobMessage, TranscribeOptions, new_job_id
+from bus.topology import EVENT_MAX_BYTES
+from schemas.events import EventType, JobEvent
+from schemas.jobs import (
+    CODE_MAX,
+    ID_MAX,
+    MESSAGE_MAX,
+    NAME_MAX,
+    NODE_ID_MAX,
+    OBJECT_NAME_MAX,
+    ErrorInfo,
+    JobMessage,
+    ResultSummary,
+    TranscribeOptions,
+    new_job_id,
+)
 from schemas.keys import ApiKeyRecord, new_secret, parse_key, secret_matches
 from schemas.media_sniff import sniff
+from schemas.nodes import metrics_url_refusal
 from schemas.names import Kind, Lane
 from schemas.results import Segment, Transcript
 from tests.harness import TESTDATA
@@ -116,3 +131,47 @@ def test_sniff_testdata(name, kind):
 @pytest.mark.parametrize("head", [b"%PDF-1.5", b"PK\x03\x04xx", b"\x89PNG\r\n", b"<html><body>", b'{"a": 1}', b"\x7fELF"])
 def test_sniff_refuses_known_non_media(head):
     assert sniff(head)[0] is None
+
+
+def _max_event() -> JobEvent:
+    """An event with every free-text field at its bound."""
+    return JobEvent(
+        type=EventType.FAILED, job_id="j" * ID_MAX, owner="o" * ID_MAX, attempt=1, lane=Lane.GPU, node_id="n" * NODE_ID_MAX,
+        at=1.0, result_object="r" * OBJECT_NAME_MAX, error=ErrorInfo(code="C" * CODE_MAX, message="é" * MESSAGE_MAX),
+        summary=ResultSummary(language="l" * NAME_MAX, device="d" * NAME_MAX, model="m" * NAME_MAX),
+    )
+
+
+def test_event_at_every_bound_fits_the_events_stream():
+    assert len(codec.encode(_max_event())) < EVENT_MAX_BYTES
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("node_id", "n" * (NODE_ID_MAX + 1)), ("result_object", "r" * (OBJECT_NAME_MAX + 1)),
+     ("error", {"code": "C", "message": "m" * (MESSAGE_MAX + 1)}), ("error", {"code": "C" * (CODE_MAX + 1), "message": ""}),
+     ("summary", {"model": "m" * (NAME_MAX + 1)}), ("job_id", "j" * (ID_MAX + 1))],
+)
+def test_event_over_a_bound_does_not_decode(field, value):
+    raw = _max_event().model_dump(mode="json") | {field: value}
+    with pytest.raises(codec.DecodeError):
+        codec.decode(msgpack.packb(raw), JobEvent)
+
+
+def test_error_info_of_cuts_a_long_report_to_fit():
+    info = ErrorInfo.of("E" * 100, "x" * 10_000)
+    assert len(info.code) == CODE_MAX and len(info.message) == MESSAGE_MAX
+
+
+@pytest.mark.parametrize("url", ["http://10.1.2.3:9100/metrics", "https://node.example:443/m"])
+def test_metrics_url_plain_http_with_host_and_port_passes(url):
+    assert metrics_url_refusal(url) is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["file:///etc/passwd", "gopher://h:70/", "http://user:pw@h:9100/metrics", "http://h/metrics", "http://:9100/",
+     "http://h:99999/", "http://h:9100/metrics?target=http://169.254.169.254/", "not a url"],
+)
+def test_metrics_url_anything_else_is_refused(url):
+    assert metrics_url_refusal(url) is not None

@@ -68,7 +68,10 @@ def test_private_url_is_refused_by_a_node_without_the_flag(gateway, shared_cpu_n
     assert len(server.requests) == before
 
 
-@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/a.wav", "not a url", "http://"])
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "ftp://127.0.0.1/a.wav", "not a url", "http://", "http://169.254.169.254/latest/",
+            "http://[::a9fe:a9fe]/", "http://[2002:a9fe:a9fe::]/"],
+)
 def test_gateway_refuses_non_http_urls_at_submit(gateway, user, url):
     key = gateway.create_key(user)
     with gateway.client(key) as c:
