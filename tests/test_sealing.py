@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 import uuid
 
@@ -18,7 +19,7 @@ from schemas.errors import NotFound
 from schemas.jobs import JobMessage, StagedInput, now
 from schemas.keys import ApiKeyRecord, Role, hash_secret
 from schemas.names import Kind, Lane
-from tests.harness import ADMIN_TOKEN, TESTDATA, submit_file, wait_job, wait_until
+from tests.harness import ADMIN_TOKEN, TESTDATA, start_node, submit_file, wait_job, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -62,29 +63,37 @@ async def test_a_key_record_not_sealed_by_a_gateway_authenticates_nobody(nats_se
 
 
 async def test_forged_advisories_do_not_fail_or_move_anyones_job(nats_server, gateway, user):
-    # Given a job of `user` queued on the shared CPU pool (no node runs it here)
+    # Given a job of `user` queued on its GPU lane, where its (stopped) node takes nothing
     key = gateway.create_key(user)
-    with gateway.client(key) as c:
-        job = submit_file(c, TESTDATA / "hello.wav", gpu=False)
-    nc = await nats.connect(nats_server.url)
-    js = nc.jetstream()
-    jobs_kv = await js.key_value(names.JOBS_BUCKET)
-    seq = json.loads((await jobs_kv.get(names.job_key(user, job["job_id"]))).value)["stream_seq"]
-    # When advisories name its sequence on the wrong consumer, on a consumer that
-    # is no lane's, and its lane's consumer for an unsealed copy of the message
-    unsealed = codec.encode(JobMessage(job_id=job["job_id"], owner=user, queue_owner=names.SHARED, lane=Lane.CPU,
-                                       kind=Kind.AUDIO, attempt=1, submitted_at=now()))
-    copy = await js.publish(names.job_subject(names.SHARED, Lane.CPU, Kind.AUDIO, user), unsealed)
-    for consumer, s in [(f"gpu_{user}", seq), ("materializer", seq), (names.consumer_name(names.SHARED, Lane.CPU), copy.seq)]:
-        await js.publish(f"{names.MAX_DELIVERIES_SUBJECTS[:-1]}{consumer}",
-                         json.dumps({"consumer": consumer, "stream_seq": s, "deliveries": 5}).encode())
-    await asyncio.sleep(1.5)
-    # Then the job is still queued on its lane, its message still there
-    with gateway.client(key) as c:
-        rec = c.get(f"/api/v1/jobs/{job['job_id']}").json()
-    assert rec["status"] == "queued" and rec["lane"] == "cpu" and rec["attempts"] == 1, rec
-    assert (await js.get_msg(names.JOBS_STREAM, seq)).data
-    await nc.close()
+    node = start_node(gateway, "gpu", key=key, name=f"gpu-{user}")
+    node.signal(signal.SIGSTOP)
+    try:
+        with gateway.client(key) as c:
+            job = submit_file(c, TESTDATA / "hello.wav", gpu=True)
+        assert job["lane"] == "gpu", job
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        jobs_kv = await js.key_value(names.JOBS_BUCKET)
+        seq = json.loads((await jobs_kv.get(names.job_key(user, job["job_id"]))).value)["stream_seq"]
+        # When advisories name its sequence on the wrong lane's consumer, on a consumer
+        # that is no lane's, and its own lane's consumer for an unsealed copy of it
+        unsealed = codec.encode(JobMessage(job_id=job["job_id"], owner=user, queue_owner=user, lane=Lane.GPU,
+                                           kind=Kind.AUDIO, attempt=1, submitted_at=now()))
+        copy = await js.publish(names.job_subject(user, Lane.GPU, Kind.AUDIO), unsealed)
+        gpu, cpu = names.consumer_name(user, Lane.GPU), names.consumer_name(user, Lane.CPU)
+        for consumer, s in [(cpu, seq), ("materializer", seq), (gpu, copy.seq)]:
+            await js.publish(f"{names.MAX_DELIVERIES_SUBJECTS[:-1]}{consumer}",
+                             json.dumps({"consumer": consumer, "stream_seq": s, "deliveries": 5}).encode())
+        await asyncio.sleep(1.5)
+        # Then the job is still queued on its lane, attempt 1, its message still there
+        with gateway.client(key) as c:
+            rec = c.get(f"/api/v1/jobs/{job['job_id']}").json()
+        assert rec["status"] == "queued" and rec["lane"] == "gpu" and rec["attempts"] == 1, rec
+        assert (await js.get_msg(names.JOBS_STREAM, seq)).data
+        await nc.close()
+    finally:
+        node.signal(signal.SIGCONT)
+        node.stop()
 
 
 async def test_the_shared_node_refuses_unsealed_jobs_and_foreign_inputs(nats_server, gateway, shared_cpu_node, user):
