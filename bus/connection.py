@@ -101,7 +101,7 @@ async def close(nc: NatsClient, *, flush_timeout_s: float = 5.0) -> None:
         return
     try:
         if nc.is_connected:
-            await nc.flush(timeout=flush_timeout_s)
+            await nc.flush(timeout=int(max(1, flush_timeout_s)))
     except Exception as e:
         log.warning("flush before close failed: %s", e)
     try:

@@ -83,7 +83,8 @@ async def oldest_unacked_at(js: JetStreamContext, info: ConsumerInfo) -> float |
     """Stream timestamp of the consumer's oldest unacked job (see module doc)."""
     if not (info.num_pending or info.num_ack_pending):
         return None
-    floor = info.ack_floor.stream_seq if info.num_ack_pending else info.delivered.stream_seq
+    seen = info.ack_floor if info.num_ack_pending else info.delivered
+    floor = (seen.stream_seq if seen else None) or 0
     try:
         msg = await js.get_msg(names.JOBS_STREAM, seq=floor + 1, subject=info.config.filter_subject, next=True)
     except NotFoundError:  # acked between the list and the get
@@ -96,7 +97,9 @@ async def poll(js: JetStreamContext) -> QueueSnapshot:
     gate = asyncio.Semaphore(CONCURRENT_GETS)
 
     async def one(info: ConsumerInfo) -> ConsumerLag:
-        owner, lane = names.parse_consumer_name(info.name)
+        parsed = names.parse_consumer_name(info.name or "")
+        assert parsed is not None  # list_lane_consumers keeps lane consumers only
+        owner, lane = parsed
         async with gate:
             oldest = await oldest_unacked_at(js, info)
         return ConsumerLag(

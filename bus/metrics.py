@@ -140,8 +140,8 @@ class QueueCollector(Collector):
             fam["lag"].add_metric(labels, c.lag_s(t))
             live.setdefault((c.owner, str(c.lane)), 0)  # a queue with no node shows 0, not nothing
         for n in self._nodes():
-            key = (n.owner, str(n.lane))
-            live[key] = live.get(key, 0) + 1
+            queue = (n.owner, str(n.lane))
+            live[queue] = live.get(queue, 0) + 1
         for (owner, lane), count in sorted(live.items()):
             fam["live"].add_metric([owner, lane], count)
         if snap.at is not None:

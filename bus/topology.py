@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
@@ -124,9 +125,8 @@ async def ensure_core(js: JetStreamContext, s: Settings) -> None:
         await ensure_stream(js, cfg)
     for bucket, ttl in ((names.JOBS_BUCKET, None), (names.APIKEYS_BUCKET, None), (names.NODES_BUCKET, s.registry_ttl)):
         kv = KeyValueConfig(bucket=bucket, history=1, ttl=ttl, replicas=s.replicas)
-        await _ensure_bucket(
-            js, lambda kv=kv: js.create_key_value(kv), names.kv_stream(bucket), replicas=s.replicas, max_age_s=ttl
-        )
+        await _ensure_bucket(js, partial(js.create_key_value, kv), names.kv_stream(bucket), replicas=s.replicas,
+                             max_age_s=ttl)
     await _ensure_consumer(js, names.EVENTS_STREAM, _internal_consumer(names.MATERIALIZER_CONSUMER, names.EVENTS_SUBJECTS, s))
     await _ensure_consumer(
         js, names.DEADLETTER_STREAM, _internal_consumer(names.FALLBACK_CONSUMER, names.MAX_DELIVERIES_SUBJECTS, s)

@@ -181,6 +181,7 @@ def cmd_nats_auth(args: argparse.Namespace) -> None:
     from ops.embedded_nats import NatsAuth
 
     auth = NatsAuth.generate()
+    assert auth.xkey_seed is not None  # generate() always makes one
     values = {
         "service-password": auth.service_password,
         "system-password": auth.system_password,

@@ -8,7 +8,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import httpx
 
@@ -95,7 +95,8 @@ class GatewayClient:
             data["options"] = json.dumps(options)
         ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         with path.open("rb") as f:
-            files = {"file": (path.name, _CountingReader(f, on_read), ctype)}
+            reader = cast(BinaryIO, _CountingReader(f, on_read))  # httpx only reads it
+            files = {"file": (path.name, reader, ctype)}
             return self._check(self.http.post("/api/v1/jobs", data=data, files=files)).json()
 
     def submit_json(self, body: dict[str, Any]) -> dict[str, Any]:

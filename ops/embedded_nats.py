@@ -287,7 +287,7 @@ class NatsServer:
             return False
 
     def signal(self, sig: int) -> None:
-        if self.alive():
+        if self.proc is not None and self.alive():
             os.kill(self.proc.pid, sig)
 
     def kill(self) -> None:

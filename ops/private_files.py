@@ -15,12 +15,13 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 
 
-def write_private(path: Path, text: str) -> None:
-    """`text` into `path`, mode 0600 from the moment it exists."""
+def write_private(path: Path, content: str | bytes) -> None:
+    """`content` into `path`, mode 0600 from the moment it exists."""
+    data = content.encode() if isinstance(content, str) else content
     fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, FILE_MODE)
-    with os.fdopen(fd, "w") as f:
+    with os.fdopen(fd, "wb") as f:
         os.fchmod(fd, FILE_MODE)  # an older file may have been made 0644
-        f.write(text)
+        f.write(data)
 
 
 def private_dir(path: Path) -> Path:

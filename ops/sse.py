@@ -17,7 +17,7 @@ class SseEvent:
 def parse(lines: Iterable[str]) -> Iterator[SseEvent]:
     """`event:` and `data:` lines up to a blank line make one event; `:`
     lines are comments (pings). Data is JSON."""
-    event, data = "message", []
+    event, data = "message", list[str]()
     for line in lines:
         if line == "":
             if data:

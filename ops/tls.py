@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -28,6 +28,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bus.settings import Settings
 from bus.tls import fingerprint
+from ops.private_files import write_private
 from schemas.errors import GpubusError
 
 CA_DAYS = 3650
@@ -68,15 +69,6 @@ class TlsFiles:
     def cert_sha256(self) -> str:
         """What a node pins the gateway by (`--gateway-fingerprint`)."""
         return fingerprint(self.cert_file.read_text())
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """0600 from the first byte: created with that mode, and tightened if an
-    older file with looser bits is being replaced."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), 0o600)
-        f.write(data)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -127,7 +119,7 @@ def create_ca(directory: Path, common_name: str = "gpubus CA") -> tuple[Path, Pa
         )
         .sign(key, hashes.SHA256())
     )
-    _write_private(directory / CA_KEY, _key_pem(key))
+    write_private(directory / CA_KEY, _key_pem(key))
     (directory / CA_CERT).write_bytes(_cert_pem(cert))
     return directory / CA_CERT, directory / CA_KEY
 
@@ -137,13 +129,16 @@ def issue_server_cert(ca_file: Path, ca_key_file: Path, directory: Path, names: 
     localhost), signed by the CA, for nats-server and the gateway alike."""
     ca_cert = x509.load_pem_x509_certificate(ca_file.read_bytes())
     ca_key = serialization.load_pem_private_key(ca_key_file.read_bytes(), password=None)
+    ca_public = ca_cert.public_key()
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey) or not isinstance(ca_public, ec.EllipticCurvePublicKey):
+        raise TlsSetupError(f"{ca_key_file}: the CA's key is not an EC key (gpubus tls init makes P-256 keys)")
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, (names or ["localhost"])[0])])
     cert = (
         _builder(subject, ca_cert.subject, key.public_key(), SERVER_DAYS)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_public), critical=False
         )
         .add_extension(_subject_alt_names(names), critical=False)
         .add_extension(
@@ -152,7 +147,7 @@ def issue_server_cert(ca_file: Path, ca_key_file: Path, directory: Path, names: 
         .sign(ca_key, hashes.SHA256())
     )
     directory.mkdir(parents=True, exist_ok=True)
-    _write_private(directory / SERVER_KEY, _key_pem(key))
+    write_private(directory / SERVER_KEY, _key_pem(key))
     (directory / SERVER_CERT).write_bytes(_cert_pem(cert))
     return TlsFiles(ca_file, directory / SERVER_CERT, directory / SERVER_KEY)
 
@@ -191,7 +186,7 @@ def for_settings(settings: Settings, directory: Path) -> TlsFiles:
     return load_or_create(directory, bound)
 
 
-def uvicorn_options(settings: Settings) -> dict[str, str]:
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """HTTPS for the gateway when it has a certificate; nothing otherwise."""
     if settings.tls_cert_file is None and settings.tls_key_file is None:
         return {}

@@ -69,6 +69,7 @@ class Proc:
             return self.proc.returncode if self.proc else None
         self.signal(signal.SIGCONT)
         self.signal(signal.SIGTERM)
+        assert self.proc is not None  # alive() above
         try:
             return self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
