@@ -31,9 +31,11 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from bus import nats_jwt, node_permissions, xkeys
 from bus.keystore import KeyStore
@@ -67,7 +69,7 @@ class AuthCallout:
         self._system_nc = system_nc
         self._xkey_seed = xkey_seed  # set = the server seals requests to us and wants sealed answers
         self._granted: dict[str, set[tuple[str, int]]] = {}  # key id -> (server id, client id)
-        self._subs: list = []
+        self._subs: list[Subscription] = []
 
     async def start(self) -> None:
         """A queue group: with several gateways, one answers each request;
@@ -167,7 +169,7 @@ class AuthCallout:
         self, user_nkey: str, server_id: str, name: str, perms: dict[str, list[str]] | None, *, expires: int | None = None
     ) -> str:
         now = int(time.time())
-        nats: dict = {"type": "user", "version": 2}
+        nats: dict[str, Any] = {"type": "user", "version": 2}
         account = node_permissions.APP_ACCOUNT  # the service identity: trusted, full access
         if perms is not None:
             # An untrusted node: its own account, walled off from JetStream
@@ -183,7 +185,7 @@ class AuthCallout:
     def _refuse(self, user_nkey: str, server_id: str, why: str) -> str:
         return self._response(user_nkey, server_id, {"error": why})
 
-    def _response(self, user_nkey: str, server_id: str, body: dict) -> str:
+    def _response(self, user_nkey: str, server_id: str, body: dict[str, Any]) -> str:
         return nats_jwt.encode(
             {"iat": int(time.time()), "iss": self._issuer, "sub": user_nkey, "aud": server_id,
              "nats": {"type": "authorization_response", "version": 2, **body}},

@@ -35,7 +35,7 @@ async def connect(
 
     refusals = 0
     untrusted: ssl.SSLCertVerificationError | None = None
-    connecting: asyncio.Future | None = None
+    connecting: asyncio.Future[NatsClient] | None = None
 
     async def on_error(e: Exception) -> None:
         """NATS refusing our credentials again and again (a revoked key) is

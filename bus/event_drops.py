@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 
 log = logging.getLogger("gpubus.bus.materializer")
 
@@ -37,7 +38,7 @@ class EventDrops:
     """Per-owner counts of unknown-job events and of drops, in windows of
     WINDOW_S; one log line per window says what was dropped."""
 
-    def __init__(self, *, clock=time.monotonic) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._window_start = clock()
         self._unknown: Counter[str] = Counter()

@@ -117,7 +117,7 @@ class LagMonitor:
         self._interval_s = interval_s
         self._metrics = metrics
         self._snapshot = QueueSnapshot()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def snapshot(self) -> QueueSnapshot:
         return self._snapshot

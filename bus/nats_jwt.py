@@ -34,11 +34,13 @@ def _unb64(text: str) -> bytes:
 
 def new_account_seed() -> str:
     """A fresh account signing key (`SA...`), e.g. for `gpubus up`."""
-    return nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT).decode()
+    seed: bytes = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT)
+    return seed.decode()
 
 
 def public_key(seed: str) -> str:
-    return nkeys.from_seed(seed.encode()).public_key.decode()
+    key: bytes = nkeys.from_seed(seed.encode()).public_key
+    return key.decode()
 
 
 def encode(claims: dict[str, Any], seed: str) -> str:
@@ -59,7 +61,7 @@ def decode_verified(token: str) -> dict[str, Any]:
     """Claims of a JWT signed by the key in its own `iss` (the server's)."""
     try:
         header_b64, claims_b64, sig_b64 = token.split(".")
-        claims = json.loads(_unb64(claims_b64))
+        claims: dict[str, Any] = json.loads(_unb64(claims_b64))
         VerifyKey(_raw_public(claims["iss"])).verify(f"{header_b64}.{claims_b64}".encode(), _unb64(sig_b64))
     except (ValueError, KeyError, BadSignatureError) as e:
         raise Unauthorized(f"bad authorization request: {type(e).__name__}") from e

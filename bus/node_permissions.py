@@ -124,7 +124,9 @@ def _import(b: Bridge) -> dict[str, object]:
     return imp
 
 
-def accounts_spec(service_user: str, service_password: str, system_user: str, system_password: str) -> dict:
+def accounts_spec(
+    service_user: str, service_password: str, system_user: str, system_password: str
+) -> dict[str, dict[str, object]]:
     """The `accounts` block every gpubus nats-server runs with, as data: the
     embedded server renders it with real passwords, the deploy configs
     (compose, the Helm values) with `$VARIABLE` references, and a test

@@ -62,7 +62,7 @@ class LiveNodes:
         self._on_bad = on_bad
         self._nodes: dict[str, tuple[NodeHeartbeat, float]] = {}  # key -> (heartbeat, server time of the write)
         self._logged: set[str] = set()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._rewatch = asyncio.Event()
 
@@ -90,7 +90,7 @@ class LiveNodes:
                 watcher = await self._kv.watchall()
                 self._rewatch.clear()
                 while not self._rewatch.is_set():
-                    entry = await watcher.updates(timeout=self._ttl_s)
+                    entry = await watcher.updates(timeout=self._ttl_s)  # type: ignore[no-untyped-call]
                     if entry is None:
                         self._ready.set()
                         continue
@@ -107,7 +107,7 @@ class LiveNodes:
             finally:
                 if watcher is not None:
                     with contextlib.suppress(Exception):
-                        await watcher.stop()
+                        await watcher.stop()  # type: ignore[no-untyped-call]
 
     def _apply(self, key: str, op: str | None, value: bytes | None, created: datetime | None = None) -> None:
         self._nodes.pop(key, None)  # whatever the key held before is replaced, even by a refused body

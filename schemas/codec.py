@@ -28,7 +28,8 @@ class DecodeError(GpubusError):
 
 
 def encode(model: BaseModel) -> bytes:
-    return msgpack.packb(model.model_dump(mode="json", by_alias=True, exclude_none=True), use_bin_type=True)
+    packed: bytes = msgpack.packb(model.model_dump(mode="json", by_alias=True, exclude_none=True), use_bin_type=True)
+    return packed
 
 
 def decode(data: bytes, model: type[M]) -> M:
