@@ -11,6 +11,7 @@ api_key=<gpubus key>)`; `model="whisper-1"` means the fleet's default model.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -72,8 +73,9 @@ def _interpreter(task: str):
 
 
 def openai_verbose(t: Transcript) -> dict[str, Any]:
-    """OpenAI's verbose_json shape; fields Whisper-on-CTranslate2 does not
-    report per segment (tokens, log-probabilities) are given neutral values."""
+    """OpenAI's verbose_json shape, with faster-whisper's real per-segment
+    figures (a result made before they were recorded has None there), and
+    `usage` billed by duration as OpenAI reports it for whisper-1."""
     body: dict[str, Any] = {
         "task": t.task,
         "language": t.language,
@@ -81,11 +83,13 @@ def openai_verbose(t: Transcript) -> dict[str, Any]:
         "text": t.text,
         "segments": [
             {
-                "id": s.id, "seek": 0, "start": s.start, "end": s.end, "text": s.text, "tokens": [],
-                "temperature": 0.0, "avg_logprob": 0.0, "compression_ratio": 0.0, "no_speech_prob": 0.0,
+                "id": s.id, "seek": s.seek, "start": s.start, "end": s.end, "text": s.text, "tokens": s.tokens,
+                "temperature": s.temperature, "avg_logprob": s.avg_logprob,
+                "compression_ratio": s.compression_ratio, "no_speech_prob": s.no_speech_prob,
             }
             for s in t.segments
         ],
+        "usage": {"type": "duration", "seconds": math.ceil(t.duration)},
     }
     words = [w for s in t.segments for w in (s.words or [])]
     if words:

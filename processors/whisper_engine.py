@@ -148,7 +148,13 @@ class WhisperEngine:
                 if opts.word_timestamps and seg.words
                 else None
             )
-            segments.append(Segment(id=len(segments), start=seg.start, end=seg.end, text=seg.text, words=words))
+            segments.append(
+                Segment(
+                    id=len(segments), start=seg.start, end=seg.end, text=seg.text, words=words, seek=seg.seek,
+                    tokens=list(seg.tokens), temperature=seg.temperature, avg_logprob=seg.avg_logprob,
+                    compression_ratio=seg.compression_ratio, no_speech_prob=seg.no_speech_prob,
+                )
+            )
             on_segment(min(seg.end, duration), duration)
         return Transcript(
             text="".join(s.text for s in segments).strip(),

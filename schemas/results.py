@@ -13,11 +13,21 @@ class Word(BaseModel):
 
 
 class Segment(BaseModel):
+    """Whisper's own per-segment figures travel with the text: people filter
+    hallucinations on `no_speech_prob` and `avg_logprob`, and a missing
+    value must read as unknown (None), never as a confident 0.0."""
+
     id: int
     start: float
     end: float
     text: str
     words: list[Word] | None = None
+    seek: int | None = None
+    tokens: list[int] | None = None
+    temperature: float | None = None
+    avg_logprob: float | None = None
+    compression_ratio: float | None = None
+    no_speech_prob: float | None = None
 
 
 class Transcript(BaseModel):

@@ -44,6 +44,12 @@ def test_verbose_json_with_words(client):
     assert r.segments and r.segments[0].start >= 0 and "report" in r.text.lower()
     assert r.words and all(w.start <= w.end for w in r.words)
     assert any(w.word.lower().strip(".,") == "report" for w in r.words)
+    # Whisper's own figures, not placeholders (0.0 would read as "certainly speech")
+    for seg in r.segments:
+        assert seg.tokens and seg.avg_logprob < 0 and seg.compression_ratio > 0 and 0 <= seg.no_speech_prob <= 1
+        assert seg.temperature == 0.0 and seg.seek >= 0
+    assert r.segments[0].no_speech_prob < 0.5  # the message itself is speech
+    assert r.usage is not None and r.usage.type == "duration" and r.usage.seconds == 9
 
 
 def test_translation(client):
