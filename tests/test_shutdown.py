@@ -24,7 +24,7 @@ def _stop_seconds(proc) -> tuple[float, int | None]:
 
 def test_idle_node_and_gateway_stop_within_docker_grace(nats_server, workdir, user):
     # Given a gateway of its own and an idle node of a user
-    gw = Gateway(nats_server.url, workdir).start()
+    gw = Gateway.on(nats_server, workdir).start()  # its auth callout admits the node
     try:
         node = start_node(gw, "cpu", key=gw.create_key(user), name=f"cpu-{user}")
         # When each gets SIGTERM (node first, as compose and `gpubus up` order it)
