@@ -63,7 +63,7 @@ class GatewayState:
         seal = RecordSeal.from_settings(s)
         self.finishes = FinishWatch(self.js, seal)
         await self.finishes.start()
-        self.jobs = JobStore(await self.js.key_value(names.JOBS_BUCKET), seal, finishes=self.finishes)
+        self.jobs = JobStore(await self.js.key_value(names.JOBS_BUCKET), seal, js=self.js, finishes=self.finishes)
         self.keys = KeyStore(await self.js.key_value(names.APIKEYS_BUCKET), seal)
         self.publisher = JobPublisher(self.js, seal, give_up_after_s=s.publish_timeout)
         self.nodes = LiveNodes(
