@@ -72,7 +72,9 @@ class NodeRuntime:
         # A user node reaches JetStream from its own account through imports
         # under another prefix (bus/node_permissions.py); the bootstrap answer names it.
         self.js = nc.jetstream(prefix=js_api_prefix)
-        self.js_api_prefix = js_api_prefix
+        self._puller = Puller(
+            nc, stream=names.JOBS_STREAM, durable=names.consumer_name(queue_owner, lane), api_prefix=js_api_prefix
+        )
         self.processor = processor
         self.queue_owner = queue_owner
         self.lane = lane
@@ -83,7 +85,7 @@ class NodeRuntime:
         self._handle_signals = handle_signals
         self.drain_timeout_s = drain_timeout_s
         self._pool = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix=f"gpubus-{lane}")
-        self._jobs = JobContext(
+        self._jobs = JobContext(  # what every job of this node shares (bus/job_run.py)
             js=self.js, processor=processor, pool=self._pool, metrics=metrics, queue_owner=queue_owner, lane=lane,
             node_id=self.node_id, job_deadline_s=job_deadline_s, bus_retry_s=bus_retry_s, job_seal=job_seal,
             events=EventReporter(nc, self.js, lane=lane, node_id=self.node_id, bus_retry_s=bus_retry_s),
@@ -97,7 +99,6 @@ class NodeRuntime:
         self._started_at = now()
         self._heartbeat_s = 3.0
         self._nodes_kv = None
-        self._puller: Puller | None = None
         self.done = 0
         self.failed = 0
         self.stopped = asyncio.Event()
@@ -126,9 +127,7 @@ class NodeRuntime:
         await self.nc.subscribe(names.cancel_subject(cancel_owner), cb=self._on_cancel)
         self.metrics.capacity.set(self.capacity)
         await self._heartbeat()
-        self._puller = await Puller(
-            self.nc, stream=names.JOBS_STREAM, durable=consumer, api_prefix=self.js_api_prefix
-        ).open()
+        await self._puller.open()
         self._background = [
             asyncio.create_task(self._pull_loop(self._puller), name="fetch"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
@@ -190,8 +189,7 @@ class NodeRuntime:
         for task in self._background[1:]:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        if self._puller is not None:
-            await self._puller.close()
+        await self._puller.close()
 
     async def close(self) -> None:
         await self.stop()
