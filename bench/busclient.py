@@ -34,7 +34,7 @@ class BusClient:
         """`seal`: the gateways' (a bus client writes records as they do)."""
         nc = await nats.connect(url)
         js = nc.jetstream()
-        jobs = JobStore(await js.key_value(names.JOBS_BUCKET), seal)
+        jobs = JobStore(await js.key_value(names.JOBS_BUCKET), seal, js=js)
         client = cls(nc, jobs, JobPublisher(js, seal, give_up_after_s=10))
         await nc.subscribe("events.>", cb=client._on_event)
         return client

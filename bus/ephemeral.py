@@ -7,6 +7,13 @@ listings in 3 s left 500 consumers behind for five minutes. So every such
 consumer is created with a short threshold (it is deleted soon after its
 reader is gone, even if the gateway dies) and deleted explicitly when its
 reader is done.
+
+Only public nats-py calls: a consumer's current name (an ordered consumer
+gets a new one on each reset) comes from `sub.consumer_info()`, and it is
+deleted with the JetStream manager's `delete_consumer`, on a JetStream
+context the caller passes in. nats-py's `KeyValue.watch` keeps its
+subscription private, so `KeyWatch` is a KV watch on an ordered consumer we
+hold ourselves.
 """
 
 from __future__ import annotations
@@ -16,8 +23,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.js.kv import KeyValue
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
+
+from schemas import names
 
 log = logging.getLogger("gpubus.bus.ephemeral")
 
@@ -46,34 +58,121 @@ def _dispose_later(task: asyncio.Future[T], dispose: Callable[[T], Awaitable[Non
         cleanup.add_done_callback(_cleanups.discard)
 
 
-async def drop(sub) -> None:
+async def drop(js: JetStreamContext, sub: JetStreamContext.PushSubscription) -> None:
     """Unsubscribe a push subscription of nats-py and delete its consumer.
 
     Shielded: this runs in `finally` blocks of readers that are being
     cancelled (an SSE client went away), where, under anyio's cancel
     scopes, every await is cancelled again; the cleanup runs to its end
     in a task of its own even so."""
-    await asyncio.shield(_unsubscribe_then_delete(sub.unsubscribe, sub))
+    await asyncio.shield(_unsubscribe_then_delete(js, sub.unsubscribe, sub))
 
 
-async def stop_watch(watcher: KeyValue.KeyWatcher) -> None:
+async def stop_watch(watch: KeyWatch) -> None:
     """Stop a KV watch (its iterator ends) and delete its consumer (shielded, as `drop`)."""
-    await asyncio.shield(_unsubscribe_then_delete(watcher.stop, watcher._sub))
+    await asyncio.shield(_unsubscribe_then_delete(watch.js, watch.end, watch.subscription))
 
 
-async def _unsubscribe_then_delete(unsubscribe: Callable[[], Awaitable[object]], sub) -> None:
+async def _unsubscribe_then_delete(
+    js: JetStreamContext, unsubscribe: Callable[[], Awaitable[object]], sub: JetStreamContext.PushSubscription
+) -> None:
     try:
         await unsubscribe()
     except NatsError as e:  # a closed connection: the server drops the consumer on its own
         log.debug("unsubscribe failed: %s", e)
-    await _delete_consumer(sub)
-
-
-async def _delete_consumer(sub) -> None:
-    """The subscription knows its stream, consumer and JetStream context
-    only as private attributes (`_stream`, `_consumer`, `_js`); the consumer
-    name is the current one, also after an ordered consumer's reset."""
     try:
-        await sub._js.delete_consumer(sub._stream, sub._consumer)
+        info = await sub.consumer_info()  # the current name, also after an ordered consumer's reset
+        await js.delete_consumer(info.stream_name, info.name)
     except NatsError as e:  # gone already, or NATS away: inactive_threshold deletes it
-        log.debug("consumer %s on %s not deleted: %s", sub._consumer, sub._stream, e)
+        log.debug("consumer not deleted: %s", e)
+
+
+class _End:
+    """Queued after the last entry: the watch was stopped."""
+
+
+_END = _End()
+
+
+class KeyWatch:
+    """A KV watch (latest value per key, then every change), iterated like
+    nats-py's `KeyWatcher`: entries, with one `None` once the values there
+    were at the start have all arrived. `start()` it; `stop_watch` ends it."""
+
+    def __init__(self, js: JetStreamContext, bucket: str, keys: str, *, ignore_deletes: bool = False) -> None:
+        self.js = js
+        self._bucket = bucket
+        self._prefix = f"$KV.{bucket}."
+        self._keys = keys
+        self._ignore_deletes = ignore_deletes
+        self._updates: asyncio.Queue[KeyValue.Entry | None | _End] = asyncio.Queue()
+        self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._initial_sent = False
+        self._sub: JetStreamContext.PushSubscription | None = None
+
+    @property
+    def subscription(self) -> JetStreamContext.PushSubscription:
+        assert self._sub is not None, "KeyWatch.start() was not awaited"
+        return self._sub
+
+    async def start(self) -> KeyWatch:
+        self._sub = await self.js.subscribe(
+            self._prefix + self._keys, stream=names.kv_stream(self._bucket), cb=self._on_msg,
+            ordered_consumer=True, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            inactive_threshold=INACTIVE_THRESHOLD_S,
+        )
+        try:
+            info = await self._sub.consumer_info()
+        except BaseException:
+            self._ready.cancel()
+            await _unsubscribe_then_delete(self.js, self._sub.unsubscribe, self._sub)
+            raise
+        # Deliveries wait for this answer, so the marker goes out exactly once.
+        if info.num_pending == 0 and self._sub.delivered == 0:
+            self._initial_done()
+        self._ready.set_result(None)
+        return self
+
+    def _initial_done(self) -> None:
+        if not self._initial_sent:
+            self._initial_sent = True
+            self._updates.put_nowait(None)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        await self._ready
+        meta = msg.metadata
+        op = _operation(msg)
+        if op is not False and not (self._ignore_deletes and op in (KV_DEL, KV_PURGE)):
+            self._updates.put_nowait(KeyValue.Entry(
+                bucket=self._bucket, key=msg.subject[len(self._prefix):], value=msg.data,
+                revision=meta.sequence.stream, delta=meta.num_pending, created=meta.timestamp, operation=op,
+            ))
+        if meta.num_pending == 0:
+            self._initial_done()
+
+    async def end(self) -> None:
+        """Unsubscribe and end the iteration (entries already queued come first)."""
+        await self.subscription.unsubscribe()
+        self._updates.put_nowait(_END)
+
+    def __aiter__(self) -> KeyWatch:
+        return self
+
+    async def __anext__(self) -> KeyValue.Entry | None:
+        entry = await self._updates.get()
+        if isinstance(entry, _End):
+            raise StopAsyncIteration
+        return entry
+
+
+def _operation(msg: Msg) -> str | None | bool:
+    """The entry's operation (None: a value); False for a server marker of
+    an unknown reason, skipped as nats-py does. Server-placed TTL/age
+    markers (nats-server 2.11+) say `Nats-Marker-Reason`, not `KV-Operation`."""
+    headers = msg.headers or {}
+    if KV_OP in headers:
+        return headers[KV_OP]
+    reason = headers.get(KV_MARKER_REASON)
+    if reason is None:
+        return None
+    return {"MaxAge": KV_PURGE, "Purge": KV_PURGE, "Remove": KV_DEL}.get(reason, False)

@@ -20,6 +20,7 @@ import json
 import logging
 from collections.abc import Callable
 
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -74,6 +75,7 @@ class FallbackRouter:
         metrics: GatewayMetrics,
         seal: RecordSeal,
         *,
+        nc: NatsClient,
         cpu_queue_for: Callable[[str], str],
     ) -> None:
         self._js = js
@@ -83,7 +85,7 @@ class FallbackRouter:
         self._metrics = metrics
         self._cpu_queue_for = cpu_queue_for
         self._loop = DurableLoop(
-            js, durable=names.FALLBACK_CONSUMER, stream=names.DEADLETTER_STREAM, handle=self._handle_batch, max_batch=16
+            nc, durable=names.FALLBACK_CONSUMER, stream=names.DEADLETTER_STREAM, handle=self._handle_batch, max_batch=16
         )
 
     async def start(self) -> None:

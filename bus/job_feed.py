@@ -16,6 +16,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -71,7 +72,7 @@ async def follow(
             cb=on_event,
             inactive_threshold=ephemeral.INACTIVE_THRESHOLD_S,
         ),
-        ephemeral.drop,
+        partial(ephemeral.drop, js),
     )
     watcher = asyncio.create_task(watch_record(), name=f"feed-{first.job_id}")
     last = first
@@ -103,4 +104,4 @@ async def follow(
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await watcher
-        await ephemeral.drop(sub)
+        await ephemeral.drop(js, sub)

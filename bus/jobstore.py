@@ -125,8 +125,11 @@ class JobStore:
     round trip that nearly always returned what this process had just
     written. A stale copy costs one failed CAS, never a wrong record."""
 
-    def __init__(self, kv: KeyValue, seal: RecordSeal, *, finishes: FinishWatch | None = None) -> None:
+    def __init__(
+        self, kv: KeyValue, seal: RecordSeal, *, js: JetStreamContext, finishes: FinishWatch | None = None
+    ) -> None:
         self._kv = kv
+        self._js = js  # per-request watches (bus/ephemeral.KeyWatch)
         self._seal = seal
         self._finishes = finishes
         self._known: OrderedDict[str, tuple[JobRecord, int, int]] = OrderedDict()  # key -> (record, revision, bytes)
@@ -222,7 +225,7 @@ class JobStore:
         """All of one owner's records (a subject-filtered watch, not a scan of
         every user's keys)."""
         watcher = await ephemeral.created(
-            self._kv.watch(f"{owner}.*", ignore_deletes=True, inactive_threshold=ephemeral.INACTIVE_THRESHOLD_S),
+            ephemeral.KeyWatch(self._js, names.JOBS_BUCKET, f"{owner}.*", ignore_deletes=True).start(),
             ephemeral.stop_watch,
         )
         out: list[JobRecord] = []
@@ -247,7 +250,7 @@ class JobStore:
         current, _ = await self.get(owner, job_id)  # NotFound before any subscription
         yield current
         watcher = await ephemeral.created(
-            self._kv.watch(names.job_key(owner, job_id), inactive_threshold=ephemeral.INACTIVE_THRESHOLD_S),
+            ephemeral.KeyWatch(self._js, names.JOBS_BUCKET, names.job_key(owner, job_id)).start(),
             ephemeral.stop_watch,
         )
         try:

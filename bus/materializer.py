@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -101,6 +102,7 @@ class Materializer:
         jobs: JobStore,
         metrics: GatewayMetrics,
         *,
+        nc: NatsClient,
         on_released: Callable[[JobEvent], Awaitable[None]],
     ) -> None:
         self._js = js
@@ -109,7 +111,7 @@ class Materializer:
         self._metrics = metrics
         self._drops = EventDrops()
         self._loop = DurableLoop(
-            js, durable=names.MATERIALIZER_CONSUMER, stream=names.EVENTS_STREAM, handle=self._handle, max_batch=FETCH_BATCH
+            nc, durable=names.MATERIALIZER_CONSUMER, stream=names.EVENTS_STREAM, handle=self._handle, max_batch=FETCH_BATCH
         )
 
     async def start(self) -> None:

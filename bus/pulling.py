@@ -7,6 +7,14 @@ one"), so a batch fetch costs T of latency whenever the queue runs dry. We
 wait for one message with a long timeout (it returns the moment one arrives),
 then take whatever else is already there with a `no_wait` request *without*
 `expires`, which the server answers at once.
+
+nats-py has no public call for the second request, so `Puller` sends pull
+requests itself, with public calls only: an inbox of its own
+(`nc.new_inbox()` + `nc.subscribe`), and a publish to
+`<api prefix>.CONSUMER.MSG.NEXT.<stream>.<durable>` with that inbox as the
+reply. The prefix is passed in: `$JS.API` on the trusted side, `gpubus.js`
+for a user node, whose account sees JetStream through imports
+(bus/node_permissions.py).
 """
 
 from __future__ import annotations
@@ -16,47 +24,124 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import APIError
+
+from bus.node_permissions import JS_API
+from schemas.errors import GpubusError
 
 DRAIN_TIMEOUT_S = 0.05  # only a safety net: the server answers a no_wait request at once
+EXPIRES_MARGIN_S = 0.1  # the server's 408 for an expired request comes before we stop waiting
 STATUS_HEADER = "Status"
 IDLE_HEARTBEAT = "100"
+# Statuses that end a pull without a message, as nats-py's fetch treats
+# them: 404 no messages, 408 request expired, 409 a conflict (consumer
+# deleted, too many waiting pulls) that a later pull may not meet.
+NO_MESSAGE_STATUSES = frozenset({"404", "408", "409"})
 log = logging.getLogger("gpubus.bus.pulling")
 
 
-async def next_batch(psub, *, max_batch: int, wait_s: float) -> list[Msg]:
-    """Up to `max_batch` messages; [] when none came within `wait_s`."""
-    try:
-        msgs = await psub.fetch(1, timeout=wait_s)
-    except (NatsTimeoutError, asyncio.TimeoutError):
-        return []
-    if max_batch > 1:
-        msgs += await take_available(psub, max_batch - 1)
-    return msgs
+class PullerClosed(GpubusError):
+    """A pull was asked of a puller that is not open (never opened, or closed)."""
+
+    code = "PULLER_CLOSED"
 
 
-async def take_available(psub, max_msgs: int) -> list[Msg]:
-    """Up to `max_msgs` messages the consumer has right now, without
-    lingering. nats-py (pinned 2.16.0) has no public call for this, so this
-    sends the pull request itself on the subscription's own inbox; any
-    status (404 no messages, 408 from an older request) ends the drain, and
-    fetch() discards stray statuses later."""
-    request = json.dumps({"batch": max_msgs, "no_wait": True}).encode()
-    await psub._nc.publish(psub._nms, request, reply=psub._deliver)
-    out: list[Msg] = []
-    while len(out) < max_msgs:
+def _status(msg: Msg) -> str | None:
+    return msg.headers.get(STATUS_HEADER) if msg.headers else None
+
+
+class Puller:
+    """Pull requests for one durable pull consumer, answered on our own inbox."""
+
+    def __init__(self, nc: NatsClient, *, stream: str, durable: str, api_prefix: str = JS_API) -> None:
+        self._nc = nc
+        self._next_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._inbox = nc.new_inbox()
+        self._sub: Subscription | None = None
+
+    async def open(self) -> Puller:
+        self._sub = await self._nc.subscribe(self._inbox)
+        return self
+
+    async def close(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is None:
+            return
         try:
-            msg = await psub._sub.next_msg(timeout=DRAIN_TIMEOUT_S)
-        except (NatsTimeoutError, asyncio.TimeoutError):
-            break
-        status = msg.headers.get(STATUS_HEADER) if msg.headers else None
-        if status == IDLE_HEARTBEAT:
-            continue
-        if status:
-            break
-        out.append(msg)
-    return out
+            await sub.unsubscribe()
+        except NatsError as e:  # a closed connection took the subscription with it
+            log.debug("pull inbox %s not unsubscribed: %s", self._inbox, e)
+
+    def _subscription(self) -> Subscription:
+        if self._sub is None:
+            raise PullerClosed(f"no open subscription for {self._next_subject}")
+        return self._sub
+
+    async def _request(self, request: dict) -> None:
+        await self._nc.publish(self._next_subject, json.dumps(request).encode(), reply=self._inbox)
+
+    async def _queued(self) -> Msg | None:
+        """A message that arrived after its request's reader gave up (it
+        would otherwise wait out its ack_wait); stray statuses are dropped."""
+        sub = self._subscription()
+        while sub.pending_msgs:
+            msg = await sub.next_msg(timeout=DRAIN_TIMEOUT_S)
+            if _status(msg) is None:
+                return msg
+        return None
+
+    async def next_message(self, wait_s: float) -> Msg | None:
+        """One message, the moment there is one; None after `wait_s`."""
+        queued = await self._queued()
+        if queued is not None:
+            return queued
+        await self._request({"batch": 1, "expires": int(wait_s * 1_000_000_000)})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s + EXPIRES_MARGIN_S
+        while (left := deadline - loop.time()) > 0:
+            try:
+                msg = await self._subscription().next_msg(timeout=left)
+            except (NatsTimeoutError, asyncio.TimeoutError):
+                return None
+            status = _status(msg)
+            if status is None:
+                return msg
+            if status in NO_MESSAGE_STATUSES:
+                return None
+            if status != IDLE_HEARTBEAT:
+                raise APIError.from_msg(msg)  # 503: no responders (the consumer's server is gone)
+        return None
+
+    async def next_batch(self, *, max_batch: int, wait_s: float) -> list[Msg]:
+        """Up to `max_batch` messages; [] when none came within `wait_s`."""
+        first = await self.next_message(wait_s)
+        if first is None:
+            return []
+        return [first] + (await self.take_available(max_batch - 1) if max_batch > 1 else [])
+
+    async def take_available(self, max_msgs: int) -> list[Msg]:
+        """Up to `max_msgs` messages the consumer has right now, without
+        lingering: any status (404 no messages, 408 from an older request)
+        ends the drain; `next_message` drops stray statuses later."""
+        await self._request({"batch": max_msgs, "no_wait": True})
+        out: list[Msg] = []
+        while len(out) < max_msgs:
+            try:
+                msg = await self._subscription().next_msg(timeout=DRAIN_TIMEOUT_S)
+            except (NatsTimeoutError, asyncio.TimeoutError):
+                break
+            status = _status(msg)
+            if status == IDLE_HEARTBEAT:
+                continue
+            if status:
+                break
+            out.append(msg)
+        return out
 
 
 class DurableLoop:
@@ -67,7 +152,7 @@ class DurableLoop:
 
     def __init__(
         self,
-        js,
+        nc: NatsClient,
         *,
         durable: str,
         stream: str,
@@ -75,27 +160,27 @@ class DurableLoop:
         max_batch: int = 64,
         wait_s: float = 5.0,
     ) -> None:
-        self._js = js
+        self._puller = Puller(nc, stream=stream, durable=durable)
         self._durable = durable
-        self._stream = stream
         self._handle = handle
         self._max_batch = max_batch
         self._wait_s = wait_s
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
-        sub = await self._js.pull_subscribe_bind(durable=self._durable, stream=self._stream)
-        self._task = asyncio.create_task(self._run(sub), name=self._durable)
+        await self._puller.open()
+        self._task = asyncio.create_task(self._run(), name=self._durable)
 
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        await self._puller.close()
 
-    async def _run(self, sub) -> None:
+    async def _run(self) -> None:
         while True:
             try:
-                msgs = await next_batch(sub, max_batch=self._max_batch, wait_s=self._wait_s)
+                msgs = await self._puller.next_batch(max_batch=self._max_batch, wait_s=self._wait_s)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # connection trouble: the messages wait in the stream

@@ -63,7 +63,7 @@ class GatewayState:
         seal = RecordSeal.from_settings(s)
         self.finishes = FinishWatch(self.js, seal)
         await self.finishes.start()
-        self.jobs = JobStore(await self.js.key_value(names.JOBS_BUCKET), seal, finishes=self.finishes)
+        self.jobs = JobStore(await self.js.key_value(names.JOBS_BUCKET), seal, js=self.js, finishes=self.finishes)
         self.keys = KeyStore(await self.js.key_value(names.APIKEYS_BUCKET), seal)
         self.publisher = JobPublisher(self.js, seal, give_up_after_s=s.publish_timeout)
         self.nodes = LiveNodes(
@@ -71,7 +71,7 @@ class GatewayState:
         )
         await self.nodes.start()
         self.router = FallbackRouter(
-            self.js, self.jobs, self.publisher, self.metrics, seal, cpu_queue_for=self.cpu_queue_for
+            self.js, self.jobs, self.publisher, self.metrics, seal, nc=self.nc, cpu_queue_for=self.cpu_queue_for
         )
         self.auth_callout: AuthCallout | None = None
         if s.nats_issuer_seed is not None:
@@ -87,7 +87,7 @@ class GatewayState:
                 xkey_seed=s.nats_xkey_seed.get_secret_value() if s.nats_xkey_seed else None,
             )
             await self.auth_callout.start()
-        self.materializer = Materializer(self.js, self.jobs, self.metrics, on_released=self.router.released)
+        self.materializer = Materializer(self.js, self.jobs, self.metrics, nc=self.nc, on_released=self.router.released)
         await self.materializer.start()
         await self.router.start()
         self.lag = LagMonitor(self.js, interval_s=s.lag_poll_interval, metrics=self.metrics)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from schemas.errors import JobFailed
 from schemas.jobs import JobMessage
-from schemas.processing import JobOutput, Processor, ProgressFn
+from schemas.processing import NOTHING_STAGED, JobOutput, Processor, ProgressFn, Staging
 
 UNSUPPORTED_KIND = "UNSUPPORTED_KIND"
 
@@ -23,6 +23,11 @@ class ByKind:
     @property
     def models(self) -> list[str]:
         return sorted({m for p in self._processors for m in p.models})
+
+    def staging(self, job: JobMessage) -> Staging:
+        """The kind's own needs; an unsupported kind needs nothing (run fails it)."""
+        proc = self._by_kind.get(job.kind.value)
+        return proc.staging(job) if proc is not None else NOTHING_STAGED
 
     def run(
         self, job: JobMessage, input_path: Path | None, work_dir: Path | None, progress: ProgressFn, cancelled: threading.Event

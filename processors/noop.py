@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from schemas.jobs import JobMessage, ResultSummary
 from schemas.names import Kind
-from schemas.processing import JobOutput, ProgressFn
+from schemas.processing import NOTHING_STAGED, JobOutput, ProgressFn, Staging
 
 
 class NoopResult(BaseModel):
@@ -23,6 +23,9 @@ class NoopProcessor:
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = device
+
+    def staging(self, job: JobMessage) -> Staging:
+        return NOTHING_STAGED
 
     def run(
         self, job: JobMessage, input_path: Path | None, work_dir: Path | None, progress: ProgressFn, cancelled: threading.Event

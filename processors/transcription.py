@@ -11,7 +11,7 @@ from processors.whisper_engine import WhisperEngine
 from schemas.errors import INPUT_MISSING, JobFailed
 from schemas.jobs import JobMessage, ResultSummary
 from schemas.names import Kind
-from schemas.processing import JobOutput, ProgressFn
+from schemas.processing import NOTHING_STAGED, JobOutput, ProgressFn, Staging
 
 MODEL_NOT_SERVED = "MODEL_NOT_SERVED"
 
@@ -27,6 +27,10 @@ class TranscriptionProcessor:
     @property
     def models(self) -> list[str]:
         return [self.engine.model_name]
+
+    def staging(self, job: JobMessage) -> Staging:
+        """Only the staged upload, which the node fetches for every job."""
+        return NOTHING_STAGED
 
     def run(
         self,

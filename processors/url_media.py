@@ -11,9 +11,15 @@ from processors.transcription import TranscriptionProcessor
 from schemas.errors import INPUT_MISSING, JobFailed
 from schemas.jobs import JobMessage
 from schemas.names import Kind
-from schemas.processing import JobOutput, ProgressFn, cookies_path
+from schemas import names
+from schemas.processing import JobOutput, OwnerFile, ProgressFn, Staging
 from schemas.results import Transcript
 from schemas.url_guard import UrlRefused, check_syntax
+
+COOKIES_FILENAME = "cookies.txt"
+# The owner's yt-dlp cookie file (PUT /api/v1/auth/cookies), staged into the
+# job's private work dir (mode 0700) and deleted with it; never logged.
+STAGING = Staging(work_dir=True, owner_files=(OwnerFile(names.COOKIES_OBJECT, COOKIES_FILENAME),))
 
 
 class UrlProcessor:
@@ -27,6 +33,10 @@ class UrlProcessor:
     @property
     def models(self) -> list[str]:
         return self.transcriber.models
+
+    def staging(self, job: JobMessage) -> Staging:
+        """A directory to download into, and the owner's cookies if any."""
+        return STAGING
 
     def run(
         self,
@@ -42,7 +52,7 @@ class UrlProcessor:
             url = check_syntax(job.url)  # the gateway checked it too; a node trusts no message
         except UrlRefused as e:
             raise JobFailed(e.code, e.message) from None
-        cookies = cookies_path(work_dir)
+        cookies = work_dir / COOKIES_FILENAME
         download_dir = work_dir / "download"
         download_dir.mkdir()
         fetched = media_fetch.fetch(

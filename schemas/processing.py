@@ -13,13 +13,32 @@ from pydantic import BaseModel
 from schemas.jobs import JobMessage, ResultSummary
 
 
-COOKIES_FILENAME = "cookies.txt"
+@dataclass(frozen=True)
+class OwnerFile:
+    """An object of the job owner's bucket (`files-<owner>`) that a
+    processor wants next to the job, as `work_dir / filename`, if the owner
+    stored one. The node reads only the job owner's bucket, so a processor
+    names the object, never the bucket; a missing object is not an error."""
+
+    object_name: str
+    filename: str
 
 
-def cookies_path(work_dir: Path) -> Path:
-    """Where the node runtime puts the owner's cookie file for a URL job, if
-    the owner uploaded one; the URL processor hands it to yt-dlp from there."""
-    return work_dir / COOKIES_FILENAME
+@dataclass(frozen=True)
+class Staging:
+    """What a job needs on disk before its processor runs. The node makes a
+    private work directory only when something asks for one (a staged input,
+    `work_dir`, or an owner file): a no-op or inline job costs no mkdir."""
+
+    work_dir: bool = False
+    owner_files: tuple[OwnerFile, ...] = ()
+
+    @property
+    def needs_dir(self) -> bool:
+        return self.work_dir or bool(self.owner_files)
+
+
+NOTHING_STAGED = Staging()
 
 
 class ProgressFn(Protocol):
@@ -38,15 +57,20 @@ class Processor(Protocol):
     was set. Calls `progress` as it goes: that is also the node's proof of
     life, so a job that stops calling it past the deadline falls back.
 
-    `work_dir` is the job's private scratch directory (removed after the
-    job); a job with nothing to fetch (no staged input, not a URL) gets
-    None, so a no-op or inline job costs no directory on disk."""
+    `staging(job)` says what the job needs on disk besides its staged input
+    (a work directory, files of the owner's bucket), so the node stays
+    ignorant of media: it fetches what is asked for and nothing else.
+    `work_dir` is the job's private scratch directory (mode 0700, removed
+    after the job); a job with a staged input gets one, any other job only
+    if `staging` asks, else None."""
 
     device: str
     kinds: frozenset[str]
 
     @property
     def models(self) -> list[str]: ...
+
+    def staging(self, job: JobMessage) -> Staging: ...
 
     def run(
         self,

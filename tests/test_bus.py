@@ -1,15 +1,19 @@
-"""Bus pieces against a real nats-server: topology, object store streaming."""
+"""Bus pieces against a real nats-server: topology, object store streaming,
+pull requests, per-request KV watches."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import os
+import time
 
 import nats
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
 
-from bus import objects, topology
+from bus import ephemeral, node_permissions, objects, topology
+from bus.pulling import Puller
 from bus.settings import Settings
 from schemas import names
 from schemas.errors import NotFound, PayloadTooLarge
@@ -67,3 +71,62 @@ async def test_object_streaming_roundtrip_and_abort(fresh_nats, tmp_path):
         assert len(info.state.subjects) == 2  # one object: its chunks and its meta
     finally:
         await nc.close()
+
+
+@pytest.fixture
+async def client(fresh_nats):
+    """A connection and its JetStream context, closed after the test."""
+    nc = await nats.connect(fresh_nats.url)
+    yield nc, nc.jetstream()
+    await nc.close()
+
+
+async def test_puller_takes_what_is_there_at_once_and_keeps_late_messages(client):
+    # Given a durable pull consumer with three messages waiting
+    nc, js = client
+    await js.add_stream(name="PT", subjects=["pt.>"])
+    await js.add_consumer("PT", ConsumerConfig(durable_name="d", ack_policy=AckPolicy.EXPLICIT))
+    for i in range(3):
+        await js.publish(f"pt.{i}", b"x")
+    puller = await Puller(nc, stream="PT", durable="d", api_prefix=node_permissions.JS_API).open()
+    # When a batch of up to 5 is asked for with a long wait
+    t0 = time.monotonic()
+    batch = await puller.next_batch(max_batch=5, wait_s=10)
+    # Then the three come back without waiting out the 10 s
+    assert [m.subject for m in batch] == ["pt.0", "pt.1", "pt.2"] and time.monotonic() - t0 < 1.0
+    for m in batch:
+        await m.ack_sync()
+    # And an empty consumer answers None after the wait, no error
+    t0 = time.monotonic()
+    assert await puller.next_message(0.3) is None and 0.25 < time.monotonic() - t0 < 1.5
+    assert await puller.take_available(4) == []
+    # And a message published now arrives on the next pull
+    await js.publish("pt.late", b"y")
+    late = await puller.next_message(5)
+    assert late is not None and late.subject == "pt.late" and late.metadata.num_delivered == 1
+    await puller.close()
+
+
+async def test_key_watch_lists_then_follows_and_leaves_no_consumer(client):
+    # Given a bucket with two keys of alice, one of bob, and one of alice deleted
+    _nc, js = client
+    kv = await js.create_key_value(bucket="kwt", history=1)
+    for key in ("alice.1", "alice.2", "bob.1", "alice.3"):
+        await kv.put(key, key.encode())
+    await kv.delete("alice.3")
+    # When alice's keys are watched, deletes ignored
+    watch = await ephemeral.KeyWatch(js, "kwt", "alice.*", ignore_deletes=True).start()
+    seen = []
+    async for entry in watch:
+        if entry is None:
+            break
+        seen.append((entry.key, entry.value))
+    # Then the current values come, then the marker; later changes follow
+    assert sorted(seen) == [("alice.1", b"alice.1"), ("alice.2", b"alice.2")]
+    await kv.put("alice.1", b"new")
+    entry = await asyncio.wait_for(watch.__anext__(), 5)
+    assert (entry.key, entry.value, entry.operation) == ("alice.1", b"new", None)
+    # And once stopped, its iteration ends and its consumer is gone at once
+    await ephemeral.stop_watch(watch)
+    assert [e async for e in watch] == []
+    assert await js.consumers_info(names.kv_stream("kwt")) == []

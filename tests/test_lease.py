@@ -23,7 +23,7 @@ from schemas import names
 from schemas.jobs import JobMessage, ResultSummary, new_job_id
 from schemas.names import Kind, Lane
 from tests.harness import ADMIN_TOKEN
-from schemas.processing import JobOutput
+from schemas.processing import NOTHING_STAGED, JobOutput, Staging
 
 pytestmark = pytest.mark.timeout(60)
 ACK_WAIT_S = 1.5
@@ -36,6 +36,9 @@ class _Processor:
 
     def __init__(self, work) -> None:
         self._work = work
+
+    def staging(self, job) -> Staging:
+        return NOTHING_STAGED
 
     def run(self, job, input_path, work_dir, progress, cancelled) -> JobOutput:
         self._work(progress, cancelled)

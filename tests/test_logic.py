@@ -127,7 +127,7 @@ def test_an_owner_over_its_unknown_job_quota_floods_until_the_window_ends(caplog
 
 
 def test_known_records_are_bounded_by_bytes():
-    store = JobStore(kv=None, seal=RecordSeal(None))  # type: ignore[arg-type]  (only the in-memory cache is used)
+    store = JobStore(kv=None, seal=RecordSeal(None), js=None)  # type: ignore[arg-type]  (only the in-memory cache is used)
     big = KNOWN_RECORDS_BYTES // 4
     for i in range(10):
         store._remember(f"a.j{i}", _rec(), i, big)

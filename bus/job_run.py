@@ -1,0 +1,267 @@
+"""One job's run on a node: check the message, stage its files, run the
+processor in a worker thread, store the result, keep the lease alive.
+
+The runtime (bus/node_runtime.py) decides *when* a job runs and holds its
+slot; this module decides *how*: `read_job` refuses what is not ours,
+`JobRun.execute` does the work inside `bus/acking.settle`, the one place
+that acks, naks or terms. What a job needs on disk comes from the
+processor (`Processor.staging`), so nothing here knows about media.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from bus import objects, sealing
+from bus.acking import settle
+from bus.job_events import EventReporter
+from bus.joblog import job_fields
+from bus.metrics import NodeMetrics
+from bus.retry import retrying
+from bus.sealing import RecordSeal
+from schemas import codec, names
+from schemas.errors import INPUT_CORRUPT, INPUT_MISSING, Forbidden, JobCancelled, JobFailed, NotFound
+from schemas.events import EventType
+from schemas.jobs import JobMessage
+from schemas.names import Lane
+from schemas.processing import JobOutput, OwnerFile, Processor
+
+log = logging.getLogger("gpubus.bus.node")
+
+PROGRESS_EVERY_S = 0.3
+
+
+@dataclass
+class Lease:
+    """Proof of life for one job: the processor's progress calls renew it.
+    Past `deadline_s` without progress the node stops extending the lease,
+    so a hung worker's job times out and falls back."""
+
+    deadline_s: float
+    last_progress: float = field(default_factory=time.monotonic)
+
+    def touch(self) -> None:
+        self.last_progress = time.monotonic()
+
+    def healthy(self) -> bool:
+        return time.monotonic() - self.last_progress < self.deadline_s
+
+
+@dataclass
+class JobContext:
+    """What every job of one node shares. `ack_wait_s` and `max_deliver`
+    are the consumer's, learned when the node starts."""
+
+    js: JetStreamContext
+    processor: Processor
+    pool: ThreadPoolExecutor
+    events: EventReporter
+    metrics: NodeMetrics
+    queue_owner: str
+    lane: Lane
+    node_id: str
+    job_deadline_s: float
+    # How long each NATS step of a job (input, result, events) is retried
+    # through a leader election or a reconnect before the job is nak'ed:
+    # a finished transcript lost to seconds of failover is a job redone.
+    bus_retry_s: float
+    job_seal: RecordSeal | None = None
+    ack_wait_s: float = 30.0
+    max_deliver: int = -1
+
+
+def read_job(ctx: JobContext, msg: Msg) -> JobMessage:
+    """The job in `msg`, or `Forbidden`/`DecodeError`/`SealBroken` for a
+    message that is not a job of our queue. The trusted shared-pool node
+    holds the gateways' seal and checks every message against it; a user's
+    node cannot (it never holds the secret) and relies on its account wall
+    and the queue check."""
+    if ctx.job_seal is not None:
+        ctx.job_seal.check(msg.subject, msg.data, (msg.headers or {}).get(sealing.HEADER))
+    job = codec.decode(msg.data, JobMessage)
+    _check_queue(ctx, job)
+    return job
+
+
+BAD_MESSAGE_ERRORS = (codec.DecodeError, Forbidden, sealing.SealBroken)
+
+
+def _check_queue(ctx: JobContext, job: JobMessage) -> None:
+    """A message on our consumer must belong to our queue; anything else
+    was forged onto a subject and is refused, not processed."""
+    if job.queue_owner != ctx.queue_owner or job.lane != ctx.lane:
+        raise Forbidden(f"job for {job.queue_owner}/{job.lane} on {ctx.queue_owner}/{ctx.lane}")
+    if ctx.queue_owner != names.SHARED and job.owner != ctx.queue_owner:
+        raise Forbidden(f"job of {job.owner} on {ctx.queue_owner}'s queue")
+    if job.input is not None and not names.is_input_of(job.owner, job.job_id, job.input.bucket, job.input.object_name):
+        # Even a trusted node reads only the job owner's staged file: a
+        # job naming another bucket would turn it into a copying machine.
+        raise Forbidden(f"job {job.job_id}'s input {job.input.bucket}/{job.input.object_name} is not its own")
+
+
+def _make_work_dir(job_id: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"gpubus-{job_id}-"))
+
+
+class JobRun:
+    """One delivery of one job, from `started` to its settled message."""
+
+    def __init__(self, ctx: JobContext, job: JobMessage, msg: Msg, *, cancelled_already: bool = False) -> None:
+        self.ctx = ctx
+        self.job = job
+        self.msg = msg
+        self.lease = Lease(ctx.job_deadline_s)
+        self.cancelled = threading.Event()
+        if cancelled_already:
+            self.cancelled.set()
+        self.succeeded = False
+        self._last_progress_event = 0.0
+        self._ref = f"{job.job_id} owner={job.owner} lane={ctx.lane} node={ctx.node_id} attempt={job.attempt}"
+
+    def _log_fields(self, state: str, **more) -> dict:
+        job = self.job
+        return job_fields(job.job_id, job.owner, self.ctx.lane, self.ctx.node_id, state, attempt=job.attempt, **more)
+
+    async def execute(self) -> None:
+        """Announce, work, store, report; `settle` turns the outcome into
+        ack / nak / term. `succeeded` says how it ended."""
+        ctx, job, msg = self.ctx, self.job, self.msg
+        ctx.metrics.in_flight.inc()
+        keepalive = asyncio.create_task(self._keep_lease(), name=f"lease-{job.job_id}")
+        started = time.monotonic()
+        try:
+            last = ctx.max_deliver > 0 and msg.metadata.num_delivered >= ctx.max_deliver
+            async with settle(msg, partial(ctx.events.settled, job), job_ref=self._ref, last_delivery=last):
+                await ctx.events.started(job)
+                log.info("job %s started", self._ref, extra=self._log_fields("started"))
+                output = await self._run()
+                await self._store_result(output)
+                self.succeeded = True
+        finally:
+            keepalive.cancel()
+            status = "succeeded" if self.succeeded else "failed"
+            ctx.metrics.in_flight.dec()
+            ctx.metrics.job_done(status)
+            elapsed = time.monotonic() - started
+            log.info("job %s %s in %.2fs", self._ref, status, elapsed, extra=self._log_fields(status, elapsed_s=elapsed))
+
+    async def _run(self) -> JobOutput:
+        """The work directory is made and removed on a pool thread, never on
+        the event loop: under disk load a mkdir or rmdir blocks for
+        milliseconds, and the loop carries every other job's acks and
+        events. A job that needs nothing on disk gets no directory at all."""
+        if self.cancelled.is_set():
+            raise JobCancelled()
+        job, ctx = self.job, self.ctx
+        staging = ctx.processor.staging(job)
+        loop = asyncio.get_running_loop()
+        if job.input is None and not staging.needs_dir:
+            output = await self._call_processor(None, None)
+        else:
+            work_dir = await loop.run_in_executor(ctx.pool, _make_work_dir, job.job_id)
+            try:
+                await self._stage_owner_files(staging.owner_files, work_dir)
+                output = await self._call_processor(await self._fetch_input(work_dir), work_dir)
+            finally:
+                await loop.run_in_executor(ctx.pool, shutil.rmtree, work_dir, True)
+        if self.cancelled.is_set():
+            raise JobCancelled()
+        return output
+
+    async def _call_processor(self, input_path: Path | None, work_dir: Path | None) -> JobOutput:
+        """In the worker pool; its progress calls renew the lease from there."""
+        loop = asyncio.get_running_loop()
+
+        def progress(done_s: float, total_s: float) -> None:
+            self.lease.touch()
+            loop.call_soon_threadsafe(self._progress_event, done_s, total_s)
+
+        return await loop.run_in_executor(
+            self.ctx.pool, self.ctx.processor.run, self.job, input_path, work_dir, progress, self.cancelled
+        )
+
+    async def _stage_owner_files(self, files: tuple[OwnerFile, ...], work_dir: Path) -> None:
+        """Objects of the job owner's bucket the processor asked for (a
+        cookie file, say) into the job's private dir (mkdtemp: mode 0700),
+        deleted with it; their contents are never logged. One the owner
+        never stored is simply absent."""
+        bucket = names.files_bucket(self.job.owner)
+        for f in files:
+            try:
+                await objects.read_to_file(self.ctx.js, bucket, f.object_name, work_dir / f.filename)
+            except NotFound:
+                continue
+
+    async def _fetch_input(self, work_dir: Path) -> Path | None:
+        job = self.job
+        if job.input is None:
+            return None
+        dest = work_dir / job.input.filename
+        try:
+            await retrying(
+                lambda: objects.read_to_file(
+                    self.ctx.js, job.input.bucket, job.input.object_name, dest, expected_sha256_hex=job.input.sha256
+                ),
+                what=f"read the input of {job.job_id}", give_up_after_s=self.ctx.bus_retry_s,
+            )
+        except NotFound:
+            raise JobFailed(INPUT_MISSING, "the staged input is gone (expired or deleted)") from None
+        except objects.DigestMismatch as e:
+            raise JobFailed(INPUT_CORRUPT, str(e)) from e
+        return dest
+
+    async def _store_result(self, output: JobOutput) -> None:
+        """Result first, then the event, then (in `settle`) the ack: a node
+        dying anywhere in between leaves the job redeliverable, never lost."""
+        job, ctx = self.job, self.ctx
+        name = names.result_object(job.job_id, job.attempt)
+        data = output.result.model_dump_json().encode()
+        await retrying(
+            lambda: objects.put_bytes(ctx.js, names.files_bucket(job.owner), name, data),
+            what=f"store the result of {job.job_id}", give_up_after_s=ctx.bus_retry_s,
+        )
+        s = output.summary
+        ctx.metrics.media_seconds.inc(s.duration_s)
+        ctx.metrics.processing_seconds.inc(s.processing_s)
+        if s.real_time_factor is not None:
+            ctx.metrics.rtf.observe(s.real_time_factor)
+        await ctx.events.finished(job, EventType.SUCCEEDED, result_object=name, summary=s)
+
+    def _progress_event(self, done_s: float, total_s: float) -> None:
+        """At most one progress event per PROGRESS_EVERY_S, none once cancelled."""
+        t = time.monotonic()
+        if t - self._last_progress_event < PROGRESS_EVERY_S or self.cancelled.is_set():
+            return
+        self._last_progress_event = t
+        fraction = min(1.0, done_s / total_s) if total_s > 0 else None
+        self.ctx.events.progress(self.job, fraction, done_s)
+
+    async def _keep_lease(self) -> None:
+        """Extend the ack deadline every ack_wait/3 while the job shows life."""
+        every = self.ctx.ack_wait_s / 3
+        warned = False
+        while True:
+            await asyncio.sleep(every)
+            if self.lease.healthy():
+                try:
+                    await self.msg.in_progress()
+                except Exception as e:
+                    log.warning("in_progress for %s failed: %s", self.job.job_id, e)
+            elif not warned:
+                warned = True
+                log.error(
+                    "job %s made no progress for %.0fs; letting its lease expire so it falls back",
+                    self.job.job_id, self.ctx.job_deadline_s,
+                )
