@@ -79,7 +79,9 @@ async def list_jobs(
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    recs = await st.jobs.list(principal.user_id)
+    """Each listing holds a KV watch (a JetStream consumer) while it reads,
+    so an owner has at most GPUBUS_MAX_JOB_LISTINGS at once (429 past it)."""
+    recs = await st.list_jobs(principal.user_id)
     if status is not None:
         recs = [r for r in recs if r.status == status]
     recs.sort(key=lambda r: r.created_at, reverse=True)

@@ -58,7 +58,7 @@ def owner_subjects(owner: str) -> dict[str, Any]:
 
 
 async def recent_failures(st: GatewayState, owner: str) -> list[dict[str, Any]]:
-    recs = [r for r in await st.jobs.list(owner) if r.status == JobStatus.FAILED]
+    recs = [r for r in await st.list_jobs(owner) if r.status == JobStatus.FAILED]
     recs.sort(key=lambda r: r.finished_at or r.updated_at, reverse=True)
     return [failure_view(r) for r in recs[:RECENT_FAILURES]]
 

@@ -33,6 +33,7 @@ from bus.tls import nats_context
 from gateway import routing
 from gateway.admission import Admission, StreamCap
 from schemas import names
+from schemas.jobs import JobRecord
 from schemas.names import Lane
 
 log = logging.getLogger("gpubus.gateway.state")
@@ -66,6 +67,7 @@ class GatewayState:
         self._backlog: dict[str, tuple[float, int]] = {}
         self.admission = Admission(self.active_jobs)
         self.event_streams = StreamCap(settings.max_event_streams, what="event streams")
+        self.job_listings = StreamCap(settings.max_job_listings, what="job listings")
 
     @classmethod
     async def connect(cls, settings: Settings, registry: CollectorRegistry, metrics: GatewayMetrics) -> GatewayState:
@@ -158,6 +160,15 @@ class GatewayState:
             return sum((info.state.subjects or {}).values())
 
         return sum(await asyncio.gather(*(count(s) for s in names.owner_job_filters(owner))))
+
+    async def list_jobs(self, owner: str) -> list[JobRecord]:
+        """All of the owner's records, under the owner's cap on listings
+        (each holds a KV watch, a JetStream consumer, while it reads)."""
+        release = self.job_listings.take(owner)
+        try:
+            return await self.jobs.list(owner)
+        finally:
+            release()
 
     def fleet(self, owner: str) -> routing.Fleet:
         """What routing needs to know of the owner's nodes, as of now."""
