@@ -10,7 +10,7 @@ from nats.js.errors import NotFoundError
 
 from bus import objects
 from bus.joblog import job_fields
-from bus.queueing import never_queued, queue_attempt
+from bus.queueing import Claim, never_queued, queue_attempt
 from gateway.deps import State, User
 from gateway.job_views import job_view
 from gateway import routing
@@ -65,7 +65,7 @@ def retryable(st: GatewayState, rec: JobRecord) -> bool:
     return rec.status in RETRYABLE or never_queued(rec, publish_timeout_s=st.settings.publish_timeout)
 
 
-def requeue(st: GatewayState, attempt: int, route: Route):
+def requeue(st: GatewayState, attempt: int, route: Route) -> Claim:
     """Claim: the record of `attempt`, if the job is still retryable at the one before."""
 
     def claim(r: JobRecord) -> JobRecord | None:

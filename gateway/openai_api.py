@@ -21,7 +21,7 @@ from gateway.deps import State, User
 from gateway.form_fields import make_options
 from gateway.results import finished_transcript
 from gateway.state import GatewayState
-from gateway.submission import submit_upload
+from gateway.submission import Interpret, submit_upload
 from gateway.uploads import ParsedForm
 from schemas.errors import InvalidInput, StillRunning
 from schemas.formats import render
@@ -47,7 +47,7 @@ def _temperature(raw: str | None) -> float:
         raise InvalidInput(f"temperature: not a number: {raw!r}") from None
 
 
-def _interpreter(task: str):
+def _interpreter(task: str) -> Interpret:
     """The OpenAI form fields → job options; checked before the upload is committed."""
 
     def interpret(form: ParsedForm) -> tuple[Kind, bool, TranscribeOptions]:

@@ -62,7 +62,8 @@ def _check_format(fmt: str) -> str:
     return fmt
 
 
-def form_job(form: ParsedForm) -> tuple[Kind, bool, TranscribeOptions]:
+def seed_form(form: ParsedForm) -> tuple[Kind, bool, TranscribeOptions]:
+    """The older API's form: flat option fields over an `options` object, and `format`."""
     f = form.fields
     _check_format(f.get("format") or "json")
     base = parse_options(f.get("options")).model_dump(exclude_unset=True)
@@ -100,7 +101,7 @@ async def _answer(st: GatewayState, rec: JobRecord, fmt: str, timeout_s: float) 
 
 @router.post("/process/file")
 async def process_file(request: Request, st: State, principal: User) -> Response:
-    rec, form = await submit_upload(st, request, principal, form_job)
+    rec, form = await submit_upload(st, request, principal, seed_form)
     return await _answer(st, rec, form.fields.get("format") or "json", _timeout(st, form.fields.get("timeout")))
 
 
@@ -114,7 +115,7 @@ async def process_url(request: Request, st: State, principal: User) -> Response:
 
 @router.post("/api/v1/ingest/file", status_code=202)
 async def ingest_file(request: Request, st: State, principal: User) -> JSONResponse:
-    rec, _ = await submit_upload(st, request, principal, form_job)
+    rec, _ = await submit_upload(st, request, principal, seed_form)
     return accepted(rec)
 
 
