@@ -48,7 +48,7 @@ class FinishWatch:
     def __init__(self, js: JetStreamContext, seal: RecordSeal) -> None:
         self._js = js
         self._seal = seal
-        self._prefix = f"$KV.{names.JOBS_BUCKET}."
+        self._prefix = names.kv_subject(names.JOBS_BUCKET, "")
         self._waiters: dict[str, set[asyncio.Future[JobRecord]]] = {}
         self._sub = None
         self._restart: asyncio.Task | None = None
@@ -312,7 +312,7 @@ class JobStore:
 
 
 def _kv_subject(key: str) -> str:
-    return f"$KV.{names.JOBS_BUCKET}.{key}"
+    return names.kv_subject(names.JOBS_BUCKET, key)
 
 
 def decode_job_record(seal: RecordSeal, subject: str, value: bytes) -> JobRecord:

@@ -30,7 +30,7 @@ class KeyStore:
         self._seal = seal
 
     def _where(self, key_id: str) -> str:
-        return f"$KV.{names.APIKEYS_BUCKET}.{key_id}"
+        return names.kv_subject(names.APIKEYS_BUCKET, key_id)
 
     def _encode(self, rec: ApiKeyRecord) -> bytes:
         return self._seal.seal(self._where(rec.key_id), codec.encode_record(rec))
