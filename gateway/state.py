@@ -75,10 +75,12 @@ class GatewayState:
         hook is wired before the state exists, so it goes through a list the
         services join once they are built."""
         on_reconnect: list[Callable[[], None]] = []
-        nc = await connect(
-            settings.nats_servers, name="gpubus-gateway", on_reconnect=lambda: [f() for f in on_reconnect],
-            **_nats_tls(settings),
-        )
+
+        def reconnected() -> None:
+            for resubscribe in on_reconnect:
+                resubscribe()
+
+        nc = await connect(settings.nats_servers, name="gpubus-gateway", on_reconnect=reconnected, **_nats_tls(settings))
         js = nc.jetstream()
         await topology.ensure_core(js, settings)
         st = cls(settings, registry, metrics, nc, js, RecordSeal.from_settings(settings))
