@@ -24,11 +24,13 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from bus.jobstore import JobStore, with_seq
+from bus.joblog import job_fields
+from bus.jobstore import JobStore
 from bus.metrics import GatewayMetrics
 from bus.publisher import JobPublisher
 from bus import sealing
 from bus.pulling import DurableLoop
+from bus.queueing import queue_attempt
 from bus.sealing import RecordSeal, SealBroken
 from bus.retry import is_retryable
 from schemas import codec, names
@@ -54,6 +56,7 @@ def fall_back(rec: JobRecord, job: JobMessage, cpu_queue: str, reason: str = ACK
     rec.node_id = None
     rec.progress = 0.0
     rec.fallback = Fallback(from_lane=Lane.GPU, reason=reason, at=now())
+    rec.stream_seq = None  # the CPU attempt's message is not published yet (bus/queueing.py)
     return rec
 
 
@@ -172,19 +175,23 @@ class FallbackRouter:
         await self._to_cpu(rec.to_message(), rec.stream_seq, reason=NODE_RELEASED)
 
     async def _to_cpu(self, job: JobMessage, seq: int, *, reason: str = ACK_TIMEOUT) -> None:
+        """Queue the next attempt on the CPU lane, then delete the GPU one. A
+        publish that fails puts the record back (bus/queueing.py) and leaves
+        the original in place, so the advisory's redelivery starts over."""
         cpu_queue = self._cpu_queue_for(job.owner)
         try:
-            rec = await self._jobs.update(job.owner, job.job_id, lambda r: fall_back(r, job, cpu_queue, reason))
+            rec = await queue_attempt(
+                self._jobs, self._publisher, job.owner, job.job_id, job.attempt + 1,
+                lambda r: fall_back(r, job, cpu_queue, reason),
+            )
         except NotFound:
             await self._delete(seq)
             return
-        if not rec.terminal and rec.lane is Lane.CPU and rec.attempts == job.attempt + 1:
-            new_seq = await self._publisher.publish(rec.to_message())
-            await self._jobs.update(job.owner, job.job_id, lambda r: with_seq(r, job.attempt + 1, new_seq))
+        if rec is not None:
             self._metrics.fallbacks.labels(reason=reason, kind=job.kind.value).inc()
             log.info(
                 "job %s owner=%s fell back gpu -> cpu (%s, %s), attempt %d", job.job_id, job.owner, reason,
-                rec.queue_owner, rec.attempts, extra={"job_id": job.job_id, "owner": job.owner, "lane": "cpu"},
+                rec.queue_owner, rec.attempts, extra=job_fields(job.job_id, job.owner, Lane.CPU, None, "queued"),
             )
         await self._delete(seq)
 
@@ -206,7 +213,7 @@ class FallbackRouter:
                 lane=rec.lane.value, kind=rec.kind.value, status=rec.status.value, code=NO_NODE_COMPLETED
             ).inc()
             log.warning("job %s owner=%s failed: %s after %d deliveries", job.job_id, job.owner, NO_NODE_COMPLETED,
-                        deliveries, extra={"job_id": job.job_id, "owner": job.owner, "lane": job.lane.value})
+                        deliveries, extra=job_fields(job.job_id, job.owner, job.lane, None, "failed", code=NO_NODE_COMPLETED))
         await self._delete(seq)
 
     async def _delete(self, seq: int) -> None:

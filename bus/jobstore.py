@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -27,7 +26,7 @@ from bus.retry import retrying
 from bus.sealing import RecordSeal, SealBroken
 from schemas import codec, names
 from schemas.errors import Conflict, NotFound
-from schemas.jobs import JobRecord, now
+from schemas.jobs import JOB_ID_RE, JobRecord, now
 
 log = logging.getLogger("gpubus.bus.jobstore")
 
@@ -35,7 +34,6 @@ MAX_CAS_TRIES = 20
 KNOWN_RECORDS = 4096
 KNOWN_RECORDS_BYTES = 16 * 1024 * 1024  # encoded size: a count alone let a few huge records take the memory
 RECHECK_S = 5.0
-JOB_ID_RE = re.compile(r"^j[0-9a-f]{32}$")
 Mutator = Callable[[JobRecord], JobRecord | None]
 
 
@@ -50,7 +48,7 @@ class FinishWatch:
     def __init__(self, js: JetStreamContext, seal: RecordSeal) -> None:
         self._js = js
         self._seal = seal
-        self._prefix = f"$KV.{names.JOBS_BUCKET}."
+        self._prefix = names.kv_subject(names.JOBS_BUCKET, "")
         self._waiters: dict[str, set[asyncio.Future[JobRecord]]] = {}
         self._sub = None
         self._restart: asyncio.Task | None = None
@@ -182,7 +180,7 @@ class JobStore:
         await retrying(once, what=f"record {rec.job_id}", give_up_after_s=give_up_after_s)
 
     async def get(self, owner: str, job_id: str) -> tuple[JobRecord, int]:
-        if not JOB_ID_RE.fullmatch(job_id):
+        if not JOB_ID_RE.fullmatch(job_id):  # a path parameter: refused before it becomes a KV key
             raise NotFound(f"no job {job_id[:40]!r}")
         try:
             entry = await self._kv.get(names.job_key(owner, job_id))
@@ -220,6 +218,22 @@ class JobStore:
             self._remember(key, new.model_copy(deep=True), new_rev, len(data))
             return new
         raise CasConflict(f"job {job_id}: {MAX_CAS_TRIES} CAS conflicts in a row")
+
+    async def remove_if(self, owner: str, job_id: str, still: Callable[[JobRecord], bool]) -> bool:
+        """Delete the record if `still(record)` holds at the revision deleted
+        (CAS): undoing a claim never removes a record somebody moved on."""
+        key = names.job_key(owner, job_id)
+        rec, rev = await self.get(owner, job_id)
+        if not still(rec):
+            return False
+        try:
+            await self._kv.delete(key, last=rev)
+        except KeyWrongLastSequenceError:
+            return False
+        old = self._known.pop(key, None)
+        if old is not None:
+            self._known_bytes -= old[2]
+        return True
 
     async def list(self, owner: str) -> list[JobRecord]:
         """All of one owner's records (a subject-filtered watch, not a scan of
@@ -301,7 +315,7 @@ class JobStore:
 
 
 def _kv_subject(key: str) -> str:
-    return f"$KV.{names.JOBS_BUCKET}.{key}"
+    return names.kv_subject(names.JOBS_BUCKET, key)
 
 
 def decode_job_record(seal: RecordSeal, subject: str, value: bytes) -> JobRecord:

@@ -30,7 +30,7 @@ class KeyStore:
         self._seal = seal
 
     def _where(self, key_id: str) -> str:
-        return f"$KV.{names.APIKEYS_BUCKET}.{key_id}"
+        return names.kv_subject(names.APIKEYS_BUCKET, key_id)
 
     def _encode(self, rec: ApiKeyRecord) -> bytes:
         return self._seal.seal(self._where(rec.key_id), codec.encode_record(rec))
@@ -100,7 +100,12 @@ class KeyStore:
             keys = await self._kv.keys()
         except (NoKeysError, NotFoundError):
             return []
-        recs = [await self.get(k) for k in keys]
+        recs: list[ApiKeyRecord] = []
+        for k in keys:
+            try:
+                recs.append(await self.get(k))
+            except NotFound:  # unsealed or deleted meanwhile (logged by get): it is nobody's key
+                continue
         return [r for r in recs if user_id is None or r.user_id == user_id]
 
     async def revoke(self, key_id: str) -> ApiKeyRecord:

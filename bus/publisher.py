@@ -21,7 +21,7 @@ class JobPublisher:
     def __init__(self, js: JetStreamContext, seal: RecordSeal, *, give_up_after_s: float) -> None:
         self._js = js
         self._seal = seal
-        self._give_up_after_s = give_up_after_s
+        self.give_up_after_s = give_up_after_s  # callers bound their own steps of queueing by it too
 
     async def publish(self, job: JobMessage) -> int:
         """Returns the stream sequence of the stored message."""
@@ -35,4 +35,4 @@ class JobPublisher:
             ack = await self._js.publish(subject, payload, timeout=ATTEMPT_TIMEOUT_S, headers=headers)
             return ack.seq
 
-        return await retrying(once, what=f"publish {headers['Nats-Msg-Id']}", give_up_after_s=self._give_up_after_s)
+        return await retrying(once, what=f"publish {headers['Nats-Msg-Id']}", give_up_after_s=self.give_up_after_s)

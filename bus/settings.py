@@ -91,6 +91,7 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(1024, gt=0)
     max_active_jobs: int = Field(1000, gt=0, description="queued + running jobs per user before 429")
     max_event_streams: int = Field(20, gt=0, description="concurrent SSE streams per user before 429")
+    max_job_listings: int = Field(8, gt=0, description="concurrent job listings per user before 429")
     replicas: int = Field(1, ge=1, le=5)
     events_max_age_days: float = 7.0
     files_ttl_days: float = 7.0

@@ -66,19 +66,24 @@ class Admission:
 
 
 class StreamCap:
-    """At most `limit` concurrent event streams (SSE) per owner. Each one
-    holds two JetStream consumers for as long as it is open; without a cap
-    one key held hundreds."""
+    """At most `limit` concurrent requests of one sort per owner, for the
+    sorts that hold JetStream consumers while they run: an event stream
+    (SSE) holds two for as long as it is open, a job listing one KV watch
+    while it reads. Without a cap one key held hundreds. `what` names them
+    in the 429."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, what: str) -> None:
         self.limit = limit
+        self.what = what
         self._open: dict[str, int] = {}
 
     def take(self, owner: str) -> Callable[[], None]:
-        """A slot for one stream (RateLimited when all are taken) and the
+        """A slot for one request (RateLimited when all are taken) and the
         function that gives it back; calling that twice gives back once."""
         if self._open.get(owner, 0) >= self.limit:
-            raise RateLimited(f"{self.limit} event streams open; close one first", retry_after_s=RETRY_AFTER_S)
+            raise RateLimited(
+                f"{self.limit} {self.what} already running; wait for one to finish", retry_after_s=RETRY_AFTER_S
+            )
         self._open[owner] = self._open.get(owner, 0) + 1
         released = False
 

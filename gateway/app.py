@@ -32,20 +32,23 @@ log = logging.getLogger("gpubus.gateway")
 
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> FastAPI:
-    state = GatewayState(settings, registry)
+    """The app; its state (`app.state.gateway`, routes take it as `State`)
+    is connected when the lifespan starts, before the first request."""
+    registry = registry or CollectorRegistry()
+    metrics = GatewayMetrics(registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await state.start()
+        state = await GatewayState.connect(settings, registry, metrics)
+        app.state.gateway = state
         try:
             yield
         finally:
-            await state.stop()
+            await state.close()
 
     # No /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a
     # CDN, with no CSP; /openapi.json stays for clients and tooling.
     app = FastAPI(title="gpubus", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.gateway = state
     errors.install(app)
     for module in (jobs_api, job_control, events_api, keys_api, queue_api, status_api, cookies_api, openai_api, seed_api):
         app.include_router(module.router)
@@ -54,7 +57,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     # ObserveLatency is added last, so it is outermost: its latency and
     # headers cover a body BodyLimit refused too.
     app.add_middleware(BodyLimit)
-    app.add_middleware(ObserveLatency, metrics=state.metrics)
+    app.add_middleware(ObserveLatency, metrics=metrics)
     return app
 
 

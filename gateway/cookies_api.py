@@ -10,15 +10,13 @@ logged or returned: GET tells whether one is there, not what it says.
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
 from bus import objects
-from gateway import auth
-from gateway.auth import Principal
 from gateway.bodies import read_capped
-from gateway.state import GatewayState
+from gateway.deps import State, User
 from schemas import names
 from schemas.cookies import MAX_COOKIE_FILE_BYTES, normalize
 from schemas.errors import NotFound
@@ -26,13 +24,11 @@ from schemas.errors import NotFound
 log = logging.getLogger("gpubus.gateway.cookies")
 
 router = APIRouter(prefix="/api/v1/auth/cookies", tags=["auth"])
-User = Annotated[Principal, Depends(auth.user)]
 
 
 @router.put("")
-async def put_cookies(request: Request, principal: User) -> dict[str, Any]:
+async def put_cookies(request: Request, st: State, principal: User) -> dict[str, Any]:
     """The raw Netscape cookie file as the request body."""
-    st: GatewayState = request.app.state.gateway
     owner = principal.user_id
     data, count = normalize(await read_capped(request, MAX_COOKIE_FILE_BYTES, "the cookie file"))
     await st.ensure_owner(owner)
@@ -42,8 +38,7 @@ async def put_cookies(request: Request, principal: User) -> dict[str, Any]:
 
 
 @router.get("")
-async def get_cookies(request: Request, principal: User) -> dict[str, Any]:
-    st: GatewayState = request.app.state.gateway
+async def get_cookies(st: State, principal: User) -> dict[str, Any]:
     await st.ensure_owner(principal.user_id)
     try:
         info = await objects.object_info(st.js, names.files_bucket(principal.user_id), names.COOKIES_OBJECT)
@@ -53,8 +48,7 @@ async def get_cookies(request: Request, principal: User) -> dict[str, Any]:
 
 
 @router.delete("")
-async def delete_cookies(request: Request, principal: User) -> dict[str, Any]:
-    st: GatewayState = request.app.state.gateway
+async def delete_cookies(st: State, principal: User) -> dict[str, Any]:
     await st.ensure_owner(principal.user_id)
     await objects.delete_object(st.js, names.files_bucket(principal.user_id), names.COOKIES_OBJECT)
     log.info("cookie file deleted for owner=%s", principal.user_id)

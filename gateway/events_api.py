@@ -12,20 +12,15 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from bus import job_feed
-from gateway import auth
-from gateway.auth import Principal
-from gateway.jobs_api import job_view
-from gateway.state import GatewayState
+from gateway.deps import State, User
+from gateway.job_views import job_view
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
-User = Annotated[Principal, Depends(auth.user)]
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -67,8 +62,7 @@ class FeedResponse(StreamingResponse):
 
 
 @router.get("/{job_id}/events")
-async def job_events(request: Request, job_id: str, principal: User) -> StreamingResponse:
-    st: GatewayState = request.app.state.gateway
+async def job_events(job_id: str, st: State, principal: User) -> StreamingResponse:
     first, _ = await st.jobs.get(principal.user_id, job_id)  # 404 before the stream starts
     release = st.event_streams.take(principal.user_id)  # 429 when the owner has too many open
     return FeedResponse(_stream(job_feed.follow(st.js, st.jobs, first)), release)

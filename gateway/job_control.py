@@ -5,13 +5,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from nats.js.errors import NotFoundError
 
 from bus import objects
-from bus.jobstore import with_seq
-from gateway.jobs_api import User, job_view, route_for
+from bus.joblog import job_fields
+from bus.queueing import Claim, never_queued, queue_attempt
+from gateway.deps import State, User
+from gateway.job_views import job_view
+from gateway import routing
+from gateway.routing import Route
 from gateway.state import GatewayState
+from gateway.submission import route_for
 from schemas import names
 from schemas.errors import Conflict, NotFound
 from schemas.jobs import JobRecord, JobStatus, now
@@ -31,11 +36,10 @@ def _cancel(rec: JobRecord) -> JobRecord | None:
 
 
 @router.post("/{job_id}/cancel")
-async def cancel(request: Request, job_id: str, principal: User) -> dict[str, Any]:
+async def cancel(job_id: str, st: State, principal: User) -> dict[str, Any]:
     """A queued job is deleted from the stream before any node takes it; a
     running one's node is told over core NATS to stop. The record says
     `cancelled` either way, and a node finishing anyway cannot change that."""
-    st: GatewayState = request.app.state.gateway
     owner = principal.user_id
     before, _ = await st.jobs.get(owner, job_id)
     if before.terminal:
@@ -51,41 +55,50 @@ async def cancel(request: Request, job_id: str, principal: User) -> dict[str, An
     await st.nc.publish(names.cancel_subject(owner), job_id.encode())
     st.metrics.jobs_finished.labels(lane=rec.lane.value, kind=rec.kind.value, status="cancelled", code="").inc()
     log.info("job %s owner=%s cancelled (was %s)", job_id, owner, before.status,
-             extra={"job_id": job_id, "owner": owner, "lane": rec.lane.value})
+             extra=job_fields(job_id, owner, rec.lane, rec.node_id, "cancelled"))
     return job_view(rec)
 
 
+def retryable(st: GatewayState, rec: JobRecord) -> bool:
+    """Failed or cancelled, or a claim whose message never got out (the
+    bus failed the publish and the undo alike: bus/queueing.py)."""
+    return rec.status in RETRYABLE or never_queued(rec, publish_timeout_s=st.settings.publish_timeout)
+
+
+def requeue(st: GatewayState, attempt: int, route: Route) -> Claim:
+    """Claim: the record of `attempt`, if the job is still retryable at the one before."""
+
+    def claim(r: JobRecord) -> JobRecord | None:
+        if not retryable(st, r) or r.attempts != attempt - 1:
+            return None
+        r.attempts, r.lane, r.queue_owner, r.routed_reason = attempt, route.lane, route.queue_owner, route.reason
+        r.status, r.error, r.node_id, r.progress = JobStatus.QUEUED, None, None, 0.0
+        r.result_object = r.summary = r.started_at = r.finished_at = r.fallback = r.stream_seq = None
+        return r
+
+    return claim
+
+
 @router.post("/{job_id}/retry", status_code=202)
-async def retry(request: Request, job_id: str, principal: User) -> dict[str, Any]:
-    """Same job id, next attempt, a fresh routing decision, the staged input."""
-    st: GatewayState = request.app.state.gateway
+async def retry(job_id: str, st: State, principal: User) -> dict[str, Any]:
+    """Same job id, next attempt, the staged input, and a fresh routing
+    decision from the user's own GPU wish (not from where the last attempt
+    happened to run)."""
     owner = principal.user_id
     rec, _ = await st.jobs.get(owner, job_id)
-    if rec.status not in RETRYABLE:
+    if not retryable(st, rec):
         raise Conflict(f"only failed or cancelled jobs can be retried; job {job_id} is {rec.status}")
     if rec.input is not None:
         try:
             await objects.object_info(st.js, rec.input.bucket, rec.input.object_name)
         except NotFound:
             raise Conflict("the staged input has expired; submit the file again") from None
-    route = await route_for(st, owner, rec.kind, rec.lane is names.Lane.GPU or rec.fallback is not None)
+    route = await route_for(st, owner, rec.kind, routing.gpu_wish(rec))
     attempt = rec.attempts + 1
-
-    def requeue(r: JobRecord) -> JobRecord | None:
-        if r.status not in RETRYABLE or r.attempts != attempt - 1:
-            return None
-        r.attempts, r.lane, r.queue_owner, r.routed_reason = attempt, route.lane, route.queue_owner, route.reason
-        r.status, r.error, r.node_id, r.progress = JobStatus.QUEUED, None, None, 0.0
-        r.result_object = r.summary = r.started_at = r.finished_at = r.fallback = None
-        return r
-
-    rec = await st.jobs.update(owner, job_id, requeue)
-    if rec.attempts != attempt or rec.status != JobStatus.QUEUED:
-        raise Conflict(f"job {job_id} changed while retrying; it is {rec.status}")
-    seq = await st.publisher.publish(rec.to_message())
-    rec = await st.jobs.update(owner, job_id, lambda r: with_seq(r, attempt, seq))
-    st.metrics.jobs_submitted.labels(lane=route.lane.value, kind=rec.kind.value).inc()
+    queued = await queue_attempt(st.jobs, st.publisher, owner, job_id, attempt, requeue(st, attempt, route))
+    if queued is None:
+        raise Conflict(f"job {job_id} changed while retrying")
+    st.metrics.jobs_submitted.labels(lane=route.lane.value, kind=queued.kind.value).inc()
     log.info("job %s owner=%s retried as attempt %d on %s", job_id, owner, attempt, route.lane,
-             extra={"job_id": job_id, "owner": owner, "lane": route.lane.value})
-    return job_view(rec)
-
+             extra=job_fields(job_id, owner, route.lane, None, "queued", attempt=attempt, reason=route.reason))
+    return job_view(queued)

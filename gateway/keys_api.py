@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from bus import node_permissions
 from bus.tls import fingerprint
-from gateway import auth
 from gateway.auth import Principal
 from gateway.bodies import json_body
+from gateway.deps import Admin, Anyone, State
 from gateway.state import GatewayState
 from schemas import names
 from schemas.errors import Forbidden, NotFound
@@ -20,8 +20,6 @@ from schemas.keys import ApiKeyRecord, Role
 from schemas.names import Lane
 
 router = APIRouter(tags=["auth"])
-Admin = Annotated[Principal, Depends(auth.admin)]
-Anyone = Annotated[Principal, Depends(auth.authenticate)]
 
 
 class CreateKey(BaseModel):
@@ -47,13 +45,8 @@ def key_view(rec: ApiKeyRecord) -> dict[str, Any]:
     return rec.model_dump(mode="json", exclude={"secret_sha256"}, exclude_none=True)
 
 
-def _st(request: Request) -> GatewayState:
-    return request.app.state.gateway
-
-
 @router.post("/api/v1/auth/keys", status_code=201)
-async def create_key(request: Request, _: Admin) -> JSONResponse:
-    st = _st(request)
+async def create_key(request: Request, st: State, _: Admin) -> JSONResponse:
     body = await json_body(request, CreateKey)
     roles = body.roles or [body.role or Role.USER]
     full, rec = await st.keys.create(
@@ -74,18 +67,17 @@ def manages_keys(p: Principal) -> bool:
 
 
 @router.get("/api/v1/auth/keys")
-async def list_keys(request: Request, p: Anyone) -> dict[str, Any]:
+async def list_keys(st: State, p: Anyone) -> dict[str, Any]:
     if not manages_keys(p):
         raise Forbidden("listing keys needs a key with the `user` role")
-    recs = await _st(request).keys.list(None if p.admin else p.user_id)
+    recs = await st.keys.list(None if p.admin else p.user_id)
     return {"keys": [key_view(r) for r in recs]}
 
 
 @router.delete("/api/v1/auth/keys/{key_id}")
-async def revoke_key(request: Request, key_id: str, p: Anyone) -> dict[str, Any]:
+async def revoke_key(key_id: str, st: State, p: Anyone) -> dict[str, Any]:
     """An owner revokes any of their keys; a node key only itself (a box
     that knows it is compromised can still retire its credential)."""
-    st = _st(request)
     if not manages_keys(p) and key_id != p.key_id:
         raise Forbidden("a key without the `user` role may revoke only itself")
     rec = await st.keys.get(key_id)
@@ -103,11 +95,10 @@ async def validate_key(p: Anyone) -> dict[str, Any]:
 
 
 @router.post("/api/v1/nodes/bootstrap")
-async def bootstrap_node(request: Request, p: Anyone) -> dict[str, Any]:
+async def bootstrap_node(request: Request, st: State, p: Anyone) -> dict[str, Any]:
     """A node learns its queue from its credentials: a key with the `node`
     role runs its owner's lanes; the service identity runs the shared pool."""
     body = await json_body(request, Bootstrap)
-    st = _st(request)
     if body.shared:
         if not p.admin:
             raise Forbidden("a shared-pool node runs with the service identity (GPUBUS_ADMIN_TOKEN)")

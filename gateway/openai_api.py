@@ -12,15 +12,17 @@ api_key=<gpubus key>)`; `model="whisper-1"` means the fleet's default model.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from gateway import auth
 from gateway.auth import Principal
-from gateway.jobs_api import finished_transcript, make_options, submit_upload
+from gateway.deps import State, User
+from gateway.form_fields import make_options
+from gateway.results import finished_transcript
 from gateway.state import GatewayState
+from gateway.submission import Interpret, submit_upload
 from gateway.uploads import ParsedForm
 from schemas.errors import InvalidInput, StillRunning
 from schemas.formats import render
@@ -29,7 +31,6 @@ from schemas.names import Kind
 from schemas.results import Transcript
 
 router = APIRouter(prefix="/v1/audio", tags=["openai"])
-User = Annotated[Principal, Depends(auth.user)]
 
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 GRANULARITY_FIELDS = ("timestamp_granularities[]", "timestamp_granularities")
@@ -47,7 +48,7 @@ def _temperature(raw: str | None) -> float:
         raise InvalidInput(f"temperature: not a number: {raw!r}") from None
 
 
-def _interpreter(task: str):
+def _interpreter(task: str) -> Interpret:
     """The OpenAI form fields → job options; checked before the upload is committed."""
 
     def interpret(form: ParsedForm) -> tuple[Kind, bool, TranscribeOptions]:
@@ -106,8 +107,7 @@ def respond(t: Transcript, fmt: str) -> Response:
     return Response(body, media_type=media_type)
 
 
-async def _run(request: Request, principal: Principal, task: str) -> Response:
-    st: GatewayState = request.app.state.gateway
+async def _run(request: Request, st: GatewayState, principal: Principal, task: str) -> Response:
     rec, form = await submit_upload(st, request, principal, _interpreter(task))
     rec, transcript = await finished_transcript(st, rec, st.settings.sync_timeout)
     if transcript is None:
@@ -119,13 +119,13 @@ async def _run(request: Request, principal: Principal, task: str) -> Response:
 
 
 @router.post("/transcriptions")
-async def transcriptions(request: Request, principal: User) -> Response:
-    return await _run(request, principal, "transcribe")
+async def transcriptions(request: Request, st: State, principal: User) -> Response:
+    return await _run(request, st, principal, "transcribe")
 
 
 @router.post("/translations")
-async def translations(request: Request, principal: User) -> Response:
+async def translations(request: Request, st: State, principal: User) -> Response:
     """Into English (`language` is not a field of OpenAI's translations)."""
-    return await _run(request, principal, "translate")
+    return await _run(request, st, principal, "translate")
 
 

@@ -8,14 +8,13 @@ service discovery every few seconds, costs JetStream nothing extra.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 
 from bus.lag_monitor import ConsumerLag
-from gateway import auth
-from gateway.auth import Principal
+from gateway.deps import Admin, Anyone, State
 from gateway.state import GatewayState
 from schemas import names
 from schemas.jobs import JobRecord, JobStatus
@@ -23,8 +22,6 @@ from schemas.names import SHARED, Lane
 from schemas.nodes import NodeHeartbeat
 
 router = APIRouter(tags=["status"])
-Anyone = Annotated[Principal, Depends(auth.authenticate)]
-Admin = Annotated[Principal, Depends(auth.admin)]
 
 RECENT_FAILURES = 10
 
@@ -61,17 +58,16 @@ def owner_subjects(owner: str) -> dict[str, Any]:
 
 
 async def recent_failures(st: GatewayState, owner: str) -> list[dict[str, Any]]:
-    recs = [r for r in await st.jobs.list(owner) if r.status == JobStatus.FAILED]
+    recs = [r for r in await st.list_jobs(owner) if r.status == JobStatus.FAILED]
     recs.sort(key=lambda r: r.finished_at or r.updated_at, reverse=True)
     return [failure_view(r) for r in recs[:RECENT_FAILURES]]
 
 
 @router.get("/api/v1/auth/queue-info")
-async def queue_info(request: Request, p: Anyone) -> dict[str, Any]:
+async def queue_info(st: State, p: Anyone) -> dict[str, Any]:
     """The caller's subjects, consumers (with the shared pool their jobs may
     wait in), pending counts, lag, live nodes and recent failures. The admin
     token sees every consumer and node; failures are per user."""
-    st: GatewayState = request.app.state.gateway
     snap = st.lag.snapshot()
     t = time.time()
     mine = (lambda owner: True) if p.admin else (lambda owner: owner in (p.user_id, SHARED))
@@ -86,11 +82,10 @@ async def queue_info(request: Request, p: Anyone) -> dict[str, Any]:
 
 
 @router.get("/api/v1/status/prometheus-targets")
-async def prometheus_targets(request: Request, _: Admin) -> list[dict[str, Any]]:
+async def prometheus_targets(st: State, _: Admin) -> list[dict[str, Any]]:
     """Prometheus HTTP service discovery (`http_sd_configs`): one target per
     live node that serves metrics, labelled with its queue owner and lane (the
     node id is already a label of every node metric)."""
-    st: GatewayState = request.app.state.gateway
     out = []
     for n in sorted(st.nodes.live(), key=lambda n: n.node_id):
         if not n.metrics_url:

@@ -14,26 +14,19 @@ Options may be given flat (`language`, `task`, `model`, `word_timestamps`,
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway import auth
-from gateway.auth import Principal
 from gateway.bodies import json_body
-from gateway.jobs_api import (
-    accepted,
-    finished_transcript,
-    make_options,
-    parse_bool,
-    parse_kind,
-    parse_options,
-    submit_upload,
-    submit_url,
-)
+from gateway.deps import State, User
+from gateway.form_fields import make_options, parse_bool, parse_kind, parse_options
+from gateway.job_views import accepted
+from gateway.results import finished_transcript
 from gateway.state import GatewayState
+from gateway.submission import submit_upload, submit_url
 from gateway.uploads import ParsedForm
 from schemas.errors import InvalidInput
 from schemas.formats import RENDERERS, render
@@ -41,7 +34,6 @@ from schemas.jobs import JobRecord, TranscribeOptions
 from schemas.names import Kind
 
 router = APIRouter(tags=["compat"])
-User = Annotated[Principal, Depends(auth.user)]
 
 DEFAULT_TIMEOUT_S = 60.0
 FLAT_TEXT = ("language", "task", "model", "initial_prompt")
@@ -70,7 +62,8 @@ def _check_format(fmt: str) -> str:
     return fmt
 
 
-def form_job(form: ParsedForm) -> tuple[Kind, bool, TranscribeOptions]:
+def seed_form(form: ParsedForm) -> tuple[Kind, bool, TranscribeOptions]:
+    """The older API's form: flat option fields over an `options` object, and `format`."""
     f = form.fields
     _check_format(f.get("format") or "json")
     base = parse_options(f.get("options")).model_dump(exclude_unset=True)
@@ -107,15 +100,13 @@ async def _answer(st: GatewayState, rec: JobRecord, fmt: str, timeout_s: float) 
 
 
 @router.post("/process/file")
-async def process_file(request: Request, principal: User) -> Response:
-    st: GatewayState = request.app.state.gateway
-    rec, form = await submit_upload(st, request, principal, form_job)
+async def process_file(request: Request, st: State, principal: User) -> Response:
+    rec, form = await submit_upload(st, request, principal, seed_form)
     return await _answer(st, rec, form.fields.get("format") or "json", _timeout(st, form.fields.get("timeout")))
 
 
 @router.post("/process/url")
-async def process_url(request: Request, principal: User) -> Response:
-    st: GatewayState = request.app.state.gateway
+async def process_url(request: Request, st: State, principal: User) -> Response:
     req = await json_body(request, SeedUrlRequest)
     fmt = _check_format(req.format)
     rec = await submit_url(st, principal, req.url, req.gpu, url_job_options(req))
@@ -123,14 +114,12 @@ async def process_url(request: Request, principal: User) -> Response:
 
 
 @router.post("/api/v1/ingest/file", status_code=202)
-async def ingest_file(request: Request, principal: User) -> JSONResponse:
-    st: GatewayState = request.app.state.gateway
-    rec, _ = await submit_upload(st, request, principal, form_job)
+async def ingest_file(request: Request, st: State, principal: User) -> JSONResponse:
+    rec, _ = await submit_upload(st, request, principal, seed_form)
     return accepted(rec)
 
 
 @router.post("/api/v1/ingest/url", status_code=202)
-async def ingest_url(request: Request, principal: User) -> JSONResponse:
-    st: GatewayState = request.app.state.gateway
+async def ingest_url(request: Request, st: State, principal: User) -> JSONResponse:
     req = await json_body(request, SeedUrlRequest)
     return accepted(await submit_url(st, principal, req.url, req.gpu, url_job_options(req)))

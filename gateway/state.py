@@ -1,11 +1,16 @@
 """Everything a gateway process holds: one NATS connection and the stores,
-publisher, live node view, materializer and metrics built on it."""
+publisher, live node view, materializer and metrics built on it.
+
+A `GatewayState` exists only connected: `await GatewayState.connect(...)`
+makes the connection and the topology first and then the object, so `nc`
+and `js` are never None and no route needs to ask."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
@@ -25,8 +30,10 @@ from bus.registry import LiveNodes
 from bus.sealing import RecordSeal
 from bus.settings import Settings
 from bus.tls import nats_context
+from gateway import routing
 from gateway.admission import Admission, StreamCap
 from schemas import names
+from schemas.jobs import JobRecord
 from schemas.names import Lane
 
 log = logging.getLogger("gpubus.gateway.state")
@@ -34,88 +41,107 @@ log = logging.getLogger("gpubus.gateway.state")
 BACKLOG_CACHE_S = 1.0
 
 
+def _nats_tls(s: Settings) -> dict:
+    """TLS to NATS with the operator's CA (the one nodes are handed)."""
+    return {"tls": nats_context(s.nats_servers, ca_file=s.nats_ca_file), "allow_insecure": s.allow_insecure}
+
+
 class GatewayState:
-    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+    """Built by `connect`; `close` stops the services and the connections."""
+
+    def __init__(
+        self, settings: Settings, registry: CollectorRegistry, metrics: GatewayMetrics,
+        nc: NatsClient, js: JetStreamContext, seal: RecordSeal,
+    ) -> None:
         self.settings = settings
-        self.registry = registry or CollectorRegistry()
-        self.metrics = GatewayMetrics(self.registry)
-        self.nc: NatsClient | None = None
-        self.js: JetStreamContext | None = None
-        self.jobs: JobStore
-        self.keys: KeyStore
-        self.publisher: JobPublisher
-        self.nodes: LiveNodes
-        self.materializer: Materializer
-        self.lag: LagMonitor
+        self.registry = registry
+        self.metrics = metrics
+        self.nc = nc
+        self.js = js
+        self.seal = seal
         self.ready = False
         self.system_nc: NatsClient | None = None
+        self.auth_callout: AuthCallout | None = None
         self._owners_ready: set[str] = set()
         self._owner_lock = asyncio.Lock()
         self._backlog: dict[str, tuple[float, int]] = {}
         self.admission = Admission(self.active_jobs)
-        self.event_streams = StreamCap(settings.max_event_streams)
+        self.event_streams = StreamCap(settings.max_event_streams, what="event streams")
+        self.job_listings = StreamCap(settings.max_job_listings, what="job listings")
 
-    async def start(self) -> None:
-        s = self.settings
-        self.nc = await connect(s.nats_servers, name="gpubus-gateway", on_reconnect=self._reconnected, **self._nats_tls())
-        self.js = self.nc.jetstream()
-        await topology.ensure_core(self.js, s)
-        seal = RecordSeal.from_settings(s)
-        self.finishes = FinishWatch(self.js, seal)
+    @classmethod
+    async def connect(cls, settings: Settings, registry: CollectorRegistry, metrics: GatewayMetrics) -> GatewayState:
+        """Connect, make the topology, start every service. The reconnect
+        hook is wired before the state exists, so it goes through a list the
+        services join once they are built."""
+        on_reconnect: list[Callable[[], None]] = []
+
+        def reconnected() -> None:
+            for resubscribe in on_reconnect:
+                resubscribe()
+
+        nc = await connect(settings.nats_servers, name="gpubus-gateway", on_reconnect=reconnected, **_nats_tls(settings))
+        js = nc.jetstream()
+        await topology.ensure_core(js, settings)
+        st = cls(settings, registry, metrics, nc, js, RecordSeal.from_settings(settings))
+        try:
+            await st._start_services()
+        except BaseException:  # half-started: the connection goes, and with it what was started
+            await close(nc)
+            raise
+        on_reconnect += [st.nodes.rewatch, st.finishes.restart_soon]
+        st.ready = True
+        log.info("gateway connected to %s; topology ready", ",".join(settings.nats_servers_redacted))
+        return st
+
+    async def _start_services(self) -> None:
+        s, js = self.settings, self.js
+        self.finishes = FinishWatch(js, self.seal)
         await self.finishes.start()
-        self.jobs = JobStore(await self.js.key_value(names.JOBS_BUCKET), seal, js=self.js, finishes=self.finishes)
-        self.keys = KeyStore(await self.js.key_value(names.APIKEYS_BUCKET), seal)
-        self.publisher = JobPublisher(self.js, seal, give_up_after_s=s.publish_timeout)
+        self.jobs = JobStore(await js.key_value(names.JOBS_BUCKET), self.seal, js=js, finishes=self.finishes)
+        self.keys = KeyStore(await js.key_value(names.APIKEYS_BUCKET), self.seal)
+        self.publisher = JobPublisher(js, self.seal, give_up_after_s=s.publish_timeout)
         self.nodes = LiveNodes(
-            await self.js.key_value(names.NODES_BUCKET), ttl_s=s.registry_ttl, on_bad=self.metrics.bad_heartbeats.inc
+            await js.key_value(names.NODES_BUCKET), ttl_s=s.registry_ttl, on_bad=self.metrics.bad_heartbeats.inc
         )
         await self.nodes.start()
         self.router = FallbackRouter(
-            self.js, self.jobs, self.publisher, self.metrics, seal, nc=self.nc, cpu_queue_for=self.cpu_queue_for
+            js, self.jobs, self.publisher, self.metrics, self.seal, nc=self.nc, cpu_queue_for=self.cpu_queue_for
         )
-        self.auth_callout: AuthCallout | None = None
-        if s.nats_issuer_seed is not None:
-            if s.nats_system_url is not None:
-                self.system_nc = await connect(
-                    [u.strip() for u in s.nats_system_url.get_secret_value().split(",")], name="gpubus-gateway-sys",
-                    **self._nats_tls(),
-                )
-            self.auth_callout = AuthCallout(
-                self.nc, self.keys, issuer_seed=s.nats_issuer_seed.get_secret_value(),
-                admin_token=lambda: s.admin_token.get_secret_value() if s.admin_token else None,
-                system_nc=self.system_nc,
-                xkey_seed=s.nats_xkey_seed.get_secret_value() if s.nats_xkey_seed else None,
-            )
-            await self.auth_callout.start()
-        self.materializer = Materializer(self.js, self.jobs, self.metrics, nc=self.nc, on_released=self.router.released)
+        await self._start_auth_callout()
+        self.materializer = Materializer(js, self.jobs, self.metrics, nc=self.nc, on_released=self.router.released)
         await self.materializer.start()
         await self.router.start()
-        self.lag = LagMonitor(self.js, interval_s=s.lag_poll_interval, metrics=self.metrics)
+        self.lag = LagMonitor(js, interval_s=s.lag_poll_interval, metrics=self.metrics)
         self.metrics.watch_queues(self.lag.snapshot, self.nodes.live)
         await self.lag.start()
-        self.ready = True
-        log.info("gateway connected to %s; topology ready", ",".join(s.nats_servers_redacted))
 
-    def _nats_tls(self) -> dict:
-        """TLS to NATS with the operator's CA (the one nodes are handed)."""
+    async def _start_auth_callout(self) -> None:
         s = self.settings
-        return {"tls": nats_context(s.nats_servers, ca_file=s.nats_ca_file), "allow_insecure": s.allow_insecure}
+        if s.nats_issuer_seed is None:
+            return
+        if s.nats_system_url is not None:
+            self.system_nc = await connect(
+                [u.strip() for u in s.nats_system_url.get_secret_value().split(",")], name="gpubus-gateway-sys",
+                **_nats_tls(s),
+            )
+        self.auth_callout = AuthCallout(
+            self.nc, self.keys, issuer_seed=s.nats_issuer_seed.get_secret_value(),
+            admin_token=lambda: s.admin_token.get_secret_value() if s.admin_token else None,
+            system_nc=self.system_nc,
+            xkey_seed=s.nats_xkey_seed.get_secret_value() if s.nats_xkey_seed else None,
+        )
+        await self.auth_callout.start()
 
-    def _reconnected(self) -> None:
-        if hasattr(self, "nodes"):
-            self.nodes.rewatch()
-        if hasattr(self, "finishes"):
-            self.finishes.restart_soon()
-
-    async def stop(self) -> None:
+    async def close(self) -> None:
+        """Services first (they use the connection), then the connections."""
         self.ready = False
-        for part in ("lag", "router", "materializer", "nodes", "auth_callout", "finishes"):
-            if getattr(self, part, None) is not None:
-                await getattr(self, part).stop()
+        for part in (self.lag, self.router, self.materializer, self.nodes, self.auth_callout, self.finishes):
+            if part is not None:
+                await part.stop()
         if self.system_nc is not None:
             await close(self.system_nc)
-        if self.nc:
-            await close(self.nc)
+        await close(self.nc)
 
     async def ensure_owner(self, owner: str) -> None:
         """Create the owner's bucket and consumers once per process."""
@@ -137,9 +163,26 @@ class GatewayState:
 
         return sum(await asyncio.gather(*(count(s) for s in names.owner_job_filters(owner))))
 
+    async def list_jobs(self, owner: str) -> list[JobRecord]:
+        """All of the owner's records, under the owner's cap on listings
+        (each holds a KV watch, a JetStream consumer, while it reads)."""
+        release = self.job_listings.take(owner)
+        try:
+            return await self.jobs.list(owner)
+        finally:
+            release()
+
+    def fleet(self, owner: str) -> routing.Fleet:
+        """What routing needs to know of the owner's nodes, as of now."""
+        return routing.Fleet(
+            owner_gpu_live=bool(self.nodes.live(owner=owner, lane=Lane.GPU)),
+            owner_cpu_live=bool(self.nodes.live(owner=owner, lane=Lane.CPU)),
+            gpu_backlog=lambda: self.gpu_backlog(owner),
+        )
+
     def cpu_queue_for(self, owner: str) -> str:
-        """The owner's CPU lane if they run a CPU node, else the shared pool."""
-        return owner if self.nodes.live(owner=owner, lane=Lane.CPU) else names.SHARED
+        """For the fallback router: the CPU queue by routing's one rule."""
+        return routing.cpu_queue(owner, self.fleet(owner))
 
     async def gpu_backlog(self, owner: str) -> int:
         """Pending + unacked on the owner's GPU lane, cached briefly so a burst

@@ -20,15 +20,15 @@ from typing import Any
 import numpy as np
 
 from processors import gpu_memory, model_paths
-from schemas.errors import JobCancelled, JobFailed
+from schemas.errors import UNSUPPORTED_LANGUAGE, JobCancelled, JobFailed
 from schemas.jobs import TranscribeOptions
+from schemas.languages import is_known, normalized
 from schemas.results import Segment, Transcript, Word
 
 log = logging.getLogger("gpubus.processors.whisper")
 
 SAMPLE_RATE = 16_000
 CHUNK_S = 30  # Whisper's window; the batched pipeline decodes one chunk per batch row
-UNSUPPORTED_LANGUAGE = "UNSUPPORTED_LANGUAGE"
 
 
 @dataclass(frozen=True)
@@ -81,10 +81,16 @@ class WhisperEngine:
         return not self._model.model.is_multilingual
 
     def _decode_kwargs(self, opts: TranscribeOptions) -> dict[str, Any]:
-        """An English-only model cannot detect or translate: English audio is
-        transcribed (its translation to English is the transcript), any other
-        language is refused rather than silently transcribed as English."""
-        language = opts.language.lower() if opts.language else None
+        """A code Whisper does not know fails the job for good: faster-whisper
+        raises a bare ValueError for it on a multilingual model, which would
+        be taken for a transient fault, redelivered and fallen back, and it
+        ignores the language on an English-only one. An English-only model
+        cannot detect or translate: English audio is transcribed (its
+        translation to English is the transcript), any other language is
+        refused rather than silently transcribed as English."""
+        language = normalized(opts.language)
+        if not is_known(language):
+            raise JobFailed(UNSUPPORTED_LANGUAGE, f"{language!r} is not a language Whisper knows")
         if self.english_only:
             if language not in (None, "en"):
                 raise JobFailed(

@@ -131,3 +131,5 @@ INPUT_CORRUPT = "INPUT_CORRUPT"
 INPUT_MISSING = "INPUT_MISSING"
 NO_NODE_COMPLETED = "NO_NODE_COMPLETED"
 PROCESSOR_ERROR = "PROCESSOR_ERROR"
+UNSUPPORTED_LANGUAGE = "UNSUPPORTED_LANGUAGE"  # a language the model (or Whisper) cannot do
+NOT_QUEUED = "NOT_QUEUED"  # the bus refused the job's message; retrying it queues it

@@ -11,7 +11,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-from schemas.jobs import ID_MAX, NODE_ID_MAX, OBJECT_NAME_MAX, SCHEMA_VERSION, ErrorInfo, ResultSummary
+from schemas.jobs import ID_MAX, NODE_ID_MAX, OBJECT_NAME_MAX, SCHEMA_VERSION, ErrorInfo, JobId, ResultSummary
 from schemas.names import Lane
 
 
@@ -33,7 +33,7 @@ TERMINAL_EVENTS = frozenset({EventType.SUCCEEDED, EventType.FAILED, EventType.CA
 class JobEvent(BaseModel):
     v: int = SCHEMA_VERSION
     type: EventType
-    job_id: str = Field(max_length=ID_MAX)
+    job_id: JobId
     owner: str = Field(max_length=ID_MAX)
     attempt: int = Field(ge=1)
     lane: Lane

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,6 +24,11 @@ CODE_MAX = 64
 MESSAGE_MAX = 2000
 OBJECT_NAME_MAX = 512
 NAME_MAX = 256  # model names or paths, devices, languages
+
+
+JOB_ID_PATTERN = rf"^j[0-9a-f]{{{2 * JOB_ID_BYTES}}}$"  # what new_job_id makes, and nothing else
+JOB_ID_RE = re.compile(JOB_ID_PATTERN)
+JobId = Annotated[str, Field(pattern=JOB_ID_PATTERN)]  # every model that names a job validates it
 
 
 def new_job_id() -> str:
@@ -94,7 +100,7 @@ class JobMessage(BaseModel):
     """What a node pulls. Everything it needs, nothing it may not see."""
 
     v: int = SCHEMA_VERSION
-    job_id: str = Field(pattern=r"^j[0-9a-f]{32}$")
+    job_id: JobId
     owner: str
     queue_owner: str  # the owner, or `shared` for the shared CPU pool
     lane: Lane
@@ -121,7 +127,7 @@ class JobRecord(BaseModel):
     """The job as the owner sees it; written only by the gateway side."""
 
     v: int = SCHEMA_VERSION
-    job_id: str
+    job_id: JobId
     owner: str
     queue_owner: str
     kind: Kind
@@ -142,6 +148,11 @@ class JobRecord(BaseModel):
     summary: ResultSummary | None = None
     progress: float = 0.0
     fallback: Fallback | None = None
+    # The user's own GPU wish (the `gpu` field), kept so a retry is routed
+    # as the submission was: the lane says only where the attempt ran (a
+    # GPU wish goes to CPU when no GPU node is live). None on records made
+    # before the field existed.
+    gpu_requested: bool | None = None
     stream_seq: int | None = None
     late_completions: int = 0
 

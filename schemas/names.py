@@ -100,6 +100,12 @@ def kv_stream(bucket: str) -> str:
     return f"KV_{bucket}"
 
 
+def kv_subject(bucket: str, key: str) -> str:
+    """The subject a KV entry is stored (and sealed) under: `$KV.<bucket>.<key>`;
+    `key` may be `>` for a watch of the whole bucket."""
+    return f"$KV.{bucket}.{key}"
+
+
 def object_stream(bucket: str) -> str:
     """The JetStream stream behind an object store bucket."""
     return f"OBJ_{bucket}"

@@ -14,13 +14,24 @@ from bus.sealing import RecordSeal
 from bus.materializer import event_refusal, fold
 from bus.registry import LiveNodes
 from bus.settings import GpuMode
-from gateway.routing import Fleet, choose
+from bus.publisher import ATTEMPT_TIMEOUT_S
+from bus.queueing import UNDO_MARGIN_S, never_queued
+from gateway.routing import Fleet, choose, gpu_wish
 from schemas.events import EventType, JobEvent
 from schemas.jobs import ErrorInfo, JobRecord, JobStatus
 from schemas import names
 from schemas.names import SHARED, Kind, Lane
 
-LIVE = Fleet(owner_gpu_live=True, owner_cpu_live=False, gpu_backlog=0)
+
+
+def backlog(n: int):
+    async def ask() -> int:
+        return n
+
+    return ask
+
+
+LIVE = Fleet(owner_gpu_live=True, owner_cpu_live=False, gpu_backlog=backlog(0))
 
 
 @pytest.mark.parametrize(
@@ -31,13 +42,13 @@ LIVE = Fleet(owner_gpu_live=True, owner_cpu_live=False, gpu_backlog=0)
         (Kind.AUDIO, False, GpuMode.REQUIRED, LIVE, Lane.GPU, "alice", "gpu_requested"),
         (Kind.AUDIO, True, GpuMode.OFF, LIVE, Lane.CPU, SHARED, "gpu_mode_off"),
         (Kind.NOOP, True, GpuMode.OPTIONAL, LIVE, Lane.CPU, SHARED, "kind_not_gpu_beneficial"),
-        (Kind.VIDEO, True, GpuMode.OPTIONAL, Fleet(False, False, 0), Lane.CPU, SHARED, "no_live_gpu_node"),
-        (Kind.VIDEO, True, GpuMode.OPTIONAL, Fleet(False, True, 0), Lane.CPU, "alice", "no_live_gpu_node"),
-        (Kind.AUDIO, True, GpuMode.OPTIONAL, Fleet(True, True, 10), Lane.CPU, "alice", "gpu_backlog_full"),
+        (Kind.VIDEO, True, GpuMode.OPTIONAL, Fleet(False, False, backlog(0)), Lane.CPU, SHARED, "no_live_gpu_node"),
+        (Kind.VIDEO, True, GpuMode.OPTIONAL, Fleet(False, True, backlog(0)), Lane.CPU, "alice", "no_live_gpu_node"),
+        (Kind.AUDIO, True, GpuMode.OPTIONAL, Fleet(True, True, backlog(10)), Lane.CPU, "alice", "gpu_backlog_full"),
     ],
 )
-def test_routing_table(kind, requested, mode, fleet, lane, queue, reason):
-    route = choose("alice", kind, requested, mode, fleet, max_backlog=10)
+async def test_routing_table(kind, requested, mode, fleet, lane, queue, reason):
+    route = await choose("alice", kind, requested, mode, fleet, max_backlog=10)
     assert (route.lane, route.queue_owner, route.reason) == (lane, queue, reason)
 
 
@@ -168,3 +179,51 @@ def test_registry_drops_a_metrics_url_prometheus_must_not_scrape():
     nodes._apply("alice.cpu.n1", None, _hb(metrics_url="http://u:p@10.0.0.1:80/"), datetime.now(timezone.utc))
     [n] = nodes.live()
     assert n.metrics_url is None and bad == [1]
+
+
+async def test_routing_asks_the_gpu_backlog_only_when_the_gpu_lane_is_a_candidate():
+    asked: list[int] = []
+
+    async def counted() -> int:
+        asked.append(1)
+        return 0
+
+    # Given no GPU wish, or no live GPU node: the backlog is not asked
+    await choose("alice", Kind.AUDIO, False, GpuMode.OPTIONAL, Fleet(True, False, counted), max_backlog=10)
+    await choose("alice", Kind.AUDIO, True, GpuMode.OPTIONAL, Fleet(False, False, counted), max_backlog=10)
+    assert asked == []
+    # When the GPU lane is a candidate, it is asked once
+    await choose("alice", Kind.AUDIO, True, GpuMode.OPTIONAL, Fleet(True, False, counted), max_backlog=10)
+    assert asked == [1]
+
+
+@pytest.mark.parametrize(
+    "lane,requested,fallback,wish",
+    [(Lane.CPU, True, False, True), (Lane.GPU, False, False, False), (Lane.GPU, None, False, True),
+     (Lane.CPU, None, True, True), (Lane.CPU, None, False, False)],
+)
+def test_a_retry_is_routed_by_the_users_wish_not_the_lane(lane, requested, fallback, wish):
+    from schemas.jobs import Fallback
+
+    rec = _rec(lane=lane, gpu_requested=requested,
+               fallback=Fallback(from_lane=Lane.GPU, reason="ack_timeout", at=1.0) if fallback else None)
+    assert gpu_wish(rec) is wish
+
+
+def test_a_claim_counts_as_never_queued_only_after_any_publish_of_it_gave_up():
+    claim = _rec(status=JobStatus.QUEUED, stream_seq=None, updated_at=100.0)
+    bound = 10 + ATTEMPT_TIMEOUT_S + UNDO_MARGIN_S
+    assert not never_queued(claim, publish_timeout_s=10, at=100.0 + bound - 0.1)
+    assert never_queued(claim, publish_timeout_s=10, at=100.0 + bound + 0.1)
+    assert not never_queued(claim.model_copy(update={"stream_seq": 7}), publish_timeout_s=10, at=1e9)
+    assert not never_queued(claim.model_copy(update={"status": JobStatus.RUNNING}), publish_timeout_s=10, at=1e9)
+
+
+def test_records_and_events_refuse_what_is_not_a_job_id():
+    from pydantic import ValidationError
+
+    for bad in ("x", "j" + "0" * 31, "J" + "0" * 32, "j" + "0" * 32 + ".x", "../j" + "0" * 32):
+        with pytest.raises(ValidationError):
+            _rec(job_id=bad)
+        with pytest.raises(ValidationError):
+            JobEvent.model_validate(_ev(EventType.STARTED).model_dump() | {"job_id": bad})

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 
+import nats
 import pytest
 
-from tests.harness import TESTDATA, submit_file, wait_job
+from bus import objects
+from bus.jobstore import JobStore
+from bus.publisher import JobPublisher
+from bus.queueing import queue_attempt
+from bus.sealing import RecordSeal
+from schemas import names
+from schemas.events import EventType
+from schemas.jobs import JobRecord, StagedInput, TranscribeOptions, new_job_id, now
+from schemas.languages import WHISPER_LANGUAGES
+from schemas.names import Kind, Lane
+from tests import busreader
+from tests.harness import ADMIN_TOKEN, TESTDATA, submit_file, wait_job
 from tests.media_files import make_video, make_video_only
 from tests.test_formats import check_srt_syntax, check_vtt_syntax
 
@@ -111,3 +125,62 @@ def test_cli_flags_become_options_and_refusals_are_shown(gateway, shared_cpu_nod
     assert out.returncode == 0, out.stderr
     body = json.loads(out.stdout)
     assert body["task"] == "translate" and body["segments"][0]["words"]
+
+
+# -- language codes: refused at the door, and failed once on a node --
+
+
+def test_the_language_list_is_faster_whispers():
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    assert WHISPER_LANGUAGES == frozenset(_LANGUAGE_CODES)
+
+
+def test_a_language_whisper_does_not_know_is_refused_at_submit(gateway, user):
+    key = gateway.create_key(user)
+    with gateway.client(key) as c:
+        with (TESTDATA / "hello.wav").open("rb") as f:
+            r = c.post("/api/v1/jobs", files={"file": ("hello.wav", f)}, data={"options": json.dumps({"language": "xx"})})
+        assert r.status_code == 422 and "'xx' is not a language Whisper knows" in r.json()["error"]["message"], r.text
+        r = c.post("/api/v1/jobs", json={"url": "https://example.com/a.mp3", "options": {"language": "xx"}})
+        assert r.status_code == 422, r.text
+        assert c.get("/api/v1/jobs").json()["jobs"] == []
+
+
+async def _queue_bypassing_the_gateway(nats_url: str, owner: str, options: TranscribeOptions) -> str:
+    """A job as a gateway without the submit check would queue it: staged
+    input, sealed record and message, through bus.queueing."""
+    data = (TESTDATA / "hello.wav").read_bytes()
+    job_id, t = new_job_id(), now()
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        seal = RecordSeal.from_secret(ADMIN_TOKEN)
+        staged = StagedInput(
+            bucket=names.files_bucket(owner), object_name=names.input_object(job_id, "hello.wav"),
+            filename="hello.wav", size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+        )
+        await objects.put_bytes(js, staged.bucket, staged.object_name, data)
+        rec = JobRecord(
+            job_id=job_id, owner=owner, queue_owner=names.SHARED, kind=Kind.AUDIO, lane=Lane.CPU,
+            routed_reason="test", created_at=t, updated_at=t, input=staged, options=options,
+        )
+        store = JobStore(await js.key_value(names.JOBS_BUCKET), seal)
+        await queue_attempt(store, JobPublisher(js, seal, give_up_after_s=5), owner, job_id, 1, rec)
+    finally:
+        await nc.close()
+    return job_id
+
+
+def test_an_unknown_language_on_a_node_fails_once_with_a_clear_code(gateway, shared_cpu_node, user):
+    # Given a job with a language no Whisper model knows that got past the gateway
+    key = gateway.create_key(user)  # makes the owner's bucket
+    job_id = asyncio.run(_queue_bypassing_the_gateway(gateway.nats_url, user, TranscribeOptions(language="xx")))
+    with gateway.client(key) as c:
+        # When the node runs it, then it fails for good with UNSUPPORTED_LANGUAGE
+        final = wait_job(c, job_id, timeout_s=120)
+    assert final["status"] == "failed" and final["error"]["code"] == "UNSUPPORTED_LANGUAGE", final
+    assert final["attempts"] == 1 and "fallback" not in final, final
+    # And it was delivered once (a nak would have redelivered it: a second `started`)
+    started = [e for e in busreader.events(gateway.nats_url, user) if e.type is EventType.STARTED]
+    assert len(started) == 1, started

@@ -1,0 +1,110 @@
+"""Queueing one attempt of a job: the record first, then the message.
+
+Submit (attempt 1), retry (the owner's next attempt) and the fallback router
+(GPU to CPU) all queue through `queue_attempt`, in one order:
+
+1. claim: write the record of the new attempt (`queued`, no stream sequence)
+   by create or compare-and-set, so at most one caller claims an attempt;
+2. publish the attempt's message (one `Nats-Msg-Id` per attempt: a publish
+   repeated by a second caller or a redelivered advisory is de-duplicated);
+3. note its stream sequence on the record (cancel deletes by it).
+
+Why the record first: a node may finish a job milliseconds after the
+publish, and the materializer folds its events into the record. Were the
+record still the previous attempt (`failed`, for a retry), the outcome would
+be counted as a late completion of that one and the new attempt would stay
+`queued` for ever; with the record first that race has no room.
+
+The price is a moment in which the record claims an attempt with no
+message. A publish that fails closes it itself: the claim is undone (the
+record as it was put back, a new job's record removed), so the caller's
+error (503) is the whole story, and a later retry, or the advisory's
+redelivery, starts clean. Only when the undo fails too (the bus away for
+longer than the publish waits) is a `queued` record left without a
+message; `never_queued` recognises it once the publish would long have
+given up, and retry takes it like a failed job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from bus.jobstore import JobStore, with_seq
+from bus.publisher import ATTEMPT_TIMEOUT_S, JobPublisher
+from bus.retry import retrying
+from schemas.jobs import JobRecord, JobStatus, now
+
+log = logging.getLogger("gpubus.bus.queueing")
+
+Claim = Callable[[JobRecord], JobRecord | None]
+UNDO_MARGIN_S = 5.0  # past the publish's own bound, before a claim counts as abandoned
+
+
+def unpublished(rec: JobRecord, attempt: int) -> bool:
+    """The record claims `attempt` and no message of it is noted yet."""
+    return rec.attempts == attempt and rec.status is JobStatus.QUEUED and rec.stream_seq is None
+
+
+def never_queued(rec: JobRecord, *, publish_timeout_s: float, at: float | None = None) -> bool:
+    """A claim left behind: queued, no message noted, and older than any
+    publish of it could still be trying."""
+    age = (now() if at is None else at) - rec.updated_at
+    return unpublished(rec, rec.attempts) and age > publish_timeout_s + ATTEMPT_TIMEOUT_S + UNDO_MARGIN_S
+
+
+async def queue_attempt(
+    jobs: JobStore, publisher: JobPublisher, owner: str, job_id: str, attempt: int, claim: Claim | JobRecord
+) -> JobRecord | None:
+    """Queue `attempt` of a job. `claim` is a new job's record (created), or
+    a pure mutator from the current record to the new attempt's (None: it
+    is not this caller's to queue). A claim found made but unpublished (a
+    router that crashed half way, a parallel retry) is published again, the
+    same message. Returns the queued record, or None when the job is not at
+    this attempt (somebody else moved it)."""
+    before: JobRecord | None = None
+    bound = publisher.give_up_after_s
+    if isinstance(claim, JobRecord):
+        await jobs.create(claim, give_up_after_s=bound)
+        rec = claim
+    else:
+        mutate = claim
+
+        def claimed(r: JobRecord) -> JobRecord | None:
+            nonlocal before
+            as_read = r.model_copy(deep=True)  # the claim may change `r` in place
+            new = mutate(r)
+            before = as_read if new is not None else None  # as of the revision the CAS wins on
+            return new
+
+        rec = await jobs.update(owner, job_id, claimed)
+    if not unpublished(rec, attempt):
+        return None
+    try:
+        seq = await publisher.publish(rec.to_message())
+    except BaseException:
+        if before is not None or isinstance(claim, JobRecord):
+            await _undo(jobs, rec, before)
+        raise
+    # Retried through a blip: the message is stored, and a record left
+    # without its sequence would later look like a claim never published.
+    return await retrying(
+        lambda: jobs.update(owner, job_id, lambda r: with_seq(r, attempt, seq)), what=f"note {job_id}", give_up_after_s=bound
+    )
+
+
+async def _undo(jobs: JobStore, claimed: JobRecord, before: JobRecord | None) -> None:
+    """Put the record back as it was before the claim, if it is still the
+    claim: a new job's record goes (nothing was accepted), a retried or
+    fallen-back one is its previous attempt again. Best effort: if the bus
+    is away for this too, `never_queued` covers what is left."""
+    attempt = claimed.attempts
+    try:
+        if before is None:
+            await jobs.remove_if(claimed.owner, claimed.job_id, lambda r: unpublished(r, attempt))
+        else:
+            await jobs.update(
+                claimed.owner, claimed.job_id, lambda r: before.model_copy(deep=True) if unpublished(r, attempt) else None
+            )
+    except Exception as e:  # noqa: BLE001 - logged; never_queued takes over
+        log.warning("job %s: attempt %d not queued and its claim not undone (%r)", claimed.job_id, attempt, e)

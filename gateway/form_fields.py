@@ -1,0 +1,75 @@
+"""Turning request fields into typed values, each refusal a 422 that names
+the field. Shared by every submitting endpoint (the job API, the older API's
+aliases, the OpenAI-compatible one), so a field means the same everywhere."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+from gateway.uploads import ParsedForm
+from schemas.errors import InvalidInput
+from schemas.jobs import TranscribeOptions
+from schemas.languages import check_language
+from schemas.names import Kind
+
+
+def parse_bool(value: str | None, field: str) -> bool:
+    if value is None or value == "":
+        return False
+    v = value.strip().lower()
+    if v in ("true", "1", "yes", "on"):
+        return True
+    if v in ("false", "0", "no", "off"):
+        return False
+    raise InvalidInput(f"{field}: expected true or false, got {value!r}")
+
+
+def make_options(values: dict[str, Any]) -> TranscribeOptions:
+    """Options from any endpoint's fields; a bad value is a 422 naming it.
+    The language is checked against Whisper's own list here, at the door:
+    a code no model knows would otherwise fail only on a node."""
+    try:
+        options = TranscribeOptions.model_validate(values)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise InvalidInput(f"options.{'.'.join(map(str, first['loc']))}: {first['msg']}") from e
+    check_language(options.language)
+    return options
+
+
+def parse_options(raw: str | None) -> TranscribeOptions:
+    if not raw:
+        return make_options({})
+    try:
+        values = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"options: not JSON ({e.msg})") from e
+    except RecursionError:  # the form field is capped in bytes, not in depth
+        raise InvalidInput("options: nested too deeply") from None
+    if not isinstance(values, dict):
+        raise InvalidInput("options: expected a JSON object")
+    return make_options(values)
+
+
+def parse_kind(raw: str | None, sniffed: Kind | None) -> Kind:
+    if not raw:
+        return sniffed or Kind.AUDIO
+    try:
+        kind = Kind(raw.strip().lower())
+    except ValueError:
+        raise InvalidInput(f"kind: one of {[k.value for k in Kind if k is not Kind.NOOP]}") from None
+    if kind not in (Kind.AUDIO, Kind.VIDEO):
+        raise InvalidInput(f"kind {kind} does not take a file upload")
+    return kind
+
+
+def job_form(form: ParsedForm) -> tuple[Kind, bool, TranscribeOptions]:
+    """The fields of `POST /api/v1/jobs`: `kind`, `gpu`, `options` (JSON)."""
+    return (
+        parse_kind(form.fields.get("kind"), form.sniffed_kind),
+        parse_bool(form.fields.get("gpu"), "gpu"),
+        parse_options(form.fields.get("options")),
+    )

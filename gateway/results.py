@@ -1,0 +1,42 @@
+"""Reading a finished job's result, for the result route and for the
+synchronous endpoints (the older API's `/process/*`, OpenAI's)."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from bus import objects
+from gateway.state import GatewayState
+from schemas import names
+from schemas.errors import Conflict, JobFailed, ResultUnreadable
+from schemas.jobs import JobRecord, JobStatus
+from schemas.results import Transcript
+
+
+async def read_transcript(st: GatewayState, rec: JobRecord) -> bytes:
+    """The stored result JSON of a succeeded job (409 if there is none)."""
+    if rec.status != JobStatus.SUCCEEDED or not rec.result_object:
+        detail = f": {rec.error.code}: {rec.error.message}" if rec.error else ""
+        raise Conflict(f"job {rec.job_id} is {rec.status}, no result{detail}")
+    return await objects.read_bytes(st.js, names.files_bucket(rec.owner), rec.result_object)
+
+
+def parse_transcript(rec: JobRecord, data: bytes) -> Transcript:
+    """The stored result as a transcript. The object is the one the node
+    named, so it may be anything: a 409 saying so, never a 500."""
+    try:
+        return Transcript.model_validate_json(data)
+    except ValidationError:
+        raise ResultUnreadable(f"job {rec.job_id}: its stored result is not a transcript") from None
+
+
+async def finished_transcript(st: GatewayState, rec: JobRecord, timeout_s: float) -> tuple[JobRecord, Transcript | None]:
+    """For the synchronous endpoints: wait up to `timeout_s` for the job.
+    Returns (record, transcript), transcript None while it still runs; a
+    failed job raises its own error (JobFailed: 422 with its code)."""
+    rec = await st.jobs.wait_terminal(rec.owner, rec.job_id, timeout_s)
+    if not rec.terminal:
+        return rec, None
+    if rec.status == JobStatus.FAILED and rec.error is not None:
+        raise JobFailed(rec.error.code, f"job {rec.job_id} failed: {rec.error.message}")
+    return rec, parse_transcript(rec, await read_transcript(st, rec))

@@ -1,0 +1,152 @@
+"""Submitting a job: admission, staging the upload, routing and queueing.
+
+Every submitting endpoint (the job API, the older API's aliases, the
+OpenAI-compatible one) comes through here; each brings only its own way of
+reading its form (`interpret`). Queueing itself is `bus.queueing`, shared
+with retry and the fallback router.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+from fastapi import Request
+
+from bus import objects
+from bus.joblog import job_fields
+from bus.queueing import queue_attempt
+from gateway import fleet_models, routing
+from gateway.auth import Principal
+from gateway.state import GatewayState
+from gateway.uploads import MultipartToObject, ParsedForm
+from schemas import names
+from schemas.errors import InvalidInput
+from schemas.jobs import JobRecord, StagedInput, TranscribeOptions, new_job_id, now
+from schemas.names import Kind
+from schemas.url_guard import check_submitted
+
+log = logging.getLogger("gpubus.gateway.jobs")
+
+T = TypeVar("T")
+MIB = 1024 * 1024
+Interpret = Callable[[ParsedForm], tuple[Kind, bool, TranscribeOptions]]
+
+
+async def route_for(st: GatewayState, owner: str, kind: Kind, gpu: bool) -> routing.Route:
+    """Routing's decision on the fleet as this gateway sees it now."""
+    s = st.settings
+    return await routing.choose(owner, kind, gpu, s.gpu_mode, st.fleet(owner), s.gpu_max_backlog)
+
+
+async def enqueue(
+    st: GatewayState,
+    owner: str,
+    job_id: str,
+    kind: Kind,
+    gpu: bool,
+    options: TranscribeOptions,
+    *,
+    staged: StagedInput | None = None,
+    url: str | None = None,
+) -> JobRecord:
+    """Route and queue attempt 1 (record, then message: bus/queueing.py).
+    The user's `gpu` wish is kept on the record for a retry to route by."""
+    options = fleet_models.resolve(st, owner, options)
+    route = await route_for(st, owner, kind, gpu)
+    t = now()
+    rec = JobRecord(
+        job_id=job_id, owner=owner, queue_owner=route.queue_owner, kind=kind, lane=route.lane,
+        routed_reason=route.reason, created_at=t, updated_at=t, input=staged, url=url, options=options,
+        gpu_requested=gpu,
+    )
+    queued = await queue_attempt(st.jobs, st.publisher, owner, job_id, 1, rec)
+    assert queued is not None  # a new record is always this caller's own claim
+    st.metrics.jobs_submitted.labels(lane=route.lane.value, kind=kind.value).inc()
+    log.info(
+        "job %s owner=%s kind=%s lane=%s reason=%s queued", job_id, owner, kind, route.lane, route.reason,
+        extra=job_fields(job_id, owner, route.lane, None, "queued", kind=str(kind), reason=route.reason),
+    )
+    return queued
+
+
+def admitted(st: GatewayState, principal: Principal) -> contextlib.AbstractAsyncContextManager[None]:
+    """Per-user limit on unfinished jobs: a slot is taken before anything
+    is staged and held until the job is queued or has failed (429 if none)."""
+    return st.admission.slot(principal.user_id, principal.max_active_jobs or st.settings.max_active_jobs)
+
+
+async def stage_upload(
+    st: GatewayState,
+    request: Request,
+    owner: str,
+    job_id: str,
+    interpret: Callable[[ParsedForm], T],
+    *,
+    max_bytes: int,
+) -> tuple[StagedInput, ParsedForm, T]:
+    """Stream the multipart `file` into the owner's bucket. `interpret` reads
+    the other form fields (each endpoint has its own); if it refuses them the
+    staged object is purged, like any other failure before commit."""
+    upload = MultipartToObject(
+        request.headers.get("content-type", ""),
+        lambda filename: objects.ObjectWriter(
+            st.js, names.files_bucket(owner), names.input_object(job_id, filename), max_bytes=max_bytes
+        ),
+    )
+    try:
+        form = await upload.run(request.stream())
+        if form.size == 0:
+            raise InvalidInput("the uploaded file is empty")
+        fields = interpret(form)
+        assert upload.writer is not None
+        await upload.writer.commit(description=form.content_type)
+    except BaseException:
+        if upload.writer is not None:
+            await upload.writer.abort()
+        raise
+    st.metrics.upload_bytes.inc(form.size)
+    staged = StagedInput(
+        bucket=upload.writer.bucket, object_name=upload.writer.name, filename=form.filename or "upload",
+        size=form.size, sha256=form.sha256, content_type=form.content_type,
+    )
+    return staged, form, fields
+
+
+async def submit_upload(
+    st: GatewayState, request: Request, principal: Principal, interpret: Interpret
+) -> tuple[JobRecord, ParsedForm]:
+    """Multipart upload to a queued job; the endpoint's own fields stay in the form."""
+    owner = principal.user_id
+    async with admitted(st, principal):
+        await st.ensure_owner(owner)
+        job_id = new_job_id()
+        max_bytes = (principal.max_upload_mb or st.settings.max_upload_mb) * MIB
+        staged, form, (kind, gpu, options) = await stage_upload(st, request, owner, job_id, interpret, max_bytes=max_bytes)
+        try:
+            return await enqueue(st, owner, job_id, kind, gpu, options, staged=staged), form
+        except BaseException:  # refused (say, an unknown model) or never queued: leave nothing behind
+            with contextlib.suppress(Exception):
+                await objects.delete_object(st.js, staged.bucket, staged.object_name)
+            raise
+
+
+async def submit_url(
+    st: GatewayState, principal: Principal, url: str, gpu: bool, options: TranscribeOptions
+) -> JobRecord:
+    """A URL job: the syntax and any address literal are checked here (422);
+    the node that downloads it checks every address it connects to
+    (schemas/url_guard.py)."""
+    url = check_submitted(url, allow_private=st.settings.allow_private_urls)
+    return await submit_without_upload(st, principal, Kind.URL, gpu, options, url=url)
+
+
+async def submit_without_upload(
+    st: GatewayState, principal: Principal, kind: Kind, gpu: bool, options: TranscribeOptions, *, url: str | None = None
+) -> JobRecord:
+    """A job with nothing to stage (a URL, or `noop` for benchmarks)."""
+    async with admitted(st, principal):
+        await st.ensure_owner(principal.user_id)
+        return await enqueue(st, principal.user_id, new_job_id(), kind, gpu, options, url=url)
