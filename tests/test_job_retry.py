@@ -109,7 +109,7 @@ async def _trusted(url: str) -> AsyncIterator[tuple[object, JobStore]]:
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
-        yield js, JobStore(await js.key_value(names.JOBS_BUCKET), RecordSeal.from_secret(ADMIN_TOKEN))
+        yield js, JobStore(await js.key_value(names.JOBS_BUCKET), RecordSeal.from_secret(ADMIN_TOKEN), js=js)
     finally:
         await nc.close()
 

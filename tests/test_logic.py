@@ -222,7 +222,7 @@ def test_a_claim_counts_as_never_queued_only_after_any_publish_of_it_gave_up():
 def test_records_and_events_refuse_what_is_not_a_job_id():
     from pydantic import ValidationError
 
-    for bad in ("x", "j" + "0" * 31, "J" + "0" * 32, "j" + "0" * 32 + ".x", "../j" + "0" * 32):
+    for bad in ("x", "j" + "0" * 31, "J" + "0" * 32, "j" + "0" * 32 + ".x", "/".join(["..", "j" + "0" * 32])):
         with pytest.raises(ValidationError):
             _rec(job_id=bad)
         with pytest.raises(ValidationError):

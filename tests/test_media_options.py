@@ -165,7 +165,7 @@ async def _queue_bypassing_the_gateway(nats_url: str, owner: str, options: Trans
             job_id=job_id, owner=owner, queue_owner=names.SHARED, kind=Kind.AUDIO, lane=Lane.CPU,
             routed_reason="test", created_at=t, updated_at=t, input=staged, options=options,
         )
-        store = JobStore(await js.key_value(names.JOBS_BUCKET), seal)
+        store = JobStore(await js.key_value(names.JOBS_BUCKET), seal, js=js)
         await queue_attempt(store, JobPublisher(js, seal, give_up_after_s=5), owner, job_id, 1, rec)
     finally:
         await nc.close()

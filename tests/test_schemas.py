@@ -136,7 +136,7 @@ def test_sniff_refuses_known_non_media(head):
 def _max_event() -> JobEvent:
     """An event with every free-text field at its bound."""
     return JobEvent(
-        type=EventType.FAILED, job_id="j" * ID_MAX, owner="o" * ID_MAX, attempt=1, lane=Lane.GPU, node_id="n" * NODE_ID_MAX,
+        type=EventType.FAILED, job_id="j" + "f" * 32, owner="o" * ID_MAX, attempt=1, lane=Lane.GPU, node_id="n" * NODE_ID_MAX,
         at=1.0, result_object="r" * OBJECT_NAME_MAX, error=ErrorInfo(code="C" * CODE_MAX, message="é" * MESSAGE_MAX),
         summary=ResultSummary(language="l" * NAME_MAX, device="d" * NAME_MAX, model="m" * NAME_MAX),
     )
