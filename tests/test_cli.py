@@ -1,20 +1,30 @@
 """The `gpubus` CLI as scripts and people meet it: run as a subprocess
-against the session's real gateway, it does not cut ids or paint escape
-codes into pipes."""
+against the session's real gateway, it prints one JSON document with
+--json, fails in one line with a documented exit code, and does not cut ids
+or paint escape codes into pipes."""
 
 from __future__ import annotations
 
 import fcntl
+import http.server
+import json
 import os
 import pty
+import ssl
 import struct
 import subprocess
 import sys
 import termios
+import threading
+from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
+from ops import tls
+from ops.embedded_nats import free_port
+from ops.exits import ExitCode
 from tests.harness import TESTDATA, base_env, submit_file, wait_job
 from tests.test_up_and_cli import cli
 
@@ -29,6 +39,122 @@ def env_for(gateway, key: str | None, tmp_path: Path, **extra: str) -> dict[str,
     test's own (no stray up.json supplies another key)."""
     settings = {"gateway_url": gateway.url, "data_dir": tmp_path, **({"api_key": key} if key else {})}
     return {**base_env(gateway.nats_url, **settings), **extra}
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, code: ExitCode) -> str:
+    """The failure contract: the exit code, one `error:` line on stderr,
+    nothing on stdout, no traceback. Returns the line."""
+    assert r.returncode == code, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and r.stdout == "", r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    return lines[0]
+
+
+def test_version_is_the_installed_package_version():
+    r = cli("--version", env=dict(os.environ))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"gpubus {metadata.version('gpubus')}\n"
+
+
+def test_help_documents_the_exit_codes():
+    r = cli("--help", env=dict(os.environ))
+    assert r.returncode == 0
+    for code in ExitCode:
+        assert f"{int(code):>3}  " in r.stdout, code
+
+
+def test_submit_json_is_one_document_with_the_job_id(gateway, shared_cpu_node, user, tmp_path):
+    env = env_for(gateway, gateway.create_key(user), tmp_path)
+    # Without --wait: the job record
+    r = cli("submit", str(TESTDATA / "hello.wav"), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    job = json.loads(r.stdout)
+    assert len(job["job_id"]) == JOB_ID_LEN and job["status"] == "queued"
+    # With --wait: the final record and the result's JSON, the progress on stderr
+    r = cli("submit", str(TESTDATA / "hello.wav"), "--wait", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    done = json.loads(r.stdout)
+    assert done["job"]["status"] == "succeeded" and len(done["job"]["job_id"]) == JOB_ID_LEN
+    assert "weather" in json.dumps(done["result"]).lower()
+    assert "queued on cpu" in r.stderr
+    # And the other commands that print data print JSON too
+    listed = json.loads(cli("jobs", "list", "--json", env=env).stdout)["jobs"]
+    assert {job["job_id"], done["job"]["job_id"]} <= {j["job_id"] for j in listed}
+    assert json.loads(cli("jobs", "show", job["job_id"], "--json", env=env).stdout)["job_id"] == job["job_id"]
+    result = cli("jobs", "result", done["job"]["job_id"], "--json", env=env)
+    assert json.loads(result.stdout) == done["result"], result.stderr
+    status = json.loads(cli("status", "--json", env=env).stdout)
+    assert {"live_nodes", "consumers", "recent_failures"} <= status.keys()
+
+
+def test_json_with_another_format_is_a_usage_error(gateway, user, tmp_path):
+    env = env_for(gateway, gateway.create_key(user), tmp_path)
+    r = cli("jobs", "result", "j" + "0" * 32, "--json", "--format", "srt", env=env)
+    assert "--format srt" in assert_one_line_error(r, ExitCode.USAGE)
+
+
+def test_a_missing_file_is_one_line_and_not_found(gateway, user, tmp_path):
+    env = env_for(gateway, gateway.create_key(user), tmp_path)
+    r = cli("submit", str(tmp_path / "no-such.wav"), "--wait", env=env)
+    assert "no such file" in assert_one_line_error(r, ExitCode.NOT_FOUND)
+
+
+def test_bad_arguments_are_one_line_and_usage(tmp_path):
+    r = cli("submit", env=dict(os.environ))
+    assert "required: target" in assert_one_line_error(r, ExitCode.USAGE)
+    r = cli("jobs", "list", "--limit", "many", env=dict(os.environ))
+    assert_one_line_error(r, ExitCode.USAGE)
+
+
+def test_an_unreachable_gateway_is_one_line_and_its_own_code(gateway, user, tmp_path):
+    # Given a port on 127.0.0.1 where nothing listens
+    env = env_for(gateway, "gpb_whatever", tmp_path, GPUBUS_GATEWAY_URL=f"http://127.0.0.1:{free_port()}")
+    for args in (["jobs", "list"], ["status"], ["submit", str(TESTDATA / "hello.wav")]):
+        line = assert_one_line_error(cli(*args, env=env), ExitCode.UNREACHABLE)
+        assert "connection refused" in line, args
+
+
+@pytest.fixture
+def https_server_of_an_unknown_ca(tmp_path: Path) -> Iterator[str]:
+    """An HTTPS server on 127.0.0.1 whose certificate no trust store knows."""
+    files = tls.load_or_create(tmp_path / "tls")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(files.cert_file, files.key_file)
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_gateway_failing_tls_verification_is_unreachable(gateway, https_server_of_an_unknown_ca, tmp_path):
+    env = env_for(gateway, "gpb_whatever", tmp_path, GPUBUS_GATEWAY_URL=https_server_of_an_unknown_ca)
+    line = assert_one_line_error(cli("jobs", "list", env=env), ExitCode.UNREACHABLE)
+    assert "TLS verification failed" in line
+
+
+def test_a_wrong_key_is_the_auth_code_with_the_gateways_error(gateway, tmp_path):
+    env = env_for(gateway, "gpb_not_a_key_anyone_has", tmp_path)
+    line = assert_one_line_error(cli("jobs", "list", "--json", env=env), ExitCode.AUTH)
+    assert "UNAUTHORIZED" in line and "HTTP 401" in line
+
+
+def test_an_unknown_job_is_not_found(gateway, user, tmp_path):
+    env = env_for(gateway, gateway.create_key(user), tmp_path)
+    line = assert_one_line_error(cli("jobs", "show", "j" + "0" * 32, env=env), ExitCode.NOT_FOUND)
+    assert "NOT_FOUND" in line
+
+
+def test_a_failed_job_waited_for_is_the_job_failed_code(gateway, shared_cpu_node, user, tmp_path):
+    env = env_for(gateway, gateway.create_key(user), tmp_path)
+    r = cli("submit", str(TESTDATA / "garbage.bin"), "--wait", "--json", env=env)
+    assert r.returncode == ExitCode.JOB_FAILED and "Traceback" not in r.stderr, r.stderr
+    assert "DECODE_FAILED" in r.stderr.strip().splitlines()[-1]
+    doc = json.loads(r.stdout)  # scripts still get the record, with its error
+    assert doc["job"]["status"] == "failed" and doc["result"] is None
 
 
 def test_piped_status_and_jobs_show_whole_ids(gateway, shared_cpu_node, user, tmp_path):
