@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import re
 import sys
 from importlib import metadata
@@ -429,13 +430,26 @@ def run(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         configure_logging(logging.DEBUG if args.verbose else logging.INFO)
-        return int(args.fn(args) or ExitCode.OK)
+        code = int(args.fn(args) or ExitCode.OK)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
+        return code
     except (Exception, KeyboardInterrupt) as e:
         failure = failure_of(e)
         if failure is None:
             raise
-        print(f"error: {failure.message}", file=sys.stderr)
+        if isinstance(e, BrokenPipeError):
+            silence_stdout()
+        if failure.message:
+            print(f"error: {failure.message}", file=sys.stderr)
         return failure.code
+
+
+def silence_stdout() -> None:
+    """After the reader of stdout left, the interpreter's last flush would
+    fail again and print a warning: point stdout at /dev/null instead."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

@@ -32,6 +32,7 @@ class ExitCode(IntEnum):
     NOT_FOUND = 5
     JOB_FAILED = 6
     INTERRUPTED = 130
+    BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell shows for any Unix tool whose reader left
 
 
 EXIT_CODE_DOCS: dict[ExitCode, str] = {
@@ -43,6 +44,7 @@ EXIT_CODE_DOCS: dict[ExitCode, str] = {
     ExitCode.NOT_FOUND: "no such job or key (404), or no such local file",
     ExitCode.JOB_FAILED: "`submit --wait`: the job failed or was cancelled (its error code is on stderr)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+    ExitCode.BROKEN_PIPE: "stdout was closed early (`| head`); nothing more is printed",
 }
 
 
@@ -91,7 +93,7 @@ class JobUnsuccessful(GpubusError):
 @dataclass(frozen=True)
 class Failure:
     code: ExitCode
-    message: str
+    message: str  # "": nothing to say (a closed pipe)
 
 
 def _http_exit(status: int) -> ExitCode:
@@ -123,12 +125,14 @@ def failure_of(exc: BaseException) -> Failure | None:
     anything else (a bug: the caller lets its traceback show)."""
     if isinstance(exc, KeyboardInterrupt):
         return Failure(ExitCode.INTERRUPTED, "interrupted")
+    if isinstance(exc, BrokenPipeError):  # the reader has what it wanted: not worth a line
+        return Failure(ExitCode.BROKEN_PIPE, "")
     if isinstance(exc, ApiError):
         return Failure(_http_exit(exc.status), f"{exc.code}: {exc.detail} (HTTP {exc.status})")
     if isinstance(exc, ValidationError):  # Settings from GPUBUS_* variables
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return Failure(ExitCode.USAGE, f"bad setting {where.upper() or '?'}: {first.get('msg')}")
+        where = "_".join(str(p) for p in first.get("loc", ())).upper()
+        return Failure(ExitCode.USAGE, f"bad setting GPUBUS_{where}: {first.get('msg')}")
     for cls, code in _BY_TYPE:
         if isinstance(exc, cls):
             return Failure(code, _message(exc))

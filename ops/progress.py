@@ -34,6 +34,14 @@ def colour_wanted(stream: TextIO, environ: Mapping[str, str] = os.environ) -> bo
     return stream.isatty() and not environ.get("NO_COLOR")
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """rich would exit 1 here; the CLI's one map of errors (ops.exits)
+        decides instead, like for a closed pipe anywhere else."""
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def console(stream: TextIO, environ: Mapping[str, str] = os.environ) -> Console:
     """A console that decides by itself what the stream is: on a terminal,
     its width and (unless NO_COLOR) colour; in a pipe or file, no escape
@@ -41,7 +49,7 @@ def console(stream: TextIO, environ: Mapping[str, str] = os.environ) -> Console:
     columns (rich would otherwise wrap at 80)."""
     tty = stream.isatty()
     colour = colour_wanted(stream, environ)
-    return Console(
+    return _Console(
         file=stream, force_terminal=tty, color_system="auto" if colour else None, no_color=not colour,
         width=None if tty else PIPE_WIDTH, highlight=colour,
     )

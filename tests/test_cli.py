@@ -10,6 +10,7 @@ import http.server
 import json
 import os
 import pty
+import socket
 import ssl
 import struct
 import subprocess
@@ -20,9 +21,11 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
+import httpx
 import pytest
 
 from ops import tls
+from ops.client import reason, unreachable
 from ops.embedded_nats import free_port
 from ops.exits import ExitCode
 from tests.harness import TESTDATA, base_env, submit_file, wait_job
@@ -62,6 +65,22 @@ def test_help_documents_the_exit_codes():
     assert r.returncode == 0
     for code in ExitCode:
         assert f"{int(code):>3}  " in r.stdout, code
+
+
+def test_a_reader_that_leaves_early_is_quiet(gateway, user, tmp_path):
+    # Given stdout is a pipe whose reader has gone (`gpubus jobs list | head -0`)
+    key = gateway.create_key(user)
+    for unbuffered, args in (("1", ["jobs", "list", "--json"]), ("", ["jobs", "list", "--json"]), ("", ["status"])):
+        env = env_for(gateway, key, tmp_path, PYTHONUNBUFFERED=unbuffered)  # the write fails, or the last flush
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            r = subprocess.run([sys.executable, "-m", "ops.cli", *args], env=env, stdout=write_end,
+                               stderr=subprocess.PIPE, text=True, timeout=60)
+        finally:
+            os.close(write_end)
+        # Then it stops with 141 like any Unix tool, and says nothing
+        assert r.returncode == ExitCode.BROKEN_PIPE and r.stderr == "", (args, r.stderr)
 
 
 def test_submit_json_is_one_document_with_the_job_id(gateway, shared_cpu_node, user, tmp_path):
@@ -113,6 +132,15 @@ def test_an_unreachable_gateway_is_one_line_and_its_own_code(gateway, user, tmp_
     for args in (["jobs", "list"], ["status"], ["submit", str(TESTDATA / "hello.wav")]):
         line = assert_one_line_error(cli(*args, env=env), ExitCode.UNREACHABLE)
         assert "connection refused" in line, args
+
+
+def test_unreachable_names_the_cause_it_wraps():
+    # DNS without asking a resolver: the chain httpx builds around a failed lookup
+    dns = httpx.ConnectError("[Errno -2] Name or service not known")
+    dns.__cause__ = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    assert reason(dns) == "host name not resolved (DNS: Name or service not known)"
+    assert reason(httpx.ReadTimeout("read")) == "timed out"
+    assert str(unreachable("http://h:1", ConnectionRefusedError())).startswith("cannot reach the gateway at http://h:1")
 
 
 @pytest.fixture
