@@ -23,6 +23,7 @@ from ops.exits import (
     NotConfigured,
     UnreadableFile,
     UsageError,
+    WaitInterrupted,
     epilog,
     failure_of,
 )
@@ -215,7 +216,10 @@ def cmd_submit(args: argparse.Namespace) -> None:
     if not args.wait:
         print_json(job)
         return
-    final = progress.wait(c, job["job_id"])
+    try:
+        final = progress.wait(c, job["job_id"])
+    except KeyboardInterrupt:
+        raise WaitInterrupted(job["job_id"]) from None
     succeeded = final["status"] == "succeeded"
     if args.json:
         print_json({"job": final, "result": json.loads(c.result(job["job_id"], fmt)) if succeeded else None})

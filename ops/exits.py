@@ -43,7 +43,7 @@ EXIT_CODE_DOCS: dict[ExitCode, str] = {
     ExitCode.AUTH: "no, wrong, expired or revoked key, or the key may not do this (401/403)",
     ExitCode.NOT_FOUND: "no such job or key (404), or no such local file",
     ExitCode.JOB_FAILED: "`submit --wait`: the job failed or was cancelled (its error code is on stderr)",
-    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C); a job being waited for goes on",
     ExitCode.BROKEN_PIPE: "stdout was closed early (`| head`); nothing more is printed",
 }
 
@@ -90,6 +90,16 @@ class JobUnsuccessful(GpubusError):
         self.job = job
 
 
+class WaitInterrupted(GpubusError):
+    """Ctrl-C while waiting for a job: the CLI stops, the job does not, so
+    the line says how to find or cancel it."""
+
+    code = "INTERRUPTED"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"interrupted; job {job_id} goes on (gpubus jobs show {job_id}; gpubus jobs cancel {job_id})")
+
+
 @dataclass(frozen=True)
 class Failure:
     code: ExitCode
@@ -112,6 +122,7 @@ def _http_exit(status: int) -> ExitCode:
 # Typed errors whose code is their class alone, most specific first.
 _BY_TYPE: list[tuple[type[BaseException], ExitCode]] = [
     (JobUnsuccessful, ExitCode.JOB_FAILED),
+    (WaitInterrupted, ExitCode.INTERRUPTED),
     (UsageError, ExitCode.USAGE),
     (InsecureConnection, ExitCode.USAGE),  # plaintext to a remote gateway: the URL or settings must change
     (MissingFile, ExitCode.NOT_FOUND),

@@ -10,6 +10,7 @@ import http.server
 import json
 import os
 import pty
+import signal
 import socket
 import ssl
 import struct
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import termios
 import threading
+import time
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -28,7 +30,7 @@ from ops import tls
 from ops.client import reason, unreachable
 from ops.embedded_nats import free_port
 from ops.exits import ExitCode
-from tests.harness import TESTDATA, base_env, submit_file, wait_job
+from tests.harness import TESTDATA, base_env, submit_file, wait_job, wait_until
 from tests.test_up_and_cli import cli
 
 pytestmark = pytest.mark.timeout(180)
@@ -203,6 +205,26 @@ def test_piped_status_and_jobs_show_whole_ids(gateway, shared_cpu_node, user, tm
     assert any(failed in line for line in status.stdout.splitlines()), status.stdout
     assert {failed, ok} <= {line.split()[0] for line in listing.stdout.splitlines()}
     assert ANSI_ESCAPE not in status.stdout + listing.stdout
+
+
+def test_ctrl_c_while_waiting_leaves_the_job_and_says_so(gateway, shared_cpu_node, user, tmp_path):
+    # Given `submit --wait` of a long job, waiting
+    key = gateway.create_key(user)
+    proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "submit", str(TESTDATA / "long.wav"), "--wait"],
+                            env=env_for(gateway, key, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    with gateway.client(key) as c:
+        wait_until(lambda: c.get("/api/v1/jobs").json()["jobs"], timeout_s=60, what="the job")
+        job_id = c.get("/api/v1/jobs").json()["jobs"][0]["job_id"]
+        time.sleep(1)  # into the wait, past the upload
+        # When Ctrl-C comes
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        # Then it exits 130 with one line naming the job, which goes on
+        assert proc.returncode == ExitCode.INTERRUPTED and "Traceback" not in err and out == "", err
+        assert f"gpubus jobs cancel {job_id}" in err.strip().splitlines()[-1]
+        assert c.get(f"/api/v1/jobs/{job_id}").json()["status"] in ("queued", "running")
+        c.post(f"/api/v1/jobs/{job_id}/cancel")  # not the shared node's work for the next tests
 
 
 def run_on_a_terminal(args: list[str], env: dict[str, str]) -> str:
