@@ -109,6 +109,20 @@ def test_submit_json_is_one_document_with_the_job_id(gateway, shared_cpu_node, u
     assert {"live_nodes", "consumers", "recent_failures"} <= status.keys()
 
 
+def test_keys_and_doctor_json_are_one_document_each(gateway, user, tmp_path):
+    env = env_for(gateway, None, tmp_path)  # the admin token of base_env
+    created = cli("keys", "create", user, "--role", "user", "--json", env=env)
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)
+    assert key["api_key"].startswith("gpb_")
+    listed = cli("keys", "list", "--json", env=env)
+    assert key["key_id"] in listed.stdout and json.loads(listed.stdout), listed.stderr
+    doctor = cli("doctor", "--json", env=env)
+    report = json.loads(doctor.stdout)
+    assert doctor.returncode == (0 if report["ok"] else 1), doctor.stderr
+    assert {"nats-server", "gateway"} <= {c["name"] for c in report["checks"]}
+
+
 def test_json_with_another_format_is_a_usage_error(gateway, user, tmp_path):
     env = env_for(gateway, gateway.create_key(user), tmp_path)
     r = cli("jobs", "result", "j" + "0" * 32, "--json", "--format", "srt", env=env)
