@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -20,11 +21,62 @@ GET_RETRY_FOR_S = 60.0
 
 
 class ApiError(GpubusError):
-    """The gateway answered with an error."""
+    """The gateway answered with an error (its `{"error": {"code", "message"}}`)."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(f"{status} {code}: {message}", code=code)
         self.status = status
+        self.detail = message
+
+
+class GatewayUnreachable(GpubusError):
+    """No answer from the gateway: connection refused, no such host, TLS not
+    verified, or timed out. Nothing was accepted."""
+
+    code = "UNREACHABLE"
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and its causes: httpx wraps httpcore, which wraps the
+    OSError or ssl error that says what really happened."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def reason(exc: BaseException) -> str:
+    """Why a connection failed, in words a user can act on."""
+    for e in _chain(exc):
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return f"TLS verification failed ({e.verify_message}); give its CA (GPUBUS_TLS_CA_FILE) or pin it"
+        if isinstance(e, ssl.SSLError):
+            return f"TLS failed ({e.reason or e})"
+        if isinstance(e, socket.gaierror):
+            return f"host name not resolved (DNS: {e.strerror})"
+        if isinstance(e, ConnectionRefusedError):
+            return "connection refused (is the gateway running?)"
+        if isinstance(e, (TimeoutError, httpx.TimeoutException)):
+            return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+def unreachable(url: str, exc: BaseException) -> GatewayUnreachable:
+    return GatewayUnreachable(f"cannot reach the gateway at {url}: {reason(exc)}")
+
+
+class _Http(httpx.Client):
+    """Every request goes through `send`: the one place a transport failure
+    becomes a typed `GatewayUnreachable` (scripts catch one class, the CLI
+    maps it to one exit code)."""
+
+    def send(self, request: httpx.Request, **kw: Any) -> httpx.Response:
+        try:
+            return super().send(request, **kw)
+        except httpx.TransportError as e:
+            raise unreachable(str(self.base_url).rstrip("/"), e) from e
 
 
 class _CountingReader:
@@ -55,7 +107,7 @@ class GatewayClient:
     ) -> None:
         """`verify`: how HTTPS is checked (bus.tls.gateway_context); None = the system's trust store."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s, verify=verify or True)
+        self.http = _Http(base_url=base_url, headers=headers, timeout=timeout_s, verify=verify or True)
 
     def close(self) -> None:
         self.http.close()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import httpx
 from rich.console import Console, Group
@@ -20,10 +23,40 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ops.client import TERMINAL, ApiError, GatewayClient
+from ops.client import TERMINAL, ApiError, GatewayClient, GatewayUnreachable
 
-err = Console(stderr=True)
-out = Console()
+PIPE_WIDTH = 100_000  # wide enough that no cell is cut or folded
+
+
+def colour_wanted(stream: TextIO, environ: Mapping[str, str] = os.environ) -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set to a
+    non-empty value (https://no-color.org: an empty one does not count)."""
+    return stream.isatty() and not environ.get("NO_COLOR")
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """rich would exit 1 here; the CLI's one map of errors (ops.exits)
+        decides instead, like for a closed pipe anywhere else."""
+        self.quiet = True
+        raise BrokenPipeError
+
+
+def console(stream: TextIO, environ: Mapping[str, str] = os.environ) -> Console:
+    """A console that decides by itself what the stream is: on a terminal,
+    its width and (unless NO_COLOR) colour; in a pipe or file, no escape
+    codes at all and no width limit, so scripts get whole job ids and
+    columns (rich would otherwise wrap at 80)."""
+    tty = stream.isatty()
+    colour = colour_wanted(stream, environ)
+    return _Console(
+        file=stream, force_terminal=tty, color_system="auto" if colour else None, no_color=not colour,
+        width=None if tty else PIPE_WIDTH, highlight=colour,
+    )
+
+
+err = console(sys.stderr)
+out = console(sys.stdout)
 
 
 def upload(c: GatewayClient, path: Path, **kw: Any) -> dict[str, Any]:
@@ -67,7 +100,7 @@ def wait(c: GatewayClient, job_id: str) -> dict[str, Any]:
             final = _follow_events(c, job_id, bar, task)
             if final is not None:
                 return final
-        except (httpx.HTTPError, ApiError, ValueError) as e:
+        except (httpx.HTTPError, ApiError, GatewayUnreachable, ValueError) as e:
             err.print(f"[dim]live events unavailable ({e}); polling[/dim]")
 
         def update(job: dict[str, Any]) -> None:
@@ -86,7 +119,7 @@ def _ago(t: float | None) -> str:
 def nodes_table(info: dict[str, Any]) -> Table:
     t = Table(title="live nodes")
     for col in ("node", "owner", "lane", "device", "busy/cap", "done", "models", "last seen"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")
     for n in info["live_nodes"]:
         t.add_row(
             n["node_id"], n["owner"], n["lane"], n["device"], f"{n['busy']}/{n['capacity']}", str(n.get("jobs_done", 0)),
@@ -98,7 +131,8 @@ def nodes_table(info: dict[str, Any]) -> Table:
 def queues_table(info: dict[str, Any]) -> Table:
     t = Table(title=f"queues (JetStream, polled {_ago(info.get('as_of'))})")
     for col in ("consumer", "owner", "lane", "pending", "running", "redelivered", "lag"):
-        t.add_column(col, justify="right" if col in ("pending", "running", "redelivered", "lag") else "left")
+        t.add_column(col, justify="right" if col in ("pending", "running", "redelivered", "lag") else "left",
+                     overflow="fold")
     for q in info["consumers"]:
         t.add_row(
             q["consumer"], q["owner"], q["lane"], str(q["pending"]), str(q["ack_pending"]), str(q["redelivered"]),
@@ -110,7 +144,7 @@ def queues_table(info: dict[str, Any]) -> Table:
 def failures_table(info: dict[str, Any]) -> Table:
     t = Table(title="recent failures")
     for col in ("job", "kind", "lane", "node", "code", "message", "when"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")
     for f in info["recent_failures"]:
         t.add_row(
             f["job_id"], f["kind"], f["lane"], f["node_id"] or "-", f["code"] or "-", (f["message"] or "")[:60],
@@ -124,12 +158,12 @@ def status_view(c: GatewayClient) -> Group:
     return Group(nodes_table(info), queues_table(info), failures_table(info))
 
 
-def status(c: GatewayClient, *, watch: bool, console: Console = out, every_s: float = 2.0) -> None:
+def status(c: GatewayClient, *, watch: bool, on: Console = out, every_s: float = 2.0) -> None:
     """One snapshot, or (`--watch`) a live view refreshed every `every_s`."""
     if not watch:
-        console.print(status_view(c))
+        on.print(status_view(c))
         return
-    with Live(status_view(c), console=console, refresh_per_second=1) as live:
+    with Live(status_view(c), console=on, refresh_per_second=1) as live:
         while True:
             time.sleep(every_s)
             live.update(status_view(c))
