@@ -18,7 +18,9 @@ from schemas.document_errors import (
     UNSUPPORTED_DOCUMENT,
     DocumentFailed,
 )
-from schemas.errors import DECODE_FAILED
+from schemas.document_formats import render
+from schemas.documents import DocumentResult, OcrLine, OcrPage, OcrResult, WebPageResult
+from schemas.errors import DECODE_FAILED, InvalidInput
 from tests import document_files as files
 
 pytestmark = pytest.mark.timeout(60)
@@ -140,3 +142,25 @@ def test_docling_is_used_only_where_installed(tmp_path):
     result = convert(files.pdf_3_pages(tmp_path / "r.pdf"), DocumentLimits(docling_artifacts=weights))
     assert result.engine == (documents.ENGINE_DOCLING if documents.docling_usable(weights) else documents.ENGINE_PDF)
     assert not documents.docling_usable(None)
+
+
+def test_every_kind_renders_as_md_text_and_json():
+    # Given one result of each kind
+    doc = DocumentResult(engine="markitdown", source_format="md", title="T", markdown="# T\n\nbody", text="T\n\nbody")
+    web = WebPageResult(
+        url="https://a.example/x", title="Moths", author="Ada", text="lamps", markdown="lamps", engine="t"
+    )
+    box = ((0.0, 0.0), (9.0, 0.0), (9.0, 5.0), (0.0, 5.0))
+    page = OcrPage(number=1, width=10, height=6, lines=[OcrLine(text="hello", confidence=0.9, box=box)])
+    ocr = OcrResult(
+        pages=[page, page.model_copy(update={"number": 2})], text="hello\n\nhello", engine="r", device="cpu"
+    )
+    # Then each format is the right bytes and media type
+    assert render(doc, "md") == ("# T\n\nbody\n", "text/markdown; charset=utf-8")
+    assert render(web, "text")[0] == "lamps\n"
+    assert render(web, "md")[0].startswith("# Moths\n\n- source: <https://a.example/x>\n- author: Ada\n")
+    assert "## Page 2 (10 x 6)\n\nhello" in render(ocr, "md")[0]
+    body, media_type = render(ocr, "json")
+    assert OcrResult.model_validate_json(body) == ocr and media_type == "application/json"
+    with pytest.raises(InvalidInput):
+        render(doc, "srt")
