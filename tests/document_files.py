@@ -122,7 +122,9 @@ def text_png(path: Path, lines: list[str] = OCR_LINES) -> Path:
     """Black text on white, in Pillow's own scalable font (no system fonts)."""
     from PIL import Image, ImageDraw, ImageFont
 
-    image = Image.new("RGB", (900, 60 + 85 * len(lines)), "white")
+    # At least 300 px tall: PP-OCR's detector scales the short side up to 736 px,
+    # so a one-line strip would be OCRed at five times its size.
+    image = Image.new("RGB", (900, max(300, 60 + 85 * len(lines))), "white")
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=40)
     for i, line in enumerate(lines):
@@ -154,4 +156,32 @@ def pixel_bomb_png(path: Path, *, width: int = 30_000, height: int = 30_000) -> 
         + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
         + chunk(b"IEND", b"")
     )
+    return path
+
+
+EPUB_FILES = {
+    "META-INF/container.xml": (
+        '<?xml version="1.0"?><container version="1.0" xmlns="urn:oasis:names:tc:opendocument:xmlns:container">'
+        '<rootfiles><rootfile full-path="content.opf" media-type="application/oebps-package+xml"/></rootfiles></container>'
+    ),
+    "content.opf": (
+        '<?xml version="1.0"?><package xmlns="http://www.idpf.org/2007/opf" version="3.0" unique-identifier="id">'
+        '<metadata xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:title>Sea Stories</dc:title>'
+        '<dc:identifier id="id">sea-1</dc:identifier><dc:language>en</dc:language></metadata>'
+        '<manifest><item id="c1" href="c1.xhtml" media-type="application/xhtml+xml"/></manifest>'
+        '<spine><itemref idref="c1"/></spine></package>'
+    ),
+    "c1.xhtml": (
+        '<?xml version="1.0"?><html xmlns="http://www.w3.org/1999/xhtml"><head><title>One</title></head>'
+        "<body><h1>The Lighthouse</h1><p>Keepers trimmed the wicks each dusk.</p></body></html>"
+    ),
+}
+
+
+def epub_book(path: Path) -> Path:
+    """A minimal EPUB 3: the mimetype first and stored, one chapter."""
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("mimetype", "application/epub+zip", compress_type=zipfile.ZIP_STORED)
+        for name, body in EPUB_FILES.items():
+            zf.writestr(name, body, compress_type=zipfile.ZIP_DEFLATED)
     return path

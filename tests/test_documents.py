@@ -89,6 +89,12 @@ def test_pptx_slides_are_pages_and_xlsx_sheets_tables(tmp_path):
     assert len(sheet.tables) == 1 and "Mango" in sheet.tables[0]
 
 
+def test_epub_chapters(tmp_path):
+    book = convert(files.epub_book(tmp_path / "sea.epub"), LIMITS)
+    assert book.source_format == "epub" and book.title == "Sea Stories"
+    assert any(h.text == "The Lighthouse" for h in book.headings) and "trimmed the wicks" in book.text
+
+
 def test_encrypted_and_truncated_pdfs_fail_with_their_own_codes(tmp_path):
     good = files.pdf_3_pages(tmp_path / "good.pdf")
     code, took = _failure(files.encrypted_pdf(tmp_path / "locked.pdf", good))
