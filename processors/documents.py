@@ -146,10 +146,9 @@ def _pdf(path: Path, limits: DocumentLimits) -> DocumentResult:
         outline = _outline(pdf)
     finally:
         pdf.close()
-    if docling_usable(limits.docling_artifacts):
-        assert limits.docling_artifacts is not None
-        markdown, engine = _docling_markdown(path, limits.docling_artifacts), ENGINE_DOCLING
-        tables = mds.tables(markdown)
+    docling = _docling_markdown(path, limits.docling_artifacts)
+    if docling is not None:
+        markdown, tables, engine = docling, mds.tables(docling), ENGINE_DOCLING
     else:
         markdown, tables = _pdfplumber_markdown(path, texts)
         engine = ENGINE_PDF
@@ -203,8 +202,16 @@ def _docling_converter(artifacts: Path) -> Any:
     return DocumentConverter(format_options={InputFormat.PDF: PdfFormatOption(pipeline_options=options)})
 
 
-def _docling_markdown(path: Path, artifacts: Path) -> str:
-    return str(_docling_converter(artifacts).convert(str(path)).document.export_to_markdown())
+def _docling_markdown(path: Path, artifacts: Path | None) -> str | None:
+    """docling's Markdown, or None where it is not installed with its weights or
+    fails on this file: the model-free path then serves the job, and says so."""
+    if artifacts is None or not docling_usable(artifacts):
+        return None
+    try:
+        return str(_docling_converter(artifacts).convert(str(path)).document.export_to_markdown())
+    except (OSError, RuntimeError, ValueError) as e:  # missing weights, a model or backend error
+        log.warning("docling failed on %s (%s: %s); converting without models", path.name, type(e).__name__, e)
+        return None
 
 
 # --- everything else: markitdown ------------------------------------------------

@@ -87,9 +87,12 @@ def _connection(url: str, limits: WebFetchLimits, deadline: _Deadline) -> http.c
     port = parts.port or (443 if parts.scheme == "https" else 80)
     ip = resolve_checked(host, port, allow_private=limits.allow_private)
     sock = socket.create_connection((ip, port), timeout=deadline.left())
+    conn: http.client.HTTPConnection
     if parts.scheme == "https":
         sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
-    conn = http.client.HTTPConnection(host, port, timeout=deadline.left())
+        conn = http.client.HTTPSConnection(host, port, timeout=deadline.left())  # its default port in Host
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=deadline.left())
     conn.sock = sock  # already connected to the checked address: http.client will not resolve again
     return conn
 

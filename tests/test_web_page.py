@@ -3,7 +3,11 @@ real HTTP server on 127.0.0.1 under the SSRF rules, a size cap and a deadline.""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import socket
+import ssl
+import threading
 import time
 
 import pytest
@@ -113,3 +117,38 @@ def test_http_errors_non_html_and_connection_refused(server):
     with pytest.raises(JobRetryable) as caught:
         fetch_page(f"http://127.0.0.1:{port}/", LOCAL)
     assert caught.value.code == DOWNLOAD_UNAVAILABLE
+
+
+@pytest.fixture
+def tls_server(tmp_path):
+    """HTTPS on 127.0.0.1 with a certificate from a CA made here (ops/tls.py)."""
+    from ops import tls
+
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "article.html").write_text(ARTICLE)
+    ca_file, ca_key = tls.create_ca(tmp_path / "ca")
+    files = tls.issue_server_cert(ca_file, ca_key, tmp_path / "server", ["localhost"])
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(files.cert_file, files.key_file)
+    handler = functools.partial(_QuietHandler, directory=str(tmp_path / "www"))
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv.socket = context.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"https://localhost:{srv.server_address[1]}/article.html", ca_file
+    srv.shutdown()
+    srv.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_https_is_verified_against_the_host_name(tls_server, monkeypatch):
+    url, ca_file = tls_server
+    # Given a server whose CA this machine does not trust: Then the fetch fails for good
+    untrusted = _fails(url, LOCAL)
+    assert isinstance(untrusted, JobFailed) and untrusted.code == DOWNLOAD_FAILED and "certificate" in untrusted.message
+    # Given the CA trusted (OpenSSL's SSL_CERT_FILE): Then the page is read over TLS to the checked address
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    _assert_is_the_article(read_web_page(url, LOCAL))
