@@ -20,7 +20,7 @@ import importlib.util
 import logging
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -217,11 +217,37 @@ def _docling_markdown(path: Path, artifacts: Path | None) -> str | None:
 # --- everything else: markitdown ------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def _markitdown() -> Any:
+def _converter(fmt: str) -> Any:
+    from markitdown.converters import (
+        DocxConverter,
+        EpubConverter,
+        HtmlConverter,
+        PlainTextConverter,
+        PptxConverter,
+        XlsxConverter,
+    )
+
+    converters: dict[str, Any] = {
+        "docx": DocxConverter,
+        "pptx": PptxConverter,
+        "xlsx": XlsxConverter,
+        "epub": EpubConverter,
+    }
+    converters |= {"html": HtmlConverter, "md": PlainTextConverter, "text": PlainTextConverter}
+    return converters[fmt]()
+
+
+@cache
+def _markitdown(fmt: str) -> Any:
+    """A MarkItDown with the one converter for `fmt`: without the built-in set,
+    a file that fails its own converter cannot fall through to another, such
+    as the zip converter, which would unpack archives nested in a DOCX past the
+    zip check. No plugins, LLM or cloud services either: local only."""
     from markitdown import MarkItDown
 
-    return MarkItDown(enable_plugins=False)  # no plugins, no LLM, no Document Intelligence: local only
+    markitdown = MarkItDown(enable_builtins=False, enable_plugins=False)
+    markitdown.register_converter(_converter(fmt))
+    return markitdown
 
 
 def _slides(markdown: str) -> list[DocumentPage]:
@@ -235,7 +261,7 @@ def _markitdown_document(path: Path, fmt: str) -> DocumentResult:
 
     extension = MARKITDOWN_EXTENSIONS.get(fmt, "." + fmt)
     try:
-        converted = _markitdown().convert_local(str(path), stream_info=StreamInfo(extension=extension))
+        converted = _markitdown(fmt).convert_local(str(path), stream_info=StreamInfo(extension=extension))
     except UnsupportedFormatException as e:
         raise UnsupportedDocument(f"markitdown cannot convert this {fmt} file") from e
     except FileConversionException as e:

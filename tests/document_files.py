@@ -102,6 +102,20 @@ def zip_bomb_docx(path: Path, source: Path, *, expanded_bytes: int) -> Path:
     return path
 
 
+def docx_with_nested_zip(path: Path, source: Path, *, inner_bytes: int, broken: bool = False) -> Path:
+    """A DOCX carrying a zip (of zeros) as an embedded file: small to the
+    outer zip check, a bomb to anything that unpacks nested archives. Broken:
+    the zip holds nothing else, so the DOCX converter fails on it."""
+    inner = path.with_suffix(".inner.zip")
+    zip_bomb_docx(inner, source, expanded_bytes=inner_bytes)
+    path.unlink(missing_ok=True)
+    if not broken:
+        path.write_bytes(source.read_bytes())
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.write(inner, "word/embeddings/inner.zip")
+    return path
+
+
 def understate_sizes(path: Path, entry_name: str, declared: int) -> Path:
     """Rewrite one entry's uncompressed size in both zip headers, as a bomb
     that lies about itself would."""

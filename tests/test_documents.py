@@ -4,6 +4,8 @@ refusals (locked, broken, zip bomb), each with its own code, in seconds."""
 from __future__ import annotations
 
 import time
+import tracemalloc
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -124,7 +126,39 @@ def test_zip_bomb_that_understates_its_size_is_still_refused(tmp_path):
     assert code == DECODE_FAILED and took < 5
     # and a cap below the honest size refuses by the real count too
     honest = files.zip_bomb_docx(tmp_path / "honest.docx", good, expanded_bytes=16 * 1024 * 1024)
-    assert _failure(honest, small)[0] == ARCHIVE_TOO_LARGE
+    tracemalloc.start()
+    try:
+        assert _failure(honest, small)[0] == ARCHIVE_TOO_LARGE
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 1024 * 1024  # counted chunk by chunk, never held
+
+
+def test_a_zip_nested_in_a_docx_is_never_unpacked(tmp_path):
+    # Given a DOCX with an embedded zip that would inflate to 100 MiB
+    good = files.docx_with_headings(tmp_path / "good.docx")
+    nested = files.docx_with_nested_zip(tmp_path / "nested.docx", good, inner_bytes=100 * 1024 * 1024)
+    # When it is converted: Then only the DOCX converter runs; the document converts, the inner zip stays shut
+    t0 = time.monotonic()
+    result = convert(nested, LIMITS)
+    assert "Owls hunt at night" in result.text and "zeros.bin" not in result.markdown
+    assert time.monotonic() - t0 < 5
+    # and when the DOCX converter fails on it, no other converter (markitdown's zip converter) takes over
+    broken = files.docx_with_nested_zip(tmp_path / "b.docx", good, inner_bytes=100 * 1024 * 1024, broken=True)
+    code, took = _failure(broken)
+    assert code == DECODE_FAILED and took < 5
+
+
+def test_a_zip_that_is_no_docx_fails_to_decode(tmp_path):
+    # Given a well-formed zip with none of a DOCX's parts, and a DOCX cut in half
+    odd = tmp_path / "odd.docx"
+    with zipfile.ZipFile(odd, "w") as zf:
+        zf.writestr("hello.txt", "hi")
+    cut = files.truncated(tmp_path / "cut.docx", files.docx_with_headings(tmp_path / "good.docx"))
+    # Then both fail with DECODE_FAILED, from the converter and from the zip check
+    assert _failure(odd)[0] == DECODE_FAILED
+    assert _failure(cut)[0] == DECODE_FAILED
 
 
 def test_too_many_pages_mismatched_and_unknown_files(tmp_path):

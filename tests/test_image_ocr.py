@@ -80,6 +80,15 @@ def test_pixel_bomb_is_refused_in_seconds(engine, tmp_path):
     assert caught.value.code == IMAGE_TOO_LARGE
 
 
+@pytest.mark.parametrize("suffix", [".jpg", ".webp", ".bmp", ".tiff"])
+def test_each_format_opens_as_rgb_pages(tmp_path, suffix):
+    source = Image.open(files.text_png(tmp_path / "scan.png")).convert("L")  # greyscale: converted to RGB
+    source.save(tmp_path / f"scan{suffix}")
+    with image_ocr._open(tmp_path / f"scan{suffix}") as image:
+        (page,) = list(image_ocr._frames(image, LIMITS))
+    assert page.mode == "RGB" and page.size == source.size
+
+
 def test_broken_and_foreign_files_fail_to_decode(engine, tmp_path):
     png = files.text_png(tmp_path / "scan.png")
     cut = files.truncated(tmp_path / "cut.png", png)
