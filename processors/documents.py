@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
@@ -56,6 +57,7 @@ ENGINE_MARKITDOWN = "markitdown"
 ENGINE_DOCLING = "docling"
 PDFIUM_ERR_PASSWORD = 4  # FPDF_ERR_PASSWORD
 _SLIDE_MARK = "<!-- Slide number:"
+_PDFIUM_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -136,16 +138,22 @@ def _page_texts(pdf: Any) -> list[str]:
     return texts
 
 
+def _read_pdf(path: Path, limits: DocumentLimits) -> tuple[str | None, list[str], list[Heading]]:
+    """(title, page texts, outline), under the lock: PDFium is not thread-safe,
+    and a node runs several jobs in threads of one process."""
+    with _PDFIUM_LOCK:
+        pdf = _open_pdf(path)
+        try:
+            if len(pdf) > limits.max_pages:
+                raise DocumentTooLarge(f"the PDF has {len(pdf)} pages; the limit is {limits.max_pages}")
+            title = (pdf.get_metadata_value("Title") or "").strip() or None
+            return title, _page_texts(pdf), _outline(pdf)
+        finally:
+            pdf.close()
+
+
 def _pdf(path: Path, limits: DocumentLimits) -> DocumentResult:
-    pdf = _open_pdf(path)
-    try:
-        if len(pdf) > limits.max_pages:
-            raise DocumentTooLarge(f"the PDF has {len(pdf)} pages; the limit is {limits.max_pages}")
-        title = (pdf.get_metadata_value("Title") or "").strip() or None
-        texts = _page_texts(pdf)
-        outline = _outline(pdf)
-    finally:
-        pdf.close()
+    title, texts, outline = _read_pdf(path, limits)
     docling = _docling_markdown(path, limits.docling_artifacts)
     if docling is not None:
         markdown, tables, engine = docling, mds.tables(docling), ENGINE_DOCLING

@@ -204,3 +204,13 @@ def test_every_kind_renders_as_md_text_and_json():
     assert OcrResult.model_validate_json(body) == ocr and media_type == "application/json"
     with pytest.raises(InvalidInput):
         render(doc, "srt")
+
+
+def test_pdfs_convert_in_parallel_threads(tmp_path):
+    # Given one PDF converted from four threads at once (a node's workers): Then every result is whole
+    from concurrent.futures import ThreadPoolExecutor
+
+    pdf = files.pdf_3_pages(tmp_path / "report.pdf")
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: convert(pdf, LIMITS), range(4)))
+    assert all(r.pages == results[0].pages and len(r.pages) == 3 for r in results)
