@@ -58,6 +58,7 @@ ENGINE_DOCLING = "docling"
 PDFIUM_ERR_PASSWORD = 4  # FPDF_ERR_PASSWORD
 _SLIDE_MARK = "<!-- Slide number:"
 _PDFIUM_LOCK = threading.Lock()
+PAGE_BREAK = "\n\n---\n\n"  # between PDF pages in the Markdown
 
 
 @dataclass(frozen=True)
@@ -176,27 +177,38 @@ def _pdfplumber_markdown(path: Path, texts: list[str]) -> tuple[str, list[str]]:
     """Per page: the prose outside ruled tables, then the tables in Markdown.
     A page pdfplumber cannot parse keeps PDFium's text and no tables."""
     import pdfplumber
-    from pdfminer.pdfparser import PDFSyntaxError
-    from pdfminer.psparser import PSException
 
-    parts: list[str] = []
+    errors = _pdfminer_errors()
+    parts: list[str] = list(texts)
     tables: list[str] = []
-    with pdfplumber.open(str(path)) as doc:
-        for number, (page, fallback) in enumerate(zip(doc.pages, texts, strict=False), start=1):
+    try:
+        doc = pdfplumber.open(str(path))
+    except errors as e:
+        log.warning("pdfplumber could not open %s (%s); PDFium's text, no tables", path.name, e)
+        return PAGE_BREAK.join(parts), tables
+    with doc:
+        for index, page in enumerate(doc.pages[: len(texts)]):
             try:
                 found = [t for t in page.find_tables() if t.extract()]
                 page_tables = [mds.table(t.extract()) for t in found]
                 rest = page
                 for t in found:
                     rest = rest.outside_bbox(t.bbox)
-                prose = (rest.extract_text() or "").strip()
-            except (PSException, PDFSyntaxError, ValueError, KeyError, TypeError) as e:
-                log.warning("pdfplumber could not read page %d of %s: %s", number, path.name, e)
-                page_tables, prose = [], fallback
+                parts[index] = "\n\n".join([(rest.extract_text() or "").strip(), *page_tables]).strip()
+                tables += page_tables
+            except errors as e:
+                log.warning("pdfplumber could not read page %d of %s: %s", index + 1, path.name, e)
             page.close()
-            tables += page_tables
-            parts.append("\n\n".join([prose, *page_tables]).strip())
-    return "\n\n---\n\n".join(parts), tables
+    return PAGE_BREAK.join(parts), tables
+
+
+def _pdfminer_errors() -> tuple[type[Exception], ...]:
+    """What pdfminer raises on a PDF it cannot parse (PDFium may have repaired it)."""
+    from pdfminer.pdfparser import PDFSyntaxError
+    from pdfminer.psparser import PSException
+    from pdfplumber.utils.exceptions import PdfminerException
+
+    return (PSException, PDFSyntaxError, PdfminerException, ValueError, KeyError, TypeError)
 
 
 @lru_cache(maxsize=1)

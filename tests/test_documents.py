@@ -214,3 +214,17 @@ def test_pdfs_convert_in_parallel_threads(tmp_path):
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: convert(pdf, LIMITS), range(4)))
     assert all(r.pages == results[0].pages and len(r.pages) == 3 for r in results)
+
+
+def test_a_pdf_pdfplumber_cannot_parse_keeps_pdfiums_text(tmp_path, monkeypatch):
+    # Given a PDF that PDFium reads but pdfminer does not (as with one PDFium repaired)
+    import pdfplumber
+    from pdfplumber.utils.exceptions import PdfminerException
+
+    def refuse(*args, **kwargs):
+        raise PdfminerException("unexpected EOF")
+
+    monkeypatch.setattr(pdfplumber, "open", refuse)
+    # Then the pages and the Markdown come from PDFium, without tables
+    result = convert(files.pdf_3_pages(tmp_path / "report.pdf"), LIMITS)
+    assert len(result.pages) == 3 and result.tables == [] and "charlie cherry" in result.markdown
