@@ -119,3 +119,15 @@ def test_cuda_is_chosen_only_when_onnxruntime_has_it(monkeypatch):
         onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
     )
     assert image_ocr.choose_device() == "cuda" and image_ocr.choose_device(prefer_cuda=False) == "cpu"
+
+
+def test_a_phone_photo_is_turned_upright_from_its_exif_orientation(tmp_path):
+    # Given a 200 x 100 JPEG whose EXIF says "rotate 90°" (how phones store portrait shots)
+    photo = Image.new("RGB", (200, 100), "white")
+    exif = photo.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    photo.save(tmp_path / "phone.jpg", exif=exif)
+    # Then OCR sees it upright
+    with image_ocr._open(tmp_path / "phone.jpg") as image:
+        (page,) = list(image_ocr._frames(image, LIMITS))
+    assert page.size == (100, 200)
