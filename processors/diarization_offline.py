@@ -39,9 +39,9 @@ class OfflineParams:
     hop_s: float = 0.8  # half a window: the LSTM's cost is per window, boundaries fall at pauses anyway
     min_window_s: float = 0.5  # shorter speech says too little about the voice to cluster it
     max_windows: int = 3000  # bounds the O(n^2) clustering: long files get a wider hop
-    # One speaker when the best two-way split's centroids are this alike: two
-    # stretches of one voice score ~0.9 or more, two people well below.
-    same_speaker_similarity: float = 0.86
+    # Two clusters whose mean embeddings are this alike are one voice: one
+    # espeak voice's halves score 0.86-0.92 here, two voices 0.75, two people lower.
+    same_speaker_similarity: float = 0.80
     min_silhouette: float = 0.12  # a split this weak is noise within one voice
     merge_gap_s: float = 1.0  # a pause within one speaker's speech, not a new turn
 
@@ -152,17 +152,23 @@ def _cut(embeddings: np.ndarray, k: int) -> np.ndarray:
     return np.asarray(labels, dtype=int)
 
 
-def _centroid_similarity(embeddings: np.ndarray, labels: np.ndarray) -> float:
-    """Cosine similarity of the two clusters' mean embeddings."""
-    a, b = (embeddings[labels == c].mean(axis=0) for c in (0, 1))
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+def _closest_pair(embeddings: np.ndarray, labels: np.ndarray) -> float:
+    """The cosine similarity of the two most alike clusters' mean embeddings:
+    how alike the two most alike "speakers" of a split sound."""
+    centroids = np.stack([embeddings[labels == k].mean(axis=0) for k in np.unique(labels)])
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    similarity = centroids @ centroids.T
+    np.fill_diagonal(similarity, -1.0)
+    return float(similarity.max())
 
 
 def choose_labels(embeddings: np.ndarray, fewest: int, most: int, p: OfflineParams) -> np.ndarray:
-    """A cluster per window. With a fixed count, cut to it. Otherwise the
-    count in [fewest, most] with the best silhouette; one speaker (when
-    allowed) if even the best two-way split is not clearly two voices: its
-    centroids about as alike as one voice with itself, or a weak silhouette."""
+    """A cluster per window. A fixed count is cut to. Otherwise, of the counts
+    in [fewest, most] whose clusters are all distinct voices (no two centroids
+    as alike as one voice with itself), the best by silhouette; one speaker
+    (when allowed) if there is none or its silhouette is weak. Silhouette
+    alone is not enough: one voice repeating its phrases (long.wav) clusters
+    by phrase, with a high silhouette and near-identical centroids."""
     from sklearn.metrics import silhouette_score
 
     n = len(embeddings)
@@ -175,17 +181,15 @@ def choose_labels(embeddings: np.ndarray, fewest: int, most: int, p: OfflinePara
     scored: dict[int, tuple[float, np.ndarray]] = {}
     for k in range(max(2, fewest), min(most, n - 1) + 1):
         labels = _cut(embeddings, k)
+        closest = _closest_pair(embeddings, labels)
+        log.debug("%d clusters: closest centroids %.3f", k, closest)
+        if closest >= p.same_speaker_similarity:
+            break  # a finer cut of the same tree only splits a voice further
         scored[k] = (float(silhouette_score(embeddings, labels, metric="cosine")), labels)
-    if not scored:  # two windows, two speakers allowed: nothing to compare
-        return _cut(embeddings, most)
-    best_k = max(scored, key=lambda k: scored[k][0])
-    if fewest == 1 and 2 in scored:
-        silhouette, two = scored[2]
-        similarity = _centroid_similarity(embeddings, two)
-        log.debug("two-way split: silhouette %.3f, centroid similarity %.3f", silhouette, similarity)
-        if similarity >= p.same_speaker_similarity or silhouette < p.min_silhouette:
-            return np.zeros(n, dtype=int)
-    return scored[best_k][1]
+    best = max(scored, key=lambda k: scored[k][0], default=None)
+    if best is None or (fewest == 1 and scored[best][0] < p.min_silhouette):
+        return np.zeros(n, dtype=int) if fewest == 1 else _cut(embeddings, fewest)
+    return scored[best][1]
 
 
 def smooth(labels: np.ndarray, windows: list[Window]) -> np.ndarray:
