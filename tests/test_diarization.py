@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from processors import diarization_pyannote
+from processors import audio_decode, diarization_pyannote
 from processors.diarization import (
     DiarizationSettings,
     DiarizationUnavailable,
@@ -25,6 +25,7 @@ from schemas.diarized_formats import render
 from schemas.jobs import TranscribeOptions
 from schemas.results import Segment, Transcript, Word
 from tests import speech_audio
+from tests.harness import TESTDATA
 
 pytestmark = pytest.mark.timeout(600)
 needs_espeak = pytest.mark.skipif(
@@ -102,6 +103,30 @@ def test_one_voice_is_one_speaker(engine, one):
     # Then everything is one speaker
     assert [s.speaker for s in result.speakers] == ["SPEAKER_00"]
     assert {seg.speaker for seg in result.segments} == {"SPEAKER_00"}
+
+
+def test_one_voice_repeating_its_phrases_is_still_one_speaker(engine):
+    # Given long.wav: one voice reading near-identical sections (its windows cluster by phrase)
+    audio = audio_decode.decode(TESTDATA / "long.wav")
+    # When it is diarized with no speaker count, Then it is one speaker, not one per phrase
+    assert {t.speaker for t in engine.diarize(audio, DiarizeOptions(diarize=True))} == {"SPEAKER_00"}
+
+
+@needs_espeak
+def test_a_fixed_count_of_three_finds_the_third_voice(engine):
+    # Given A-B-A-B, then C, A, B, C with a third espeak-ng voice
+    third = speech_audio.Voice("en-us+f2", pitch=55, speed_wpm=140)
+    turns = [
+        *speech_audio.TWO_SPEAKER_TURNS[:4],
+        (third, "I can drive the second load myself if the driver is busy."),
+        *speech_audio.TWO_SPEAKER_TURNS[4:],
+        (third, "Then it is settled, and I will see you both next week."),
+    ]
+    spoken = speech_audio.conversation(turns)
+    # When it is diarized with num_speakers 3
+    found = engine.diarize(spoken.audio, DiarizeOptions(diarize=True, num_speakers=3))
+    # Then the turns follow the true speakers one to one
+    assert [t.speaker[-1] for t in found] == [str(k) for _, _, k in spoken.turns]
 
 
 @needs_espeak
