@@ -21,6 +21,7 @@ from processors.diarization import (
     DiarizationUnavailable,
     Turn,
     merge_turns,
+    speaker_at,
     speaker_names,
 )
 from schemas.diarization import DiarizeOptions
@@ -107,7 +108,8 @@ class OfflineEngine:
         embeddings = self.embed(audio, regions, windows)
         labels = choose_labels(embeddings, *opts.bounds(), self.params)
         labels = smooth(labels, windows)
-        return merge_turns(speaker_names(to_turns(windows, labels, regions)), self.params.merge_gap_s)
+        turns = attach_short_regions(regions, windows, speaker_names(to_turns(windows, labels, regions)))
+        return merge_turns(turns, self.params.merge_gap_s)
 
     def embed(self, audio: np.ndarray, regions: list[tuple[float, float]], windows: list[Window]) -> np.ndarray:
         """One L2-normed 256-d embedding per window. The mel spectrogram is
@@ -225,3 +227,14 @@ def to_turns(
         else:
             turns.append((start, end, int(labels[i])))
     return turns
+
+
+def attach_short_regions(regions: list[tuple[float, float]], windows: list[Window], turns: list[Turn]) -> list[Turn]:
+    """Speech too short to embed (a "yes", the first word of a reply) is still
+    speech: it takes the nearest turn's speaker, so RTTM and the speaking
+    times count it."""
+    covered = {w.region for w in windows}
+    extra = [
+        Turn(s, e, speaker_at(s, e, turns) or turns[0].speaker) for i, (s, e) in enumerate(regions) if i not in covered
+    ]
+    return sorted(turns + extra)
