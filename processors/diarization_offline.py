@@ -103,8 +103,8 @@ class OfflineEngine:
     def diarize(self, audio: np.ndarray, opts: DiarizeOptions) -> list[Turn]:
         regions = speech_regions(audio)
         windows = windows_over(regions, self.params)
-        if not windows:
-            return []
+        if not windows:  # no speech, or too little to tell voices apart: one speaker at most
+            return merge_turns([Turn(s, e, "SPEAKER_00") for s, e in regions], self.params.merge_gap_s)
         embeddings = self.embed(audio, regions, windows)
         labels = choose_labels(embeddings, *opts.bounds(), self.params)
         labels = smooth(labels, windows)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import threading
 
+import numpy as np
 import pytest
 
 from processors import audio_decode, diarization_pyannote
@@ -149,6 +150,14 @@ def test_rttm_vtt_srt_text_and_markdown_carry_the_speakers(engine, two):
     assert srt.count("SPEAKER_00: ") + srt.count("SPEAKER_01: ") >= 4
     assert [line.split(":")[0] for line in text.splitlines()][:4] == ["SPEAKER_00", "SPEAKER_01"] * 2
     assert md.count("**SPEAKER_0") == len(text.splitlines())
+
+
+def test_silence_has_no_speaker(engine):
+    # Given silence, Then there are no turns, and a transcript labelled with them has no speakers
+    silence = np.zeros(3 * speech_audio.SAMPLE_RATE, dtype=np.float32)
+    assert engine.diarize(silence, DiarizeOptions(diarize=True)) == []
+    empty = assign_speakers(Transcript(text="", duration=3.0, segments=[]), [], engine.name)
+    assert empty.speakers == [] and empty.turns == []
 
 
 def test_min_speakers_above_max_is_refused():
