@@ -19,6 +19,7 @@ SCRIPTS = {
     "staging": ["--mib", "2", "--rss-mib", "4"],
     "transcription": ["--clip", "4", "--repeat", "2", "--jobs", "1", "--rounds", "1", "--concurrency", "2"],
     "fallback": ["--clip", "4", "--ack-wait", "2", "--trials", "1"],
+    "diarization": ["--clip", "8", "--rounds", "1"],
     "scale": ["--jobs", "20", "--nodes", "1,2", "--owners", "1,3", "--inflight", "4", "--capacity", "2"],
 }
 
