@@ -50,8 +50,14 @@ class BusClient:
         the materializer needs, not the bus path."""
         t = now()
         rec = JobRecord(
-            job_id=new_job_id(), owner=owner, queue_owner=owner, kind=Kind.NOOP, lane=Lane.CPU,
-            routed_reason="bench", created_at=t, updated_at=t,
+            job_id=new_job_id(),
+            owner=owner,
+            queue_owner=owner,
+            kind=Kind.NOOP,
+            lane=Lane.CPU,
+            routed_reason="bench",
+            created_at=t,
+            updated_at=t,
         )
         await self._jobs.create(rec)
         fut = self._waiters.expect(rec.job_id)

@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 
 from ops.embedded_nats import NatsServer
-from testkit.harness import ADMIN_TOKEN, Gateway, Proc, start_node
+from testkit.harness import Gateway, Proc, start_node
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,7 +109,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the results as JSON here")
     p.add_argument("--workdir", help="keep server stores and logs here (default: a temp dir, removed)")
     p.add_argument(
-        "--nats-sync", choices=["always", "default"], default="always",
+        "--nats-sync",
+        choices=["always", "default"],
+        default="always",
         help="always: gpubus's config (a disk sync per JetStream write); default: nats-server's 2-minute sync",
     )
     return p
@@ -159,7 +161,9 @@ def gateway(server: NatsServer, root: Path, **settings: Any) -> Iterator[Gateway
 
 
 @contextlib.contextmanager
-def nodes(gw: Gateway, count: int, kind: str = "cpu", *, key: str, name: str = "node", **settings: Any) -> Iterator[list[Proc]]:
+def nodes(
+    gw: Gateway, count: int, kind: str = "cpu", *, key: str, name: str = "node", **settings: Any
+) -> Iterator[list[Proc]]:
     """`count` real node processes (`gpubus cpu-node` / `gpu-node --device cpu`)."""
     settings.setdefault("enable_noop", "true")
     started: list[Proc] = []
@@ -218,9 +222,21 @@ def profiler(out_dir: str | None, pids: dict[str, int]):
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         spies = [
             subprocess.Popen(
-                ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--nonblocking",
-                 "-o", str(Path(out_dir) / f"{label}-{name}-{pid}-{time.monotonic_ns()}.txt")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [
+                    "py-spy",
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "200",
+                    "--nonblocking",
+                    "-o",
+                    str(Path(out_dir) / f"{label}-{name}-{pid}-{time.monotonic_ns()}.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             for name, pid in pids.items()
         ]

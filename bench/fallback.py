@@ -50,7 +50,9 @@ def one_trial(gw, key: str, path: Path, ack_wait: float, processing: float, i: i
             assert job["lane"] == "gpu", job
             wait_until(
                 lambda: c.get(f"/api/v1/jobs/{job['job_id']}").json()["status"] == "running",
-                timeout_s=120, what="job running on the GPU node", interval_s=POLL_S,
+                timeout_s=120,
+                what="job running on the GPU node",
+                interval_s=POLL_S,
             )
             gpu.kill()
             t_kill = time.perf_counter()
@@ -94,8 +96,11 @@ def main() -> int:
                 for i in range(args.trials):
                     d = one_trial(gw, key, src, args.ack_wait, processing, i)
                     if d is None:
-                        print(f"no fallback within {give_up_s(args.ack_wait, processing):.0f}s: is the fallback router "
-                              "(DEADLETTER advisory -> CPU lane) in this build?", flush=True)
+                        print(
+                            f"no fallback within {give_up_s(args.ack_wait, processing):.0f}s: is the fallback router "
+                            "(DEADLETTER advisory -> CPU lane) in this build?",
+                            flush=True,
+                        )
                         return NO_FALLBACK_EXIT
                     rep.row(f"trial {i}: kill -> succeeded", seconds=d, over_ack_wait=(d - processing) / args.ack_wait)
                     delays.append(d)
@@ -104,7 +109,12 @@ def main() -> int:
                     n.stop()
     ratio = (statistics.median(delays) - processing) / args.ack_wait
     bound = 1 + 2 / args.ack_wait
-    rep.ratio(f"(delay - processing) / ack_wait, ack_wait={args.ack_wait:g}s", ratio, target=f"<= {bound:.3f}", ok=ratio <= bound)
+    rep.ratio(
+        f"(delay - processing) / ack_wait, ack_wait={args.ack_wait:g}s",
+        ratio,
+        target=f"<= {bound:.3f}",
+        ok=ratio <= bound,
+    )
     return rep.finish(args.json)
 
 

@@ -156,24 +156,32 @@ def new_key(gw: Gateway, workload: str, n: int) -> str:
 
 
 def report(runs: list[Run], args: argparse.Namespace, nats_desc: str) -> None:
-    print(f"\ngateway scaling: {nats_desc}, {args.clients} clients, {args.seconds:.0f} s per run, "
-          f"{args.nodes} shared CPU node(s) x {args.node_concurrency} (noop), {os.cpu_count()} CPUs")
+    print(
+        f"\ngateway scaling: {nats_desc}, {args.clients} clients, {args.seconds:.0f} s per run, "
+        f"{args.nodes} shared CPU node(s) x {args.node_concurrency} (noop), {os.cpu_count()} CPUs"
+    )
     roles = list(dict.fromkeys(role for r in runs for role in r.cpu))
-    print(f"{'workload':<8} {'gateways':>8} {'accepted/s':>11} {'e2e jobs/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'gw cpu ms/job':>13}  "
-          + "  ".join(f"{r + ' cpu%':>12}" for r in roles) + "  refused")
+    print(
+        f"{'workload':<8} {'gateways':>8} {'accepted/s':>11} {'e2e jobs/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'gw cpu ms/job':>13}  " + "  ".join(f"{r + ' cpu%':>12}" for r in roles) + "  refused"
+    )
     for r in runs:
         e2e = f"{r.e2e_per_s:.1f}" if r.e2e_per_s else "-"
         ms = f"{r.gateway_ms_per_job:.1f}" if r.gateway_ms_per_job else "-"
-        print(f"{r.workload:<8} {r.gateways:>8} {r.accepted_per_s:>11.1f} {e2e:>11} {r.pct(0.5):>8.1f} "
-              f"{r.pct(0.99):>8.1f} {ms:>13}  " + "  ".join(f"{r.cpu[role]:>12.0f}" if role in r.cpu else f"{'-':>12}" for role in roles)
-              + f"  {dict(r.refused) or '-'}")
+        print(
+            f"{r.workload:<8} {r.gateways:>8} {r.accepted_per_s:>11.1f} {e2e:>11} {r.pct(0.5):>8.1f} "
+            f"{r.pct(0.99):>8.1f} {ms:>13}  "
+            + "  ".join(f"{r.cpu[role]:>12.0f}" if role in r.cpu else f"{'-':>12}" for role in roles)
+            + f"  {dict(r.refused) or '-'}"
+        )
     print(f"(cpu%: the role's processes together, % of one core; load average now {os.getloadavg()[0]:.1f})")
     per_job = [r.gateway_ms_per_job for r in runs if r.gateway_ms_per_job]
     if per_job:
         worst = max(per_job)
-        print(f"one gateway process, by its CPU per job alone: about {1000 / worst:.0f} jobs/s per core "
-              f"(the costliest workload, {worst:.1f} ms/job)")
+        print(
+            f"one gateway process, by its CPU per job alone: about {1000 / worst:.0f} jobs/s per core "
+            f"(the costliest workload, {worst:.1f} ms/job)"
+        )
     for workload in (UPLOAD, NOOP):
         one = next((r for r in runs if r.workload == workload and r.gateways == 1), None)
         two = next((r for r in runs if r.workload == workload and r.gateways == 2), None)
@@ -206,8 +214,11 @@ def main() -> None:
             gws = [Gateway(nats.url, root, settings=settings).start() for _ in range(2)]
             urls = [g.url for g in gws]
             servers = nats.servers if isinstance(nats, NatsCluster) else [nats]
-            roles = {"clients": [os.getpid()], "gateways": [g.proc.pid for g in gws],
-                     "nats": [s.proc.pid for s in servers]}
+            roles = {
+                "clients": [os.getpid()],
+                "gateways": [g.proc.pid for g in gws],
+                "nats": [s.proc.pid for s in servers],
+            }
 
             def bench(n: int, workload: str) -> Run:
                 key = new_key(gws[0], workload, n)
@@ -217,8 +228,14 @@ def main() -> None:
                 runs.append(bench(n, UPLOAD))
             asyncio.run(purge_jobs(nats.url))
             nodes = [
-                start_node(gws[0], "cpu", shared=True, name=f"bench-node-{i}",
-                           enable_noop="true", node_concurrency=args.node_concurrency)
+                start_node(
+                    gws[0],
+                    "cpu",
+                    shared=True,
+                    name=f"bench-node-{i}",
+                    enable_noop="true",
+                    node_concurrency=args.node_concurrency,
+                )
                 for i in range(args.nodes)
             ]
             roles["nodes"] = [proc.pid for proc in nodes]

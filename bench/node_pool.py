@@ -29,9 +29,15 @@ async def serve(url: str, owners: list[str], capacity: int) -> None:
         node_id = new_node_id(Lane.CPU)
         runtimes.append(
             NodeRuntime(
-                nc, ByKind([NoopProcessor()], device="cpu"), queue_owner=owner, lane=Lane.CPU, capacity=capacity,
-                job_deadline_s=600, metrics=NodeMetrics(CollectorRegistry(), node_id=node_id, device="cpu"),
-                node_id=node_id, handle_signals=False,
+                nc,
+                ByKind([NoopProcessor()], device="cpu"),
+                queue_owner=owner,
+                lane=Lane.CPU,
+                capacity=capacity,
+                job_deadline_s=600,
+                metrics=NodeMetrics(CollectorRegistry(), node_id=node_id, device="cpu"),
+                node_id=node_id,
+                handle_signals=False,
             )
         )
     for rt in runtimes:

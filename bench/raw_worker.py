@@ -28,7 +28,7 @@ async def work(url: str) -> None:
     while True:
         try:
             msgs = await psub.fetch(1, timeout=5)
-        except (NatsTimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, NatsTimeoutError):
             continue
         for msg in msgs:
             await msg.ack()

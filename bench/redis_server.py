@@ -36,9 +36,24 @@ def redis_server(root: Path) -> Iterator[str]:
     root.mkdir(parents=True, exist_ok=True)
     log = (root / "redis.log").open("ab")
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(root), "--protected-mode", "yes"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(root),
+            "--protected-mode",
+            "yes",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S

@@ -39,9 +39,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType,
 
 from bench import common, raw_worker
 from bench.busclient import BusClient
-from bus.sealing import RecordSeal
 from bench.loops import Waiters, pipelined, sequential
 from bench.redis_server import redis_server
+from bus.sealing import RecordSeal
 
 PAYLOAD_PAD = b"x" * 256  # about the size of a JobMessage
 SYSTEMS = ("raw", "bus", "http", "celery")
@@ -89,13 +89,17 @@ async def raw_topology(url: str) -> None:
         js = nc.jetstream()
         await js.add_stream(
             StreamConfig(
-                name=raw_worker.STREAM, subjects=[raw_worker.SUBJECT],
-                retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
+                name=raw_worker.STREAM,
+                subjects=[raw_worker.SUBJECT],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
             )
         )
         await js.add_consumer(
             raw_worker.STREAM,
-            ConsumerConfig(durable_name=raw_worker.CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_ack_pending=1000),
+            ConsumerConfig(
+                durable_name=raw_worker.CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_ack_pending=1000
+            ),
         )
     finally:
         await nc.close()
@@ -106,7 +110,10 @@ def raw_worker_proc(url: str, root: Path) -> Iterator[None]:
     asyncio.run(raw_topology(url))
     log = (root / "raw-worker.log").open("ab")
     worker = subprocess.Popen(
-        [sys.executable, "-m", "bench.raw_worker", url], cwd=common.REPO, stdout=subprocess.PIPE, stderr=log,
+        [sys.executable, "-m", "bench.raw_worker", url],
+        cwd=common.REPO,
+        stdout=subprocess.PIPE,
+        stderr=log,
         start_new_session=True,
     )
     try:
@@ -148,8 +155,10 @@ class Http:
 
     async def open(self) -> None:
         self.c = aiohttp.ClientSession(
-            base_url=self.gw_url, headers={"Authorization": f"Bearer {self.key}"},
-            connector=aiohttp.TCPConnector(limit=self.inflight), timeout=aiohttp.ClientTimeout(total=60),
+            base_url=self.gw_url,
+            headers={"Authorization": f"Bearer {self.key}"},
+            connector=aiohttp.TCPConnector(limit=self.inflight),
+            timeout=aiohttp.ClientTimeout(total=60),
         )
 
     async def _call(self, method: str, url: str, **kw) -> tuple[int, Any]:
@@ -186,9 +195,26 @@ def celery_worker(root: Path, concurrency: int) -> Iterator[None]:
         os.environ["BENCH_REDIS_URL"] = redis_url
         log = (root / "celery-worker.log").open("ab")
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker", "--loglevel", "WARNING",
-             "--concurrency", str(concurrency), "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=common.REPO, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "bench.celery_app",
+                "worker",
+                "--loglevel",
+                "WARNING",
+                "--concurrency",
+                str(concurrency),
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=common.REPO,
+            env=dict(os.environ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             from bench.celery_app import app, noop
@@ -275,11 +301,16 @@ def main() -> int:
     p.add_argument("--node-concurrency", type=int, default=64, help="GPUBUS_NODE_CONCURRENCY of the gpubus node")
     p.add_argument("--celery-concurrency", type=int, default=os.cpu_count() or 2, help="prefork processes")
     p.add_argument("--skip-celery", action="store_true")
-    p.add_argument("--profile", help="py-spy the gateway, the node and this client during gpubus's pipelined turns into this dir")
+    p.add_argument(
+        "--profile", help="py-spy the gateway, the node and this client during gpubus's pipelined turns into this dir"
+    )
     args = p.parse_args()
     rep = common.Report("roundtrip")
-    print(f"roundtrip: {args.seq} sequential + {args.pipe} pipelined ({args.inflight} in flight) per system, "
-          f"{args.rounds} rounds", flush=True)
+    print(
+        f"roundtrip: {args.seq} sequential + {args.pipe} pipelined ({args.inflight} in flight) per system, "
+        f"{args.rounds} rounds",
+        flush=True,
+    )
     with contextlib.ExitStack() as stack:
         root = stack.enter_context(common.workdir(args.workdir))
         server = stack.enter_context(common.nats_server(root, sync=args.nats_sync))
@@ -307,8 +338,12 @@ def main() -> int:
         cel = sum(rates["celery"]) / len(rates["celery"])
         pipe_r = sum(rates["bus"]) / len(rates["bus"]) / cel
         rep.ratio("bus-only pipelined jobs/s / celery+redis", pipe_r, target=">= 3", ok=pipe_r >= 3)
-        rep.ratio("HTTP pipelined jobs/s / celery+redis", sum(rates["http"]) / len(rates["http"]) / cel,
-                  target="(reported)", ok=None)
+        rep.ratio(
+            "HTTP pipelined jobs/s / celery+redis",
+            sum(rates["http"]) / len(rates["http"]) / cel,
+            target="(reported)",
+            ok=None,
+        )
     return rep.finish(args.json)
 
 

@@ -23,9 +23,9 @@ import nats
 
 from bench import common
 from bench.busclient import BusClient
-from bus.sealing import RecordSeal
 from bench.loops import pipelined
 from bus import topology
+from bus.sealing import RecordSeal
 from bus.settings import Settings
 
 
@@ -49,7 +49,10 @@ def start_pools(url: str, owners: list[str], count: int, capacity: int, root: Pa
         log = (root / f"pool{i}.log").open("ab")
         p = subprocess.Popen(
             [sys.executable, "-m", "bench.node_pool", url, ",".join(owners), str(capacity)],
-            cwd=common.REPO, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
+            cwd=common.REPO,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            start_new_session=True,
         )
         procs.append(p)
     for p in procs:
@@ -86,7 +89,12 @@ def main() -> int:
     p.add_argument("--inflight", type=int, default=64)
     p.add_argument("--nodes", default="1,2,4")
     p.add_argument("--owners", default="1,10,100")
-    p.add_argument("--capacity", type=int, default=64, help="capacity of each owner's runtime in a node (64: the in-flight count bounds every cell alike)")
+    p.add_argument(
+        "--capacity",
+        type=int,
+        default=64,
+        help="capacity of each owner's runtime in a node (64: the in-flight count bounds every cell alike)",
+    )
     args = p.parse_args()
     node_counts = [int(x) for x in args.nodes.split(",")]
     owner_counts = [int(x) for x in args.owners.split(",")]
@@ -110,7 +118,12 @@ def main() -> int:
     for n_nodes in node_counts:
         if lo != hi:
             r = cells[n_nodes, hi][0] / cells[n_nodes, lo][0]
-            rep.ratio(f"jobs/s {hi} owners / {lo} owner(s), {n_nodes} node(s)", r, target="(reported; ~1 = no collapse)", ok=None)
+            rep.ratio(
+                f"jobs/s {hi} owners / {lo} owner(s), {n_nodes} node(s)",
+                r,
+                target="(reported; ~1 = no collapse)",
+                ok=None,
+            )
     return rep.finish(args.json)
 
 

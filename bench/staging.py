@@ -52,14 +52,29 @@ def upload(gw_url: str, key: str, path: Path) -> dict:
     curl = shutil.which("curl")
     if curl:
         out = subprocess.run(
-            [curl, "-sS", "-H", f"Authorization: Bearer {key}", "-F", f"file=@{path};type=application/octet-stream",
-             "-w", "\n%{http_code}", f"{gw_url}/api/v1/jobs"],
-            capture_output=True, text=True, check=True, timeout=900,
+            [
+                curl,
+                "-sS",
+                "-H",
+                f"Authorization: Bearer {key}",
+                "-F",
+                f"file=@{path};type=application/octet-stream",
+                "-w",
+                "\n%{http_code}",
+                f"{gw_url}/api/v1/jobs",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=900,
         ).stdout
         body, _, status = out.rpartition("\n")
         assert status == "202", out
         return json.loads(body)
-    with httpx.Client(base_url=gw_url, headers={"Authorization": f"Bearer {key}"}, timeout=600) as c, path.open("rb") as f:
+    with (
+        httpx.Client(base_url=gw_url, headers={"Authorization": f"Bearer {key}"}, timeout=600) as c,
+        path.open("rb") as f,
+    ):
         r = c.post("/api/v1/jobs", files={"file": (path.name, f, "application/octet-stream")})
     assert r.status_code == 202, r.text
     return r.json()
@@ -125,10 +140,13 @@ def rss_phase(gw, root: Path, rss_mib: int, rep: common.Report) -> tuple[float, 
             with gw.client(key) as c:
                 final = wait_job(c, job["job_id"], timeout_s=600)
         big.unlink()
-    rep.row(f"gateway upload {rss_mib} MiB", mb_per_s=rss_mib * MIB / up_s / 1e6, rss_growth_mb=rss.growth_mb("gateway"))
+    rep.row(
+        f"gateway upload {rss_mib} MiB", mb_per_s=rss_mib * MIB / up_s / 1e6, rss_growth_mb=rss.growth_mb("gateway")
+    )
     rep.row(
         f"node fetch {rss_mib} MiB (job {final['status']})",
-        rss_growth_mb=rss.growth_mb("node"), error=(final.get("error") or {}).get("code", "-"),
+        rss_growth_mb=rss.growth_mb("node"),
+        error=(final.get("error") or {}).get("code", "-"),
     )
     return rss.growth_mb("gateway"), rss.growth_mb("node")
 
@@ -184,7 +202,7 @@ def main() -> int:
     rep.ratio("upload MB/s / raw put MB/s", up_r, target=">= 0.8", ok=up_r >= 0.8)
     rep.ratio("fetch MB/s / raw chunk pull MB/s", fetch_r, target=">= 0.8", ok=fetch_r >= 0.8)
     if rss is not None:
-        for who, growth in zip(("gateway", "node"), rss):
+        for who, growth in zip(("gateway", "node"), rss, strict=True):
             rep.ratio(f"{who} peak RSS growth, MB ({args.rss_mib} MiB file)", growth, target="< 50", ok=growth < 50)
     return rep.finish(args.json)
 

@@ -47,15 +47,21 @@ class Bare:
         from faster_whisper import WhisperModel
 
         _, load_path = model_paths.resolve(None)
-        self.model = WhisperModel(load_path, device="cpu", compute_type="int8", num_workers=1, cpu_threads=0,
-                                  local_files_only=True)
+        self.model = WhisperModel(
+            load_path, device="cpu", compute_type="int8", num_workers=1, cpu_threads=0, local_files_only=True
+        )
 
     def run(self, paths: list[Path]) -> float:
         t0 = time.perf_counter()
         for path in paths:
             segments, _ = self.model.transcribe(
-                str(path), language="en", task="transcribe", beam_size=1, temperature=0.0,
-                word_timestamps=False, vad_filter=False,
+                str(path),
+                language="en",
+                task="transcribe",
+                beam_size=1,
+                temperature=0.0,
+                word_timestamps=False,
+                vad_filter=False,
             )
             text = "".join(s.text for s in segments)
             assert text.strip(), "bare faster-whisper produced no text"
@@ -89,12 +95,18 @@ def main() -> int:
         if args.clip:
             long_wav = common.clip_wav(long_wav, root / "clip.wav", args.clip)
         files = {"long.wav": long_wav, f"long x{args.repeat}": concatenate(long_wav, root / "longer.wav", args.repeat)}
-        print(f"transcription: {', '.join(f'{k} {media_seconds(v):.0f}s' for k, v in files.items())}, "
-              f"{args.jobs} jobs per batch", flush=True)
+        print(
+            f"transcription: {', '.join(f'{k} {media_seconds(v):.0f}s' for k, v in files.items())}, "
+            f"{args.jobs} jobs per batch",
+            flush=True,
+        )
         bare = Bare()
         ratios: list[float] = []
         shares: list[float] = []
-        with common.nats_server(root, sync=args.nats_sync) as server, common.gateway(server, root, max_upload_mb=2048) as gw:
+        with (
+            common.nats_server(root, sync=args.nats_sync) as server,
+            common.gateway(server, root, max_upload_mb=2048) as gw,
+        ):
             key = gw.create_key("bench")
             with common.nodes(gw, 1, key=key, name="asr") as _, gw.client(key) as c:
                 through_node(c, [long_wav])  # warm the node and the page cache
@@ -113,10 +125,17 @@ def main() -> int:
                     ratios.append(node_tp / bare_tp)
                     shares.append(model_s / node_s)
             conc_tp = concurrent_batch(gw, key, long_wav, args)
-            rep.row(f"node concurrency {args.concurrency}, {2 * args.concurrency} x long.wav", media_s_per_wall_s=conc_tp)
-    for label, share in zip(files, shares):
-        rep.ratio(f"node's model seconds / its wall seconds, {label}", share, target="(reported; 1 = no bus overhead)", ok=None)
-    for label, r in zip(files, ratios):
+            rep.row(
+                f"node concurrency {args.concurrency}, {2 * args.concurrency} x long.wav", media_s_per_wall_s=conc_tp
+            )
+    for label, share in zip(files, shares, strict=True):
+        rep.ratio(
+            f"node's model seconds / its wall seconds, {label}",
+            share,
+            target="(reported; 1 = no bus overhead)",
+            ok=None,
+        )
+    for label, r in zip(files, ratios, strict=True):
         rep.ratio(f"node / bare throughput, {label}", r, target=">= 0.95", ok=r >= 0.95)
     return rep.finish(args.json)
 

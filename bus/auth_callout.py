@@ -166,7 +166,13 @@ class AuthCallout:
         return None if expires_at is None else math.ceil(expires_at)
 
     def _grant(
-        self, user_nkey: str, server_id: str, name: str, perms: dict[str, list[str]] | None, *, expires: int | None = None
+        self,
+        user_nkey: str,
+        server_id: str,
+        name: str,
+        perms: dict[str, list[str]] | None,
+        *,
+        expires: int | None = None,
     ) -> str:
         now = int(time.time())
         nats: dict[str, Any] = {"type": "user", "version": 2}
@@ -187,7 +193,12 @@ class AuthCallout:
 
     def _response(self, user_nkey: str, server_id: str, body: dict[str, Any]) -> str:
         return nats_jwt.encode(
-            {"iat": int(time.time()), "iss": self._issuer, "sub": user_nkey, "aud": server_id,
-             "nats": {"type": "authorization_response", "version": 2, **body}},
+            {
+                "iat": int(time.time()),
+                "iss": self._issuer,
+                "sub": user_nkey,
+                "aud": server_id,
+                "nats": {"type": "authorization_response", "version": 2, **body},
+            },
             self._seed,
         )

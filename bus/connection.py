@@ -71,20 +71,22 @@ async def connect(
         if on_closed is not None:
             on_closed()
 
-    connecting = asyncio.ensure_future(nats.connect(
-        servers=servers,
-        name=name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        connect_timeout=5,
-        allow_reconnect=True,
-        error_cb=on_error,
-        disconnected_cb=on_disconnect,
-        reconnected_cb=reconnected,
-        closed_cb=closed,
-        **({"tls": tls, "tls_handshake_first": True} if tls is not None else {}),
-        **{k: v for k, v in auth.items() if v is not None},
-    ))
+    connecting = asyncio.ensure_future(
+        nats.connect(
+            servers=servers,
+            name=name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            allow_reconnect=True,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=reconnected,
+            closed_cb=closed,
+            **({"tls": tls, "tls_handshake_first": True} if tls is not None else {}),
+            **{k: v for k, v in auth.items() if v is not None},
+        )
+    )
     try:
         return await connecting
     except asyncio.CancelledError:

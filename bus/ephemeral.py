@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -37,7 +37,7 @@ log = logging.getLogger("gpubus.bus.ephemeral")
 # traffic, counts); an abandoned one goes in seconds.
 INACTIVE_THRESHOLD_S = 5.0
 T = TypeVar("T")
-_cleanups: set[asyncio.Future] = set()  # disposals in flight, held so they are not collected
+_cleanups: set[asyncio.Future[Any]] = set()  # disposals in flight, held so they are not collected
 
 
 async def created(create: Awaitable[T], dispose: Callable[[T], Awaitable[None]]) -> T:
@@ -117,8 +117,11 @@ class KeyWatch:
 
     async def start(self) -> KeyWatch:
         self._sub = await self.js.subscribe(
-            self._prefix + self._keys, stream=names.kv_stream(self._bucket), cb=self._on_msg,
-            ordered_consumer=True, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            self._prefix + self._keys,
+            stream=names.kv_stream(self._bucket),
+            cb=self._on_msg,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
             inactive_threshold=INACTIVE_THRESHOLD_S,
         )
         try:
@@ -143,10 +146,17 @@ class KeyWatch:
         meta = msg.metadata
         op = _operation(msg)
         if op is not False and not (self._ignore_deletes and op in (KV_DEL, KV_PURGE)):
-            self._updates.put_nowait(KeyValue.Entry(
-                bucket=self._bucket, key=msg.subject[len(self._prefix):], value=msg.data,
-                revision=meta.sequence.stream, delta=meta.num_pending, created=meta.timestamp, operation=op,
-            ))
+            self._updates.put_nowait(
+                KeyValue.Entry(
+                    bucket=self._bucket,
+                    key=msg.subject[len(self._prefix) :],
+                    value=msg.data,
+                    revision=meta.sequence.stream,
+                    delta=meta.num_pending,
+                    created=meta.timestamp,  # type: ignore[arg-type]  # nats-py's own KV watcher passes this datetime too
+                    operation=op if isinstance(op, str) else None,
+                )
+            )
         if meta.num_pending == 0:
             self._initial_done()
 

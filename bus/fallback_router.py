@@ -19,20 +19,23 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
+from bus import sealing
 from bus.joblog import job_fields
 from bus.jobstore import JobStore
 from bus.metrics import GatewayMetrics
 from bus.publisher import JobPublisher
-from bus import sealing
 from bus.pulling import DurableLoop
 from bus.queueing import queue_attempt
-from bus.sealing import RecordSeal, SealBroken
 from bus.retry import is_retryable
+from bus.sealing import RecordSeal, SealBroken
 from schemas import codec, names
 from schemas.errors import NO_NODE_COMPLETED, NotFound
 from schemas.events import JobEvent
@@ -97,11 +100,11 @@ class FallbackRouter:
     async def stop(self) -> None:
         await self._loop.stop()
 
-    async def _handle_batch(self, msgs: list) -> None:
+    async def _handle_batch(self, msgs: list[Msg]) -> None:
         for msg in msgs:  # rare and each one several round trips: one at a time
             await self._handle_msg(msg)
 
-    async def _handle_msg(self, msg) -> None:
+    async def _handle_msg(self, msg: Msg) -> None:
         try:
             await self.handle(json.loads(msg.data))
             await msg.ack()
@@ -116,7 +119,7 @@ class FallbackRouter:
             log.warning("fallback of advisory failed (%s); will retry", e)
             await msg.nak(delay=1.0)
 
-    async def handle(self, advisory: dict) -> None:
+    async def handle(self, advisory: dict[str, Any]) -> None:
         lane_of = names.parse_consumer_name(str(advisory["consumer"]))
         seq = int(advisory["stream_seq"])
         if lane_of is None:
@@ -135,18 +138,20 @@ class FallbackRouter:
         else:
             await self._fail(job, seq, int(advisory.get("deliveries", 0)))
 
-    async def _job_named_by(self, raw, queue_owner: str, lane: Lane, seq: int) -> JobMessage | None:
+    async def _job_named_by(self, raw: RawStreamMsg, queue_owner: str, lane: Lane, seq: int) -> JobMessage | None:
         """The job an advisory is about, only if everything agrees: the message
         at that sequence is on the advisory's consumer's subjects, sealed by a
         gateway, and its record says it is that attempt at that sequence. An
         advisory is data anyone who reached the DEADLETTER subject could have
         written, and stream sequences are small consecutive numbers."""
-        if not raw.subject.startswith(names.lane_filter(queue_owner, lane)[:-1]):
-            log.error("advisory seq %d names a message on %s, not %s's %s lane; dropped", seq, raw.subject,
-                      queue_owner, lane)
+        subject = raw.subject or ""
+        if not subject.startswith(names.lane_filter(queue_owner, lane)[:-1]):
+            log.error(
+                "advisory seq %d names a message on %s, not %s's %s lane; dropped", seq, raw.subject, queue_owner, lane
+            )
             return None
         try:
-            self._seal.check(raw.subject, raw.data or b"", (raw.headers or {}).get(sealing.HEADER))
+            self._seal.check(subject, raw.data or b"", (raw.headers or {}).get(sealing.HEADER))
             job = codec.decode(raw.data or b"", JobMessage)
         except (SealBroken, codec.DecodeError) as e:
             log.error("job message at seq %d refused (%s); deleted", seq, e)
@@ -161,8 +166,14 @@ class FallbackRouter:
         # (crashed between the record update and the republish): go on.
         current = rec.attempts == job.attempt
         if rec.attempts < job.attempt or (current and (rec.lane is not lane or rec.stream_seq not in (None, seq))):
-            log.warning("advisory seq %d: record of %s is attempt %d on %s at seq %s; nothing to do", seq,
-                        job.job_id, rec.attempts, rec.lane, rec.stream_seq)
+            log.warning(
+                "advisory seq %d: record of %s is attempt %d on %s at seq %s; nothing to do",
+                seq,
+                job.job_id,
+                rec.attempts,
+                rec.lane,
+                rec.stream_seq,
+            )
             return None
         return job
 
@@ -171,7 +182,9 @@ class FallbackRouter:
         rec, _ = await self._jobs.get(ev.owner, ev.job_id)
         if rec.terminal or rec.lane is not Lane.GPU or rec.attempts != ev.attempt or rec.stream_seq is None:
             return
-        log.info("job %s owner=%s released by %s (%s)", ev.job_id, ev.owner, ev.node_id, ev.error.code if ev.error else "")
+        log.info(
+            "job %s owner=%s released by %s (%s)", ev.job_id, ev.owner, ev.node_id, ev.error.code if ev.error else ""
+        )
         await self._to_cpu(rec.to_message(), rec.stream_seq, reason=NODE_RELEASED)
 
     async def _to_cpu(self, job: JobMessage, seq: int, *, reason: str = ACK_TIMEOUT) -> None:
@@ -181,7 +194,11 @@ class FallbackRouter:
         cpu_queue = self._cpu_queue_for(job.owner)
         try:
             rec = await queue_attempt(
-                self._jobs, self._publisher, job.owner, job.job_id, job.attempt + 1,
+                self._jobs,
+                self._publisher,
+                job.owner,
+                job.job_id,
+                job.attempt + 1,
                 lambda r: fall_back(r, job, cpu_queue, reason),
             )
         except NotFound:
@@ -190,8 +207,13 @@ class FallbackRouter:
         if rec is not None:
             self._metrics.fallbacks.labels(reason=reason, kind=job.kind.value).inc()
             log.info(
-                "job %s owner=%s fell back gpu -> cpu (%s, %s), attempt %d", job.job_id, job.owner, reason,
-                rec.queue_owner, rec.attempts, extra=job_fields(job.job_id, job.owner, Lane.CPU, None, "queued"),
+                "job %s owner=%s fell back gpu -> cpu (%s, %s), attempt %d",
+                job.job_id,
+                job.owner,
+                reason,
+                rec.queue_owner,
+                rec.attempts,
+                extra=job_fields(job.job_id, job.owner, Lane.CPU, None, "queued"),
             )
         await self._delete(seq)
 
@@ -212,8 +234,14 @@ class FallbackRouter:
             self._metrics.jobs_finished.labels(
                 lane=rec.lane.value, kind=rec.kind.value, status=rec.status.value, code=NO_NODE_COMPLETED
             ).inc()
-            log.warning("job %s owner=%s failed: %s after %d deliveries", job.job_id, job.owner, NO_NODE_COMPLETED,
-                        deliveries, extra=job_fields(job.job_id, job.owner, job.lane, None, "failed", code=NO_NODE_COMPLETED))
+            log.warning(
+                "job %s owner=%s failed: %s after %d deliveries",
+                job.job_id,
+                job.owner,
+                NO_NODE_COMPLETED,
+                deliveries,
+                extra=job_fields(job.job_id, job.owner, job.lane, None, "failed", code=NO_NODE_COMPLETED),
+            )
         await self._delete(seq)
 
     async def _delete(self, seq: int) -> None:
@@ -221,4 +249,3 @@ class FallbackRouter:
             await self._js.delete_msg(names.JOBS_STREAM, seq)
         except NotFoundError:
             pass
-

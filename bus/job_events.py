@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
+from typing import Any
 
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
@@ -34,10 +36,16 @@ class EventReporter:
         self._node_id = node_id
         self._bus_retry_s = bus_retry_s
 
-    def _message(self, job: JobMessage, type_: EventType, **fields) -> tuple[str, bytes]:
+    def _message(self, job: JobMessage, type_: EventType, **fields: Any) -> tuple[str, bytes]:
         ev = JobEvent(
-            type=type_, job_id=job.job_id, owner=job.owner, attempt=job.attempt,
-            lane=self._lane, node_id=self._node_id, at=now(), **fields,
+            type=type_,
+            job_id=job.job_id,
+            owner=job.owner,
+            attempt=job.attempt,
+            lane=self._lane,
+            node_id=self._node_id,
+            at=now(),
+            **fields,
         )
         return names.event_subject(job.owner, job.job_id), codec.encode(ev)
 
@@ -55,16 +63,21 @@ class EventReporter:
         connection, so it is stored first; a failure is logged."""
         subject, payload = self._message(job, EventType.STARTED)
         fut = await self._js.publish_async(subject, payload, headers=self._dedup(job, EventType.STARTED))
-        fut.add_done_callback(lambda f, ref=job.job_id: _log_failed_publish(f, ref, EventType.STARTED))
+        fut.add_done_callback(partial(_log_failed_publish, job_id=job.job_id, type_=EventType.STARTED))
 
-    async def finished(self, job: JobMessage, type_: EventType, **fields) -> None:
+    async def finished(self, job: JobMessage, type_: EventType, **fields: Any) -> None:
         """An outcome (succeeded, failed, cancelled, released), stored and
         retried through a leader election: the gateway moves the job on it."""
         subject, payload = self._message(job, type_, **fields)
         headers = self._dedup(job, type_)
+
+        async def once() -> object:
+            return await self._js.publish(subject, payload, headers=headers)
+
         await retrying(
-            lambda: self._js.publish(subject, payload, headers=headers),
-            what=f"publish {type_} of {job.job_id}", give_up_after_s=self._bus_retry_s,
+            once,
+            what=f"publish {type_} of {job.job_id}",
+            give_up_after_s=self._bus_retry_s,
         )
 
     async def settled(self, job: JobMessage, outcome: str, error: ErrorInfo | None) -> None:
@@ -77,6 +90,6 @@ class EventReporter:
         asyncio.ensure_future(self._nc.publish(subject, payload))
 
 
-def _log_failed_publish(fut: asyncio.Future, job_id: str, type_: EventType) -> None:
+def _log_failed_publish(fut: asyncio.Future[Any], *, job_id: str, type_: EventType) -> None:
     if not fut.cancelled() and fut.exception() is not None:
         log.warning("job %s: %s event not stored: %s", job_id, type_, fut.exception())

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from functools import partial
 
@@ -45,7 +45,7 @@ class FeedItem:
 
 async def follow(
     js: JetStreamContext, jobs: JobStore, first: JobRecord, *, ping_s: float = PING_S
-) -> AsyncIterator[FeedItem]:
+) -> AsyncGenerator[FeedItem, None]:
     """`first` is the record the caller already read (and authorised)."""
     yield FeedItem("state", record=first)
     if first.terminal:
@@ -80,7 +80,7 @@ async def follow(
         while True:
             try:
                 item = await asyncio.wait_for(queue.get(), ping_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 yield FeedItem("ping")
                 continue
             if item.kind == "event":

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -130,7 +131,7 @@ class JobRun:
         self._last_progress_event = 0.0
         self._ref = f"{job.job_id} owner={job.owner} lane={ctx.lane} node={ctx.node_id} attempt={job.attempt}"
 
-    def _log_fields(self, state: str, **more) -> dict:
+    def _log_fields(self, state: str, **more: Any) -> dict[str, Any]:
         job = self.job
         return job_fields(job.job_id, job.owner, self.ctx.lane, self.ctx.node_id, state, attempt=job.attempt, **more)
 
@@ -155,7 +156,9 @@ class JobRun:
             ctx.metrics.in_flight.dec()
             ctx.metrics.job_done(status)
             elapsed = time.monotonic() - started
-            log.info("job %s %s in %.2fs", self._ref, status, elapsed, extra=self._log_fields(status, elapsed_s=elapsed))
+            log.info(
+                "job %s %s in %.2fs", self._ref, status, elapsed, extra=self._log_fields(status, elapsed_s=elapsed)
+            )
 
     async def _run(self) -> JobOutput:
         """The work directory is made and removed on a pool thread, never on
@@ -184,13 +187,12 @@ class JobRun:
         """In the worker pool; its progress calls renew the lease from there."""
         loop = asyncio.get_running_loop()
 
-        def progress(done_s: float, total_s: float) -> None:
+        def progress(media_s_done: float, media_s_total: float) -> None:
             self.lease.touch()
-            loop.call_soon_threadsafe(self._progress_event, done_s, total_s)
+            loop.call_soon_threadsafe(self._progress_event, media_s_done, media_s_total)
 
-        return await loop.run_in_executor(
-            self.ctx.pool, self.ctx.processor.run, self.job, input_path, work_dir, progress, self.cancelled
-        )
+        run = partial(self.ctx.processor.run, self.job, input_path, work_dir, progress, self.cancelled)
+        return await loop.run_in_executor(self.ctx.pool, run)
 
     async def _stage_owner_files(self, files: tuple[OwnerFile, ...], work_dir: Path) -> None:
         """Objects of the job owner's bucket the processor asked for (a
@@ -205,16 +207,17 @@ class JobRun:
                 continue
 
     async def _fetch_input(self, work_dir: Path) -> Path | None:
-        job = self.job
-        if job.input is None:
+        job, staged = self.job, self.job.input
+        if staged is None:
             return None
-        dest = work_dir / job.input.filename
+        dest = work_dir / staged.filename
         try:
             await retrying(
                 lambda: objects.read_to_file(
-                    self.ctx.js, job.input.bucket, job.input.object_name, dest, expected_sha256_hex=job.input.sha256
+                    self.ctx.js, staged.bucket, staged.object_name, dest, expected_sha256_hex=staged.sha256
                 ),
-                what=f"read the input of {job.job_id}", give_up_after_s=self.ctx.bus_retry_s,
+                what=f"read the input of {job.job_id}",
+                give_up_after_s=self.ctx.bus_retry_s,
             )
         except NotFound:
             raise JobFailed(INPUT_MISSING, "the staged input is gone (expired or deleted)") from None
@@ -230,7 +233,8 @@ class JobRun:
         data = output.result.model_dump_json().encode()
         await retrying(
             lambda: objects.put_bytes(ctx.js, names.files_bucket(job.owner), name, data),
-            what=f"store the result of {job.job_id}", give_up_after_s=ctx.bus_retry_s,
+            what=f"store the result of {job.job_id}",
+            give_up_after_s=ctx.bus_retry_s,
         )
         s = output.summary
         ctx.metrics.media_seconds.inc(s.duration_s)
@@ -263,5 +267,6 @@ class JobRun:
                 warned = True
                 log.error(
                     "job %s made no progress for %.0fs; letting its lease expire so it falls back",
-                    self.job.job_id, self.ctx.job_deadline_s,
+                    self.job.job_id,
+                    self.ctx.job_deadline_s,
                 )

@@ -16,6 +16,11 @@ JOB_STATE = "job_state"
 
 def job_fields(job_id: str, owner: str, lane: str, node_id: str | None, state: str, **more: Any) -> dict[str, Any]:
     return {
-        "event": JOB_STATE, "job_id": job_id, "owner": owner, "lane": str(lane), "node_id": node_id, "state": state,
+        "event": JOB_STATE,
+        "job_id": job_id,
+        "owner": owner,
+        "lane": str(lane),
+        "node_id": node_id,
+        "state": state,
         **more,
     }

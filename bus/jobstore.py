@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -50,13 +50,16 @@ class FinishWatch:
         self._seal = seal
         self._prefix = names.kv_subject(names.JOBS_BUCKET, "")
         self._waiters: dict[str, set[asyncio.Future[JobRecord]]] = {}
-        self._sub = None
-        self._restart: asyncio.Task | None = None
+        self._sub: JetStreamContext.PushSubscription | None = None
+        self._restart: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._sub = await self._js.subscribe(
-            self._prefix + ">", stream=names.kv_stream(names.JOBS_BUCKET), ordered_consumer=True,
-            deliver_policy=DeliverPolicy.NEW, cb=self._on_update,
+            self._prefix + ">",
+            stream=names.kv_stream(names.JOBS_BUCKET),
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+            cb=self._on_update,
         )
 
     async def stop(self) -> None:
@@ -86,7 +89,7 @@ class FinishWatch:
             log.warning("finish watch not resubscribed: %s", e)
 
     @contextlib.contextmanager
-    def waiting(self, key: str):
+    def waiting(self, key: str) -> Iterator[asyncio.Future[JobRecord]]:
         """A future for `key`'s terminal record, registered for the block:
         register first, then read the record, so no update falls between."""
         fut: asyncio.Future[JobRecord] = asyncio.get_running_loop().create_future()
@@ -101,7 +104,7 @@ class FinishWatch:
                     del self._waiters[key]
 
     async def _on_update(self, msg: Msg) -> None:
-        waiters = self._waiters.get(msg.subject[len(self._prefix):])
+        waiters = self._waiters.get(msg.subject[len(self._prefix) :])
         if not waiters or not msg.data:
             return
         try:
@@ -189,8 +192,9 @@ class JobStore:
         if entry.value is None:
             raise NotFound(f"no job {job_id}")
         rec = self._decode(entry.key, entry.value)
-        self._remember(entry.key, rec.model_copy(deep=True), entry.revision, len(entry.value))
-        return rec, entry.revision
+        revision = entry.revision or 0  # a KV read always carries its stream sequence
+        self._remember(entry.key, rec.model_copy(deep=True), revision, len(entry.value))
+        return rec, revision
 
     async def update(self, owner: str, job_id: str, mutate: Mutator) -> JobRecord:
         """Apply `mutate` to a fresh copy until the CAS wins. `mutate` returns
@@ -258,7 +262,7 @@ class JobStore:
             await ephemeral.stop_watch(watcher)
         return out
 
-    async def watch(self, owner: str, job_id: str) -> AsyncIterator[JobRecord]:
+    async def watch(self, owner: str, job_id: str) -> AsyncGenerator[JobRecord, None]:
         """The record as it is now, then every new revision of it, as the
         materializer, router and API write them (a KV watch: no polling)."""
         current, _ = await self.get(owner, job_id)  # NotFound before any subscription

@@ -103,8 +103,13 @@ async def poll(js: JetStreamContext) -> QueueSnapshot:
         async with gate:
             oldest = await oldest_unacked_at(js, info)
         return ConsumerLag(
-            consumer=info.name, owner=owner, lane=lane, pending=int(info.num_pending or 0),
-            ack_pending=int(info.num_ack_pending or 0), redelivered=int(info.num_redelivered or 0), oldest_at=oldest,
+            consumer=info.name,
+            owner=owner,
+            lane=lane,
+            pending=int(info.num_pending or 0),
+            ack_pending=int(info.num_ack_pending or 0),
+            redelivered=int(info.num_redelivered or 0),
+            oldest_at=oldest,
         )
 
     consumers = await asyncio.gather(*(one(i) for i in infos))

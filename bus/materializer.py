@@ -111,7 +111,11 @@ class Materializer:
         self._metrics = metrics
         self._drops = EventDrops()
         self._loop = DurableLoop(
-            nc, durable=names.MATERIALIZER_CONSUMER, stream=names.EVENTS_STREAM, handle=self._handle, max_batch=FETCH_BATCH
+            nc,
+            durable=names.MATERIALIZER_CONSUMER,
+            stream=names.EVENTS_STREAM,
+            handle=self._handle,
+            max_batch=FETCH_BATCH,
         )
 
     async def start(self) -> None:
@@ -192,11 +196,19 @@ class Materializer:
             return
         except Exception as e:
             if is_retryable(e):
-                log.warning("could not apply %d event(s) of job %s (%s); will be redelivered", len(events), first.job_id, e)
+                log.warning(
+                    "could not apply %d event(s) of job %s (%s); will be redelivered", len(events), first.job_id, e
+                )
                 await asyncio.gather(*(m.nak(delay=RETRY_DELAY_S) for m in msgs))
             else:
-                log.error("%d event(s) of job %s.%s cannot be folded (%s: %s); dropped",
-                          len(events), first.owner, first.job_id, type(e).__name__, str(e)[:200])
+                log.error(
+                    "%d event(s) of job %s.%s cannot be folded (%s: %s); dropped",
+                    len(events),
+                    first.owner,
+                    first.job_id,
+                    type(e).__name__,
+                    str(e)[:200],
+                )
                 await self._drop(msgs, first.owner, NOT_FOLDABLE)
             return
         await asyncio.gather(*(m.ack() for m in msgs))
@@ -235,10 +247,17 @@ class Materializer:
             code = new.error.code if new.error else ""
             self._metrics.jobs_finished.labels(lane=lane, kind=kind, status=new.status.value, code=code).inc()
             if new.finished_at:
-                self._metrics.job_duration.labels(lane=lane, kind=kind).observe(max(0.0, new.finished_at - new.created_at))
+                self._metrics.job_duration.labels(lane=lane, kind=kind).observe(
+                    max(0.0, new.finished_at - new.created_at)
+                )
         if old.status != new.status:
             log.info(
                 "job %s owner=%s lane=%s node=%s %s -> %s",
-                new.job_id, new.owner, lane, new.node_id, old.status.value, new.status.value,
+                new.job_id,
+                new.owner,
+                lane,
+                new.node_id,
+                old.status.value,
+                new.status.value,
                 extra=job_fields(new.job_id, new.owner, lane, new.node_id, new.status.value, previous=old.status.value),
             )

@@ -41,7 +41,10 @@ class GatewayMetrics:
             registry=registry,
         )
         self.fallbacks = Counter(
-            "gpubus_jobs_fallback_total", "Jobs moved from the GPU lane to the CPU lane", ["reason", "kind"], registry=registry
+            "gpubus_jobs_fallback_total",
+            "Jobs moved from the GPU lane to the CPU lane",
+            ["reason", "kind"],
+            registry=registry,
         )
         self.late_completions = Counter(
             "gpubus_late_completions_total",
@@ -51,19 +54,28 @@ class GatewayMetrics:
         )
         self.bad_events = Counter("gpubus_bad_events_total", "Undecodable events, dropped", registry=registry)
         self.dropped_events = Counter(
-            "gpubus_dropped_events_total", "Well-formed events dropped (unknown job, owner over quota, not foldable)",
-            ["reason"], registry=registry,
-        )
-        self.bad_heartbeats = Counter(
-            "gpubus_bad_heartbeats_total", "Node registry entries ignored (body disagrees with key, bad metrics_url)",
+            "gpubus_dropped_events_total",
+            "Well-formed events dropped (unknown job, owner over quota, not foldable)",
+            ["reason"],
             registry=registry,
         )
-        self.upload_bytes = Counter("gpubus_upload_bytes_total", "Bytes staged into the object store", registry=registry)
+        self.bad_heartbeats = Counter(
+            "gpubus_bad_heartbeats_total",
+            "Node registry entries ignored (body disagrees with key, bad metrics_url)",
+            registry=registry,
+        )
+        self.upload_bytes = Counter(
+            "gpubus_upload_bytes_total", "Bytes staged into the object store", registry=registry
+        )
         self.queue_wait = Histogram(
             "gpubus_queue_wait_seconds", "Submit to start", ["lane", "kind"], buckets=LATENCY_BUCKETS, registry=registry
         )
         self.job_duration = Histogram(
-            "gpubus_job_duration_seconds", "Submit to terminal", ["lane", "kind"], buckets=LATENCY_BUCKETS, registry=registry
+            "gpubus_job_duration_seconds",
+            "Submit to terminal",
+            ["lane", "kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
         self.http_latency = Histogram(
             "gpubus_http_request_duration_seconds",
@@ -73,15 +85,16 @@ class GatewayMetrics:
             registry=registry,
         )
         self.lag_polls = Counter(
-            "gpubus_lag_polls_total", "Polls of the JOBS consumer list by the lag monitor", ["result"], registry=registry
+            "gpubus_lag_polls_total",
+            "Polls of the JOBS consumer list by the lag monitor",
+            ["result"],
+            registry=registry,
         )
         self.lag_poll_seconds = Gauge(
             "gpubus_lag_poll_duration_seconds", "How long the last lag poll took", registry=registry
         )
 
-    def watch_queues(
-        self, snapshot: Callable[[], QueueSnapshot], nodes: Callable[[], Sequence[NodeHeartbeat]]
-    ) -> None:
+    def watch_queues(self, snapshot: Callable[[], QueueSnapshot], nodes: Callable[[], Sequence[NodeHeartbeat]]) -> None:
         """Per-consumer queue gauges and live nodes, read at scrape time."""
         self.registry.register(QueueCollector(snapshot, nodes))
 
@@ -116,7 +129,8 @@ class QueueCollector(Collector):
     def _families(self) -> dict[str, GaugeMetricFamily]:
         fams = {key: GaugeMetricFamily(name, doc, labels=CONSUMER_LABELS) for key, name, doc in CONSUMER_GAUGES}
         fams["lag"] = GaugeMetricFamily(
-            "gpubus_consumer_lag_seconds", "Age of the oldest job on the consumer not yet acked (0 when none)",
+            "gpubus_consumer_lag_seconds",
+            "Age of the oldest job on the consumer not yet acked (0 when none)",
             labels=CONSUMER_LABELS,
         )
         fams["live"] = GaugeMetricFamily("gpubus_live_nodes", "Nodes heartbeating now", labels=["owner", "lane"])
@@ -159,7 +173,10 @@ class NodeMetrics:
             "gpubus_node_media_seconds_total", "Seconds of media processed", ["node", "device"], registry=registry
         ).labels(**labels)
         self.processing_seconds = Counter(
-            "gpubus_node_processing_seconds_total", "Wall seconds spent processing", ["node", "device"], registry=registry
+            "gpubus_node_processing_seconds_total",
+            "Wall seconds spent processing",
+            ["node", "device"],
+            registry=registry,
         ).labels(**labels)
         self.rtf = Histogram(
             "gpubus_node_real_time_factor",
@@ -168,10 +185,12 @@ class NodeMetrics:
             buckets=RTF_BUCKETS,
             registry=registry,
         ).labels(**labels)
-        self.in_flight = Gauge("gpubus_node_in_flight", "Jobs being processed", ["node", "device"], registry=registry).labels(
+        self.in_flight = Gauge(
+            "gpubus_node_in_flight", "Jobs being processed", ["node", "device"], registry=registry
+        ).labels(**labels)
+        self.capacity = Gauge("gpubus_node_capacity", "Jobs at once", ["node", "device"], registry=registry).labels(
             **labels
         )
-        self.capacity = Gauge("gpubus_node_capacity", "Jobs at once", ["node", "device"], registry=registry).labels(**labels)
         self.bad_messages = Counter(
             "gpubus_node_bad_messages_total", "Undecodable job messages, termed", ["node", "device"], registry=registry
         ).labels(**labels)
@@ -185,7 +204,9 @@ class NodeMetrics:
     def watch_gpus(self, source: GpuSource) -> None:
         """GPU memory and utilisation, read from `source` at scrape time."""
         errors = Counter(
-            "gpubus_node_gpu_read_errors_total", "Failed reads of GPU telemetry", ["node", "device"],
+            "gpubus_node_gpu_read_errors_total",
+            "Failed reads of GPU telemetry",
+            ["node", "device"],
             registry=self.registry,
         ).labels(**self._labels)
         self.registry.register(GpuCollector(source, self._labels, errors))
@@ -228,7 +249,8 @@ class GpuCollector(Collector):
     def _families(self) -> dict[str, GaugeMetricFamily]:
         return {
             "devices": GaugeMetricFamily(
-                "gpubus_node_gpu_devices", "GPUs whose telemetry the node reads (0 with source=none: no NVML/CUDA)",
+                "gpubus_node_gpu_devices",
+                "GPUs whose telemetry the node reads (0 with source=none: no NVML/CUDA)",
                 labels=["node", "device", "source"],
             ),
             "used": GaugeMetricFamily("gpubus_node_gpu_memory_used_bytes", "GPU memory in use", labels=GPU_LABELS),

@@ -14,6 +14,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from prometheus_client import CollectorRegistry, start_http_server
@@ -82,12 +83,15 @@ async def bootstrap(settings: Settings, lane: Lane, *, shared: bool) -> NodeIden
     )
 
 
-async def _post_bootstrap(settings: Settings, body: dict, secret: str) -> httpx.Response:
+async def _post_bootstrap(settings: Settings, body: dict[str, Any], secret: str) -> httpx.Response:
     """Over TLS verified as the operator said (CA file or pinned
     certificate): the answer tells the node which NATS CA to trust."""
     url = settings.gateway_url or ""
     verify = await asyncio.to_thread(
-        gateway_context, url, ca_file=settings.tls_ca_file, pin=settings.gateway_fingerprint,
+        gateway_context,
+        url,
+        ca_file=settings.tls_ca_file,
+        pin=settings.gateway_fingerprint,
         allow_insecure=settings.allow_insecure,
     )
     try:
@@ -102,7 +106,7 @@ async def _post_bootstrap(settings: Settings, body: dict, secret: str) -> httpx.
 def start_metrics_server(settings: Settings, registry: CollectorRegistry) -> str:
     server, _thread = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
     host, port = server.server_address[:2]
-    return f"http://{advertised_host(host)}:{port}/metrics"
+    return f"http://{advertised_host(str(host))}:{port}/metrics"
 
 
 def advertised_host(bound: str) -> str:
@@ -142,8 +146,13 @@ async def start_node(
     metrics_url = start_metrics_server(settings, registry)
     lost = asyncio.Event()
     nc = await connect(
-        identity.nats_servers, name=node_id, token=identity.secret, inbox_prefix=identity.inbox_prefix,
-        on_closed=lost.set, tls=identity.nats_tls, allow_insecure=settings.allow_insecure,
+        identity.nats_servers,
+        name=node_id,
+        token=identity.secret,
+        inbox_prefix=identity.inbox_prefix,
+        on_closed=lost.set,
+        tls=identity.nats_tls,
+        allow_insecure=settings.allow_insecure,
     )
     runtime = NodeRuntime(
         nc,

@@ -19,9 +19,11 @@ import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
 
 from bus import connection, node_permissions, registry
 from bus.job_events import EventReporter
@@ -86,19 +88,27 @@ class NodeRuntime:
         self.drain_timeout_s = drain_timeout_s
         self._pool = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix=f"gpubus-{lane}")
         self._jobs = JobContext(  # what every job of this node shares (bus/job_run.py)
-            js=self.js, processor=processor, pool=self._pool, metrics=metrics, queue_owner=queue_owner, lane=lane,
-            node_id=self.node_id, job_deadline_s=job_deadline_s, bus_retry_s=bus_retry_s, job_seal=job_seal,
+            js=self.js,
+            processor=processor,
+            pool=self._pool,
+            metrics=metrics,
+            queue_owner=queue_owner,
+            lane=lane,
+            node_id=self.node_id,
+            job_deadline_s=job_deadline_s,
+            bus_retry_s=bus_retry_s,
+            job_seal=job_seal,
             events=EventReporter(nc, self.js, lane=lane, node_id=self.node_id, bus_retry_s=bus_retry_s),
         )
         self._cancelled_early: dict[str, float] = {}
         self._slots = asyncio.Semaphore(capacity)
         self._inflight: dict[str, JobRun] = {}
-        self._tasks: dict[str, asyncio.Task] = {}
-        self._background: list[asyncio.Task] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._background: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._started_at = now()
         self._heartbeat_s = 3.0
-        self._nodes_kv = None
+        self._nodes_kv: KeyValue | None = None
         self.done = 0
         self.failed = 0
         self.stopped = asyncio.Event()
@@ -120,8 +130,8 @@ class NodeRuntime:
         info = await self.js.consumer_info(names.JOBS_STREAM, consumer)
         self._jobs.ack_wait_s = float(info.config.ack_wait or 30.0)
         self._jobs.max_deliver = int(info.config.max_deliver or -1)
-        self._nodes_kv = await self.js.key_value(names.NODES_BUCKET)
-        ttl = (await self._nodes_kv.status()).ttl or 10.0
+        self._nodes_kv = nodes_kv = await self.js.key_value(names.NODES_BUCKET)
+        ttl = (await nodes_kv.status()).ttl or 10.0
         self._heartbeat_s = max(0.2, ttl / 3)
         cancel_owner = "*" if self.queue_owner == names.SHARED else self.queue_owner
         await self.nc.subscribe(names.cancel_subject(cancel_owner), cb=self._on_cancel)
@@ -138,7 +148,11 @@ class NodeRuntime:
                 loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.stop()))
         log.info(
             "node %s pulling %s (ack_wait=%.1fs, capacity=%d, device=%s)",
-            self.node_id, consumer, self._jobs.ack_wait_s, self.capacity, self.processor.device,
+            self.node_id,
+            consumer,
+            self._jobs.ack_wait_s,
+            self.capacity,
+            self.processor.device,
         )
 
     async def stop(self, drain_timeout_s: float | None = None) -> None:
@@ -159,7 +173,7 @@ class NodeRuntime:
         await self._drain_jobs(drain_timeout_s)
         await self._stop_background()
         try:
-            if not self.nc.is_closed:
+            if not self.nc.is_closed and self._nodes_kv is not None:
                 await registry.forget(self._nodes_kv, self.queue_owner, self.lane, self.node_id)
         except Exception as e:
             log.warning("could not leave the registry: %s", e)
@@ -230,7 +244,7 @@ class NodeRuntime:
         key = f"{msg.metadata.sequence.stream}"
         task = asyncio.create_task(self._run_message(msg), name=f"job-{key}")
         self._tasks[key] = task
-        task.add_done_callback(lambda _t, k=key: self._finished(k))
+        task.add_done_callback(partial(self._finished, key))
 
     async def _take_more(self, puller: Puller) -> list[Msg]:
         """Messages already waiting, one per slot that is free right now;
@@ -249,7 +263,7 @@ class NodeRuntime:
             self._slots.release()
         return more
 
-    def _finished(self, key: str) -> None:
+    def _finished(self, key: str, _task: asyncio.Task[None] | None = None) -> None:
         self._tasks.pop(key, None)
         self._slots.release()
 
@@ -291,13 +305,22 @@ class NodeRuntime:
     # -- registry ------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
+        assert self._nodes_kv is not None  # opened in start(), before the first beat
         await registry.beat(
             self._nodes_kv,
             NodeHeartbeat(
-                node_id=self.node_id, owner=self.queue_owner, lane=self.lane,
-                device=self.processor.device, kinds=sorted(self.processor.kinds),
-                models=self.processor.models, capacity=self.capacity, busy=len(self._inflight),
-                last_seen=now(), started_at=self._started_at, metrics_url=self.metrics_url, jobs_done=self.done,
+                node_id=self.node_id,
+                owner=self.queue_owner,
+                lane=self.lane,
+                device=self.processor.device,
+                kinds=sorted(self.processor.kinds),
+                models=self.processor.models,
+                capacity=self.capacity,
+                busy=len(self._inflight),
+                last_seen=now(),
+                started_at=self._started_at,
+                metrics_url=self.metrics_url,
+                jobs_done=self.done,
             ),
         )
 

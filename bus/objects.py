@@ -15,13 +15,15 @@ import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from nats.js import JetStreamContext
-from nats.nuid import NUID
 from nats.js.api import ObjectInfo, ObjectMetaOptions
 from nats.js.errors import NotFoundError
+from nats.nuid import NUID
 
 from schemas import names
 from schemas.errors import GpubusError, NotFound, PayloadTooLarge
@@ -61,7 +63,7 @@ class ObjectWriter:
         self._max_bytes = max_bytes
         self._buf = bytearray()
         self._sha = hashlib.sha256()
-        self._inflight: list[asyncio.Future] = []
+        self._inflight: list[asyncio.Future[Any]] = []
         self.size = 0
         self.chunks = 0
         self._done = False
@@ -170,13 +172,13 @@ async def object_info(js: JetStreamContext, bucket: str, name: str) -> ObjectInf
         msg = await js.get_last_msg(names.object_stream(bucket), _meta_subject(bucket, name))
     except NotFoundError:
         raise NotFound(f"no object {name!r}") from None
-    info = ObjectInfo.from_response(json.loads(msg.data))
+    info: ObjectInfo = ObjectInfo.from_response(json.loads(msg.data or b"{}"))
     if info.deleted:
         raise NotFound(f"no object {name!r}")
     return info
 
 
-async def _iter_chunks(js: JetStreamContext, info: ObjectInfo):
+async def _iter_chunks(js: JetStreamContext, info: ObjectInfo) -> AsyncIterator[bytes]:
     """The object's chunks in order, one direct get each (`next_by_subj` from
     the sequence after the last chunk). Direct gets are plain requests, so
     they work for a user node reaching JetStream through its account's
@@ -185,13 +187,13 @@ async def _iter_chunks(js: JetStreamContext, info: ObjectInfo):
     stream = names.object_stream(info.bucket)
     subject = _chunk_subject(info.bucket, info.nuid)
     seq = 1
-    for _ in range(info.chunks):
+    for _ in range(info.chunks or 0):
         msg = await js.get_msg(stream, seq=seq, subject=subject, next=True, direct=True)
-        seq = msg.seq + 1
+        seq = (msg.seq or seq) + 1
         yield msg.data or b""
 
 
-def _check_digest(info: ObjectInfo, sha: "hashlib._Hash", expected_sha256_hex: str | None) -> None:
+def _check_digest(info: ObjectInfo, sha: hashlib._Hash, expected_sha256_hex: str | None) -> None:
     recorded = base64.urlsafe_b64decode(info.digest.split("=", 1)[1]) if info.digest else None
     if recorded is not None and sha.digest() != recorded:
         raise DigestMismatch(f"object {info.name!r} does not match its recorded digest")
@@ -210,13 +212,13 @@ async def read_to_file(
             sha.update(data)
             await asyncio.to_thread(f.write, data)
     _check_digest(info, sha, expected_sha256_hex)
-    return info.size
+    return info.size or 0
 
 
 async def read_bytes(js: JetStreamContext, bucket: str, name: str, *, max_bytes: int = 64 * 1024 * 1024) -> bytes:
     """Small objects (results) into memory."""
     info = await object_info(js, bucket, name)
-    if info.size > max_bytes:
+    if (info.size or 0) > max_bytes:
         raise PayloadTooLarge(f"object {name!r} is {info.size} bytes, over {max_bytes}")
     sha = hashlib.sha256()
     parts: list[bytes] = []

@@ -23,6 +23,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -82,7 +83,7 @@ class Puller:
             raise PullerClosed(f"no open subscription for {self._next_subject}")
         return self._sub
 
-    async def _request(self, request: dict) -> None:
+    async def _request(self, request: dict[str, Any]) -> None:
         await self._nc.publish(self._next_subject, json.dumps(request).encode(), reply=self._inbox)
 
     async def _queued(self) -> Msg | None:
@@ -106,7 +107,7 @@ class Puller:
         while (left := deadline - loop.time()) > 0:
             try:
                 msg = await self._subscription().next_msg(timeout=left)
-            except (NatsTimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeoutError):
                 return None
             status = _status(msg)
             if status is None:
@@ -133,7 +134,7 @@ class Puller:
         while len(out) < max_msgs:
             try:
                 msg = await self._subscription().next_msg(timeout=DRAIN_TIMEOUT_S)
-            except (NatsTimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeoutError):
                 break
             status = _status(msg)
             if status == IDLE_HEARTBEAT:
@@ -165,7 +166,7 @@ class DurableLoop:
         self._handle = handle
         self._max_batch = max_batch
         self._wait_s = wait_s
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self._puller.open()

@@ -89,7 +89,9 @@ async def queue_attempt(
     # Retried through a blip: the message is stored, and a record left
     # without its sequence would later look like a claim never published.
     return await retrying(
-        lambda: jobs.update(owner, job_id, lambda r: with_seq(r, attempt, seq)), what=f"note {job_id}", give_up_after_s=bound
+        lambda: jobs.update(owner, job_id, lambda r: with_seq(r, attempt, seq)),
+        what=f"note {job_id}",
+        give_up_after_s=bound,
     )
 
 
@@ -104,7 +106,9 @@ async def _undo(jobs: JobStore, claimed: JobRecord, before: JobRecord | None) ->
             await jobs.remove_if(claimed.owner, claimed.job_id, lambda r: unpublished(r, attempt))
         else:
             await jobs.update(
-                claimed.owner, claimed.job_id, lambda r: before.model_copy(deep=True) if unpublished(r, attempt) else None
+                claimed.owner,
+                claimed.job_id,
+                lambda r: before.model_copy(deep=True) if unpublished(r, attempt) else None,
             )
-    except Exception as e:  # noqa: BLE001 - logged; never_queued takes over
+    except Exception as e:
         log.warning("job %s: attempt %d not queued and its claim not undone (%r)", claimed.job_id, attempt, e)

@@ -50,8 +50,9 @@ class Settings(BaseSettings):
 
     # TLS (ops/tls.py makes the files; README "TLS")
     nats_ca_file: Path | None = Field(
-        None, description="CA of the NATS servers' certificates: the gateway connects with it and hands it to nodes "
-        "at bootstrap; set on a node, it overrides what the gateway says"
+        None,
+        description="CA of the NATS servers' certificates: the gateway connects with it and hands it to nodes "
+        "at bootstrap; set on a node, it overrides what the gateway says",
     )
     tls_ca_file: Path | None = Field(None, description="CA that verifies the gateway's HTTPS certificate (nodes, CLI)")
     gateway_fingerprint: str | None = Field(
@@ -73,7 +74,9 @@ class Settings(BaseSettings):
     job_deadline: float = Field(600.0, gt=0, description="no progress for this long = hung node")
     registry_ttl: float = Field(10.0, gt=0, description="a node unseen this long is not live")
     publish_timeout: float = Field(10.0, gt=0, description="how long to retry a publish before 503")
-    lag_poll_interval: float = Field(5.0, gt=0, description="how often the gateway reads JOBS consumer info for metrics")
+    lag_poll_interval: float = Field(
+        5.0, gt=0, description="how often the gateway reads JOBS consumer info for metrics"
+    )
 
     # Nodes
     whisper_model: str | None = Field(

@@ -99,7 +99,9 @@ def pinned_context(host: str, port: int, pin: str, *, timeout_s: float = 10.0) -
     return ctx
 
 
-def nats_context(servers: list[str], *, ca_file: Path | None = None, ca_pem: str | None = None) -> ssl.SSLContext | None:
+def nats_context(
+    servers: list[str], *, ca_file: Path | None = None, ca_pem: str | None = None
+) -> ssl.SSLContext | None:
     """TLS for NATS when we hold its CA, or when a `tls://` URL asks for it
     (then the system's trust store verifies the server)."""
     if ca_file is not None or ca_pem:
@@ -109,9 +111,7 @@ def nats_context(servers: list[str], *, ca_file: Path | None = None, ca_pem: str
     return None
 
 
-def gateway_context(
-    url: str, *, ca_file: Path | None, pin: str | None, allow_insecure: bool
-) -> ssl.SSLContext | None:
+def gateway_context(url: str, *, ca_file: Path | None, pin: str | None, allow_insecure: bool) -> ssl.SSLContext | None:
     """How a node or the CLI verifies the gateway: a pinned certificate,
     else the given CA, else the system's trust store; None for plain HTTP
     (loopback, or explicitly allowed). Blocking (the pin is fetched)."""

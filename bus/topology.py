@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from functools import partial
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -61,7 +61,12 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
 
 
 async def _ensure_bucket(
-    js: JetStreamContext, create: Callable[[], Awaitable[object]], stream: str, *, replicas: int, max_age_s: float | None
+    js: JetStreamContext,
+    create: Callable[[], Awaitable[object]],
+    stream: str,
+    *,
+    replicas: int,
+    max_age_s: float | None,
 ) -> None:
     """KV buckets and object stores are streams that nats-py creates with a
     plain add, which the server refuses when the config changed (10058):
@@ -125,9 +130,12 @@ async def ensure_core(js: JetStreamContext, s: Settings) -> None:
         await ensure_stream(js, cfg)
     for bucket, ttl in ((names.JOBS_BUCKET, None), (names.APIKEYS_BUCKET, None), (names.NODES_BUCKET, s.registry_ttl)):
         kv = KeyValueConfig(bucket=bucket, history=1, ttl=ttl, replicas=s.replicas)
-        await _ensure_bucket(js, partial(js.create_key_value, kv), names.kv_stream(bucket), replicas=s.replicas,
-                             max_age_s=ttl)
-    await _ensure_consumer(js, names.EVENTS_STREAM, _internal_consumer(names.MATERIALIZER_CONSUMER, names.EVENTS_SUBJECTS, s))
+        await _ensure_bucket(
+            js, partial(js.create_key_value, kv), names.kv_stream(bucket), replicas=s.replicas, max_age_s=ttl
+        )
+    await _ensure_consumer(
+        js, names.EVENTS_STREAM, _internal_consumer(names.MATERIALIZER_CONSUMER, names.EVENTS_SUBJECTS, s)
+    )
     await _ensure_consumer(
         js, names.DEADLETTER_STREAM, _internal_consumer(names.FALLBACK_CONSUMER, names.MAX_DELIVERIES_SUBJECTS, s)
     )
@@ -191,7 +199,9 @@ async def ensure_owner(js: JetStreamContext, s: Settings, owner: str) -> None:
     await _ensure_bucket(
         js,
         lambda: js.create_object_store(bucket, ttl=ttl, replicas=s.replicas, storage=StorageType.FILE),
-        names.object_stream(bucket), replicas=s.replicas, max_age_s=ttl,
+        names.object_stream(bucket),
+        replicas=s.replicas,
+        max_age_s=ttl,
     )
     for lane in Lane:
         await ensure_lane(js, s, owner, lane)

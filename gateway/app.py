@@ -50,7 +50,17 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     # CDN, with no CSP; /openapi.json stays for clients and tooling.
     app = FastAPI(title="gpubus", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     errors.install(app)
-    for module in (jobs_api, job_control, events_api, keys_api, queue_api, status_api, cookies_api, openai_api, seed_api):
+    for module in (
+        jobs_api,
+        job_control,
+        events_api,
+        keys_api,
+        queue_api,
+        status_api,
+        cookies_api,
+        openai_api,
+        seed_api,
+    ):
         app.include_router(module.router)
     web.install(app)
 
@@ -104,6 +114,6 @@ class ObserveLatency:
             await self.app(scope, receive, send_observed)
         finally:
             route = scope.get("route")
-            self.metrics.http_latency.labels(scope["method"], getattr(route, "path", "unmatched"), str(status[0])).observe(
-                time.perf_counter() - t0
-            )
+            self.metrics.http_latency.labels(
+                scope["method"], getattr(route, "path", "unmatched"), str(status[0])
+            ).observe(time.perf_counter() - t0)

@@ -55,8 +55,11 @@ async def authenticate(request: Request) -> Principal:
         raise Unauthorized("invalid token")
     rec = await st.keys.authenticate(secret)
     return Principal(
-        user_id=rec.user_id, roles=frozenset(rec.roles), key_id=rec.key_id,
-        max_upload_mb=rec.max_upload_mb, max_active_jobs=rec.max_active_jobs,
+        user_id=rec.user_id,
+        roles=frozenset(rec.roles),
+        key_id=rec.key_id,
+        max_upload_mb=rec.max_upload_mb,
+        max_active_jobs=rec.max_active_jobs,
     )
 
 

@@ -32,7 +32,13 @@ STATUS: list[tuple[type[e.GpubusError], int]] = [
 ]
 
 CLIENT_CLOSED = 499  # nginx's code: nobody reads it, the logs and metrics do
-HTTP_CODES = {400: "BAD_REQUEST", 401: "UNAUTHORIZED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}
+HTTP_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "PAYLOAD_TOO_LARGE",
+}
 
 
 def status_of(err: e.GpubusError) -> int:
@@ -92,6 +98,8 @@ def install(app: FastAPI) -> None:
     async def _unexpected(_: Request, err: Exception) -> JSONResponse:
         if is_transient(err):  # NATS restarting or electing a leader
             log.warning("NATS unavailable: %r", err)
-            return error_response(503, e.Unavailable.code, "the bus is unavailable; retry shortly", {"Retry-After": "2"})
+            return error_response(
+                503, e.Unavailable.code, "the bus is unavailable; retry shortly", {"Retry-After": "2"}
+            )
         log.exception("unhandled error")
         return error_response(500, "INTERNAL", "internal error; see the gateway log")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -29,7 +30,7 @@ def sse(event: str, data: dict) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-async def _stream(feed: AsyncIterator[job_feed.FeedItem]) -> AsyncIterator[bytes]:
+async def _stream(feed: AsyncGenerator[job_feed.FeedItem, None]) -> AsyncIterator[bytes]:
     async with contextlib.aclosing(feed):  # closing this stream closes the feed, with its consumers
         async for item in feed:
             if item.kind == "ping":

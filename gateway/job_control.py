@@ -11,9 +11,9 @@ from nats.js.errors import NotFoundError
 from bus import objects
 from bus.joblog import job_fields
 from bus.queueing import Claim, never_queued, queue_attempt
+from gateway import routing
 from gateway.deps import State, User
 from gateway.job_views import job_view
-from gateway import routing
 from gateway.routing import Route
 from gateway.state import GatewayState
 from gateway.submission import route_for
@@ -54,8 +54,13 @@ async def cancel(job_id: str, st: State, principal: User) -> dict[str, Any]:
             pass  # a node has it already (or it is done): the control message stops it
     await st.nc.publish(names.cancel_subject(owner), job_id.encode())
     st.metrics.jobs_finished.labels(lane=rec.lane.value, kind=rec.kind.value, status="cancelled", code="").inc()
-    log.info("job %s owner=%s cancelled (was %s)", job_id, owner, before.status,
-             extra=job_fields(job_id, owner, rec.lane, rec.node_id, "cancelled"))
+    log.info(
+        "job %s owner=%s cancelled (was %s)",
+        job_id,
+        owner,
+        before.status,
+        extra=job_fields(job_id, owner, rec.lane, rec.node_id, "cancelled"),
+    )
     return job_view(rec)
 
 
@@ -99,6 +104,12 @@ async def retry(job_id: str, st: State, principal: User) -> dict[str, Any]:
     if queued is None:
         raise Conflict(f"job {job_id} changed while retrying")
     st.metrics.jobs_submitted.labels(lane=route.lane.value, kind=queued.kind.value).inc()
-    log.info("job %s owner=%s retried as attempt %d on %s", job_id, owner, attempt, route.lane,
-             extra=job_fields(job_id, owner, route.lane, None, "queued", attempt=attempt, reason=route.reason))
+    log.info(
+        "job %s owner=%s retried as attempt %d on %s",
+        job_id,
+        owner,
+        attempt,
+        route.lane,
+        extra=job_fields(job_id, owner, route.lane, None, "queued", attempt=attempt, reason=route.reason),
+    )
     return job_view(queued)

@@ -40,7 +40,11 @@ def job_view(rec: JobRecord) -> dict[str, Any]:
 
 def accepted(rec: JobRecord) -> JSONResponse:
     body = Accepted(
-        job_id=rec.job_id, status=rec.status, lane=rec.lane.value, routed_reason=rec.routed_reason,
-        status_url=status_url(rec.job_id), result_url=result_url(rec.job_id),
+        job_id=rec.job_id,
+        status=rec.status,
+        lane=rec.lane.value,
+        routed_reason=rec.routed_reason,
+        status_url=status_url(rec.job_id),
+        result_url=result_url(rec.job_id),
     )
     return JSONResponse(body.model_dump(mode="json"), status_code=202, headers={"Location": body.status_url})

@@ -50,12 +50,22 @@ async def create_key(request: Request, st: State, _: Admin) -> JSONResponse:
     body = await json_body(request, CreateKey)
     roles = body.roles or [body.role or Role.USER]
     full, rec = await st.keys.create(
-        body.user_id, roles, description=body.description, expires_days=body.expires_days,
-        max_upload_mb=body.max_upload_mb, max_active_jobs=body.max_active_jobs,
+        body.user_id,
+        roles,
+        description=body.description,
+        expires_days=body.expires_days,
+        max_upload_mb=body.max_upload_mb,
+        max_active_jobs=body.max_active_jobs,
     )
     await st.ensure_owner(body.user_id)
-    out = {"api_key": full, "key_id": rec.key_id, "user_id": rec.user_id, "roles": rec.roles,
-           "role": rec.roles[0] if len(rec.roles) == 1 else ",".join(rec.roles), "expires_at": rec.expires_at}
+    out = {
+        "api_key": full,
+        "key_id": rec.key_id,
+        "user_id": rec.user_id,
+        "roles": rec.roles,
+        "role": rec.roles[0] if len(rec.roles) == 1 else ",".join(rec.roles),
+        "expires_at": rec.expires_at,
+    }
     return JSONResponse(out, status_code=201)
 
 

@@ -84,9 +84,16 @@ def openai_verbose(t: Transcript) -> dict[str, Any]:
         "text": t.text,
         "segments": [
             {
-                "id": s.id, "seek": s.seek, "start": s.start, "end": s.end, "text": s.text, "tokens": s.tokens,
-                "temperature": s.temperature, "avg_logprob": s.avg_logprob,
-                "compression_ratio": s.compression_ratio, "no_speech_prob": s.no_speech_prob,
+                "id": s.id,
+                "seek": s.seek,
+                "start": s.start,
+                "end": s.end,
+                "text": s.text,
+                "tokens": s.tokens,
+                "temperature": s.temperature,
+                "avg_logprob": s.avg_logprob,
+                "compression_ratio": s.compression_ratio,
+                "no_speech_prob": s.no_speech_prob,
             }
             for s in t.segments
         ],
@@ -127,5 +134,3 @@ async def transcriptions(request: Request, st: State, principal: User) -> Respon
 async def translations(request: Request, st: State, principal: User) -> Response:
     """Into English (`language` is not a field of OpenAI's translations)."""
     return await _run(request, st, principal, "translate")
-
-

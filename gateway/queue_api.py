@@ -28,8 +28,13 @@ RECENT_FAILURES = 10
 
 def consumer_view(c: ConsumerLag, at: float) -> dict[str, Any]:
     return {
-        "consumer": c.consumer, "owner": c.owner, "lane": str(c.lane), "pending": c.pending,
-        "ack_pending": c.ack_pending, "redelivered": c.redelivered, "lag_s": round(c.lag_s(at), 3),
+        "consumer": c.consumer,
+        "owner": c.owner,
+        "lane": str(c.lane),
+        "pending": c.pending,
+        "ack_pending": c.ack_pending,
+        "redelivered": c.redelivered,
+        "lag_s": round(c.lag_s(at), 3),
     }
 
 
@@ -40,8 +45,13 @@ def node_view(n: NodeHeartbeat) -> dict[str, Any]:
 def failure_view(rec: JobRecord) -> dict[str, Any]:
     err = rec.error
     return {
-        "job_id": rec.job_id, "kind": str(rec.kind), "lane": str(rec.lane), "node_id": rec.node_id,
-        "code": err.code if err else None, "message": err.message if err else None, "finished_at": rec.finished_at,
+        "job_id": rec.job_id,
+        "kind": str(rec.kind),
+        "lane": str(rec.lane),
+        "node_id": rec.node_id,
+        "code": err.code if err else None,
+        "message": err.message if err else None,
+        "finished_at": rec.finished_at,
     }
 
 
@@ -91,7 +101,11 @@ async def prometheus_targets(st: State, _: Admin) -> list[dict[str, Any]]:
         if not n.metrics_url:
             continue
         url = urlsplit(n.metrics_url)
-        labels = {"__metrics_path__": url.path or "/metrics", "__scheme__": url.scheme or "http",
-                  "owner": n.owner, "lane": str(n.lane)}
+        labels = {
+            "__metrics_path__": url.path or "/metrics",
+            "__scheme__": url.scheme or "http",
+            "owner": n.owner,
+            "lane": str(n.lane),
+        }
         out.append({"targets": [url.netloc], "labels": labels})
     return out

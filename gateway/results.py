@@ -30,7 +30,9 @@ def parse_transcript(rec: JobRecord, data: bytes) -> Transcript:
         raise ResultUnreadable(f"job {rec.job_id}: its stored result is not a transcript") from None
 
 
-async def finished_transcript(st: GatewayState, rec: JobRecord, timeout_s: float) -> tuple[JobRecord, Transcript | None]:
+async def finished_transcript(
+    st: GatewayState, rec: JobRecord, timeout_s: float
+) -> tuple[JobRecord, Transcript | None]:
     """For the synchronous endpoints: wait up to `timeout_s` for the job.
     Returns (record, transcript), transcript None while it still runs; a
     failed job raises its own error (JobFailed: 422 with its code)."""

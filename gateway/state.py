@@ -50,8 +50,13 @@ class GatewayState:
     """Built by `connect`; `close` stops the services and the connections."""
 
     def __init__(
-        self, settings: Settings, registry: CollectorRegistry, metrics: GatewayMetrics,
-        nc: NatsClient, js: JetStreamContext, seal: RecordSeal,
+        self,
+        settings: Settings,
+        registry: CollectorRegistry,
+        metrics: GatewayMetrics,
+        nc: NatsClient,
+        js: JetStreamContext,
+        seal: RecordSeal,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -80,7 +85,9 @@ class GatewayState:
             for resubscribe in on_reconnect:
                 resubscribe()
 
-        nc = await connect(settings.nats_servers, name="gpubus-gateway", on_reconnect=reconnected, **_nats_tls(settings))
+        nc = await connect(
+            settings.nats_servers, name="gpubus-gateway", on_reconnect=reconnected, **_nats_tls(settings)
+        )
         js = nc.jetstream()
         await topology.ensure_core(js, settings)
         st = cls(settings, registry, metrics, nc, js, RecordSeal.from_settings(settings))
@@ -122,11 +129,14 @@ class GatewayState:
             return
         if s.nats_system_url is not None:
             self.system_nc = await connect(
-                [u.strip() for u in s.nats_system_url.get_secret_value().split(",")], name="gpubus-gateway-sys",
+                [u.strip() for u in s.nats_system_url.get_secret_value().split(",")],
+                name="gpubus-gateway-sys",
                 **_nats_tls(s),
             )
         self.auth_callout = AuthCallout(
-            self.nc, self.keys, issuer_seed=s.nats_issuer_seed.get_secret_value(),
+            self.nc,
+            self.keys,
+            issuer_seed=s.nats_issuer_seed.get_secret_value(),
             admin_token=lambda: s.admin_token.get_secret_value() if s.admin_token else None,
             system_nc=self.system_nc,
             xkey_seed=s.nats_xkey_seed.get_secret_value() if s.nats_xkey_seed else None,

@@ -30,7 +30,12 @@ async def workers(st: State, p: Anyone) -> dict[str, Any]:
     """Live nodes: an admin sees all; a user sees their own and shared ones."""
     nodes = [n for n in st.nodes.live() if p.admin or n.owner in (p.user_id, SHARED)]
     nodes.sort(key=lambda n: (n.owner, n.lane, n.node_id))
-    return {"nodes": [n.model_dump(mode="json", exclude={"v", "started_at", "jobs_done"}) | {"jobs_done": n.jobs_done} for n in nodes]}
+    return {
+        "nodes": [
+            n.model_dump(mode="json", exclude={"v", "started_at", "jobs_done"}) | {"jobs_done": n.jobs_done}
+            for n in nodes
+        ]
+    }
 
 
 @router.get("/metrics")

@@ -58,15 +58,29 @@ async def enqueue(
     route = await route_for(st, owner, kind, gpu)
     t = now()
     rec = JobRecord(
-        job_id=job_id, owner=owner, queue_owner=route.queue_owner, kind=kind, lane=route.lane,
-        routed_reason=route.reason, created_at=t, updated_at=t, input=staged, url=url, options=options,
+        job_id=job_id,
+        owner=owner,
+        queue_owner=route.queue_owner,
+        kind=kind,
+        lane=route.lane,
+        routed_reason=route.reason,
+        created_at=t,
+        updated_at=t,
+        input=staged,
+        url=url,
+        options=options,
         gpu_requested=gpu,
     )
     queued = await queue_attempt(st.jobs, st.publisher, owner, job_id, 1, rec)
     assert queued is not None  # a new record is always this caller's own claim
     st.metrics.jobs_submitted.labels(lane=route.lane.value, kind=kind.value).inc()
     log.info(
-        "job %s owner=%s kind=%s lane=%s reason=%s queued", job_id, owner, kind, route.lane, route.reason,
+        "job %s owner=%s kind=%s lane=%s reason=%s queued",
+        job_id,
+        owner,
+        kind,
+        route.lane,
+        route.reason,
         extra=job_fields(job_id, owner, route.lane, None, "queued", kind=str(kind), reason=route.reason),
     )
     return queued
@@ -109,8 +123,12 @@ async def stage_upload(
         raise
     st.metrics.upload_bytes.inc(form.size)
     staged = StagedInput(
-        bucket=upload.writer.bucket, object_name=upload.writer.name, filename=form.filename or "upload",
-        size=form.size, sha256=form.sha256, content_type=form.content_type,
+        bucket=upload.writer.bucket,
+        object_name=upload.writer.name,
+        filename=form.filename or "upload",
+        size=form.size,
+        sha256=form.sha256,
+        content_type=form.content_type,
     )
     return staged, form, fields
 
@@ -124,7 +142,9 @@ async def submit_upload(
         await st.ensure_owner(owner)
         job_id = new_job_id()
         max_bytes = (principal.max_upload_mb or st.settings.max_upload_mb) * MIB
-        staged, form, (kind, gpu, options) = await stage_upload(st, request, owner, job_id, interpret, max_bytes=max_bytes)
+        staged, form, (kind, gpu, options) = await stage_upload(
+            st, request, owner, job_id, interpret, max_bytes=max_bytes
+        )
         try:
             return await enqueue(st, owner, job_id, kind, gpu, options, staged=staged), form
         except BaseException:  # refused (say, an unknown model) or never queued: leave nothing behind

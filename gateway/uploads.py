@@ -81,7 +81,8 @@ class MultipartToObject:
             raise InvalidInput("expected multipart/form-data with a boundary")
         self._events = _Events()
         try:  # python-multipart refuses a boundary over 256 bytes here
-            self._parser = MultipartParser(params[b"boundary"], self._events.callbacks())
+            callbacks = self._events.callbacks()  # a plain dict; python-multipart types it as a TypedDict
+            self._parser = MultipartParser(params[b"boundary"], callbacks)  # type: ignore[arg-type]
         except FormParserError as e:
             raise InvalidInput(f"malformed multipart header: {e}") from e
         self._open_writer = open_writer

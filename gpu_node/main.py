@@ -41,5 +41,7 @@ def make_processor(settings: Settings, node_id: str) -> Processor:
 
 def main(settings: Settings) -> None:
     asyncio.run(
-        run_node(settings, Lane.GPU, lambda node_id: make_processor(settings, node_id), gpu_source=telemetry.open_source)
+        run_node(
+            settings, Lane.GPU, lambda node_id: make_processor(settings, node_id), gpu_source=telemetry.open_source
+        )
     )

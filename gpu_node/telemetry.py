@@ -97,5 +97,5 @@ def open_source() -> GpuSource:
         log.info("GPU telemetry from %s", source.name)
         return source
     reason = "; ".join(reasons)
-    log.warning("no GPU telemetry on this node (%s): gpubus_node_gpu_devices{source=\"none\"} is 0", reason)
+    log.warning('no GPU telemetry on this node (%s): gpubus_node_gpu_devices{source="none"} is 0', reason)
     return NoGpu(reason)

@@ -71,7 +71,7 @@ def _client(settings: Settings, *, admin: bool = False) -> GatewayClient:
     from bus.tls import gateway_context
 
     url = settings.gateway_url
-    token = (settings.admin_token if admin else settings.api_key)
+    token = settings.admin_token if admin else settings.api_key
     secret = token.get_secret_value() if token else None
     ca_file = settings.tls_ca_file
     up_json = settings.data_dir / "up.json"
@@ -83,8 +83,12 @@ def _client(settings: Settings, *, admin: bool = False) -> GatewayClient:
     if url is None:
         raise NotConfigured("no gateway: set GPUBUS_GATEWAY_URL (or run `gpubus up` here)")
     try:
-        verify = gateway_context(url, ca_file=ca_file and readable_file(ca_file), pin=settings.gateway_fingerprint,
-                                 allow_insecure=settings.allow_insecure)
+        verify = gateway_context(
+            url,
+            ca_file=ca_file and readable_file(ca_file),
+            pin=settings.gateway_fingerprint,
+            allow_insecure=settings.allow_insecure,
+        )
     except OSError as e:  # fetching a pinned certificate: refused, DNS, not TLS
         raise unreachable(url, e) from e
     return GatewayClient(url, secret, verify=verify)
@@ -106,15 +110,21 @@ def cmd_gateway(args: argparse.Namespace) -> None:
     from ops.tls import uvicorn_options
 
     s = _settings(args, port=args.port, host=args.host)
-    uvicorn.run(create_app(s), host=s.host, port=s.port, log_config=None, timeout_graceful_shutdown=30,
-                **uvicorn_options(s))
+    uvicorn.run(
+        create_app(s), host=s.host, port=s.port, log_config=None, timeout_graceful_shutdown=30, **uvicorn_options(s)
+    )
 
 
 def _node_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     return _settings(
-        args, gateway_url=args.gateway, api_key=node_api_key(args), tls_ca_file=args.gateway_ca,
-        gateway_fingerprint=args.gateway_fingerprint, nats_ca_file=args.nats_ca,
-        allow_insecure=args.allow_insecure or None, **overrides,
+        args,
+        gateway_url=args.gateway,
+        api_key=node_api_key(args),
+        tls_ca_file=args.gateway_ca,
+        gateway_fingerprint=args.gateway_fingerprint,
+        nats_ca_file=args.nats_ca,
+        allow_insecure=args.allow_insecure or None,
+        **overrides,
     )
 
 
@@ -283,8 +293,13 @@ def cmd_nats_auth(args: argparse.Namespace) -> None:
     if args.k8s:  # the Secret ops/deploy/k8s reads (NATS pods and the gateway)
         import json
 
-        secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                  "metadata": {"name": "gpubus-nats"}, "stringData": values}
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": "gpubus-nats"},
+            "stringData": values,
+        }
         print(json.dumps(secret, indent=2))
         return
     for name, value in values.items():
@@ -323,14 +338,16 @@ class Parser(argparse.ArgumentParser):
 def json_flag() -> Parser:
     """The --json every command that prints data takes (a parent parser)."""
     p = Parser(add_help=False)
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON document on stdout (progress and notes stay on stderr)")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON document on stdout (progress and notes stay on stderr)"
+    )
     return p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="gpubus", description=__doc__, epilog=epilog(),
-               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(
+        prog="gpubus", description=__doc__, epilog=epilog(), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--version", action="version", version=f"gpubus {package_version()}")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -342,11 +359,18 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", type=Path)
     up.add_argument("--nats-port", type=int, default=0, help="0 = a free port (with --cluster: the first of N)")
     up.add_argument(
-        "--cluster", type=int, default=1, choices=range(1, 6), metavar="N",
+        "--cluster",
+        type=int,
+        default=1,
+        choices=range(1, 6),
+        metavar="N",
         help="run N embedded nats-servers as one JetStream cluster, replicas N (default 1: a single server)",
     )
-    up.add_argument("--tls", action="store_true",
-                    help="TLS on NATS (clients and routes) and HTTPS on the gateway, from a CA in <data-dir>/tls")
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS on NATS (clients and routes) and HTTPS on the gateway, from a CA in <data-dir>/tls",
+    )
     up.set_defaults(fn=cmd_up)
 
     gw = sub.add_parser("gateway", help="the REST gateway")
@@ -359,12 +383,21 @@ def build_parser() -> argparse.ArgumentParser:
         n.add_argument("--gateway", help="gateway URL (GPUBUS_GATEWAY_URL)")
         key = n.add_mutually_exclusive_group()
         key.add_argument("--api-key-file", type=Path, help="file holding a key with the node role")
-        key.add_argument("--api-key", help="a key with the node role; visible in ps, prefer --api-key-file or GPUBUS_API_KEY")
+        key.add_argument(
+            "--api-key", help="a key with the node role; visible in ps, prefer --api-key-file or GPUBUS_API_KEY"
+        )
         n.add_argument("--gateway-ca", type=Path, help="CA file that verifies the https gateway (GPUBUS_TLS_CA_FILE)")
-        n.add_argument("--gateway-fingerprint", help="or pin the gateway's certificate by SHA-256 (GPUBUS_GATEWAY_FINGERPRINT)")
-        n.add_argument("--nats-ca", type=Path, help="CA of NATS; default: the one the gateway gives (GPUBUS_NATS_CA_FILE)")
-        n.add_argument("--allow-insecure", action="store_true",
-                       help="allow plaintext to a non-loopback gateway or NATS (GPUBUS_ALLOW_INSECURE)")
+        n.add_argument(
+            "--gateway-fingerprint", help="or pin the gateway's certificate by SHA-256 (GPUBUS_GATEWAY_FINGERPRINT)"
+        )
+        n.add_argument(
+            "--nats-ca", type=Path, help="CA of NATS; default: the one the gateway gives (GPUBUS_NATS_CA_FILE)"
+        )
+        n.add_argument(
+            "--allow-insecure",
+            action="store_true",
+            help="allow plaintext to a non-loopback gateway or NATS (GPUBUS_ALLOW_INSECURE)",
+        )
         if name == "gpu-node":
             n.add_argument("--device", choices=["auto", "cuda", "cpu"], help="cpu: tests only")
         else:

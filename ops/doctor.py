@@ -34,8 +34,12 @@ def run(settings: Settings) -> int:
     print(f"[info] CUDA devices: {n}" + ("" if n else " (GPU nodes need --device cpu here)"))
     if settings.gateway_url:
         try:
-            verify = gateway_context(settings.gateway_url, ca_file=settings.tls_ca_file,
-                                     pin=settings.gateway_fingerprint, allow_insecure=settings.allow_insecure)
+            verify = gateway_context(
+                settings.gateway_url,
+                ca_file=settings.tls_ca_file,
+                pin=settings.gateway_fingerprint,
+                allow_insecure=settings.allow_insecure,
+            )
             r = httpx.get(f"{settings.gateway_url}/ready", timeout=5, verify=verify or True)
             check("gateway", r.status_code == 200, f"{settings.gateway_url}/ready -> {r.status_code}")
         except (httpx.HTTPError, GpubusError, OSError) as e:  # unreachable, untrusted or plaintext refused

@@ -123,8 +123,7 @@ class NatsAuth:
             self.service_user, self.service_password, self.system_user, self.system_password
         )
         return (
-            nats_conf.block("accounts", accounts)
-            + "system_account: SYS\n"
+            nats_conf.block("accounts", accounts) + "system_account: SYS\n"
             "authorization {\n  auth_callout {\n"
             f'    issuer: "{public_key(self.issuer_seed)}"\n'
             f'    auth_users: [ "{self.service_user}", "{self.system_user}" ]\n'
@@ -234,7 +233,7 @@ class NatsServer:
             f"server_name: {self.server_name}\n"
             f"listen: {self.host}:{self.port}\n"
             f"max_payload: 8MB\n"
-            f"jetstream {{\n  store_dir: \"{self.store_dir / 'js'}\"\n  sync_interval: always\n}}\n"
+            f'jetstream {{\n  store_dir: "{self.store_dir / "js"}"\n  sync_interval: always\n}}\n'
             f"{monitor}{cluster}{self.tls.client_block() if self.tls else ''}"
             f"{self.auth.config_text() if self.auth else ''}{self.extra_config}"
         )

@@ -28,8 +28,19 @@ OUT_DIR = ROOT / "ops" / "deploy" / "requirements"
 # nkeys and PyNaCl for the auth callout's signatures and xkey sealing,
 # cryptography for ops/tls.py: `gpubus tls init` and the HTTPS set-up).
 GATEWAY_DEPS = (
-    "nats-py", "msgpack", "pydantic", "pydantic-settings", "fastapi", "uvicorn",
-    "python-multipart", "prometheus-client", "httpx", "rich", "nkeys", "PyNaCl", "cryptography",
+    "nats-py",
+    "msgpack",
+    "pydantic",
+    "pydantic-settings",
+    "fastapi",
+    "uvicorn",
+    "python-multipart",
+    "prometheus-client",
+    "httpx",
+    "rich",
+    "nkeys",
+    "PyNaCl",
+    "cryptography",
 )
 
 

@@ -50,8 +50,12 @@ def console(stream: TextIO, environ: Mapping[str, str] = os.environ) -> Console:
     tty = stream.isatty()
     colour = colour_wanted(stream, environ)
     return _Console(
-        file=stream, force_terminal=tty, color_system="auto" if colour else None, no_color=not colour,
-        width=None if tty else PIPE_WIDTH, highlight=colour,
+        file=stream,
+        force_terminal=tty,
+        color_system="auto" if colour else None,
+        no_color=not colour,
+        width=None if tty else PIPE_WIDTH,
+        highlight=colour,
     )
 
 
@@ -92,8 +96,12 @@ def wait(c: GatewayClient, job_id: str) -> dict[str, Any]:
     """Follow the job's events (SSE); poll its status if the stream is not
     available (an older gateway, a proxy that buffers) or breaks."""
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
-        console=err, transient=True,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
     ) as bar:
         task = bar.add_task("queued", total=1.0)
         try:
@@ -122,8 +130,14 @@ def nodes_table(info: dict[str, Any]) -> Table:
         t.add_column(col, overflow="fold")
     for n in info["live_nodes"]:
         t.add_row(
-            n["node_id"], n["owner"], n["lane"], n["device"], f"{n['busy']}/{n['capacity']}", str(n.get("jobs_done", 0)),
-            ",".join(n["models"]), _ago(n["last_seen"]),
+            n["node_id"],
+            n["owner"],
+            n["lane"],
+            n["device"],
+            f"{n['busy']}/{n['capacity']}",
+            str(n.get("jobs_done", 0)),
+            ",".join(n["models"]),
+            _ago(n["last_seen"]),
         )
     return t
 
@@ -131,11 +145,17 @@ def nodes_table(info: dict[str, Any]) -> Table:
 def queues_table(info: dict[str, Any]) -> Table:
     t = Table(title=f"queues (JetStream, polled {_ago(info.get('as_of'))})")
     for col in ("consumer", "owner", "lane", "pending", "running", "redelivered", "lag"):
-        t.add_column(col, justify="right" if col in ("pending", "running", "redelivered", "lag") else "left",
-                     overflow="fold")
+        t.add_column(
+            col, justify="right" if col in ("pending", "running", "redelivered", "lag") else "left", overflow="fold"
+        )
     for q in info["consumers"]:
         t.add_row(
-            q["consumer"], q["owner"], q["lane"], str(q["pending"]), str(q["ack_pending"]), str(q["redelivered"]),
+            q["consumer"],
+            q["owner"],
+            q["lane"],
+            str(q["pending"]),
+            str(q["ack_pending"]),
+            str(q["redelivered"]),
             f"{q['lag_s']:.1f}s",
         )
     return t
@@ -147,7 +167,12 @@ def failures_table(info: dict[str, Any]) -> Table:
         t.add_column(col, overflow="fold")
     for f in info["recent_failures"]:
         t.add_row(
-            f["job_id"], f["kind"], f["lane"], f["node_id"] or "-", f["code"] or "-", (f["message"] or "")[:60],
+            f["job_id"],
+            f["kind"],
+            f["lane"],
+            f["node_id"] or "-",
+            f["code"] or "-",
+            (f["message"] or "")[:60],
             _ago(f["finished_at"]),
         )
     return t

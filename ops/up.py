@@ -31,8 +31,8 @@ from gpu_node import device, telemetry
 from gpu_node.main import make_processor as make_gpu
 from ops import tls as ops_tls
 from ops.embedded_nats import NatsAuth, NatsCluster, NatsServer, NatsTls
-from ops.tls import TlsFiles
 from ops.private_files import private_dir, write_private
+from ops.tls import TlsFiles
 from schemas.keys import Role
 from schemas.names import Lane
 
@@ -78,8 +78,10 @@ def tls_settings(settings: Settings, data_dir: Path) -> tuple[TlsFiles, dict]:
     learn the same CA for NATS at bootstrap."""
     files = ops_tls.for_settings(settings, data_dir / "tls")
     return files, {
-        "nats_ca_file": files.ca_file, "tls_ca_file": files.ca_file,
-        "tls_cert_file": files.cert_file, "tls_key_file": files.key_file,
+        "nats_ca_file": files.ca_file,
+        "tls_ca_file": files.ca_file,
+        "tls_cert_file": files.cert_file,
+        "tls_key_file": files.key_file,
     }
 
 
@@ -106,10 +108,16 @@ async def run(settings: Settings, *, nats_port: int, cluster: int = 1, tls: bool
         }
     )
     app = create_app(settings)
-    server = _Server(uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level="warning", lifespan="on",
-        **ops_tls.uvicorn_options(settings),
-    ))
+    server = _Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            lifespan="on",
+            **ops_tls.uvicorn_options(settings),
+        )
+    )
     serve = asyncio.create_task(server.serve())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -125,25 +133,43 @@ async def run(settings: Settings, *, nats_port: int, cluster: int = 1, tls: bool
         full_key, _ = await app.state.gateway.keys.create(
             LOCAL_USER, [Role.USER, Role.NODE], description="created by gpubus up"
         )
-        nodes.append(await start_node(settings, Lane.CPU, lambda nid: make_cpu(settings, nid), shared=True, handle_signals=False))
+        nodes.append(
+            await start_node(settings, Lane.CPU, lambda nid: make_cpu(settings, nid), shared=True, handle_signals=False)
+        )
         if device.cuda_device_count() > 0:
             gpu_settings = settings.model_copy(update={"api_key": SecretStr(full_key), "device": "cuda"})
-            nodes.append(await start_node(
-                gpu_settings, Lane.GPU, lambda nid: make_gpu(gpu_settings, nid), handle_signals=False,
-                gpu_source=telemetry.open_source,
-            ))
-        info = {"gateway_url": gateway_url, "nats_url": nats.url, "api_key": full_key, "admin_token": token, "user_id": LOCAL_USER}
+            nodes.append(
+                await start_node(
+                    gpu_settings,
+                    Lane.GPU,
+                    lambda nid: make_gpu(gpu_settings, nid),
+                    handle_signals=False,
+                    gpu_source=telemetry.open_source,
+                )
+            )
+        info = {
+            "gateway_url": gateway_url,
+            "nats_url": nats.url,
+            "api_key": full_key,
+            "admin_token": token,
+            "user_id": LOCAL_USER,
+        }
         if files:
-            info |= {"nats_public_url": nats.public_url, "tls_ca_file": str(files.ca_file),
-                     "gateway_fingerprint": files.cert_sha256}
+            info |= {
+                "nats_public_url": nats.public_url,
+                "tls_ca_file": str(files.ca_file),
+                "gateway_fingerprint": files.cert_sha256,
+            }
         up_json = data_dir / "up.json"
         write_private(up_json, json.dumps(info, indent=2))  # nats_url carries the service password
-        tls_lines = (f"  tls ca:  {files.ca_file}\n  gateway certificate sha256: {files.cert_sha256}\n"
-                     if files else "")
-        print(f"gpubus is up\n  gateway: {gateway_url}\n  web:     {gateway_url}/  (sign in with the api key)\n"
-              f"  api key: {full_key}  (user {LOCAL_USER})\n"
-              f"  nats:    {nats.public_url}\n{tls_lines}"
-              f"  nodes:   {', '.join(n.node_id for n in nodes)}\n  details: {up_json}", flush=True)
+        tls_lines = f"  tls ca:  {files.ca_file}\n  gateway certificate sha256: {files.cert_sha256}\n" if files else ""
+        print(
+            f"gpubus is up\n  gateway: {gateway_url}\n  web:     {gateway_url}/  (sign in with the api key)\n"
+            f"  api key: {full_key}  (user {LOCAL_USER})\n"
+            f"  nats:    {nats.public_url}\n{tls_lines}"
+            f"  nodes:   {', '.join(n.node_id for n in nodes)}\n  details: {up_json}",
+            flush=True,
+        )
         await stop.wait()
     finally:
         # Order: nodes drain first (while gateway and NATS are up), then the

@@ -30,7 +30,12 @@ class ByKind:
         return proc.staging(job) if proc is not None else NOTHING_STAGED
 
     def run(
-        self, job: JobMessage, input_path: Path | None, work_dir: Path | None, progress: ProgressFn, cancelled: threading.Event
+        self,
+        job: JobMessage,
+        input_path: Path | None,
+        work_dir: Path | None,
+        progress: ProgressFn,
+        cancelled: threading.Event,
     ) -> JobOutput:
         proc = self._by_kind.get(job.kind.value)
         if proc is None:

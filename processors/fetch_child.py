@@ -180,7 +180,11 @@ def main() -> None:
         install_guard(allow_private=bool(spec["allow_private"]))
         outcome = download(spec)
     except Exception as e:  # a bug of ours or yt-dlp's, for this URL: permanent
-        outcome = {"ok": False, "code": DOWNLOAD_FAILED, "message": f"the download failed: {type(e).__name__}: {e}"[:500]}
+        outcome = {
+            "ok": False,
+            "code": DOWNLOAD_FAILED,
+            "message": f"the download failed: {type(e).__name__}: {e}"[:500],
+        }
     emit(outcome)
 
 

@@ -73,8 +73,11 @@ def fetch(
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "processors.fetch_child"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        env=_child_env(), cwd=str(Path(__file__).resolve().parents[1]),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=_child_env(),
+        cwd=str(Path(__file__).resolve().parents[1]),
     )
     try:
         assert proc.stdin is not None
@@ -127,6 +130,8 @@ def _result(outcome: dict[str, Any] | None) -> Fetched:
             raise JobRetryable(outcome["code"], outcome["message"], delay_s=RETRY_DELAY_S)
         raise JobFailed(outcome["code"], outcome["message"])
     return Fetched(
-        path=Path(outcome["path"]), size=int(outcome["size"]), title=outcome.get("title"),
+        path=Path(outcome["path"]),
+        size=int(outcome["size"]),
+        title=outcome.get("title"),
         extractor=outcome.get("extractor"),
     )

@@ -28,6 +28,11 @@ class NoopProcessor:
         return NOTHING_STAGED
 
     def run(
-        self, job: JobMessage, input_path: Path | None, work_dir: Path | None, progress: ProgressFn, cancelled: threading.Event
+        self,
+        job: JobMessage,
+        input_path: Path | None,
+        work_dir: Path | None,
+        progress: ProgressFn,
+        cancelled: threading.Event,
     ) -> JobOutput:
         return JobOutput(result=NoopResult(job_id=job.job_id, echo=job.url), summary=ResultSummary())

@@ -8,10 +8,10 @@ from pathlib import Path
 from processors import media_fetch
 from processors.media_fetch import FetchConfig
 from processors.transcription import TranscriptionProcessor
+from schemas import names
 from schemas.errors import INPUT_MISSING, JobFailed
 from schemas.jobs import JobMessage
 from schemas.names import Kind
-from schemas import names
 from schemas.processing import JobOutput, OwnerFile, ProgressFn, Staging
 from schemas.results import Transcript
 from schemas.url_guard import UrlRefused, check_syntax

@@ -73,7 +73,11 @@ class WhisperEngine:
         self.load_seconds = time.monotonic() - t0
         log.info(
             "loaded whisper %s on %s/%s (batch %d) in %.2fs",
-            self.model_name, cfg.device, cfg.compute_type, cfg.batch_size, self.load_seconds,
+            self.model_name,
+            cfg.device,
+            cfg.compute_type,
+            cfg.batch_size,
+            self.load_seconds,
         )
 
     @property
@@ -156,9 +160,17 @@ class WhisperEngine:
             )
             segments.append(
                 Segment(
-                    id=len(segments), start=seg.start, end=seg.end, text=seg.text, words=words, seek=seg.seek,
-                    tokens=list(seg.tokens), temperature=seg.temperature, avg_logprob=seg.avg_logprob,
-                    compression_ratio=seg.compression_ratio, no_speech_prob=seg.no_speech_prob,
+                    id=len(segments),
+                    start=seg.start,
+                    end=seg.end,
+                    text=seg.text,
+                    words=words,
+                    seek=seg.seek,
+                    tokens=list(seg.tokens),
+                    temperature=seg.temperature,
+                    avg_logprob=seg.avg_logprob,
+                    compression_ratio=seg.compression_ratio,
+                    no_speech_prob=seg.no_speech_prob,
                 )
             )
             on_segment(min(seg.end, duration), duration)

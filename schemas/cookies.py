@@ -49,5 +49,9 @@ def normalize(raw: bytes) -> tuple[bytes, int]:
         count += 1
     if count == 0:
         raise InvalidInput("the cookie file holds no cookies (expected the Netscape format yt-dlp reads)")
-    kept = [ln for ln in lines if not ln.startswith("# Netscape HTTP Cookie File") and not ln.startswith("# HTTP Cookie File")]
+    kept = [
+        ln
+        for ln in lines
+        if not ln.startswith("# Netscape HTTP Cookie File") and not ln.startswith("# HTTP Cookie File")
+    ]
     return ("\n".join([HEADER, *kept]).rstrip("\n") + "\n").encode(), count

@@ -33,4 +33,6 @@ def is_known(language: str | None) -> bool:
 def check_language(language: str | None) -> None:
     """InvalidInput (422) for a code Whisper does not know."""
     if not is_known(language):
-        raise InvalidInput(f"options.language: {language!r} is not a language Whisper knows (ISO 639-1, e.g. 'en', 'de')")
+        raise InvalidInput(
+            f"options.language: {language!r} is not a language Whisper knows (ISO 639-1, e.g. 'en', 'de')"
+        )

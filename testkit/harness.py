@@ -43,7 +43,10 @@ class Proc:
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ops.cli", *self.args],
-            env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         return self
 
@@ -109,7 +112,9 @@ class Gateway:
         """A gateway for `server`, as its auth callout when authorization is on."""
         seed = server.auth.issuer_seed if server.auth else None
         xkey = server.auth.xkey_seed if server.auth else None
-        return cls(server.url, workdir, settings=settings, issuer_seed=seed, system_url=server.system_url, xkey_seed=xkey)
+        return cls(
+            server.url, workdir, settings=settings, issuer_seed=seed, system_url=server.system_url, xkey_seed=xkey
+        )
 
     @property
     def url(self) -> str:
@@ -159,7 +164,9 @@ async def connect_as_node(server: NatsServer, key: str, owner: str, **options: A
     from bus import node_permissions
 
     return await nats.connect(
-        server.public_url, token=key, inbox_prefix=node_permissions.inbox_prefix(owner),
+        server.public_url,
+        token=key,
+        inbox_prefix=node_permissions.inbox_prefix(owner),
         **({"allow_reconnect": False, "connect_timeout": 5} | options),
     )
 
@@ -202,7 +209,9 @@ def start_node(
     proc = Proc(args, env, gw.workdir / f"{name}-{free_port()}.log").start()
     wait_until(
         lambda: any(n["node_id"] not in before for n in gw.live_nodes()),
-        timeout_s=60, what=f"{kind} node registered", proc=proc,
+        timeout_s=60,
+        what=f"{kind} node registered",
+        proc=proc,
     )
     return proc
 

@@ -39,7 +39,9 @@ def make_video(speech: Path, dest: Path, *, vcodec: str, acodec: str, rate: int 
         vs = _video_stream(out, vcodec)
         as_ = out.add_stream(acodec, rate=rate)
         as_.layout = "mono" if acodec != "libopus" else "stereo"
-        resampler = av.AudioResampler(format=as_.codec_context.codec.audio_formats[0].name, layout=as_.layout.name, rate=rate)
+        resampler = av.AudioResampler(
+            format=as_.codec_context.codec.audio_formats[0].name, layout=as_.layout.name, rate=rate
+        )
         for frame in src.decode(audio=0):
             for f in resampler.resample(frame):
                 out.mux(as_.encode(f))
@@ -62,6 +64,9 @@ def wav_of_seconds(src: Path, seconds: float, dest: Path) -> Path:
     the tiny model only 1.4 s once, and the job finished before the stop)."""
     with wave.open(str(src), "rb") as r, wave.open(str(dest), "wb") as w:
         w.setparams(r.getparams())
-        frames, want = r.readframes(r.getnframes()), int(r.getframerate() * seconds) * r.getsampwidth() * r.getnchannels()
+        frames, want = (
+            r.readframes(r.getnframes()),
+            int(r.getframerate() * seconds) * r.getsampwidth() * r.getnchannels(),
+        )
         w.writeframes((frames * (want // len(frames) + 1))[:want])
     return dest

@@ -20,8 +20,21 @@ DEPLOY = Path(__file__).resolve().parents[1] / "ops" / "deploy"
 DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
 RULES = DEPLOY / "prometheus" / "alerts.yml"
 
-KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset",
-            "inf", "nan"}
+KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+}
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 _SELECTOR = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)\s*\{([^}]*)\}")
 _MATCHER_LABEL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)")
@@ -40,7 +53,7 @@ def metric_names(expr: str) -> set[str]:
     s = _NUMBER.sub(" ", s)
     out = set()
     for m in _IDENT.finditer(s):
-        if s[m.end():].lstrip().startswith("(") or m.group().lower() in KEYWORDS:
+        if s[m.end() :].lstrip().startswith("(") or m.group().lower() in KEYWORDS:
             continue
         out.add(m.group())
     return out

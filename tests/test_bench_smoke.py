@@ -31,8 +31,20 @@ def test_benchmark_runs_with_tiny_sizes(name: str, tmp_path: Path) -> None:
     out_json = tmp_path / f"{name}.json"
     # When it runs
     proc = subprocess.run(
-        [sys.executable, "-m", f"bench.{name}", *SCRIPTS[name], "--json", str(out_json), "--workdir", str(tmp_path / "w")],
-        cwd=REPO, capture_output=True, text=True, timeout=580,
+        [
+            sys.executable,
+            "-m",
+            f"bench.{name}",
+            *SCRIPTS[name],
+            "--json",
+            str(out_json),
+            "--workdir",
+            str(tmp_path / "w"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=580,
     )
     if name == "fallback" and proc.returncode == NO_FALLBACK_EXIT:
         pytest.skip("no fallback router in this build: " + proc.stdout.strip().splitlines()[-1])

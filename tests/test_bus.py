@@ -53,7 +53,9 @@ async def test_object_streaming_roundtrip_and_abort(fresh_nats, tmp_path):
             await w.write(data[i : i + 65536])
         await w.commit()
         dest = tmp_path / "a.bin"
-        size = await objects.read_to_file(js, bucket, "in/j1/a.bin", dest, expected_sha256_hex=hashlib.sha256(data).hexdigest())
+        size = await objects.read_to_file(
+            js, bucket, "in/j1/a.bin", dest, expected_sha256_hex=hashlib.sha256(data).hexdigest()
+        )
         assert size == len(data) and dest.read_bytes() == data
         # the standard object store client reads it too (operators use `nats object get`)
         assert (await (await js.object_store(bucket)).get("in/j1/a.bin")).data == data

@@ -24,9 +24,19 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def _heartbeat(owner: str, lane: str, node_id: str, **kw) -> bytes:
-    base = dict(node_id=node_id, owner=owner, lane=lane, device="cpu", kinds=["audio", "video", "url"],
-                models=["tiny.en", "large-v3"], capacity=8, busy=0, last_seen=time.time(), started_at=time.time(),
-                metrics_url="http://127.0.0.1:9/metrics")
+    base = dict(
+        node_id=node_id,
+        owner=owner,
+        lane=lane,
+        device="cpu",
+        kinds=["audio", "video", "url"],
+        models=["tiny.en", "large-v3"],
+        capacity=8,
+        busy=0,
+        last_seen=time.time(),
+        started_at=time.time(),
+        metrics_url="http://127.0.0.1:9/metrics",
+    )
     return json.dumps(base | kw).encode()
 
 
@@ -73,11 +83,15 @@ async def test_registry_entry_naming_another_owner_is_ignored(nats_server, gatew
         js = nc.jetstream()
         # Given alice's node writes, under its own keys, bodies that say "bob" and a far future
         for lane in ("cpu", "gpu"):
-            await js.publish(f"$KV.nodes.{alice}.{lane}.spoof",
-                             _heartbeat(bob, lane, f"{lane}-spoof", last_seen=time.time() + 3e8))
+            await js.publish(
+                f"$KV.nodes.{alice}.{lane}.spoof", _heartbeat(bob, lane, f"{lane}-spoof", last_seen=time.time() + 3e8)
+            )
         await js.publish(f"$KV.nodes.{alice}.cpu.ctl", _heartbeat(alice, "cpu", "ctl"))  # control: a true entry
-        wait_until(lambda: any(n["node_id"] == "ctl" for n in _workers(gateway, key_a)), timeout_s=10,
-                   what="the control entry seen")
+        wait_until(
+            lambda: any(n["node_id"] == "ctl" for n in _workers(gateway, key_a)),
+            timeout_s=10,
+            what="the control entry seen",
+        )
         # Then bob sees no node of his, alice none either, and it was counted
         assert not [n for n in _workers(gateway, key_b) if n["owner"] == bob]
         assert not [n for n in _workers(gateway, key_a) if "spoof" in n["node_id"]]
@@ -97,13 +111,15 @@ async def test_registry_entry_ages_by_server_time_and_metrics_url_is_checked(nat
     nc = await connect_as_node(nats_server, key, user)
     try:
         # Given one heartbeat claiming to be seen ten years ahead, with a metrics_url carrying userinfo
-        hb = _heartbeat(user, "cpu", "stale", last_seen=time.time() + 3e8,
-                        metrics_url="http://admin:pw@127.0.0.1:9/metrics")
+        hb = _heartbeat(
+            user, "cpu", "stale", last_seen=time.time() + 3e8, metrics_url="http://admin:pw@127.0.0.1:9/metrics"
+        )
         await nc.jetstream().publish(f"$KV.nodes.{user}.cpu.stale", hb)
     finally:
         await nc.close()
-    [node] = wait_until(lambda: [n for n in _workers(gateway, key) if n["node_id"] == "stale"], timeout_s=10,
-                        what="the entry listed")
+    [node] = wait_until(
+        lambda: [n for n in _workers(gateway, key) if n["node_id"] == "stale"], timeout_s=10, what="the entry listed"
+    )
     # Then it is listed as seen now at the latest, without its URL, and nowhere for Prometheus
     assert node["last_seen"] <= time.time() + 1 and node["metrics_url"] is None
     with gateway.admin() as admin:
@@ -111,8 +127,11 @@ async def test_registry_entry_ages_by_server_time_and_metrics_url_is_checked(nat
     assert not [t for t in targets if t["labels"]["owner"] == user]
     # ...and, its heartbeats stopped, it is gone after the TTL (3 s here), DEL marker or not
     t0 = time.monotonic()
-    wait_until(lambda: not [n for n in _workers(gateway, key) if n["node_id"] == "stale"], timeout_s=12,
-               what="the stale entry gone")
+    wait_until(
+        lambda: not [n for n in _workers(gateway, key) if n["node_id"] == "stale"],
+        timeout_s=12,
+        what="the stale entry gone",
+    )
     assert time.monotonic() - t0 < 8
 
 
@@ -124,8 +143,11 @@ async def _park_a_job(nats_server, gateway, key: str, owner: str, nc) -> str:
     heartbeat of a (fake) CPU node of the owner makes the gateway route it
     there, so the shared pool never runs it and events can be forged for it."""
     await nc.jetstream().publish(f"$KV.nodes.{owner}.cpu.parking", _heartbeat(owner, "cpu", "parking"))
-    wait_until(lambda: any(n["node_id"] == "parking" for n in _workers(gateway, key)), timeout_s=10,
-               what="the parking node live")
+    wait_until(
+        lambda: any(n["node_id"] == "parking" for n in _workers(gateway, key)),
+        timeout_s=10,
+        what="the parking node live",
+    )
     with gateway.client(key) as c:
         job = submit_file(c, TESTDATA / "hello.wav")
     assert _record(gateway, key, job["job_id"])["queue_owner"] == owner, "routed to the pool: the lane is not parked"
@@ -148,8 +170,9 @@ async def test_oversize_events_and_foreign_result_objects_are_refused(nats_serve
         await js.publish(subject, _event(user, job_id, EventType.STARTED, node_id="n" * 5_000))
         await js.publish(subject, _event(user, job_id, EventType.SUCCEEDED, result_object=names.COOKIES_OBJECT))
         # ...then the true outcome, for the control
-        await js.publish(subject, _event(user, job_id, EventType.SUCCEEDED,
-                                         result_object=names.result_object(job_id, 1)))
+        await js.publish(
+            subject, _event(user, job_id, EventType.SUCCEEDED, result_object=names.result_object(job_id, 1))
+        )
     finally:
         await nc.close()
     wait_until(lambda: _record(gateway, key, job_id)["status"] == "succeeded", timeout_s=15, what="the true outcome")
@@ -169,8 +192,10 @@ async def test_event_that_cannot_be_folded_is_termed_and_others_go_on(nats_serve
     svc = await nats.connect(nats_server.url)
     try:
         js = svc.jetstream()
-        for durable, stream in ((names.MATERIALIZER_CONSUMER, names.EVENTS_STREAM),
-                                (names.FALLBACK_CONSUMER, names.DEADLETTER_STREAM)):
+        for durable, stream in (
+            (names.MATERIALIZER_CONSUMER, names.EVENTS_STREAM),
+            (names.FALLBACK_CONSUMER, names.DEADLETTER_STREAM),
+        ):
             assert (await js.consumer_info(stream, durable)).config.max_deliver == INTERNAL_MAX_DELIVER
         # Given a job record that no fold can read, and an event for it
         job_id = new_job_id()
@@ -178,8 +203,11 @@ async def test_event_that_cannot_be_folded_is_termed_and_others_go_on(nats_serve
         dropped_before = metric(gateway.url, "gpubus_dropped_events_total", reason="not_foldable")
         ack = await js.publish(names.event_subject(user, job_id), _event(user, job_id, EventType.STARTED))
         # Then the materializer drops it at once instead of redelivering it every second
-        wait_until(lambda: metric(gateway.url, "gpubus_dropped_events_total", reason="not_foldable") > dropped_before,
-                   timeout_s=15, what="the poison event dropped")
+        wait_until(
+            lambda: metric(gateway.url, "gpubus_dropped_events_total", reason="not_foldable") > dropped_before,
+            timeout_s=15,
+            what="the poison event dropped",
+        )
         await asyncio.sleep(2.5)
         info = await js.consumer_info(names.EVENTS_STREAM, names.MATERIALIZER_CONSUMER)
         assert info.ack_floor.stream_seq >= ack.seq  # settled: not waiting for another delivery
@@ -209,13 +237,19 @@ async def test_flood_of_unknown_job_events_does_not_starve_another_user(nats_ser
         # When alice's node floods 2,000 progress events for job ids that do not exist
         for _ in range(2000):
             job_id = new_job_id()
-            await nc.publish(names.event_subject(alice, job_id), _event(alice, job_id, EventType.PROGRESS, progress=0.5))
+            await nc.publish(
+                names.event_subject(alice, job_id), _event(alice, job_id, EventType.PROGRESS, progress=0.5)
+            )
         await nc.flush()
         t_flood = time.monotonic()
         # ...and bob submits a job at the same time
         flooded = _timed_job(gateway, key_b)
-        wait_until(lambda: _unknown_job_drops(gateway) >= dropped_before + 2000, timeout_s=30,
-                   what="the flood dropped", interval_s=0.05)
+        wait_until(
+            lambda: _unknown_job_drops(gateway) >= dropped_before + 2000,
+            timeout_s=30,
+            what="the flood dropped",
+            interval_s=0.05,
+        )
         drained = time.monotonic() - t_flood
     finally:
         await nc.close()

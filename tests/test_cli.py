@@ -77,8 +77,14 @@ def test_a_reader_that_leaves_early_is_quiet(gateway, user, tmp_path):
         read_end, write_end = os.pipe()
         os.close(read_end)
         try:
-            r = subprocess.run([sys.executable, "-m", "ops.cli", *args], env=env, stdout=write_end,
-                               stderr=subprocess.PIPE, text=True, timeout=60)
+            r = subprocess.run(
+                [sys.executable, "-m", "ops.cli", *args],
+                env=env,
+                stdout=write_end,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=60,
+            )
         finally:
             os.close(write_end)
         # Then it stops with 141 like any Unix tool, and says nothing
@@ -224,9 +230,13 @@ def test_piped_status_and_jobs_show_whole_ids(gateway, shared_cpu_node, user, tm
 def test_ctrl_c_while_waiting_leaves_the_job_and_says_so(gateway, shared_cpu_node, user, tmp_path):
     # Given `submit --wait` of a long job, waiting
     key = gateway.create_key(user)
-    proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "submit", str(TESTDATA / "long.wav"), "--wait"],
-                            env=env_for(gateway, key, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ops.cli", "submit", str(TESTDATA / "long.wav"), "--wait"],
+        env=env_for(gateway, key, tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     with gateway.client(key) as c:
         wait_until(lambda: c.get("/api/v1/jobs").json()["jobs"], timeout_s=60, what="the job")
         job_id = c.get("/api/v1/jobs").json()["jobs"][0]["job_id"]
@@ -246,8 +256,13 @@ def run_on_a_terminal(args: list[str], env: dict[str, str]) -> str:
     person sees, escape codes included."""
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
-    proc = subprocess.Popen([sys.executable, "-m", "ops.cli", *args], env=env, stdout=follower,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ops.cli", *args],
+        env=env,
+        stdout=follower,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
     os.close(follower)
     chunks = []
     while True:

@@ -64,8 +64,12 @@ async def _assert_replicated(js, owner: str, replicas: int) -> None:
     `replicas` replicas, each with a leader and its followers."""
     streams = {i.config.name: i for i in await js.streams_info()}
     assert set(streams) == {
-        names.JOBS_STREAM, names.EVENTS_STREAM, names.DEADLETTER_STREAM,
-        f"KV_{names.JOBS_BUCKET}", f"KV_{names.APIKEYS_BUCKET}", f"KV_{names.NODES_BUCKET}",
+        names.JOBS_STREAM,
+        names.EVENTS_STREAM,
+        names.DEADLETTER_STREAM,
+        f"KV_{names.JOBS_BUCKET}",
+        f"KV_{names.APIKEYS_BUCKET}",
+        f"KV_{names.NODES_BUCKET}",
         f"OBJ_{names.files_bucket(owner)}",
     }
     for name, info in streams.items():
@@ -74,8 +78,11 @@ async def _assert_replicated(js, owner: str, replicas: int) -> None:
     # durable consumers too, so their ack state survives a server
     durables = [c for st in streams for c in await js.consumers_info(st) if c.config.durable_name]
     assert {c.name for c in durables} >= {
-        names.consumer_name(names.SHARED, names.Lane.CPU), names.consumer_name(owner, names.Lane.GPU),
-        names.consumer_name(owner, names.Lane.CPU), names.MATERIALIZER_CONSUMER, names.FALLBACK_CONSUMER,
+        names.consumer_name(names.SHARED, names.Lane.CPU),
+        names.consumer_name(owner, names.Lane.GPU),
+        names.consumer_name(owner, names.Lane.CPU),
+        names.MATERIALIZER_CONSUMER,
+        names.FALLBACK_CONSUMER,
     }
     for c in durables:
         assert c.config.num_replicas == replicas and not c.config.mem_storage, c.name
@@ -141,7 +148,9 @@ def _submit_steadily(gw: Gateway, key: str, stop: threading.Event, answers: list
             try:
                 r = c.post("/api/v1/jobs", files={"file": ("hello.wav", data)}, data={"gpu": "false"})
                 job_id = r.json().get("job_id") if r.status_code == 202 else None
-                answers.append(Answer(t0, time.monotonic(), r.status_code, job_id, retry_after=r.headers.get("retry-after")))
+                answers.append(
+                    Answer(t0, time.monotonic(), r.status_code, job_id, retry_after=r.headers.get("retry-after"))
+                )
             except httpx.HTTPError as e:
                 answers.append(Answer(t0, time.monotonic(), 0, error=repr(e)))
             stop.wait(max(0.0, SUBMIT_EVERY_S - (time.monotonic() - t0)))
@@ -234,9 +243,7 @@ def test_killing_the_jobs_stream_leader_loses_no_job(cluster, tmp_path):
     # Given a gateway and two shared CPU nodes on the 3-server cluster, with
     # every client given all three URLs
     gw = Gateway(cluster.url, tmp_path, settings={"replicas": REPLICAS, "cpu_ack_wait": ACK_WAIT_S}).start()
-    nodes = [
-        start_node(gw, "cpu", shared=True, name=f"shared-cpu-{i}", publish_timeout=BUS_RETRY_S) for i in range(2)
-    ]
+    nodes = [start_node(gw, "cpu", shared=True, name=f"shared-cpu-{i}", publish_timeout=BUS_RETRY_S) for i in range(2)]
     owner = "cluster-user"
     key = gw.create_key(owner, roles=("user",))
     answers: list[Answer] = []

@@ -49,7 +49,9 @@ def tool(name: str, *, required_in_ci: bool = True) -> str:
     return path
 
 
-def run(*cmd: str, env: dict[str, str] | None = None, cwd: Path = DEPLOY, ok: bool = True) -> subprocess.CompletedProcess:
+def run(
+    *cmd: str, env: dict[str, str] | None = None, cwd: Path = DEPLOY, ok: bool = True
+) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("GPUBUS_", "GRAFANA_"))}
     out = subprocess.run(cmd, cwd=cwd, env={**base, **(env or {})}, capture_output=True, text=True, timeout=60)
     if ok:
@@ -122,8 +124,10 @@ def test_gpu_image_has_what_ctranslate2_4_needs():
     repo, _, tag = base.rpartition(":")
     assert repo == "nvidia/cuda" and tag.startswith("12.") and "-cudnn-runtime-" in tag, base
     # It installs the `gpu` extra, pinned: exactly the extra's packages
-    extra = {pins.canonical(Requirement(r).name) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())[
-        "project"]["optional-dependencies"]["gpu"]}
+    extra = {
+        pins.canonical(Requirement(r).name)
+        for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    }
     pinned = [Requirement(line) for line in (REQS / "gpu.txt").read_text().splitlines() if line and line[0] != "#"]
     assert {pins.canonical(r.name) for r in pinned} == extra
     assert all(str(r.specifier).startswith("==") for r in pinned)
@@ -201,16 +205,22 @@ def test_compose_one_host_cluster():
     # TLS on: the gateway verifies NATS with the CA it hands nodes, and serves HTTPS
     assert gw["GPUBUS_NATS_CA_FILE"] == "/etc/gpubus/tls/ca.pem"
     assert (gw["GPUBUS_TLS_CERT_FILE"], gw["GPUBUS_TLS_KEY_FILE"]) == (
-        "/etc/gpubus/tls/server.pem", "/etc/gpubus/tls/server-key.pem")
+        "/etc/gpubus/tls/server.pem",
+        "/etc/gpubus/tls/server-key.pem",
+    )
     assert gw["GPUBUS_REPLICAS"] == "3" and gw["GPUBUS_ADMIN_TOKEN"] == "adm_test"
     assert all(svc["gateway"]["depends_on"][n]["condition"] == "service_healthy" for n in NATS_SERVICES)
     # Nodes bootstrap from the gateway once it is ready
     cpu = svc["cpu-node"]
-    assert cpu["command"] == ["cpu-node", "--shared"] and cpu["environment"]["GPUBUS_GATEWAY_URL"] == "https://gateway:8000"
+    assert (
+        cpu["command"] == ["cpu-node", "--shared"]
+        and cpu["environment"]["GPUBUS_GATEWAY_URL"] == "https://gateway:8000"
+    )
     for node in ("cpu-node", "gpu-node"):  # nodes verify the gateway with the CA, and hold nothing else of it
         assert svc[node]["environment"]["GPUBUS_TLS_CA_FILE"] == "/etc/gpubus/tls/ca.pem"
         assert [m["target"] for m in svc[node]["volumes"] if m["target"].startswith("/etc/gpubus")] == [
-            "/etc/gpubus/tls/ca.pem"]
+            "/etc/gpubus/tls/ca.pem"
+        ]
     assert cpu["depends_on"]["gateway"]["condition"] == "service_healthy"
     gpu = svc["gpu-node"]
     assert gpu["profiles"] == ["gpu"] and "GPUBUS_API_KEY" in gpu["environment"]
@@ -229,8 +239,10 @@ def test_compose_bind_mounts_point_at_files_of_ops_deploy():
     sources = {Path(m["source"]) for s in cfg["services"].values() for m in s.get("volumes", []) if m["type"] == "bind"}
     assert DEPLOY / "nats" / "nats.conf" in sources
     expected = {
-        DEPLOY / "prometheus" / "prometheus.yml", DEPLOY / "prometheus" / "alerts.yml",
-        DEPLOY / "grafana" / "provisioning", DEPLOY / "grafana" / "dashboards",
+        DEPLOY / "prometheus" / "prometheus.yml",
+        DEPLOY / "prometheus" / "alerts.yml",
+        DEPLOY / "grafana" / "provisioning",
+        DEPLOY / "grafana" / "dashboards",
     }
     assert expected <= sources
     assert DEPLOY / "tls" in sources  # made by the operator: `gpubus tls init --dir tls`
@@ -252,15 +264,22 @@ def test_compose_refuses_to_start_without_the_admin_token():
 def test_remote_gpu_box_joins_with_gateway_url_and_key_only():
     env = {"GPUBUS_GATEWAY_URL": "https://gpubus.example.com", "GPUBUS_API_KEY": "gpb_abc_def"}
     cfg = compose_config("compose.gpu-box.yaml", env)
-    (name, svc), = cfg["services"].items()
+    ((name, svc),) = cfg["services"].items()
     assert name == "gpu-node" and svc["build"]["dockerfile"] == "ops/deploy/gpu-node.Dockerfile"
     assert svc["environment"]["GPUBUS_GATEWAY_URL"] == env["GPUBUS_GATEWAY_URL"]
     assert svc["environment"]["GPUBUS_API_KEY"] == env["GPUBUS_API_KEY"]
     assert not any(k.startswith("GPUBUS_NATS") for k in svc["environment"]), "NATS comes from the gateway"
     assert svc["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
     for missing in env:
-        out = run(tool("docker-compose"), "-f", "compose.gpu-box.yaml", "config", "--quiet",
-                  env={k: v for k, v in env.items() if k != missing}, ok=False)
+        out = run(
+            tool("docker-compose"),
+            "-f",
+            "compose.gpu-box.yaml",
+            "config",
+            "--quiet",
+            env={k: v for k, v in env.items() if k != missing},
+            ok=False,
+        )
         assert out.returncode != 0 and missing in out.stderr
 
 
@@ -319,7 +338,7 @@ def test_k8s_wiring():
     docs = manifests()
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
     assert set(deployments) == {"gpubus-gateway", "gpubus-cpu-node", "gpubus-gpu-node"}
-    for name, d in deployments.items():
+    for d in deployments.values():
         pod = d["spec"]["template"]
         assert d["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
         assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
@@ -332,8 +351,12 @@ def test_k8s_wiring():
     assert env["GPUBUS_NATS_URL"]["value"].split(",") == [
         f"tls://gpubus:$(GPUBUS_NATS_SERVICE_PASSWORD)@nats-{i}.nats-headless:4222" for i in range(3)
     ]
-    for name in ("GPUBUS_NATS_SERVICE_PASSWORD", "GPUBUS_NATS_SYSTEM_PASSWORD", "GPUBUS_NATS_ISSUER_SEED",
-                 "GPUBUS_NATS_XKEY_SEED"):
+    for name in (
+        "GPUBUS_NATS_SERVICE_PASSWORD",
+        "GPUBUS_NATS_SYSTEM_PASSWORD",
+        "GPUBUS_NATS_ISSUER_SEED",
+        "GPUBUS_NATS_XKEY_SEED",
+    ):
         assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "gpubus-nats", name
     assert "$(GPUBUS_NATS_SYSTEM_PASSWORD)@nats-0" in env["GPUBUS_NATS_SYSTEM_URL"]["value"]
     # TLS from the Secret gpubus-tls: HTTPS (probes too), NATS verified with its CA
@@ -392,7 +415,7 @@ def test_k8s_nats_enforces_isolation(tmp_path):
     # Rendered as the chart would (plain keys, `<< raw >>` values), it loads in the real server
     body = "".join(nats_conf.block(k, v) for k, v in merge.items())
     conf = tmp_path / "k8s-nats.conf"
-    conf.write_text(f"listen: 127.0.0.1:{free_port()}\njetstream {{ store_dir: \"{tmp_path / 'js'}\" }}\n{body}")
+    conf.write_text(f'listen: 127.0.0.1:{free_port()}\njetstream {{ store_dir: "{tmp_path / "js"}" }}\n{body}')
     out = run(str(server_binary()), "-c", str(conf), "-t", env=nats_auth_env())
     assert "is valid" in out.stdout + out.stderr, out.stdout + out.stderr
 

@@ -96,6 +96,15 @@ def test_dashboard_json_is_loadable_and_has_the_panels_operators_need():
         if p["type"] != "row":
             assert p["targets"] and len({t["refId"] for t in p["targets"]}) == len(p["targets"])
     titles = " | ".join(p["title"].lower() for p in panels)
-    for needed in ("queue lag per user", "pending per lane", "throughput", "gpu memory", "gpu utilisation",
-                   "p50 / p95 / p99", "fallback rate", "failure rate by error code", "live nodes"):
+    for needed in (
+        "queue lag per user",
+        "pending per lane",
+        "throughput",
+        "gpu memory",
+        "gpu utilisation",
+        "p50 / p95 / p99",
+        "fallback rate",
+        "failure rate by error code",
+        "live nodes",
+    ):
         assert needed in titles, f"no panel for {needed}"

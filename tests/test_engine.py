@@ -35,7 +35,11 @@ def run(engine: WhisperEngine, audio, on_segment=lambda d, t: None, **opts):
 
 
 def test_fixed_chunks_cover_the_whole_file():
-    assert fixed_chunks(76.5) == [{"start": 0.0, "end": 30.0}, {"start": 30.0, "end": 60.0}, {"start": 60.0, "end": 76.5}]
+    assert fixed_chunks(76.5) == [
+        {"start": 0.0, "end": 30.0},
+        {"start": 30.0, "end": 60.0},
+        {"start": 60.0, "end": 76.5},
+    ]
     assert fixed_chunks(12.0) == [{"start": 0.0, "end": 12.0}]
 
 

@@ -17,7 +17,16 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def test_sse_parser_reads_events_and_skips_pings():
-    lines = ["event: state", 'data: {"status": "queued"}', "", ": ping", "", "event: progress", 'data: {"progress": 0.5}', ""]
+    lines = [
+        "event: state",
+        'data: {"status": "queued"}',
+        "",
+        ": ping",
+        "",
+        "event: progress",
+        'data: {"progress": 0.5}',
+        "",
+    ]
     assert list(parse(lines)) == [SseEvent("state", {"status": "queued"}), SseEvent("progress", {"progress": 0.5})]
 
 
@@ -64,7 +73,10 @@ def test_cli_submit_wait_follows_the_events_and_prints_the_result(gateway, share
     env = base_env(gateway.nats_url, gateway_url=gateway.url, api_key=key, data_dir=tmp_path)
     out = subprocess.run(
         [sys.executable, "-m", "ops.cli", "submit", str(TESTDATA / "numbers.wav"), "--wait", "--format", "srt"],
-        env=env, capture_output=True, text=True, timeout=150,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=150,
     )
     assert out.returncode == 0, out.stderr
     assert check_srt_syntax(out.stdout) >= 1 and "report" in out.stdout.lower()

@@ -63,7 +63,8 @@ def test_stopped_gpu_node_wakes_late_first_terminal_wins(gateway, shared_cpu_nod
             gpu.signal(signal.SIGSTOP)
             fell_back = wait_until(
                 lambda: (j := c.get(f"/api/v1/jobs/{job['job_id']}").json())["attempts"] == 2 and j,
-                timeout_s=ACK_WAIT_S + 30, what="fallback",
+                timeout_s=ACK_WAIT_S + 30,
+                what="fallback",
             )
             assert fell_back["fallback"]["reason"] == "ack_timeout"
             # ...and the CPU node finishes first
@@ -73,7 +74,8 @@ def test_stopped_gpu_node_wakes_late_first_terminal_wins(gateway, shared_cpu_nod
             gpu.signal(signal.SIGCONT)
             late = wait_until(
                 lambda: (j := c.get(f"/api/v1/jobs/{job['job_id']}").json())["late_completions"] == 1 and j,
-                timeout_s=120, what="late completion counted",
+                timeout_s=120,
+                what="late completion counted",
             )
             assert late["status"] == "succeeded" and late["node_id"] == final["node_id"]
             assert late["result_object"] == final["result_object"].replace("/1.json", "/2.json")
@@ -156,8 +158,11 @@ def test_retry_failed_job_fails_again_same_code(gateway, shared_cpu_node, user):
         r = c.post(f"/api/v1/jobs/{job['job_id']}/retry")
         assert r.status_code == 202 and r.json()["attempts"] == 2 and r.json()["status"] == "queued"
         again = wait_until(
-            lambda: (j := c.get(f"/api/v1/jobs/{job['job_id']}").json())["status"] == "failed" and j["attempts"] == 2 and j,
-            timeout_s=60, what="retry fails again",
+            lambda: (
+                (j := c.get(f"/api/v1/jobs/{job['job_id']}").json())["status"] == "failed" and j["attempts"] == 2 and j
+            ),
+            timeout_s=60,
+            what="retry fails again",
         )
         assert again["error"] == first["error"]
         ok = submit_file(c, TESTDATA / "hello.wav")

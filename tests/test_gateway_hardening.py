@@ -20,11 +20,11 @@ import nats
 import pytest
 
 from bench.common import RssSampler
+from bus.jobstore import decode_job_record
+from bus.sealing import RecordSeal
 from ops import cli
 from ops.embedded_nats import NatsServer, free_port
 from ops.private_files import private_dir, write_private
-from bus.jobstore import decode_job_record
-from bus.sealing import RecordSeal
 from schemas import codec, names
 from schemas.jobs import JobStatus
 from tests.harness import ADMIN_HEADERS, ADMIN_TOKEN, TESTDATA, Gateway, Proc, submit_file, wait_until
@@ -101,13 +101,23 @@ def test_big_json_body_is_refused_unbuffered(gateway, user, path, with_key, chun
 
 def test_refused_body_has_the_json_error_shape_and_small_json_still_works(gateway, user):
     with gateway.admin() as admin:
-        _error(admin.post("/api/v1/auth/keys", content=b'{"user_id": "' + b"a" * 70_000 + b'"}',
-                          headers={"Content-Type": "application/json"}), 413, "PAYLOAD_TOO_LARGE")
+        _error(
+            admin.post(
+                "/api/v1/auth/keys",
+                content=b'{"user_id": "' + b"a" * 70_000 + b'"}',
+                headers={"Content-Type": "application/json"},
+            ),
+            413,
+            "PAYLOAD_TOO_LARGE",
+        )
         key = admin.post("/api/v1/auth/keys", json={"user_id": user, "roles": ["user"]})
         assert key.status_code == 201, key.text
     with gateway.client(key.json()["api_key"]) as c:
-        _error(c.post("/process/url", json={"url": "https://example.com/a.mp3", "initial_prompt": "x" * 70_000}),
-               413, "PAYLOAD_TOO_LARGE")
+        _error(
+            c.post("/process/url", json={"url": "https://example.com/a.mp3", "initial_prompt": "x" * 70_000}),
+            413,
+            "PAYLOAD_TOO_LARGE",
+        )
         _error(c.post("/api/v1/ingest/url", json={"url": "https://example.com/" + "a" * 70_000}), 413)
     with gateway.client(None) as anon:  # and no key is still a 401, never anonymous
         _error(anon.post("/api/v1/jobs", json={"url": "https://example.com/a.mp3"}), 401, "UNAUTHORIZED")
@@ -192,8 +202,12 @@ def test_lists_and_closed_event_streams_leave_no_consumers(capped_gateway, nats_
             s.close()
     # Then within a few seconds the consumers are back to the baseline (nats-py's default kept them 300 s)
     t0 = time.monotonic()
-    wait_until(lambda: _near(consumer_counts(nats_server), baseline), timeout_s=5, interval_s=0.5,
-               what=f"consumers back to {baseline} (now {consumer_counts(nats_server)})")
+    wait_until(
+        lambda: _near(consumer_counts(nats_server), baseline),
+        timeout_s=5,
+        interval_s=0.5,
+        what=f"consumers back to {baseline} (now {consumer_counts(nats_server)})",
+    )
     print(f"consumers {baseline} -> back after {time.monotonic() - t0:.1f} s")
 
 
@@ -213,6 +227,7 @@ def test_one_event_stream_over_the_cap_is_429(capped_gateway, user):
     finally:
         for s in streams:
             s.close()
+
     # And once they are closed, a new one is served again
     def served() -> bool:
         s = open_sse(gw, key, job["job_id"])
@@ -326,9 +341,7 @@ def test_prometheus_sends_the_admin_token_to_the_gateway():
 
 async def _submit_parallel(url: str, key: str, n: int) -> Counter:
     async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
-        answers = await asyncio.gather(
-            *(c.post("/api/v1/jobs", files={"file": ("a.wav", WAV)}) for _ in range(n))
-        )
+        answers = await asyncio.gather(*(c.post("/api/v1/jobs", files={"file": ("a.wav", WAV)}) for _ in range(n)))
     return Counter(r.status_code for r in answers)
 
 
@@ -373,7 +386,7 @@ def test_node_key_from_a_file_or_the_environment_and_a_warning_for_argv(tmp_path
 def test_multipart_boundary_over_256_chars_is_422(gateway, user):
     key = gateway.create_key(user)
     boundary = "b" * 300
-    body = f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n".encode()
+    body = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'.encode()
     body += WAV[:1000] + f"\r\n--{boundary}--\r\n".encode()
     with gateway.client(key) as c:
         r = c.post("/api/v1/jobs", content=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
@@ -418,12 +431,13 @@ def test_client_disconnect_mid_upload_is_logged_quietly(gateway, user):
     before = len(gateway.proc.log())
     # When a client sends half an upload and hangs up
     boundary = "xyz"
-    head = f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n".encode()
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'.encode()
     sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
     sock.sendall(
         f"POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
         f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(head) + len(WAV) + 100}\r\n\r\n".encode()
-        + head + WAV[: len(WAV) // 2]
+        + head
+        + WAV[: len(WAV) // 2]
     )
     time.sleep(0.5)
     sock.close()
@@ -446,4 +460,7 @@ def test_api_responses_are_not_cached_or_sniffed_and_docs_load_no_cdn(gateway, u
         for page in ("/docs", "/redoc"):
             _error(admin.get(page), 404)
         web = admin.get("/")  # the web page keeps its own policy
-        assert web.headers["cache-control"] == "no-cache" and "default-src 'none'" in web.headers["content-security-policy"]
+        assert (
+            web.headers["cache-control"] == "no-cache"
+            and "default-src 'none'" in web.headers["content-security-policy"]
+        )

@@ -42,7 +42,7 @@ def test_package_does_not_import(package: str) -> None:
 # Private attributes of nats-py objects that gpubus once reached into; a
 # nats-py release may rename any of them without notice.
 PRIVATE_ATTRS = ("_nc", "_sub", "_js", "_nuid", "_prefix", "_stream", "_consumer", "_nms", "_deliver", "_pending_queue")
-PRIVATE_ON_OTHERS = re.compile(r"\b(?!self\b|cls\b)([A-Za-z_][A-Za-z0-9_]*)\.(%s)\b" % "|".join(PRIVATE_ATTRS))
+PRIVATE_ON_OTHERS = re.compile(rf"\b(?!self\b|cls\b)([A-Za-z_][A-Za-z0-9_]*)\.({'|'.join(PRIVATE_ATTRS)})\b")
 FIRST_PARTY = ("bench", "bus", "cpu_node", "gateway", "gpu_node", "ops", "processors", "schemas", "testkit")
 
 
@@ -68,7 +68,15 @@ def test_the_pattern_catches_what_it_is_for(tmp_path: Path) -> None:
     )
     # When it is scanned, then exactly the foreign uses are found
     found = [use for _line, use in private_uses(sample)]
-    assert found == ["psub._nc", "psub._nms", "psub._deliver", "sub._js", "sub._stream", "sub._consumer", "watcher._sub"]
+    assert found == [
+        "psub._nc",
+        "psub._nms",
+        "psub._deliver",
+        "sub._js",
+        "sub._stream",
+        "sub._consumer",
+        "watcher._sub",
+    ]
 
 
 def test_no_module_uses_private_attributes_of_third_party_objects() -> None:

@@ -22,8 +22,8 @@ from processors.noop import NoopResult
 from schemas import names
 from schemas.jobs import JobMessage, ResultSummary, new_job_id
 from schemas.names import Kind, Lane
-from tests.harness import ADMIN_TOKEN
 from schemas.processing import NOTHING_STAGED, JobOutput, Staging
+from tests.harness import ADMIN_TOKEN
 
 pytestmark = pytest.mark.timeout(60)
 ACK_WAIT_S = 1.5
@@ -54,13 +54,27 @@ async def _run_one(nats_url: str, processor, *, job_deadline_s: float, watch_s: 
     await topology.ensure_owner(js, s, "alice")
     node_nc = await nats.connect(nats_url)
     runtime = NodeRuntime(
-        node_nc, processor, queue_owner="alice", lane=Lane.GPU, capacity=1, job_deadline_s=job_deadline_s,
-        metrics=NodeMetrics(CollectorRegistry(), node_id="n1", device="cpu"), node_id="n1", handle_signals=False,
+        node_nc,
+        processor,
+        queue_owner="alice",
+        lane=Lane.GPU,
+        capacity=1,
+        job_deadline_s=job_deadline_s,
+        metrics=NodeMetrics(CollectorRegistry(), node_id="n1", device="cpu"),
+        node_id="n1",
+        handle_signals=False,
     )
     await runtime.start()
     try:
-        job = JobMessage(job_id=new_job_id(), owner="alice", queue_owner="alice", lane=Lane.GPU, kind=Kind.AUDIO,
-                         attempt=1, submitted_at=time.time())
+        job = JobMessage(
+            job_id=new_job_id(),
+            owner="alice",
+            queue_owner="alice",
+            lane=Lane.GPU,
+            kind=Kind.AUDIO,
+            attempt=1,
+            submitted_at=time.time(),
+        )
         await JobPublisher(js, RecordSeal.from_secret(ADMIN_TOKEN), give_up_after_s=5).publish(job)
         await asyncio.sleep(watch_s)
         dead = await js.stream_info(names.DEADLETTER_STREAM)

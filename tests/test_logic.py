@@ -4,24 +4,23 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from bus.event_drops import UNKNOWN_JOB_BACKOFF_S, UNKNOWN_JOB_QUOTA, WINDOW_S, EventDrops
 from bus.jobstore import KNOWN_RECORDS_BYTES, JobStore
-from bus.sealing import RecordSeal
 from bus.materializer import event_refusal, fold
-from bus.registry import LiveNodes
-from bus.settings import GpuMode
 from bus.publisher import ATTEMPT_TIMEOUT_S
 from bus.queueing import UNDO_MARGIN_S, never_queued
+from bus.registry import LiveNodes
+from bus.sealing import RecordSeal
+from bus.settings import GpuMode
 from gateway.routing import Fleet, choose, gpu_wish
+from schemas import names
 from schemas.events import EventType, JobEvent
 from schemas.jobs import ErrorInfo, JobRecord, JobStatus
-from schemas import names
 from schemas.names import SHARED, Kind, Lane
-
 
 
 def backlog(n: int):
@@ -53,14 +52,23 @@ async def test_routing_table(kind, requested, mode, fleet, lane, queue, reason):
 
 
 def _rec(**kw) -> JobRecord:
-    base = dict(job_id="j" + "0" * 32, owner="a", queue_owner="a", kind=Kind.AUDIO, lane=Lane.GPU,
-                routed_reason="gpu_requested", created_at=1.0, updated_at=1.0)
+    base = dict(
+        job_id="j" + "0" * 32,
+        owner="a",
+        queue_owner="a",
+        kind=Kind.AUDIO,
+        lane=Lane.GPU,
+        routed_reason="gpu_requested",
+        created_at=1.0,
+        updated_at=1.0,
+    )
     return JobRecord(**(base | kw))
 
 
 def _ev(type_: EventType, node: str = "n1", attempt: int = 1, **kw) -> JobEvent:
-    return JobEvent(type=type_, job_id="j" + "0" * 32, owner="a", attempt=attempt, lane=Lane.GPU, node_id=node,
-                    at=5.0, **kw)
+    return JobEvent(
+        type=type_, job_id="j" + "0" * 32, owner="a", attempt=attempt, lane=Lane.GPU, node_id=node, at=5.0, **kw
+    )
 
 
 def test_started_then_succeeded():
@@ -101,7 +109,10 @@ def test_progress_out_of_order_never_goes_backwards():
 def test_result_object_must_be_the_attempts_own():
     job_id = "j" + "0" * 32
     subject = names.event_subject("a", job_id)
-    assert event_refusal(subject, _ev(EventType.SUCCEEDED, attempt=2, result_object=names.result_object(job_id, 2))) is None
+    assert (
+        event_refusal(subject, _ev(EventType.SUCCEEDED, attempt=2, result_object=names.result_object(job_id, 2)))
+        is None
+    )
     for elsewhere in (names.COOKIES_OBJECT, names.result_object(job_id, 1), "in/x/../../auth/cookies.txt"):
         assert event_refusal(subject, _ev(EventType.SUCCEEDED, attempt=2, result_object=elsewhere)) is not None
     assert event_refusal(names.event_subject("b", job_id), _ev(EventType.STARTED)) is not None
@@ -148,15 +159,26 @@ def test_known_records_are_bounded_by_bytes():
 
 
 def _hb(owner="alice", lane="cpu", node_id="n1", **kw) -> bytes:
-    base = dict(node_id=node_id, owner=owner, lane=lane, device="cpu", kinds=["audio"], models=["tiny.en"], capacity=1,
-                busy=0, last_seen=time.time(), started_at=time.time(), metrics_url="http://127.0.0.1:9100/metrics")
+    base = dict(
+        node_id=node_id,
+        owner=owner,
+        lane=lane,
+        device="cpu",
+        kinds=["audio"],
+        models=["tiny.en"],
+        capacity=1,
+        busy=0,
+        last_seen=time.time(),
+        started_at=time.time(),
+        metrics_url="http://127.0.0.1:9100/metrics",
+    )
     return json.dumps(base | kw).encode()
 
 
 def test_registry_believes_the_key_not_the_body():
     bad: list[int] = []
     nodes = LiveNodes(kv=None, ttl_s=3, on_bad=lambda: bad.append(1))  # type: ignore[arg-type]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     nodes._apply("alice.cpu.n1", None, _hb(), now)
     nodes._apply("alice.cpu.spoof", None, _hb(owner="bob", node_id="spoof"), now)
     nodes._apply("alice.gpu.n2", None, _hb(lane="cpu", node_id="n2"), now)
@@ -166,9 +188,9 @@ def test_registry_believes_the_key_not_the_body():
 
 def test_registry_ages_by_the_servers_time_and_clamps_the_future():
     nodes = LiveNodes(kv=None, ttl_s=3)  # type: ignore[arg-type]
-    long_ago = datetime.fromtimestamp(time.time() - 10, timezone.utc)
+    long_ago = datetime.fromtimestamp(time.time() - 10, UTC)
     nodes._apply("alice.cpu.old", None, _hb(node_id="old", last_seen=time.time() + 3e8), long_ago)
-    nodes._apply("alice.cpu.new", None, _hb(node_id="new", last_seen=time.time() + 3e8), datetime.now(timezone.utc))
+    nodes._apply("alice.cpu.new", None, _hb(node_id="new", last_seen=time.time() + 3e8), datetime.now(UTC))
     [n] = nodes.live()
     assert n.node_id == "new" and n.last_seen <= time.time()
 
@@ -176,7 +198,7 @@ def test_registry_ages_by_the_servers_time_and_clamps_the_future():
 def test_registry_drops_a_metrics_url_prometheus_must_not_scrape():
     bad: list[int] = []
     nodes = LiveNodes(kv=None, ttl_s=3, on_bad=lambda: bad.append(1))  # type: ignore[arg-type]
-    nodes._apply("alice.cpu.n1", None, _hb(metrics_url="http://u:p@10.0.0.1:80/"), datetime.now(timezone.utc))
+    nodes._apply("alice.cpu.n1", None, _hb(metrics_url="http://u:p@10.0.0.1:80/"), datetime.now(UTC))
     [n] = nodes.live()
     assert n.metrics_url is None and bad == [1]
 
@@ -199,14 +221,22 @@ async def test_routing_asks_the_gpu_backlog_only_when_the_gpu_lane_is_a_candidat
 
 @pytest.mark.parametrize(
     "lane,requested,fallback,wish",
-    [(Lane.CPU, True, False, True), (Lane.GPU, False, False, False), (Lane.GPU, None, False, True),
-     (Lane.CPU, None, True, True), (Lane.CPU, None, False, False)],
+    [
+        (Lane.CPU, True, False, True),
+        (Lane.GPU, False, False, False),
+        (Lane.GPU, None, False, True),
+        (Lane.CPU, None, True, True),
+        (Lane.CPU, None, False, False),
+    ],
 )
 def test_a_retry_is_routed_by_the_users_wish_not_the_lane(lane, requested, fallback, wish):
     from schemas.jobs import Fallback
 
-    rec = _rec(lane=lane, gpu_requested=requested,
-               fallback=Fallback(from_lane=Lane.GPU, reason="ack_timeout", at=1.0) if fallback else None)
+    rec = _rec(
+        lane=lane,
+        gpu_requested=requested,
+        fallback=Fallback(from_lane=Lane.GPU, reason="ack_timeout", at=1.0) if fallback else None,
+    )
     assert gpu_wish(rec) is wish
 
 

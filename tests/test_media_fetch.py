@@ -33,8 +33,12 @@ def get(url: str, tmp_path: Path, *, allow_private=True, max_bytes=50 * MiB, tim
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
     return fetch(
-        url, out, FetchConfig(max_bytes=max_bytes, timeout_s=timeout_s, allow_private=allow_private),
-        cookiefile=cookies, on_progress=lambda n: None, cancelled=cancel or threading.Event(),
+        url,
+        out,
+        FetchConfig(max_bytes=max_bytes, timeout_s=timeout_s, allow_private=allow_private),
+        cookiefile=cookies,
+        on_progress=lambda n: None,
+        cancelled=cancel or threading.Event(),
     )
 
 

@@ -90,7 +90,9 @@ def test_a_model_no_live_node_serves_is_refused_with_the_available_ones(gateway,
     key = gateway.create_key(user)
     with gateway.client(key) as c:
         with (TESTDATA / "hello.wav").open("rb") as f:
-            r = c.post("/api/v1/jobs", files={"file": ("hello.wav", f)}, data={"options": json.dumps({"model": "large-v3"})})
+            r = c.post(
+                "/api/v1/jobs", files={"file": ("hello.wav", f)}, data={"options": json.dumps({"model": "large-v3"})}
+            )
         assert r.status_code == 422, r.text
         msg = r.json()["error"]["message"]
         assert "'large-v3' is not served" in msg and "tiny.en" in msg
@@ -114,14 +116,28 @@ def test_cli_flags_become_options_and_refusals_are_shown(gateway, shared_cpu_nod
     env = base_env(gateway.nats_url, gateway_url=gateway.url, api_key=gateway.create_key(user), data_dir=tmp_path)
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "ops.cli", "submit", *args], env=env, capture_output=True, text=True, timeout=150)
+        return subprocess.run(
+            [sys.executable, "-m", "ops.cli", "submit", *args], env=env, capture_output=True, text=True, timeout=150
+        )
 
     out = cli(str(TESTDATA / "hello.wav"), "--model", "large-v3")
     assert out.returncode == 1 and "422 INVALID_INPUT" in out.stderr and "available: tiny.en" in out.stderr
     out = cli("ftp://example.com/a.mp3")
     assert out.returncode == 1 and "422 URL_REFUSED" in out.stderr
-    out = cli(str(TESTDATA / "hello.wav"), "--wait", "--format", "json", "--word-timestamps", "--vad", "--task", "translate",
-              "--prompt", "Hello.", "--language", "en")
+    out = cli(
+        str(TESTDATA / "hello.wav"),
+        "--wait",
+        "--format",
+        "json",
+        "--word-timestamps",
+        "--vad",
+        "--task",
+        "translate",
+        "--prompt",
+        "Hello.",
+        "--language",
+        "en",
+    )
     assert out.returncode == 0, out.stderr
     body = json.loads(out.stdout)
     assert body["task"] == "translate" and body["segments"][0]["words"]
@@ -140,7 +156,9 @@ def test_a_language_whisper_does_not_know_is_refused_at_submit(gateway, user):
     key = gateway.create_key(user)
     with gateway.client(key) as c:
         with (TESTDATA / "hello.wav").open("rb") as f:
-            r = c.post("/api/v1/jobs", files={"file": ("hello.wav", f)}, data={"options": json.dumps({"language": "xx"})})
+            r = c.post(
+                "/api/v1/jobs", files={"file": ("hello.wav", f)}, data={"options": json.dumps({"language": "xx"})}
+            )
         assert r.status_code == 422 and "'xx' is not a language Whisper knows" in r.json()["error"]["message"], r.text
         r = c.post("/api/v1/jobs", json={"url": "https://example.com/a.mp3", "options": {"language": "xx"}})
         assert r.status_code == 422, r.text
@@ -157,13 +175,24 @@ async def _queue_bypassing_the_gateway(nats_url: str, owner: str, options: Trans
         js = nc.jetstream()
         seal = RecordSeal.from_secret(ADMIN_TOKEN)
         staged = StagedInput(
-            bucket=names.files_bucket(owner), object_name=names.input_object(job_id, "hello.wav"),
-            filename="hello.wav", size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+            bucket=names.files_bucket(owner),
+            object_name=names.input_object(job_id, "hello.wav"),
+            filename="hello.wav",
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
         )
         await objects.put_bytes(js, staged.bucket, staged.object_name, data)
         rec = JobRecord(
-            job_id=job_id, owner=owner, queue_owner=names.SHARED, kind=Kind.AUDIO, lane=Lane.CPU,
-            routed_reason="test", created_at=t, updated_at=t, input=staged, options=options,
+            job_id=job_id,
+            owner=owner,
+            queue_owner=names.SHARED,
+            kind=Kind.AUDIO,
+            lane=Lane.CPU,
+            routed_reason="test",
+            created_at=t,
+            updated_at=t,
+            input=staged,
+            options=options,
         )
         store = JobStore(await js.key_value(names.JOBS_BUCKET), seal, js=js)
         await queue_attempt(store, JobPublisher(js, seal, give_up_after_s=5), owner, job_id, 1, rec)

@@ -59,6 +59,7 @@ def test_nats_killed_and_restarted_mid_stream_loses_nothing(fresh_nats, tmp_path
 
         # Then every accepted job succeeds, exactly once
         with gw.client(key) as c:
+
             def all_done():
                 jobs = c.get("/api/v1/jobs", params={"limit": 1000}).json()["jobs"]
                 done = {j["job_id"] for j in jobs if j["status"] == "succeeded"}

@@ -133,7 +133,15 @@ def gpu_run(env: Env) -> GpuRun:
     # (the lag monitor's next poll sees the queue empty again)
     time.sleep(3 * LAG_POLL_S)
     return GpuRun(
-        user, key, node, info, good, bad, node_before, scrape(info["metrics_url"]), gw_before,
+        user,
+        key,
+        node,
+        info,
+        good,
+        bad,
+        node_before,
+        scrape(info["metrics_url"]),
+        gw_before,
         scrape(f"{env.gw.url}/metrics"),
     )
 
@@ -199,7 +207,8 @@ def test_pending_and_lag_rise_while_no_node_serves_the_queue(env: Env):
         assert (job["lane"], job["routed_reason"]) == ("cpu", "gpu_not_requested")
         first = wait_until(
             lambda: (s := scrape(gw_metrics)).get("gpubus_consumer_pending_jobs", **shared) >= 1 and s,
-            timeout_s=15, what="cpu_shared pending",
+            timeout_s=15,
+            what="cpu_shared pending",
         )
         assert first.get("gpubus_live_nodes", owner="shared", lane="cpu") == 0
         lag1 = first.get("gpubus_consumer_lag_seconds", **shared)
@@ -217,9 +226,13 @@ def test_pending_and_lag_rise_while_no_node_serves_the_queue(env: Env):
         env.procs.append(node)
         assert wait_job(c, job["job_id"])["status"] == "succeeded"
     drained = wait_until(
-        lambda: (s := scrape(gw_metrics)).get("gpubus_consumer_pending_jobs", **shared) == 0
-        and s.get("gpubus_consumer_lag_seconds", **shared) == 0 and s,
-        timeout_s=15, what="cpu_shared drained",
+        lambda: (
+            (s := scrape(gw_metrics)).get("gpubus_consumer_pending_jobs", **shared) == 0
+            and s.get("gpubus_consumer_lag_seconds", **shared) == 0
+            and s
+        ),
+        timeout_s=15,
+        what="cpu_shared drained",
     )
     assert drained.get("gpubus_live_nodes", owner="shared", lane="cpu") == 1
     node_metrics = scrape(node_of(env.gw, "shared", "cpu")["metrics_url"])
@@ -294,7 +307,13 @@ def test_queue_info_and_status_show_nodes_queues_and_failures(env: Env, gpu_run:
     envvars = {k: v for k, v in os.environ.items() if not k.startswith("GPUBUS_")}
     envvars.update(GPUBUS_GATEWAY_URL=env.gw.url, GPUBUS_API_KEY=gpu_run.key, COLUMNS="250")
     out = subprocess.run(
-        [sys.executable, "-m", "ops.cli", "status"], check=False, env=envvars, cwd=REPO, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "ops.cli", "status"],
+        check=False,
+        env=envvars,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     # Then the table shows their node, their consumers and the failure
     assert out.returncode == 0, out.stderr
@@ -302,8 +321,12 @@ def test_queue_info_and_status_show_nodes_queues_and_failures(env: Env, gpu_run:
         assert expected in out.stdout, out.stdout
     # and `--watch` keeps refreshing until interrupted
     watch = subprocess.Popen(
-        [sys.executable, "-m", "ops.cli", "status", "--watch"], env=envvars, cwd=REPO, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "ops.cli", "status", "--watch"],
+        env=envvars,
+        cwd=REPO,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     time.sleep(4)
     assert watch.poll() is None, watch.communicate()
@@ -321,7 +344,12 @@ def test_prometheus_discovers_live_nodes_from_the_gateway(env: Env, gpu_run: Gpu
     url = httpx.URL(gpu_run.node_info["metrics_url"])
     [mine] = [t for t in targets if t["labels"]["owner"] == gpu_run.user]
     assert mine["targets"] == [f"{url.host}:{url.port}"]
-    assert mine["labels"] == {"__metrics_path__": "/metrics", "__scheme__": "http", "owner": gpu_run.user, "lane": "gpu"}
+    assert mine["labels"] == {
+        "__metrics_path__": "/metrics",
+        "__scheme__": "http",
+        "owner": gpu_run.user,
+        "lane": "gpu",
+    }
     assert "gpubus_node_media_seconds_total" in httpx.get(f"http://{mine['targets'][0]}/metrics").text
 
 
@@ -333,7 +361,12 @@ async def test_the_names_in_the_readme_nats_cli_section_resolve(env: Env, gpu_ru
 
     user, job_id = gpu_run.user, gpu_run.good["job_id"]
     readme = (REPO / "README.md").read_text()
-    for cmd in ("nats stream info JOBS", "nats consumer info JOBS gpu_alice", "nats kv get jobs alice.", "nats object ls files-alice"):
+    for cmd in (
+        "nats stream info JOBS",
+        "nats consumer info JOBS gpu_alice",
+        "nats kv get jobs alice.",
+        "nats object ls files-alice",
+    ):
         assert cmd in readme
     nc = await connect([env.nats.url], name="readme-check")
     try:

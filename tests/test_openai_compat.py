@@ -38,8 +38,15 @@ def test_text_srt_vtt(client):
 
 
 def test_verbose_json_with_words(client):
-    r = transcribe(client, "numbers.wav", response_format="verbose_json", timestamp_granularities=["word", "segment"],
-                   language="en", prompt="A phone message.", temperature=0.0)
+    r = transcribe(
+        client,
+        "numbers.wav",
+        response_format="verbose_json",
+        timestamp_granularities=["word", "segment"],
+        language="en",
+        prompt="A phone message.",
+        temperature=0.0,
+    )
     assert r.language == "en" and r.duration == pytest.approx(8.74, abs=0.05)
     assert r.segments and r.segments[0].start >= 0 and "report" in r.text.lower()
     assert r.words and all(w.start <= w.end for w in r.words)

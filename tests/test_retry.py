@@ -4,8 +4,15 @@ reconnect looks like to nats-py), and that the retry is bounded."""
 from __future__ import annotations
 
 import pytest
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
-from nats.js.errors import APIError, KeyWrongLastSequenceError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import (
+    APIError,
+    KeyWrongLastSequenceError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 
 from bus.errors import BusUnavailable
 from bus.retry import is_transient, retrying

@@ -5,11 +5,11 @@ from __future__ import annotations
 import msgpack
 import pytest
 
+from bus.topology import EVENT_MAX_BYTES
 from schemas import codec, names
 from schemas.errors import InvalidInput, Unauthorized
-from schemas.formats import render
-from bus.topology import EVENT_MAX_BYTES
 from schemas.events import EventType, JobEvent
+from schemas.formats import render
 from schemas.jobs import (
     CODE_MAX,
     ID_MAX,
@@ -25,15 +25,22 @@ from schemas.jobs import (
 )
 from schemas.keys import ApiKeyRecord, new_secret, parse_key, secret_matches
 from schemas.media_sniff import sniff
-from schemas.nodes import metrics_url_refusal
 from schemas.names import Kind, Lane
+from schemas.nodes import metrics_url_refusal
 from schemas.results import Segment, Transcript
 from tests.harness import TESTDATA
 
 
 def _job(**kw) -> JobMessage:
-    base = dict(job_id=new_job_id(), owner="alice", queue_owner="alice", lane=Lane.GPU, kind=Kind.AUDIO, attempt=1,
-                submitted_at=1.0)
+    base = dict(
+        job_id=new_job_id(),
+        owner="alice",
+        queue_owner="alice",
+        lane=Lane.GPU,
+        kind=Kind.AUDIO,
+        attempt=1,
+        submitted_at=1.0,
+    )
     return JobMessage(**(base | kw))
 
 
@@ -77,18 +84,19 @@ def test_subjects_and_consumers():
 
 def _transcript() -> Transcript:
     return Transcript(
-        text="Hello world. Again.", language="en", duration=3723.5,
-        segments=[Segment(id=0, start=0.0, end=1.5, text=" Hello world."),
-                  Segment(id=1, start=3661.007, end=3723.4996, text=" Again.")],
+        text="Hello world. Again.",
+        language="en",
+        duration=3723.5,
+        segments=[
+            Segment(id=0, start=0.0, end=1.5, text=" Hello world."),
+            Segment(id=1, start=3661.007, end=3723.4996, text=" Again."),
+        ],
     )
 
 
 def test_srt_timing_syntax_exact():
     body, media_type = render(_transcript(), "srt")
-    assert body == (
-        "1\n00:00:00,000 --> 00:00:01,500\nHello world.\n\n"
-        "2\n01:01:01,007 --> 01:02:03,500\nAgain.\n"
-    )
+    assert body == ("1\n00:00:00,000 --> 00:00:01,500\nHello world.\n\n2\n01:01:01,007 --> 01:02:03,500\nAgain.\n")
     assert media_type.startswith("application/x-subrip")
 
 
@@ -128,7 +136,9 @@ def test_sniff_testdata(name, kind):
     assert sniff((TESTDATA / name).read_bytes()[:64])[0] is kind
 
 
-@pytest.mark.parametrize("head", [b"%PDF-1.5", b"PK\x03\x04xx", b"\x89PNG\r\n", b"<html><body>", b'{"a": 1}', b"\x7fELF"])
+@pytest.mark.parametrize(
+    "head", [b"%PDF-1.5", b"PK\x03\x04xx", b"\x89PNG\r\n", b"<html><body>", b'{"a": 1}', b"\x7fELF"]
+)
 def test_sniff_refuses_known_non_media(head):
     assert sniff(head)[0] is None
 
@@ -136,8 +146,15 @@ def test_sniff_refuses_known_non_media(head):
 def _max_event() -> JobEvent:
     """An event with every free-text field at its bound."""
     return JobEvent(
-        type=EventType.FAILED, job_id="j" + "f" * 32, owner="o" * ID_MAX, attempt=1, lane=Lane.GPU, node_id="n" * NODE_ID_MAX,
-        at=1.0, result_object="r" * OBJECT_NAME_MAX, error=ErrorInfo(code="C" * CODE_MAX, message="é" * MESSAGE_MAX),
+        type=EventType.FAILED,
+        job_id="j" + "f" * 32,
+        owner="o" * ID_MAX,
+        attempt=1,
+        lane=Lane.GPU,
+        node_id="n" * NODE_ID_MAX,
+        at=1.0,
+        result_object="r" * OBJECT_NAME_MAX,
+        error=ErrorInfo(code="C" * CODE_MAX, message="é" * MESSAGE_MAX),
         summary=ResultSummary(language="l" * NAME_MAX, device="d" * NAME_MAX, model="m" * NAME_MAX),
     )
 
@@ -148,9 +165,14 @@ def test_event_at_every_bound_fits_the_events_stream():
 
 @pytest.mark.parametrize(
     "field,value",
-    [("node_id", "n" * (NODE_ID_MAX + 1)), ("result_object", "r" * (OBJECT_NAME_MAX + 1)),
-     ("error", {"code": "C", "message": "m" * (MESSAGE_MAX + 1)}), ("error", {"code": "C" * (CODE_MAX + 1), "message": ""}),
-     ("summary", {"model": "m" * (NAME_MAX + 1)}), ("job_id", "j" * (ID_MAX + 1))],
+    [
+        ("node_id", "n" * (NODE_ID_MAX + 1)),
+        ("result_object", "r" * (OBJECT_NAME_MAX + 1)),
+        ("error", {"code": "C", "message": "m" * (MESSAGE_MAX + 1)}),
+        ("error", {"code": "C" * (CODE_MAX + 1), "message": ""}),
+        ("summary", {"model": "m" * (NAME_MAX + 1)}),
+        ("job_id", "j" * (ID_MAX + 1)),
+    ],
 )
 def test_event_over_a_bound_does_not_decode(field, value):
     raw = _max_event().model_dump(mode="json") | {field: value}
@@ -170,8 +192,16 @@ def test_metrics_url_plain_http_with_host_and_port_passes(url):
 
 @pytest.mark.parametrize(
     "url",
-    ["file:///etc/passwd", "gopher://h:70/", "http://user:pw@h:9100/metrics", "http://h/metrics", "http://:9100/",
-     "http://h:99999/", "http://h:9100/metrics?target=http://169.254.169.254/", "not a url"],
+    [
+        "file:///etc/passwd",
+        "gopher://h:70/",
+        "http://user:pw@h:9100/metrics",
+        "http://h/metrics",
+        "http://:9100/",
+        "http://h:99999/",
+        "http://h:9100/metrics?target=http://169.254.169.254/",
+        "not a url",
+    ],
 )
 def test_metrics_url_anything_else_is_refused(url):
     assert metrics_url_refusal(url) is not None

@@ -42,8 +42,13 @@ def test_a_seal_binds_the_bytes_and_where_they_are_stored():
 async def test_a_key_record_not_sealed_by_a_gateway_authenticates_nobody(nats_server, gateway, user):
     # Given a well-formed key record for `user` written straight into KV (not by a gateway)
     key_id, secret = uuid.uuid4().hex[:16], "forged-secret"
-    rec = ApiKeyRecord(key_id=key_id, user_id=user, roles=[Role.USER, Role.NODE],
-                       secret_sha256=hash_secret(secret), created_at=time.time())
+    rec = ApiKeyRecord(
+        key_id=key_id,
+        user_id=user,
+        roles=[Role.USER, Role.NODE],
+        secret_sha256=hash_secret(secret),
+        created_at=time.time(),
+    )
     nc = await nats.connect(nats_server.url)
     kv = await nc.jetstream().key_value(names.APIKEYS_BUCKET)
     await kv.put(key_id, codec.encode_record(rec))
@@ -77,13 +82,24 @@ async def test_forged_advisories_do_not_fail_or_move_anyones_job(nats_server, ga
         seq = json.loads((await jobs_kv.get(names.job_key(user, job["job_id"]))).value)["stream_seq"]
         # When advisories name its sequence on the wrong lane's consumer, on a consumer
         # that is no lane's, and its own lane's consumer for an unsealed copy of it
-        unsealed = codec.encode(JobMessage(job_id=job["job_id"], owner=user, queue_owner=user, lane=Lane.GPU,
-                                           kind=Kind.AUDIO, attempt=1, submitted_at=now()))
+        unsealed = codec.encode(
+            JobMessage(
+                job_id=job["job_id"],
+                owner=user,
+                queue_owner=user,
+                lane=Lane.GPU,
+                kind=Kind.AUDIO,
+                attempt=1,
+                submitted_at=now(),
+            )
+        )
         copy = await js.publish(names.job_subject(user, Lane.GPU, Kind.AUDIO), unsealed)
         gpu, cpu = names.consumer_name(user, Lane.GPU), names.consumer_name(user, Lane.CPU)
         for consumer, s in [(cpu, seq), ("materializer", seq), (gpu, copy.seq)]:
-            await js.publish(f"{names.MAX_DELIVERIES_SUBJECTS[:-1]}{consumer}",
-                             json.dumps({"consumer": consumer, "stream_seq": s, "deliveries": 5}).encode())
+            await js.publish(
+                f"{names.MAX_DELIVERIES_SUBJECTS[:-1]}{consumer}",
+                json.dumps({"consumer": consumer, "stream_seq": s, "deliveries": 5}).encode(),
+            )
         await asyncio.sleep(1.5)
         # Then the job is still queued on its lane, attempt 1, its message still there
         with gateway.client(key) as c:
@@ -106,9 +122,13 @@ async def test_the_shared_node_refuses_unsealed_jobs_and_foreign_inputs(nats_ser
             assert wait_job(c, staged["job_id"])["status"] == "succeeded"
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
-    victim_input = StagedInput(bucket=names.files_bucket(user + "-v"),
-                               object_name=names.input_object(staged["job_id"], "hello.wav"),
-                               filename="hello.wav", size=1, sha256="0" * 64)
+    victim_input = StagedInput(
+        bucket=names.files_bucket(user + "-v"),
+        object_name=names.input_object(staged["job_id"], "hello.wav"),
+        filename="hello.wav",
+        size=1,
+        sha256="0" * 64,
+    )
     seal = RecordSeal.from_secret(ADMIN_TOKEN)
     subject = names.job_subject(names.SHARED, Lane.CPU, Kind.AUDIO, user)
     # When a job message without the gateways' seal, and a sealed one that
@@ -117,15 +137,25 @@ async def test_the_shared_node_refuses_unsealed_jobs_and_foreign_inputs(nats_ser
     forged_ids = []
     for sealed, inp in [(False, None), (True, victim_input)]:
         forged_ids.append("j" + uuid.uuid4().hex)
-        msg = JobMessage(job_id=forged_ids[-1], owner=user, queue_owner=names.SHARED, lane=Lane.CPU,
-                         kind=Kind.AUDIO, attempt=1, input=inp, submitted_at=now())
+        msg = JobMessage(
+            job_id=forged_ids[-1],
+            owner=user,
+            queue_owner=names.SHARED,
+            lane=Lane.CPU,
+            kind=Kind.AUDIO,
+            attempt=1,
+            input=inp,
+            submitted_at=now(),
+        )
         payload = codec.encode(msg)
         headers = {"Gpubus-Seal": seal.tag(subject, payload)} if sealed else None
         await js.publish(subject, payload, headers=headers)
+
     # Then both are termed unrun: nothing is written into the user's bucket
     # and the node's bad-message counter counts them
     def termed() -> bool:
         return shared_cpu_node.log().count("terming bad job message") >= 2 + before
+
     wait_until(termed, timeout_s=20, what="the shared node terms both")
     log = shared_cpu_node.log()
     assert "not sealed" in log or "seal does not match" in log, log[-2000:]

@@ -56,7 +56,8 @@ def outside_refs(path: Path, repo: Path) -> list[str]:
     found = []
     for no, line in enumerate(lines, 1):
         dotdot = [
-            m.group(0) for m in DOTDOT.finditer(line)
+            m.group(0)
+            for m in DOTDOT.finditer(line)
             if (rel.as_posix(), m.group(0)) not in NOT_PATHS
             and (_escapes(m.group(0), repo, repo) or _escapes(m.group(0), path.parent, repo))
         ]

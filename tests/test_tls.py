@@ -29,10 +29,10 @@ from cryptography import x509
 
 from bus import nats_jwt, xkeys
 from bus.auth_callout import AUTH_SUBJECT, AuthCallout
-from bus.keystore import KeyStore
-from bus.sealing import RecordSeal
-from bus.nats_jwt import new_account_seed
 from bus.connection import connect
+from bus.keystore import KeyStore
+from bus.nats_jwt import new_account_seed
+from bus.sealing import RecordSeal
 from bus.tls import InsecureConnection, UntrustedCertificate, client_context, fingerprint, gateway_context
 from ops import tls
 from ops.embedded_nats import NatsAuth, NatsCluster, NatsServer, NatsTls, free_port
@@ -67,8 +67,9 @@ def up_tls(tmp_path_factory) -> Iterator[dict]:
 
 def _https(info: dict, token: str) -> httpx.Client:
     verify = client_context(ca_file=Path(info["tls_ca_file"]))
-    return httpx.Client(base_url=info["gateway_url"], headers={"Authorization": f"Bearer {token}"},
-                        verify=verify, timeout=60)
+    return httpx.Client(
+        base_url=info["gateway_url"], headers={"Authorization": f"Bearer {token}"}, verify=verify, timeout=60
+    )
 
 
 def _node(info: dict, root: Path, *flags: str, name: str = "node") -> Proc:
@@ -101,9 +102,17 @@ def test_node_joins_over_tls_and_runs_a_job(up_tls):
     node = _node(up_tls, up_tls["root"], "--gateway-fingerprint", up_tls["gateway_fingerprint"], name="gpu")
     try:
         with _https(up_tls, up_tls["admin_token"]) as admin:
+
             def gpu_node() -> dict | None:
-                return next((n for n in admin.get("/api/v1/status/workers").json()["nodes"]
-                             if n["lane"] == "gpu" and n["owner"] == up_tls["user_id"]), None)
+                return next(
+                    (
+                        n
+                        for n in admin.get("/api/v1/status/workers").json()["nodes"]
+                        if n["lane"] == "gpu" and n["owner"] == up_tls["user_id"]
+                    ),
+                    None,
+                )
+
             live = wait_until(gpu_node, timeout_s=60, what="gpu node registered", proc=node)
         # When a job asks for the GPU lane over HTTPS
         with _https(up_tls, up_tls["api_key"]) as c:
@@ -120,8 +129,9 @@ def test_node_joins_over_tls_and_runs_a_job(up_tls):
 
 def test_cli_talks_https_with_the_ca_from_up_json(up_tls):
     env = _env(GPUBUS_DATA_DIR=str(up_tls["data_dir"]))
-    r = subprocess.run([sys.executable, "-m", "ops.cli", "keys", "list"], env=env, capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "ops.cli", "keys", "list"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["keys"]
 
@@ -149,8 +159,15 @@ def test_plaintext_to_the_tls_nats_port_is_refused(up_tls):
 def test_node_with_the_wrong_nats_ca_refuses_to_connect(up_tls, tmp_path):
     # Given a node told to trust another CA for NATS (someone in the middle would look like this)
     other = tls.load_or_create(tmp_path / "other")
-    node = _node(up_tls, up_tls["root"], "--gateway-ca", up_tls["tls_ca_file"], "--nats-ca", str(other.ca_file),
-                 name="wrong-nats-ca")
+    node = _node(
+        up_tls,
+        up_tls["root"],
+        "--gateway-ca",
+        up_tls["tls_ca_file"],
+        "--nats-ca",
+        str(other.ca_file),
+        name="wrong-nats-ca",
+    )
     # Then it stops at once, saying why, and never joins
     assert node.proc.wait(60) != 0
     assert "UNTRUSTED_CERTIFICATE" in node.log() and "NATS server certificate not trusted" in node.log()
@@ -186,15 +203,26 @@ def test_untrusted_cert_is_a_typed_error_with_a_code():
 def test_gateway_serves_https_and_hands_nodes_the_nats_ca(tmp_path):
     # Given the operator's CA, certificate and key, a TLS NATS, and `gpubus gateway` configured by environment
     files = tls.load_or_create(tmp_path / "tls")
-    server = NatsServer(store_dir=tmp_path / "nats", auth=NatsAuth.generate(),
-                        tls=NatsTls(files.cert_file, files.key_file, files.ca_file)).start()
+    server = NatsServer(
+        store_dir=tmp_path / "nats",
+        auth=NatsAuth.generate(),
+        tls=NatsTls(files.cert_file, files.key_file, files.ca_file),
+    ).start()
     port = free_port()
-    env = base_env(server.url, port=port, nats_ca_file=files.ca_file, tls_cert_file=files.cert_file,
-                   tls_key_file=files.key_file, nats_issuer_seed=server.auth.issuer_seed,
-                   nats_xkey_seed=server.auth.xkey_seed, nats_system_url=server.system_url)
+    env = base_env(
+        server.url,
+        port=port,
+        nats_ca_file=files.ca_file,
+        tls_cert_file=files.cert_file,
+        tls_key_file=files.key_file,
+        nats_issuer_seed=server.auth.issuer_seed,
+        nats_xkey_seed=server.auth.xkey_seed,
+        nats_system_url=server.system_url,
+    )
     gw = Proc(["gateway"], env, tmp_path / "gateway.log").start()
     ca = client_context(ca_file=files.ca_file)
     try:
+
         def ready() -> bool:
             try:
                 return httpx.get(f"https://127.0.0.1:{port}/ready", verify=ca, timeout=1).status_code == 200
@@ -205,8 +233,13 @@ def test_gateway_serves_https_and_hands_nodes_the_nats_ca(tmp_path):
         # Then plain HTTP gets nowhere, and the bootstrap answer carries the NATS CA
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2)
-        r = httpx.post(f"https://127.0.0.1:{port}/api/v1/nodes/bootstrap", json={"lane": "cpu", "shared": True},
-                       headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, verify=ca, timeout=10)
+        r = httpx.post(
+            f"https://127.0.0.1:{port}/api/v1/nodes/bootstrap",
+            json={"lane": "cpu", "shared": True},
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            verify=ca,
+            timeout=10,
+        )
         body = r.json()
         assert body["nats_ca_pem"] == files.ca_pem and body["nats_ca_sha256"] == fingerprint(files.ca_pem)
         assert body["nats_servers"] == [server.public_url] and server.public_url.startswith("tls://")
@@ -258,8 +291,13 @@ def test_ca_module_names_keys_and_reuse(tmp_path):
 
 
 def test_tls_init_command_prints_env_lines(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "ops.cli", "tls", "init", "--dir", str(tmp_path / "t"),
-                        "--name", "nats-0"], capture_output=True, text=True, timeout=60, env=_env())
+    r = subprocess.run(
+        [sys.executable, "-m", "ops.cli", "tls", "init", "--dir", str(tmp_path / "t"), "--name", "nats-0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+    )
     assert r.returncode == 0, r.stderr
     fp = next(line.split("=", 1)[1] for line in r.stdout.splitlines() if line.startswith("GPUBUS_GATEWAY_FINGERPRINT="))
     assert fp == fingerprint((tmp_path / "t" / tls.SERVER_CERT).read_text())
@@ -274,10 +312,18 @@ def _auth_request(server_seed: bytes, token: str) -> bytes:
     server = nkeys.from_seed(server_seed)
     user = nkeys.from_seed(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
     claims = {
-        "iat": int(time.time()), "iss": server.public_key.decode(), "sub": "$G", "aud": "nats-authorization-request",
-        "nats": {"type": "authorization_request", "version": 2, "user_nkey": user.public_key.decode(),
-                 "server_id": {"id": server.public_key.decode(), "name": "x"},
-                 "connect_opts": {"auth_token": token}, "client_info": {"id": 1}},
+        "iat": int(time.time()),
+        "iss": server.public_key.decode(),
+        "sub": "$G",
+        "aud": "nats-authorization-request",
+        "nats": {
+            "type": "authorization_request",
+            "version": 2,
+            "user_nkey": user.public_key.decode(),
+            "server_id": {"id": server.public_key.decode(), "name": "x"},
+            "connect_opts": {"auth_token": token},
+            "client_info": {"id": 1},
+        },
     }
     return nats_jwt.encode(claims, server_seed.decode()).encode()
 
@@ -291,8 +337,9 @@ async def test_callout_answers_only_sealed_requests(tmp_path):
         try:
             store = KeyStore(await nc.jetstream().create_key_value(bucket=names.APIKEYS_BUCKET), RecordSeal(None))
             key, _ = await store.create("xkeyuser", [Role.NODE])
-            callout = AuthCallout(nc, store, issuer_seed=new_account_seed(), admin_token=lambda: None,
-                                  xkey_seed=callout_seed)
+            callout = AuthCallout(
+                nc, store, issuer_seed=new_account_seed(), admin_token=lambda: None, xkey_seed=callout_seed
+            )
             await callout.start()
             request = _auth_request(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_SERVER), key)
             # When a valid, signed request comes unsealed
@@ -300,12 +347,17 @@ async def test_callout_answers_only_sealed_requests(tmp_path):
                 await nc.request(AUTH_SUBJECT, request, timeout=1)
             # Or sealed to another key
             with pytest.raises(nats.errors.TimeoutError):
-                await nc.request(AUTH_SUBJECT, xkeys.seal(request, seed=fake_server_xkey, recipient=xkeys.public_key(
-                    xkeys.new_seed())), timeout=1, headers={xkeys.XKEY_HEADER: xkeys.public_key(fake_server_xkey)})
+                await nc.request(
+                    AUTH_SUBJECT,
+                    xkeys.seal(request, seed=fake_server_xkey, recipient=xkeys.public_key(xkeys.new_seed())),
+                    timeout=1,
+                    headers={xkeys.XKEY_HEADER: xkeys.public_key(fake_server_xkey)},
+                )
             # Then neither is answered; sealed to the callout, as the server sends it, it is
             sealed = xkeys.seal(request, seed=fake_server_xkey, recipient=xkeys.public_key(callout_seed))
-            reply = await nc.request(AUTH_SUBJECT, sealed, timeout=5,
-                                     headers={xkeys.XKEY_HEADER: xkeys.public_key(fake_server_xkey)})
+            reply = await nc.request(
+                AUTH_SUBJECT, sealed, timeout=5, headers={xkeys.XKEY_HEADER: xkeys.public_key(fake_server_xkey)}
+            )
             await callout.stop()
         finally:
             await nc.close()

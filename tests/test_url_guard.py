@@ -9,8 +9,19 @@ from schemas.url_guard import UrlRefused, check_address, check_submitted, check_
 
 @pytest.mark.parametrize(
     "url",
-    ["file:///etc/passwd", "ftp://example.com/a.mp3", "gopher://x", "javascript:alert(1)", "//example.com/a",
-     "example.com/a.mp3", "http://", "http://exa mple.com/", "http://example.com:99999/", "", "http://a\n.com/"],
+    [
+        "file:///etc/passwd",
+        "ftp://example.com/a.mp3",
+        "gopher://x",
+        "javascript:alert(1)",
+        "//example.com/a",
+        "example.com/a.mp3",
+        "http://",
+        "http://exa mple.com/",
+        "http://example.com:99999/",
+        "",
+        "http://a\n.com/",
+    ],
 )
 def test_syntax_refuses_anything_but_plain_http_urls(url):
     with pytest.raises(UrlRefused):
@@ -24,15 +35,29 @@ def test_syntax_accepts_http_and_https():
 
 @pytest.mark.parametrize(
     "ip",
-    ["127.0.0.1", "10.0.0.5", "172.16.3.4", "192.168.1.1", "169.254.1.1", "100.64.0.1", "::1", "fe80::1",
-     "fc00::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "64:ff9b::a00:1"],
+    [
+        "127.0.0.1",
+        "10.0.0.5",
+        "172.16.3.4",
+        "192.168.1.1",
+        "169.254.1.1",
+        "100.64.0.1",
+        "::1",
+        "fe80::1",
+        "fc00::1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "64:ff9b::a00:1",
+    ],
 )
 def test_private_ranges_are_refused_unless_allowed(ip):
     assert refusal(ip, allow_private=False) is not None
     assert refusal(ip, allow_private=True) is None
 
 
-@pytest.mark.parametrize("ip", ["169.254.169.254", "fd00:ec2::254", "100.100.100.200", "0.0.0.0", "224.0.0.1", "240.0.0.1"])
+@pytest.mark.parametrize(
+    "ip", ["169.254.169.254", "fd00:ec2::254", "100.100.100.200", "0.0.0.0", "224.0.0.1", "240.0.0.1"]
+)
 def test_metadata_and_non_unicast_are_always_refused(ip):
     assert refusal(ip, allow_private=True) is not None
 
@@ -75,8 +100,17 @@ def test_ipv6_outside_global_unicast_or_in_special_blocks_is_refused(ip):
 
 @pytest.mark.parametrize(
     "url",
-    ["http://127.0.0.1/a.wav", "http://[::1]/a", "http://10.0.0.1/a", "http://2130706433/a", "http://0x7f000001/a",
-     "http://127.1/a", "http://[::ffff:127.0.0.1]/a", "http://[::7f00:1]/a", "http://[2002:7f00:1::]/a"],
+    [
+        "http://127.0.0.1/a.wav",
+        "http://[::1]/a",
+        "http://10.0.0.1/a",
+        "http://2130706433/a",
+        "http://0x7f000001/a",
+        "http://127.1/a",
+        "http://[::ffff:127.0.0.1]/a",
+        "http://[::7f00:1]/a",
+        "http://[2002:7f00:1::]/a",
+    ],
 )
 def test_submit_refuses_a_private_address_literal_unless_allowed(url):
     with pytest.raises(UrlRefused):
@@ -84,7 +118,9 @@ def test_submit_refuses_a_private_address_literal_unless_allowed(url):
     assert check_submitted(url, allow_private=True) == url
 
 
-@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data/", "http://[fd00:ec2::254]/", "http://2852039166/"])
+@pytest.mark.parametrize(
+    "url", ["http://169.254.169.254/latest/meta-data/", "http://[fd00:ec2::254]/", "http://2852039166/"]
+)
 def test_submit_refuses_metadata_literals_always(url):
     with pytest.raises(UrlRefused, match="metadata"):
         check_submitted(url, allow_private=True)

@@ -34,7 +34,9 @@ def test_url_job_downloads_with_the_owners_cookie_and_transcribes(gateway, serve
             got = c.get("/api/v1/auth/cookies").json()
             assert got["present"] is True and COOKIE_VALUE not in str(got)
             # When they submit a URL of a video
-            r = c.post("/api/v1/jobs", json={"url": server.url("hello.mp4"), "gpu": True, "options": {"word_timestamps": True}})
+            r = c.post(
+                "/api/v1/jobs", json={"url": server.url("hello.mp4"), "gpu": True, "options": {"word_timestamps": True}}
+            )
             assert r.status_code == 202, r.text
             job = r.json()
             assert job["lane"] == "gpu"
@@ -69,8 +71,16 @@ def test_private_url_is_refused_by_a_node_without_the_flag(gateway, shared_cpu_n
 
 
 @pytest.mark.parametrize(
-    "url", ["file:///etc/passwd", "ftp://127.0.0.1/a.wav", "not a url", "http://", "http://169.254.169.254/latest/",
-            "http://[::a9fe:a9fe]/", "http://[2002:a9fe:a9fe::]/"],
+    "url",
+    [
+        "file:///etc/passwd",
+        "ftp://127.0.0.1/a.wav",
+        "not a url",
+        "http://",
+        "http://169.254.169.254/latest/",
+        "http://[::a9fe:a9fe]/",
+        "http://[2002:a9fe:a9fe::]/",
+    ],
 )
 def test_gateway_refuses_non_http_urls_at_submit(gateway, user, url):
     key = gateway.create_key(user)

@@ -30,8 +30,14 @@ pytestmark = pytest.mark.timeout(180)
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; no browser is ever downloaded
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 JOB_WAIT_MS = 90_000
 
@@ -99,7 +105,10 @@ def tab(browser: Browser) -> Iterator[Tab]:
     page.on("request", lambda r: t.requests.append(r.url))
     page.on("pageerror", lambda e: t.problems.append(f"page error: {e}"))
     page.on("console", lambda m: t.console(m.type, m.text))
-    page.on("response", lambda r: t.problems.append(f"{r.status} {r.url}") if r.status >= 400 and "/api/" not in r.url else None)
+    page.on(
+        "response",
+        lambda r: t.problems.append(f"{r.status} {r.url}") if r.status >= 400 and "/api/" not in r.url else None,
+    )
     yield t
     context.close()
 
@@ -256,7 +265,9 @@ def test_gpu_node_that_stops_mid_job_shows_the_move_to_cpu(
     page = tab.page
     lecture = wav_of_seconds(TESTDATA / "long.wav", 150, tmp_path / "lecture.wav")
     # A CPU node of the user's to fall back to, starting while the page works
-    starting = ThreadPoolExecutor(1).submit(start_node, gateway, "cpu", key=web_user.key, name=f"cpu-{web_user.user_id}")
+    starting = ThreadPoolExecutor(1).submit(
+        start_node, gateway, "cpu", key=web_user.key, name=f"cpu-{web_user.user_id}"
+    )
     cpu: Proc | None = None
     try:
         sign_in(page, gateway, web_user.key)
@@ -268,7 +279,8 @@ def test_gpu_node_that_stops_mid_job_shows_the_move_to_cpu(
         row = page.locator("#jobs > li", has_text="lecture.wav").first
         page.wait_for_function(
             "li => li.dataset.status === 'running' && li.querySelector('progress').value > 0",
-            arg=row.element_handle(), timeout=JOB_WAIT_MS,
+            arg=row.element_handle(),
+            timeout=JOB_WAIT_MS,
         )
         expect(row.locator(".lane")).to_have_text("GPU")
         cpu = starting.result(timeout=60)
