@@ -42,6 +42,7 @@ from bench.busclient import BusClient
 from bench.loops import Waiters, pipelined, sequential
 from bench.redis_server import redis_server
 from bus.sealing import RecordSeal
+from testkit.harness import ADMIN_TOKEN
 
 PAYLOAD_PAD = b"x" * 256  # about the size of a JobMessage
 SYSTEMS = ("raw", "bus", "http", "celery")
@@ -131,7 +132,7 @@ class Bus:
         self.url, self.owner = url, owner
 
     async def open(self) -> None:
-        self.client = await BusClient.open(self.url, RecordSeal.from_secret(common.ADMIN_TOKEN))
+        self.client = await BusClient.open(self.url, RecordSeal.from_secret(ADMIN_TOKEN))
 
     async def one(self, _: int) -> None:
         await self.client.run_job(self.owner)

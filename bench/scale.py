@@ -27,6 +27,7 @@ from bench.loops import pipelined
 from bus import topology
 from bus.sealing import RecordSeal
 from bus.settings import Settings
+from testkit.harness import ADMIN_TOKEN
 
 
 async def prepare(url: str, owners: list[str]) -> None:
@@ -68,7 +69,7 @@ def stop_pools(procs: list[subprocess.Popen]) -> None:
 
 
 async def drive(url: str, owners: list[str], jobs: int, inflight: int) -> tuple[float, float]:
-    client = await BusClient.open(url, RecordSeal.from_secret(common.ADMIN_TOKEN))
+    client = await BusClient.open(url, RecordSeal.from_secret(ADMIN_TOKEN))
     try:
         lat: list[float] = []
 

@@ -155,4 +155,5 @@ def failure_of(exc: BaseException) -> Failure | None:
 
 
 def _message(exc: BaseException) -> str:
-    return exc.message if isinstance(exc, GpubusError) else str(exc)
+    """A gpubus error keeps its code: scripts and operators grep for it."""
+    return f"{exc.code}: {exc.message}" if isinstance(exc, GpubusError) else str(exc)

@@ -24,6 +24,7 @@ from bus.jobstore import decode_job_record
 from bus.sealing import RecordSeal
 from ops import cli
 from ops.embedded_nats import NatsServer, free_port
+from ops.exits import UsageError
 from ops.private_files import private_dir, write_private
 from schemas import codec, names
 from schemas.jobs import JobStatus
@@ -375,7 +376,7 @@ def test_node_key_from_a_file_or_the_environment_and_a_warning_for_argv(tmp_path
     assert cli.node_api_key(args) == "gpb_inargv_secret"
     assert "--api-key-file" in capsys.readouterr().err
 
-    with pytest.raises(SystemExit):  # one or the other
+    with pytest.raises(UsageError):  # one or the other
         cli.build_parser().parse_args(["cpu-node", "--api-key", "k", "--api-key-file", str(key_file)])
     assert "--api-key gpb_" not in (REPO / "README.md").read_text()
 

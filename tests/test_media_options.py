@@ -121,9 +121,12 @@ def test_cli_flags_become_options_and_refusals_are_shown(gateway, shared_cpu_nod
         )
 
     out = cli(str(TESTDATA / "hello.wav"), "--model", "large-v3")
-    assert out.returncode == 1 and "422 INVALID_INPUT" in out.stderr and "available: tiny.en" in out.stderr
+    assert (
+        out.returncode == 2 and "INVALID_INPUT" in out.stderr and "(HTTP 422)" in out.stderr
+    )  # 2: usage (ops/exits.py)
+    assert "available: tiny.en" in out.stderr
     out = cli("ftp://example.com/a.mp3")
-    assert out.returncode == 1 and "422 URL_REFUSED" in out.stderr
+    assert out.returncode == 2 and "URL_REFUSED" in out.stderr and "(HTTP 422)" in out.stderr
     out = cli(
         str(TESTDATA / "hello.wav"),
         "--wait",
