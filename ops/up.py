@@ -30,7 +30,8 @@ from gateway.app import create_app
 from gpu_node import device, telemetry
 from gpu_node.main import make_processor as make_gpu
 from ops import tls as ops_tls
-from ops.embedded_nats import NatsAuth, NatsCluster, NatsServer, NatsTls
+from ops.embedded_nats import NatsCluster, NatsServer
+from ops.nats_identity import NatsAuth, NatsTls
 from ops.private_files import private_dir, write_private
 from ops.tls import TlsFiles
 from schemas.keys import Role

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ops.embedded_nats import NatsAuth, NatsServer
+from ops.embedded_nats import NatsServer
+from ops.nats_identity import NatsAuth
 from tests.harness import REPO, TESTDATA, Gateway, Proc, start_node
 
 _users = itertools.count()

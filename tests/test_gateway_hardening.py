@@ -370,7 +370,7 @@ def test_node_key_from_a_file_or_the_environment_and_a_warning_for_argv(tmp_path
     monkeypatch.setenv("GPUBUS_API_KEY", "gpb_fromenv_secret")
     args = cli.build_parser().parse_args(["gpu-node"])
     assert cli.node_api_key(args) is None  # nothing overrides the environment
-    assert cli._settings(args, api_key=cli.node_api_key(args)).api_key.get_secret_value() == "gpb_fromenv_secret"
+    assert cli.settings_from(args, api_key=cli.node_api_key(args)).api_key.get_secret_value() == "gpb_fromenv_secret"
 
     args = cli.build_parser().parse_args(["gpu-node", "--api-key", "gpb_inargv_secret"])
     assert cli.node_api_key(args) == "gpb_inargv_secret"

@@ -35,7 +35,8 @@ from bus.nats_jwt import new_account_seed
 from bus.sealing import RecordSeal
 from bus.tls import InsecureConnection, UntrustedCertificate, client_context, fingerprint, gateway_context
 from ops import tls
-from ops.embedded_nats import NatsAuth, NatsCluster, NatsServer, NatsTls, free_port
+from ops.embedded_nats import NatsCluster, NatsServer, free_port
+from ops.nats_identity import NatsAuth, NatsTls
 from schemas import names
 from schemas.keys import Role
 from tests.harness import ADMIN_TOKEN, TESTDATA, Gateway, Proc, base_env, submit_file, wait_job, wait_until, words
