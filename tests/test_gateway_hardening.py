@@ -22,7 +22,7 @@ import pytest
 from bench.common import RssSampler
 from bus.jobstore import decode_job_record
 from bus.sealing import RecordSeal
-from ops import cli
+from ops import cli, cli_support, service_commands
 from ops.embedded_nats import NatsServer, free_port
 from ops.exits import UsageError
 from ops.private_files import private_dir, write_private
@@ -364,16 +364,19 @@ def test_node_key_from_a_file_or_the_environment_and_a_warning_for_argv(tmp_path
     key_file = tmp_path / "key"
     key_file.write_text("gpb_fromfile_secret\n")
     args = cli.build_parser().parse_args(["cpu-node", "--api-key-file", str(key_file)])
-    assert cli.node_api_key(args) == "gpb_fromfile_secret"
+    assert service_commands.node_api_key(args) == "gpb_fromfile_secret"
     assert capsys.readouterr().err == ""
 
     monkeypatch.setenv("GPUBUS_API_KEY", "gpb_fromenv_secret")
     args = cli.build_parser().parse_args(["gpu-node"])
-    assert cli.node_api_key(args) is None  # nothing overrides the environment
-    assert cli.settings_from(args, api_key=cli.node_api_key(args)).api_key.get_secret_value() == "gpb_fromenv_secret"
+    assert service_commands.node_api_key(args) is None  # nothing overrides the environment
+    assert (
+        cli_support.settings_from(args, api_key=service_commands.node_api_key(args)).api_key.get_secret_value()
+        == "gpb_fromenv_secret"
+    )
 
     args = cli.build_parser().parse_args(["gpu-node", "--api-key", "gpb_inargv_secret"])
-    assert cli.node_api_key(args) == "gpb_inargv_secret"
+    assert service_commands.node_api_key(args) == "gpb_inargv_secret"
     assert "--api-key-file" in capsys.readouterr().err
 
     with pytest.raises(UsageError):  # one or the other
