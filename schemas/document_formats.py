@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from schemas.documents import DocumentResult, OcrResult, WebPageResult
-from schemas.errors import InvalidInput
-from schemas.formats import MEDIA_TYPES
+from schemas.formats import render_with
 
 Rendered = DocumentResult | WebPageResult | OcrResult
 
@@ -65,7 +64,4 @@ RENDERERS: dict[str, Callable[[Rendered], str]] = {
 
 def render(r: Rendered, fmt: str) -> tuple[str, str]:
     """Returns (body, media type)."""
-    try:
-        return RENDERERS[fmt](r), MEDIA_TYPES[fmt]
-    except KeyError:
-        raise InvalidInput(f"unknown format {fmt!r}; use one of {sorted(RENDERERS)}") from None
+    return render_with(RENDERERS, r, fmt)

@@ -6,10 +6,13 @@ one stored JSON and nodes never store more than one copy.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from schemas.errors import InvalidInput
 from schemas.results import Transcript
+
+R = TypeVar("R")
 
 MEDIA_TYPES = {
     "json": "application/json",
@@ -70,9 +73,15 @@ RENDERERS: dict[str, Callable[[Transcript], str]] = {
 }
 
 
+def render_with(renderers: Mapping[str, Callable[[R], str]], result: R, fmt: str) -> tuple[str, str]:
+    """(body, media type) of `result` in `fmt`, by one of `renderers`: every
+    result kind names its own formats, all refuse an unknown one alike."""
+    try:
+        return renderers[fmt](result), MEDIA_TYPES[fmt]
+    except KeyError:
+        raise InvalidInput(f"unknown format {fmt!r}; use one of {sorted(renderers)}") from None
+
+
 def render(t: Transcript, fmt: str) -> tuple[str, str]:
     """Returns (body, media type)."""
-    try:
-        return RENDERERS[fmt](t), MEDIA_TYPES[fmt]
-    except KeyError:
-        raise InvalidInput(f"unknown format {fmt!r}; use one of {sorted(RENDERERS)}") from None
+    return render_with(RENDERERS, t, fmt)
