@@ -34,7 +34,7 @@ from bus.retry import retrying
 from bus.sealing import RecordSeal
 from schemas import codec, names
 from schemas.errors import INPUT_CORRUPT, INPUT_MISSING, Forbidden, JobCancelled, JobFailed, NotFound
-from schemas.events import EventType
+from schemas.events import INLINE_RESULT_MAX, EventType
 from schemas.jobs import JobMessage
 from schemas.names import Lane
 from schemas.processing import JobOutput, OwnerFile, Processor
@@ -79,6 +79,7 @@ class JobContext:
     # a finished transcript lost to seconds of failover is a job redone.
     bus_retry_s: float
     job_seal: RecordSeal | None = None
+    inline_result_max: int = INLINE_RESULT_MAX
     ack_wait_s: float = 30.0
     max_deliver: int = -1
 
@@ -227,21 +228,28 @@ class JobRun:
 
     async def _store_result(self, output: JobOutput) -> None:
         """Result first, then the event, then (in `settle`) the ack: a node
-        dying anywhere in between leaves the job redeliverable, never lost."""
+        dying anywhere in between leaves the job redeliverable, never lost.
+        A small result is stored by the event itself (it rides inside it)."""
         job, ctx = self.job, self.ctx
-        name = names.result_object(job.job_id, job.attempt)
-        data = output.result.model_dump_json().encode()
-        await retrying(
-            lambda: objects.put_bytes(ctx.js, names.files_bucket(job.owner), name, data),
-            what=f"store the result of {job.job_id}",
-            give_up_after_s=ctx.bus_retry_s,
-        )
+        text = output.result.model_dump_json()
+        data = text.encode()
+        where: dict[str, str]
+        if len(data) <= ctx.inline_result_max:  # bytes: the stream's cap is in bytes
+            where = {"result_inline": text}
+        else:
+            name = names.result_object(job.job_id, job.attempt)
+            await retrying(
+                lambda: objects.put_bytes(ctx.js, names.files_bucket(job.owner), name, data),
+                what=f"store the result of {job.job_id}",
+                give_up_after_s=ctx.bus_retry_s,
+            )
+            where = {"result_object": name}
         s = output.summary
         ctx.metrics.media_seconds.inc(s.duration_s)
         ctx.metrics.processing_seconds.inc(s.processing_s)
         if s.real_time_factor is not None:
             ctx.metrics.rtf.observe(s.real_time_factor)
-        await ctx.events.finished(job, EventType.SUCCEEDED, result_object=name, summary=s)
+        await ctx.events.finished(job, EventType.SUCCEEDED, summary=s, **where)
 
     def _progress_event(self, done_s: float, total_s: float) -> None:
         """At most one progress event per PROGRESS_EVERY_S, none once cancelled."""

@@ -24,7 +24,7 @@ from bus.pulling import DurableLoop
 from bus.retry import is_retryable
 from schemas import codec, names
 from schemas.errors import NotFound
-from schemas.events import EventType, JobEvent
+from schemas.events import EventType, JobEvent, inline_digest
 from schemas.jobs import JobRecord, JobStatus
 
 log = logging.getLogger("gpubus.bus.materializer")
@@ -50,6 +50,8 @@ def event_refusal(subject: str, ev: JobEvent) -> str | None:
         return "subject and body disagree"
     if ev.result_object is not None and ev.result_object != names.result_object(ev.job_id, ev.attempt):
         return f"result_object {ev.result_object[:80]!r} is not this attempt's result"
+    if ev.result_inline is not None and (ev.type != EventType.SUCCEEDED or ev.result_object is not None):
+        return "an inline result belongs only to a succeeded event without a result object"
     return None
 
 
@@ -64,8 +66,9 @@ def _is_replay(rec: JobRecord, ev: JobEvent) -> bool:
     return rec.status == _TERMINAL_STATUS.get(ev.type) and rec.node_id == ev.node_id and rec.attempts == ev.attempt
 
 
-def fold(rec: JobRecord, ev: JobEvent) -> JobRecord | None:
-    """The new record, or None when the event changes nothing."""
+def fold(rec: JobRecord, ev: JobEvent, seq: int | None = None) -> JobRecord | None:
+    """The new record, or None when the event changes nothing. `seq` is the
+    event's EVENTS sequence: an inline result is read back by it."""
     if rec.terminal:
         if ev.type in (EventType.SUCCEEDED, EventType.FAILED) and not _is_replay(rec, ev):
             rec.late_completions += 1
@@ -88,6 +91,10 @@ def fold(rec: JobRecord, ev: JobEvent) -> JobRecord | None:
     if ev.type == EventType.SUCCEEDED:
         rec.progress = 1.0
         rec.result_object = ev.result_object
+        if ev.result_inline is not None and seq is not None:
+            rec.result_event_seq, rec.result_sha256 = seq, inline_digest(ev.result_inline)
+        else:
+            rec.result_event_seq = rec.result_sha256 = None
         rec.summary = ev.summary
         rec.error = None
     else:
@@ -169,14 +176,14 @@ class Materializer:
         for msg, ev in group:
             if ev.type == EventType.RELEASED:
                 await self._settle(run, self.apply_all)
-                await self._settle([(msg, ev)], lambda evs: self._on_released(evs[0]))
+                await self._settle([(msg, ev)], lambda items: self._on_released(items[0][1]))
                 run = []
             else:
                 run.append((msg, ev))
         await self._settle(run, self.apply_all)
 
     async def _settle(
-        self, items: list[tuple[Msg, JobEvent]], apply: Callable[[list[JobEvent]], Awaitable[object]]
+        self, items: list[tuple[Msg, JobEvent]], apply: Callable[[list[tuple[Msg, JobEvent]]], Awaitable[object]]
     ) -> None:
         """One place decides: ack what was applied; nak what may work on a
         later delivery (a record not written yet, NATS blinking); term the
@@ -186,7 +193,7 @@ class Materializer:
         msgs, events = [m for m, _ in items], [e for _, e in items]
         first = events[0]
         try:
-            await apply(events)
+            await apply(items)
         except NotFound:
             delay = self._drops.retry_delay(first.owner, msgs[0].metadata.num_delivered, len(msgs))
             if delay is not None:
@@ -218,20 +225,20 @@ class Materializer:
         self._drops.dropped(owner, reason, len(msgs))
         await asyncio.gather(*(m.term() for m in msgs))
 
-    async def apply_all(self, events: list[JobEvent]) -> JobRecord:
+    async def apply_all(self, items: list[tuple[Msg, JobEvent]]) -> JobRecord:
         """Events of one job, in order, in one compare-and-set."""
         before: dict[str, JobRecord] = {}
 
         def mutate(rec: JobRecord) -> JobRecord | None:
             before["rec"] = rec.model_copy()
             changed = False
-            for ev in events:
-                new = fold(rec, ev)
+            for msg, ev in items:
+                new = fold(rec, ev, msg.metadata.sequence.stream)
                 if new is not None:
                     rec, changed = new, True
             return rec if changed else None
 
-        first = events[0]
+        first = items[0][1]
         new = await self._jobs.update(first.owner, first.job_id, mutate)
         self._observe(before["rec"], new)
         return new

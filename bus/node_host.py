@@ -170,6 +170,7 @@ async def start_node(
         connection_lost=lost,
         js_api_prefix=identity.js_api_prefix,
         job_seal=RecordSeal.from_settings(settings) if shared else None,
+        inline_result_max=settings.inline_result_max,
     )
     await runtime.start()
     log.info("node %s ready: %s lane of %s, metrics %s", node_id, identity.lane, identity.queue_owner, metrics_url)

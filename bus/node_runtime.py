@@ -32,6 +32,7 @@ from bus.metrics import NodeMetrics
 from bus.pulling import Puller
 from bus.sealing import RecordSeal
 from schemas import names
+from schemas.events import INLINE_RESULT_MAX
 from schemas.jobs import now
 from schemas.names import Lane
 from schemas.nodes import NodeHeartbeat
@@ -69,6 +70,7 @@ class NodeRuntime:
         bus_retry_s: float = 10.0,
         js_api_prefix: str = node_permissions.JS_API,
         job_seal: RecordSeal | None = None,
+        inline_result_max: int = INLINE_RESULT_MAX,
     ) -> None:
         self.nc = nc
         # A user node reaches JetStream from its own account through imports
@@ -98,6 +100,7 @@ class NodeRuntime:
             job_deadline_s=job_deadline_s,
             bus_retry_s=bus_retry_s,
             job_seal=job_seal,
+            inline_result_max=inline_result_max,
             events=EventReporter(nc, self.js, lane=lane, node_id=self.node_id, bus_retry_s=bus_retry_s),
         )
         self._cancelled_early: dict[str, float] = {}

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.events import INLINE_RESULT_MAX
+
 
 class GpuMode(StrEnum):
     OFF = "off"  # never route to GPU
@@ -72,6 +74,12 @@ class Settings(BaseSettings):
     cpu_ack_wait: float = Field(60.0, gt=0)
     cpu_max_deliver: int = Field(5, ge=1)
     job_deadline: float = Field(600.0, gt=0, description="no progress for this long = hung node")
+    inline_result_max: int = Field(
+        INLINE_RESULT_MAX,
+        ge=0,
+        le=INLINE_RESULT_MAX,
+        description="results up to this many bytes ride in the succeeded event, larger ones go to the object store",
+    )
     registry_ttl: float = Field(10.0, gt=0, description="a node unseen this long is not live")
     publish_timeout: float = Field(10.0, gt=0, description="how long to retry a publish before 503")
     lag_poll_interval: float = Field(
@@ -96,8 +104,10 @@ class Settings(BaseSettings):
     max_event_streams: int = Field(20, gt=0, description="concurrent SSE streams per user before 429")
     max_job_listings: int = Field(8, gt=0, description="concurrent job listings per user before 429")
     replicas: int = Field(1, ge=1, le=5)
-    events_max_age_days: float = 7.0
-    files_ttl_days: float = 7.0
+    events_max_age_days: float = Field(
+        7.0, gt=0, description="node events are kept this long (at least files_ttl_days: small results live in them)"
+    )
+    files_ttl_days: float = Field(7.0, gt=0, description="staged inputs and results are kept this long")
     allow_private_urls: bool = Field(False, description="nodes may download from loopback/private/link-local hosts")
     download_max_mb: int = Field(2048, gt=0, description="largest media a node downloads for a URL job")
     download_timeout: float = Field(900.0, gt=0, description="longest a node spends downloading one URL job")

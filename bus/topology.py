@@ -29,6 +29,7 @@ from nats.js.errors import BadRequestError
 
 from bus.settings import Settings
 from schemas import names
+from schemas.events import INLINE_RESULT_MAX
 from schemas.names import Lane
 
 log = logging.getLogger("gpubus.bus.topology")
@@ -38,9 +39,11 @@ STREAM_NAME_IN_USE = 10058
 CONSUMER_REPLICAS_EXCEED_STREAM = 10126
 SCALE_UP_WAIT_S = 30.0
 DUPLICATE_WINDOW_S = 120.0
-# Node events are a few hundred bytes; the cap keeps an untrusted node from
-# storing megabytes per event (review F4: records of ~8 MB each).
-EVENT_MAX_BYTES = 64 * 1024
+# Node events are a few hundred bytes, or a small result inline
+# (schemas/events.INLINE_RESULT_MAX) plus its envelope; the cap keeps an
+# untrusted node from storing megabytes per event (review F4: records of
+# ~8 MB each). Records never hold the result, only where it is.
+EVENT_MAX_BYTES = INLINE_RESULT_MAX + 64 * 1024
 # The materializer and the fallback router nak only what may work later (a
 # record not written yet, NATS away) and term the rest; this bound is the
 # backstop, so no message is redelivered for ever whatever the code does
@@ -105,9 +108,13 @@ def _events_stream(s: Settings) -> StreamConfig:
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         num_replicas=s.replicas,
-        max_age=s.events_max_age_days * DAY_S,
+        # A small result lives in its `succeeded` event: it is kept as long
+        # as a result in the owner's bucket would be.
+        max_age=max(s.events_max_age_days, s.files_ttl_days) * DAY_S,
         duplicate_window=DUPLICATE_WINDOW_S,
         max_msg_size=EVENT_MAX_BYTES,
+        # Inline results are read back by sequence (gateway/results.py).
+        allow_direct=True,
     )
 
 

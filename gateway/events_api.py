@@ -38,7 +38,9 @@ async def _stream(feed: AsyncGenerator[job_feed.FeedItem, None]) -> AsyncIterato
             elif item.kind == "state" and item.record is not None:
                 yield sse("state", job_view(item.record))
             elif item.event is not None:
-                yield sse(item.event.type.value, item.event.model_dump(mode="json", exclude_none=True))
+                # An inline result is the result route's to serve, not every progress watcher's.
+                body = item.event.model_dump(mode="json", exclude_none=True, exclude={"result_inline"})
+                yield sse(item.event.type.value, body)
 
 
 class FeedResponse(StreamingResponse):

@@ -78,7 +78,8 @@ def requeue(st: GatewayState, attempt: int, route: Route) -> Claim:
             return None
         r.attempts, r.lane, r.queue_owner, r.routed_reason = attempt, route.lane, route.queue_owner, route.reason
         r.status, r.error, r.node_id, r.progress = JobStatus.QUEUED, None, None, 0.0
-        r.result_object = r.summary = r.started_at = r.finished_at = r.fallback = r.stream_seq = None
+        r.result_object = r.result_event_seq = r.result_sha256 = None
+        r.summary = r.started_at = r.finished_at = r.fallback = r.stream_seq = None
         return r
 
     return claim

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from bus import objects
+from bus.result_store import read_result
 from gateway.state import GatewayState
-from schemas import names
 from schemas.errors import Conflict, JobFailed, ResultUnreadable
 from schemas.jobs import JobRecord, JobStatus
 from schemas.results import Transcript
@@ -15,10 +14,10 @@ from schemas.results import Transcript
 
 async def read_transcript(st: GatewayState, rec: JobRecord) -> bytes:
     """The stored result JSON of a succeeded job (409 if there is none)."""
-    if rec.status != JobStatus.SUCCEEDED or not rec.result_object:
+    if rec.status != JobStatus.SUCCEEDED or (rec.result_object is None and rec.result_event_seq is None):
         detail = f": {rec.error.code}: {rec.error.message}" if rec.error else ""
         raise Conflict(f"job {rec.job_id} is {rec.status}, no result{detail}")
-    return await objects.read_bytes(st.js, names.files_bucket(rec.owner), rec.result_object)
+    return await read_result(st.js, rec)
 
 
 def parse_transcript(rec: JobRecord, data: bytes) -> Transcript:

@@ -7,6 +7,7 @@ its own job, never about another user's.
 
 from __future__ import annotations
 
+import hashlib
 from enum import StrEnum
 
 from pydantic import BaseModel, Field
@@ -29,6 +30,18 @@ class EventType(StrEnum):
 
 TERMINAL_EVENTS = frozenset({EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELLED})
 
+# A result at most this long (the JSON text) travels inside its `succeeded`
+# event, and that event, kept in EVENTS, is where it is stored: no object
+# store round trips on the node (chunk, then meta) or the gateway (meta,
+# then chunk). Most transcripts are far below it; longer ones keep the
+# object store. Bounded by the stream's EVENT_MAX_BYTES (bus/topology.py).
+INLINE_RESULT_MAX = 192 * 1024
+
+
+def inline_digest(text: str) -> str:
+    """What the record keeps of an inline result, and the reader checks."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
 
 class JobEvent(BaseModel):
     v: int = SCHEMA_VERSION
@@ -42,6 +55,7 @@ class JobEvent(BaseModel):
     progress: float | None = Field(None, ge=0.0, le=1.0)
     media_s_done: float | None = None
     result_object: str | None = Field(None, max_length=OBJECT_NAME_MAX)
+    result_inline: str | None = Field(None, max_length=INLINE_RESULT_MAX)
     summary: ResultSummary | None = None
     error: ErrorInfo | None = None
 

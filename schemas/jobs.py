@@ -145,6 +145,11 @@ class JobRecord(BaseModel):
     options: TranscribeOptions = TranscribeOptions()
     error: ErrorInfo | None = None
     result_object: str | None = None
+    # A result small enough to ride in its `succeeded` event: that event's
+    # EVENTS sequence and the digest of the result text, so reading it is
+    # one direct get, checked against what the materializer saw.
+    result_event_seq: int | None = Field(None, ge=1)
+    result_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     summary: ResultSummary | None = None
     progress: float = 0.0
     fallback: Fallback | None = None

@@ -18,7 +18,7 @@ from bus.sealing import RecordSeal
 from bus.settings import GpuMode
 from gateway.routing import Fleet, choose, gpu_wish
 from schemas import names
-from schemas.events import EventType, JobEvent
+from schemas.events import EventType, JobEvent, inline_digest
 from schemas.jobs import ErrorInfo, JobRecord, JobStatus
 from schemas.names import SHARED, Kind, Lane
 
@@ -257,3 +257,23 @@ def test_records_and_events_refuse_what_is_not_a_job_id():
             _rec(job_id=bad)
         with pytest.raises(ValidationError):
             JobEvent.model_validate(_ev(EventType.STARTED).model_dump() | {"job_id": bad})
+
+
+def test_an_inline_result_is_located_by_its_event_and_digest():
+    # Given a succeeded event carrying its result, folded from stream sequence 41
+    text = '{"text": "hello"}'
+    rec = fold(_rec(), _ev(EventType.SUCCEEDED, result_inline=text), 41)
+    # Then the record names that event and the text's digest, and no object
+    assert (rec.result_event_seq, rec.result_sha256, rec.result_object) == (41, inline_digest(text), None)
+    # ...and a retry's next result by object clears both
+    again = fold(_rec(attempts=2), _ev(EventType.SUCCEEDED, attempt=2, result_object="out/x/2.json"), 42)
+    assert again.result_event_seq is None and again.result_sha256 is None
+
+
+def test_an_inline_result_belongs_only_to_a_succeeded_event_without_an_object():
+    job_id = "j" + "0" * 32
+    subject = names.event_subject("a", job_id)
+    assert event_refusal(subject, _ev(EventType.SUCCEEDED, result_inline="{}")) is None
+    assert event_refusal(subject, _ev(EventType.FAILED, result_inline="{}")) is not None
+    both = _ev(EventType.SUCCEEDED, result_inline="{}", result_object=names.result_object(job_id, 1))
+    assert event_refusal(subject, both) is not None
