@@ -1,8 +1,9 @@
 """API keys in KV `apikeys`: only SHA-256 of the secret is stored.
 
-Every request looks its key up (no cache), so a revocation takes effect on the
-very next request. Anything wrong with a key is `Unauthorized`, never a
-fallback to anonymous.
+A gateway looks a key up in its mirror of the bucket (bus/key_mirror.py, kept
+current by a KV watch), else in KV itself, so a revocation takes effect on
+every gateway within milliseconds. Anything wrong with a key is
+`Unauthorized`, never a fallback to anonymous.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ from __future__ import annotations
 import logging
 import re
 
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
+from bus.key_mirror import KeyMirror
 from bus.sealing import RecordSeal, SealBroken
 from schemas import codec, names
 from schemas.errors import NotFound, Unauthorized
@@ -28,6 +32,20 @@ class KeyStore:
     def __init__(self, kv: KeyValue, seal: RecordSeal) -> None:
         self._kv = kv
         self._seal = seal
+        self.mirror: KeyMirror | None = None
+
+    async def start_mirror(self, nc: NatsClient, js: JetStreamContext) -> None:
+        """Serve lookups from memory from now on (a gateway's; the CLI reads KV)."""
+        self.mirror = KeyMirror(nc, js, self.decode)
+        await self.mirror.start()
+
+    def rebuild_mirror(self) -> None:
+        if self.mirror is not None:
+            self.mirror.rebuild()
+
+    async def stop_mirror(self) -> None:
+        if self.mirror is not None:
+            await self.mirror.stop()
 
     def _where(self, key_id: str) -> str:
         return names.kv_subject(names.APIKEYS_BUCKET, key_id)
@@ -62,23 +80,32 @@ class KeyStore:
         await self._kv.create(key_id, self._encode(rec))
         return full, rec
 
-    async def get(self, key_id: str) -> ApiKeyRecord:
+    async def get(self, key_id: str, *, from_kv: bool = False) -> ApiKeyRecord:
+        """`from_kv`: skip the mirror (a read-modify-write starts from KV)."""
         if not KEY_ID_RE.fullmatch(key_id):  # user input becomes a KV key: check it first
             raise NotFound(f"no key {key_id[:40]!r}")
+        if not from_kv and self.mirror is not None and (held := self.mirror.lookup(key_id)) is not None:
+            return held
         try:
             entry = await self._kv.get(key_id)
         except (KeyNotFoundError, NotFoundError):
             raise NotFound(f"no key {key_id}") from None
-        if not entry.value:
+        rec = self.decode(key_id, entry.value) if entry.value else None
+        if rec is None:
             raise NotFound(f"no key {key_id}")
+        return rec
+
+    def decode(self, key_id: str, value: bytes) -> ApiKeyRecord | None:
+        """The record stored under `key_id`, or None if no gateway wrote it
+        there (unsealed, undecodable, or naming another key): as good as absent."""
         try:
-            rec = codec.decode_record(self._seal.open(self._where(key_id), entry.value), ApiKeyRecord)
-        except (SealBroken, codec.DecodeError) as e:  # not written by a gateway: as good as absent
+            rec = codec.decode_record(self._seal.open(self._where(key_id), value), ApiKeyRecord)
+        except (SealBroken, codec.DecodeError) as e:
             log.error("refusing key record %s: %s", key_id, e)
-            raise NotFound(f"no key {key_id}") from None
+            return None
         if rec.key_id != key_id:
             log.error("refusing key record %s: it names key %s", key_id, rec.key_id)
-            raise NotFound(f"no key {key_id}")
+            return None
         return rec
 
     async def authenticate(self, full_key: str) -> ApiKeyRecord:
@@ -109,7 +136,7 @@ class KeyStore:
         return [r for r in recs if user_id is None or r.user_id == user_id]
 
     async def revoke(self, key_id: str) -> ApiKeyRecord:
-        rec = await self.get(key_id)
+        rec = await self.get(key_id, from_kv=True)
         if rec.revoked_at is None:
             rec.revoked_at = now()
             await self._kv.put(key_id, self._encode(rec))

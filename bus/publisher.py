@@ -7,6 +7,7 @@ PubAck was lost (NATS restart, leader change) is de-duplicated by the stream.
 from __future__ import annotations
 
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from bus import sealing
 from bus.retry import retrying
@@ -36,3 +37,13 @@ class JobPublisher:
             return ack.seq
 
         return await retrying(once, what=f"publish {headers['Nats-Msg-Id']}", give_up_after_s=self.give_up_after_s)
+
+    async def withdraw(self, seq: int) -> bool:
+        """Delete a queued job's message before a node takes it. False when
+        it is gone already: a node has it (the cancel subject stops it) or
+        it is done."""
+        try:
+            await self._js.delete_msg(names.JOBS_STREAM, seq)
+        except NotFoundError:
+            return False
+        return True

@@ -7,7 +7,9 @@ Submit (attempt 1), retry (the owner's next attempt) and the fallback router
    by create or compare-and-set, so at most one caller claims an attempt;
 2. publish the attempt's message (one `Nats-Msg-Id` per attempt: a publish
    repeated by a second caller or a redelivered advisory is de-duplicated);
-3. note its stream sequence on the record (cancel deletes by it).
+3. note its stream sequence on the record (cancel deletes by it); for a
+   submission in a task of its own, so the answer does not wait for a
+   third synced write (a cancel that comes first is honoured by it).
 
 Why the record first: a node may finish a job milliseconds after the
 publish, and the materializer folds its events into the record. Were the
@@ -27,6 +29,7 @@ given up, and retry takes it like a failed job.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -54,14 +57,25 @@ def never_queued(rec: JobRecord, *, publish_timeout_s: float, at: float | None =
 
 
 async def queue_attempt(
-    jobs: JobStore, publisher: JobPublisher, owner: str, job_id: str, attempt: int, claim: Claim | JobRecord
+    jobs: JobStore,
+    publisher: JobPublisher,
+    owner: str,
+    job_id: str,
+    attempt: int,
+    claim: Claim | JobRecord,
+    *,
+    notes: set[asyncio.Task[JobRecord]] | None = None,
 ) -> JobRecord | None:
     """Queue `attempt` of a job. `claim` is a new job's record (created), or
     a pure mutator from the current record to the new attempt's (None: it
     is not this caller's to queue). A claim found made but unpublished (a
     router that crashed half way, a parallel retry) is published again, the
     same message. Returns the queued record, or None when the job is not at
-    this attempt (somebody else moved it)."""
+    this attempt (somebody else moved it).
+
+    With `notes`, step 3 runs as a task put in that set (the caller awaits
+    the set before it stops): a submission is answered once its message is
+    stored, without a third synced write on its clock."""
     before: JobRecord | None = None
     bound = publisher.give_up_after_s
     if isinstance(claim, JobRecord):
@@ -86,13 +100,37 @@ async def queue_attempt(
         if before is not None or isinstance(claim, JobRecord):
             await _undo(jobs, rec, before)
         raise
-    # Retried through a blip: the message is stored, and a record left
-    # without its sequence would later look like a claim never published.
-    return await retrying(
+    if notes is None:
+        return await _note_seq(jobs, publisher, owner, job_id, attempt, seq)
+    task = asyncio.create_task(_note_seq(jobs, publisher, owner, job_id, attempt, seq), name=f"note-{job_id}")
+    notes.add(task)
+    task.add_done_callback(notes.discard)
+    task.add_done_callback(_log_unnoted)
+    return rec
+
+
+def _log_unnoted(task: asyncio.Task[JobRecord]) -> None:
+    """The job runs regardless; only a cancel before any node takes it
+    cannot delete its message (the node, told too, stops it)."""
+    if not task.cancelled() and (e := task.exception()) is not None:
+        log.warning("%s: stream sequence not noted: %r", task.get_name(), e)
+
+
+async def _note_seq(
+    jobs: JobStore, publisher: JobPublisher, owner: str, job_id: str, attempt: int, seq: int
+) -> JobRecord:
+    """Step 3. Retried through a blip: the message is stored, and a record
+    left without its sequence would later look like a claim never
+    published. A cancel that came first found no sequence to delete by;
+    the message goes now (the node was told too, so it is never run)."""
+    rec = await retrying(
         lambda: jobs.update(owner, job_id, lambda r: with_seq(r, attempt, seq)),
         what=f"note {job_id}",
-        give_up_after_s=bound,
+        give_up_after_s=publisher.give_up_after_s,
     )
+    if rec.status is JobStatus.CANCELLED and rec.attempts == attempt:
+        await publisher.withdraw(seq)
+    return rec
 
 
 async def _undo(jobs: JobStore, claimed: JobRecord, before: JobRecord | None) -> None:

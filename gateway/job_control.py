@@ -6,7 +6,6 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter
-from nats.js.errors import NotFoundError
 
 from bus import objects
 from bus.joblog import job_fields
@@ -47,11 +46,8 @@ async def cancel(job_id: str, st: State, principal: User) -> dict[str, Any]:
     rec = await st.jobs.update(owner, job_id, _cancel)
     if rec.status != JobStatus.CANCELLED:
         raise Conflict(f"job {job_id} is already {rec.status}")
-    if rec.stream_seq is not None:
-        try:
-            await st.js.delete_msg(names.JOBS_STREAM, rec.stream_seq)
-        except NotFoundError:
-            pass  # a node has it already (or it is done): the control message stops it
+    if rec.stream_seq is not None:  # else its queueing notes it soon, and withdraws it then
+        await st.publisher.withdraw(rec.stream_seq)
     await st.nc.publish(names.cancel_subject(owner), job_id.encode())
     st.metrics.jobs_finished.labels(lane=rec.lane.value, kind=rec.kind.value, status="cancelled", code="").inc()
     log.info(

@@ -65,6 +65,8 @@ class GatewayState:
         self.js = js
         self.seal = seal
         self.ready = False
+        # Submissions' last queueing step (bus/queueing.py), awaited before the services stop.
+        self.notes: set[asyncio.Task[JobRecord]] = set()
         self.system_nc: NatsClient | None = None
         self.auth_callout: AuthCallout | None = None
         self._owners_ready: set[str] = set()
@@ -96,7 +98,7 @@ class GatewayState:
         except BaseException:  # half-started: the connection goes, and with it what was started
             await close(nc)
             raise
-        on_reconnect += [st.nodes.rewatch, st.finishes.restart_soon]
+        on_reconnect += [st.nodes.rewatch, st.finishes.restart_soon, st.keys.rebuild_mirror]
         st.ready = True
         log.info("gateway connected to %s; topology ready", ",".join(settings.nats_servers_redacted))
         return st
@@ -107,6 +109,7 @@ class GatewayState:
         await self.finishes.start()
         self.jobs = JobStore(await js.key_value(names.JOBS_BUCKET), self.seal, js=js, finishes=self.finishes)
         self.keys = KeyStore(await js.key_value(names.APIKEYS_BUCKET), self.seal)
+        await self.keys.start_mirror(self.nc, js)
         self.publisher = JobPublisher(js, self.seal, give_up_after_s=s.publish_timeout)
         self.nodes = LiveNodes(
             await js.key_value(names.NODES_BUCKET), ttl_s=s.registry_ttl, on_bad=self.metrics.bad_heartbeats.inc
@@ -146,9 +149,11 @@ class GatewayState:
     async def close(self) -> None:
         """Services first (they use the connection), then the connections."""
         self.ready = False
+        await asyncio.gather(*self.notes, return_exceptions=True)
         for part in (self.lag, self.router, self.materializer, self.nodes, self.auth_callout, self.finishes):
             if part is not None:
                 await part.stop()
+        await self.keys.stop_mirror()
         if self.system_nc is not None:
             await close(self.system_nc)
         await close(self.nc)

@@ -71,7 +71,7 @@ async def enqueue(
         options=options,
         gpu_requested=gpu,
     )
-    queued = await queue_attempt(st.jobs, st.publisher, owner, job_id, 1, rec)
+    queued = await queue_attempt(st.jobs, st.publisher, owner, job_id, 1, rec, notes=st.notes)
     assert queued is not None  # a new record is always this caller's own claim
     st.metrics.jobs_submitted.labels(lane=route.lane.value, kind=kind.value).inc()
     log.info(

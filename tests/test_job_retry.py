@@ -15,11 +15,12 @@ import nats
 import pytest
 
 from bus.jobstore import JobStore
-from bus.publisher import ATTEMPT_TIMEOUT_S
-from bus.queueing import UNDO_MARGIN_S
+from bus.publisher import ATTEMPT_TIMEOUT_S, JobPublisher
+from bus.queueing import UNDO_MARGIN_S, queue_attempt
 from bus.sealing import RecordSeal
 from schemas import names
-from schemas.jobs import JobRecord, JobStatus
+from schemas.jobs import JobRecord, JobStatus, new_job_id
+from schemas.names import Kind, Lane
 from tests.harness import ADMIN_TOKEN, TESTDATA, Gateway, Proc, start_node, stop_all, submit_file, wait_job, wait_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -174,3 +175,53 @@ def test_a_refused_publish_undoes_the_retry_and_a_stuck_claim_is_retried(own_gat
         assert wait_job(c, refused, timeout_s=60)["status"] == "succeeded"
         final = wait_job(c, stuck, timeout_s=60)
     assert final["status"] == "succeeded" and final["attempts"] == 3, final
+
+
+async def test_a_job_cancelled_as_soon_as_it_is_accepted_leaves_no_message(own_gateway, user):
+    # Given jobs that nobody can take (no node), each cancelled the moment
+    # its 202 arrives: often before its stream sequence is noted
+    gw, _ = own_gateway
+    key = gw.create_key(user)
+    with gw.client(key) as c:
+        for _ in range(5):
+            job = c.post("/api/v1/jobs", json={"kind": "noop"}).json()
+            assert c.post(f"/api/v1/jobs/{job['job_id']}/cancel").json()["status"] == "cancelled"
+
+    # Then none of their messages stays in the stream for a node to take later
+    async def queued_messages() -> int:
+        async with _trusted(gw.nats_url) as (js, _):
+            infos = [await js.stream_info(names.JOBS_STREAM, subjects_filter=f) for f in names.owner_job_filters(user)]
+            return sum(sum((i.state.subjects or {}).values()) for i in infos)
+
+    deadline = time.monotonic() + 10
+    while (left := await queued_messages()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert left == 0, f"{left} cancelled job(s) still queued"
+
+
+async def test_a_cancel_that_beats_the_sequence_note_still_withdraws_the_message(own_gateway, user):
+    # Given a submission queued with its sequence noted in the background
+    gw, _ = own_gateway
+    gw.create_key(user)  # the owner's topology
+    t = time.time()
+    rec = JobRecord(
+        job_id=new_job_id(),
+        owner=user,
+        queue_owner=user,
+        kind=Kind.NOOP,
+        lane=Lane.CPU,
+        routed_reason="test",
+        created_at=t,
+        updated_at=t,
+    )
+    async with _trusted(gw.nats_url) as (js, store):
+        notes: set[asyncio.Task[JobRecord]] = set()
+        publisher = JobPublisher(js, RecordSeal.from_secret(ADMIN_TOKEN), give_up_after_s=5)
+        await queue_attempt(store, publisher, user, rec.job_id, 1, rec, notes=notes)
+        # When a cancel's write reaches the record first (sent before the note task runs)
+        await store.update(user, rec.job_id, lambda r: r.model_copy(update={"status": JobStatus.CANCELLED}))
+        (noted,) = await asyncio.gather(*notes)
+        # Then the note still records where the message was, and deletes it
+        assert noted.status is JobStatus.CANCELLED and noted.stream_seq, noted
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await js.get_msg(names.JOBS_STREAM, noted.stream_seq)

@@ -79,7 +79,13 @@ async def test_forged_advisories_do_not_fail_or_move_anyones_job(nats_server, ga
         nc = await nats.connect(nats_server.url)
         js = nc.jetstream()
         jobs_kv = await js.key_value(names.JOBS_BUCKET)
-        seq = json.loads((await jobs_kv.get(names.job_key(user, job["job_id"]))).value)["stream_seq"]
+        seq = None
+        for _ in range(100):  # noted just after the answer (bus/queueing.py)
+            seq = json.loads((await jobs_kv.get(names.job_key(user, job["job_id"]))).value).get("stream_seq")
+            if seq:
+                break
+            await asyncio.sleep(0.05)
+        assert seq, "the job's stream sequence was never noted"
         # When advisories name its sequence on the wrong lane's consumer, on a consumer
         # that is no lane's, and its own lane's consumer for an unsealed copy of it
         unsealed = codec.encode(
