@@ -12,11 +12,10 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable
+from typing import TYPE_CHECKING
 
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
@@ -28,6 +27,9 @@ from schemas import codec, names
 from schemas.errors import Conflict, NotFound
 from schemas.jobs import JOB_ID_RE, JobRecord, now
 
+if TYPE_CHECKING:
+    from bus.record_watch import RecordWatch
+
 log = logging.getLogger("gpubus.bus.jobstore")
 
 MAX_CAS_TRIES = 20
@@ -35,87 +37,6 @@ KNOWN_RECORDS = 4096
 KNOWN_RECORDS_BYTES = 16 * 1024 * 1024  # encoded size: a count alone let a few huge records take the memory
 RECHECK_S = 5.0
 Mutator = Callable[[JobRecord], JobRecord | None]
-
-
-class FinishWatch:
-    """Every job record this process waits on, seen the moment it turns
-    terminal, from one subscription for the whole process: a long poll
-    (`?wait=`, the synchronous endpoints) waits on an in-memory future
-    instead of creating a KV watch, which is a JetStream consumer, per
-    request. An ordered consumer from "new" on the bucket's subjects; a
-    record is decoded only when someone waits for it."""
-
-    def __init__(self, js: JetStreamContext, seal: RecordSeal) -> None:
-        self._js = js
-        self._seal = seal
-        self._prefix = names.kv_subject(names.JOBS_BUCKET, "")
-        self._waiters: dict[str, set[asyncio.Future[JobRecord]]] = {}
-        self._sub: JetStreamContext.PushSubscription | None = None
-        self._restart: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._sub = await self._js.subscribe(
-            self._prefix + ">",
-            stream=names.kv_stream(names.JOBS_BUCKET),
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.NEW,
-            cb=self._on_update,
-        )
-
-    async def stop(self) -> None:
-        if self._restart is not None:
-            self._restart.cancel()
-        await self._unsubscribe()
-
-    async def _unsubscribe(self) -> None:
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            with contextlib.suppress(Exception):  # its server may be gone: nothing to undo there
-                await sub.unsubscribe()
-
-    def restart_soon(self) -> None:
-        """Subscribe afresh (call after a reconnect: the consumer behind the
-        old subscription may have gone with its server). Waiters re-read
-        their record every RECHECK_S, so an update lost in between only
-        delays them."""
-        if self._restart is None or self._restart.done():
-            self._restart = asyncio.get_running_loop().create_task(self._resubscribe(), name="finish-watch")
-
-    async def _resubscribe(self) -> None:
-        await self._unsubscribe()
-        try:
-            await self.start()
-        except Exception as e:  # waiters fall back to their periodic re-read
-            log.warning("finish watch not resubscribed: %s", e)
-
-    @contextlib.contextmanager
-    def waiting(self, key: str) -> Iterator[asyncio.Future[JobRecord]]:
-        """A future for `key`'s terminal record, registered for the block:
-        register first, then read the record, so no update falls between."""
-        fut: asyncio.Future[JobRecord] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(key, set()).add(fut)
-        try:
-            yield fut
-        finally:
-            waiters = self._waiters.get(key)
-            if waiters is not None:
-                waiters.discard(fut)
-                if not waiters:
-                    del self._waiters[key]
-
-    async def _on_update(self, msg: Msg) -> None:
-        waiters = self._waiters.get(msg.subject[len(self._prefix) :])
-        if not waiters or not msg.data:
-            return
-        try:
-            rec = decode_job_record(self._seal, msg.subject, msg.data)
-        except codec.DecodeError as e:
-            log.error("undecodable job record on %s: %s", msg.subject, e)
-            return
-        if rec.terminal:
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(rec)
 
 
 class JobStore:
@@ -127,7 +48,7 @@ class JobStore:
     written. A stale copy costs one failed CAS, never a wrong record."""
 
     def __init__(
-        self, kv: KeyValue, seal: RecordSeal, *, js: JetStreamContext, finishes: FinishWatch | None = None
+        self, kv: KeyValue, seal: RecordSeal, *, js: JetStreamContext, finishes: RecordWatch | None = None
     ) -> None:
         self._kv = kv
         self._js = js  # per-request watches (bus/ephemeral.KeyWatch)
@@ -300,7 +221,7 @@ class JobStore:
                     return await asyncio.wait_for(asyncio.shield(finished), min(left, RECHECK_S))
 
     async def _follow_until_terminal(self, owner: str, job_id: str, timeout_s: float) -> JobRecord:
-        """wait_terminal for a process without a FinishWatch: a watch of its own."""
+        """wait_terminal for a process without a RecordWatch: a watch of its own."""
         last: JobRecord | None = None
 
         async def follow() -> None:

@@ -68,4 +68,4 @@ class FeedResponse(StreamingResponse):
 async def job_events(job_id: str, st: State, principal: User) -> StreamingResponse:
     first, _ = await st.jobs.get(principal.user_id, job_id)  # 404 before the stream starts
     release = st.event_streams.take(principal.user_id)  # 429 when the owner has too many open
-    return FeedResponse(_stream(job_feed.follow(st.js, st.jobs, first)), release)
+    return FeedResponse(_stream(job_feed.follow(st.feeds, first)), release)

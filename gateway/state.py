@@ -16,16 +16,18 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry
 
-from bus import topology
+from bus import job_feed, topology
 from bus.auth_callout import AuthCallout
 from bus.connection import close, connect
+from bus.event_hub import EventHub
 from bus.fallback_router import FallbackRouter
-from bus.jobstore import FinishWatch, JobStore
+from bus.jobstore import JobStore
 from bus.keystore import KeyStore
 from bus.lag_monitor import LagMonitor
 from bus.materializer import Materializer
 from bus.metrics import GatewayMetrics
 from bus.publisher import JobPublisher
+from bus.record_watch import RecordWatch
 from bus.registry import LiveNodes
 from bus.sealing import RecordSeal
 from bus.settings import Settings
@@ -105,9 +107,10 @@ class GatewayState:
 
     async def _start_services(self) -> None:
         s, js = self.settings, self.js
-        self.finishes = FinishWatch(js, self.seal)
+        self.finishes = RecordWatch(js, self.seal)
         await self.finishes.start()
         self.jobs = JobStore(await js.key_value(names.JOBS_BUCKET), self.seal, js=js, finishes=self.finishes)
+        self.feeds = job_feed.Sources(EventHub(self.nc), self.finishes, self.jobs)  # every /events client's
         self.keys = KeyStore(await js.key_value(names.APIKEYS_BUCKET), self.seal)
         await self.keys.start_mirror(self.nc, js)
         self.publisher = JobPublisher(js, self.seal, give_up_after_s=s.publish_timeout)

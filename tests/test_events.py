@@ -98,3 +98,49 @@ def test_client_wait_without_events_long_polls_to_the_end(gateway, shared_cpu_no
     assert final["status"] == "succeeded" and seen[-1] == "succeeded"
     assert len(seen) >= 2 and set(seen[:-1]) <= {"queued", "running"}, seen
     assert client.job(ahead["job_id"])["status"] == "succeeded"
+
+
+def test_many_sse_clients_share_the_gateway_s_subscriptions_and_make_no_consumers(gateway, shared_cpu_node, user):
+    import asyncio
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import nats
+
+    from schemas import names
+    from tests.harness import ADMIN_TOKEN
+
+    async def consumers() -> int:
+        nc = await nats.connect(gateway.nats_url, token=ADMIN_TOKEN)
+        try:
+            js = nc.jetstream()
+            streams = (names.EVENTS_STREAM, names.kv_stream(names.JOBS_BUCKET))
+            return sum([(await js.stream_info(s)).state.consumer_count for s in streams])
+        finally:
+            await nc.close()
+
+    # Given a job, and 16 clients following it (under the per-user cap of 20)
+    key = gateway.create_key(user)
+    before = asyncio.run(consumers())
+    connected = threading.Barrier(17, timeout=60)
+    with gateway.client(key) as c:
+        job = submit_file(c, TESTDATA / "long.wav")
+
+    def follow(i: int) -> list[str]:
+        with gateway.client(key) as c, c.stream("GET", f"/api/v1/jobs/{job['job_id']}/events") as r:
+            assert r.status_code == 200, r.read()
+            lines = r.iter_lines()
+            first = next(parse(lines))
+            connected.wait()
+            return [first.event] + [e.event for e in parse(lines)]
+
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(follow, i) for i in range(16)]
+        connected.wait()
+        during = asyncio.run(consumers())
+        seen = [f.result(timeout=170) for f in futures]
+    # Then no client cost a JetStream consumer, and each saw the whole story once
+    assert during == before, (before, during)
+    for kinds in seen:
+        assert kinds[0] == "state" and kinds[-1] == "state", kinds
+        assert kinds.count("started") == 1 and kinds.count("succeeded") == 1, kinds

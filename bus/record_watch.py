@@ -1,0 +1,120 @@
+"""Every job record update this gateway cares about, from one subscription.
+
+A long poll (`?wait=`, the synchronous endpoints) waits on an in-memory
+future for the record to turn terminal, and an SSE feed (bus/job_feed.py)
+follows every new revision of one record, instead of each creating a KV
+watch (a JetStream consumer) per request. One ordered consumer from "new"
+on the bucket's subjects; a record is decoded only when someone waits for
+it or follows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+
+from bus.jobstore import decode_job_record
+from bus.sealing import RecordSeal
+from schemas import codec, names
+from schemas.jobs import JobRecord
+
+log = logging.getLogger("gpubus.bus.record_watch")
+T = TypeVar("T")
+
+
+class RecordWatch:
+    def __init__(self, js: JetStreamContext, seal: RecordSeal) -> None:
+        self._js = js
+        self._seal = seal
+        self._prefix = names.kv_subject(names.JOBS_BUCKET, "")
+        self._waiters: dict[str, set[asyncio.Future[JobRecord]]] = {}
+        self._followers: dict[str, set[Callable[[JobRecord], None]]] = {}
+        self._sub: JetStreamContext.PushSubscription | None = None
+        self._restart: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._sub = await self._js.subscribe(
+            self._prefix + ">",
+            stream=names.kv_stream(names.JOBS_BUCKET),
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+            cb=self._on_update,
+        )
+
+    async def stop(self) -> None:
+        if self._restart is not None:
+            self._restart.cancel()
+        await self._unsubscribe()
+
+    async def _unsubscribe(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):  # its server may be gone: nothing to undo there
+                await sub.unsubscribe()
+
+    def restart_soon(self) -> None:
+        """Subscribe afresh (call after a reconnect: the consumer behind the
+        old subscription may have gone with its server). Waiters re-read
+        their record every RECHECK_S, so an update lost in between only
+        delays them."""
+        if self._restart is None or self._restart.done():
+            self._restart = asyncio.get_running_loop().create_task(self._resubscribe(), name="record-watch")
+
+    async def _resubscribe(self) -> None:
+        await self._unsubscribe()
+        try:
+            await self.start()
+        except Exception as e:  # waiters fall back to their periodic re-read
+            log.warning("record watch not resubscribed: %s", e)
+
+    @contextlib.contextmanager
+    def waiting(self, key: str) -> Iterator[asyncio.Future[JobRecord]]:
+        """A future for `key`'s terminal record, registered for the block:
+        register first, then read the record, so no update falls between."""
+        fut: asyncio.Future[JobRecord] = asyncio.get_running_loop().create_future()
+        with _registered(self._waiters, key, fut):
+            yield fut
+
+    @contextlib.contextmanager
+    def following(self, key: str, deliver: Callable[[JobRecord], None]) -> Iterator[None]:
+        """`deliver(record)` for every revision of `key` written while the
+        block runs (register, then read the record, as with `waiting`)."""
+        with _registered(self._followers, key, deliver):
+            yield
+
+    async def _on_update(self, msg: Msg) -> None:
+        key = msg.subject[len(self._prefix) :]
+        waiters, followers = self._waiters.get(key), self._followers.get(key)
+        if not (waiters or followers) or not msg.data:
+            return
+        try:
+            rec = decode_job_record(self._seal, msg.subject, msg.data)
+        except codec.DecodeError as e:
+            log.error("undecodable job record on %s: %s", msg.subject, e)
+            return
+        for deliver in list(followers or ()):
+            deliver(rec)
+        if rec.terminal:
+            for fut in waiters or ():
+                if not fut.done():
+                    fut.set_result(rec)
+
+
+@contextlib.contextmanager
+def _registered(table: dict[str, set[T]], key: str, item: T) -> Iterator[None]:
+    table.setdefault(key, set()).add(item)
+    try:
+        yield
+    finally:
+        members = table.get(key)
+        if members is not None:
+            members.discard(item)
+            if not members:
+                del table[key]
