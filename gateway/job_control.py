@@ -53,7 +53,7 @@ async def cancel(job_id: str, st: State, principal: User) -> dict[str, Any]:
         except NotFoundError:
             pass  # a node has it already (or it is done): the control message stops it
     await st.nc.publish(names.cancel_subject(owner), job_id.encode())
-    st.metrics.jobs_finished.labels(lane=rec.lane.value, kind=rec.kind.value, status="cancelled", code="").inc()
+    st.metrics.jobs_finished.labels(lane=rec.lane.value, kind=rec.kind, status="cancelled", code="").inc()
     log.info(
         "job %s owner=%s cancelled (was %s)",
         job_id,
@@ -103,7 +103,7 @@ async def retry(job_id: str, st: State, principal: User) -> dict[str, Any]:
     queued = await queue_attempt(st.jobs, st.publisher, owner, job_id, attempt, requeue(st, attempt, route))
     if queued is None:
         raise Conflict(f"job {job_id} changed while retrying")
-    st.metrics.jobs_submitted.labels(lane=route.lane.value, kind=queued.kind.value).inc()
+    st.metrics.jobs_submitted.labels(lane=route.lane.value, kind=queued.kind).inc()
     log.info(
         "job %s owner=%s retried as attempt %d on %s",
         job_id,
