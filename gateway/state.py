@@ -194,9 +194,9 @@ class GatewayState:
             shared_kinds=frozenset(k for n in self.nodes.live(owner=names.SHARED) for k in n.kinds),
         )
 
-    def cpu_queue_for(self, owner: str) -> str:
+    def cpu_queue_for(self, owner: str, kind: str) -> str:
         """For the fallback router: the CPU queue by routing's one rule."""
-        return routing.cpu_queue(owner, self.fleet(owner))
+        return routing.cpu_queue(owner, self.fleet(owner), kind)
 
     async def gpu_backlog(self, owner: str) -> int:
         """Pending + unacked on the owner's GPU lane, cached briefly so a burst

@@ -169,6 +169,16 @@ async def test_plugin_kind_routing(fleet, gpu, lane, queue, reason):
     assert (route.lane, route.queue_owner, route.reason) == (lane, queue, reason)
 
 
+def test_cpu_queue_follows_the_kind():
+    from gateway.routing import cpu_queue
+
+    fleet = _fleet(cpu=["audio"], shared=["ocrx"])
+    assert cpu_queue("alice", fleet, "ocrx") == "shared"  # the owner's CPU node does not serve it
+    assert cpu_queue("alice", fleet, "audio") == "alice"
+    assert cpu_queue("alice", fleet) == "alice"
+    assert cpu_queue("alice", _fleet(cpu=["ocrx"], shared=["ocrx"]), "ocrx") == "alice"
+
+
 def test_check_served():
     from gateway.routing import check_served
     from schemas.errors import InvalidInput
