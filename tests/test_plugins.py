@@ -233,3 +233,12 @@ def test_a_job_with_an_input_its_processor_does_not_take_fails():
     with pytest.raises(JobFailed) as e:
         ByKind([NoopProcessor()], device="cpu").run(job, None, None, lambda *_: None, threading.Event())
     assert e.value.code == INPUT_NOT_ACCEPTED
+
+
+def test_the_guide_shows_the_example_package_as_it_is():
+    """docs/WRITING_A_PROCESSOR.md quotes the package the tests install: an
+    edit to one without the other fails here."""
+    guide = (REPO / "docs" / "WRITING_A_PROCESSOR.md").read_text()
+    package = PLUGINS / "gpubus_example_plugin"
+    for path in (package / "pyproject.toml", package / "gpubus_example_plugin" / "__init__.py"):
+        assert path.read_text() in guide, f"{path} differs from its copy in the guide"
