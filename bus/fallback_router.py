@@ -82,7 +82,7 @@ class FallbackRouter:
         seal: RecordSeal,
         *,
         nc: NatsClient,
-        cpu_queue_for: Callable[[str], str],
+        cpu_queue_for: Callable[[str, str], str],
     ) -> None:
         self._js = js
         self._seal = seal
@@ -191,7 +191,7 @@ class FallbackRouter:
         """Queue the next attempt on the CPU lane, then delete the GPU one. A
         publish that fails puts the record back (bus/queueing.py) and leaves
         the original in place, so the advisory's redelivery starts over."""
-        cpu_queue = self._cpu_queue_for(job.owner)
+        cpu_queue = self._cpu_queue_for(job.owner, job.kind)
         try:
             rec = await queue_attempt(
                 self._jobs,
@@ -205,7 +205,7 @@ class FallbackRouter:
             await self._delete(seq)
             return
         if rec is not None:
-            self._metrics.fallbacks.labels(reason=reason, kind=job.kind.value).inc()
+            self._metrics.fallbacks.labels(reason=reason, kind=job.kind).inc()
             log.info(
                 "job %s owner=%s fell back gpu -> cpu (%s, %s), attempt %d",
                 job.job_id,
@@ -232,7 +232,7 @@ class FallbackRouter:
             return
         if not was_terminal and rec.terminal:
             self._metrics.jobs_finished.labels(
-                lane=rec.lane.value, kind=rec.kind.value, status=rec.status.value, code=NO_NODE_COMPLETED
+                lane=rec.lane.value, kind=rec.kind, status=rec.status.value, code=NO_NODE_COMPLETED
             ).inc()
             log.warning(
                 "job %s owner=%s failed: %s after %d deliveries",

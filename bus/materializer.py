@@ -244,7 +244,7 @@ class Materializer:
         return new
 
     def _observe(self, old: JobRecord, new: JobRecord) -> None:
-        lane, kind = new.lane.value, new.kind.value
+        lane, kind = new.lane.value, new.kind
         if new.late_completions > old.late_completions:
             self._metrics.late_completions.labels(lane=lane).inc()
             log.info("job %s owner=%s late completion counted (now %d)", new.job_id, new.owner, new.late_completions)

@@ -14,6 +14,8 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.events import INLINE_RESULT_MAX
+from schemas.names import Lane
+from schemas.processing import ProcessorContext
 
 
 class GpuMode(StrEnum):
@@ -133,6 +135,19 @@ class Settings(BaseSettings):
     @property
     def download_max_bytes(self) -> int:
         return self.download_max_mb * 1024 * 1024
+
+    def processor_context(self, node_id: str, lane: Lane, device: str) -> ProcessorContext:
+        """The settings values a processor factory gets (built-in or plugin):
+        plain values, so processors never depend on this class."""
+        return ProcessorContext(
+            device=device,
+            node_id=node_id,
+            lane=lane,
+            workers=self.node_concurrency,
+            allow_private_urls=self.allow_private_urls,
+            download_max_bytes=self.download_max_bytes,
+            download_timeout_s=self.download_timeout,
+        )
 
 
 def _without_userinfo(url: str) -> str:

@@ -7,7 +7,6 @@ import asyncio
 from bus.node_host import run_node
 from bus.settings import Settings
 from processors import factory
-from processors.media_fetch import FetchConfig
 from processors.whisper_engine import EngineConfig
 from schemas.names import Lane
 from schemas.processing import Processor
@@ -20,12 +19,7 @@ def make_processor(settings: Settings, node_id: str) -> Processor:
         compute_type=settings.compute_type or "int8",
         workers=settings.node_concurrency,
     )
-    return factory.build(
-        cfg,
-        node_id=node_id,
-        enable_noop=settings.enable_noop,
-        fetch=FetchConfig(settings.download_max_bytes, settings.download_timeout, settings.allow_private_urls),
-    )
+    return factory.build(cfg, settings.processor_context(node_id, Lane.CPU, "cpu"), enable_noop=settings.enable_noop)
 
 
 def main(settings: Settings, *, shared: bool) -> None:

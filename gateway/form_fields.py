@@ -13,7 +13,7 @@ from gateway.uploads import ParsedForm
 from schemas.errors import InvalidInput
 from schemas.jobs import TranscribeOptions
 from schemas.languages import check_language
-from schemas.names import Kind
+from schemas.names import BUILTIN_KINDS, Kind, validate_kind
 
 
 def parse_bool(value: str | None, field: str) -> bool:
@@ -54,19 +54,24 @@ def parse_options(raw: str | None) -> TranscribeOptions:
     return make_options(values)
 
 
-def parse_kind(raw: str | None, sniffed: Kind | None) -> Kind:
+def parse_kind(raw: str | None, sniffed: Kind | None) -> str:
+    """A built-in kind that takes a file, or any other well-formed kind: a
+    plugin's, which the submission accepts only if a live node serves it."""
     if not raw:
         return sniffed or Kind.AUDIO
-    try:
-        kind = Kind(raw.strip().lower())
-    except ValueError:
-        raise InvalidInput(f"kind: one of {[k.value for k in Kind if k is not Kind.NOOP]}") from None
+    name = raw.strip().lower()
+    if name not in BUILTIN_KINDS:
+        try:
+            return validate_kind(name)
+        except InvalidInput as e:
+            raise InvalidInput(f"kind: {e.message}") from None
+    kind = Kind(name)
     if kind not in (Kind.AUDIO, Kind.VIDEO):
         raise InvalidInput(f"kind {kind} does not take a file upload")
     return kind
 
 
-def job_form(form: ParsedForm) -> tuple[Kind, bool, TranscribeOptions]:
+def job_form(form: ParsedForm) -> tuple[str, bool, TranscribeOptions]:
     """The fields of `POST /api/v1/jobs`: `kind`, `gpu`, `options` (JSON)."""
     return (
         parse_kind(form.fields.get("kind"), form.sniffed_kind),

@@ -49,7 +49,7 @@ async def cancel(job_id: str, st: State, principal: User) -> dict[str, Any]:
     if rec.stream_seq is not None:  # else its queueing notes it soon, and withdraws it then
         await st.publisher.withdraw(rec.stream_seq)
     await st.nc.publish(names.cancel_subject(owner), job_id.encode())
-    st.metrics.jobs_finished.labels(lane=rec.lane.value, kind=rec.kind.value, status="cancelled", code="").inc()
+    st.metrics.jobs_finished.labels(lane=rec.lane.value, kind=rec.kind, status="cancelled", code="").inc()
     log.info(
         "job %s owner=%s cancelled (was %s)",
         job_id,
@@ -100,7 +100,7 @@ async def retry(job_id: str, st: State, principal: User) -> dict[str, Any]:
     queued = await queue_attempt(st.jobs, st.publisher, owner, job_id, attempt, requeue(st, attempt, route))
     if queued is None:
         raise Conflict(f"job {job_id} changed while retrying")
-    st.metrics.jobs_submitted.labels(lane=route.lane.value, kind=queued.kind.value).inc()
+    st.metrics.jobs_submitted.labels(lane=route.lane.value, kind=queued.kind).inc()
     log.info(
         "job %s owner=%s retried as attempt %d on %s",
         job_id,

@@ -17,14 +17,17 @@ from gateway.form_fields import job_form
 from gateway.job_views import Accepted, accepted, job_view
 from gateway.results import parse_transcript, read_transcript
 from gateway.state import GatewayState
-from gateway.submission import submit_upload, submit_url, submit_without_upload
+from gateway.submission import submit_json_kind, submit_upload, submit_url, submit_without_upload
 from schemas.errors import InvalidInput, UnsupportedMedia
 from schemas.formats import render
 from schemas.jobs import JobRecord, JobStatus, TranscribeOptions
 from schemas.languages import check_language
-from schemas.names import Kind
+from schemas.names import JobKind, Kind
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+
+# Kinds whose results the gateway knows and renders in several formats.
+RENDERED_KINDS = frozenset({Kind.AUDIO, Kind.VIDEO, Kind.URL})
 
 MAX_WAIT_S = 60.0
 Wait = Annotated[
@@ -33,28 +36,37 @@ Wait = Annotated[
 ]
 
 
+TEXT_MAX = 48 * 1024  # under the JSON body cap (gateway/bodies.py), with room for the rest
+
+
 class JsonJobRequest(BaseModel):
-    """A job without an upload: a media URL (or `noop` for benchmarks)."""
+    """A job without an upload: a media URL, `noop` for benchmarks, or a job
+    of another kind (a plugin's) with a `url`, inline `text`, or nothing."""
 
     model_config = ConfigDict(extra="forbid")
 
     url: str | None = Field(None, max_length=4096)
-    kind: Kind | None = None
+    kind: JobKind | None = None
+    text: str | None = Field(None, max_length=TEXT_MAX)
     gpu: bool = False
     options: TranscribeOptions = TranscribeOptions()
 
 
 async def submit_json(st: GatewayState, request: Request, principal: User) -> JSONResponse:
-    """A URL job, or a `noop` one where benchmarks are enabled."""
+    """A URL job, a `noop` one where benchmarks are enabled, or another kind."""
     req = await json_body(request, JsonJobRequest)
     check_language(req.options.language)
     kind = req.kind or (Kind.URL if req.url else None)
-    if kind is Kind.URL:
+    if kind not in (Kind.URL, Kind.NOOP, Kind.AUDIO, Kind.VIDEO, None):
+        return accepted(await submit_json_kind(st, principal, kind, req.gpu, req.options, url=req.url, text=req.text))
+    if req.text is not None:
+        raise InvalidInput(f"text: inline text is for kinds that read it, not {kind or 'a job without a kind'}")
+    if kind == Kind.URL:
         if not req.url:
             raise InvalidInput("url: required for a url job")
         return accepted(await submit_url(st, principal, req.url, req.gpu, req.options))
-    if kind is not Kind.NOOP:
-        raise InvalidInput("a JSON job needs `url`; upload files as multipart/form-data")
+    if kind != Kind.NOOP:
+        raise InvalidInput("a JSON job needs `url` (or a `kind`); upload files as multipart/form-data")
     if not st.settings.enable_noop:
         raise InvalidInput("the noop kind is for benchmarks; enable it with GPUBUS_ENABLE_NOOP=true")
     return accepted(await submit_without_upload(st, principal, kind, req.gpu, req.options, url=req.url))
@@ -106,7 +118,9 @@ async def get_job(job_id: str, st: State, principal: User, wait: Wait = 0.0) -> 
 async def get_result(job_id: str, st: State, principal: User, format: str = "json", wait: Wait = 0.0) -> Response:
     rec = await job_record(st, principal.user_id, job_id, wait)
     data = await read_transcript(st, rec)
-    if rec.kind is Kind.NOOP:
+    if rec.kind not in RENDERED_KINDS:  # noop, a plugin's kind: its JSON as the node stored it
+        if format != "json" and rec.kind != Kind.NOOP:
+            raise InvalidInput(f"format: a {rec.kind} job's result is served as json only")
         return Response(data, media_type="application/json")
     body, media_type = render(parse_transcript(rec, data), format)
     return Response(body, media_type=media_type)

@@ -5,16 +5,27 @@ a GPU node of the owner is live, and its lane is not backed up; otherwise the
 owner's CPU lane if the owner runs a CPU node, else the shared CPU pool.
 Every routing decision of the gateway side is made here, once: submit and
 retry call `choose`, the fallback router gets `cpu_queue` through the state.
+
+A kind outside `names.WAITING_KINDS` is accepted only while a live node of
+the owner or of the shared pool serves it (`check_served`, 422
+`KIND_NOT_SERVED`). A built-in kind's GPU benefit is `GPU_KINDS`; a plugin
+kind's is what its processor declares, seen as the lanes of the nodes that
+advertise it (a node loads only processors that suit its lane), so a kind
+only CPU nodes serve never takes the GPU lane, and one only the owner's GPU
+node serves goes there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bus.settings import GpuMode
+from schemas.errors import InvalidInput
 from schemas.jobs import JobRecord
-from schemas.names import GPU_KINDS, SHARED, Kind, Lane
+from schemas.names import BUILTIN_KINDS, GPU_KINDS, SHARED, WAITING_KINDS, Lane
+
+KIND_NOT_SERVED = "KIND_NOT_SERVED"
 
 
 @dataclass(frozen=True)
@@ -33,12 +44,30 @@ class Fleet:
     owner_gpu_live: bool
     owner_cpu_live: bool
     gpu_backlog: Callable[[], Awaitable[int]]
+    # The kinds the live nodes advertise: the owner's GPU nodes, the
+    # owner's CPU nodes, the shared pool's.
+    gpu_kinds: frozenset[str] = field(default_factory=frozenset)
+    cpu_kinds: frozenset[str] = field(default_factory=frozenset)
+    shared_kinds: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def served(self) -> frozenset[str]:
+        return self.gpu_kinds | self.cpu_kinds | self.shared_kinds
 
 
-def gpu_wanted(kind: Kind, requested: bool, mode: GpuMode) -> tuple[bool, str]:
+def check_served(kind: str, fleet: Fleet) -> None:
+    """A job of a kind no live node can take would wait for ever: 422 naming
+    what is served, as for models (gateway/fleet_models.py)."""
+    if kind in WAITING_KINDS or kind in fleet.served:
+        return
+    offer = ", ".join(sorted(fleet.served)) if fleet.served else "none (no live node)"
+    raise InvalidInput(f"kind: {kind!r} is not served by any live node; served: {offer}", code=KIND_NOT_SERVED)
+
+
+def gpu_wanted(kind: str, requested: bool, mode: GpuMode) -> tuple[bool, str]:
     if mode is GpuMode.OFF:
         return False, "gpu_mode_off"
-    if kind not in GPU_KINDS:
+    if kind in BUILTIN_KINDS and kind not in GPU_KINDS:
         return False, "kind_not_gpu_beneficial"
     if mode is GpuMode.REQUIRED or requested:
         return True, "gpu_requested"
@@ -53,23 +82,39 @@ def gpu_wish(rec: JobRecord) -> bool:
     return rec.lane is Lane.GPU or rec.fallback is not None
 
 
-def cpu_queue(owner: str, fleet: Fleet) -> str:
-    """The owner's CPU lane if they run a CPU node, else the shared pool."""
+def cpu_queue(owner: str, fleet: Fleet, kind: str | None = None) -> str:
+    """The owner's CPU lane if they run a CPU node, else the shared pool; for
+    a plugin kind, the one of the two whose nodes serve it."""
+    if kind is not None and kind not in BUILTIN_KINDS:
+        if kind in fleet.cpu_kinds:
+            return owner
+        if kind in fleet.shared_kinds:
+            return SHARED
     return owner if fleet.owner_cpu_live else SHARED
 
 
-def cpu_route(owner: str, fleet: Fleet, reason: str) -> Route:
-    return Route(Lane.CPU, cpu_queue(owner, fleet), reason)
+def cpu_route(owner: str, fleet: Fleet, reason: str, kind: str | None = None) -> Route:
+    return Route(Lane.CPU, cpu_queue(owner, fleet, kind), reason)
 
 
-async def choose(owner: str, kind: Kind, requested: bool, mode: GpuMode, fleet: Fleet, max_backlog: int) -> Route:
+async def choose(owner: str, kind: str, requested: bool, mode: GpuMode, fleet: Fleet, max_backlog: int) -> Route:
     """`requested` is the user's own wish (the job record keeps it), so a
     retry is routed as the submission was, on the fleet as it is now."""
+    plugin = kind not in BUILTIN_KINDS
+    if (
+        plugin
+        and mode is not GpuMode.OFF
+        and kind in fleet.gpu_kinds
+        and kind not in fleet.cpu_kinds | fleet.shared_kinds
+    ):
+        return Route(Lane.GPU, owner, "kind_served_only_on_gpu")
     wanted, reason = gpu_wanted(kind, requested, mode)
     if not wanted:
-        return cpu_route(owner, fleet, reason)
+        return cpu_route(owner, fleet, reason, kind)
     if not fleet.owner_gpu_live:
-        return cpu_route(owner, fleet, "no_live_gpu_node")
+        return cpu_route(owner, fleet, "no_live_gpu_node", kind)
+    if plugin and kind not in fleet.gpu_kinds:
+        return cpu_route(owner, fleet, "kind_not_served_on_gpu", kind)
     if await fleet.gpu_backlog() >= max_backlog:
-        return cpu_route(owner, fleet, "gpu_backlog_full")
+        return cpu_route(owner, fleet, "gpu_backlog_full", kind)
     return Route(Lane.GPU, owner, "gpu_requested")

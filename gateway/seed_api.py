@@ -69,7 +69,10 @@ def seed_form(form: ParsedForm) -> tuple[Kind, bool, TranscribeOptions]:
     base = parse_options(f.get("options")).model_dump(exclude_unset=True)
     flat: dict[str, Any] = {k: f[k] for k in FLAT_TEXT if f.get(k)}
     flat.update({k: parse_bool(f[k], k) for k in FLAT_BOOL if f.get(k)})
-    return parse_kind(f.get("kind"), form.sniffed_kind), parse_bool(f.get("gpu"), "gpu"), make_options(base | flat)
+    kind = parse_kind(f.get("kind"), form.sniffed_kind)
+    if kind not in (Kind.AUDIO, Kind.VIDEO):  # a plugin's kind: its result is no transcript
+        raise InvalidInput(f"kind: the older API transcribes audio and video, not {kind}")
+    return Kind(kind), parse_bool(f.get("gpu"), "gpu"), make_options(base | flat)
 
 
 def url_job_options(req: SeedUrlRequest) -> TranscribeOptions:

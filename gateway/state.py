@@ -192,15 +192,19 @@ class GatewayState:
 
     def fleet(self, owner: str) -> routing.Fleet:
         """What routing needs to know of the owner's nodes, as of now."""
+        gpu, cpu = self.nodes.live(owner=owner, lane=Lane.GPU), self.nodes.live(owner=owner, lane=Lane.CPU)
         return routing.Fleet(
-            owner_gpu_live=bool(self.nodes.live(owner=owner, lane=Lane.GPU)),
-            owner_cpu_live=bool(self.nodes.live(owner=owner, lane=Lane.CPU)),
+            owner_gpu_live=bool(gpu),
+            owner_cpu_live=bool(cpu),
             gpu_backlog=lambda: self.gpu_backlog(owner),
+            gpu_kinds=frozenset(k for n in gpu for k in n.kinds),
+            cpu_kinds=frozenset(k for n in cpu for k in n.kinds),
+            shared_kinds=frozenset(k for n in self.nodes.live(owner=names.SHARED) for k in n.kinds),
         )
 
-    def cpu_queue_for(self, owner: str) -> str:
+    def cpu_queue_for(self, owner: str, kind: str) -> str:
         """For the fallback router: the CPU queue by routing's one rule."""
-        return routing.cpu_queue(owner, self.fleet(owner))
+        return routing.cpu_queue(owner, self.fleet(owner), kind)
 
     async def gpu_backlog(self, owner: str) -> int:
         """Pending + unacked on the owner's GPU lane, cached briefly so a burst

@@ -32,10 +32,10 @@ log = logging.getLogger("gpubus.gateway.jobs")
 
 T = TypeVar("T")
 MIB = 1024 * 1024
-Interpret = Callable[[ParsedForm], tuple[Kind, bool, TranscribeOptions]]
+Interpret = Callable[[ParsedForm], tuple[str, bool, TranscribeOptions]]
 
 
-async def route_for(st: GatewayState, owner: str, kind: Kind, gpu: bool) -> routing.Route:
+async def route_for(st: GatewayState, owner: str, kind: str, gpu: bool) -> routing.Route:
     """Routing's decision on the fleet as this gateway sees it now."""
     s = st.settings
     return await routing.choose(owner, kind, gpu, s.gpu_mode, st.fleet(owner), s.gpu_max_backlog)
@@ -45,7 +45,7 @@ async def enqueue(
     st: GatewayState,
     owner: str,
     job_id: str,
-    kind: Kind,
+    kind: str,
     gpu: bool,
     options: TranscribeOptions,
     *,
@@ -55,6 +55,7 @@ async def enqueue(
     """Route and queue attempt 1 (record, then message: bus/queueing.py).
     The user's `gpu` wish is kept on the record for a retry to route by."""
     options = fleet_models.resolve(st, owner, options)
+    routing.check_served(kind, st.fleet(owner))
     route = await route_for(st, owner, kind, gpu)
     t = now()
     rec = JobRecord(
@@ -73,7 +74,7 @@ async def enqueue(
     )
     queued = await queue_attempt(st.jobs, st.publisher, owner, job_id, 1, rec, notes=st.notes)
     assert queued is not None  # a new record is always this caller's own claim
-    st.metrics.jobs_submitted.labels(lane=route.lane.value, kind=kind.value).inc()
+    st.metrics.jobs_submitted.labels(lane=route.lane.value, kind=kind).inc()
     log.info(
         "job %s owner=%s kind=%s lane=%s reason=%s queued",
         job_id,
@@ -164,9 +165,66 @@ async def submit_url(
 
 
 async def submit_without_upload(
-    st: GatewayState, principal: Principal, kind: Kind, gpu: bool, options: TranscribeOptions, *, url: str | None = None
+    st: GatewayState, principal: Principal, kind: str, gpu: bool, options: TranscribeOptions, *, url: str | None = None
 ) -> JobRecord:
     """A job with nothing to stage (a URL, or `noop` for benchmarks)."""
     async with admitted(st, principal):
         await st.ensure_owner(principal.user_id)
         return await enqueue(st, principal.user_id, new_job_id(), kind, gpu, options, url=url)
+
+
+INLINE_TEXT_NAME = "text.txt"
+
+
+async def stage_text(st: GatewayState, owner: str, job_id: str, text: str) -> StagedInput:
+    """A JSON job's inline `text`, staged like an upload: the node hands the
+    processor a file either way, so a processor that reads files needs
+    nothing else to take text."""
+    data = text.encode()
+    writer = objects.ObjectWriter(st.js, names.files_bucket(owner), names.input_object(job_id, INLINE_TEXT_NAME))
+    try:
+        await writer.write(data)
+        await writer.commit(description="text/plain; charset=utf-8")
+    except BaseException:
+        await writer.abort()
+        raise
+    return StagedInput(
+        bucket=writer.bucket,
+        object_name=writer.name,
+        filename=INLINE_TEXT_NAME,
+        size=writer.size,
+        sha256=writer.sha256_hex,
+        content_type="text/plain; charset=utf-8",
+    )
+
+
+async def submit_json_kind(
+    st: GatewayState,
+    principal: Principal,
+    kind: str,
+    gpu: bool,
+    options: TranscribeOptions,
+    *,
+    url: str | None = None,
+    text: str | None = None,
+) -> JobRecord:
+    """A JSON job of any other kind (a plugin's): its input is a URL, inline
+    text (staged as a file), or nothing. Whether a live node serves the
+    kind is checked before anything is staged, and again when queued."""
+    if url is not None and text is not None:
+        raise InvalidInput("a job takes `url` or `text`, not both")
+    if url is not None:
+        url = check_submitted(url, allow_private=st.settings.allow_private_urls)
+    owner = principal.user_id
+    routing.check_served(kind, st.fleet(owner))
+    async with admitted(st, principal):
+        await st.ensure_owner(owner)
+        job_id = new_job_id()
+        staged = await stage_text(st, owner, job_id, text) if text is not None else None
+        try:
+            return await enqueue(st, owner, job_id, kind, gpu, options, staged=staged, url=url)
+        except BaseException:  # never queued: leave nothing behind
+            if staged is not None:
+                with contextlib.suppress(Exception):
+                    await objects.delete_object(st.js, staged.bucket, staged.object_name)
+            raise

@@ -8,7 +8,6 @@ from bus.node_host import run_node
 from bus.settings import Settings
 from gpu_node import device, telemetry
 from processors import factory
-from processors.media_fetch import FetchConfig
 from processors.whisper_engine import EngineConfig
 from schemas.names import Lane
 from schemas.processing import Processor
@@ -31,12 +30,9 @@ def engine_config(settings: Settings) -> EngineConfig:
 
 
 def make_processor(settings: Settings, node_id: str) -> Processor:
-    return factory.build(
-        engine_config(settings),
-        node_id=node_id,
-        enable_noop=settings.enable_noop,
-        fetch=FetchConfig(settings.download_max_bytes, settings.download_timeout, settings.allow_private_urls),
-    )
+    cfg = engine_config(settings)
+    ctx = settings.processor_context(node_id, Lane.GPU, cfg.device)
+    return factory.build(cfg, ctx, enable_noop=settings.enable_noop)
 
 
 def main(settings: Settings) -> None:

@@ -7,9 +7,11 @@ from pathlib import Path
 
 from schemas.errors import JobFailed
 from schemas.jobs import JobMessage
-from schemas.processing import NOTHING_STAGED, JobOutput, Processor, ProgressFn, Staging
+from schemas.names import Lane
+from schemas.processing import NOTHING_STAGED, Input, JobOutput, Processor, ProgressFn, Staging, input_of
 
 UNSUPPORTED_KIND = "UNSUPPORTED_KIND"
+INPUT_NOT_ACCEPTED = "INPUT_NOT_ACCEPTED"
 
 
 class ByKind:
@@ -18,6 +20,8 @@ class ByKind:
         self.load_seconds = load_seconds
         self._by_kind: dict[str, Processor] = {k: p for p in processors for k in p.kinds}
         self.kinds = frozenset(self._by_kind)
+        self.lanes: frozenset[Lane] = frozenset(lane for p in processors for lane in p.lanes)
+        self.inputs: frozenset[Input] = frozenset(i for p in processors for i in p.inputs)
         self._processors = processors
 
     @property
@@ -26,7 +30,7 @@ class ByKind:
 
     def staging(self, job: JobMessage) -> Staging:
         """The kind's own needs; an unsupported kind needs nothing (run fails it)."""
-        proc = self._by_kind.get(job.kind.value)
+        proc = self._by_kind.get(job.kind)
         return proc.staging(job) if proc is not None else NOTHING_STAGED
 
     def run(
@@ -37,7 +41,11 @@ class ByKind:
         progress: ProgressFn,
         cancelled: threading.Event,
     ) -> JobOutput:
-        proc = self._by_kind.get(job.kind.value)
+        proc = self._by_kind.get(job.kind)
         if proc is None:
             raise JobFailed(UNSUPPORTED_KIND, f"this node does not process {job.kind} jobs")
+        given = input_of(job)
+        if given not in proc.inputs:
+            takes = ", ".join(sorted(proc.inputs))
+            raise JobFailed(INPUT_NOT_ACCEPTED, f"a {job.kind} job takes {takes}, not {given}")
         return proc.run(job, input_path, work_dir, progress, cancelled)

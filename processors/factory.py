@@ -1,21 +1,32 @@
-"""Building a node's processor set from plain settings values."""
+"""Building a node's processor set: the built-ins, then installed plugins.
+
+The built-ins are an explicit list, not entry points of gpubus itself: they
+share one Whisper engine (one model load serves uploads and downloads),
+which independent entry-point factories could not; they must not depend
+on packaging metadata being fresh (an editable install's entry points are
+written at install time); and a built-in that fails should stop the node,
+where a plugin that fails is logged and skipped (processors/plugins.py).
+"""
 
 from __future__ import annotations
 
+from processors import plugins
 from processors.dispatch import ByKind
 from processors.media_fetch import FetchConfig
 from processors.noop import NoopProcessor
 from processors.transcription import TranscriptionProcessor
 from processors.url_media import UrlProcessor
 from processors.whisper_engine import EngineConfig, WhisperEngine
-from schemas.processing import Processor
+from schemas.processing import Processor, ProcessorContext
 
 
-def build(cfg: EngineConfig, *, node_id: str, enable_noop: bool, fetch: FetchConfig) -> ByKind:
+def build(cfg: EngineConfig, ctx: ProcessorContext, *, enable_noop: bool) -> ByKind:
     """One engine (one model load) serves uploads and downloads alike."""
     engine = WhisperEngine(cfg)
-    transcriber = TranscriptionProcessor(engine, node_id=node_id)
+    transcriber = TranscriptionProcessor(engine, node_id=ctx.node_id)
+    fetch = FetchConfig(ctx.download_max_bytes, ctx.download_timeout_s, ctx.allow_private_urls)
     procs: list[Processor] = [transcriber, UrlProcessor(transcriber, fetch)]
     if enable_noop:
         procs.append(NoopProcessor(cfg.device))
-    return ByKind(procs, device=cfg.device, load_seconds=engine.load_seconds)
+    procs += plugins.load(ctx, taken={k for p in procs for k in p.kinds})
+    return ByKind(plugins.for_lane(procs, ctx.lane), device=cfg.device, load_seconds=engine.load_seconds)

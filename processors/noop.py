@@ -8,8 +8,8 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from schemas.jobs import JobMessage, ResultSummary
-from schemas.names import Kind
-from schemas.processing import NOTHING_STAGED, JobOutput, ProgressFn, Staging
+from schemas.names import Kind, Lane
+from schemas.processing import NOTHING_STAGED, Input, JobOutput, ProgressFn, Staging
 
 
 class NoopResult(BaseModel):
@@ -19,6 +19,8 @@ class NoopResult(BaseModel):
 
 class NoopProcessor:
     kinds = frozenset({Kind.NOOP.value})
+    lanes = frozenset(Lane)
+    inputs = frozenset({Input.NONE, Input.URL})  # a URL is echoed, never fetched
     models: list[str] = []
 
     def __init__(self, device: str = "cpu") -> None:

@@ -10,14 +10,16 @@ from processors import audio_decode
 from processors.whisper_engine import WhisperEngine
 from schemas.errors import INPUT_MISSING, JobFailed
 from schemas.jobs import JobMessage, ResultSummary
-from schemas.names import Kind
-from schemas.processing import NOTHING_STAGED, JobOutput, ProgressFn, Staging
+from schemas.names import Kind, Lane
+from schemas.processing import NOTHING_STAGED, Input, JobOutput, ProgressFn, Staging
 
 MODEL_NOT_SERVED = "MODEL_NOT_SERVED"
 
 
 class TranscriptionProcessor:
     kinds = frozenset({Kind.AUDIO.value, Kind.VIDEO.value})
+    lanes = frozenset(Lane)
+    inputs = frozenset({Input.FILE})
 
     def __init__(self, engine: WhisperEngine, *, node_id: str) -> None:
         self.engine = engine

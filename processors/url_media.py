@@ -11,8 +11,8 @@ from processors.transcription import TranscriptionProcessor
 from schemas import names
 from schemas.errors import INPUT_MISSING, JobFailed
 from schemas.jobs import JobMessage
-from schemas.names import Kind
-from schemas.processing import JobOutput, OwnerFile, ProgressFn, Staging
+from schemas.names import Kind, Lane
+from schemas.processing import Input, JobOutput, OwnerFile, ProgressFn, Staging
 from schemas.results import Transcript
 from schemas.url_guard import UrlRefused, check_syntax
 
@@ -24,6 +24,8 @@ STAGING = Staging(work_dir=True, owner_files=(OwnerFile(names.COOKIES_OBJECT, CO
 
 class UrlProcessor:
     kinds = frozenset({Kind.URL.value})
+    lanes = frozenset(Lane)
+    inputs = frozenset({Input.URL})
 
     def __init__(self, transcriber: TranscriptionProcessor, cfg: FetchConfig) -> None:
         self.transcriber = transcriber

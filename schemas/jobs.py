@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.names import Kind, Lane
+from schemas.names import JobKind, Lane
 
 SCHEMA_VERSION = 1
 JOB_ID_BYTES = 16  # 128 random bits: job ids are unguessable
@@ -104,7 +104,7 @@ class JobMessage(BaseModel):
     owner: str
     queue_owner: str  # the owner, or `shared` for the shared CPU pool
     lane: Lane
-    kind: Kind
+    kind: JobKind
     attempt: int = Field(ge=1)
     input: StagedInput | None = None
     url: str | None = None
@@ -130,7 +130,7 @@ class JobRecord(BaseModel):
     job_id: JobId
     owner: str
     queue_owner: str
-    kind: Kind
+    kind: JobKind
     lane: Lane
     status: JobStatus = JobStatus.QUEUED
     routed_reason: str

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field
 
 from schemas.errors import InvalidInput
 
@@ -37,13 +40,40 @@ class Lane(StrEnum):
 
 
 class Kind(StrEnum):
+    """The built-in kinds. A job's kind is any string matching `KIND_PATTERN`
+    (a processor package may add kinds, docs/WRITING_A_PROCESSOR.md), so
+    fields typed `JobKind` hold plain strings; these members compare equal
+    to them."""
+
     AUDIO = "audio"
     VIDEO = "video"
     URL = "url"
     NOOP = "noop"  # benchmarks only: measures the bus, not the model
 
 
+BUILTIN_KINDS = frozenset(Kind)
 GPU_KINDS = frozenset({Kind.AUDIO, Kind.VIDEO, Kind.URL})
+
+# A kind is a subject token (`jobs.<owner>.<lane>.<kind>`) and a metrics
+# label, so it is a short lowercase token: no `.`, `*` or `>` can widen a
+# filter, and a label value stays small.
+KIND_MAX = 32
+KIND_PATTERN = rf"^[a-z][a-z0-9_]{{0,{KIND_MAX - 1}}}$"
+KIND_RE = re.compile(KIND_PATTERN)
+JobKind = Annotated[str, Field(pattern=KIND_PATTERN, max_length=KIND_MAX)]
+
+# Kinds a job may be queued for while no live node serves them: the
+# transcription kinds every node profile runs, so such a job waits for a
+# node (nothing accepted is lost while nodes restart). Any other kind is
+# accepted only when a live node advertises it (gateway/routing.py).
+WAITING_KINDS = frozenset({Kind.AUDIO, Kind.VIDEO, Kind.URL, Kind.NOOP})
+
+
+def validate_kind(kind: str) -> str:
+    """A kind named outside a model (a processor's declaration, a form field)."""
+    if not KIND_RE.fullmatch(kind or ""):
+        raise InvalidInput(f"kind must match {KIND_PATTERN}")
+    return kind
 
 
 def validate_owner(owner: str, *, allow_reserved: bool = False) -> str:
@@ -56,7 +86,7 @@ def validate_owner(owner: str, *, allow_reserved: bool = False) -> str:
     return owner
 
 
-def job_subject(queue_owner: str, lane: Lane, kind: Kind, owner: str | None = None) -> str:
+def job_subject(queue_owner: str, lane: Lane, kind: str, owner: str | None = None) -> str:
     """`queue_owner` is the job's owner, or `shared` for the shared pool,
     where the owner is a last token so an owner's jobs can still be counted."""
     if queue_owner == SHARED and owner:

@@ -7,9 +7,10 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field
 
 from schemas.jobs import ID_MAX, NAME_MAX, NODE_ID_MAX, SCHEMA_VERSION
-from schemas.names import Lane
+from schemas.names import JobKind, Lane
 
 URL_MAX = 512
+MAX_KINDS = 64
 METRICS_SCHEMES = frozenset({"http", "https"})
 
 
@@ -19,7 +20,7 @@ class NodeHeartbeat(BaseModel):
     owner: str = Field(max_length=ID_MAX)  # the queue owner: a user id, or `shared`
     lane: Lane
     device: str = Field(max_length=NAME_MAX)
-    kinds: list[str] = Field(max_length=16)
+    kinds: list[JobKind] = Field(max_length=MAX_KINDS)  # what the node serves, plugins' kinds too
     models: list[str] = Field(max_length=64)
     capacity: int
     busy: int

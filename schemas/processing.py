@@ -1,16 +1,63 @@
-"""The contract between the node runtime (bus) and the media work
-(processors): neither imports the other, both import this."""
+"""The contract between the node runtime (bus) and the work (processors,
+and any installed package that provides processors): neither side imports
+the other, both import this. It is the public extension point, documented
+in docs/WRITING_A_PROCESSOR.md: keep what is here stable."""
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
 from pydantic import BaseModel
 
 from schemas.jobs import JobMessage, ResultSummary
+from schemas.names import Lane
+
+# The importlib.metadata entry-point group a package registers its
+# processor factories in: `name = "module:factory"`, the factory taking a
+# `ProcessorContext` and returning a `Processor`.
+ENTRY_POINT_GROUP = "gpubus.processors"
+
+
+class Input(StrEnum):
+    """What a processor reads: a file the gateway staged (an upload, or a
+    JSON job's inline `text`), the job's `url`, or nothing."""
+
+    FILE = "file"
+    URL = "url"
+    NONE = "none"
+
+
+def input_of(job: JobMessage) -> Input:
+    """The input a job carries (a job has at most one of a file and a URL)."""
+    if job.input is not None:
+        return Input.FILE
+    return Input.URL if job.url else Input.NONE
+
+
+@dataclass(frozen=True)
+class ProcessorContext:
+    """What a processor factory is given: the node it will run on, and the
+    few settings values a processor may need. Plain values, never the
+    node's settings object, so a plugin depends on this and nothing else.
+
+    `device` is "cpu" or "cuda"; `lane` the lane the node pulls (a factory
+    may look at it, but the node itself drops processors whose `lanes`
+    leave it out); `workers` the jobs the node runs at once;
+    `allow_private_urls` whether URLs to private addresses may be fetched
+    (tests); `download_max_bytes` and `download_timeout_s` the caps on
+    anything the processor downloads."""
+
+    device: str
+    node_id: str
+    lane: Lane
+    workers: int
+    allow_private_urls: bool
+    download_max_bytes: int
+    download_timeout_s: float
 
 
 @dataclass(frozen=True)
@@ -62,10 +109,18 @@ class Processor(Protocol):
     ignorant of media: it fetches what is asked for and nothing else.
     `work_dir` is the job's private scratch directory (mode 0700, removed
     after the job); a job with a staged input gets one, any other job only
-    if `staging` asks, else None."""
+    if `staging` asks, else None.
+
+    `kinds` are the job kinds it runs (each matching `names.KIND_PATTERN`),
+    `lanes` the lanes it suits (a node of another lane does not load it,
+    so routing never sends it a job of that lane), `inputs` what its jobs
+    may carry (a job with another input fails with `INPUT_NOT_ACCEPTED`
+    before `run`)."""
 
     device: str
     kinds: frozenset[str]
+    lanes: frozenset[Lane]
+    inputs: frozenset[Input]
 
     @property
     def models(self) -> list[str]: ...
