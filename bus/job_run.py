@@ -35,9 +35,9 @@ from bus.sealing import RecordSeal
 from schemas import codec, names
 from schemas.errors import INPUT_CORRUPT, INPUT_MISSING, Forbidden, JobCancelled, JobFailed, NotFound
 from schemas.events import INLINE_RESULT_MAX, EventType
-from schemas.jobs import JobMessage
+from schemas.jobs import ErrorInfo, JobMessage
 from schemas.names import Lane
-from schemas.processing import JobOutput, OwnerFile, Processor
+from schemas.processing import JobOutput, OwnerFile, Prepares, Processor
 
 log = logging.getLogger("gpubus.bus.node")
 
@@ -80,6 +80,10 @@ class JobContext:
     bus_retry_s: float
     job_seal: RecordSeal | None = None
     inline_result_max: int = INLINE_RESULT_MAX
+    # The engine's slots (the node's capacity). A node that prefetches
+    # pulls more jobs than this; they stage and prepare their inputs
+    # (Processor `prepare`) while the engine runs, then wait here.
+    engine: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
     ack_wait_s: float = 30.0
     max_deliver: int = -1
 
@@ -129,6 +133,7 @@ class JobRun:
         if cancelled_already:
             self.cancelled.set()
         self.succeeded = False
+        self.announced = False  # `started` sent: the job holds an engine slot
         self._last_progress_event = 0.0
         self._ref = f"{job.job_id} owner={job.owner} lane={ctx.lane} node={ctx.node_id} attempt={job.attempt}"
 
@@ -145,9 +150,7 @@ class JobRun:
         started = time.monotonic()
         try:
             last = ctx.max_deliver > 0 and msg.metadata.num_delivered >= ctx.max_deliver
-            async with settle(msg, partial(ctx.events.settled, job), job_ref=self._ref, last_delivery=last):
-                await ctx.events.started(job)
-                log.info("job %s started", self._ref, extra=self._log_fields("started"))
+            async with settle(msg, self._report, job_ref=self._ref, last_delivery=last):
                 output = await self._run()
                 await self._store_result(output)
                 self.succeeded = True
@@ -177,7 +180,10 @@ class JobRun:
             work_dir = await loop.run_in_executor(ctx.pool, _make_work_dir, job.job_id)
             try:
                 await self._stage_owner_files(staging.owner_files, work_dir)
-                output = await self._call_processor(await self._fetch_input(work_dir), work_dir)
+                input_path = await self._fetch_input(work_dir)
+                if input_path is not None and isinstance(ctx.processor, Prepares):
+                    await loop.run_in_executor(ctx.pool, ctx.processor.prepare, job, input_path, work_dir)
+                output = await self._call_processor(input_path, work_dir)
             finally:
                 await loop.run_in_executor(ctx.pool, shutil.rmtree, work_dir, True)
         if self.cancelled.is_set():
@@ -185,7 +191,26 @@ class JobRun:
         return output
 
     async def _call_processor(self, input_path: Path | None, work_dir: Path | None) -> JobOutput:
-        """In the worker pool; its progress calls renew the lease from there."""
+        """In the worker pool, holding an engine slot only for the run itself
+        (storing the result does not stall the next job); its progress calls
+        renew the lease from there."""
+        async with self.ctx.engine:
+            if self.cancelled.is_set():
+                raise JobCancelled()
+            await self.ctx.events.started(self.job)
+            self.announced = True
+            log.info("job %s started", self._ref, extra=self._log_fields("started"))
+            return await self._run_in_pool(input_path, work_dir)
+
+    async def _report(self, outcome: str, error: ErrorInfo | None) -> None:
+        """`settle`'s report. A job cancelled before it ever started (taken
+        ahead of the engine, or cancelled before it was fetched) leaves no
+        trace: the gateway that cancelled it has said all there is."""
+        if outcome == "cancelled" and not self.announced:
+            return
+        await self.ctx.events.settled(self.job, outcome, error)
+
+    async def _run_in_pool(self, input_path: Path | None, work_dir: Path | None) -> JobOutput:
         loop = asyncio.get_running_loop()
 
         def progress(media_s_done: float, media_s_total: float) -> None:

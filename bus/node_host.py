@@ -171,6 +171,7 @@ async def start_node(
         js_api_prefix=identity.js_api_prefix,
         job_seal=RecordSeal.from_settings(settings) if shared else None,
         inline_result_max=settings.inline_result_max,
+        prefetch=_prefetch(settings, identity.lane),
     )
     await runtime.start()
     log.info("node %s ready: %s lane of %s, metrics %s", node_id, identity.lane, identity.queue_owner, metrics_url)
@@ -202,3 +203,11 @@ async def run_node(
         stopped.cancel()
         lost.cancel()
         await runtime.close()
+
+
+def _prefetch(settings: Settings, lane: Lane) -> int:
+    """One job ahead on a GPU node (its engine outruns input decoding), none
+    on CPU: a CPU job held by a busy node is a job another node could run."""
+    if settings.node_prefetch is not None:
+        return settings.node_prefetch
+    return 1 if lane is Lane.GPU else 0

@@ -7,7 +7,10 @@ requested) and keeps the node visible (registry heartbeat) and reachable
 reports is `bus/job_events.py`. The event loop only moves bytes and
 messages; processors run in a thread pool sized to capacity, so lease
 extensions (`in_progress`), heartbeats and acks keep flowing while a model
-works.
+works. With `prefetch`, the node takes that many jobs more than its
+capacity: they fetch and prepare (decode) their inputs while the engine is
+busy and wait for an engine slot (bus/job_run.py), so a fast GPU engine is
+not idle while the next input is read from the object store and decoded.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class NodeRuntime:
         js_api_prefix: str = node_permissions.JS_API,
         job_seal: RecordSeal | None = None,
         inline_result_max: int = INLINE_RESULT_MAX,
+        prefetch: int = 0,
     ) -> None:
         self.nc = nc
         # A user node reaches JetStream from its own account through imports
@@ -83,12 +87,13 @@ class NodeRuntime:
         self.queue_owner = queue_owner
         self.lane = lane
         self.capacity = capacity
+        self.prefetch = prefetch  # jobs taken ahead of the engine, staged and prepared while it works
         self.metrics = metrics
         self.node_id = node_id or new_node_id(lane)
         self.metrics_url = metrics_url
         self._handle_signals = handle_signals
         self.drain_timeout_s = drain_timeout_s
-        self._pool = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix=f"gpubus-{lane}")
+        self._pool = ThreadPoolExecutor(max_workers=capacity + prefetch, thread_name_prefix=f"gpubus-{lane}")
         self._jobs = JobContext(  # what every job of this node shares (bus/job_run.py)
             js=self.js,
             processor=processor,
@@ -101,10 +106,11 @@ class NodeRuntime:
             bus_retry_s=bus_retry_s,
             job_seal=job_seal,
             inline_result_max=inline_result_max,
+            engine=asyncio.Semaphore(capacity),
             events=EventReporter(nc, self.js, lane=lane, node_id=self.node_id, bus_retry_s=bus_retry_s),
         )
         self._cancelled_early: dict[str, float] = {}
-        self._slots = asyncio.Semaphore(capacity)
+        self._slots = asyncio.Semaphore(capacity + prefetch)
         self._inflight: dict[str, JobRun] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._background: list[asyncio.Task[None]] = []
@@ -319,7 +325,7 @@ class NodeRuntime:
                 kinds=sorted(self.processor.kinds),
                 models=self.processor.models,
                 capacity=self.capacity,
-                busy=len(self._inflight),
+                busy=min(len(self._inflight), self.capacity),  # prefetched jobs wait, they do not run
                 last_seen=now(),
                 started_at=self._started_at,
                 metrics_url=self.metrics_url,

@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     cpu_ack_wait: float = Field(60.0, gt=0)
     cpu_max_deliver: int = Field(5, ge=1)
     job_deadline: float = Field(600.0, gt=0, description="no progress for this long = hung node")
+    node_prefetch: int | None = Field(
+        None,
+        ge=0,
+        le=8,
+        description="jobs a node takes ahead of its engine to fetch and decode their inputs (default: 1 on GPU, 0 on CPU)",
+    )
     inline_result_max: int = Field(
         INLINE_RESULT_MAX,
         ge=0,

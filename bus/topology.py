@@ -39,6 +39,8 @@ STREAM_NAME_IN_USE = 10058
 CONSUMER_REPLICAS_EXCEED_STREAM = 10126
 SCALE_UP_WAIT_S = 30.0
 DUPLICATE_WINDOW_S = 120.0
+# Two lane consumers per owner (and the shared pool's): room for 100,000 owners.
+JOBS_MAX_CONSUMERS = 200_001
 # Node events are a few hundred bytes, or a small result inline
 # (schemas/events.INLINE_RESULT_MAX) plus its envelope; the cap keeps an
 # untrusted node from storing megabytes per event (review F4: records of
@@ -98,6 +100,10 @@ def _jobs_stream(s: Settings) -> StreamConfig:
         num_replicas=s.replicas,
         duplicate_window=DUPLICATE_WINDOW_S,
         discard=DiscardPolicy.NEW,
+        # nats-server 2.15 caps a stream that names no limit at 1,000
+        # consumers, and every owner has one per lane: owner 501 got
+        # "maximum consumers limit reached" (python -m bench.owner_scale).
+        max_consumers=JOBS_MAX_CONSUMERS,
     )
 
 

@@ -8,7 +8,16 @@ from pathlib import Path
 from schemas.errors import JobFailed
 from schemas.jobs import JobMessage
 from schemas.names import Lane
-from schemas.processing import NOTHING_STAGED, Input, JobOutput, Processor, ProgressFn, Staging, input_of
+from schemas.processing import (
+    NOTHING_STAGED,
+    Input,
+    JobOutput,
+    Prepares,
+    Processor,
+    ProgressFn,
+    Staging,
+    input_of,
+)
 
 UNSUPPORTED_KIND = "UNSUPPORTED_KIND"
 INPUT_NOT_ACCEPTED = "INPUT_NOT_ACCEPTED"
@@ -32,6 +41,12 @@ class ByKind:
         """The kind's own needs; an unsupported kind needs nothing (run fails it)."""
         proc = self._by_kind.get(job.kind)
         return proc.staging(job) if proc is not None else NOTHING_STAGED
+
+    def prepare(self, job: JobMessage, input_path: Path, work_dir: Path) -> None:
+        """The kind's own `prepare`, if it has one (schemas/processing.Prepares)."""
+        proc = self._by_kind.get(job.kind)
+        if isinstance(proc, Prepares):
+            proc.prepare(job, input_path, work_dir)
 
     def run(
         self,

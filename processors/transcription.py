@@ -6,6 +6,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 from processors import audio_decode
 from processors.whisper_engine import WhisperEngine
 from schemas.errors import INPUT_MISSING, JobFailed
@@ -14,6 +16,7 @@ from schemas.names import Kind, Lane
 from schemas.processing import NOTHING_STAGED, Input, JobOutput, ProgressFn, Staging
 
 MODEL_NOT_SERVED = "MODEL_NOT_SERVED"
+PREPARED_AUDIO = ".gpubus-decoded.f32"  # 16 kHz mono float32 samples, written by `prepare`
 
 
 class TranscriptionProcessor:
@@ -34,6 +37,17 @@ class TranscriptionProcessor:
         """Only the staged upload, which the node fetches for every job."""
         return NOTHING_STAGED
 
+    def _check_model(self, job: JobMessage) -> None:
+        wanted = job.options.model
+        if wanted and wanted != self.engine.model_name:
+            raise JobFailed(MODEL_NOT_SERVED, f"this node serves {self.engine.model_name}, not {wanted}")
+
+    def prepare(self, job: JobMessage, input_path: Path, work_dir: Path) -> None:
+        """Decode ahead of the engine (schemas/processing.Prepares): the
+        samples wait in the job's private dir, not in memory."""
+        self._check_model(job)
+        audio_decode.decode(input_path).tofile(work_dir / PREPARED_AUDIO)
+
     def run(
         self,
         job: JobMessage,
@@ -44,11 +58,13 @@ class TranscriptionProcessor:
     ) -> JobOutput:
         if input_path is None:
             raise JobFailed(INPUT_MISSING, f"a {job.kind} job needs a staged file")
-        wanted = job.options.model
-        if wanted and wanted != self.engine.model_name:
-            raise JobFailed(MODEL_NOT_SERVED, f"this node serves {self.engine.model_name}, not {wanted}")
+        self._check_model(job)
         t0 = time.monotonic()
-        audio = audio_decode.decode(input_path)
+        prepared = work_dir / PREPARED_AUDIO if work_dir is not None else None
+        if prepared is not None and prepared.exists():
+            audio = np.fromfile(prepared, dtype=np.float32)
+        else:
+            audio = audio_decode.decode(input_path)
         progress(0.0, len(audio) / audio_decode.SAMPLE_RATE)
         transcript = self.engine.transcribe(audio, job.options, on_segment=progress, cancelled=cancelled)
         elapsed = time.monotonic() - t0

@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -96,6 +96,19 @@ class ProgressFn(Protocol):
 class JobOutput:
     result: BaseModel  # stored as JSON in the owner's bucket
     summary: ResultSummary
+
+
+@runtime_checkable
+class Prepares(Protocol):
+    """A processor whose CPU-side preparation of an input (decoding,
+    resampling) can run before the job holds an engine slot, while the
+    engine still works on the job before: the node calls `prepare` in a
+    worker thread once the input is on disk, and `run` then finds what it
+    left in `work_dir` (removed with the job). A node that prefetches
+    (`GPUBUS_NODE_PREFETCH`) keeps a fast engine busy that way; without
+    `prepare`, `run` does everything, as before."""
+
+    def prepare(self, job: JobMessage, input_path: Path, work_dir: Path) -> None: ...
 
 
 class Processor(Protocol):

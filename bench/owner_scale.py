@@ -1,0 +1,128 @@
+"""Benchmark: the per-owner layout at 10, 1,000 and 10,000 owners.
+
+Every owner has a file bucket (an object store: one stream) and two durable
+consumers on JOBS (`gpu_<owner>`, `cpu_<owner>`). This grows one nats-server
+to each owner count in turn and measures, at each:
+
+- topology: how long `topology.ensure_owner` takes for the owners added last
+  (what a new user's first request waits for), p50 and p99;
+- publish: a job message published to a random owner's lane (PubAck waited),
+  p50 and p99, with the messages purged afterwards;
+- nats-server resident memory;
+- jobs/s: pipelined no-op jobs through one node-pool process serving the
+  first `--active` owners (the rest only exist), bus-only as bench.scale.
+
+    python -m bench.owner_scale [--owners 10,1000,10000] [--jobs 400] [--active 10]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import nats
+import psutil
+
+from bench import common
+from bench.scale import drive, start_pools, stop_pools
+from bus import topology
+from bus.settings import Settings
+from schemas import names
+from schemas.names import Kind, Lane
+
+PUBLISHES = 500
+GROWTH_SAMPLE = 100  # the owners added last at each level
+
+
+async def grow(url: str, have: int, want: int) -> list[float]:
+    """Create owners have..want-1; seconds each for the last GROWTH_SAMPLE."""
+    s = Settings(nats_url=url)
+    nc = await nats.connect(url)
+    took: list[float] = []
+    try:
+        js = nc.jetstream()
+        if have == 0:
+            await topology.ensure_core(js, s)
+        for i in range(have, want):
+            t0 = time.perf_counter()
+            await topology.ensure_owner(js, s, f"o{i}")
+            if i >= want - GROWTH_SAMPLE:
+                took.append(time.perf_counter() - t0)
+    finally:
+        await nc.close()
+    return took
+
+
+async def publish_latency(url: str, owners: int) -> list[float]:
+    nc = await nats.connect(url)
+    lat: list[float] = []
+    try:
+        js = nc.jetstream()
+        for _ in range(PUBLISHES):
+            owner = f"o{random.randrange(owners)}"
+            subject = names.job_subject(owner, Lane.CPU, Kind.NOOP, owner)
+            t0 = time.perf_counter()
+            await js.publish(subject, b"x")
+            lat.append(time.perf_counter() - t0)
+        await js.purge_stream(names.JOBS_STREAM)
+    finally:
+        await nc.close()
+    return lat
+
+
+def main() -> int:
+    p = common.base_parser(__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--owners",
+        default="10,1000,10000",
+        help="owner counts (the smallest at least --active, so every level runs the same active owners)",
+    )
+    p.add_argument("--jobs", type=int, default=400)
+    p.add_argument("--active", type=int, default=10, help="owners the node pool serves")
+    p.add_argument("--inflight", type=int, default=64)
+    args = p.parse_args()
+    levels = [int(x) for x in args.owners.split(",")]
+    rep = common.Report("owner_scale")
+    cells: dict[int, dict[str, float]] = {}
+    print(f"owner_scale: levels {levels}, {args.jobs} jobs through {args.active} active owner(s)", flush=True)
+    with common.workdir(args.workdir) as root, common.nats_server(root, sync=args.nats_sync) as server:
+        assert server.proc is not None
+        nats_proc = psutil.Process(server.proc.pid)
+        have = 0
+        for level in levels:
+            t0 = time.monotonic()
+            took = asyncio.run(grow(server.url, have, level))
+            grow_s, have = time.monotonic() - t0, level
+            pub = asyncio.run(publish_latency(server.url, level))
+            active = [f"o{i}" for i in range(min(args.active, level))]
+            pools = start_pools(server.url, active, 1, 64, root)
+            try:
+                rate, p99 = asyncio.run(drive(server.url, active, args.jobs, args.inflight))
+            finally:
+                stop_pools(pools)
+            cell = {
+                "topology_p50_ms": common.percentile(took, 50) * 1e3,
+                "topology_p99_ms": common.percentile(took, 99) * 1e3,
+                "grow_total_s": grow_s,
+                "publish_p50_ms": common.percentile(pub, 50) * 1e3,
+                "publish_p99_ms": common.percentile(pub, 99) * 1e3,
+                "nats_rss_mb": nats_proc.memory_info().rss / 2**20,
+                "jobs_per_s": rate,
+                "job_p99_ms": p99 * 1e3,
+            }
+            cells[level] = cell
+            rep.row(f"{level} owner(s)", **cell)
+    lo, hi = min(levels), max(levels)
+    pub_r = cells[hi]["publish_p50_ms"] / cells[lo]["publish_p50_ms"]
+    rep.ratio(f"publish p50 {hi} owners / {lo}", pub_r, target="<= 1.5", ok=pub_r <= 1.5)
+    topo = cells[hi]["topology_p50_ms"]
+    rep.ratio(f"new owner's topology p50 ms at {hi} owners", topo, target="< 50", ok=topo < 50)
+    rep.ratio(
+        f"jobs/s {hi} owners / {lo}", cells[hi]["jobs_per_s"] / cells[lo]["jobs_per_s"], target="(reported)", ok=None
+    )
+    return rep.finish(args.json)
+
+
+if __name__ == "__main__":
+    common.run_main(main)
