@@ -41,6 +41,7 @@ DUPLICATE_WINDOW_S = 120.0
 # Node events are a few hundred bytes; the cap keeps an untrusted node from
 # storing megabytes per event (review F4: records of ~8 MB each).
 EVENT_MAX_BYTES = 64 * 1024
+CLAIM_MAX_BYTES = 64  # a claim's body is `node` or `mover`
 # The materializer and the fallback router nak only what may work later (a
 # record not written yet, NATS away) and term the rest; this bound is the
 # backstop, so no message is redelivered for ever whatever the code does
@@ -124,9 +125,23 @@ def _deadletter_stream(s: Settings) -> StreamConfig:
     )
 
 
+def _starts_stream(s: Settings) -> StreamConfig:
+    """Start claims (bus/start_claims.py): one tiny message per GPU attempt
+    taken, kept as long as events are, well past any redelivery of it."""
+    return StreamConfig(
+        name=names.STARTS_STREAM,
+        subjects=[names.STARTS_SUBJECTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=s.replicas,
+        max_age=s.events_max_age_days * DAY_S,
+        max_msg_size=CLAIM_MAX_BYTES,
+    )
+
+
 async def ensure_core(js: JetStreamContext, s: Settings) -> None:
     """What the gateway side needs before it serves a request."""
-    for cfg in (_jobs_stream(s), _events_stream(s), _deadletter_stream(s)):
+    for cfg in (_jobs_stream(s), _events_stream(s), _deadletter_stream(s), _starts_stream(s)):
         await ensure_stream(js, cfg)
     for bucket, ttl in ((names.JOBS_BUCKET, None), (names.APIKEYS_BUCKET, None), (names.NODES_BUCKET, s.registry_ttl)):
         kv = KeyValueConfig(bucket=bucket, history=1, ttl=ttl, replicas=s.replicas)

@@ -98,7 +98,7 @@ async def retry(job_id: str, st: State, principal: User) -> dict[str, Any]:
             await objects.object_info(st.js, rec.input.bucket, rec.input.object_name)
         except NotFound:
             raise Conflict("the staged input has expired; submit the file again") from None
-    route = await route_for(st, owner, rec.kind, routing.gpu_wish(rec))
+    route = await route_for(st, owner, rec.kind, routing.gpu_wish(rec), rec.options)
     attempt = rec.attempts + 1
     queued = await queue_attempt(st.jobs, st.publisher, owner, job_id, attempt, requeue(st, attempt, route))
     if queued is None:

@@ -62,12 +62,18 @@ def cpu_route(owner: str, fleet: Fleet, reason: str) -> Route:
     return Route(Lane.CPU, cpu_queue(owner, fleet), reason)
 
 
-async def choose(owner: str, kind: Kind, requested: bool, mode: GpuMode, fleet: Fleet, max_backlog: int) -> Route:
+async def choose(
+    owner: str, kind: Kind, requested: bool, mode: GpuMode, fleet: Fleet, max_backlog: int, *, required: bool = False
+) -> Route:
     """`requested` is the user's own wish (the job record keeps it), so a
-    retry is routed as the submission was, on the fleet as it is now."""
-    wanted, reason = gpu_wanted(kind, requested, mode)
+    retry is routed as the submission was, on the fleet as it is now.
+    `required` (`gpu: "required"`) takes the GPU lane whatever the fleet:
+    the start deadline fails it if no GPU node takes it in time."""
+    wanted, reason = gpu_wanted(kind, requested or required, mode)
     if not wanted:
         return cpu_route(owner, fleet, reason)
+    if required:
+        return Route(Lane.GPU, owner, "gpu_required")
     if not fleet.owner_gpu_live:
         return cpu_route(owner, fleet, "no_live_gpu_node")
     if await fleet.gpu_backlog() >= max_backlog:

@@ -29,6 +29,7 @@ from bus.publisher import JobPublisher
 from bus.registry import LiveNodes
 from bus.sealing import RecordSeal
 from bus.settings import Settings
+from bus.start_deadline import StartDeadlines
 from bus.tls import nats_context
 from gateway import routing
 from gateway.admission import Admission, StreamCap
@@ -119,6 +120,17 @@ class GatewayState:
         self.materializer = Materializer(js, self.jobs, self.metrics, nc=self.nc, on_released=self.router.released)
         await self.materializer.start()
         await self.router.start()
+        self.start_deadlines = StartDeadlines(
+            js,
+            self.jobs,
+            self.seal,
+            self.metrics,
+            default_timeout_s=s.gpu_start_timeout,
+            interval_s=s.start_scan_interval,
+            gpu_live=lambda owner: bool(self.nodes.live(owner=owner, lane=Lane.GPU)),
+            move=lambda job, seq, reason: self.router.to_cpu(job, seq, reason=reason),
+        )
+        await self.start_deadlines.start()
         self.lag = LagMonitor(js, interval_s=s.lag_poll_interval, metrics=self.metrics)
         self.metrics.watch_queues(self.lag.snapshot, self.nodes.live)
         await self.lag.start()
@@ -146,7 +158,15 @@ class GatewayState:
     async def close(self) -> None:
         """Services first (they use the connection), then the connections."""
         self.ready = False
-        for part in (self.lag, self.router, self.materializer, self.nodes, self.auth_callout, self.finishes):
+        for part in (
+            self.lag,
+            self.start_deadlines,
+            self.router,
+            self.materializer,
+            self.nodes,
+            self.auth_callout,
+            self.finishes,
+        ):
             if part is not None:
                 await part.stop()
         if self.system_nc is not None:

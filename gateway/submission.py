@@ -35,10 +35,11 @@ MIB = 1024 * 1024
 Interpret = Callable[[ParsedForm], tuple[Kind, bool, TranscribeOptions]]
 
 
-async def route_for(st: GatewayState, owner: str, kind: Kind, gpu: bool) -> routing.Route:
+async def route_for(st: GatewayState, owner: str, kind: Kind, gpu: bool, options: TranscribeOptions) -> routing.Route:
     """Routing's decision on the fleet as this gateway sees it now."""
     s = st.settings
-    return await routing.choose(owner, kind, gpu, s.gpu_mode, st.fleet(owner), s.gpu_max_backlog)
+    fleet, required = st.fleet(owner), options.gpu_required
+    return await routing.choose(owner, kind, gpu, s.gpu_mode, fleet, s.gpu_max_backlog, required=required)
 
 
 async def enqueue(
@@ -55,7 +56,7 @@ async def enqueue(
     """Route and queue attempt 1 (record, then message: bus/queueing.py).
     The user's `gpu` wish is kept on the record for a retry to route by."""
     options = fleet_models.resolve(st, owner, options)
-    route = await route_for(st, owner, kind, gpu)
+    route = await route_for(st, owner, kind, gpu, options)
     t = now()
     rec = JobRecord(
         job_id=job_id,

@@ -63,6 +63,14 @@ class TranscribeOptions(BaseModel):
     model: str | None = Field(None, max_length=200)
     beam_size: int = Field(1, ge=1, le=10)
     temperature: float = Field(0.0, ge=0.0, le=1.0)
+    # Schedule-to-start on the GPU lane (bus/start_deadline.py): not
+    # started by a GPU node within this many seconds, the job moves to the
+    # CPU lane. None: the gateway's GPUBUS_GPU_START_TIMEOUT.
+    start_timeout_s: float | None = Field(None, gt=0, le=86_400)
+    # `gpu: "required"`: the GPU lane or nothing. Queued there even with no
+    # live GPU node (one may come), failed NO_GPU_NODE when none started it
+    # within the start timeout, never moved to the CPU lane.
+    gpu_required: bool = False
 
 
 class StagedInput(BaseModel):

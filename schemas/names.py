@@ -20,6 +20,7 @@ RESERVED_OWNERS = frozenset({SHARED, ANONYMOUS})
 JOBS_STREAM = "JOBS"
 EVENTS_STREAM = "EVENTS"
 DEADLETTER_STREAM = "DEADLETTER"
+STARTS_STREAM = "STARTS"  # start claims: who took a queued GPU attempt, a node or the mover (bus/start_claims.py)
 JOBS_BUCKET = "jobs"
 APIKEYS_BUCKET = "apikeys"
 NODES_BUCKET = "nodes"
@@ -28,6 +29,7 @@ FALLBACK_CONSUMER = "fallback_router"
 
 JOBS_SUBJECTS = "jobs.>"
 EVENTS_SUBJECTS = "events.>"
+STARTS_SUBJECTS = "starts.>"
 MAX_DELIVERIES_SUBJECTS = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.>"
 
 
@@ -88,6 +90,12 @@ def parse_consumer_name(name: str) -> tuple[str, Lane] | None:
 
 def event_subject(owner: str, job_id: str) -> str:
     return f"events.{owner}.{job_id}"
+
+
+def start_claim_subject(owner: str, job_id: str, attempt: int) -> str:
+    """One subject per attempt: its first message says who took the attempt
+    (a node starting it, or the mover sending it to the CPU lane)."""
+    return f"starts.{owner}.{job_id}.{attempt}"
 
 
 def cancel_subject(owner: str) -> str:
