@@ -112,20 +112,26 @@ class StartDeadlines:
 
     async def scan(self) -> int:
         """One pass over every GPU lane; returns how many jobs it moved."""
-        moved = 0
+        moved, overdue = 0, {}
         for info in await list_lane_consumers(self._js):
             parsed = names.parse_consumer_name(info.name or "")
             if parsed is not None and parsed[1] is Lane.GPU and info.num_pending:
-                moved += await self._scan_lane(parsed[0], info)
+                lane_moved, overdue[parsed[0]] = await self._scan_lane(parsed[0], info)
+                moved += lane_moved
+        self._metrics.start_overdue.clear()
+        for owner, n in overdue.items():
+            if n:
+                self._metrics.start_overdue.labels(owner=owner).set(n)
         self.moved += moved
         return moved
 
-    async def _scan_lane(self, owner: str, info: ConsumerInfo) -> int:
-        """The lane's undelivered messages, oldest first; each one due moves."""
+    async def _scan_lane(self, owner: str, info: ConsumerInfo) -> tuple[int, int]:
+        """The lane's undelivered messages, oldest first; each one due moves.
+        Returns (moved, due but not moved: the move failed)."""
         seq = (info.delivered.stream_seq if info.delivered else 0) or 0
         subject = names.lane_filter(owner, Lane.GPU)
         no_node = not self._gpu_live(owner)
-        moved = 0
+        moved = overdue = 0
         for _ in range(SCAN_MAX_PER_LANE):
             try:
                 raw = await self._js.get_msg(names.JOBS_STREAM, seq=seq + 1, subject=subject, next=True)
@@ -138,8 +144,12 @@ class StartDeadlines:
             waited = time.time() - queued_at(raw)
             timed_out = waited >= start_timeout_s(job, self._default_s)
             if timed_out or (no_node and not job.options.gpu_required):
-                moved += await self._take(job, seq, waited, no_node)
-        return moved
+                try:
+                    moved += await self._take(job, seq, waited, no_node)
+                except Exception as e:  # the next scan tries again; the gauge shows it meanwhile
+                    overdue += 1
+                    log.warning("job %s not moved off the GPU lane (%s: %s)", job.job_id, type(e).__name__, e)
+        return moved, overdue
 
     def _job(self, raw: RawStreamMsg) -> JobMessage | None:
         """A gateway-sealed job message, or None (a node terms garbage; the

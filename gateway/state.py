@@ -20,6 +20,7 @@ from bus import topology
 from bus.auth_callout import AuthCallout
 from bus.connection import close, connect
 from bus.fallback_router import FallbackRouter
+from bus.job_ttl import JobTtl
 from bus.jobstore import FinishWatch, JobStore
 from bus.keystore import KeyStore
 from bus.lag_monitor import LagMonitor
@@ -131,6 +132,8 @@ class GatewayState:
             move=lambda job, seq, reason: self.router.to_cpu(job, seq, reason=reason),
         )
         await self.start_deadlines.start()
+        self.ttl = JobTtl(js, self.jobs, self.metrics, nc=self.nc)
+        await self.ttl.start()
         self.lag = LagMonitor(js, interval_s=s.lag_poll_interval, metrics=self.metrics)
         self.metrics.watch_queues(self.lag.snapshot, self.nodes.live)
         await self.lag.start()

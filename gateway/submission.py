@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from fastapi import Request
 
-from bus import objects
+from bus import job_ttl, objects
 from bus.joblog import job_fields
 from bus.queueing import queue_attempt
 from gateway import fleet_models, routing
@@ -71,7 +71,9 @@ async def enqueue(
         url=url,
         options=options,
         gpu_requested=gpu,
+        expires_at=job_ttl.expires_at(options.ttl_s, t),
     )
+    await job_ttl.arm(st.js, rec, give_up_after_s=st.publisher.give_up_after_s)
     queued = await queue_attempt(st.jobs, st.publisher, owner, job_id, 1, rec)
     assert queued is not None  # a new record is always this caller's own claim
     st.metrics.jobs_submitted.labels(lane=route.lane.value, kind=kind.value).inc()

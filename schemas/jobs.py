@@ -45,9 +45,10 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"  # not finished within its `options.ttl_s` (bus/job_ttl.py)
 
 
-TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED})
 
 
 class TranscribeOptions(BaseModel):
@@ -71,6 +72,9 @@ class TranscribeOptions(BaseModel):
     # live GPU node (one may come), failed NO_GPU_NODE when none started it
     # within the start timeout, never moved to the CPU lane.
     gpu_required: bool = False
+    # Time to live: not finished this many seconds after it was queued, the
+    # job ends `expired` and a node running it is told to stop.
+    ttl_s: float | None = Field(None, gt=0, le=7 * 86_400)
 
 
 class StagedInput(BaseModel):
@@ -163,6 +167,9 @@ class JobRecord(BaseModel):
     gpu_requested: bool | None = None
     stream_seq: int | None = None
     late_completions: int = 0
+    # When the job expires (`options.ttl_s` after the attempt was queued);
+    # a TTL timer firing for an earlier deadline changes nothing.
+    expires_at: float | None = None
 
     @property
     def terminal(self) -> bool:
