@@ -54,6 +54,9 @@ log = logging.getLogger("gpubus.bus.start_deadline")
 
 NOT_STARTED = "not_started"
 SCAN_MAX_PER_LANE = 512  # waiting jobs read per lane and scan; GPU lanes are capped far below
+# A job younger than this is not moved for want of a live node: another
+# gateway routed it to a node this gateway's registry view may not show yet.
+NO_NODE_GRACE_S = 2.0
 MoveToCpu = Callable[[JobMessage, int, str], Awaitable[None]]
 
 
@@ -143,7 +146,8 @@ class StartDeadlines:
                 continue
             waited = time.time() - queued_at(raw)
             timed_out = waited >= start_timeout_s(job, self._default_s)
-            if timed_out or (no_node and not job.options.gpu_required):
+            orphaned = no_node and waited >= NO_NODE_GRACE_S and not job.options.gpu_required
+            if timed_out or orphaned:
                 try:
                     moved += await self._take(job, seq, waited, no_node)
                 except Exception as e:  # the next scan tries again; the gauge shows it meanwhile

@@ -142,14 +142,14 @@ def _starts_stream(s: Settings) -> StreamConfig:
 
 def _timers_stream(s: Settings) -> StreamConfig:
     """Job TTL timers (bus/job_ttl.py): one message per job with a TTL,
-    gone once it fires."""
+    gone once it fires. No max age: a timer may wait as long as a TTL may
+    be, whatever the events' retention."""
     return StreamConfig(
         name=names.TIMERS_STREAM,
         subjects=[names.TIMERS_SUBJECTS],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         num_replicas=s.replicas,
-        max_age=s.events_max_age_days * DAY_S,
     )
 
 
