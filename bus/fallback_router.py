@@ -134,7 +134,7 @@ class FallbackRouter:
         if job is None:
             return
         if lane is Lane.GPU:
-            await self._to_cpu(job, seq)
+            await self.to_cpu(job, seq)
         else:
             await self._fail(job, seq, int(advisory.get("deliveries", 0)))
 
@@ -185,9 +185,9 @@ class FallbackRouter:
         log.info(
             "job %s owner=%s released by %s (%s)", ev.job_id, ev.owner, ev.node_id, ev.error.code if ev.error else ""
         )
-        await self._to_cpu(rec.to_message(), rec.stream_seq, reason=NODE_RELEASED)
+        await self.to_cpu(rec.to_message(), rec.stream_seq, reason=NODE_RELEASED)
 
-    async def _to_cpu(self, job: JobMessage, seq: int, *, reason: str = ACK_TIMEOUT) -> None:
+    async def to_cpu(self, job: JobMessage, seq: int, *, reason: str = ACK_TIMEOUT) -> None:
         """Queue the next attempt on the CPU lane, then delete the GPU one. A
         publish that fails puts the record back (bus/queueing.py) and leaves
         the original in place, so the advisory's redelivery starts over."""

@@ -46,6 +46,18 @@ class GatewayMetrics:
             ["reason", "kind"],
             registry=registry,
         )
+        self.jobs_expired = Counter(
+            "gpubus_jobs_expired_total",
+            "Jobs not finished within their options.ttl_s (also in gpubus_jobs_finished_total)",
+            ["lane", "kind"],
+            registry=registry,
+        )
+        self.start_overdue = Gauge(
+            "gpubus_gpu_jobs_overdue",
+            "GPU-lane jobs past their start timeout that the last scan could not move (bus/start_deadline.py)",
+            ["owner"],
+            registry=registry,
+        )
         self.late_completions = Counter(
             "gpubus_late_completions_total",
             "Terminal events for jobs already terminal (a node finished after fallback)",

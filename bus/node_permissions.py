@@ -65,6 +65,7 @@ BRIDGE: tuple[Bridge, ...] = (
     Bridge(f"$JS.ACK.{names.JOBS_STREAM}.>"),
     Bridge(f"$KV.{names.NODES_BUCKET}.>"),
     Bridge(names.EVENTS_SUBJECTS),
+    Bridge(names.STARTS_SUBJECTS),  # start claims of GPU attempts (bus/start_claims.py)
     Bridge("STREAM.INFO.*", api=True),  # KV_nodes, and files-<owner> (made per owner)
     Bridge("STREAM.MSG.GET.*", api=True),
     Bridge("STREAM.PURGE.*", api=True),
@@ -91,6 +92,7 @@ def for_node(owner: str) -> dict[str, list[str]]:
     files = names.object_stream(bucket)
     pub: list[str] = [
         f"events.{owner}.>",
+        f"starts.{owner}.>",
         f"$KV.{names.NODES_BUCKET}.{owner}.*.*",
         node_api(f"STREAM.INFO.{names.kv_stream(names.NODES_BUCKET)}"),
         f"$O.{bucket}.>",

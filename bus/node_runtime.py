@@ -28,15 +28,16 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
-from bus import connection, node_permissions, registry
+from bus import connection, node_permissions, registry, start_claims
 from bus.job_events import EventReporter
 from bus.job_run import BAD_MESSAGE_ERRORS, JobContext, JobRun, read_job
 from bus.metrics import NodeMetrics
 from bus.pulling import Puller
+from bus.retry import retrying
 from bus.sealing import RecordSeal
 from schemas import names
 from schemas.events import INLINE_RESULT_MAX
-from schemas.jobs import now
+from schemas.jobs import JobMessage, now
 from schemas.names import Lane
 from schemas.nodes import NodeHeartbeat
 from schemas.processing import Processor
@@ -286,6 +287,8 @@ class NodeRuntime:
             log.error("terming bad job message on %s (seq %s): %s", msg.subject, msg.metadata.sequence.stream, e)
             await msg.term()
             return
+        if self.lane is Lane.GPU and not await self._claim_start(msg, job):
+            return
         early = self._cancelled_early.pop(job.job_id, None) is not None
         run = JobRun(self._jobs, job, msg, cancelled_already=early)
         self._inflight[job.job_id] = run
@@ -295,6 +298,28 @@ class NodeRuntime:
             self._inflight.pop(job.job_id, None)
             self.done += run.succeeded
             self.failed += not run.succeeded
+
+    async def _claim_start(self, msg: Msg, job: JobMessage) -> bool:
+        """A GPU attempt races the gateway's start-deadline mover for the
+        job (bus/start_claims.py). Lost: no work, and the message is left
+        unsettled (the mover deletes it; should the mover have died half
+        way, its ack_wait sends it to the CPU lane). A claim that cannot be
+        made at all hands the message back."""
+        try:
+            ok = await retrying(
+                lambda: start_claims.node_may_start(
+                    self.js, job.owner, job.job_id, job.attempt, msg.metadata.num_delivered
+                ),
+                what=f"claim the start of {job.job_id}",
+                give_up_after_s=self._jobs.bus_retry_s,
+            )
+        except Exception as e:
+            log.warning("job %s: start not claimed (%s); handing it back", job.job_id, e)
+            await msg.nak(delay=1.0)
+            return False
+        if not ok:
+            log.info("job %s attempt %d moved to the CPU lane before it started here", job.job_id, job.attempt)
+        return ok
 
     # -- cancels -------------------------------------------------------------
 

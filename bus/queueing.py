@@ -121,14 +121,14 @@ async def _note_seq(
 ) -> JobRecord:
     """Step 3. Retried through a blip: the message is stored, and a record
     left without its sequence would later look like a claim never
-    published. A cancel that came first found no sequence to delete by;
+    published. A cancel (or a TTL) that came first found no sequence to delete by;
     the message goes now (the node was told too, so it is never run)."""
     rec = await retrying(
         lambda: jobs.update(owner, job_id, lambda r: with_seq(r, attempt, seq)),
         what=f"note {job_id}",
         give_up_after_s=publisher.give_up_after_s,
     )
-    if rec.status is JobStatus.CANCELLED and rec.attempts == attempt:
+    if rec.status in (JobStatus.CANCELLED, JobStatus.EXPIRED) and rec.attempts == attempt:
         await publisher.withdraw(seq)
     return rec
 

@@ -88,6 +88,10 @@ class Settings(BaseSettings):
         le=INLINE_RESULT_MAX,
         description="results up to this many bytes ride in the succeeded event, larger ones go to the object store",
     )
+    gpu_start_timeout: float = Field(
+        120.0, gt=0, description="a GPU-lane job no node started in this long moves to the CPU lane"
+    )
+    start_scan_interval: float = Field(1.0, gt=0, description="how often the gateway looks for GPU jobs past it")
     registry_ttl: float = Field(10.0, gt=0, description="a node unseen this long is not live")
     publish_timeout: float = Field(10.0, gt=0, description="how long to retry a publish before 503")
     lag_poll_interval: float = Field(

@@ -46,6 +46,8 @@ JOBS_MAX_CONSUMERS = 200_001
 # untrusted node from storing megabytes per event (review F4: records of
 # ~8 MB each). Records never hold the result, only where it is.
 EVENT_MAX_BYTES = INLINE_RESULT_MAX + 64 * 1024
+TIMERS_PENDING_MAX = 1_000_000  # TTL timers waiting at once
+CLAIM_MAX_BYTES = 64  # a claim's body is `node` or `mover`
 # The materializer and the fallback router nak only what may work later (a
 # record not written yet, NATS away) and term the rest; this bound is the
 # backstop, so no message is redelivered for ever whatever the code does
@@ -137,9 +139,51 @@ def _deadletter_stream(s: Settings) -> StreamConfig:
     )
 
 
+def _starts_stream(s: Settings) -> StreamConfig:
+    """Start claims (bus/start_claims.py): one tiny message per GPU attempt
+    taken, kept as long as events are, well past any redelivery of it."""
+    return StreamConfig(
+        name=names.STARTS_STREAM,
+        subjects=[names.STARTS_SUBJECTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=s.replicas,
+        max_age=s.events_max_age_days * DAY_S,
+        max_msg_size=CLAIM_MAX_BYTES,
+    )
+
+
+def _timers_stream(s: Settings) -> StreamConfig:
+    """Job TTL timers (bus/job_ttl.py): one message per job with a TTL,
+    gone once it fires. No max age: a timer may wait as long as a TTL may
+    be, whatever the events' retention."""
+    return StreamConfig(
+        name=names.TIMERS_STREAM,
+        subjects=[names.TIMERS_SUBJECTS],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        num_replicas=s.replicas,
+    )
+
+
+def _timer_consumer(s: Settings) -> ConsumerConfig:
+    """Naked with a delay until due, so no delivery bound: every pending
+    timer is ack-pending, hence the large max_ack_pending."""
+    return ConsumerConfig(
+        durable_name=names.TTL_CONSUMER,
+        filter_subject=names.TIMERS_SUBJECTS,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=30.0,
+        max_deliver=-1,
+        max_ack_pending=TIMERS_PENDING_MAX,
+        num_replicas=s.replicas,
+    )
+
+
 async def ensure_core(js: JetStreamContext, s: Settings) -> None:
     """What the gateway side needs before it serves a request."""
-    for cfg in (_jobs_stream(s), _events_stream(s), _deadletter_stream(s)):
+    for cfg in (_jobs_stream(s), _events_stream(s), _deadletter_stream(s), _starts_stream(s), _timers_stream(s)):
         await ensure_stream(js, cfg)
     for bucket, ttl in ((names.JOBS_BUCKET, None), (names.APIKEYS_BUCKET, None), (names.NODES_BUCKET, s.registry_ttl)):
         kv = KeyValueConfig(bucket=bucket, history=1, ttl=ttl, replicas=s.replicas)
@@ -152,6 +196,7 @@ async def ensure_core(js: JetStreamContext, s: Settings) -> None:
     await _ensure_consumer(
         js, names.DEADLETTER_STREAM, _internal_consumer(names.FALLBACK_CONSUMER, names.MAX_DELIVERIES_SUBJECTS, s)
     )
+    await _ensure_consumer(js, names.TIMERS_STREAM, _timer_consumer(s))
     await ensure_lane(js, s, names.SHARED, Lane.CPU)
 
 

@@ -24,7 +24,21 @@ def parse_bool(value: str | None, field: str) -> bool:
         return True
     if v in ("false", "0", "no", "off"):
         return False
-    raise InvalidInput(f"{field}: expected true or false, got {value!r}")
+    raise InvalidInput(f"{field}: expected true or false{' or required' * (field == 'gpu')}, got {value!r}")
+
+
+GPU_REQUIRED = "required"
+
+
+def with_gpu_field(value: object, options: TranscribeOptions) -> tuple[bool, TranscribeOptions]:
+    """The `gpu` field: true/false, or "required" (the GPU lane or a
+    NO_GPU_NODE failure, never the CPU lane), kept in the options so a
+    retry and the start deadline see it."""
+    if isinstance(value, str) and value.strip().lower() == GPU_REQUIRED:
+        return True, options.model_copy(update={"gpu_required": True})
+    if isinstance(value, bool):
+        return value, options
+    return parse_bool(value if isinstance(value, str) else None, "gpu"), options
 
 
 def make_options(values: dict[str, Any]) -> TranscribeOptions:
@@ -73,8 +87,5 @@ def parse_kind(raw: str | None, sniffed: Kind | None) -> str:
 
 def job_form(form: ParsedForm) -> tuple[str, bool, TranscribeOptions]:
     """The fields of `POST /api/v1/jobs`: `kind`, `gpu`, `options` (JSON)."""
-    return (
-        parse_kind(form.fields.get("kind"), form.sniffed_kind),
-        parse_bool(form.fields.get("gpu"), "gpu"),
-        parse_options(form.fields.get("options")),
-    )
+    gpu, options = with_gpu_field(form.fields.get("gpu"), parse_options(form.fields.get("options")))
+    return parse_kind(form.fields.get("kind"), form.sniffed_kind), gpu, options

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from bus import objects
+from bus import job_ttl, objects
 from bus.joblog import job_fields
 from bus.queueing import Claim, never_queued, queue_attempt
 from gateway import routing
@@ -23,7 +23,7 @@ from schemas.jobs import JobRecord, JobStatus, now
 log = logging.getLogger("gpubus.gateway.control")
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
-RETRYABLE = (JobStatus.FAILED, JobStatus.CANCELLED)
+RETRYABLE = (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED)
 
 
 def _cancel(rec: JobRecord) -> JobRecord | None:
@@ -66,7 +66,7 @@ def retryable(st: GatewayState, rec: JobRecord) -> bool:
     return rec.status in RETRYABLE or never_queued(rec, publish_timeout_s=st.settings.publish_timeout)
 
 
-def requeue(st: GatewayState, attempt: int, route: Route) -> Claim:
+def requeue(st: GatewayState, attempt: int, route: Route, expires_at: float | None = None) -> Claim:
     """Claim: the record of `attempt`, if the job is still retryable at the one before."""
 
     def claim(r: JobRecord) -> JobRecord | None:
@@ -76,6 +76,7 @@ def requeue(st: GatewayState, attempt: int, route: Route) -> Claim:
         r.status, r.error, r.node_id, r.progress = JobStatus.QUEUED, None, None, 0.0
         r.result_object = r.result_event_seq = r.result_sha256 = None
         r.summary = r.started_at = r.finished_at = r.fallback = r.stream_seq = None
+        r.expires_at = expires_at  # the TTL counts again from the retry
         return r
 
     return claim
@@ -89,15 +90,19 @@ async def retry(job_id: str, st: State, principal: User) -> dict[str, Any]:
     owner = principal.user_id
     rec, _ = await st.jobs.get(owner, job_id)
     if not retryable(st, rec):
-        raise Conflict(f"only failed or cancelled jobs can be retried; job {job_id} is {rec.status}")
+        raise Conflict(f"only failed, cancelled or expired jobs can be retried; job {job_id} is {rec.status}")
     if rec.input is not None:
         try:
             await objects.object_info(st.js, rec.input.bucket, rec.input.object_name)
         except NotFound:
             raise Conflict("the staged input has expired; submit the file again") from None
-    route = await route_for(st, owner, rec.kind, routing.gpu_wish(rec))
+    route = await route_for(st, owner, rec.kind, routing.gpu_wish(rec), rec.options)
     attempt = rec.attempts + 1
-    queued = await queue_attempt(st.jobs, st.publisher, owner, job_id, attempt, requeue(st, attempt, route))
+    deadline = job_ttl.expires_at(rec.options.ttl_s, now())
+    armed = rec.model_copy(update={"expires_at": deadline, "attempts": attempt})
+    await job_ttl.arm(st.js, armed, give_up_after_s=st.publisher.give_up_after_s)
+    claim = requeue(st, attempt, route, deadline)
+    queued = await queue_attempt(st.jobs, st.publisher, owner, job_id, attempt, claim)
     if queued is None:
         raise Conflict(f"job {job_id} changed while retrying")
     st.metrics.jobs_submitted.labels(lane=route.lane.value, kind=queued.kind).inc()

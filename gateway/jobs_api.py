@@ -5,7 +5,7 @@ result read (gateway/results.py)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.bodies import json_body
 from gateway.deps import State, User
-from gateway.form_fields import job_form
+from gateway.form_fields import job_form, with_gpu_field
 from gateway.job_views import Accepted, accepted, job_view
 from gateway.results import parse_transcript, read_transcript
 from gateway.state import GatewayState
@@ -48,7 +48,7 @@ class JsonJobRequest(BaseModel):
     url: str | None = Field(None, max_length=4096)
     kind: JobKind | None = None
     text: str | None = Field(None, max_length=TEXT_MAX)
-    gpu: bool = False
+    gpu: bool | Literal["required"] = False
     options: TranscribeOptions = TranscribeOptions()
 
 
@@ -56,20 +56,21 @@ async def submit_json(st: GatewayState, request: Request, principal: User) -> JS
     """A URL job, a `noop` one where benchmarks are enabled, or another kind."""
     req = await json_body(request, JsonJobRequest)
     check_language(req.options.language)
+    gpu, options = with_gpu_field(req.gpu, req.options)
     kind = req.kind or (Kind.URL if req.url else None)
     if kind not in (Kind.URL, Kind.NOOP, Kind.AUDIO, Kind.VIDEO, None):
-        return accepted(await submit_json_kind(st, principal, kind, req.gpu, req.options, url=req.url, text=req.text))
+        return accepted(await submit_json_kind(st, principal, kind, gpu, options, url=req.url, text=req.text))
     if req.text is not None:
         raise InvalidInput(f"text: inline text is for kinds that read it, not {kind or 'a job without a kind'}")
     if kind == Kind.URL:
         if not req.url:
             raise InvalidInput("url: required for a url job")
-        return accepted(await submit_url(st, principal, req.url, req.gpu, req.options))
+        return accepted(await submit_url(st, principal, req.url, gpu, options))
     if kind != Kind.NOOP:
         raise InvalidInput("a JSON job needs `url` (or a `kind`); upload files as multipart/form-data")
     if not st.settings.enable_noop:
         raise InvalidInput("the noop kind is for benchmarks; enable it with GPUBUS_ENABLE_NOOP=true")
-    return accepted(await submit_without_upload(st, principal, kind, req.gpu, req.options, url=req.url))
+    return accepted(await submit_without_upload(st, principal, kind, gpu, options, url=req.url))
 
 
 @router.post("", status_code=202, response_model=Accepted)

@@ -97,9 +97,13 @@ def cpu_route(owner: str, fleet: Fleet, reason: str, kind: str | None = None) ->
     return Route(Lane.CPU, cpu_queue(owner, fleet, kind), reason)
 
 
-async def choose(owner: str, kind: str, requested: bool, mode: GpuMode, fleet: Fleet, max_backlog: int) -> Route:
+async def choose(
+    owner: str, kind: str, requested: bool, mode: GpuMode, fleet: Fleet, max_backlog: int, *, required: bool = False
+) -> Route:
     """`requested` is the user's own wish (the job record keeps it), so a
-    retry is routed as the submission was, on the fleet as it is now."""
+    retry is routed as the submission was, on the fleet as it is now.
+    `required` (`gpu: "required"`) takes the GPU lane whatever the fleet:
+    the start deadline fails it if no GPU node takes it in time."""
     plugin = kind not in BUILTIN_KINDS
     if (
         plugin
@@ -108,9 +112,11 @@ async def choose(owner: str, kind: str, requested: bool, mode: GpuMode, fleet: F
         and kind not in fleet.cpu_kinds | fleet.shared_kinds
     ):
         return Route(Lane.GPU, owner, "kind_served_only_on_gpu")
-    wanted, reason = gpu_wanted(kind, requested, mode)
+    wanted, reason = gpu_wanted(kind, requested or required, mode)
     if not wanted:
         return cpu_route(owner, fleet, reason, kind)
+    if required:
+        return Route(Lane.GPU, owner, "gpu_required")
     if not fleet.owner_gpu_live:
         return cpu_route(owner, fleet, "no_live_gpu_node", kind)
     if plugin and kind not in fleet.gpu_kinds:

@@ -21,6 +21,7 @@ from bus.auth_callout import AuthCallout
 from bus.connection import close, connect
 from bus.event_hub import EventHub
 from bus.fallback_router import FallbackRouter
+from bus.job_ttl import JobTtl
 from bus.jobstore import JobStore
 from bus.keystore import KeyStore
 from bus.lag_monitor import LagMonitor
@@ -31,6 +32,7 @@ from bus.record_watch import RecordWatch
 from bus.registry import LiveNodes
 from bus.sealing import RecordSeal
 from bus.settings import Settings
+from bus.start_deadline import StartDeadlines
 from bus.tls import nats_context
 from gateway import routing
 from gateway.admission import Admission, StreamCap
@@ -125,6 +127,19 @@ class GatewayState:
         self.materializer = Materializer(js, self.jobs, self.metrics, nc=self.nc, on_released=self.router.released)
         await self.materializer.start()
         await self.router.start()
+        self.start_deadlines = StartDeadlines(
+            js,
+            self.jobs,
+            self.seal,
+            self.metrics,
+            default_timeout_s=s.gpu_start_timeout,
+            interval_s=s.start_scan_interval,
+            gpu_live=lambda owner: bool(self.nodes.live(owner=owner, lane=Lane.GPU)),
+            move=lambda job, seq, reason: self.router.to_cpu(job, seq, reason=reason),
+        )
+        await self.start_deadlines.start()
+        self.ttl = JobTtl(js, self.jobs, self.metrics, nc=self.nc)
+        await self.ttl.start()
         self.lag = LagMonitor(js, interval_s=s.lag_poll_interval, metrics=self.metrics)
         self.metrics.watch_queues(self.lag.snapshot, self.nodes.live)
         await self.lag.start()
@@ -153,7 +168,15 @@ class GatewayState:
         """Services first (they use the connection), then the connections."""
         self.ready = False
         await asyncio.gather(*self.notes, return_exceptions=True)
-        for part in (self.lag, self.router, self.materializer, self.nodes, self.auth_callout, self.finishes):
+        for part in (
+            self.lag,
+            self.start_deadlines,
+            self.router,
+            self.materializer,
+            self.nodes,
+            self.auth_callout,
+            self.finishes,
+        ):
             if part is not None:
                 await part.stop()
         await self.keys.stop_mirror()

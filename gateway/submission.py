@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from fastapi import Request
 
-from bus import objects
+from bus import job_ttl, objects
 from bus.joblog import job_fields
 from bus.queueing import queue_attempt
 from gateway import fleet_models, routing
@@ -35,10 +35,11 @@ MIB = 1024 * 1024
 Interpret = Callable[[ParsedForm], tuple[str, bool, TranscribeOptions]]
 
 
-async def route_for(st: GatewayState, owner: str, kind: str, gpu: bool) -> routing.Route:
+async def route_for(st: GatewayState, owner: str, kind: str, gpu: bool, options: TranscribeOptions) -> routing.Route:
     """Routing's decision on the fleet as this gateway sees it now."""
     s = st.settings
-    return await routing.choose(owner, kind, gpu, s.gpu_mode, st.fleet(owner), s.gpu_max_backlog)
+    fleet, required = st.fleet(owner), options.gpu_required
+    return await routing.choose(owner, kind, gpu, s.gpu_mode, fleet, s.gpu_max_backlog, required=required)
 
 
 async def enqueue(
@@ -56,7 +57,7 @@ async def enqueue(
     The user's `gpu` wish is kept on the record for a retry to route by."""
     options = fleet_models.resolve(st, owner, options)
     routing.check_served(kind, st.fleet(owner))
-    route = await route_for(st, owner, kind, gpu)
+    route = await route_for(st, owner, kind, gpu, options)
     t = now()
     rec = JobRecord(
         job_id=job_id,
@@ -71,7 +72,9 @@ async def enqueue(
         url=url,
         options=options,
         gpu_requested=gpu,
+        expires_at=job_ttl.expires_at(options.ttl_s, t),
     )
+    await job_ttl.arm(st.js, rec, give_up_after_s=st.publisher.give_up_after_s)
     queued = await queue_attempt(st.jobs, st.publisher, owner, job_id, 1, rec, notes=st.notes)
     assert queued is not None  # a new record is always this caller's own claim
     st.metrics.jobs_submitted.labels(lane=route.lane.value, kind=kind).inc()

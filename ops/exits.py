@@ -80,7 +80,7 @@ class UnreadableFile(GpubusError):
 
 
 class JobUnsuccessful(GpubusError):
-    """A job the CLI waited for ended failed or cancelled."""
+    """A job the CLI waited for ended failed, cancelled or expired."""
 
     code = "JOB_FAILED"
 

@@ -130,6 +130,7 @@ NO_AUDIO_TRACK = "NO_AUDIO_TRACK"
 INPUT_CORRUPT = "INPUT_CORRUPT"
 INPUT_MISSING = "INPUT_MISSING"
 NO_NODE_COMPLETED = "NO_NODE_COMPLETED"
+NO_GPU_NODE = "NO_GPU_NODE"  # gpu "required" and no GPU node started it within its start timeout
 PROCESSOR_ERROR = "PROCESSOR_ERROR"
 UNSUPPORTED_LANGUAGE = "UNSUPPORTED_LANGUAGE"  # a language the model (or Whisper) cannot do
 NOT_QUEUED = "NOT_QUEUED"  # the bus refused the job's message; retrying it queues it

@@ -45,9 +45,10 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"  # not finished within its `options.ttl_s` (bus/job_ttl.py)
 
 
-TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED})
 
 
 class TranscribeOptions(BaseModel):
@@ -63,6 +64,17 @@ class TranscribeOptions(BaseModel):
     model: str | None = Field(None, max_length=200)
     beam_size: int = Field(1, ge=1, le=10)
     temperature: float = Field(0.0, ge=0.0, le=1.0)
+    # Schedule-to-start on the GPU lane (bus/start_deadline.py): not
+    # started by a GPU node within this many seconds, the job moves to the
+    # CPU lane. None: the gateway's GPUBUS_GPU_START_TIMEOUT.
+    start_timeout_s: float | None = Field(None, gt=0, le=86_400)
+    # `gpu: "required"`: the GPU lane or nothing. Queued there even with no
+    # live GPU node (one may come), failed NO_GPU_NODE when none started it
+    # within the start timeout, never moved to the CPU lane.
+    gpu_required: bool = False
+    # Time to live: not finished this many seconds after it was queued, the
+    # job ends `expired` and a node running it is told to stop.
+    ttl_s: float | None = Field(None, gt=0, le=7 * 86_400)
 
 
 class StagedInput(BaseModel):
@@ -160,6 +172,9 @@ class JobRecord(BaseModel):
     gpu_requested: bool | None = None
     stream_seq: int | None = None
     late_completions: int = 0
+    # When the job expires (`options.ttl_s` after the attempt was queued);
+    # a TTL timer firing for an earlier deadline changes nothing.
+    expires_at: float | None = None
 
     @property
     def terminal(self) -> bool:

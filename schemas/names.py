@@ -23,14 +23,19 @@ RESERVED_OWNERS = frozenset({SHARED, ANONYMOUS})
 JOBS_STREAM = "JOBS"
 EVENTS_STREAM = "EVENTS"
 DEADLETTER_STREAM = "DEADLETTER"
+TIMERS_STREAM = "TIMERS"  # job TTL timers (bus/job_ttl.py): trusted side only
+STARTS_STREAM = "STARTS"  # start claims: who took a queued GPU attempt, a node or the mover (bus/start_claims.py)
 JOBS_BUCKET = "jobs"
 APIKEYS_BUCKET = "apikeys"
 NODES_BUCKET = "nodes"
 MATERIALIZER_CONSUMER = "materializer"
 FALLBACK_CONSUMER = "fallback_router"
+TTL_CONSUMER = "job_ttl"
 
 JOBS_SUBJECTS = "jobs.>"
 EVENTS_SUBJECTS = "events.>"
+STARTS_SUBJECTS = "starts.>"
+TIMERS_SUBJECTS = "timers.>"
 MAX_DELIVERIES_SUBJECTS = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.>"
 
 
@@ -118,6 +123,16 @@ def parse_consumer_name(name: str) -> tuple[str, Lane] | None:
 
 def event_subject(owner: str, job_id: str) -> str:
     return f"events.{owner}.{job_id}"
+
+
+def start_claim_subject(owner: str, job_id: str, attempt: int) -> str:
+    """One subject per attempt: its first message says who took the attempt
+    (a node starting it, or the mover sending it to the CPU lane)."""
+    return f"starts.{owner}.{job_id}.{attempt}"
+
+
+def ttl_timer_subject(owner: str, job_id: str) -> str:
+    return f"timers.ttl.{owner}.{job_id}"
 
 
 def cancel_subject(owner: str) -> str:

@@ -49,6 +49,8 @@ EMPTY_HERE = {
     "gpubus_node_gpu_utilization_ratio": "no GPU on this machine",
     "gpubus_jobs_fallback_total": "no fallback happens in these tests",
     "gpubus_late_completions_total": "no late completion happens in these tests",
+    "gpubus_jobs_expired_total": "no job here has a TTL (tests/test_job_ttl.py)",
+    "gpubus_gpu_jobs_overdue": "only while a move off the GPU lane keeps failing",
 }
 
 

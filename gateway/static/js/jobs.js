@@ -8,7 +8,7 @@ import { FALLBACK_REASONS, ROUTE_NOTES, STATUS_LABEL, jobErrorText, requestError
 import { openTranscript } from './transcript.js';
 import { $, announce, fmtClock, fmtSeconds, h, jobName, whileBusy } from './ui.js';
 
-const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
+const TERMINAL = new Set(['succeeded', 'failed', 'cancelled', 'expired']);
 const MAX_STREAMS = 3; // event streams at once (browsers allow 6 connections per host); the rest follow the poll
 const LIST_LIMIT = 50;
 
@@ -94,7 +94,7 @@ function showActions(r, job) {
   r.download.textContent = `Download ${ext}`;
   r.download.setAttribute('aria-label', `Download ${jobName(job)} as ${ext}`);
   r.cancel.hidden = TERMINAL.has(job.status);
-  r.retry.hidden = !(job.status === 'failed' || job.status === 'cancelled');
+  r.retry.hidden = !['failed', 'cancelled', 'expired'].includes(job.status);
 }
 
 function merge(before, incoming) {

@@ -2,6 +2,7 @@
 
 export const STATUS_LABEL = {
   queued: 'Queued', running: 'Running', succeeded: 'Succeeded', failed: 'Failed', cancelled: 'Cancelled',
+  expired: 'Expired',
 };
 
 // Job error codes (set by nodes and the fallback router).
@@ -11,6 +12,8 @@ const JOB_ERRORS = {
   INPUT_CORRUPT: 'The file was damaged on its way to the worker. Upload it again.',
   INPUT_MISSING: 'The uploaded file is no longer stored (it expired). Upload it again.',
   NO_NODE_COMPLETED: 'No worker finished this job: the worker that took it stopped or lost it. Retry to run it again.',
+  EXPIRED: 'This job did not finish within the time to live it was given (options.ttl_s). Retry to run it again.',
+  NO_GPU_NODE: 'This job asked for a GPU only, and no GPU worker started it in time. Start a GPU node and retry, or submit it without requiring a GPU.',
   NODE_SHUTDOWN: 'The worker stopped before it finished. Retry to run it again.',
   PROCESSOR_ERROR: 'The worker hit an unexpected error while processing this file.',
   UNSUPPORTED_KIND: 'No worker here can process this kind of job.',
