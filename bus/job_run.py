@@ -27,6 +27,7 @@ from nats.js import JetStreamContext
 
 from bus import objects, sealing
 from bus.acking import settle
+from bus.engine_slots import EngineSlots
 from bus.job_events import EventReporter
 from bus.joblog import job_fields
 from bus.metrics import NodeMetrics
@@ -83,7 +84,7 @@ class JobContext:
     # The engine's slots (the node's capacity). A node that prefetches
     # pulls more jobs than this; they stage and prepare their inputs
     # (Processor `prepare`) while the engine runs, then wait here.
-    engine: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
+    engine: EngineSlots = field(default_factory=lambda: EngineSlots(1))
     ack_wait_s: float = 30.0
     max_deliver: int = -1
 
@@ -134,6 +135,7 @@ class JobRun:
             self.cancelled.set()
         self.succeeded = False
         self.announced = False  # `started` sent: the job holds an engine slot
+        self._turn = ctx.engine.ticket()  # engine slots go in the order jobs were taken
         self._last_progress_event = 0.0
         self._ref = f"{job.job_id} owner={job.owner} lane={ctx.lane} node={ctx.node_id} attempt={job.attempt}"
 
@@ -155,6 +157,7 @@ class JobRun:
                 await self._store_result(output)
                 self.succeeded = True
         finally:
+            await ctx.engine.give_up(self._turn)  # ended before it wanted a slot, if it did
             keepalive.cancel()
             status = "succeeded" if self.succeeded else "failed"
             ctx.metrics.in_flight.dec()
@@ -194,7 +197,7 @@ class JobRun:
         """In the worker pool, holding an engine slot only for the run itself
         (storing the result does not stall the next job); its progress calls
         renew the lease from there."""
-        async with self.ctx.engine:
+        async with self.ctx.engine.slot(self._turn):
             if self.cancelled.is_set():
                 raise JobCancelled()
             await self.ctx.events.started(self.job)

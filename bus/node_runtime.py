@@ -29,6 +29,7 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from bus import connection, node_permissions, registry, start_claims
+from bus.engine_slots import EngineSlots
 from bus.job_events import EventReporter
 from bus.job_run import BAD_MESSAGE_ERRORS, JobContext, JobRun, read_job
 from bus.metrics import NodeMetrics
@@ -107,7 +108,7 @@ class NodeRuntime:
             bus_retry_s=bus_retry_s,
             job_seal=job_seal,
             inline_result_max=inline_result_max,
-            engine=asyncio.Semaphore(capacity),
+            engine=EngineSlots(capacity),
             events=EventReporter(nc, self.js, lane=lane, node_id=self.node_id, bus_retry_s=bus_retry_s),
         )
         self._cancelled_early: dict[str, float] = {}

@@ -88,7 +88,11 @@ def _all_on_cpu_once(gw: Gateway, c, user: str, running, queued, killed_wall: fl
     assert all(f["status"] == "succeeded" and f["lane"] == "cpu" for f in finals), finals
     assert finals[0]["fallback"]["reason"] == "ack_timeout"
     delays = [f["fallback"]["at"] - killed_wall for f in finals[1:]]
-    assert all(f["fallback"]["reason"] == "not_started" and f["attempts"] == 2 for f in finals[1:]), finals
+    # The GPU node takes one job ahead of its engine (GPUBUS_NODE_PREFETCH, 1 on GPU): that one
+    # was the dead node's, so its lease ran out (ack_timeout); the one still queued never started
+    reasons = sorted(f["fallback"]["reason"] for f in finals[1:])
+    assert reasons in (["ack_timeout", "not_started"], ["not_started", "not_started"]), finals
+    assert all(f["attempts"] == 2 for f in finals[1:]), finals
     assert all(d < within_s for d in delays), delays
     counts = busreader.terminal_counts(gw.nats_url, user)
     assert counts == {f["job_id"]: 1 for f in finals}, counts
