@@ -6,7 +6,9 @@ Handlers raise typed exceptions; `settle` maps them onto JetStream:
 - `JobCancelled`: report it and ack, nothing should run it again;
 - `JobRetryable` or anything unexpected: nak with a delay, so the server
   redelivers it, or, past max_deliver, sends it to the fallback router;
-- task cancelled (shutdown): nak at once so another node takes it now.
+- task cancelled (shutdown): nak at once so another node takes it now;
+- `StartLost`: the attempt is someone else's (bus/start_claims.py); the
+  message is left as it is, and whoever won settles it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ ACK_RETRY_S = 10.0  # about one Raft election: the consumer's new leader takes t
 Report = Callable[[str, ErrorInfo | None], Awaitable[None]]
 
 
+class StartLost(Exception):
+    """The node may not start this attempt: the start-deadline mover took it."""
+
+
 @asynccontextmanager
 async def settle(msg: Msg, report: Report, *, job_ref: str, last_delivery: bool = False) -> AsyncIterator[None]:
     """`report(outcome, error)` publishes the node's event for a failure or
@@ -42,6 +48,8 @@ async def settle(msg: Msg, report: Report, *, job_ref: str, last_delivery: bool 
         log.info("job %s failed permanently: %s %s", job_ref, e.code, e.message)
         await report("failed", ErrorInfo.of(e.code, e.message))
         await msg.term()
+    except StartLost:
+        log.info("job %s: another side claimed the start; left unsettled", job_ref)
     except JobCancelled:
         log.info("job %s cancelled while running", job_ref)
         await report("cancelled", None)

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,7 +27,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from bus import objects, sealing
-from bus.acking import settle
+from bus.acking import StartLost, settle
 from bus.engine_slots import EngineSlots
 from bus.job_events import EventReporter
 from bus.joblog import job_fields
@@ -87,6 +88,12 @@ class JobContext:
     engine: EngineSlots = field(default_factory=lambda: EngineSlots(1))
     ack_wait_s: float = 30.0
     max_deliver: int = -1
+    # Asked once a job holds its engine slot, right before `started`: on the
+    # GPU lane, whether this node may start the attempt (its start claim,
+    # bus/start_claims.py). Claimed at the slot, not at the fetch: a job
+    # taken ahead of the engine has not started, and past its start
+    # deadline it is the mover's to take.
+    start_gate: Callable[[JobMessage, Msg], Awaitable[bool]] | None = None
 
 
 def read_job(ctx: JobContext, msg: Msg) -> JobMessage:
@@ -200,6 +207,8 @@ class JobRun:
         async with self.ctx.engine.slot(self._turn):
             if self.cancelled.is_set():
                 raise JobCancelled()
+            if self.ctx.start_gate is not None and not await self.ctx.start_gate(self.job, self.msg):
+                raise StartLost()
             await self.ctx.events.started(self.job)
             self.announced = True
             log.info("job %s started", self._ref, extra=self._log_fields("started"))

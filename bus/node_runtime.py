@@ -110,6 +110,7 @@ class NodeRuntime:
             inline_result_max=inline_result_max,
             engine=EngineSlots(capacity),
             events=EventReporter(nc, self.js, lane=lane, node_id=self.node_id, bus_retry_s=bus_retry_s),
+            start_gate=self._claim_start if lane is Lane.GPU else None,
         )
         self._cancelled_early: dict[str, float] = {}
         self._slots = asyncio.Semaphore(capacity + prefetch)
@@ -288,8 +289,6 @@ class NodeRuntime:
             log.error("terming bad job message on %s (seq %s): %s", msg.subject, msg.metadata.sequence.stream, e)
             await msg.term()
             return
-        if self.lane is Lane.GPU and not await self._claim_start(msg, job):
-            return
         early = self._cancelled_early.pop(job.job_id, None) is not None
         run = JobRun(self._jobs, job, msg, cancelled_already=early)
         self._inflight[job.job_id] = run
@@ -300,7 +299,7 @@ class NodeRuntime:
             self.done += run.succeeded
             self.failed += not run.succeeded
 
-    async def _claim_start(self, msg: Msg, job: JobMessage) -> bool:
+    async def _claim_start(self, job: JobMessage, msg: Msg) -> bool:
         """A GPU attempt races the gateway's start-deadline mover for the
         job (bus/start_claims.py). Lost: no work, and the message is left
         unsettled (the mover deletes it; should the mover have died half

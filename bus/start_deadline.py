@@ -8,8 +8,8 @@ never delivered, so it would wait for ever. This scanner finds them.
 Where the deadline lives: in JetStream already, as the job message's own
 stored timestamp on the GPU lane plus its start timeout
 (`options.start_timeout_s`, else GPUBUS_GPU_START_TIMEOUT). Nothing else is
-written per job: every scan reads the undelivered messages of each GPU lane
-consumer (from the consumer's delivered sequence on, by subject), so a
+written per job: every scan reads the unstarted messages of each GPU lane
+consumer (`first_unstarted_candidate`: from the ack floor on, by subject), so a
 gateway that restarts, or another gateway, finds the same deadlines. A
 scheduled message (nats-server 2.12+ `Nats-Schedule`) per job would be a
 second publish on every GPU submit and one more thing to cancel when the
@@ -118,7 +118,7 @@ class StartDeadlines:
         moved, overdue = 0, {}
         for info in await list_lane_consumers(self._js):
             parsed = names.parse_consumer_name(info.name or "")
-            if parsed is not None and parsed[1] is Lane.GPU and info.num_pending:
+            if parsed is not None and parsed[1] is Lane.GPU and (info.num_pending or info.num_ack_pending):
                 lane_moved, overdue[parsed[0]] = await self._scan_lane(parsed[0], info)
                 moved += lane_moved
         self._metrics.start_overdue.clear()
@@ -129,9 +129,9 @@ class StartDeadlines:
         return moved
 
     async def _scan_lane(self, owner: str, info: ConsumerInfo) -> tuple[int, int]:
-        """The lane's undelivered messages, oldest first; each one due moves.
+        """The lane's unstarted messages, oldest first; each one due moves.
         Returns (moved, due but not moved: the move failed)."""
-        seq = (info.delivered.stream_seq if info.delivered else 0) or 0
+        seq = first_unstarted_candidate(info)
         subject = names.lane_filter(owner, Lane.GPU)
         no_node = not self._gpu_live(owner)
         moved = overdue = 0
@@ -201,6 +201,20 @@ class StartDeadlines:
             log.warning("job %s owner=%s failed: %s after %.1fs", job.job_id, job.owner, NO_GPU_NODE, waited_s)
         with contextlib.suppress(NotFoundError):
             await self._js.delete_msg(names.JOBS_STREAM, seq)
+
+
+def first_unstarted_candidate(info: ConsumerInfo) -> int:
+    """Where a lane's scan begins. A node that prefetches holds delivered
+    jobs it has not started (they wait for its engine; it claims a start
+    only at the engine, bus/job_run.py), so with one delivery per attempt
+    (GPUBUS_GPU_MAX_DELIVER=1, the default) the scan begins at the ack
+    floor: whatever a node already claimed, `mover_holds` leaves alone.
+    With more deliveries, a claimed attempt's redelivery proceeds without
+    its claim (bus/start_claims.py), so delivered messages are not the
+    mover's: the scan begins after the last delivered one."""
+    if info.config.max_deliver == 1:
+        return (info.ack_floor.stream_seq if info.ack_floor else 0) or 0
+    return (info.delivered.stream_seq if info.delivered else 0) or 0
 
 
 def no_gpu_node(rec: JobRecord, job: JobMessage, waited_s: float) -> JobRecord | None:

@@ -16,6 +16,7 @@ from ops.embedded_nats import NatsServer
 from schemas.jobs import new_job_id
 from tests import busreader
 from tests.harness import TESTDATA, Gateway, connect_as_node, start_node, stop_all, submit_file, wait_job, wait_until
+from tests.media_files import wav_of_seconds
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -88,8 +89,9 @@ def _all_on_cpu_once(gw: Gateway, c, user: str, running, queued, killed_wall: fl
     assert all(f["status"] == "succeeded" and f["lane"] == "cpu" for f in finals), finals
     assert finals[0]["fallback"]["reason"] == "ack_timeout"
     delays = [f["fallback"]["at"] - killed_wall for f in finals[1:]]
-    # The GPU node takes one job ahead of its engine (GPUBUS_NODE_PREFETCH, 1 on GPU): that one
-    # was the dead node's, so its lease ran out (ack_timeout); the one still queued never started
+    # The GPU node takes one job ahead of its engine (GPUBUS_NODE_PREFETCH, 1 on GPU) without
+    # starting it: that one was delivered to the dead node, so whichever comes first moves it, its
+    # expired delivery (ack_timeout) or its start deadline (not_started); the other was never delivered
     reasons = sorted(f["fallback"]["reason"] for f in finals[1:])
     assert reasons in (["ack_timeout", "not_started"], ["not_started", "not_started"]), finals
     assert all(f["attempts"] == 2 for f in finals[1:]), finals
@@ -158,3 +160,38 @@ def test_gpu_required_job_fails_no_gpu_node_after_its_start_timeout(gateway, use
         bad = c.post("/api/v1/jobs", files={"file": ("a.wav", b"RIFF")}, data={"gpu": "sometimes"})
         assert bad.status_code == 422 and "required" in bad.json()["error"]["message"]
     assert busreader.terminal_counts(gateway.nats_url, user) == {}
+
+
+def test_a_job_taken_ahead_of_a_busy_engine_moves_at_its_start_timeout(fresh_nats, tmp_path, user):
+    """A live GPU node busy with a long job has taken the next one ahead of
+    its engine (prefetch): taken is not started, so at its start timeout it
+    moves to the CPU lane, and the GPU node never runs it."""
+    # Given a GPU node of capacity 1 and prefetch 1, a long job running and one taken behind it
+    timeout_s = 5
+    gw = _gateway(fresh_nats, tmp_path, gpu_start_timeout=timeout_s)
+    cpu = start_node(gw, "cpu", shared=True, name="shared-cpu")
+    key = gw.create_key(user)
+    gpu = start_node(gw, "gpu", key=key, name=f"gpu-{user}", node_concurrency=1, node_prefetch=1)
+    try:
+        c = gw.client(key)
+        lecture = wav_of_seconds(TESTDATA / "long.wav", 600, tmp_path / "lecture.wav")
+        running = submit_file(c, lecture, gpu=True)
+        wait_until(
+            lambda: c.get(f"/api/v1/jobs/{running['job_id']}").json()["status"] == "running",
+            timeout_s=60,
+            what="first job running on the GPU node",
+        )
+        behind = submit_file(c, TESTDATA / "hello.wav", gpu=True)
+        # When its start timeout passes while the node is still busy
+        final = wait_job(c, behind["job_id"], timeout_s=60)
+        first = wait_job(c, running["job_id"], timeout_s=150)
+        # Then it ran on CPU as not_started, once, and the long one finished on the GPU node
+        assert final["status"] == "succeeded" and final["lane"] == "cpu", final
+        assert final["fallback"]["reason"] == "not_started" and final["attempts"] == 2, final
+        assert first["status"] == "succeeded" and first["lane"] == "gpu", first
+        assert final["finished_at"] < first["finished_at"], "it waited for the engine instead of moving"
+        counts = busreader.terminal_counts(gw.nats_url, user)
+        assert counts == {running["job_id"]: 1, behind["job_id"]: 1}, counts
+    finally:
+        stop_all([gpu, cpu])
+        gw.stop()
