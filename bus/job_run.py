@@ -142,6 +142,7 @@ class JobRun:
             self.cancelled.set()
         self.succeeded = False
         self.announced = False  # `started` sent: the job holds an engine slot
+        self.start_lost = False  # the start-deadline mover took it first: not ours, neither done nor failed
         self._turn = ctx.engine.ticket()  # engine slots go in the order jobs were taken
         self._last_progress_event = 0.0
         self._ref = f"{job.job_id} owner={job.owner} lane={ctx.lane} node={ctx.node_id} attempt={job.attempt}"
@@ -166,7 +167,7 @@ class JobRun:
         finally:
             await ctx.engine.give_up(self._turn)  # ended before it wanted a slot, if it did
             keepalive.cancel()
-            status = "succeeded" if self.succeeded else "failed"
+            status = "succeeded" if self.succeeded else "moved" if self.start_lost else "failed"
             ctx.metrics.in_flight.dec()
             ctx.metrics.job_done(status)
             elapsed = time.monotonic() - started
@@ -208,6 +209,7 @@ class JobRun:
             if self.cancelled.is_set():
                 raise JobCancelled()
             if self.ctx.start_gate is not None and not await self.ctx.start_gate(self.job, self.msg):
+                self.start_lost = True
                 raise StartLost()
             await self.ctx.events.started(self.job)
             self.announced = True

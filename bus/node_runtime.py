@@ -297,7 +297,7 @@ class NodeRuntime:
         finally:
             self._inflight.pop(job.job_id, None)
             self.done += run.succeeded
-            self.failed += not run.succeeded
+            self.failed += not (run.succeeded or run.start_lost)
 
     async def _claim_start(self, job: JobMessage, msg: Msg) -> bool:
         """A GPU attempt races the gateway's start-deadline mover for the
