@@ -104,6 +104,14 @@ class Settings(BaseSettings):
     )
     gpu_batch_size: int = Field(16, ge=0, description="BatchedInferencePipeline batch on CUDA; 0 = sequential")
     node_concurrency: int = Field(1, ge=1)
+    clip_batch: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="short clips (one 30 s window) of different jobs decoded as one batch of up to this many; "
+        "needs that many jobs in the engine (GPUBUS_NODE_CONCURRENCY). Default: the node's concurrency on CUDA, "
+        "off on the CPU (there the encoder, most of the cost, gains nothing from a batch)",
+    )
     device: str = "auto"
     compute_type: str | None = None
     drain_timeout: float = Field(30.0, ge=0, description="grace for in-flight jobs when a node is told to stop")
@@ -145,6 +153,11 @@ class Settings(BaseSettings):
     @property
     def download_max_bytes(self) -> int:
         return self.download_max_mb * 1024 * 1024
+
+    def clip_batch_for(self, device: str) -> int:
+        if self.clip_batch is not None:
+            return self.clip_batch
+        return self.node_concurrency if device == "cuda" else 0
 
     def processor_context(self, node_id: str, lane: Lane, device: str) -> ProcessorContext:
         """The settings values a processor factory gets (built-in or plugin):

@@ -18,6 +18,7 @@ def make_processor(settings: Settings, node_id: str) -> Processor:
         device="cpu",
         compute_type=settings.compute_type or "int8",
         workers=settings.node_concurrency,
+        clip_batch=settings.clip_batch_for("cpu"),
     )
     return factory.build(cfg, settings.processor_context(node_id, Lane.CPU, "cpu"), enable_noop=settings.enable_noop)
 

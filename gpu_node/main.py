@@ -26,6 +26,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         compute_type=compute,
         workers=settings.node_concurrency,
         batch_size=settings.gpu_batch_size if cuda else 0,
+        clip_batch=settings.clip_batch_for(dev),
     )
 
 

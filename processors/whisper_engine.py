@@ -9,17 +9,19 @@ weights.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from processors import gpu_memory, model_paths
+from processors.clip_batcher import ClipBatcher
 from schemas.errors import UNSUPPORTED_LANGUAGE, JobCancelled, JobFailed
 from schemas.jobs import TranscribeOptions
 from schemas.languages import is_known, normalized
@@ -39,6 +41,11 @@ class EngineConfig:
     workers: int = 1
     cpu_threads: int = 0
     batch_size: int = 0  # >0: BatchedInferencePipeline (GPU nodes)
+    # >1: short clips of different jobs decoded as one batch of up to this
+    # many (processors/clip_batcher.py); it needs that many jobs in the
+    # engine at once (GPUBUS_NODE_CONCURRENCY). 0 or 1: each job alone.
+    clip_batch: int = 0
+    clip_batch_wait_s: float = 0.005
 
 
 def fixed_chunks(duration_s: float) -> list[dict[str, float]]:
@@ -71,6 +78,11 @@ class WhisperEngine:
                 "directory (or to a name already in the local model cache)"
             ) from e
         self.load_seconds = time.monotonic() - t0
+        self.batcher: ClipBatcher[np.ndarray, Transcript] | None = (
+            ClipBatcher(self._decode_clips, max_batch=cfg.clip_batch, max_wait_s=cfg.clip_batch_wait_s)
+            if cfg.clip_batch > 1
+            else None
+        )
         log.info(
             "loaded whisper %s on %s/%s (batch %d) in %.2fs",
             self.model_name,
@@ -133,6 +145,10 @@ class WhisperEngine:
         """On CUDA out-of-memory the job is decoded again with half the batch,
         once; a second OOM raises JobRetryable (see processors.gpu_memory)."""
         kwargs = self._decode_kwargs(opts)
+        if self.batcher is not None and self._batchable(audio, kwargs):
+            transcript = self.batcher.run(batch_key(kwargs), audio, cancelled)
+            on_segment(transcript.duration, transcript.duration)
+            return transcript.model_copy(update={"task": opts.task})
         return gpu_memory.with_oom_retry(
             lambda batch: self._transcribe_once(audio, opts, kwargs, batch, on_segment, cancelled),
             self.cfg.batch_size,
@@ -153,34 +169,83 @@ class WhisperEngine:
         for seg in segments_iter:  # decoding happens lazily, segment by segment
             if cancelled.is_set():
                 raise JobCancelled()
-            words = (
-                [Word(start=w.start, end=w.end, word=w.word, probability=w.probability) for w in seg.words]
-                if opts.word_timestamps and seg.words
-                else None
-            )
-            segments.append(
-                Segment(
-                    id=len(segments),
-                    start=seg.start,
-                    end=seg.end,
-                    text=seg.text,
-                    words=words,
-                    seek=seg.seek,
-                    tokens=list(seg.tokens),
-                    temperature=seg.temperature,
-                    avg_logprob=seg.avg_logprob,
-                    compression_ratio=seg.compression_ratio,
-                    no_speech_prob=seg.no_speech_prob,
-                )
-            )
+            segments.append(to_segment(seg, len(segments), 0.0))
             on_segment(min(seg.end, duration), duration)
+        return self._transcript(segments, info, duration, opts.task)
+
+    def _transcript(self, segments: list[Segment], info: Any, duration: float, task: str) -> Transcript:
         return Transcript(
             text="".join(s.text for s in segments).strip(),
             language=info.language,
             language_probability=info.language_probability,
             duration=duration,
             segments=segments,
-            task=opts.task,
+            task=task,
             model=self.model_name,
             device=self.cfg.device,
         )
+
+    # -- short clips of several jobs in one batch ----------------------------
+
+    def _batchable(self, audio: np.ndarray, kwargs: dict[str, Any]) -> bool:
+        """One window each, decoded with the same settings. Not with the VAD
+        (its speech regions replace the clip bounds the batch is cut by), nor
+        with language detection on a multilingual model (the batch would
+        share one detected language)."""
+        return len(audio) <= CHUNK_S * SAMPLE_RATE and not kwargs["vad_filter"] and kwargs["language"] is not None
+
+    def _decode_clips(self, key: Hashable, clips: Sequence[np.ndarray]) -> list[Transcript]:
+        """The clips end to end, each one window of the batched pipeline
+        (`clip_timestamps`), so faster-whisper's own batched decode does the
+        work; segments go back to their clip by where they start."""
+        from faster_whisper import BatchedInferencePipeline
+
+        kwargs: dict[str, Any] = dict(cast(BatchKey, key))
+        offsets = list(np.cumsum([0] + [len(c) for c in clips[:-1]]) / SAMPLE_RATE)
+        durations = [len(c) / SAMPLE_RATE for c in clips]
+        bounds = [{"start": o, "end": o + d} for o, d in zip(offsets, durations, strict=True)]
+        segments_iter, info = BatchedInferencePipeline(self._model).transcribe(
+            np.concatenate(clips),
+            batch_size=len(clips),
+            clip_timestamps=bounds,
+            without_timestamps=False,
+            **kwargs,
+        )
+        per_clip: list[list[Segment]] = [[] for _ in clips]
+        for seg in segments_iter:
+            i = max(0, bisect.bisect_right(offsets, seg.start + 1e-3) - 1)
+            per_clip[i].append(to_segment(seg, len(per_clip[i]), offsets[i]))
+        return [self._transcript(segs, info, d, kwargs["task"]) for segs, d in zip(per_clip, durations, strict=True)]
+
+
+BatchKey = tuple[tuple[str, Any], ...]
+
+
+def batch_key(kwargs: dict[str, Any]) -> BatchKey:
+    """Jobs decoded in one batch share every decode setting (the VAD is off for all of them)."""
+    return tuple(sorted((k, v) for k, v in kwargs.items() if k != "vad_filter"))
+
+
+def to_segment(seg: Any, index: int, offset_s: float) -> Segment:
+    """faster-whisper's segment as ours, its times made relative to `offset_s`."""
+    words = (
+        [
+            Word(start=w.start - offset_s, end=w.end - offset_s, word=w.word, probability=w.probability)
+            for w in seg.words
+        ]
+        if seg.words
+        else None
+    )
+    return Segment(
+        id=index,
+        start=max(0.0, seg.start - offset_s),
+        end=max(0.0, seg.end - offset_s),
+        text=seg.text,
+        words=words,
+        seek=seg.seek,
+        tokens=list(seg.tokens),
+        temperature=seg.temperature,
+        avg_logprob=seg.avg_logprob,
+        compression_ratio=seg.compression_ratio,
+        no_speech_prob=seg.no_speech_prob,
+    )

@@ -22,6 +22,9 @@ SCRIPTS = {
     "diarization": ["--clip", "8", "--rounds", "1"],
     "sse_fanout": ["--clients", "10", "--jobs", "3"],
     "scale": ["--jobs", "20", "--nodes", "1,2", "--owners", "1,3", "--inflight", "4", "--capacity", "2"],
+    "gpu_pipeline": ["--jobs", "3", "--minutes", "0.5", "--rtfx", "50"],
+    "owner_scale": ["--owners", "1,5", "--jobs", "20", "--active", "2", "--inflight", "4"],
+    "clip_batching": ["--clips", "4", "--batch", "2"],
 }
 
 

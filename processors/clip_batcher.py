@@ -1,0 +1,116 @@
+"""Dynamic batching across jobs: short clips that different jobs bring to
+the engine at about the same time are decoded as one batch.
+
+A batched engine (CTranslate2's batch generation, as faster-whisper's
+`BatchedInferencePipeline` uses within one file) does several 30 s windows
+for little more than the price of one, but a 5 s clip fills one window of
+one row: many short jobs, each decoded alone, leave the engine mostly idle.
+Like an inference server's dynamic batcher, calls wait here for a few
+milliseconds at most; whoever finds no batch being decoded leads the next:
+it takes the waiting calls of its kind (same decode options, up to
+`max_batch`), decodes them together on its own worker thread and hands each
+caller its result. While a batch decodes, the next calls queue, so under
+load batches fill by themselves, and a lone call waits only `max_wait_s`.
+
+Nothing here knows Whisper or NATS: `decode` is given the waiting items of
+one key and returns one result per item, in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from schemas.errors import JobCancelled
+
+log = logging.getLogger("gpubus.processors.clip_batcher")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class _Call(Generic[T, R]):
+    key: Hashable
+    item: T
+    cancelled: threading.Event
+    done: threading.Event = field(default_factory=threading.Event)
+    result: R | None = None
+    error: BaseException | None = None
+
+
+class ClipBatcher(Generic[T, R]):
+    def __init__(
+        self, decode: Callable[[Hashable, Sequence[T]], Sequence[R]], *, max_batch: int, max_wait_s: float
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._decode = decode
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self._cv = threading.Condition()
+        self._waiting: list[_Call[T, R]] = []
+        self._leading = False
+        self.batches = 0  # decoded so far, and the calls in them: the mean batch size is their ratio
+        self.calls = 0
+
+    def run(self, key: Hashable, item: T, cancelled: threading.Event) -> R:
+        """Block until `item` is decoded, in a batch led by this thread or another."""
+        call: _Call[T, R] = _Call(key, item, cancelled)
+        with self._cv:
+            self._waiting.append(call)
+            self._cv.notify_all()
+            while not call.done.is_set():
+                if cancelled.is_set() and call in self._waiting:
+                    self._waiting.remove(call)
+                    raise JobCancelled()
+                if not self._leading:
+                    self._lead(key)
+                    continue
+                self._cv.wait(timeout=0.05)
+        if call.error is not None:
+            raise call.error
+        return call.result  # type: ignore[return-value]  # set with `done` when error is None
+
+    def _lead(self, key: Hashable) -> None:
+        """Called holding the lock; decodes one batch with the lock released."""
+        self._leading = True
+        deadline = time.monotonic() + self.max_wait_s
+        while len(self._of(key)) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+            self._cv.wait(timeout=left)
+        batch = self._of(key)[: self.max_batch]
+        for call in batch:
+            self._waiting.remove(call)
+        self._cv.release()
+        try:
+            self._decode_batch(key, batch)
+        finally:
+            self._cv.acquire()
+            self._leading = False
+            self.batches += 1
+            self.calls += len(batch)
+            self._cv.notify_all()
+
+    def _of(self, key: Hashable) -> list[_Call[T, R]]:
+        return [c for c in self._waiting if c.key == key and not c.cancelled.is_set()]
+
+    def _decode_batch(self, key: Hashable, batch: list[_Call[T, R]]) -> None:
+        """Every call of the batch ends: with its result, or with the batch's error."""
+        t0 = time.monotonic()
+        try:
+            results = self._decode(key, [c.item for c in batch])
+            log.info("decoded %d clips in one batch in %.2fs", len(batch), time.monotonic() - t0)
+            if len(results) != len(batch):
+                raise RuntimeError(f"batch decode gave {len(results)} results for {len(batch)} items")
+            for call, result in zip(batch, results, strict=True):
+                call.result = result
+        except BaseException as e:
+            for call in batch:
+                call.error = e
+        finally:
+            for call in batch:
+                call.done.set()
