@@ -1,4 +1,4 @@
-"""Benchmark: the per-owner layout at 10, 1,000 and 10,000 owners.
+"""Benchmark: the per-owner layout at 1, 1,000 and 10,000 owners.
 
 Every owner has a file bucket (an object store: one stream) and two durable
 consumers on JOBS (`gpu_<owner>`, `cpu_<owner>`). This grows one nats-server
@@ -12,7 +12,7 @@ to each owner count in turn and measures, at each:
 - jobs/s: pipelined no-op jobs through one node-pool process serving the
   first `--active` owners (the rest only exist), bus-only as bench.scale.
 
-    python -m bench.owner_scale [--owners 10,1000,10000] [--jobs 400] [--active 10]
+    python -m bench.owner_scale [--owners 1,1000,10000] [--jobs 400] [--active 1]
 """
 
 from __future__ import annotations
@@ -75,11 +75,11 @@ def main() -> int:
     p = common.base_parser(__doc__.split("\n\n")[0])
     p.add_argument(
         "--owners",
-        default="10,1000,10000",
+        default="1,1000,10000",
         help="owner counts (the smallest at least --active, so every level runs the same active owners)",
     )
     p.add_argument("--jobs", type=int, default=400)
-    p.add_argument("--active", type=int, default=10, help="owners the node pool serves")
+    p.add_argument("--active", type=int, default=1, help="owners the node pool serves")
     p.add_argument("--inflight", type=int, default=64)
     args = p.parse_args()
     levels = [int(x) for x in args.owners.split(",")]
