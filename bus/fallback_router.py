@@ -82,7 +82,7 @@ class FallbackRouter:
         seal: RecordSeal,
         *,
         nc: NatsClient,
-        cpu_queue_for: Callable[[str, str], str],
+        cpu_queue_for: Callable[[JobMessage], str],
     ) -> None:
         self._js = js
         self._seal = seal
@@ -191,7 +191,7 @@ class FallbackRouter:
         """Queue the next attempt on the CPU lane, then delete the GPU one. A
         publish that fails puts the record back (bus/queueing.py) and leaves
         the original in place, so the advisory's redelivery starts over."""
-        cpu_queue = self._cpu_queue_for(job.owner, job.kind)
+        cpu_queue = self._cpu_queue_for(job)
         try:
             rec = await queue_attempt(
                 self._jobs,

@@ -210,4 +210,4 @@ def test_the_offline_engine_is_the_default_and_nothing_is_downloaded(engine, mon
     assert isinstance(select_engine(DiarizationSettings(model="pyannote/speaker-diarization-3.1")), OfflineEngine)
     # And a hub name is never fetched without the operator's permission and token
     with pytest.raises(DiarizationUnavailable, match="ALLOW_DOWNLOAD"):
-        diarization_pyannote._checkpoint(DiarizationSettings(model="pyannote/speaker-diarization-3.1"))
+        diarization_pyannote.checkpoint(DiarizationSettings(model="pyannote/speaker-diarization-3.1"))
