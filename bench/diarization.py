@@ -63,15 +63,16 @@ class Bare:
         return time.perf_counter() - t0, whisper_s, diarize_s, len(result.speakers)
 
 
-def through_node(c, path: Path) -> tuple[float, float]:
-    """(wall seconds from upload to succeeded, the node's diarization step seconds)."""
+def through_node(c, path: Path) -> tuple[float, float, float]:
+    """(wall seconds from upload to succeeded, the node's own decode + Whisper
+    + diarization seconds, its diarization step's seconds)."""
     t0 = time.perf_counter()
     job = submit_file(c, path, options=json.dumps({"diarize": True, "language": "en"}))
     final = wait_job(c, job["job_id"], timeout_s=1800)
     wall = time.perf_counter() - t0
     assert final["status"] == "succeeded", final
     (stage,) = final["summary"]["stages"]
-    return wall, stage["processing_s"]
+    return wall, final["summary"]["processing_s"], stage["processing_s"]
 
 
 def main() -> int:
@@ -87,7 +88,7 @@ def main() -> int:
         media_s = len(audio_decode.decode(path)) / audio_decode.SAMPLE_RATE
         print(f"diarization: {path.name} {media_s:.0f}s, {args.rounds} rounds", flush=True)
         bare = Bare()
-        bare_s = whisper_s = diarize_s = node_s = node_diarize_s = 0.0
+        bare_s = whisper_s = diarize_s = node_s = node_work_s = node_diarize_s = 0.0
         speakers = 0
         with (
             common.nats_server(root, sync=args.nats_sync) as server,
@@ -100,8 +101,8 @@ def main() -> int:
                 for _ in range(args.rounds):
                     job_s, w_s, d_s, speakers = bare.job(path)
                     bare_s, whisper_s, diarize_s = bare_s + job_s, whisper_s + w_s, diarize_s + d_s
-                    wall, step = through_node(c, path)
-                    node_s, node_diarize_s = node_s + wall, node_diarize_s + step
+                    wall, work, step = through_node(c, path)
+                    node_s, node_work_s, node_diarize_s = node_s + wall, node_work_s + work, node_diarize_s + step
     n = args.rounds
     rep.row("bare: decode + whisper words + offline diarization", seconds=bare_s / n, media_s=media_s)
     rep.row("bare: offline diarization alone", seconds=diarize_s / n, media_s=media_s, speakers=speakers)
@@ -115,8 +116,12 @@ def main() -> int:
     )
     rep.ratio("diarization seconds / transcription seconds", diarize_s / whisper_s, target="(reported)", ok=None)
     rep.ratio(
-        "node's diarization step / bare engine seconds", node_diarize_s / diarize_s, target="(reported)", ok=None
+        "node's own work seconds / its wall seconds",
+        node_work_s / node_s,
+        target="(reported; 1 = no bus overhead; one process at one time, immune to drift)",
+        ok=None,
     )
+    rep.ratio("node's diarization step / bare engine seconds", node_diarize_s / diarize_s, target="(reported)", ok=None)
     rep.ratio("node / bare throughput, diarized job", bare_s / node_s, target=">= 0.95", ok=bare_s / node_s >= 0.95)
     return rep.finish(args.json)
 

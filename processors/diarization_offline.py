@@ -101,7 +101,20 @@ class OfflineEngine:
         t0 = time.monotonic()
         self.params = params or OfflineParams()
         self._encoder = load_encoder(device)
+        self._warm_up()
         log.info("loaded the offline diarization engine on %s in %.2fs", device, time.monotonic() - t0)
+
+    @staticmethod
+    def _warm_up() -> None:
+        """librosa compiles its numba kernels on its first mel spectrogram
+        (seconds), and the VAD opens its ONNX session on its first call: done
+        at load, so the first job is not slower than the rest and the
+        diarization step's timings are the steady state."""
+        from resemblyzer.audio import wav_to_mel_spectrogram
+
+        noise = np.random.default_rng(0).normal(0.0, 0.1, SAMPLE_RATE).astype(np.float32)
+        speech_regions(noise)
+        wav_to_mel_spectrogram(noise)
 
     def diarize(self, audio: np.ndarray, opts: DiarizeOptions, progress: EngineProgress = no_progress) -> list[Turn]:
         """`progress` after the VAD, after each batch of embeddings (the

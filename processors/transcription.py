@@ -135,11 +135,11 @@ class TranscriptionProcessor:
             progress(done, total, phase)
 
         step(0.0, duration)
-        t0 = time.monotonic()
         try:
-            engine = self.diarizer.engine()
+            engine = self.diarizer.engine()  # loaded by the first job that asks: not part of the step's time
         except DiarizationUnavailable as e:  # another node may have it: hand the job back
             raise JobRetryable(e.code, e.message, delay_s=5.0) from e
+        t0 = time.monotonic()
         result = diarize_transcript(engine, audio, transcript, job.options, step)
         elapsed = time.monotonic() - t0
         stage = StageSummary(name=DIARIZATION, engine=engine.name, processing_s=elapsed, media_s=duration)
