@@ -31,7 +31,7 @@ def build(
     """One engine (one model load) serves uploads and downloads alike, and
     one diarizer (loaded by the first job that asks) diarizes both."""
     engine = WhisperEngine(cfg)
-    diarizer = node_diarizer(diarization or DiarizationSettings(enabled=False), device=cfg.device)
+    diarizer = node_diarizer(diarization, device=cfg.device) if diarization is not None else None
     transcriber = TranscriptionProcessor(engine, node_id=ctx.node_id, diarizer=diarizer)
     fetch = FetchConfig(ctx.download_max_bytes, ctx.download_timeout_s, ctx.allow_private_urls)
     procs: list[Processor] = [transcriber, UrlProcessor(transcriber, fetch)]

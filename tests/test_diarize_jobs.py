@@ -13,27 +13,34 @@ from pathlib import Path
 
 import pytest
 
+from bus.settings import GpuMode
+from gateway.routing import Fleet, choose, cpu_queue
 from ops.sse import parse
 from schemas.diarization import DiarizedTranscript
+from schemas.errors import InvalidInput
 from tests import busreader, speech_audio
 from tests.harness import Gateway, base_env, start_node, stop_all, submit_file, wait_job, wait_until
 
-pytestmark = [
-    pytest.mark.timeout(300),
-    pytest.mark.skipif(not speech_audio.espeak_available(), reason="espeak-ng is not installed"),
-]
+pytestmark = pytest.mark.timeout(300)
 
 DIARIZE = json.dumps({"diarize": True})
 
 
+def needs_espeak() -> None:
+    if not speech_audio.espeak_available():
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+
+
 @pytest.fixture(scope="module")
 def two_voices(tmp_path_factory) -> tuple[Path, speech_audio.Spoken]:
+    needs_espeak()
     spoken = speech_audio.two_speakers()
     return speech_audio.write_wav(spoken, tmp_path_factory.mktemp("speech") / "two-voices.wav"), spoken
 
 
 @pytest.fixture(scope="module")
 def one_voice(tmp_path_factory) -> Path:
+    needs_espeak()
     return speech_audio.write_wav(speech_audio.one_speaker(), tmp_path_factory.mktemp("speech") / "one-voice.wav")
 
 
@@ -233,3 +240,52 @@ def test_a_gpu_node_killed_while_diarizing_falls_back_to_cpu(gateway, shared_cpu
         assert busreader.terminal_counts(gateway.nats_url, user) == {job["job_id"]: 1}
     finally:
         stop_all([gpu])
+
+
+# The routing rules for a job that needs diarization, without processes.
+
+NEEDS = frozenset({"diarization"})
+
+
+def _fleet(*, gpu: bool = False, cpu: bool = False, shared: bool = False):
+    """The owner's GPU and CPU nodes and the shared pool, each live, and
+    serving diarization where True (a node of each is live either way)."""
+
+    async def backlog() -> int:
+        return 0
+
+    def features(serves: bool) -> frozenset[str]:
+        return NEEDS if serves else frozenset()
+
+    return Fleet(
+        owner_gpu_live=True,
+        owner_cpu_live=True,
+        gpu_backlog=backlog,
+        gpu_features=features(gpu),
+        cpu_features=features(cpu),
+        shared_features=features(shared),
+    )
+
+
+@pytest.mark.parametrize(
+    ("fleet", "gpu", "lane", "queue", "reason"),
+    [
+        (_fleet(gpu=True, cpu=True), True, "gpu", "alice", "gpu_requested"),
+        (_fleet(cpu=True), True, "cpu", "alice", "feature_not_served_on_gpu"),
+        (_fleet(shared=True), True, "cpu", "shared", "feature_not_served_on_gpu"),
+        (_fleet(shared=True), False, "cpu", "shared", "gpu_not_requested"),
+        (_fleet(gpu=True), False, "gpu", "alice", "feature_served_only_on_gpu"),
+    ],
+)
+async def test_a_diarized_job_goes_only_where_diarization_is_served(fleet, gpu, lane, queue, reason):
+    route = await choose("alice", "audio", gpu, GpuMode.OPTIONAL, fleet, max_backlog=10, needs=NEEDS)
+    assert (route.lane, route.queue_owner, route.reason) == (lane, queue, reason)
+    # and a fallback from the GPU lane picks the CPU queue by the same rule
+    if fleet.cpu_features or fleet.shared_features:
+        assert cpu_queue("alice", fleet, "audio", NEEDS) == ("alice" if fleet.cpu_features else "shared")
+
+
+async def test_gpu_required_without_a_gpu_node_serving_diarization_is_refused():
+    with pytest.raises(InvalidInput) as e:
+        await choose("alice", "audio", True, GpuMode.OPTIONAL, _fleet(cpu=True), 10, required=True, needs=NEEDS)
+    assert e.value.code == "FEATURE_NOT_SERVED" and "no live GPU node of yours serves diarization" in e.value.message
