@@ -130,6 +130,23 @@ def test_one_voice_is_one_speaker_from_the_cli(gateway, shared_cpu_node, user, o
     assert rttm.returncode == 0 and rttm.stdout.startswith("SPEAKER "), rttm.stderr
 
 
+def test_the_older_api_and_the_openai_endpoint_diarize_too(gateway, shared_cpu_node, user, one_voice):
+    with gateway.client(gateway.create_key(user)) as c:
+        # Given the older API's flat fields, When it waits for a diarized job as RTTM
+        with one_voice.open("rb") as f:
+            data = {"diarize": "true", "num_speakers": "1", "format": "rttm"}
+            r = c.post("/process/file", files={"file": ("one.wav", f)}, data=data)
+        # Then the answer is the RTTM of one speaker
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/x-rttm"), r.text
+        assert {line.split()[7] for line in r.text.splitlines()} == {"SPEAKER_00"}
+        # Given the OpenAI endpoint's extra form fields, When it asks for WebVTT
+        with one_voice.open("rb") as f:
+            data = {"model": "whisper-1", "diarize": "true", "response_format": "vtt"}
+            r = c.post("/v1/audio/transcriptions", files={"file": ("one.wav", f)}, data=data)
+        # Then the cues carry voice tags
+        assert r.status_code == 200 and "<v SPEAKER_00>" in r.text, r.text
+
+
 def test_contradictions_and_kinds_without_audio_are_422(gateway, shared_cpu_node, user, one_voice):
     with gateway.client(gateway.create_key(user)) as c:
         # Given speaker counts that contradict each other, on each way in
