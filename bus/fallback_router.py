@@ -57,7 +57,7 @@ def fall_back(rec: JobRecord, job: JobMessage, cpu_queue: str, reason: str = ACK
     rec.queue_owner = cpu_queue
     rec.status = JobStatus.QUEUED
     rec.node_id = None
-    rec.progress = 0.0
+    rec.progress, rec.phase = 0.0, None  # the CPU attempt starts over
     rec.fallback = Fallback(from_lane=Lane.GPU, reason=reason, at=now())
     rec.stream_seq = None  # the CPU attempt's message is not published yet (bus/queueing.py)
     return rec

@@ -251,6 +251,7 @@ def test_a_gpu_node_killed_while_diarizing_falls_back_to_cpu(gateway, shared_cpu
             final = wait_job(c, job["job_id"], timeout_s=180)
             assert final["status"] == "succeeded", final
             assert final["attempts"] == 2 and final["lane"] == "cpu" and final["fallback"]["from"] == "gpu"
+            assert "phase" not in final  # a finished job is in no phase
             result = diarized(c, job["job_id"])
             assert len(result.speakers) == 2 and speech_audio.word_accuracy(result, spoken.turns) >= 0.90
         wait_until(lambda: not gpu.alive(), timeout_s=10, what="the GPU node gone")
