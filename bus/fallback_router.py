@@ -57,7 +57,7 @@ def fall_back(rec: JobRecord, job: JobMessage, cpu_queue: str, reason: str = ACK
     rec.queue_owner = cpu_queue
     rec.status = JobStatus.QUEUED
     rec.node_id = None
-    rec.progress = 0.0
+    rec.progress, rec.phase = 0.0, None  # the CPU attempt starts over
     rec.fallback = Fallback(from_lane=Lane.GPU, reason=reason, at=now())
     rec.stream_seq = None  # the CPU attempt's message is not published yet (bus/queueing.py)
     return rec
@@ -82,7 +82,7 @@ class FallbackRouter:
         seal: RecordSeal,
         *,
         nc: NatsClient,
-        cpu_queue_for: Callable[[str, str], str],
+        cpu_queue_for: Callable[[JobMessage], str],
     ) -> None:
         self._js = js
         self._seal = seal
@@ -191,7 +191,7 @@ class FallbackRouter:
         """Queue the next attempt on the CPU lane, then delete the GPU one. A
         publish that fails puts the record back (bus/queueing.py) and leaves
         the original in place, so the advisory's redelivery starts over."""
-        cpu_queue = self._cpu_queue_for(job.owner, job.kind)
+        cpu_queue = self._cpu_queue_for(job)
         try:
             rec = await queue_attempt(
                 self._jobs,

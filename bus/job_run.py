@@ -39,11 +39,12 @@ from schemas.errors import INPUT_CORRUPT, INPUT_MISSING, Forbidden, JobCancelled
 from schemas.events import INLINE_RESULT_MAX, EventType
 from schemas.jobs import ErrorInfo, JobMessage
 from schemas.names import Lane
-from schemas.processing import JobOutput, OwnerFile, Prepares, Processor
+from schemas.processing import JobOutput, OwnerFile, Phase, Prepares, Processor
 
 log = logging.getLogger("gpubus.bus.node")
 
 PROGRESS_EVERY_S = 0.3
+ONE_PHASE = Phase("")  # a processor that names no phase: the job's progress is its media's
 
 
 @dataclass
@@ -145,6 +146,7 @@ class JobRun:
         self.start_lost = False  # the start-deadline mover took it first: not ours, neither done nor failed
         self._turn = ctx.engine.ticket()  # engine slots go in the order jobs were taken
         self._last_progress_event = 0.0
+        self._phase: str | None = None  # of the last progress event sent
         self._ref = f"{job.job_id} owner={job.owner} lane={ctx.lane} node={ctx.node_id} attempt={job.attempt}"
 
     def _log_fields(self, state: str, **more: Any) -> dict[str, Any]:
@@ -227,9 +229,9 @@ class JobRun:
     async def _run_in_pool(self, input_path: Path | None, work_dir: Path | None) -> JobOutput:
         loop = asyncio.get_running_loop()
 
-        def progress(media_s_done: float, media_s_total: float) -> None:
+        def progress(media_s_done: float, media_s_total: float, phase: Phase | None = None) -> None:
             self.lease.touch()
-            loop.call_soon_threadsafe(self._progress_event, media_s_done, media_s_total)
+            loop.call_soon_threadsafe(self._progress_event, media_s_done, media_s_total, phase)
 
         run = partial(self.ctx.processor.run, self.job, input_path, work_dir, progress, self.cancelled)
         return await loop.run_in_executor(self.ctx.pool, run)
@@ -288,16 +290,21 @@ class JobRun:
         ctx.metrics.processing_seconds.inc(s.processing_s)
         if s.real_time_factor is not None:
             ctx.metrics.rtf.observe(s.real_time_factor)
+        for stage in s.stages:
+            ctx.metrics.stage_done(stage.name, stage.engine, stage.processing_s, stage.media_s)
         await ctx.events.finished(job, EventType.SUCCEEDED, summary=s, **where)
 
-    def _progress_event(self, done_s: float, total_s: float) -> None:
-        """At most one progress event per PROGRESS_EVERY_S, none once cancelled."""
+    def _progress_event(self, done_s: float, total_s: float, phase: Phase | None = None) -> None:
+        """At most one progress event per PROGRESS_EVERY_S, none once
+        cancelled; the first of a new phase goes out at once."""
         t = time.monotonic()
-        if t - self._last_progress_event < PROGRESS_EVERY_S or self.cancelled.is_set():
+        name = phase.name if phase is not None else None
+        new_phase = name != self._phase
+        if (t - self._last_progress_event < PROGRESS_EVERY_S and not new_phase) or self.cancelled.is_set():
             return
-        self._last_progress_event = t
-        fraction = min(1.0, done_s / total_s) if total_s > 0 else None
-        self.ctx.events.progress(self.job, fraction, done_s)
+        self._last_progress_event, self._phase = t, name
+        fraction = (phase or ONE_PHASE).fraction(done_s, total_s)
+        self.ctx.events.progress(self.job, fraction, done_s, name)
 
     async def _keep_lease(self) -> None:
         """Extend the ack deadline every ack_wait/3 while the job shows life."""

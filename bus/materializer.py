@@ -83,8 +83,11 @@ def fold(rec: JobRecord, ev: JobEvent, seq: int | None = None) -> JobRecord | No
             rec.started_at = rec.started_at or ev.at
         if ev.progress is not None:
             rec.progress = max(rec.progress, ev.progress) if rec.node_id == ev.node_id else ev.progress
+        if ev.phase is not None:
+            rec.phase = ev.phase
         return rec
     rec.status = _TERMINAL_STATUS[ev.type]
+    rec.phase = None
     rec.node_id = ev.node_id
     rec.finished_at = ev.at
     rec.started_at = rec.started_at or ev.at

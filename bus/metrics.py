@@ -206,12 +206,41 @@ class NodeMetrics:
         self.bad_messages = Counter(
             "gpubus_node_bad_messages_total", "Undecodable job messages, termed", ["node", "device"], registry=registry
         ).labels(**labels)
+        stage_labels = ["node", "device", "stage", "engine"]
+        self.stage_seconds = Counter(
+            "gpubus_node_stage_seconds_total",
+            "Wall seconds spent in a step of jobs (stage=diarization), by engine",
+            stage_labels,
+            registry=registry,
+        )
+        self.stage_media_seconds = Counter(
+            "gpubus_node_stage_media_seconds_total",
+            "Seconds of media a step of jobs went through (stage=diarization), by engine",
+            stage_labels,
+            registry=registry,
+        )
+        self.stage_rtf = Histogram(
+            "gpubus_node_stage_real_time_factor",
+            "A step's processing seconds per media second, per job (stage=diarization), by engine",
+            stage_labels,
+            buckets=RTF_BUCKETS,
+            registry=registry,
+        )
         self.model_load_seconds = Gauge(
             "gpubus_node_model_load_seconds", "Time to load the model", ["node", "device"], registry=registry
         ).labels(**labels)
 
     def job_done(self, status: str) -> None:
         self.jobs.labels(status=status, **self._labels).inc()
+
+    def stage_done(self, stage: str, engine: str, processing_s: float, media_s: float) -> None:
+        """A timed step of a job (`ResultSummary.stages`: diarization after
+        Whisper), by its engine: seconds of work per media second."""
+        labels = {"stage": stage, "engine": engine, **self._labels}
+        self.stage_seconds.labels(**labels).inc(processing_s)
+        self.stage_media_seconds.labels(**labels).inc(media_s)
+        if media_s > 0:
+            self.stage_rtf.labels(**labels).observe(processing_s / media_s)
 
     def watch_gpus(self, source: GpuSource) -> None:
         """GPU memory and utilisation, read from `source` at scrape time."""

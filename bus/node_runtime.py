@@ -41,7 +41,7 @@ from schemas.events import INLINE_RESULT_MAX
 from schemas.jobs import JobMessage, now
 from schemas.names import Lane
 from schemas.nodes import NodeHeartbeat
-from schemas.processing import Processor
+from schemas.processing import Advertises, Processor
 
 log = logging.getLogger("gpubus.bus.node")
 
@@ -349,6 +349,7 @@ class NodeRuntime:
                 device=self.processor.device,
                 kinds=sorted(self.processor.kinds),
                 models=self.processor.models,
+                features=self.processor.features if isinstance(self.processor, Advertises) else {},
                 capacity=self.capacity,
                 busy=min(len(self._inflight), self.capacity),  # prefetched jobs wait, they do not run
                 last_seen=now(),

@@ -7,6 +7,7 @@ import asyncio
 from bus.node_host import run_node
 from bus.settings import Settings
 from processors import factory
+from processors.diarization import DiarizationSettings
 from processors.whisper_engine import EngineConfig
 from schemas.names import Lane
 from schemas.processing import Processor
@@ -20,7 +21,8 @@ def make_processor(settings: Settings, node_id: str) -> Processor:
         workers=settings.node_concurrency,
         clip_batch=settings.clip_batch_for("cpu"),
     )
-    return factory.build(cfg, settings.processor_context(node_id, Lane.CPU, "cpu"), enable_noop=settings.enable_noop)
+    ctx = settings.processor_context(node_id, Lane.CPU, "cpu")
+    return factory.build(cfg, ctx, enable_noop=settings.enable_noop, diarization=DiarizationSettings())
 
 
 def main(settings: Settings, *, shared: bool) -> None:

@@ -121,13 +121,19 @@ async def read_capped(request: Request, cap: int = JSON_BODY_MAX_BYTES, what: st
     return bytes(body)
 
 
+def validation_message(e: ValidationError, *where: str) -> str:
+    """The first error as `field.path: what is wrong`; a model-level check
+    (speaker counts that disagree) is named by `where` alone."""
+    first = e.errors()[0]
+    return f"{'.'.join(map(str, (*where, *first['loc'])))}: {first['msg'].removeprefix('Value error, ')}"
+
+
 def parse_json(model: type[M], raw: bytes) -> M:
     """`raw` validated as `model`; a bad body is a 422 naming the field."""
     try:
         return model.model_validate_json(raw)
     except ValidationError as e:
-        first = e.errors()[0]
-        raise InvalidInput(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from e
+        raise InvalidInput(validation_message(e)) from e
 
 
 async def json_body(request: Request, model: type[M]) -> M:

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from gateway.bodies import validation_message
 from gateway.uploads import ParsedForm
 from schemas.errors import InvalidInput
 from schemas.jobs import TranscribeOptions
@@ -48,8 +49,7 @@ def make_options(values: dict[str, Any]) -> TranscribeOptions:
     try:
         options = TranscribeOptions.model_validate(values)
     except ValidationError as e:
-        first = e.errors()[0]
-        raise InvalidInput(f"options.{'.'.join(map(str, first['loc']))}: {first['msg']}") from e
+        raise InvalidInput(validation_message(e, "options")) from e
     check_language(options.language)
     return options
 

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 from gateway.auth import Principal
 from gateway.deps import State, User
-from gateway.form_fields import make_options
+from gateway.form_fields import make_options, parse_bool
 from gateway.results import finished_transcript
 from gateway.state import GatewayState
 from gateway.submission import Interpret, submit_upload
@@ -34,6 +34,7 @@ router = APIRouter(prefix="/v1/audio", tags=["openai"])
 
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 GRANULARITY_FIELDS = ("timestamp_granularities[]", "timestamp_granularities")
+SPEAKER_COUNT_FIELDS = ("num_speakers", "min_speakers", "max_speakers")
 
 
 def _field(form: ParsedForm, name: str) -> str | None:
@@ -46,6 +47,15 @@ def _temperature(raw: str | None) -> float:
         return float(raw) if raw is not None else 0.0
     except ValueError:
         raise InvalidInput(f"temperature: not a number: {raw!r}") from None
+
+
+def _diarize_fields(form: ParsedForm) -> dict[str, Any]:
+    """gpubus's extra form fields (not OpenAI's): `diarize` and the speaker
+    counts, as on every other way in; the speakers show in srt, vtt and text."""
+    fields: dict[str, Any] = {k: v for k in SPEAKER_COUNT_FIELDS if (v := _field(form, k)) is not None}
+    if _field(form, "diarize") is not None:
+        fields["diarize"] = parse_bool(_field(form, "diarize"), "diarize")
+    return fields
 
 
 def _interpreter(task: str) -> Interpret:
@@ -66,6 +76,7 @@ def _interpreter(task: str) -> Interpret:
                 "temperature": _temperature(_field(form, "temperature")),
                 "task": task,
                 "word_timestamps": "word" in granularities,
+                **_diarize_fields(form),
             }
         )
         return form.sniffed_kind or Kind.AUDIO, True, options

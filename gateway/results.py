@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from bus.result_store import read_result
 from gateway.state import GatewayState
+from schemas.diarization import DiarizedTranscript
 from schemas.errors import Conflict, JobFailed, ResultUnreadable
 from schemas.jobs import JobRecord, JobStatus
 from schemas.results import Transcript
@@ -21,12 +22,15 @@ async def read_transcript(st: GatewayState, rec: JobRecord) -> bytes:
 
 
 def parse_transcript(rec: JobRecord, data: bytes) -> Transcript:
-    """The stored result as a transcript. The object is the one the node
-    named, so it may be anything: a 409 saying so, never a 500."""
+    """The stored result as a transcript, with its speakers when the job
+    asked for them. The object is the one the node named, so it may be
+    anything: a 409 saying so, never a 500."""
+    model = DiarizedTranscript if rec.options.diarize else Transcript
     try:
-        return Transcript.model_validate_json(data)
+        return model.model_validate_json(data)
     except ValidationError:
-        raise ResultUnreadable(f"job {rec.job_id}: its stored result is not a transcript") from None
+        what = "a diarized transcript" if rec.options.diarize else "a transcript"
+        raise ResultUnreadable(f"job {rec.job_id}: its stored result is not {what}") from None
 
 
 async def finished_transcript(

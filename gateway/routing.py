@@ -26,6 +26,7 @@ from schemas.jobs import JobRecord
 from schemas.names import BUILTIN_KINDS, GPU_KINDS, SHARED, WAITING_KINDS, Lane
 
 KIND_NOT_SERVED = "KIND_NOT_SERVED"
+FEATURE_NOT_SERVED = "FEATURE_NOT_SERVED"
 
 
 @dataclass(frozen=True)
@@ -49,19 +50,55 @@ class Fleet:
     gpu_kinds: frozenset[str] = field(default_factory=frozenset)
     cpu_kinds: frozenset[str] = field(default_factory=frozenset)
     shared_kinds: frozenset[str] = field(default_factory=frozenset)
+    # The features (`NodeHeartbeat.features`: diarization) the same nodes serve.
+    gpu_features: frozenset[str] = field(default_factory=frozenset)
+    cpu_features: frozenset[str] = field(default_factory=frozenset)
+    shared_features: frozenset[str] = field(default_factory=frozenset)
 
     @property
     def served(self) -> frozenset[str]:
         return self.gpu_kinds | self.cpu_kinds | self.shared_kinds
 
+    @property
+    def features(self) -> frozenset[str]:
+        return self.gpu_features | self.cpu_features | self.shared_features
 
-def check_served(kind: str, fleet: Fleet) -> None:
+    def gpu_serves(self, kind: str, needs: frozenset[str]) -> bool:
+        return _serves(self.gpu_kinds, self.gpu_features, kind, needs)
+
+    def cpu_serves(self, kind: str, needs: frozenset[str]) -> bool:
+        return _serves(self.cpu_kinds, self.cpu_features, kind, needs)
+
+    def shared_serves(self, kind: str, needs: frozenset[str]) -> bool:
+        return _serves(self.shared_kinds, self.shared_features, kind, needs)
+
+
+def _serves(kinds: frozenset[str], features: frozenset[str], kind: str, needs: frozenset[str]) -> bool:
+    """Whether some live node of one queue takes the job: a built-in kind
+    every node runs, a plugin kind only where advertised; and the features
+    it needs."""
+    return (kind in BUILTIN_KINDS or kind in kinds) and needs <= features
+
+
+def _listed(names: frozenset[str]) -> str:
+    return ", ".join(sorted(names)) if names else "none"
+
+
+def check_served(kind: str, fleet: Fleet, needs: frozenset[str] = frozenset()) -> None:
     """A job of a kind no live node can take would wait for ever: 422 naming
-    what is served, as for models (gateway/fleet_models.py)."""
-    if kind in WAITING_KINDS or kind in fleet.served:
-        return
-    offer = ", ".join(sorted(fleet.served)) if fleet.served else "none (no live node)"
-    raise InvalidInput(f"kind: {kind!r} is not served by any live node; served: {offer}", code=KIND_NOT_SERVED)
+    what is served, as for models (gateway/fleet_models.py). A job whose
+    options need a feature (`TranscribeOptions.needs`: diarization) waits
+    for no node: some live node must serve it now, even for a waiting kind."""
+    if kind not in WAITING_KINDS and kind not in fleet.served:
+        offer = ", ".join(sorted(fleet.served)) if fleet.served else "none (no live node)"
+        raise InvalidInput(f"kind: {kind!r} is not served by any live node; served: {offer}", code=KIND_NOT_SERVED)
+    missing = needs - fleet.features
+    if missing:
+        raise InvalidInput(
+            f"options: {_listed(missing)} is not served by any live node of yours or of the shared pool; "
+            f"features served: {_listed(fleet.features)}",
+            code=FEATURE_NOT_SERVED,
+        )
 
 
 def gpu_wanted(kind: str, requested: bool, mode: GpuMode) -> tuple[bool, str]:
@@ -82,45 +119,66 @@ def gpu_wish(rec: JobRecord) -> bool:
     return rec.lane is Lane.GPU or rec.fallback is not None
 
 
-def cpu_queue(owner: str, fleet: Fleet, kind: str | None = None) -> str:
+def cpu_queue(owner: str, fleet: Fleet, kind: str | None = None, needs: frozenset[str] = frozenset()) -> str:
     """The owner's CPU lane if they run a CPU node, else the shared pool; for
-    a plugin kind, the one of the two whose nodes serve it."""
-    if kind is not None and kind not in BUILTIN_KINDS:
-        if kind in fleet.cpu_kinds:
+    a plugin kind or a job that needs a feature, the one of the two whose
+    nodes serve it."""
+    if kind is not None and (kind not in BUILTIN_KINDS or needs):
+        if fleet.cpu_serves(kind, needs):
             return owner
-        if kind in fleet.shared_kinds:
+        if fleet.shared_serves(kind, needs):
             return SHARED
     return owner if fleet.owner_cpu_live else SHARED
 
 
-def cpu_route(owner: str, fleet: Fleet, reason: str, kind: str | None = None) -> Route:
-    return Route(Lane.CPU, cpu_queue(owner, fleet, kind), reason)
+def cpu_route(
+    owner: str, fleet: Fleet, reason: str, kind: str | None = None, needs: frozenset[str] = frozenset()
+) -> Route:
+    return Route(Lane.CPU, cpu_queue(owner, fleet, kind, needs), reason)
 
 
 async def choose(
-    owner: str, kind: str, requested: bool, mode: GpuMode, fleet: Fleet, max_backlog: int, *, required: bool = False
+    owner: str,
+    kind: str,
+    requested: bool,
+    mode: GpuMode,
+    fleet: Fleet,
+    max_backlog: int,
+    *,
+    required: bool = False,
+    needs: frozenset[str] = frozenset(),
 ) -> Route:
     """`requested` is the user's own wish (the job record keeps it), so a
     retry is routed as the submission was, on the fleet as it is now.
     `required` (`gpu: "required"`) takes the GPU lane whatever the fleet:
-    the start deadline fails it if no GPU node takes it in time."""
+    the start deadline fails it if no GPU node takes it in time. A job
+    that `needs` a feature goes only to a lane whose live nodes serve it
+    (a GPU-required one is refused if the owner's GPU nodes do not)."""
     plugin = kind not in BUILTIN_KINDS
     if (
-        plugin
+        (plugin or needs)
         and mode is not GpuMode.OFF
-        and kind in fleet.gpu_kinds
-        and kind not in fleet.cpu_kinds | fleet.shared_kinds
+        and fleet.gpu_serves(kind, needs)
+        and not (fleet.cpu_serves(kind, needs) or fleet.shared_serves(kind, needs))
     ):
-        return Route(Lane.GPU, owner, "kind_served_only_on_gpu")
+        return Route(Lane.GPU, owner, "kind_served_only_on_gpu" if plugin else "feature_served_only_on_gpu")
     wanted, reason = gpu_wanted(kind, requested or required, mode)
     if not wanted:
-        return cpu_route(owner, fleet, reason, kind)
+        return cpu_route(owner, fleet, reason, kind, needs)
+    unserved_on_gpu = needs - fleet.gpu_features
     if required:
+        if unserved_on_gpu:
+            raise InvalidInput(
+                f"gpu: required, but no live GPU node of yours serves {_listed(unserved_on_gpu)}",
+                code=FEATURE_NOT_SERVED,
+            )
         return Route(Lane.GPU, owner, "gpu_required")
     if not fleet.owner_gpu_live:
-        return cpu_route(owner, fleet, "no_live_gpu_node", kind)
+        return cpu_route(owner, fleet, "no_live_gpu_node", kind, needs)
     if plugin and kind not in fleet.gpu_kinds:
-        return cpu_route(owner, fleet, "kind_not_served_on_gpu", kind)
+        return cpu_route(owner, fleet, "kind_not_served_on_gpu", kind, needs)
+    if unserved_on_gpu:
+        return cpu_route(owner, fleet, "feature_not_served_on_gpu", kind, needs)
     if await fleet.gpu_backlog() >= max_backlog:
-        return cpu_route(owner, fleet, "gpu_backlog_full", kind)
+        return cpu_route(owner, fleet, "gpu_backlog_full", kind, needs)
     return Route(Lane.GPU, owner, "gpu_requested")

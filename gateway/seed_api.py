@@ -7,8 +7,10 @@
 - `POST /api/v1/ingest/file` and `POST /api/v1/ingest/url`: always 202.
 
 Options may be given flat (`language`, `task`, `model`, `word_timestamps`,
-`vad_filter`, `initial_prompt`) as the older clients sent them, or as an
-`options` object (JSON string in a form); flat fields win.
+`vad_filter`, `initial_prompt`, and `diarize` with `num_speakers`,
+`min_speakers`, `max_speakers`) as the older clients sent them, or as an
+`options` object (JSON string in a form); flat fields win. A diarized job's
+`format` may also be `rttm`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from gateway.results import finished_transcript
 from gateway.state import GatewayState
 from gateway.submission import submit_upload, submit_url
 from gateway.uploads import ParsedForm
+from schemas.diarized_formats import RENDERERS as DIARIZED_RENDERERS
 from schemas.errors import InvalidInput
 from schemas.formats import RENDERERS, render
 from schemas.jobs import JobRecord, TranscribeOptions
@@ -36,8 +39,9 @@ from schemas.names import Kind
 router = APIRouter(tags=["compat"])
 
 DEFAULT_TIMEOUT_S = 60.0
-FLAT_TEXT = ("language", "task", "model", "initial_prompt")
-FLAT_BOOL = ("word_timestamps", "vad_filter")
+# Passed on as given (pydantic reads a count from its text and refuses what is none).
+FLAT_TEXT = ("language", "task", "model", "initial_prompt", "num_speakers", "min_speakers", "max_speakers")
+FLAT_BOOL = ("word_timestamps", "vad_filter", "diarize")
 
 
 class SeedUrlRequest(BaseModel):
@@ -50,29 +54,36 @@ class SeedUrlRequest(BaseModel):
     task: str | None = None
     model: str | None = None
     initial_prompt: str | None = None
+    num_speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
     word_timestamps: bool | None = None
     vad_filter: bool | None = None
+    diarize: bool | None = None
     format: str = "json"
     timeout: float = Field(DEFAULT_TIMEOUT_S, gt=0)
 
 
-def _check_format(fmt: str) -> str:
-    if fmt not in RENDERERS:
-        raise InvalidInput(f"format: one of {sorted(RENDERERS)}")
+def _check_format(fmt: str, options: TranscribeOptions) -> str:
+    """A diarized job's formats include RTTM."""
+    formats = DIARIZED_RENDERERS if options.diarize else RENDERERS
+    if fmt not in formats:
+        raise InvalidInput(f"format: one of {sorted(formats)}")
     return fmt
 
 
 def seed_form(form: ParsedForm) -> tuple[Kind, bool, TranscribeOptions]:
     """The older API's form: flat option fields over an `options` object, and `format`."""
     f = form.fields
-    _check_format(f.get("format") or "json")
     base = parse_options(f.get("options")).model_dump(exclude_unset=True)
     flat: dict[str, Any] = {k: f[k] for k in FLAT_TEXT if f.get(k)}
     flat.update({k: parse_bool(f[k], k) for k in FLAT_BOOL if f.get(k)})
+    options = make_options(base | flat)
+    _check_format(f.get("format") or "json", options)
     kind = parse_kind(f.get("kind"), form.sniffed_kind)
     if kind not in (Kind.AUDIO, Kind.VIDEO):  # a plugin's kind: its result is no transcript
         raise InvalidInput(f"kind: the older API transcribes audio and video, not {kind}")
-    return Kind(kind), parse_bool(f.get("gpu"), "gpu"), make_options(base | flat)
+    return Kind(kind), parse_bool(f.get("gpu"), "gpu"), options
 
 
 def url_job_options(req: SeedUrlRequest) -> TranscribeOptions:
@@ -111,8 +122,9 @@ async def process_file(request: Request, st: State, principal: User) -> Response
 @router.post("/process/url")
 async def process_url(request: Request, st: State, principal: User) -> Response:
     req = await json_body(request, SeedUrlRequest)
-    fmt = _check_format(req.format)
-    rec = await submit_url(st, principal, req.url, req.gpu, url_job_options(req))
+    options = url_job_options(req)
+    fmt = _check_format(req.format, options)
+    rec = await submit_url(st, principal, req.url, req.gpu, options)
     return await _answer(st, rec, fmt, _timeout(st, req.timeout))
 
 

@@ -37,12 +37,18 @@ from bus.tls import nats_context
 from gateway import routing
 from gateway.admission import Admission, StreamCap
 from schemas import names
-from schemas.jobs import JobRecord
+from schemas.jobs import JobMessage, JobRecord
 from schemas.names import Lane
+from schemas.nodes import NodeHeartbeat
 
 log = logging.getLogger("gpubus.gateway.state")
 
 BACKLOG_CACHE_S = 1.0
+
+
+def _features(nodes: list[NodeHeartbeat]) -> frozenset[str]:
+    """The features some of `nodes` serve (with at least one engine)."""
+    return frozenset(f for n in nodes for f, offers in n.features.items() if offers)
 
 
 def _nats_tls(s: Settings) -> dict:
@@ -216,18 +222,22 @@ class GatewayState:
     def fleet(self, owner: str) -> routing.Fleet:
         """What routing needs to know of the owner's nodes, as of now."""
         gpu, cpu = self.nodes.live(owner=owner, lane=Lane.GPU), self.nodes.live(owner=owner, lane=Lane.CPU)
+        shared = self.nodes.live(owner=names.SHARED)
         return routing.Fleet(
             owner_gpu_live=bool(gpu),
             owner_cpu_live=bool(cpu),
             gpu_backlog=lambda: self.gpu_backlog(owner),
             gpu_kinds=frozenset(k for n in gpu for k in n.kinds),
             cpu_kinds=frozenset(k for n in cpu for k in n.kinds),
-            shared_kinds=frozenset(k for n in self.nodes.live(owner=names.SHARED) for k in n.kinds),
+            shared_kinds=frozenset(k for n in shared for k in n.kinds),
+            gpu_features=_features(gpu),
+            cpu_features=_features(cpu),
+            shared_features=_features(shared),
         )
 
-    def cpu_queue_for(self, owner: str, kind: str) -> str:
+    def cpu_queue_for(self, job: JobMessage) -> str:
         """For the fallback router: the CPU queue by routing's one rule."""
-        return routing.cpu_queue(owner, self.fleet(owner), kind)
+        return routing.cpu_queue(job.owner, self.fleet(job.owner), job.kind, job.options.needs())
 
     async def gpu_backlog(self, owner: str) -> int:
         """Pending + unacked on the owner's GPU lane, cached briefly so a burst

@@ -23,6 +23,7 @@ from gateway.auth import Principal
 from gateway.state import GatewayState
 from gateway.uploads import MultipartToObject, ParsedForm
 from schemas import names
+from schemas.diarization import DIARIZED_KINDS
 from schemas.errors import InvalidInput
 from schemas.jobs import JobRecord, StagedInput, TranscribeOptions, new_job_id, now
 from schemas.names import Kind
@@ -36,10 +37,21 @@ Interpret = Callable[[ParsedForm], tuple[str, bool, TranscribeOptions]]
 
 
 async def route_for(st: GatewayState, owner: str, kind: str, gpu: bool, options: TranscribeOptions) -> routing.Route:
-    """Routing's decision on the fleet as this gateway sees it now."""
+    """Routing's decision on the fleet as this gateway sees it now (a kind
+    or feature no live node serves is refused here, for a retry too)."""
     s = st.settings
-    fleet, required = st.fleet(owner), options.gpu_required
-    return await routing.choose(owner, kind, gpu, s.gpu_mode, fleet, s.gpu_max_backlog, required=required)
+    fleet, required, needs = st.fleet(owner), options.gpu_required, options.needs()
+    routing.check_served(kind, fleet, needs)
+    return await routing.choose(owner, kind, gpu, s.gpu_mode, fleet, s.gpu_max_backlog, required=required, needs=needs)
+
+
+def check_diarizable(kind: str, options: TranscribeOptions) -> None:
+    """Only a kind with audio can be diarized: a document asking for it is a
+    mistake to report, not an option to ignore."""
+    if options.diarize and kind not in DIARIZED_KINDS:
+        raise InvalidInput(
+            f"options.diarize: a {kind} job has no audio to diarize (diarize takes {', '.join(sorted(DIARIZED_KINDS))})"
+        )
 
 
 async def enqueue(
@@ -55,8 +67,8 @@ async def enqueue(
 ) -> JobRecord:
     """Route and queue attempt 1 (record, then message: bus/queueing.py).
     The user's `gpu` wish is kept on the record for a retry to route by."""
+    check_diarizable(kind, options)
     options = fleet_models.resolve(st, owner, options)
-    routing.check_served(kind, st.fleet(owner))
     route = await route_for(st, owner, kind, gpu, options)
     t = now()
     rec = JobRecord(
@@ -219,7 +231,8 @@ async def submit_json_kind(
     if url is not None:
         url = check_submitted(url, allow_private=st.settings.allow_private_urls)
     owner = principal.user_id
-    routing.check_served(kind, st.fleet(owner))
+    check_diarizable(kind, options)
+    routing.check_served(kind, st.fleet(owner), options.needs())
     async with admitted(st, principal):
         await st.ensure_owner(owner)
         job_id = new_job_id()

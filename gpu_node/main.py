@@ -8,6 +8,7 @@ from bus.node_host import run_node
 from bus.settings import Settings
 from gpu_node import device, telemetry
 from processors import factory
+from processors.diarization import DiarizationSettings
 from processors.whisper_engine import EngineConfig
 from schemas.names import Lane
 from schemas.processing import Processor
@@ -33,7 +34,7 @@ def engine_config(settings: Settings) -> EngineConfig:
 def make_processor(settings: Settings, node_id: str) -> Processor:
     cfg = engine_config(settings)
     ctx = settings.processor_context(node_id, Lane.GPU, cfg.device)
-    return factory.build(cfg, ctx, enable_noop=settings.enable_noop)
+    return factory.build(cfg, ctx, enable_noop=settings.enable_noop, diarization=DiarizationSettings())
 
 
 def main(settings: Settings) -> None:

@@ -138,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--prompt", help="initial prompt: names, spelling, style")
     sm.add_argument("--word-timestamps", dest="word_timestamps", action="store_true")
     sm.add_argument("--vad", dest="vad_filter", action="store_true", help="skip silence (Silero VAD)")
+    sm.add_argument("--diarize", action="store_true", help="who spoke when: a speaker on every segment and word")
+    sm.add_argument("--speakers", type=int, metavar="N", help="exactly N speakers (implies --diarize)")
+    sm.add_argument("--min-speakers", dest="min_speakers", type=int, metavar="N", help="implies --diarize")
+    sm.add_argument("--max-speakers", dest="max_speakers", type=int, metavar="N", help="implies --diarize")
     sm.add_argument("--options", help="options JSON")
     sm.set_defaults(fn=cmd_submit)
 

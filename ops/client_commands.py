@@ -22,7 +22,7 @@ from ops.exits import (
     WaitInterrupted,
 )
 
-FORMATS = ["json", "text", "srt", "vtt", "md"]
+FORMATS = ["json", "text", "srt", "vtt", "md", "rttm"]  # rttm: diarized jobs only
 
 
 def _client(settings: Settings, *, admin: bool = False) -> GatewayClient:
@@ -85,9 +85,19 @@ def submit_options(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"--options is not JSON: {e}") from None
     if not isinstance(options, dict):
         raise UsageError("--options must be a JSON object")
-    flags = {"language": args.language, "task": args.task, "model": args.model, "initial_prompt": args.prompt}
+    flags = {
+        "language": args.language,
+        "task": args.task,
+        "model": args.model,
+        "initial_prompt": args.prompt,
+        "num_speakers": args.speakers,
+        "min_speakers": args.min_speakers,
+        "max_speakers": args.max_speakers,
+    }
     options.update({k: v for k, v in flags.items() if v is not None})
-    options.update({k: True for k in ("word_timestamps", "vad_filter") if getattr(args, k)})
+    options.update({k: True for k in ("word_timestamps", "vad_filter", "diarize") if getattr(args, k)})
+    if any(options.get(k) is not None for k in ("num_speakers", "min_speakers", "max_speakers")):
+        options["diarize"] = True  # a speaker count says what is wanted
     return options
 
 

@@ -72,7 +72,9 @@ def upload(c: GatewayClient, path: Path, **kw: Any) -> dict[str, Any]:
 
 
 def _describe(job: dict[str, Any]) -> str:
-    return f"{job['status']} on {job['lane']}" + (f" ({job['node_id']})" if job.get("node_id") else "")
+    """`running`, or the phase of a job done in steps (transcribing, diarizing)."""
+    doing = job.get("phase") if job["status"] == "running" and job.get("phase") else job["status"]
+    return f"{doing} on {job['lane']}" + (f" ({job['node_id']})" if job.get("node_id") else "")
 
 
 def _follow_events(c: GatewayClient, job_id: str, bar: Progress, task: TaskID) -> dict[str, Any] | None:
@@ -86,7 +88,8 @@ def _follow_events(c: GatewayClient, job_id: str, bar: Progress, task: TaskID) -
         elif ev.event == "progress" and ev.data.get("progress") is not None:
             done = ev.data.get("media_s_done")
             media = f", {done:.0f}s of media" if done else ""
-            bar.update(task, completed=ev.data["progress"], description=f"running on {ev.data['lane']}{media}")
+            doing = ev.data.get("phase") or "running"
+            bar.update(task, completed=ev.data["progress"], description=f"{doing} on {ev.data['lane']}{media}")
         elif ev.event == "started":
             bar.update(task, description=f"running on {ev.data['lane']} ({ev.data['node_id']})")
     return last if last is not None and last["status"] in TERMINAL else None
@@ -126,7 +129,7 @@ def _ago(t: float | None) -> str:
 
 def nodes_table(info: dict[str, Any]) -> Table:
     t = Table(title="live nodes")
-    for col in ("node", "owner", "lane", "device", "busy/cap", "done", "models", "last seen"):
+    for col in ("node", "owner", "lane", "device", "busy/cap", "done", "models", "serves", "last seen"):
         t.add_column(col, overflow="fold")
     for n in info["live_nodes"]:
         t.add_row(
@@ -137,6 +140,7 @@ def nodes_table(info: dict[str, Any]) -> Table:
             f"{n['busy']}/{n['capacity']}",
             str(n.get("jobs_done", 0)),
             ",".join(n["models"]),
+            ",".join(n.get("features") or {}) or "-",
             _ago(n["last_seen"]),
         )
     return t

@@ -10,8 +10,10 @@ that needs nothing downloaded (`processors.diarization_offline`).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -45,11 +47,20 @@ class Turn(NamedTuple):
     speaker: str
 
 
+# Proof of life from inside an engine: (media seconds done, media seconds in all).
+EngineProgress = Callable[[float, float], None]
+
+
+def no_progress(done_s: float, total_s: float) -> None:
+    pass
+
+
 class DiarizationEngine(Protocol):
     name: str
 
-    def diarize(self, audio: np.ndarray, opts: DiarizeOptions) -> list[Turn]:
-        """Turns in time order over 16 kHz mono float32 audio."""
+    def diarize(self, audio: np.ndarray, opts: DiarizeOptions, progress: EngineProgress = no_progress) -> list[Turn]:
+        """Turns in time order over 16 kHz mono float32 audio; `progress`
+        is called as the work goes (a node renews its lease on it)."""
         ...
 
 
@@ -58,24 +69,86 @@ class DiarizationSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="GPUBUS_DIARIZATION_")
 
+    enabled: bool = True  # false: the node offers no diarization (a node without the engine)
     model: str | None = None  # a pyannote pipeline: a local directory / config.yaml, or a hub name
-    device: str = "cpu"
+    device: str | None = None  # None: the node's own device (cuda on a GPU node)
     allow_download: bool = False  # a hub name is fetched only with this and a token
     hf_token: SecretStr | None = None
 
 
-def select_engine(settings: DiarizationSettings) -> DiarizationEngine:
-    """pyannote when the operator named a pipeline and installed pyannote.audio;
-    the offline engine otherwise, so a fresh clone diarizes with no download."""
+class Diarizer:
+    """A node's diarization: the engine it offers, named without loading
+    it, and loaded by the first job that asks (under a lock), so a node
+    never asked to diarize never imports torch. An engine that fails to
+    load is offered no more (`offers` is read at every heartbeat)."""
+
+    def __init__(self, name: str, load: Callable[[], DiarizationEngine]) -> None:
+        self.name = name
+        self._load = load
+        self._engine: DiarizationEngine | None = None
+        self._lock = threading.Lock()
+        self.broken: str | None = None
+
+    @property
+    def offers(self) -> list[str]:
+        return [] if self.broken else [self.name]
+
+    def engine(self) -> DiarizationEngine:
+        with self._lock:
+            if self._engine is None:
+                if self.broken:
+                    raise DiarizationUnavailable(self.broken)
+                try:
+                    self._engine = self._load()
+                except Exception as e:
+                    self.broken = f"the {self.name} diarization engine could not be loaded: {e}"
+                    log.error("%s; no longer offering diarization", self.broken)
+                    raise DiarizationUnavailable(self.broken) from e
+            return self._engine
+
+
+def _offline_installed() -> bool:
+    """resemblyzer (its weights in its wheel), torch and scikit-learn: the `diarize` extra."""
+    return all(importlib.util.find_spec(m) is not None for m in ("resemblyzer", "torch", "sklearn"))
+
+
+def node_diarizer(settings: DiarizationSettings, device: str = "cpu") -> Diarizer | None:
+    """What a node offers: pyannote when the operator named a pipeline it
+    can load without a download it was not allowed; the offline engine
+    otherwise, so a fresh clone diarizes with nothing downloaded; None when
+    turned off or the `diarize` extra is not installed."""
+    if not settings.enabled:
+        return None
+    device = settings.device or device
     if settings.model:
         from processors import diarization_pyannote
 
-        if diarization_pyannote.installed():
-            return diarization_pyannote.PyannoteEngine.load(settings)
-        log.warning("GPUBUS_DIARIZATION_MODEL is set but pyannote.audio is not installed; using the offline engine")
+        if not diarization_pyannote.installed():
+            log.warning("GPUBUS_DIARIZATION_MODEL is set but pyannote.audio is not installed; using the offline engine")
+        else:
+            try:
+                checkpoint = diarization_pyannote.checkpoint(settings)
+            except DiarizationUnavailable as e:
+                log.warning("%s; using the offline engine", e)
+            else:
+                return Diarizer(
+                    diarization_pyannote.engine_name(settings),
+                    lambda: diarization_pyannote.PyannoteEngine.load(checkpoint, settings, device),
+                )
+    if not _offline_installed():
+        log.info("no diarization on this node: install the `diarize` extra (pip install 'gpubus[diarize]')")
+        return None
     from processors.diarization_offline import OfflineEngine
 
-    return OfflineEngine(device=settings.device)
+    return Diarizer(OfflineEngine.name, lambda: OfflineEngine(device=device))
+
+
+def select_engine(settings: DiarizationSettings) -> DiarizationEngine:
+    """The engine a node with these settings runs, loaded now (benchmarks, tests)."""
+    diarizer = node_diarizer(settings)
+    if diarizer is None:
+        raise DiarizationUnavailable("diarization is turned off, or the `diarize` extra is not installed")
+    return diarizer.engine()
 
 
 def speaker_names(turns: Sequence[tuple[float, float, object]]) -> list[Turn]:
@@ -156,7 +229,11 @@ def assign_speakers(transcript: Transcript, turns: Sequence[Turn], engine: str) 
 
 
 def diarize_transcript(
-    engine: DiarizationEngine, audio: np.ndarray, transcript: Transcript, opts: DiarizeOptions
+    engine: DiarizationEngine,
+    audio: np.ndarray,
+    transcript: Transcript,
+    opts: DiarizeOptions,
+    progress: EngineProgress = no_progress,
 ) -> DiarizedTranscript:
     """What a node runs after Whisper when a job asks for `diarize`."""
-    return assign_speakers(transcript, engine.diarize(audio, opts), engine.name)
+    return assign_speakers(transcript, engine.diarize(audio, opts, progress), engine.name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +20,10 @@ import numpy as np
 from processors.diarization import (
     SAMPLE_RATE,
     DiarizationUnavailable,
+    EngineProgress,
     Turn,
     merge_turns,
+    no_progress,
     speaker_at,
     speaker_names,
 )
@@ -98,20 +101,44 @@ class OfflineEngine:
         t0 = time.monotonic()
         self.params = params or OfflineParams()
         self._encoder = load_encoder(device)
+        self._warm_up()
         log.info("loaded the offline diarization engine on %s in %.2fs", device, time.monotonic() - t0)
 
-    def diarize(self, audio: np.ndarray, opts: DiarizeOptions) -> list[Turn]:
+    @staticmethod
+    def _warm_up() -> None:
+        """librosa compiles its numba kernels on its first mel spectrogram
+        (seconds), and the VAD opens its ONNX session on its first call: done
+        at load, so the first job is not slower than the rest and the
+        diarization step's timings are the steady state."""
+        from resemblyzer.audio import wav_to_mel_spectrogram
+
+        noise = np.random.default_rng(0).normal(0.0, 0.1, SAMPLE_RATE).astype(np.float32)
+        speech_regions(noise)
+        wav_to_mel_spectrogram(noise)
+
+    def diarize(self, audio: np.ndarray, opts: DiarizeOptions, progress: EngineProgress = no_progress) -> list[Turn]:
+        """`progress` after the VAD, after each batch of embeddings (the
+        bulk of the work) and once the speakers are clustered."""
+        total_s = len(audio) / SAMPLE_RATE
         regions = speech_regions(audio)
+        progress(0.0, total_s)
         windows = windows_over(regions, self.params)
         if not windows:  # no speech, or too little to tell voices apart: one speaker at most
             return merge_turns([Turn(s, e, "SPEAKER_00") for s, e in regions], self.params.merge_gap_s)
-        embeddings = self.embed(audio, regions, windows)
+        embeddings = self.embed(audio, regions, windows, lambda n: progress(total_s * n / len(windows), total_s))
         labels = choose_labels(embeddings, *opts.bounds(), self.params)
+        progress(total_s, total_s)
         labels = smooth(labels, windows)
         turns = attach_short_regions(regions, windows, speaker_names(to_turns(windows, labels, regions)))
         return merge_turns(turns, self.params.merge_gap_s)
 
-    def embed(self, audio: np.ndarray, regions: list[tuple[float, float]], windows: list[Window]) -> np.ndarray:
+    def embed(
+        self,
+        audio: np.ndarray,
+        regions: list[tuple[float, float]],
+        windows: list[Window],
+        done: Callable[[int], None] = lambda n: None,
+    ) -> np.ndarray:
         """One L2-normed 256-d embedding per window. The mel spectrogram is
         computed once per region, level-normalized there as resemblyzer's
         training audio was, and sliced into the windows."""
@@ -126,23 +153,27 @@ class OfflineEngine:
         for w in windows:
             first = round((w.start - regions[w.region][0]) * FRAMES_PER_S)
             slices.append(region_mels[w.region][first : first + round((w.end - w.start) * FRAMES_PER_S)])
-        return self._forward(slices)
+        return self._forward(slices, done)
 
-    def _forward(self, slices: list[np.ndarray], batch: int = 64) -> np.ndarray:
+    def _forward(self, slices: list[np.ndarray], done: Callable[[int], None], batch: int = 64) -> np.ndarray:
         """The encoder over slices of equal length together (full windows),
-        the odd lengths (short regions) in their own small batches."""
+        the odd lengths (short regions) in their own small batches; `done`
+        gets the count of windows embedded after each batch."""
         import torch
 
         out = np.zeros((len(slices), 256), dtype=np.float32)
         by_length: dict[int, list[int]] = {}
         for i, m in enumerate(slices):
             by_length.setdefault(len(m), []).append(i)
+        finished = 0
         with torch.inference_mode():
             for idx in by_length.values():
                 for k in range(0, len(idx), batch):
                     part = idx[k : k + batch]
                     mels = torch.from_numpy(np.stack([slices[i] for i in part])).to(self._encoder.device)
                     out[part] = self._encoder(mels).cpu().numpy()
+                    finished += len(part)
+                    done(finished)
         return out
 
 

@@ -10,6 +10,7 @@ from schemas.jobs import JobMessage
 from schemas.names import Lane
 from schemas.processing import (
     NOTHING_STAGED,
+    Advertises,
     Input,
     JobOutput,
     Prepares,
@@ -36,6 +37,16 @@ class ByKind:
     @property
     def models(self) -> list[str]:
         return sorted({m for p in self._processors for m in p.models})
+
+    @property
+    def features(self) -> dict[str, list[str]]:
+        """Every processor's features, their offers merged (schemas/processing.Advertises)."""
+        merged: dict[str, set[str]] = {}
+        for p in self._processors:
+            if isinstance(p, Advertises):
+                for feature, offers in p.features.items():
+                    merged.setdefault(feature, set()).update(offers)
+        return {feature: sorted(offers) for feature, offers in merged.items()}
 
     def staging(self, job: JobMessage) -> Staging:
         """The kind's own needs; an unsupported kind needs nothing (run fails it)."""

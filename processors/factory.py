@@ -11,6 +11,7 @@ where a plugin that fails is logged and skipped (processors/plugins.py).
 from __future__ import annotations
 
 from processors import plugins
+from processors.diarization import DiarizationSettings, node_diarizer
 from processors.dispatch import ByKind
 from processors.media_fetch import FetchConfig
 from processors.noop import NoopProcessor
@@ -20,10 +21,18 @@ from processors.whisper_engine import EngineConfig, WhisperEngine
 from schemas.processing import Processor, ProcessorContext
 
 
-def build(cfg: EngineConfig, ctx: ProcessorContext, *, enable_noop: bool) -> ByKind:
-    """One engine (one model load) serves uploads and downloads alike."""
+def build(
+    cfg: EngineConfig,
+    ctx: ProcessorContext,
+    *,
+    enable_noop: bool,
+    diarization: DiarizationSettings | None = None,
+) -> ByKind:
+    """One engine (one model load) serves uploads and downloads alike, and
+    one diarizer (loaded by the first job that asks) diarizes both."""
     engine = WhisperEngine(cfg)
-    transcriber = TranscriptionProcessor(engine, node_id=ctx.node_id)
+    diarizer = node_diarizer(diarization, device=cfg.device) if diarization is not None else None
+    transcriber = TranscriptionProcessor(engine, node_id=ctx.node_id, diarizer=diarizer)
     fetch = FetchConfig(ctx.download_max_bytes, ctx.download_timeout_s, ctx.allow_private_urls)
     procs: list[Processor] = [transcriber, UrlProcessor(transcriber, fetch)]
     if enable_noop:

@@ -12,9 +12,16 @@ from typing import Self
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from schemas.errors import InvalidInput
+from schemas.names import Kind
 from schemas.results import Segment, Transcript, Word
 
 MAX_SPEAKERS = 20  # a bound on the clustering's search, far above any meeting's
+# The feature a node advertises in its heartbeat (`NodeHeartbeat.features`)
+# when it can diarize, with the engines it runs; a job with `diarize` needs it.
+DIARIZATION = "diarization"
+# The kinds with audio to diarize: anything else (a document, a web page, a
+# plugin's kind) asking for `diarize` is refused at the door.
+DIARIZED_KINDS = frozenset({Kind.AUDIO, Kind.VIDEO, Kind.URL})
 
 
 class InvalidSpeakerCount(InvalidInput):

@@ -13,9 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from schemas.diarization import DiarizedTranscript, SpeakerSegment
-from schemas.errors import InvalidInput
 from schemas.formats import MEDIA_TYPES as PLAIN_MEDIA_TYPES
-from schemas.formats import _timestamp
+from schemas.formats import _timestamp, render_with
 
 MEDIA_TYPES = {**PLAIN_MEDIA_TYPES, "rttm": "text/x-rttm; charset=utf-8"}
 UNKNOWN = "UNKNOWN"  # a word no turn came near (an engine that heard no speech)
@@ -117,7 +116,4 @@ RENDERERS: dict[str, Callable[[DiarizedTranscript], str]] = {
 def render(t: DiarizedTranscript, fmt: str) -> tuple[str, str]:
     """Returns (body, media type); an unknown format is the same InvalidInput
     the plain renderer raises."""
-    renderer = RENDERERS.get(fmt)
-    if renderer is None:
-        raise InvalidInput(f"unknown format {fmt!r}; use one of {sorted(RENDERERS)}")
-    return renderer(t), MEDIA_TYPES[fmt]
+    return render_with(RENDERERS, t, fmt, MEDIA_TYPES)

@@ -12,7 +12,16 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-from schemas.jobs import ID_MAX, NODE_ID_MAX, OBJECT_NAME_MAX, SCHEMA_VERSION, ErrorInfo, JobId, ResultSummary
+from schemas.jobs import (
+    ID_MAX,
+    NODE_ID_MAX,
+    OBJECT_NAME_MAX,
+    PHASE_MAX,
+    SCHEMA_VERSION,
+    ErrorInfo,
+    JobId,
+    ResultSummary,
+)
 from schemas.names import Lane
 
 
@@ -53,7 +62,8 @@ class JobEvent(BaseModel):
     node_id: str = Field(max_length=NODE_ID_MAX)
     at: float
     progress: float | None = Field(None, ge=0.0, le=1.0)
-    media_s_done: float | None = None
+    media_s_done: float | None = None  # of the phase's media, when it names one
+    phase: str | None = Field(None, max_length=PHASE_MAX)  # what the job is doing (transcribing, diarizing)
     result_object: str | None = Field(None, max_length=OBJECT_NAME_MAX)
     result_inline: str | None = Field(None, max_length=INLINE_RESULT_MAX)
     summary: ResultSummary | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
+from schemas.diarization import DiarizedTranscript
 from schemas.errors import InvalidInput
 from schemas.results import Transcript
 
@@ -73,15 +74,22 @@ RENDERERS: dict[str, Callable[[Transcript], str]] = {
 }
 
 
-def render_with(renderers: Mapping[str, Callable[[R], str]], result: R, fmt: str) -> tuple[str, str]:
+def render_with(
+    renderers: Mapping[str, Callable[[R], str]], result: R, fmt: str, media_types: Mapping[str, str] = MEDIA_TYPES
+) -> tuple[str, str]:
     """(body, media type) of `result` in `fmt`, by one of `renderers`: every
     result kind names its own formats, all refuse an unknown one alike."""
     try:
-        return renderers[fmt](result), MEDIA_TYPES[fmt]
+        return renderers[fmt](result), media_types[fmt]
     except KeyError:
         raise InvalidInput(f"unknown format {fmt!r}; use one of {sorted(renderers)}") from None
 
 
 def render(t: Transcript, fmt: str) -> tuple[str, str]:
-    """Returns (body, media type)."""
+    """Returns (body, media type); a diarized transcript in its speaker-aware
+    formats (RTTM too), so every endpoint that renders transcripts shows speakers."""
+    if isinstance(t, DiarizedTranscript):
+        from schemas import diarized_formats  # it builds on this module
+
+        return diarized_formats.render(t, fmt)
     return render_with(RENDERERS, t, fmt)

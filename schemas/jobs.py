@@ -8,8 +8,9 @@ import time
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.diarization import DIARIZATION, DiarizeOptions
 from schemas.names import JobKind, Lane
 
 SCHEMA_VERSION = 1
@@ -24,6 +25,7 @@ CODE_MAX = 64
 MESSAGE_MAX = 2000
 OBJECT_NAME_MAX = 512
 NAME_MAX = 256  # model names or paths, devices, languages
+PHASE_MAX = 32  # a job's phase in progress events and its record (transcribing, diarizing)
 
 
 JOB_ID_PATTERN = rf"^j[0-9a-f]{{{2 * JOB_ID_BYTES}}}$"  # what new_job_id makes, and nothing else
@@ -51,8 +53,10 @@ class JobStatus(StrEnum):
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED})
 
 
-class TranscribeOptions(BaseModel):
-    """Options a client may set; unknown keys are an error, not ignored."""
+class TranscribeOptions(DiarizeOptions):
+    """Options a client may set; unknown keys are an error, not ignored.
+    The diarization options (`diarize`, `num_speakers`, `min_speakers`,
+    `max_speakers`) come from `DiarizeOptions`, flat beside the others."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -75,6 +79,25 @@ class TranscribeOptions(BaseModel):
     # Time to live: not finished this many seconds after it was queued, the
     # job ends `expired` and a node running it is told to stop.
     ttl_s: float | None = Field(None, gt=0, le=7 * 86_400)
+    # Only the first this many seconds of the media are transcribed
+    # (`POST /detect-language` reads 30 s, as whisper-asr-webservice does).
+    clip_s: float | None = Field(None, gt=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _counts_need_diarize(self) -> TranscribeOptions:
+        """A speaker count without `diarize` would be silently ignored: the
+        client meant to diarize, so it is told rather than given a plain
+        transcript."""
+        counts = [f for f in ("num_speakers", "min_speakers", "max_speakers") if getattr(self, f) is not None]
+        if counts and not self.diarize:
+            raise ValueError(f"{', '.join(counts)} {'needs' if len(counts) == 1 else 'need'} diarize: true")
+        return self
+
+    def needs(self) -> frozenset[str]:
+        """What a node must serve, beyond the job's kind, to run a job with
+        these options: names of the features nodes advertise in their
+        heartbeat (`NodeHeartbeat.features`)."""
+        return frozenset({DIARIZATION}) if self.diarize else frozenset()
 
 
 class StagedInput(BaseModel):
@@ -124,6 +147,16 @@ class JobMessage(BaseModel):
     submitted_at: float
 
 
+class StageSummary(BaseModel):
+    """A step of a job's work timed on its own (diarization after Whisper):
+    the node counts it in its per-stage metrics, and the record keeps it."""
+
+    name: str = Field(max_length=32)
+    engine: str = Field(max_length=NAME_MAX)
+    processing_s: float = Field(ge=0)
+    media_s: float = Field(ge=0)
+
+
 class ResultSummary(BaseModel):
     """Small facts about a result, kept in the job record for listings."""
 
@@ -133,6 +166,7 @@ class ResultSummary(BaseModel):
     device: str | None = Field(None, max_length=NAME_MAX)
     model: str | None = Field(None, max_length=NAME_MAX)
     real_time_factor: float | None = None
+    stages: list[StageSummary] = Field(default_factory=list, max_length=8)
 
 
 class JobRecord(BaseModel):
@@ -164,6 +198,7 @@ class JobRecord(BaseModel):
     result_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     summary: ResultSummary | None = None
     progress: float = 0.0
+    phase: str | None = Field(None, max_length=PHASE_MAX)  # of a running job done in steps, from its progress
     fallback: Fallback | None = None
     # The user's own GPU wish (the `gpu` field), kept so a retry is routed
     # as the submission was: the lane says only where the attempt ran (a

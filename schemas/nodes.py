@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Annotated
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
@@ -12,6 +13,11 @@ from schemas.names import JobKind, Lane
 URL_MAX = 512
 MAX_KINDS = 64
 METRICS_SCHEMES = frozenset({"http", "https"})
+MAX_FEATURES = 16
+# A feature a node serves beyond its kinds (`diarization`), and what serves
+# it there (engine names): bounded, an untrusted node writes them.
+FeatureName = Annotated[str, Field(min_length=1, max_length=32)]
+Offers = Annotated[list[Annotated[str, Field(max_length=NAME_MAX)]], Field(max_length=16)]
 
 
 class NodeHeartbeat(BaseModel):
@@ -22,6 +28,9 @@ class NodeHeartbeat(BaseModel):
     device: str = Field(max_length=NAME_MAX)
     kinds: list[JobKind] = Field(max_length=MAX_KINDS)  # what the node serves, plugins' kinds too
     models: list[str] = Field(max_length=64)
+    # What the node serves beyond its kinds, e.g. {"diarization": ["pyannote (…)"]}:
+    # a job whose options need a feature (`TranscribeOptions.needs`) goes only where it is.
+    features: dict[FeatureName, Offers] = Field(default_factory=dict, max_length=MAX_FEATURES)
     capacity: int
     busy: int
     last_seen: float

@@ -88,8 +88,27 @@ class Staging:
 NOTHING_STAGED = Staging()
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One of a job's phases, in order (transcribing, then diarizing): the
+    job's progress runs from index/count to (index+1)/count through it, so
+    it never goes back, and `name` tells the user what the job is doing."""
+
+    name: str
+    index: int = 0
+    count: int = 1
+
+    def fraction(self, done: float, total: float) -> float | None:
+        """The job's progress at `done` of `total` through this phase."""
+        if total <= 0:
+            return None
+        return (self.index + min(1.0, done / total)) / self.count
+
+
 class ProgressFn(Protocol):
-    def __call__(self, media_s_done: float, media_s_total: float) -> None: ...
+    """`phase` is for a job done in steps; a processor of one step leaves it out."""
+
+    def __call__(self, media_s_done: float, media_s_total: float, phase: Phase | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -109,6 +128,18 @@ class Prepares(Protocol):
     `prepare`, `run` does everything, as before."""
 
     def prepare(self, job: JobMessage, input_path: Path, work_dir: Path) -> None: ...
+
+
+@runtime_checkable
+class Advertises(Protocol):
+    """A processor that serves features beyond its kinds, which a job's
+    options may need (`TranscribeOptions.needs`): the node puts `features`
+    in every heartbeat (feature name -> what serves it, e.g. engine names),
+    and the gateway routes such jobs only to lanes whose nodes have them.
+    Read at each heartbeat, so a feature may come and go."""
+
+    @property
+    def features(self) -> dict[str, list[str]]: ...
 
 
 class Processor(Protocol):

@@ -1,9 +1,11 @@
 """Conversations spoken by espeak-ng at test time, with the truth of who
 spoke when: diarization needs audio whose speakers are known, and shipping
-recorded voices would put people's speech in the repository."""
+recorded voices would put people's speech in the repository. Shared by the
+engine-level and job-level diarization tests, with the score they use."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 import tempfile
@@ -12,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from processors.diarization import Turn, speaker_at
+from schemas.diarization import DiarizedTranscript
 
 SAMPLE_RATE = 16_000
 
@@ -115,3 +120,19 @@ def write_wav(spoken: Spoken, path: Path) -> Path:
         w.setframerate(SAMPLE_RATE)
         w.writeframes(pcm.tobytes())
     return path
+
+
+def word_accuracy(result: DiarizedTranscript, truth: list[tuple[float, float, int]]) -> float:
+    """Share of word time labelled with the true speaker, under the best
+    renaming of the engine's labels onto the true speakers."""
+    true_turns = [Turn(s, e, str(k)) for s, e, k in truth]
+    words = [w for seg in result.segments for w in seg.words or []]
+    labels = sorted({w.speaker for w in words if w.speaker})
+    best = 0.0
+    for names in itertools.permutations(sorted({t.speaker for t in true_turns}), len(labels)):
+        rename = dict(zip(labels, names, strict=True))
+        right = sum(
+            w.end - w.start for w in words if rename.get(w.speaker or "") == speaker_at(w.start, w.end, true_turns)
+        )
+        best = max(best, right / sum(w.end - w.start for w in words))
+    return best

@@ -4,7 +4,6 @@ transcript (the bundled tiny.en), the speaker-aware formats, the options."""
 
 from __future__ import annotations
 
-import itertools
 import threading
 
 import numpy as np
@@ -17,11 +16,10 @@ from processors.diarization import (
     Turn,
     assign_speakers,
     select_engine,
-    speaker_at,
 )
 from processors.diarization_offline import OfflineEngine
 from processors.whisper_engine import EngineConfig, WhisperEngine
-from schemas.diarization import DiarizedTranscript, DiarizeOptions, InvalidSpeakerCount, parse_options
+from schemas.diarization import DiarizeOptions, InvalidSpeakerCount, parse_options
 from schemas.diarized_formats import render
 from schemas.jobs import TranscribeOptions
 from schemas.results import Segment, Transcript, Word
@@ -61,22 +59,6 @@ def one(whisper: WhisperEngine) -> tuple[speech_audio.Spoken, Transcript]:
     return spoken, transcribe(whisper, spoken)
 
 
-def word_accuracy(result: DiarizedTranscript, truth: list[tuple[float, float, int]]) -> float:
-    """Share of word time labelled with the true speaker, under the best
-    renaming of the engine's labels onto the true speakers."""
-    true_turns = [Turn(s, e, str(k)) for s, e, k in truth]
-    words = [w for seg in result.segments for w in seg.words or []]
-    labels = sorted({w.speaker for w in words if w.speaker})
-    best = 0.0
-    for names in itertools.permutations(sorted({t.speaker for t in true_turns}), len(labels)):
-        rename = dict(zip(labels, names, strict=True))
-        right = sum(
-            w.end - w.start for w in words if rename.get(w.speaker or "") == speaker_at(w.start, w.end, true_turns)
-        )
-        best = max(best, right / sum(w.end - w.start for w in words))
-    return best
-
-
 @needs_espeak
 @pytest.mark.parametrize(
     "opts", [DiarizeOptions(diarize=True), DiarizeOptions(diarize=True, num_speakers=2)], ids=["auto", "num2"]
@@ -88,7 +70,7 @@ def test_two_voices_are_two_speakers_and_words_get_the_right_one(engine, two, op
     result = assign_speakers(transcript, engine.diarize(spoken.audio, opts), engine.name)
     # Then there are two speakers and >= 90% of the word time has the right one
     assert [s.speaker for s in result.speakers] == ["SPEAKER_00", "SPEAKER_01"]
-    accuracy = word_accuracy(result, spoken.turns)
+    accuracy = speech_audio.word_accuracy(result, spoken.turns)
     print(f"two voices ({opts.num_speakers or 'auto'}): word accuracy {accuracy:.3f}, turns {len(result.turns)}")
     assert accuracy >= 0.90
     assert all(seg.speaker and all(w.speaker for w in seg.words or []) for seg in result.segments)
@@ -210,4 +192,4 @@ def test_the_offline_engine_is_the_default_and_nothing_is_downloaded(engine, mon
     assert isinstance(select_engine(DiarizationSettings(model="pyannote/speaker-diarization-3.1")), OfflineEngine)
     # And a hub name is never fetched without the operator's permission and token
     with pytest.raises(DiarizationUnavailable, match="ALLOW_DOWNLOAD"):
-        diarization_pyannote._checkpoint(DiarizationSettings(model="pyannote/speaker-diarization-3.1"))
+        diarization_pyannote.checkpoint(DiarizationSettings(model="pyannote/speaker-diarization-3.1"))

@@ -126,9 +126,9 @@ def gpu_run(env: Env) -> GpuRun:
     env.procs.append(node)
     info = node_of(env.gw, user, "gpu")
     node_before, gw_before = scrape(info["metrics_url"]), scrape(f"{env.gw.url}/metrics")
-    # When they transcribe speech and send a file that is not media
+    # When they transcribe speech (diarized) and send a file that is not media
     with env.gw.client(key) as c:
-        good = wait_job(c, submit_file(c, TESTDATA / "hello.wav", gpu=True)["job_id"])
+        good = wait_job(c, submit_file(c, TESTDATA / "hello.wav", gpu=True, options='{"diarize": true}')["job_id"])
         bad = wait_job(c, submit_file(c, TESTDATA / "garbage.bin", gpu=True)["job_id"])
     assert good["status"] == "succeeded" and good["lane"] == "gpu", good
     assert bad["status"] == "failed" and bad["lane"] == "gpu", bad
@@ -162,6 +162,12 @@ def test_node_metrics_move_with_real_jobs(gpu_run: GpuRun):
     assert delta("gpubus_node_jobs_total", status="failed") == 1
     assert delta("gpubus_node_processing_seconds_total") > 0
     assert delta("gpubus_node_real_time_factor_count") == 1
+    # and the diarization step's own seconds per media second, by engine
+    (stage,) = gpu_run.good["summary"]["stages"]
+    diarization = {"stage": "diarization", "engine": stage["engine"]}
+    assert delta("gpubus_node_stage_media_seconds_total", **diarization) == pytest.approx(stage["media_s"])
+    assert delta("gpubus_node_stage_seconds_total", **diarization) == pytest.approx(stage["processing_s"])
+    assert delta("gpubus_node_stage_real_time_factor_count", **diarization) == 1
     assert after.get("gpubus_node_in_flight", **node) == 0
     assert after.get("gpubus_node_capacity", **node) == 1
     assert after.get("gpubus_node_model_load_seconds", **node) > 0

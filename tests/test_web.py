@@ -22,6 +22,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from gateway.web import STATIC_DIR as STATIC
+from tests import speech_audio
 from tests.harness import ADMIN_TOKEN, TESTDATA, Gateway, Proc, expected_text, start_node, stop_all, words
 from tests.media_files import wav_of_seconds
 from tests.test_formats import check_srt_syntax
@@ -305,3 +306,34 @@ def test_gpu_node_that_stops_mid_job_shows_the_move_to_cpu(
     finally:
         web_user.gpu_node.kill()
         stop_all([cpu or starting.result(timeout=60)])
+
+
+@pytest.mark.skipif(not speech_audio.espeak_available(), reason="espeak-ng is not installed")
+def test_label_speakers_switch_shows_who_spoke_and_offers_rttm(
+    gateway: Gateway, web_user: WebUser, tab: Tab, tmp_path: Path
+):
+    page = tab.page
+    conversation = speech_audio.write_wav(speech_audio.two_speakers(), tmp_path / "meeting.wav")
+    # Given a signed-in user, When they switch "Label speakers" on, say 2 speakers and submit a conversation
+    sign_in(page, gateway, web_user.key)
+    page.get_by_label("choose files").set_input_files(conversation)
+    expect(page.get_by_label("Speakers", exact=True)).to_be_hidden()
+    page.get_by_role("switch", name="Label speakers").check()
+    page.get_by_label("Speakers", exact=True).select_option("2")
+    page.get_by_role("button", name="Transcribe").click()
+    row = job_row(page)
+    expect(row).to_have_attribute("data-status", "succeeded", timeout=JOB_WAIT_MS)
+    # Then its transcript names the two speakers, line by line
+    row.get_by_role("button", name="Open transcript of meeting.wav").click()
+    dialog = page.get_by_role("dialog", name="meeting.wav")
+    expect(page.locator("#tr-meta")).to_contain_text("2 speakers")
+    segments = dialog.get_by_role("list", name="Segments")
+    expect(segments).to_contain_text("SPEAKER_00: ")
+    expect(segments).to_contain_text("SPEAKER_01: ")
+    # And RTTM, who spoke when, downloads
+    with page.expect_download() as dl:
+        dialog.get_by_role("button", name="Download as RTTM").click()
+    assert dl.value.suggested_filename == "meeting.rttm"
+    rows = [line.split() for line in Path(dl.value.path()).read_text().splitlines()]
+    assert len(rows) >= 4 and {r[7] for r in rows} == {"SPEAKER_00", "SPEAKER_01"}
+    tab.only_the_gateway_was_called(gateway)

@@ -1,5 +1,5 @@
 // New jobs: files (picker or drag-and-drop) and URLs, with the per-submission
-// options ("Run on GPU", language, output format) and upload progress per file.
+// options ("Run on GPU", "Label speakers", language, output format) and upload progress per file.
 
 import { api, upload } from './api.js';
 import { rememberFormat } from './downloads.js';
@@ -31,6 +31,10 @@ function addFiles(files) {
 function choices() {
   const options = {};
   if ($('language').value) options.language = $('language').value;
+  if ($('diarize').checked) {
+    options.diarize = true;
+    if ($('speakers').value) options.num_speakers = Number($('speakers').value);
+  }
   return { gpu: $('gpu').checked, options, format: $('format').value };
 }
 
@@ -105,6 +109,7 @@ export function setupSubmit() {
   const zone = $('dropzone');
   const input = $('files');
   $('submit-form').addEventListener('submit', onSubmit);
+  $('diarize').addEventListener('change', () => { $('speakers-field').hidden = !$('diarize').checked; });
   input.addEventListener('change', () => { addFiles(input.files); input.value = ''; });
   for (const type of ['dragenter', 'dragover']) {
     zone.addEventListener(type, (e) => { e.preventDefault(); zone.classList.add('dragging'); });

@@ -14,9 +14,11 @@ function languageName(code) {
 }
 
 function describe(t) {
+  const speakers = t.speakers && `${t.speakers.length} speaker${t.speakers.length === 1 ? '' : 's'}`;
   return [
     t.language && languageName(t.language),
     `${fmtSeconds(t.duration)} of audio`,
+    speakers,
     t.model && `${t.model} on ${t.device || '?'}`,
     t.node_id && `node ${t.node_id}`,
     t.real_time_factor && `real-time factor ${t.real_time_factor.toFixed(2)}`,
@@ -26,7 +28,7 @@ function describe(t) {
 function segmentItem(s) {
   return h('li', {},
     h('time', { datetime: `PT${s.start.toFixed(2)}S`, text: `${fmtStamp(s.start)} – ${fmtStamp(s.end)}` }),
-    h('span', { text: s.text.trim() }));
+    h('span', {}, s.speaker ? h('strong', { class: 'speaker', text: `${s.speaker}: ` }) : null, s.text.trim()));
 }
 
 export async function openTranscript(job) {
@@ -36,10 +38,12 @@ export async function openTranscript(job) {
   $('tr-meta').textContent = 'Loading…';
   showAlert($('tr-error'), '');
   $('tr-segments').replaceChildren();
+  $('tr-rttm').hidden = true;
   if (!dialog.open) dialog.showModal();
   try {
     const t = await api(`/api/v1/jobs/${encodeURIComponent(job.job_id)}/result?format=json`);
     $('tr-meta').textContent = describe(t);
+    $('tr-rttm').hidden = !t.speakers; // RTTM: who spoke when, for diarized jobs only
     const items = t.segments.map(segmentItem);
     $('tr-segments').replaceChildren(...(items.length ? items : [h('li', { class: 'empty', text: 'No speech was found in this file.' })]));
   } catch (err) {
