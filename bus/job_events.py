@@ -84,9 +84,10 @@ class EventReporter:
         """`bus/acking.settle`'s report: a failure, cancel or release."""
         await self.finished(job, EventType(outcome), error=error)
 
-    def progress(self, job: JobMessage, fraction: float | None, media_s_done: float) -> None:
-        """Advisory: a core publish (no PubAck wait) into the stream."""
-        subject, payload = self._message(job, EventType.PROGRESS, progress=fraction, media_s_done=media_s_done)
+    def progress(self, job: JobMessage, fraction: float | None, **counts: float | int | None) -> None:
+        """Advisory: a core publish (no PubAck wait) into the stream.
+        `counts`: `media_s_done`, or `pages_done` and `pages_total`."""
+        subject, payload = self._message(job, EventType.PROGRESS, progress=fraction, **counts)
         asyncio.ensure_future(self._nc.publish(subject, payload))
 
 

@@ -15,9 +15,10 @@ from gateway.bodies import json_body
 from gateway.deps import State, User
 from gateway.form_fields import job_form, with_gpu_field
 from gateway.job_views import Accepted, accepted, job_view
-from gateway.results import parse_transcript, read_transcript
+from gateway.results import DOCUMENT_RESULTS, parse_result, parse_transcript, read_transcript
 from gateway.state import GatewayState
 from gateway.submission import submit_json_kind, submit_upload, submit_url, submit_without_upload
+from schemas import document_formats
 from schemas.errors import InvalidInput, UnsupportedMedia
 from schemas.formats import render
 from schemas.jobs import JobRecord, JobStatus, TranscribeOptions
@@ -41,7 +42,8 @@ TEXT_MAX = 48 * 1024  # under the JSON body cap (gateway/bodies.py), with room f
 
 class JsonJobRequest(BaseModel):
     """A job without an upload: a media URL, `noop` for benchmarks, or a job
-    of another kind (a plugin's) with a `url`, inline `text`, or nothing."""
+    of another kind with a `url` (`web`), inline `text` (`document`), or
+    nothing (a plugin's kind may take any of these)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -119,6 +121,9 @@ async def get_job(job_id: str, st: State, principal: User, wait: Wait = 0.0) -> 
 async def get_result(job_id: str, st: State, principal: User, format: str = "json", wait: Wait = 0.0) -> Response:
     rec = await job_record(st, principal.user_id, job_id, wait)
     data = await read_transcript(st, rec)
+    if rec.kind in DOCUMENT_RESULTS:  # md, text or json
+        body, media_type = document_formats.render(parse_result(rec, data, DOCUMENT_RESULTS[rec.kind]), format)
+        return Response(body, media_type=media_type)
     if rec.kind not in RENDERED_KINDS:  # noop, a plugin's kind: its JSON as the node stored it
         if format != "json" and rec.kind != Kind.NOOP:
             raise InvalidInput(f"format: a {rec.kind} job's result is served as json only")

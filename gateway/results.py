@@ -3,12 +3,17 @@ synchronous endpoints (the older API's `/process/*`, OpenAI's)."""
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from bus.result_store import read_result
 from gateway.state import GatewayState
+from schemas.document_formats import Rendered
+from schemas.documents import DocumentResult, OcrResult, WebPageResult
 from schemas.errors import Conflict, JobFailed, ResultUnreadable
 from schemas.jobs import JobRecord, JobStatus
+from schemas.names import Kind
 from schemas.results import Transcript
 
 
@@ -20,13 +25,27 @@ async def read_transcript(st: GatewayState, rec: JobRecord) -> bytes:
     return await read_result(st.js, rec)
 
 
-def parse_transcript(rec: JobRecord, data: bytes) -> Transcript:
-    """The stored result as a transcript. The object is the one the node
-    named, so it may be anything: a 409 saying so, never a 500."""
+M = TypeVar("M", bound=BaseModel)
+
+# The result model of each document kind, rendered by schemas/document_formats.py.
+DOCUMENT_RESULTS: dict[str, type[Rendered]] = {
+    Kind.DOCUMENT: DocumentResult,
+    Kind.WEB: WebPageResult,
+    Kind.IMAGE: OcrResult,
+}
+
+
+def parse_result(rec: JobRecord, data: bytes, model: type[M]) -> M:
+    """The stored result as `model`. The object is the one the node named,
+    so it may be anything: a 409 saying so, never a 500."""
     try:
-        return Transcript.model_validate_json(data)
+        return model.model_validate_json(data)
     except ValidationError:
-        raise ResultUnreadable(f"job {rec.job_id}: its stored result is not a transcript") from None
+        raise ResultUnreadable(f"job {rec.job_id}: its stored result is not a {rec.kind} result") from None
+
+
+def parse_transcript(rec: JobRecord, data: bytes) -> Transcript:
+    return parse_result(rec, data, Transcript)
 
 
 async def finished_transcript(

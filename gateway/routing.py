@@ -6,10 +6,14 @@ owner's CPU lane if the owner runs a CPU node, else the shared CPU pool.
 Every routing decision of the gateway side is made here, once: submit and
 retry call `choose`, the fallback router gets `cpu_queue` through the state.
 
-A kind outside `names.WAITING_KINDS` is accepted only while a live node of
-the owner or of the shared pool serves it (`check_served`, 422
-`KIND_NOT_SERVED`). A built-in kind's GPU benefit is `GPU_KINDS`; a plugin
-kind's is what its processor declares, seen as the lanes of the nodes that
+A kind outside `names.WAITING_KINDS` (documents, web pages, images, a
+plugin's) is accepted only while a live node of the owner or of the shared
+pool serves it (`check_served`, 422 `KIND_NOT_SERVED`), and takes the GPU
+lane only where a live GPU node of the owner advertises it. A built-in
+kind's GPU benefit is `GPU_KINDS` (images among them); a document's is a GPU
+node that advertises documents (it does only with docling's layout models
+installed), else it goes to CPU as `no_gpu_document_engine`; a plugin kind's
+is what its processor declares, seen as the lanes of the nodes that
 advertise it (a node loads only processors that suit its lane), so a kind
 only CPU nodes serve never takes the GPU lane, and one only the owner's GPU
 node serves goes there.
@@ -23,7 +27,7 @@ from dataclasses import dataclass, field
 from bus.settings import GpuMode
 from schemas.errors import InvalidInput
 from schemas.jobs import JobRecord
-from schemas.names import BUILTIN_KINDS, GPU_KINDS, SHARED, WAITING_KINDS, Lane
+from schemas.names import BUILTIN_KINDS, GPU_KINDS, SHARED, WAITING_KINDS, Kind, Lane
 
 KIND_NOT_SERVED = "KIND_NOT_SERVED"
 
@@ -64,11 +68,14 @@ def check_served(kind: str, fleet: Fleet) -> None:
     raise InvalidInput(f"kind: {kind!r} is not served by any live node; served: {offer}", code=KIND_NOT_SERVED)
 
 
-def gpu_wanted(kind: str, requested: bool, mode: GpuMode) -> tuple[bool, str]:
+def gpu_wanted(kind: str, requested: bool, mode: GpuMode, gpu_kinds: frozenset[str] = frozenset()) -> tuple[bool, str]:
+    """A built-in kind outside GPU_KINDS benefits only where a GPU node of
+    the owner advertises it (`gpu_kinds`): documents, with docling's
+    layout models installed there."""
     if mode is GpuMode.OFF:
         return False, "gpu_mode_off"
-    if kind in BUILTIN_KINDS and kind not in GPU_KINDS:
-        return False, "kind_not_gpu_beneficial"
+    if kind in BUILTIN_KINDS and kind not in GPU_KINDS and kind not in gpu_kinds:
+        return False, "no_gpu_document_engine" if kind == Kind.DOCUMENT else "kind_not_gpu_beneficial"
     if mode is GpuMode.REQUIRED or requested:
         return True, "gpu_requested"
     return False, "gpu_not_requested"
@@ -84,8 +91,8 @@ def gpu_wish(rec: JobRecord) -> bool:
 
 def cpu_queue(owner: str, fleet: Fleet, kind: str | None = None) -> str:
     """The owner's CPU lane if they run a CPU node, else the shared pool; for
-    a plugin kind, the one of the two whose nodes serve it."""
-    if kind is not None and kind not in BUILTIN_KINDS:
+    a kind not every node serves, the one of the two whose nodes serve it."""
+    if kind is not None and kind not in WAITING_KINDS:
         if kind in fleet.cpu_kinds:
             return owner
         if kind in fleet.shared_kinds:
@@ -104,22 +111,22 @@ async def choose(
     retry is routed as the submission was, on the fleet as it is now.
     `required` (`gpu: "required"`) takes the GPU lane whatever the fleet:
     the start deadline fails it if no GPU node takes it in time."""
-    plugin = kind not in BUILTIN_KINDS
+    advertised = kind not in WAITING_KINDS  # served only where a node says so
     if (
-        plugin
+        advertised
         and mode is not GpuMode.OFF
         and kind in fleet.gpu_kinds
         and kind not in fleet.cpu_kinds | fleet.shared_kinds
     ):
         return Route(Lane.GPU, owner, "kind_served_only_on_gpu")
-    wanted, reason = gpu_wanted(kind, requested or required, mode)
+    wanted, reason = gpu_wanted(kind, requested or required, mode, fleet.gpu_kinds)
     if not wanted:
         return cpu_route(owner, fleet, reason, kind)
     if required:
         return Route(Lane.GPU, owner, "gpu_required")
     if not fleet.owner_gpu_live:
         return cpu_route(owner, fleet, "no_live_gpu_node", kind)
-    if plugin and kind not in fleet.gpu_kinds:
+    if advertised and kind not in fleet.gpu_kinds:
         return cpu_route(owner, fleet, "kind_not_served_on_gpu", kind)
     if await fleet.gpu_backlog() >= max_backlog:
         return cpu_route(owner, fleet, "gpu_backlog_full", kind)

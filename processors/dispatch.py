@@ -10,6 +10,7 @@ from schemas.jobs import JobMessage
 from schemas.names import Lane
 from schemas.processing import (
     NOTHING_STAGED,
+    SECONDS,
     Input,
     JobOutput,
     Prepares,
@@ -17,6 +18,7 @@ from schemas.processing import (
     ProgressFn,
     Staging,
     input_of,
+    progress_unit,
 )
 
 UNSUPPORTED_KIND = "UNSUPPORTED_KIND"
@@ -36,6 +38,11 @@ class ByKind:
     @property
     def models(self) -> list[str]:
         return sorted({m for p in self._processors for m in p.models})
+
+    def progress_unit_of(self, kind: str) -> str:
+        """What the kind's progress calls count (schemas/processing.progress_unit)."""
+        proc = self._by_kind.get(kind)
+        return progress_unit(proc, kind) if proc is not None else SECONDS
 
     def staging(self, job: JobMessage) -> Staging:
         """The kind's own needs; an unsupported kind needs nothing (run fails it)."""

@@ -133,6 +133,9 @@ class ResultSummary(BaseModel):
     device: str | None = Field(None, max_length=NAME_MAX)
     model: str | None = Field(None, max_length=NAME_MAX)
     real_time_factor: float | None = None
+    # Pages converted (documents: PDF pages or slides, 1 for an unpaginated
+    # file) or recognised (images: 1, or a TIFF's pages): pages/s and images/s.
+    pages: int | None = Field(None, ge=0)
 
 
 class JobRecord(BaseModel):
