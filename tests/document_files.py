@@ -147,11 +147,12 @@ def text_png(path: Path, lines: list[str] = OCR_LINES) -> Path:
     return path
 
 
-def multipage_tiff(path: Path, pages: list[list[str]]) -> Path:
+def multipage_tiff(path: Path, pages: list[list[str]], *, compression: str | None = None) -> Path:
+    """`compression` ("tiff_deflate") keeps a long one small enough to upload."""
     from PIL import Image
 
     frames = [Image.open(text_png(path.with_suffix(f".{i}.png"), lines)) for i, lines in enumerate(pages)]
-    frames[0].save(path, save_all=True, append_images=frames[1:])
+    frames[0].save(path, save_all=True, append_images=frames[1:], compression=compression)
     return path
 
 
