@@ -14,6 +14,8 @@ from tests import busreader
 from tests import document_files as files
 from tests.harness import TESTDATA, Gateway, start_node, stop_all, submit_file, wait_job, wait_until, words
 from tests.media_server import MediaServer
+from tests.test_cli import env_for
+from tests.test_up_and_cli import cli
 from tests.test_web_page import ARTICLE
 
 pytestmark = pytest.mark.timeout(240)
@@ -206,3 +208,19 @@ def test_a_kind_no_live_node_serves_is_422(fresh_nats, tmp_path):
             assert [j["kind"] for j in c.get("/api/v1/jobs").json()["jobs"]] == ["audio"]
     finally:
         gw.stop()
+
+
+def test_cli_submits_a_pdf_and_a_web_page_and_prints_markdown(gateway, nodes, site, tmp_path):
+    key, _, _ = nodes
+    env = env_for(gateway, key, tmp_path)
+    pdf = files.pdf_3_pages(tmp_path / "report.pdf")
+    # When the CLI submits a PDF and waits for Markdown
+    r = cli("submit", str(pdf), "--wait", "--format", "md", env=env)
+    # Then the document's Markdown is printed, table included
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("# Quarterly Report") and "| Kiwi | 7 |" in r.stdout, r.stdout
+    assert "queued on cpu (no_gpu_document_engine)" in r.stderr, r.stderr
+    # And a URL with --kind web is read as a page, not downloaded as media
+    r = cli("submit", site.url("article.html"), "--kind", "web", "--wait", "--format", "text", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "porch lamp" in r.stdout and "newsletter" not in r.stdout, r.stdout
