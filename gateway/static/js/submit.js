@@ -31,7 +31,7 @@ function addFiles(files) {
 function choices() {
   const options = {};
   if ($('language').value) options.language = $('language').value;
-  return { gpu: $('gpu').checked, options, format: $('format').value };
+  return { gpu: $('gpu').checked, options, format: $('format').value, urlKind: $('url-kind').value };
 }
 
 function uploadRow(label) {
@@ -74,7 +74,8 @@ async function sendFile(file, choice) {
 async function sendUrl(url, choice) {
   const row = uploadRow({ name: url, size: null });
   try {
-    const body = await api('/api/v1/jobs', { method: 'POST', body: { url, gpu: choice.gpu, options: choice.options } });
+    const job = { url, kind: choice.urlKind, gpu: choice.gpu, options: choice.options };
+    const body = await api('/api/v1/jobs', { method: 'POST', body: job });
     row.done(body);
     queued(body, choice, url);
     return true;
@@ -88,7 +89,7 @@ async function onSubmit(event) {
   event.preventDefault();
   const url = $('url').value.trim();
   if (!selected.length && !url) {
-    showAlert($('submit-error'), 'Choose or drop a file, or paste a media URL.');
+    showAlert($('submit-error'), 'Choose or drop a file, or paste a URL.');
     $('files').focus();
     return;
   }
