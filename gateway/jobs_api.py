@@ -37,6 +37,14 @@ Wait = Annotated[
 ]
 
 
+ResultFormat = Annotated[
+    str,
+    Query(
+        description="json (default); audio, video, url: text, srt, vtt, md; document, web, image: md, text; "
+        "a plugin's kind: json only"
+    ),
+]
+
 TEXT_MAX = 48 * 1024  # under the JSON body cap (gateway/bodies.py), with room for the rest
 
 
@@ -77,7 +85,13 @@ async def submit_json(st: GatewayState, request: Request, principal: User) -> JS
 
 @router.post("", status_code=202, response_model=Accepted)
 async def submit(request: Request, st: State, principal: User) -> JSONResponse:
-    """Multipart (`file`, `gpu`, `kind`, `options` JSON) or JSON (`url`)."""
+    """Multipart (`file`, `gpu`, `kind`, `options` JSON) or JSON (`url`, `kind`,
+    `text`, `gpu`, `options`). An upload's kind comes from its bytes: `audio`,
+    `video`, `document` (PDF, DOCX, PPTX, XLSX, EPUB, HTML, Markdown, text) or
+    `image` (PNG, JPEG, WebP, TIFF, BMP); anything else is 415. JSON: `url`
+    alone is media to transcribe, `{"url": …, "kind": "web"}` a web page,
+    `{"kind": "document", "text": …}` inline text. A kind no live node serves
+    is 422 `KIND_NOT_SERVED`."""
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/"):
         rec, _ = await submit_upload(st, request, principal, job_form)
@@ -118,7 +132,9 @@ async def get_job(job_id: str, st: State, principal: User, wait: Wait = 0.0) -> 
 
 
 @router.get("/{job_id}/result")
-async def get_result(job_id: str, st: State, principal: User, format: str = "json", wait: Wait = 0.0) -> Response:
+async def get_result(
+    job_id: str, st: State, principal: User, format: ResultFormat = "json", wait: Wait = 0.0
+) -> Response:
     rec = await job_record(st, principal.user_id, job_id, wait)
     data = await read_transcript(st, rec)
     if rec.kind in DOCUMENT_RESULTS:  # md, text or json

@@ -224,3 +224,12 @@ def test_cli_submits_a_pdf_and_a_web_page_and_prints_markdown(gateway, nodes, si
     r = cli("submit", site.url("article.html"), "--kind", "web", "--wait", "--format", "text", env=env)
     assert r.returncode == 0, r.stderr
     assert "porch lamp" in r.stdout and "newsletter" not in r.stdout, r.stdout
+
+
+def test_the_openapi_document_names_the_kinds_and_their_formats(gateway):
+    with gateway.client(None) as c:
+        spec = c.get("/openapi.json").json()
+    submit = spec["paths"]["/api/v1/jobs"]["post"]["description"]
+    assert all(k in submit for k in ("`document`", "`image`", '"kind": "web"', "KIND_NOT_SERVED")), submit
+    [fmt] = [p for p in spec["paths"]["/api/v1/jobs/{job_id}/result"]["get"]["parameters"] if p["name"] == "format"]
+    assert "document, web, image: md, text" in fmt["description"], fmt
