@@ -14,6 +14,7 @@ a clear job error. The node's document engine reads the same labels
 from __future__ import annotations
 
 import codecs
+import re
 import struct
 from pathlib import PurePath
 
@@ -57,6 +58,8 @@ _OOXML_PARTS = (("word/", "docx"), ("ppt/", "pptx"), ("xl/", "xlsx"))
 _OOXML_MARKERS = ("[Content_Types].xml", "docProps/", "_rels/")
 _HTML_MARKERS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<meta", b"<title", b"<p>", b"<div", b"<h1")
 _TEXT_SUFFIXES = {".md": "md", ".markdown": "md", ".txt": "text"}
+# JSON's first value, not any text that opens with a bracket (`[section]` of an INI or TOML file)
+_JSON_START = re.compile(rb'^(\{\s*["}]|\[\s*[-\d"{\[\]])')
 
 
 def _zip_names(head: bytes) -> list[tuple[str, bytes]]:
@@ -115,7 +118,7 @@ def _text_kind(text: str, filename: str | None) -> tuple[Kind | None, str]:
         return None, "xml"
     if suffix in _TEXT_SUFFIXES:
         return Kind.DOCUMENT, _TEXT_SUFFIXES[suffix]
-    if stripped[:1] in (b"{", b"["):
+    if _JSON_START.match(stripped):
         return None, "json"
     return Kind.DOCUMENT, "text"
 

@@ -137,7 +137,8 @@ def test_sniff_testdata(name, kind):
 
 
 @pytest.mark.parametrize(
-    "head", [b"PK\x03\x04xx", b"GIF89a", b'{"a": 1}', b"<?xml version='1.0'?><svg/>", b"\x7fELF", b"MZ\x90\x00"]
+    "head",
+    [b"PK\x03\x04xx", b"GIF89a", b'{"a": 1}', b"[1, 2]", b"<?xml version='1.0'?><svg/>", b"\x7fELF", b"MZ\x90\x00"],
 )
 def test_sniff_refuses_what_no_processor_takes(head):
     assert sniff(head)[0] is None
@@ -156,6 +157,7 @@ def test_sniff_refuses_what_no_processor_takes(head):
         (b"II*\x00\x08\x00", None, Kind.IMAGE, "tiff"),
         (b"BM" + bytes(12) + b"\x28\x00\x00\x00", None, Kind.IMAGE, "bmp"),
         (b"RIFF\x00\x00\x00\x00WAVEfmt ", None, Kind.AUDIO, "wav"),
+        (b"[build-system]\nrequires = []\n", "pyproject.toml", Kind.DOCUMENT, "text"),  # not JSON
     ],
 )
 def test_sniff_names_documents_and_images(head, filename, kind, label):
