@@ -20,8 +20,8 @@ from pathlib import Path
 
 from bench import common
 from processors import documents
+from testkit import document_files
 from testkit.harness import submit_file, wait_job
-from tests import document_files
 
 PROSE = (
     "Remote workers pull jobs from the queue and acknowledge them when the work is done; "
