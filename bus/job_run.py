@@ -162,8 +162,8 @@ class JobRun:
             keepalive.cancel()
             status = "succeeded" if self.succeeded else "failed"
             ctx.metrics.in_flight.dec()
-            ctx.metrics.job_done(job.kind, status, time.monotonic() - started)
             elapsed = time.monotonic() - started
+            ctx.metrics.job_done(job.kind, status, elapsed)
             log.info(
                 "job %s %s in %.2fs", self._ref, status, elapsed, extra=self._log_fields(status, elapsed_s=elapsed)
             )

@@ -15,12 +15,10 @@ from gateway.bodies import json_body
 from gateway.deps import State, User
 from gateway.form_fields import job_form, with_gpu_field
 from gateway.job_views import Accepted, accepted, job_view
-from gateway.results import DOCUMENT_RESULTS, parse_result, parse_transcript, read_transcript
+from gateway.results import DOCUMENT_RESULTS, parse_by_kind, read_transcript, render_result
 from gateway.state import GatewayState
 from gateway.submission import submit_json_kind, submit_upload, submit_url, submit_without_upload
-from schemas import document_formats
 from schemas.errors import InvalidInput, UnsupportedMedia
-from schemas.formats import render
 from schemas.jobs import JobRecord, JobStatus, TranscribeOptions
 from schemas.languages import check_language
 from schemas.names import JobKind, Kind
@@ -28,7 +26,7 @@ from schemas.names import JobKind, Kind
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
 # Kinds whose results the gateway knows and renders in several formats.
-RENDERED_KINDS = frozenset({Kind.AUDIO, Kind.VIDEO, Kind.URL})
+RENDERED_KINDS = frozenset({Kind.AUDIO, Kind.VIDEO, Kind.URL, *DOCUMENT_RESULTS})
 
 MAX_WAIT_S = 60.0
 Wait = Annotated[
@@ -137,12 +135,9 @@ async def get_result(
 ) -> Response:
     rec = await job_record(st, principal.user_id, job_id, wait)
     data = await read_transcript(st, rec)
-    if rec.kind in DOCUMENT_RESULTS:  # md, text or json
-        body, media_type = document_formats.render(parse_result(rec, data, DOCUMENT_RESULTS[rec.kind]), format)
-        return Response(body, media_type=media_type)
     if rec.kind not in RENDERED_KINDS:  # noop, a plugin's kind: its JSON as the node stored it
         if format != "json" and rec.kind != Kind.NOOP:
             raise InvalidInput(f"format: a {rec.kind} job's result is served as json only")
         return Response(data, media_type="application/json")
-    body, media_type = render(parse_transcript(rec, data), format)
+    body, media_type = render_result(parse_by_kind(rec, data), format)
     return Response(body, media_type=media_type)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ValidationError
 
 from bus.result_store import read_result
 from gateway.state import GatewayState
+from schemas import document_formats, formats
 from schemas.document_formats import Rendered
 from schemas.documents import DocumentResult, OcrResult, WebPageResult
 from schemas.errors import Conflict, JobFailed, ResultUnreadable
@@ -44,19 +45,39 @@ def parse_result(rec: JobRecord, data: bytes, model: type[M]) -> M:
         raise ResultUnreadable(f"job {rec.job_id}: its stored result is not a {rec.kind} result") from None
 
 
-def parse_transcript(rec: JobRecord, data: bytes) -> Transcript:
-    return parse_result(rec, data, Transcript)
+def parse_by_kind(rec: JobRecord, data: bytes) -> Transcript | Rendered:
+    """A transcription's transcript, or a document kind's result."""
+    model: type[Transcript | Rendered] = DOCUMENT_RESULTS.get(rec.kind, Transcript)
+    return parse_result(rec, data, model)
 
 
-async def finished_transcript(
+def render_result(result: Transcript | Rendered, fmt: str) -> tuple[str, str]:
+    """(body, media type) of a transcript or a document kind's result in `fmt`."""
+    if isinstance(result, Transcript):
+        return formats.render(result, fmt)
+    return document_formats.render(result, fmt)
+
+
+async def finished_result(
     st: GatewayState, rec: JobRecord, timeout_s: float
-) -> tuple[JobRecord, Transcript | None]:
+) -> tuple[JobRecord, Transcript | Rendered | None]:
     """For the synchronous endpoints: wait up to `timeout_s` for the job.
-    Returns (record, transcript), transcript None while it still runs; a
-    failed job raises its own error (JobFailed: 422 with its code)."""
+    Returns (record, its result: a transcript or a document kind's), None
+    while it still runs; a failed job raises its own error (JobFailed: 422
+    with its code)."""
     rec = await st.jobs.wait_terminal(rec.owner, rec.job_id, timeout_s)
     if not rec.terminal:
         return rec, None
     if rec.status == JobStatus.FAILED and rec.error is not None:
         raise JobFailed(rec.error.code, f"job {rec.job_id} failed: {rec.error.message}")
-    return rec, parse_transcript(rec, await read_transcript(st, rec))
+    return rec, parse_by_kind(rec, await read_transcript(st, rec))
+
+
+async def finished_transcript(
+    st: GatewayState, rec: JobRecord, timeout_s: float
+) -> tuple[JobRecord, Transcript | None]:
+    """`finished_result` for endpoints that take audio and video only."""
+    rec, result = await finished_result(st, rec, timeout_s)
+    if result is not None and not isinstance(result, Transcript):
+        raise ResultUnreadable(f"job {rec.job_id}: its stored result is not a transcript")
+    return rec, result

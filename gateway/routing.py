@@ -68,7 +68,7 @@ def check_served(kind: str, fleet: Fleet) -> None:
     raise InvalidInput(f"kind: {kind!r} is not served by any live node; served: {offer}", code=KIND_NOT_SERVED)
 
 
-def gpu_wanted(kind: str, requested: bool, mode: GpuMode, gpu_kinds: frozenset[str] = frozenset()) -> tuple[bool, str]:
+def gpu_wanted(kind: str, requested: bool, mode: GpuMode, gpu_kinds: frozenset[str]) -> tuple[bool, str]:
     """A built-in kind outside GPU_KINDS benefits only where a GPU node of
     the owner advertises it (`gpu_kinds`): documents, with docling's
     layout models installed there."""

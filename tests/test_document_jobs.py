@@ -233,3 +233,16 @@ def test_the_openapi_document_names_the_kinds_and_their_formats(gateway):
     assert all(k in submit for k in ("`document`", "`image`", '"kind": "web"', "KIND_NOT_SERVED")), submit
     [fmt] = [p for p in spec["paths"]["/api/v1/jobs/{job_id}/result"]["get"]["parameters"] if p["name"] == "format"]
     assert "document, web, image: md, text" in fmt["description"], fmt
+
+
+def test_the_older_api_processes_a_pdf_synchronously(gateway, nodes, tmp_path):
+    key, _, _ = nodes
+    pdf = files.pdf_3_pages(tmp_path / "report.pdf")
+    with gateway.client(key) as c:
+        # When the older API's synchronous endpoint gets a PDF, asking for Markdown
+        r = c.post("/process/file", files={"file": ("report.pdf", pdf.read_bytes())}, data={"format": "md"})
+        # Then it answers with the document's Markdown, as it did for transcripts
+        assert r.status_code == 200, r.text
+        assert r.text.startswith("# Quarterly Report") and "| Mango | 12 |" in r.text and r.headers["x-gpubus-job-id"]
+        r = c.post("/process/file", files={"file": ("report.pdf", pdf.read_bytes())}, data={"format": "json"})
+        assert r.status_code == 200 and len(r.json()["result"]["pages"]) == 3, r.text
