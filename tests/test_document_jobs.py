@@ -246,3 +246,30 @@ def test_the_older_api_processes_a_pdf_synchronously(gateway, nodes, tmp_path):
         assert r.text.startswith("# Quarterly Report") and "| Mango | 12 |" in r.text and r.headers["x-gpubus-job-id"]
         r = c.post("/process/file", files={"file": ("report.pdf", pdf.read_bytes())}, data={"format": "json"})
         assert r.status_code == 200 and len(r.json()["result"]["pages"]) == 3, r.text
+
+
+# The routing rule without processes: the seeds' content rule, seen through the fleet.
+
+
+@pytest.mark.parametrize(
+    ("kind", "gpu_kinds", "gpu", "lane", "reason"),
+    [
+        ("image", {"audio", "image"}, True, "gpu", "gpu_requested"),
+        ("image", {"audio", "image"}, False, "cpu", "gpu_not_requested"),
+        ("image", {"audio"}, True, "cpu", "kind_not_served_on_gpu"),  # a GPU node without the OCR engine
+        ("document", {"audio", "image"}, True, "cpu", "no_gpu_document_engine"),
+        ("document", {"audio", "image", "document"}, True, "gpu", "gpu_requested"),  # docling's weights there
+        ("web", {"audio", "image"}, True, "cpu", "kind_not_gpu_beneficial"),
+    ],
+)
+async def test_content_routing(kind, gpu_kinds, gpu, lane, reason):
+    from bus.settings import GpuMode
+    from gateway.routing import Fleet, choose
+
+    async def backlog() -> int:
+        return 0
+
+    every = frozenset({"audio", "video", "url", "document", "web", "image"})
+    fleet = Fleet(True, True, backlog, gpu_kinds=frozenset(gpu_kinds), cpu_kinds=every, shared_kinds=every)
+    route = await choose("alice", kind, gpu, GpuMode.OPTIONAL, fleet, max_backlog=10)
+    assert (route.lane, route.queue_owner, route.reason) == (lane, "alice", reason)
