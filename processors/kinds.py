@@ -58,8 +58,8 @@ class DocumentProcessor:
     inputs = frozenset({Input.FILE})
     progress_unit = PAGES
 
-    def __init__(self, ctx: ProcessorContext, limits: documents.DocumentLimits | None = None) -> None:
-        self.limits = limits or documents.DocumentLimits(docling_artifacts=ctx.docling_artifacts)
+    def __init__(self, ctx: ProcessorContext) -> None:
+        self.limits = documents.DocumentLimits(docling_artifacts=ctx.docling_artifacts)
         self.docling = documents.docling_usable(self.limits.docling_artifacts)
         # A GPU node serves documents only with a layout engine that uses it.
         self.lanes = frozenset(Lane) if self.docling else CPU_ONLY
@@ -102,8 +102,8 @@ class ImageProcessor:
     inputs = frozenset({Input.FILE})
     progress_unit = PAGES
 
-    def __init__(self, ctx: ProcessorContext, limits: image_ocr.ImageLimits | None = None) -> None:
-        self.limits = limits or image_ocr.ImageLimits()
+    def __init__(self, ctx: ProcessorContext) -> None:
+        self.limits = image_ocr.ImageLimits()
         self._prefer_cuda = ctx.device == "cuda"
         self.device = image_ocr.choose_device(self._prefer_cuda)
         self._engine: image_ocr.OcrEngine | None = None
