@@ -84,11 +84,10 @@ class EventReporter:
         """`bus/acking.settle`'s report: a failure, cancel or release."""
         await self.finished(job, EventType(outcome), error=error)
 
-    def progress(self, job: JobMessage, fraction: float | None, media_s_done: float, phase: str | None = None) -> None:
-        """Advisory: a core publish (no PubAck wait) into the stream."""
-        subject, payload = self._message(
-            job, EventType.PROGRESS, progress=fraction, media_s_done=media_s_done, phase=phase
-        )
+    def progress(self, job: JobMessage, fraction: float | None, **counts: float | int | str | None) -> None:
+        """Advisory: a core publish (no PubAck wait) into the stream.
+        `counts`: `media_s_done`, or `pages_done` and `pages_total`; and the `phase`."""
+        subject, payload = self._message(job, EventType.PROGRESS, progress=fraction, **counts)
         asyncio.ensure_future(self._nc.publish(subject, payload))
 
 

@@ -39,7 +39,7 @@ from schemas.errors import INPUT_CORRUPT, INPUT_MISSING, Forbidden, JobCancelled
 from schemas.events import INLINE_RESULT_MAX, EventType
 from schemas.jobs import ErrorInfo, JobMessage
 from schemas.names import Lane
-from schemas.processing import JobOutput, OwnerFile, Phase, Prepares, Processor
+from schemas.processing import PAGES, JobOutput, OwnerFile, Phase, Prepares, Processor, progress_unit
 
 log = logging.getLogger("gpubus.bus.node")
 
@@ -147,6 +147,7 @@ class JobRun:
         self._turn = ctx.engine.ticket()  # engine slots go in the order jobs were taken
         self._last_progress_event = 0.0
         self._phase: str | None = None  # of the last progress event sent
+        self._pages = progress_unit(ctx.processor, job.kind) == PAGES
         self._ref = f"{job.job_id} owner={job.owner} lane={ctx.lane} node={ctx.node_id} attempt={job.attempt}"
 
     def _log_fields(self, state: str, **more: Any) -> dict[str, Any]:
@@ -171,8 +172,8 @@ class JobRun:
             keepalive.cancel()
             status = "succeeded" if self.succeeded else "moved" if self.start_lost else "failed"
             ctx.metrics.in_flight.dec()
-            ctx.metrics.job_done(status)
             elapsed = time.monotonic() - started
+            ctx.metrics.job_done(job.kind, status, elapsed)
             log.info(
                 "job %s %s in %.2fs", self._ref, status, elapsed, extra=self._log_fields(status, elapsed_s=elapsed)
             )
@@ -288,6 +289,8 @@ class JobRun:
         s = output.summary
         ctx.metrics.media_seconds.inc(s.duration_s)
         ctx.metrics.processing_seconds.inc(s.processing_s)
+        if s.pages:
+            ctx.metrics.pages_done(job.kind, s.pages)
         if s.real_time_factor is not None:
             ctx.metrics.rtf.observe(s.real_time_factor)
         for stage in s.stages:
@@ -295,16 +298,21 @@ class JobRun:
         await ctx.events.finished(job, EventType.SUCCEEDED, summary=s, **where)
 
     def _progress_event(self, done_s: float, total_s: float, phase: Phase | None = None) -> None:
-        """At most one progress event per PROGRESS_EVERY_S, none once
-        cancelled; the first of a new phase goes out at once."""
+        """At most one progress event per PROGRESS_EVERY_S, but always the
+        first of a new phase and the last one (all done: a 3-page PDF
+        converted in 0.2 s still says 3 of 3); none once cancelled."""
         t = time.monotonic()
         name = phase.name if phase is not None else None
         new_phase = name != self._phase
-        if (t - self._last_progress_event < PROGRESS_EVERY_S and not new_phase) or self.cancelled.is_set():
+        last = total_s > 0 and done_s >= total_s
+        if (t - self._last_progress_event < PROGRESS_EVERY_S and not (new_phase or last)) or self.cancelled.is_set():
             return
         self._last_progress_event, self._phase = t, name
         fraction = (phase or ONE_PHASE).fraction(done_s, total_s)
-        self.ctx.events.progress(self.job, fraction, done_s, name)
+        if self._pages:
+            self.ctx.events.progress(self.job, fraction, pages_done=int(done_s), pages_total=int(total_s), phase=name)
+        else:
+            self.ctx.events.progress(self.job, fraction, media_s_done=done_s, phase=name)
 
     async def _keep_lease(self) -> None:
         """Extend the ack deadline every ack_wait/3 while the job shows life."""

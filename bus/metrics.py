@@ -180,7 +180,22 @@ class NodeMetrics:
         self.registry = registry
         labels = {"node": node_id, "device": device}
         self._labels = labels
-        self.jobs = Counter("gpubus_node_jobs_total", "Jobs processed", ["node", "device", "status"], registry=registry)
+        self.jobs = Counter(
+            "gpubus_node_jobs_total", "Jobs processed", ["node", "device", "kind", "status"], registry=registry
+        )
+        self.job_seconds = Histogram(
+            "gpubus_node_job_duration_seconds",
+            "Seconds a job spent on the node, from pull to settle",
+            ["node", "device", "kind", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.pages = Counter(
+            "gpubus_node_pages_total",
+            "Pages converted (documents) or recognised (images): rate() is pages/s and images/s",
+            ["node", "device", "kind"],
+            registry=registry,
+        )
         self.media_seconds = Counter(
             "gpubus_node_media_seconds_total", "Seconds of media processed", ["node", "device"], registry=registry
         ).labels(**labels)
@@ -230,8 +245,12 @@ class NodeMetrics:
             "gpubus_node_model_load_seconds", "Time to load the model", ["node", "device"], registry=registry
         ).labels(**labels)
 
-    def job_done(self, status: str) -> None:
-        self.jobs.labels(status=status, **self._labels).inc()
+    def job_done(self, kind: str, status: str, seconds: float) -> None:
+        self.jobs.labels(kind=kind, status=status, **self._labels).inc()
+        self.job_seconds.labels(kind=kind, status=status, **self._labels).observe(seconds)
+
+    def pages_done(self, kind: str, pages: int) -> None:
+        self.pages.labels(kind=kind, **self._labels).inc(pages)
 
     def stage_done(self, stage: str, engine: str, processing_s: float, media_s: float) -> None:
         """A timed step of a job (`ResultSummary.stages`: diarization after

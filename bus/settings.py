@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     allow_private_urls: bool = Field(False, description="nodes may download from loopback/private/link-local hosts")
     download_max_mb: int = Field(2048, gt=0, description="largest media a node downloads for a URL job")
     download_timeout: float = Field(900.0, gt=0, description="longest a node spends downloading one URL job")
+    docling_artifacts: Path | None = Field(
+        None, description="docling's layout model weights on this node (never downloaded); unset: model-free documents"
+    )
     sync_timeout: float = Field(600.0, gt=0, description="longest a synchronous endpoint waits for its job")
 
     @property
@@ -170,6 +173,7 @@ class Settings(BaseSettings):
             allow_private_urls=self.allow_private_urls,
             download_max_bytes=self.download_max_bytes,
             download_timeout_s=self.download_timeout,
+            docling_artifacts=self.docling_artifacts,
         )
 
 

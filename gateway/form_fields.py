@@ -68,6 +68,9 @@ def parse_options(raw: str | None) -> TranscribeOptions:
     return make_options(values)
 
 
+FILE_KINDS = frozenset({Kind.AUDIO, Kind.VIDEO, Kind.DOCUMENT, Kind.IMAGE})  # built-ins an upload may name
+
+
 def parse_kind(raw: str | None, sniffed: Kind | None) -> str:
     """A built-in kind that takes a file, or any other well-formed kind: a
     plugin's, which the submission accepts only if a live node serves it."""
@@ -80,7 +83,7 @@ def parse_kind(raw: str | None, sniffed: Kind | None) -> str:
         except InvalidInput as e:
             raise InvalidInput(f"kind: {e.message}") from None
     kind = Kind(name)
-    if kind not in (Kind.AUDIO, Kind.VIDEO):
+    if kind not in FILE_KINDS:
         raise InvalidInput(f"kind {kind} does not take a file upload")
     return kind
 

@@ -15,11 +15,10 @@ from gateway.bodies import json_body
 from gateway.deps import State, User
 from gateway.form_fields import job_form, with_gpu_field
 from gateway.job_views import Accepted, accepted, job_view
-from gateway.results import parse_transcript, read_transcript
+from gateway.results import DOCUMENT_RESULTS, parse_by_kind, read_transcript, render_result
 from gateway.state import GatewayState
 from gateway.submission import submit_json_kind, submit_upload, submit_url, submit_without_upload
 from schemas.errors import InvalidInput, UnsupportedMedia
-from schemas.formats import render
 from schemas.jobs import JobRecord, JobStatus, TranscribeOptions
 from schemas.languages import check_language
 from schemas.names import JobKind, Kind
@@ -27,7 +26,7 @@ from schemas.names import JobKind, Kind
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
 # Kinds whose results the gateway knows and renders in several formats.
-RENDERED_KINDS = frozenset({Kind.AUDIO, Kind.VIDEO, Kind.URL})
+RENDERED_KINDS = frozenset({Kind.AUDIO, Kind.VIDEO, Kind.URL, *DOCUMENT_RESULTS})
 
 MAX_WAIT_S = 60.0
 Wait = Annotated[
@@ -36,12 +35,21 @@ Wait = Annotated[
 ]
 
 
+ResultFormat = Annotated[
+    str,
+    Query(
+        description="json (default); audio, video, url: text, srt, vtt, md; document, web, image: md, text; "
+        "a plugin's kind: json only"
+    ),
+]
+
 TEXT_MAX = 48 * 1024  # under the JSON body cap (gateway/bodies.py), with room for the rest
 
 
 class JsonJobRequest(BaseModel):
     """A job without an upload: a media URL, `noop` for benchmarks, or a job
-    of another kind (a plugin's) with a `url`, inline `text`, or nothing."""
+    of another kind with a `url` (`web`), inline `text` (`document`), or
+    nothing (a plugin's kind may take any of these)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -75,7 +83,13 @@ async def submit_json(st: GatewayState, request: Request, principal: User) -> JS
 
 @router.post("", status_code=202, response_model=Accepted)
 async def submit(request: Request, st: State, principal: User) -> JSONResponse:
-    """Multipart (`file`, `gpu`, `kind`, `options` JSON) or JSON (`url`)."""
+    """Multipart (`file`, `gpu`, `kind`, `options` JSON) or JSON (`url`, `kind`,
+    `text`, `gpu`, `options`). An upload's kind comes from its bytes: `audio`,
+    `video`, `document` (PDF, DOCX, PPTX, XLSX, EPUB, HTML, Markdown, text) or
+    `image` (PNG, JPEG, WebP, TIFF, BMP); anything else is 415. JSON: `url`
+    alone is media to transcribe, `{"url": …, "kind": "web"}` a web page,
+    `{"kind": "document", "text": …}` inline text. A kind no live node serves
+    is 422 `KIND_NOT_SERVED`."""
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/"):
         rec, _ = await submit_upload(st, request, principal, job_form)
@@ -116,12 +130,14 @@ async def get_job(job_id: str, st: State, principal: User, wait: Wait = 0.0) -> 
 
 
 @router.get("/{job_id}/result")
-async def get_result(job_id: str, st: State, principal: User, format: str = "json", wait: Wait = 0.0) -> Response:
+async def get_result(
+    job_id: str, st: State, principal: User, format: ResultFormat = "json", wait: Wait = 0.0
+) -> Response:
     rec = await job_record(st, principal.user_id, job_id, wait)
     data = await read_transcript(st, rec)
     if rec.kind not in RENDERED_KINDS:  # noop, a plugin's kind: its JSON as the node stored it
         if format != "json" and rec.kind != Kind.NOOP:
             raise InvalidInput(f"format: a {rec.kind} job's result is served as json only")
         return Response(data, media_type="application/json")
-    body, media_type = render(parse_transcript(rec, data), format)
+    body, media_type = render_result(parse_by_kind(rec, data), format)
     return Response(body, media_type=media_type)

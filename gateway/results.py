@@ -3,13 +3,19 @@ synchronous endpoints (the older API's `/process/*`, OpenAI's)."""
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from bus.result_store import read_result
 from gateway.state import GatewayState
+from schemas import document_formats, formats
 from schemas.diarization import DiarizedTranscript
+from schemas.document_formats import Rendered
+from schemas.documents import DocumentResult, OcrResult, WebPageResult
 from schemas.errors import Conflict, JobFailed, ResultUnreadable
 from schemas.jobs import JobRecord, JobStatus
+from schemas.names import Kind
 from schemas.results import Transcript
 
 
@@ -21,27 +27,60 @@ async def read_transcript(st: GatewayState, rec: JobRecord) -> bytes:
     return await read_result(st.js, rec)
 
 
-def parse_transcript(rec: JobRecord, data: bytes) -> Transcript:
-    """The stored result as a transcript, with its speakers when the job
-    asked for them. The object is the one the node named, so it may be
-    anything: a 409 saying so, never a 500."""
-    model = DiarizedTranscript if rec.options.diarize else Transcript
+M = TypeVar("M", bound=BaseModel)
+
+# The result model of each document kind, rendered by schemas/document_formats.py.
+DOCUMENT_RESULTS: dict[str, type[Rendered]] = {
+    Kind.DOCUMENT: DocumentResult,
+    Kind.WEB: WebPageResult,
+    Kind.IMAGE: OcrResult,
+}
+
+
+def parse_result(rec: JobRecord, data: bytes, model: type[M]) -> M:
+    """The stored result as `model`. The object is the one the node named,
+    so it may be anything: a 409 saying so, never a 500."""
     try:
         return model.model_validate_json(data)
     except ValidationError:
-        what = "a diarized transcript" if rec.options.diarize else "a transcript"
-        raise ResultUnreadable(f"job {rec.job_id}: its stored result is not {what}") from None
+        raise ResultUnreadable(f"job {rec.job_id}: its stored result is not a {rec.kind} result") from None
 
 
-async def finished_transcript(
+def parse_by_kind(rec: JobRecord, data: bytes) -> Transcript | Rendered:
+    """A document kind's result, or a transcript, with its speakers when
+    the job asked for them."""
+    transcript = DiarizedTranscript if rec.options.diarize else Transcript
+    model: type[Transcript | Rendered] = DOCUMENT_RESULTS.get(rec.kind, transcript)
+    return parse_result(rec, data, model)
+
+
+def render_result(result: Transcript | Rendered, fmt: str) -> tuple[str, str]:
+    """(body, media type) of a transcript or a document kind's result in `fmt`."""
+    if isinstance(result, Transcript):
+        return formats.render(result, fmt)
+    return document_formats.render(result, fmt)
+
+
+async def finished_result(
     st: GatewayState, rec: JobRecord, timeout_s: float
-) -> tuple[JobRecord, Transcript | None]:
+) -> tuple[JobRecord, Transcript | Rendered | None]:
     """For the synchronous endpoints: wait up to `timeout_s` for the job.
-    Returns (record, transcript), transcript None while it still runs; a
-    failed job raises its own error (JobFailed: 422 with its code)."""
+    Returns (record, its result: a transcript or a document kind's), None
+    while it still runs; a failed job raises its own error (JobFailed: 422
+    with its code)."""
     rec = await st.jobs.wait_terminal(rec.owner, rec.job_id, timeout_s)
     if not rec.terminal:
         return rec, None
     if rec.status == JobStatus.FAILED and rec.error is not None:
         raise JobFailed(rec.error.code, f"job {rec.job_id} failed: {rec.error.message}")
-    return rec, parse_transcript(rec, await read_transcript(st, rec))
+    return rec, parse_by_kind(rec, await read_transcript(st, rec))
+
+
+async def finished_transcript(
+    st: GatewayState, rec: JobRecord, timeout_s: float
+) -> tuple[JobRecord, Transcript | None]:
+    """`finished_result` for endpoints that take audio and video only."""
+    rec, result = await finished_result(st, rec, timeout_s)
+    if result is not None and not isinstance(result, Transcript):
+        raise ResultUnreadable(f"job {rec.job_id}: its stored result is not a transcript")
+    return rec, result

@@ -6,10 +6,14 @@ owner's CPU lane if the owner runs a CPU node, else the shared CPU pool.
 Every routing decision of the gateway side is made here, once: submit and
 retry call `choose`, the fallback router gets `cpu_queue` through the state.
 
-A kind outside `names.WAITING_KINDS` is accepted only while a live node of
-the owner or of the shared pool serves it (`check_served`, 422
-`KIND_NOT_SERVED`). A built-in kind's GPU benefit is `GPU_KINDS`; a plugin
-kind's is what its processor declares, seen as the lanes of the nodes that
+A kind outside `names.WAITING_KINDS` (documents, web pages, images, a
+plugin's) is accepted only while a live node of the owner or of the shared
+pool serves it (`check_served`, 422 `KIND_NOT_SERVED`), and takes the GPU
+lane only where a live GPU node of the owner advertises it. A built-in
+kind's GPU benefit is `GPU_KINDS` (images among them); a document's is a GPU
+node that advertises documents (it does only with docling's layout models
+installed), else it goes to CPU as `no_gpu_document_engine`; a plugin kind's
+is what its processor declares, seen as the lanes of the nodes that
 advertise it (a node loads only processors that suit its lane), so a kind
 only CPU nodes serve never takes the GPU lane, and one only the owner's GPU
 node serves goes there.
@@ -23,7 +27,7 @@ from dataclasses import dataclass, field
 from bus.settings import GpuMode
 from schemas.errors import InvalidInput
 from schemas.jobs import JobRecord
-from schemas.names import BUILTIN_KINDS, GPU_KINDS, SHARED, WAITING_KINDS, Lane
+from schemas.names import BUILTIN_KINDS, GPU_KINDS, SHARED, WAITING_KINDS, Kind, Lane
 
 KIND_NOT_SERVED = "KIND_NOT_SERVED"
 FEATURE_NOT_SERVED = "FEATURE_NOT_SERVED"
@@ -74,10 +78,10 @@ class Fleet:
 
 
 def _serves(kinds: frozenset[str], features: frozenset[str], kind: str, needs: frozenset[str]) -> bool:
-    """Whether some live node of one queue takes the job: a built-in kind
-    every node runs, a plugin kind only where advertised; and the features
-    it needs."""
-    return (kind in BUILTIN_KINDS or kind in kinds) and needs <= features
+    """Whether some live node of one queue takes the job: a kind every node
+    runs (`WAITING_KINDS`), any other only where advertised; and the
+    features it needs."""
+    return (kind in WAITING_KINDS or kind in kinds) and needs <= features
 
 
 def _listed(names: frozenset[str]) -> str:
@@ -101,11 +105,14 @@ def check_served(kind: str, fleet: Fleet, needs: frozenset[str] = frozenset()) -
         )
 
 
-def gpu_wanted(kind: str, requested: bool, mode: GpuMode) -> tuple[bool, str]:
+def gpu_wanted(kind: str, requested: bool, mode: GpuMode, gpu_kinds: frozenset[str]) -> tuple[bool, str]:
+    """A built-in kind outside GPU_KINDS benefits only where a GPU node of
+    the owner advertises it (`gpu_kinds`): documents, with docling's
+    layout models installed there."""
     if mode is GpuMode.OFF:
         return False, "gpu_mode_off"
-    if kind in BUILTIN_KINDS and kind not in GPU_KINDS:
-        return False, "kind_not_gpu_beneficial"
+    if kind in BUILTIN_KINDS and kind not in GPU_KINDS and kind not in gpu_kinds:
+        return False, "no_gpu_document_engine" if kind == Kind.DOCUMENT else "kind_not_gpu_beneficial"
     if mode is GpuMode.REQUIRED or requested:
         return True, "gpu_requested"
     return False, "gpu_not_requested"
@@ -121,9 +128,9 @@ def gpu_wish(rec: JobRecord) -> bool:
 
 def cpu_queue(owner: str, fleet: Fleet, kind: str | None = None, needs: frozenset[str] = frozenset()) -> str:
     """The owner's CPU lane if they run a CPU node, else the shared pool; for
-    a plugin kind or a job that needs a feature, the one of the two whose
-    nodes serve it."""
-    if kind is not None and (kind not in BUILTIN_KINDS or needs):
+    a plugin kind, a kind not every node serves, or a job that needs a
+    feature, the one of the two whose nodes serve it."""
+    if kind is not None and (kind not in WAITING_KINDS or needs):
         if fleet.cpu_serves(kind, needs):
             return owner
         if fleet.shared_serves(kind, needs):
@@ -154,15 +161,15 @@ async def choose(
     the start deadline fails it if no GPU node takes it in time. A job
     that `needs` a feature goes only to a lane whose live nodes serve it
     (a GPU-required one is refused if the owner's GPU nodes do not)."""
-    plugin = kind not in BUILTIN_KINDS
+    advertised = kind not in WAITING_KINDS  # served only where a node says so
     if (
-        (plugin or needs)
+        (advertised or needs)
         and mode is not GpuMode.OFF
         and fleet.gpu_serves(kind, needs)
         and not (fleet.cpu_serves(kind, needs) or fleet.shared_serves(kind, needs))
     ):
-        return Route(Lane.GPU, owner, "kind_served_only_on_gpu" if plugin else "feature_served_only_on_gpu")
-    wanted, reason = gpu_wanted(kind, requested or required, mode)
+        return Route(Lane.GPU, owner, "kind_served_only_on_gpu" if advertised else "feature_served_only_on_gpu")
+    wanted, reason = gpu_wanted(kind, requested or required, mode, fleet.gpu_kinds)
     if not wanted:
         return cpu_route(owner, fleet, reason, kind, needs)
     unserved_on_gpu = needs - fleet.gpu_features
@@ -175,7 +182,7 @@ async def choose(
         return Route(Lane.GPU, owner, "gpu_required")
     if not fleet.owner_gpu_live:
         return cpu_route(owner, fleet, "no_live_gpu_node", kind, needs)
-    if plugin and kind not in fleet.gpu_kinds:
+    if advertised and kind not in fleet.gpu_kinds:
         return cpu_route(owner, fleet, "kind_not_served_on_gpu", kind, needs)
     if unserved_on_gpu:
         return cpu_route(owner, fleet, "feature_not_served_on_gpu", kind, needs)

@@ -2,8 +2,10 @@
 
 - `POST /process/file` (multipart) and `POST /process/url` (JSON): wait up to
   `timeout` seconds (default 60, at most GPUBUS_SYNC_TIMEOUT) and answer with
-  the result in `format` (json, text, srt, vtt, md); a job still running then
-  answers 202 with the job, exactly like `POST /api/v1/jobs`.
+  the result in `format` (json, text, srt, vtt, md; a document or image: json,
+  text, md); a job still running then answers 202 with the job, exactly like
+  `POST /api/v1/jobs`. Files are audio, video, documents and images, as the
+  older API routed them.
 - `POST /api/v1/ingest/file` and `POST /api/v1/ingest/url`: always 202.
 
 Options may be given flat (`language`, `task`, `model`, `word_timestamps`,
@@ -24,15 +26,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.bodies import json_body
 from gateway.deps import State, User
-from gateway.form_fields import make_options, parse_bool, parse_kind, parse_options
+from gateway.form_fields import FILE_KINDS, make_options, parse_bool, parse_kind, parse_options
 from gateway.job_views import accepted
-from gateway.results import finished_transcript
+from gateway.results import DOCUMENT_RESULTS, finished_result, render_result
 from gateway.state import GatewayState
 from gateway.submission import submit_upload, submit_url
 from gateway.uploads import ParsedForm
 from schemas.diarized_formats import RENDERERS as DIARIZED_RENDERERS
+from schemas.document_formats import RENDERERS as DOCUMENT_RENDERERS
 from schemas.errors import InvalidInput
-from schemas.formats import RENDERERS, render
+from schemas.formats import RENDERERS
 from schemas.jobs import JobRecord, TranscribeOptions
 from schemas.names import Kind
 
@@ -64,9 +67,9 @@ class SeedUrlRequest(BaseModel):
     timeout: float = Field(DEFAULT_TIMEOUT_S, gt=0)
 
 
-def _check_format(fmt: str, options: TranscribeOptions) -> str:
-    """A diarized job's formats include RTTM."""
-    formats = DIARIZED_RENDERERS if options.diarize else RENDERERS
+def _check_format(fmt: str, options: TranscribeOptions, kind: str = Kind.AUDIO) -> str:
+    """A document kind has its own formats; a diarized job's include RTTM."""
+    formats = DOCUMENT_RENDERERS if kind in DOCUMENT_RESULTS else DIARIZED_RENDERERS if options.diarize else RENDERERS
     if fmt not in formats:
         raise InvalidInput(f"format: one of {sorted(formats)}")
     return fmt
@@ -79,10 +82,10 @@ def seed_form(form: ParsedForm) -> tuple[Kind, bool, TranscribeOptions]:
     flat: dict[str, Any] = {k: f[k] for k in FLAT_TEXT if f.get(k)}
     flat.update({k: parse_bool(f[k], k) for k in FLAT_BOOL if f.get(k)})
     options = make_options(base | flat)
-    _check_format(f.get("format") or "json", options)
     kind = parse_kind(f.get("kind"), form.sniffed_kind)
-    if kind not in (Kind.AUDIO, Kind.VIDEO):  # a plugin's kind: its result is no transcript
-        raise InvalidInput(f"kind: the older API transcribes audio and video, not {kind}")
+    if kind not in FILE_KINDS:  # a plugin's kind: its result is no transcript
+        raise InvalidInput(f"kind: the older API takes audio, video, documents and images, not {kind}")
+    _check_format(f.get("format") or "json", options, kind)
     return Kind(kind), parse_bool(f.get("gpu"), "gpu"), options
 
 
@@ -102,14 +105,14 @@ def _timeout(st: GatewayState, raw: str | float | None) -> float:
 
 
 async def _answer(st: GatewayState, rec: JobRecord, fmt: str, timeout_s: float) -> Response:
-    rec, transcript = await finished_transcript(st, rec, timeout_s)
-    if transcript is None:
+    rec, result = await finished_result(st, rec, timeout_s)
+    if result is None:
         return accepted(rec)
     headers = {"X-Gpubus-Job-Id": rec.job_id}
     if fmt == "json":
-        body = {"job_id": rec.job_id, "status": rec.status.value, "result": json.loads(transcript.model_dump_json())}
+        body = {"job_id": rec.job_id, "status": rec.status.value, "result": json.loads(result.model_dump_json())}
         return JSONResponse(body, headers=headers)
-    text, media_type = render(transcript, fmt)
+    text, media_type = render_result(result, fmt)
     return Response(text, media_type=media_type, headers=headers)
 
 

@@ -155,7 +155,7 @@ class MultipartToObject:
             raise InvalidInput(f"form field {self._name!r} is over {MAX_FIELD_BYTES} bytes")
 
     def _sniff(self) -> None:
-        kind, label = sniff(bytes(self._head))
+        kind, label = sniff(bytes(self._head), self.form.filename)
         if kind is None:
             raise UnsupportedMedia(f"the file looks like {label}, which no processor takes")
         self.form.sniffed_kind, self.form.sniffed_label = kind, label

@@ -131,7 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--gpu", action="store_true")
     sm.add_argument("--wait", action="store_true")
     sm.add_argument("--format", choices=FORMATS, help="of the result with --wait (default text; json with --json)")
-    sm.add_argument("--kind", choices=["audio", "video"])
+    sm.add_argument(
+        "--kind",
+        choices=["audio", "video", "document", "image", "web"],
+        help="default: from the file's bytes; web: fetch the URL as a page (main text), not as media",
+    )
     sm.add_argument("--language", help="e.g. en; default: detected")
     sm.add_argument("--task", choices=["transcribe", "translate"])
     sm.add_argument("--model", help="one a live node serves (see `gpubus status`)")

@@ -112,7 +112,9 @@ def cmd_submit(args: argparse.Namespace) -> None:
     path = None if "://" in target else readable_file(Path(target))  # a URL job: the gateway judges the scheme
     c = _client(Settings())
     if path is None:
-        job = c.submit_json({"url": target, "gpu": args.gpu, "options": options})
+        job = c.submit_json(
+            {"url": target, "gpu": args.gpu, "options": options} | ({"kind": args.kind} if args.kind else {})
+        )
     else:
         job = progress.upload(c, path, gpu=args.gpu, kind=args.kind, options=options)
     print(f"job {job['job_id']} {job['status']} on {job['lane']} ({job['routed_reason']})", file=sys.stderr)

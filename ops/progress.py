@@ -86,9 +86,11 @@ def _follow_events(c: GatewayClient, job_id: str, bar: Progress, task: TaskID) -
             last = ev.data
             bar.update(task, completed=last.get("progress", 0.0), description=_describe(last))
         elif ev.event == "progress" and ev.data.get("progress") is not None:
-            done = ev.data.get("media_s_done")
+            done, pages = ev.data.get("media_s_done"), ev.data.get("pages_total")
             media = f", {done:.0f}s of media" if done else ""
             doing = ev.data.get("phase") or "running"
+            if pages:
+                media = f", page {ev.data.get('pages_done') or 0} of {pages}"
             bar.update(task, completed=ev.data["progress"], description=f"{doing} on {ev.data['lane']}{media}")
         elif ev.event == "started":
             bar.update(task, description=f"running on {ev.data['lane']} ({ev.data['node_id']})")

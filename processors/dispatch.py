@@ -10,6 +10,7 @@ from schemas.jobs import JobMessage
 from schemas.names import Lane
 from schemas.processing import (
     NOTHING_STAGED,
+    SECONDS,
     Advertises,
     Input,
     JobOutput,
@@ -18,6 +19,7 @@ from schemas.processing import (
     ProgressFn,
     Staging,
     input_of,
+    progress_unit,
 )
 
 UNSUPPORTED_KIND = "UNSUPPORTED_KIND"
@@ -47,6 +49,11 @@ class ByKind:
                 for feature, offers in p.features.items():
                     merged.setdefault(feature, set()).update(offers)
         return {feature: sorted(offers) for feature, offers in merged.items()}
+
+    def progress_unit_of(self, kind: str) -> str:
+        """What the kind's progress calls count (schemas/processing.progress_unit)."""
+        proc = self._by_kind.get(kind)
+        return progress_unit(proc, kind) if proc is not None else SECONDS
 
     def staging(self, job: JobMessage) -> Staging:
         """The kind's own needs; an unsupported kind needs nothing (run fails it)."""

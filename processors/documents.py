@@ -20,6 +20,7 @@ import importlib.util
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
@@ -34,6 +35,8 @@ from schemas.document_errors import (
     UnsupportedDocument,
 )
 from schemas.documents import DocumentPage, DocumentResult, Heading
+from schemas.media_sniff import SNIFF_BYTES, sniff
+from schemas.names import Kind
 
 log = logging.getLogger("gpubus.processors.documents")
 
@@ -50,6 +53,7 @@ SUFFIX_FORMATS = {
     ".markdown": "md",
     ".txt": "text",
 }
+FORMATS = frozenset(SUFFIX_FORMATS.values())
 ZIP_FORMATS = frozenset({"docx", "pptx", "xlsx", "epub"})
 MARKITDOWN_EXTENSIONS = {"text": ".txt"}  # the rest: "." + format
 ENGINE_PDF = "pypdfium2+pdfplumber"
@@ -59,6 +63,7 @@ PDFIUM_ERR_PASSWORD = 4  # FPDF_ERR_PASSWORD
 _SLIDE_MARK = "<!-- Slide number:"
 _PDFIUM_LOCK = threading.Lock()
 PAGE_BREAK = "\n\n---\n\n"  # between PDF pages in the Markdown
+OnPage = Callable[[int, int], None]  # (pages done, pages in all)
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ def detect_format(path: Path, filename: str | None = None) -> str:
     a PDF is a broken upload, not a text file."""
     suffix = Path(filename or path.name).suffix.lower()
     head = _head(path)
-    fmt = SUFFIX_FORMATS.get(suffix) or ("pdf" if b"%PDF-" in head else None)
+    fmt = SUFFIX_FORMATS.get(suffix) or ("pdf" if b"%PDF-" in head else None) or _sniffed_format(head, filename)
     if fmt is None:
         raise UnsupportedDocument(f"not a document format this node converts ({suffix or 'no extension'})")
     if fmt == "pdf" and b"%PDF-" not in head:
@@ -85,7 +90,14 @@ def detect_format(path: Path, filename: str | None = None) -> str:
 
 def _head(path: Path) -> bytes:
     with path.open("rb") as f:
-        return f.read(1024)
+        return f.read(SNIFF_BYTES)
+
+
+def _sniffed_format(head: bytes, filename: str | None) -> str | None:
+    """A name without a known extension: what the gateway's sniffing made
+    of the bytes (a text upload called `notes`, a DOCX called `report`)."""
+    kind, label = sniff(head, filename)
+    return label if kind == Kind.DOCUMENT and label in FORMATS else None
 
 
 def docling_usable(artifacts: Path | None) -> bool:
@@ -94,13 +106,17 @@ def docling_usable(artifacts: Path | None) -> bool:
     return artifacts is not None and artifacts.is_dir() and importlib.util.find_spec("docling") is not None
 
 
-def convert(path: Path, limits: DocumentLimits, *, filename: str | None = None) -> DocumentResult:
-    """Raises DecodeFailed, DocumentEncrypted, ArchiveTooLarge, DocumentTooLarge, UnsupportedDocument."""
+def convert(
+    path: Path, limits: DocumentLimits, *, filename: str | None = None, on_page: OnPage | None = None
+) -> DocumentResult:
+    """Raises DecodeFailed, DocumentEncrypted, ArchiveTooLarge, DocumentTooLarge, UnsupportedDocument.
+    `on_page(done, total)` is called as a PDF's pages are converted (it may
+    raise, say JobCancelled, to stop the conversion there)."""
     t0 = time.monotonic()
     fmt = detect_format(path, filename)
     if fmt in ZIP_FORMATS:
         check_archive(path, limits.zip)
-    result = _pdf(path, limits) if fmt == "pdf" else _markitdown_document(path, fmt)
+    result = _pdf(path, limits, on_page) if fmt == "pdf" else _markitdown_document(path, fmt)
     result.processing_s = round(time.monotonic() - t0, 3)
     log.info("converted %s (%s) with %s in %.2fs", path.name, fmt, result.engine, result.processing_s)
     return result
@@ -153,13 +169,13 @@ def _read_pdf(path: Path, limits: DocumentLimits) -> tuple[str | None, list[str]
             pdf.close()
 
 
-def _pdf(path: Path, limits: DocumentLimits) -> DocumentResult:
+def _pdf(path: Path, limits: DocumentLimits, on_page: OnPage | None = None) -> DocumentResult:
     title, texts, outline = _read_pdf(path, limits)
     docling = _docling_markdown(path, limits.docling_artifacts)
     if docling is not None:
         markdown, tables, engine = docling, mds.tables(docling), ENGINE_DOCLING
     else:
-        markdown, tables = _pdfplumber_markdown(path, texts)
+        markdown, tables = _pdfplumber_markdown(path, texts, on_page)
         engine = ENGINE_PDF
     return DocumentResult(
         engine=engine,
@@ -173,7 +189,7 @@ def _pdf(path: Path, limits: DocumentLimits) -> DocumentResult:
     )
 
 
-def _pdfplumber_markdown(path: Path, texts: list[str]) -> tuple[str, list[str]]:
+def _pdfplumber_markdown(path: Path, texts: list[str], on_page: OnPage | None = None) -> tuple[str, list[str]]:
     """Per page: the prose outside ruled tables, then the tables in Markdown.
     A page pdfplumber cannot parse keeps PDFium's text and no tables."""
     import pdfplumber
@@ -199,6 +215,8 @@ def _pdfplumber_markdown(path: Path, texts: list[str]) -> tuple[str, list[str]]:
             except errors as e:
                 log.warning("pdfplumber could not read page %d of %s: %s", index + 1, path.name, e)
             page.close()
+            if on_page is not None:
+                on_page(index + 1, len(texts))
     return PAGE_BREAK.join(parts), tables
 
 

@@ -10,7 +10,7 @@ where a plugin that fails is logged and skipped (processors/plugins.py).
 
 from __future__ import annotations
 
-from processors import plugins
+from processors import kinds, plugins
 from processors.diarization import DiarizationSettings, node_diarizer
 from processors.dispatch import ByKind
 from processors.media_fetch import FetchConfig
@@ -35,6 +35,7 @@ def build(
     transcriber = TranscriptionProcessor(engine, node_id=ctx.node_id, diarizer=diarizer)
     fetch = FetchConfig(ctx.download_max_bytes, ctx.download_timeout_s, ctx.allow_private_urls)
     procs: list[Processor] = [transcriber, UrlProcessor(transcriber, fetch)]
+    procs += kinds.build(ctx)
     if enable_noop:
         procs.append(NoopProcessor(cfg.device))
     procs += plugins.load(ctx, taken={k for p in procs for k in p.kinds})

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,9 +60,14 @@ def _open(path: Path) -> Any:
         raise DecodeFailed("not a PNG, JPEG, WebP, TIFF or BMP image Pillow can read") from e
 
 
+def page_count(image: Any) -> int:
+    """Pages of an opened image: a TIFF's frames, else one (an animated WebP is one image)."""
+    return int(getattr(image, "n_frames", 1)) if image.format == "TIFF" else 1
+
+
 def _frames(image: Any, limits: ImageLimits) -> Iterator[Image.Image]:
     """Each page as RGB, upright; its size checked before it is decoded."""
-    count = getattr(image, "n_frames", 1) if image.format == "TIFF" else 1
+    count = page_count(image)
     if count > limits.max_pages:
         raise DocumentTooLarge(f"the image has {count} pages; the limit is {limits.max_pages}")
     for index in range(count):
@@ -113,15 +118,25 @@ class OcrEngine:
         ]
         return OcrPage(number=number, width=frame.width, height=frame.height, lines=reading_order(lines))
 
-    def recognize(self, path: Path, limits: ImageLimits, cancelled: threading.Event | None = None) -> OcrResult:
-        """Raises ImageTooLarge, DocumentTooLarge, DecodeFailed, JobCancelled."""
+    def recognize(
+        self,
+        path: Path,
+        limits: ImageLimits,
+        cancelled: threading.Event | None = None,
+        on_page: Callable[[int, int], None] | None = None,
+    ) -> OcrResult:
+        """Raises ImageTooLarge, DocumentTooLarge, DecodeFailed, JobCancelled.
+        `on_page(done, total)` after each page."""
         t0 = time.monotonic()
         pages: list[OcrPage] = []
         with _open(path) as image:
+            count = page_count(image)
             for number, frame in enumerate(_frames(image, limits), start=1):
                 if cancelled is not None and cancelled.is_set():
                     raise JobCancelled()
                 pages.append(self._page(number, frame))
+                if on_page is not None:
+                    on_page(number, count)
         text = "\n\n".join("\n".join(ln.text for ln in p.lines) for p in pages).strip()
         elapsed = round(time.monotonic() - t0, 3)
         log.info(

@@ -16,7 +16,9 @@ import http.client
 import socket
 import ssl
 import time
+import urllib.request
 from dataclasses import dataclass
+from http.cookiejar import CookieJar
 from urllib.parse import urljoin, urlsplit
 
 from processors.fetch_child import DOWNLOAD_FAILED, DOWNLOAD_TOO_LARGE, DOWNLOAD_UNAVAILABLE, limit_text
@@ -126,7 +128,20 @@ def _read_capped(
         chunks.append(chunk)
 
 
-def _get_once(url: str, limits: WebFetchLimits, deadline: _Deadline) -> tuple[str | None, str, bytes]:
+def _cookie_header(cookies: CookieJar | None, url: str) -> dict[str, str]:
+    """The owner's cookies for this URL (domain, path, secure and expiry
+    rules are the jar's), checked again on every redirect."""
+    if cookies is None:
+        return {}
+    request = urllib.request.Request(url)
+    cookies.add_cookie_header(request)
+    value = request.get_header("Cookie")
+    return {"Cookie": value} if value else {}
+
+
+def _get_once(
+    url: str, limits: WebFetchLimits, deadline: _Deadline, cookies: CookieJar | None = None
+) -> tuple[str | None, str, bytes]:
     """(Location, Content-Type, body): one request, no redirect followed."""
     conn = _connection(url, limits, deadline)
     sock = conn.sock  # http.client drops conn.sock on "Connection: close"; the response still reads it
@@ -134,7 +149,8 @@ def _get_once(url: str, limits: WebFetchLimits, deadline: _Deadline) -> tuple[st
     try:
         parts = urlsplit(url)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        conn.request("GET", target, headers={"User-Agent": USER_AGENT, "Accept": "text/html,*/*;q=0.5"})
+        headers = {"User-Agent": USER_AGENT, "Accept": "text/html,*/*;q=0.5"} | _cookie_header(cookies, url)
+        conn.request("GET", target, headers=headers)
         response = conn.getresponse()
         if response.status in REDIRECT_STATUSES:
             return response.getheader("Location") or "", "", b""
@@ -146,7 +162,7 @@ def _get_once(url: str, limits: WebFetchLimits, deadline: _Deadline) -> tuple[st
         conn.close()
 
 
-def fetch_page(url: str, limits: WebFetchLimits) -> FetchedPage:
+def fetch_page(url: str, limits: WebFetchLimits, cookies: CookieJar | None = None) -> FetchedPage:
     """Raises JobFailed (URL_REFUSED, DOWNLOAD_FAILED, DOWNLOAD_TOO_LARGE,
     DOWNLOAD_TIMEOUT) or JobRetryable (DOWNLOAD_UNAVAILABLE)."""
     deadline = _Deadline(limits.timeout_s)
@@ -156,7 +172,7 @@ def fetch_page(url: str, limits: WebFetchLimits) -> FetchedPage:
         except UrlRefused as e:
             raise _refused(e) from None
         try:
-            location, content_type, body = _get_once(url, limits, deadline)
+            location, content_type, body = _get_once(url, limits, deadline, cookies)
         except TimeoutError as e:  # every socket wait is bounded by what is left of the deadline
             raise deadline.expired() from e
         except ssl.SSLCertVerificationError as e:

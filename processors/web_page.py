@@ -11,6 +11,7 @@ SSRF guard (processors/web_fetch.py).
 from __future__ import annotations
 
 import time
+from http.cookiejar import CookieJar
 from typing import Any
 
 from processors import markdown_structure as mds
@@ -62,9 +63,10 @@ def extract(html: bytes | str, url: str) -> WebPageResult:
     )
 
 
-def read_web_page(url: str, limits: WebFetchLimits) -> WebPageResult:
-    """Fetch (SSRF-guarded, capped, timed) and extract; the result carries the final URL."""
-    page = fetch_page(url, limits)
+def read_web_page(url: str, limits: WebFetchLimits, cookies: CookieJar | None = None) -> WebPageResult:
+    """Fetch (SSRF-guarded, capped, timed, with the owner's cookies if any)
+    and extract; the result carries the final URL."""
+    page = fetch_page(url, limits, cookies)
     media_type = page.content_type.split(";", 1)[0].strip().lower()
     if media_type not in HTML_TYPES:
         raise UnsupportedDocument(f"{page.url} is {media_type}, not an HTML page")

@@ -64,6 +64,8 @@ class JobEvent(BaseModel):
     progress: float | None = Field(None, ge=0.0, le=1.0)
     media_s_done: float | None = None  # of the phase's media, when it names one
     phase: str | None = Field(None, max_length=PHASE_MAX)  # what the job is doing (transcribing, diarizing)
+    pages_done: int | None = Field(None, ge=0)  # documents and images (schemas/processing.PAGES)
+    pages_total: int | None = Field(None, ge=0)
     result_object: str | None = Field(None, max_length=OBJECT_NAME_MAX)
     result_inline: str | None = Field(None, max_length=INLINE_RESULT_MAX)
     summary: ResultSummary | None = None

@@ -167,6 +167,9 @@ class ResultSummary(BaseModel):
     model: str | None = Field(None, max_length=NAME_MAX)
     real_time_factor: float | None = None
     stages: list[StageSummary] = Field(default_factory=list, max_length=8)
+    # Pages converted (documents: PDF pages or slides, 1 for an unpaginated
+    # file) or recognised (images: 1, or a TIFF's pages): pages/s and images/s.
+    pages: int | None = Field(None, ge=0)
 
 
 class JobRecord(BaseModel):

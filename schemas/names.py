@@ -54,10 +54,17 @@ class Kind(StrEnum):
     VIDEO = "video"
     URL = "url"
     NOOP = "noop"  # benchmarks only: measures the bus, not the model
+    DOCUMENT = "document"  # PDF, Office, EPUB, HTML, Markdown, text to Markdown (processors/documents.py)
+    WEB = "web"  # a web page's main text, fetched by the node (processors/web_page.py)
+    IMAGE = "image"  # OCR of PNG, JPEG, WebP, TIFF, BMP (processors/image_ocr.py)
 
 
 BUILTIN_KINDS = frozenset(Kind)
-GPU_KINDS = frozenset({Kind.AUDIO, Kind.VIDEO, Kind.URL})
+# Kinds that take the GPU lane when asked for and a GPU node of the owner
+# serves them. A document does only where a GPU node advertises it (its
+# docling layout models are installed there: processors/kinds.py); a web page
+# never does.
+GPU_KINDS = frozenset({Kind.AUDIO, Kind.VIDEO, Kind.URL, Kind.IMAGE})
 
 # A kind is a subject token (`jobs.<owner>.<lane>.<kind>`) and a metrics
 # label, so it is a short lowercase token: no `.`, `*` or `>` can widen a

@@ -49,7 +49,8 @@ class ProcessorContext:
     leave it out); `workers` the jobs the node runs at once;
     `allow_private_urls` whether URLs to private addresses may be fetched
     (tests); `download_max_bytes` and `download_timeout_s` the caps on
-    anything the processor downloads."""
+    anything the processor downloads; `docling_artifacts` where docling's
+    weights are installed, if they are."""
 
     device: str
     node_id: str
@@ -58,6 +59,9 @@ class ProcessorContext:
     allow_private_urls: bool
     download_max_bytes: int
     download_timeout_s: float
+    # docling's layout model weights, installed on this node (never
+    # downloaded); None: documents are converted without models.
+    docling_artifacts: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,23 @@ class ProgressFn(Protocol):
     """`phase` is for a job done in steps; a processor of one step leaves it out."""
 
     def __call__(self, media_s_done: float, media_s_total: float, phase: Phase | None = None) -> None: ...
+
+
+# What a processor's `progress(done, total)` counts, declared as its
+# optional `progress_unit` attribute: media seconds (the default), or pages
+# (documents, image pages). Progress events carry the counts under the
+# unit's own names (`media_s_done`, or `pages_done`/`pages_total`).
+SECONDS = "s"
+PAGES = "page"
+
+
+def progress_unit(proc: object, kind: str) -> str:
+    """The unit of `proc`'s progress calls for a job of `kind`: a processor
+    serving several kinds (the node's dispatcher) answers per kind."""
+    per_kind = getattr(proc, "progress_unit_of", None)
+    if callable(per_kind):
+        return str(per_kind(kind))
+    return str(getattr(proc, "progress_unit", SECONDS))
 
 
 @dataclass(frozen=True)

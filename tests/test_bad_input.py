@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import zipfile
 
 import nats
 import pytest
@@ -70,11 +71,15 @@ def test_body_that_does_not_validate_is_422(gateway, user):
         assert c.get("/api/v1/jobs").json()["jobs"] == []  # nothing was queued by any of that
 
 
-def test_known_non_media_is_415_and_leaves_nothing(gateway, user):
+def test_what_no_processor_takes_is_415_and_leaves_nothing(gateway, user):
     key = gateway.create_key(user)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("setup.sh", "echo not an office file\n" * 10_000)
+    elf = b"\x7fELF\x02\x01\x01" + b"\0" * 200_000
     with gateway.client(key) as c:
-        pdf = b"%PDF-1.7\n" + b"0" * 200_000
-        _error(c.post("/api/v1/jobs", files={"file": ("doc.wav", pdf)}), 415, "UNSUPPORTED_MEDIA")
+        for name, data in [("doc.wav", elf), ("report.docx", archive.getvalue()), ("a.gif", b"GIF89a" + bytes(9000))]:
+            _error(c.post("/api/v1/jobs", files={"file": (name, data)}), 415, "UNSUPPORTED_MEDIA")
     assert _objects(gateway.nats_url, user) == []
 
 

@@ -20,6 +20,7 @@ SCRIPTS = {
     "transcription": ["--clip", "4", "--repeat", "2", "--jobs", "1", "--rounds", "1", "--concurrency", "2"],
     "fallback": ["--clip", "4", "--ack-wait", "2", "--trials", "1"],
     "diarization": ["--clip", "8", "--rounds", "1"],
+    "documents": ["--pages", "2", "--images", "1", "--jobs", "1", "--rounds", "1"],
     "sse_fanout": ["--clients", "10", "--jobs", "3"],
     "scale": ["--jobs", "20", "--nodes", "1,2", "--owners", "1,3", "--inflight", "4", "--capacity", "2"],
     "gpu_pipeline": ["--jobs", "3", "--minutes", "0.5", "--rtfx", "50"],

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
 from schemas.events import EventType
 from tests import busreader
+from tests import document_files as files
 from tests.harness import TESTDATA, metric, start_node, submit_file, wait_job, wait_until, words
 
 pytestmark = pytest.mark.timeout(240)
@@ -25,14 +27,27 @@ def _running_with_progress(c, job_id: str, node_prefix: str):
     return wait_until(check, timeout_s=90, what=f"job {job_id} running on {node_prefix}")
 
 
-def test_gpu_node_killed_mid_job_falls_back_to_cpu(gateway, shared_cpu_node, user):
-    # Given a GPU node transcribing a long file
+def _long_tiff(tmp_path: Path) -> Path:
+    """Pages enough that OCR on the CPU takes a while: the kill lands mid-job."""
+    return files.multipage_tiff(tmp_path / "scan.tiff", [files.OCR_LINES] * 24, compression="tiff_deflate")
+
+
+# (kind, a long input of it, a word its result must have)
+LONG_JOBS = [
+    ("audio", lambda tmp_path: TESTDATA / "long.wav", "section"),
+    ("image", _long_tiff, "quick"),
+]
+
+
+@pytest.mark.parametrize(("kind", "make_input", "word"), LONG_JOBS, ids=[k for k, _, _ in LONG_JOBS])
+def test_gpu_node_killed_mid_job_falls_back_to_cpu(gateway, shared_cpu_node, user, tmp_path, kind, make_input, word):
+    # Given a GPU node working on a long job (transcription, OCR of many pages)
     key = gateway.create_key(user)
     gpu = start_node(gateway, "gpu", key=key, name=f"gpu-{user}")
-    fallbacks = metric(gateway.url, "gpubus_jobs_fallback_total", reason="ack_timeout", kind="audio")
+    fallbacks = metric(gateway.url, "gpubus_jobs_fallback_total", reason="ack_timeout", kind=kind)
     with gateway.client(key) as c:
-        job = submit_file(c, TESTDATA / "long.wav", gpu=True)
-        assert job["lane"] == "gpu"
+        job = submit_file(c, make_input(tmp_path), gpu=True)
+        assert job["lane"] == "gpu" and c.get(f"/api/v1/jobs/{job['job_id']}").json()["kind"] == kind
         _running_with_progress(c, job["job_id"], "gpu-")
         # When the node is killed -9 mid-transcription
         gpu.kill()
@@ -45,9 +60,9 @@ def test_gpu_node_killed_mid_job_falls_back_to_cpu(gateway, shared_cpu_node, use
         assert final["fallback"]["at"] - final["created_at"] > 0
         fallback_delay = final["fallback"]["at"] - (time.time() - (time.monotonic() - killed_at))
         assert fallback_delay < ACK_WAIT_S + 5, fallback_delay
-        assert "section" in words(c.get(f"/api/v1/jobs/{job['job_id']}/result?format=text").text)
+        assert word in words(c.get(f"/api/v1/jobs/{job['job_id']}/result?format=text").text)
     assert busreader.terminal_counts(gateway.nats_url, user) == {job["job_id"]: 1}
-    assert metric(gateway.url, "gpubus_jobs_fallback_total", reason="ack_timeout", kind="audio") == fallbacks + 1
+    assert metric(gateway.url, "gpubus_jobs_fallback_total", reason="ack_timeout", kind=kind) == fallbacks + 1
 
 
 def test_stopped_gpu_node_wakes_late_first_terminal_wins(gateway, shared_cpu_node, user):

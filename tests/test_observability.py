@@ -25,7 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ops.embedded_nats import NatsServer
-from tests import promql
+from tests import document_files, promql
 from tests.harness import (
     TESTDATA,
     Gateway,
@@ -111,6 +111,8 @@ class GpuRun:
     node_info: dict[str, Any]
     good: dict[str, Any]
     bad: dict[str, Any]
+    ocr: dict[str, Any]
+    png: Path
     node_before: Scrape
     node_after: Scrape
     gw_before: Scrape
@@ -126,12 +128,15 @@ def gpu_run(env: Env) -> GpuRun:
     env.procs.append(node)
     info = node_of(env.gw, user, "gpu")
     node_before, gw_before = scrape(info["metrics_url"]), scrape(f"{env.gw.url}/metrics")
-    # When they transcribe speech (diarized) and send a file that is not media
+    # When they transcribe speech (diarized), send a file that is not media, and an image to read
+    png = document_files.text_png(env.gw.workdir / "obs-note.png")
     with env.gw.client(key) as c:
         good = wait_job(c, submit_file(c, TESTDATA / "hello.wav", gpu=True, options='{"diarize": true}')["job_id"])
         bad = wait_job(c, submit_file(c, TESTDATA / "garbage.bin", gpu=True)["job_id"])
+        ocr = wait_job(c, submit_file(c, png, gpu=True)["job_id"], timeout_s=90)
     assert good["status"] == "succeeded" and good["lane"] == "gpu", good
     assert bad["status"] == "failed" and bad["lane"] == "gpu", bad
+    assert ocr["status"] == "succeeded" and ocr["lane"] == "gpu", ocr
     # (the lag monitor's next poll sees the queue empty again)
     time.sleep(3 * LAG_POLL_S)
     return GpuRun(
@@ -141,6 +146,8 @@ def gpu_run(env: Env) -> GpuRun:
         info,
         good,
         bad,
+        ocr,
+        png,
         node_before,
         scrape(info["metrics_url"]),
         gw_before,
@@ -158,8 +165,12 @@ def test_node_metrics_move_with_real_jobs(gpu_run: GpuRun):
     # Then media seconds rose by the audio's duration (the failed file adds none)
     assert delta("gpubus_node_media_seconds_total") == pytest.approx(wav_seconds(TESTDATA / "hello.wav"), abs=0.1)
     assert delta("gpubus_node_media_seconds_total") == pytest.approx(gpu_run.good["summary"]["duration_s"], abs=1e-6)
-    assert delta("gpubus_node_jobs_total", status="succeeded") == 1
-    assert delta("gpubus_node_jobs_total", status="failed") == 1
+    assert delta("gpubus_node_jobs_total", kind="audio", status="succeeded") == 1
+    assert delta("gpubus_node_jobs_total", kind="audio", status="failed") == 1
+    assert delta("gpubus_node_jobs_total", kind="image", status="succeeded") == 1
+    assert delta("gpubus_node_job_duration_seconds_count", kind="image", status="succeeded") == 1
+    # and the image's one page counts towards images/s
+    assert delta("gpubus_node_pages_total", kind="image") == 1
     assert delta("gpubus_node_processing_seconds_total") > 0
     assert delta("gpubus_node_real_time_factor_count") == 1
     # and the diarization step's own seconds per media second, by engine
@@ -190,9 +201,10 @@ def test_gateway_metrics_move_with_real_jobs(gpu_run: GpuRun):
     assert delta("gpubus_jobs_finished_total", **gpu_audio, status="failed", code=code) == 1
     assert delta("gpubus_queue_wait_seconds_count", **gpu_audio) == 2
     assert delta("gpubus_job_duration_seconds_count", **gpu_audio) == 2
-    sizes = (TESTDATA / "hello.wav").stat().st_size + (TESTDATA / "garbage.bin").stat().st_size
+    assert delta("gpubus_jobs_submitted_total", lane="gpu", kind="image") == 1
+    sizes = sum(p.stat().st_size for p in (TESTDATA / "hello.wav", TESTDATA / "garbage.bin", gpu_run.png))
     assert delta("gpubus_upload_bytes_total") == sizes
-    assert delta("gpubus_http_request_duration_seconds_count", method="POST", route="/api/v1/jobs", status="202") == 2
+    assert delta("gpubus_http_request_duration_seconds_count", method="POST", route="/api/v1/jobs", status="202") == 3
     consumer = {"consumer": f"gpu_{user}", "owner": user, "lane": "gpu"}
     assert after.has("gpubus_consumer_pending_jobs", **consumer)
     for name in ("pending", "ack_pending", "redelivered"):

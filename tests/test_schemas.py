@@ -137,10 +137,50 @@ def test_sniff_testdata(name, kind):
 
 
 @pytest.mark.parametrize(
-    "head", [b"%PDF-1.5", b"PK\x03\x04xx", b"\x89PNG\r\n", b"<html><body>", b'{"a": 1}', b"\x7fELF"]
+    "head",
+    [b"PK\x03\x04xx", b"GIF89a", b'{"a": 1}', b"[1, 2]", b"<?xml version='1.0'?><svg/>", b"\x7fELF", b"MZ\x90\x00"],
 )
-def test_sniff_refuses_known_non_media(head):
+def test_sniff_refuses_what_no_processor_takes(head):
     assert sniff(head)[0] is None
+
+
+@pytest.mark.parametrize(
+    ("head", "filename", "kind", "label"),
+    [
+        (b"%PDF-1.5\n", None, Kind.DOCUMENT, "pdf"),
+        (b"<!DOCTYPE html><html><body>", None, Kind.DOCUMENT, "html"),
+        (b"# Notes\n\nSome *words*.", "notes.md", Kind.DOCUMENT, "md"),
+        (b"Plain words, caf\xc3\xa9 \xe2\x82", None, Kind.DOCUMENT, "text"),  # a character cut at the end
+        (b"\x89PNG\r\n\x1a\n", None, Kind.IMAGE, "png"),
+        (b"\xff\xd8\xff\xe0", None, Kind.IMAGE, "jpeg"),
+        (b"RIFF\x00\x00\x00\x00WEBPVP8 ", None, Kind.IMAGE, "webp"),
+        (b"II*\x00\x08\x00", None, Kind.IMAGE, "tiff"),
+        (b"BM" + bytes(12) + b"\x28\x00\x00\x00", None, Kind.IMAGE, "bmp"),
+        (b"RIFF\x00\x00\x00\x00WAVEfmt ", None, Kind.AUDIO, "wav"),
+        (b"[build-system]\nrequires = []\n", "pyproject.toml", Kind.DOCUMENT, "text"),  # not JSON
+    ],
+)
+def test_sniff_names_documents_and_images(head, filename, kind, label):
+    assert sniff(head, filename) == (kind, label)
+
+
+def test_sniff_tells_office_zips_from_other_archives(tmp_path):
+    import zipfile
+
+    from tests import document_files as files
+
+    made = {
+        "docx": files.docx_with_headings(tmp_path / "a.docx"),
+        "pptx": files.pptx_two_slides(tmp_path / "a.pptx"),
+        "xlsx": files.xlsx_sheet(tmp_path / "a.xlsx"),
+        "epub": files.epub_book(tmp_path / "a.epub"),
+    }
+    for label, path in made.items():
+        assert sniff(path.read_bytes()[:8192]) == (Kind.DOCUMENT, label), label
+    with zipfile.ZipFile(tmp_path / "plain.zip", "w") as zf:
+        zf.writestr("notes/readme.txt", "not an office file " * 50)
+        zf.writestr("word.txt", "a name that is not a part")
+    assert sniff((tmp_path / "plain.zip").read_bytes()[:8192]) == (None, "zip")
 
 
 def _max_event() -> JobEvent:

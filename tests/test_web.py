@@ -167,11 +167,11 @@ def test_upload_on_gpu_to_transcript_and_srt_download(gateway: Gateway, web_user
     expect(page.locator("#nodes")).to_contain_text("GPU")
     # When they pick hello.wav, switch "Run on GPU" on, choose SRT and submit
     page.get_by_label("choose files").set_input_files(TESTDATA / "hello.wav")
-    expect(page.get_by_role("list", name="Files to transcribe")).to_contain_text("hello.wav")
+    expect(page.get_by_role("list", name="Files to process")).to_contain_text("hello.wav")
     page.get_by_role("switch", name="Run on GPU").check()
     page.get_by_label("Language").select_option("en")
     page.get_by_label("Output format").select_option("srt")
-    page.get_by_role("button", name="Transcribe").click()
+    page.get_by_role("button", name="Submit").click()
     # Then the upload reports its progress and the job is queued on the GPU lane
     expect(page.locator("#uploads")).to_contain_text("Uploaded · queued on GPU")
     expect(page.get_by_role("progressbar", name="Upload of hello.wav")).to_have_attribute("value", "100")
@@ -234,12 +234,12 @@ def test_failed_job_reads_plainly_and_retry_fails_again_the_same_way(
     # Given a file that is not media, dropped on the page and sent to the GPU
     drop_file(page, TESTDATA / "garbage.bin")
     page.get_by_role("switch", name="Run on GPU").check()
-    page.get_by_role("button", name="Transcribe").click()
+    page.get_by_role("button", name="Submit").click()
     expect(page.locator("#uploads")).to_contain_text("Uploaded · queued on GPU")
     row = page.locator("#jobs > li", has_text="garbage.bin").first
     # Then it fails with the error in plain words (and the code for whoever debugs it)
     expect(row).to_have_attribute("data-status", "failed", timeout=JOB_WAIT_MS)
-    plain = "This file could not be read as audio or video."
+    plain = "This file could not be read: it is damaged, cut short, or not what its name says."
     expect(row.locator(".job-error")).to_contain_text(plain)
     expect(row.locator(".job-error code")).to_have_text("DECODE_FAILED")
     job_id = row.get_attribute("data-job-id")
@@ -260,6 +260,44 @@ def test_failed_job_reads_plainly_and_retry_fails_again_the_same_way(
     tab.only_the_gateway_was_called(gateway)
 
 
+def test_pdf_and_image_to_their_text_in_the_result_view(
+    gateway: Gateway, shared_cpu_node, web_user: WebUser, tab: Tab, shots: Path, tmp_path: Path
+):
+    from tests import document_files as files
+
+    page = tab.page
+    sign_in(page, gateway, web_user.key)
+    # When a PDF and a PNG are picked and submitted with "Run on GPU" on
+    pdf, png = files.pdf_3_pages(tmp_path / "report.pdf"), files.text_png(tmp_path / "note.png")
+    page.get_by_label("choose files").set_input_files([pdf, png])
+    page.get_by_role("switch", name="Run on GPU").check()
+    page.get_by_label("Output format").select_option("srt")  # a document has none: Markdown instead
+    page.get_by_role("button", name="Submit").click()
+    pdf_row = page.locator("#jobs > li", has_text="report.pdf").first
+    png_row = page.locator("#jobs > li", has_text="note.png").first
+    # Then the PDF runs on CPU saying why, the image on the user's GPU node
+    expect(pdf_row).to_have_attribute("data-status", "succeeded", timeout=JOB_WAIT_MS)
+    expect(png_row).to_have_attribute("data-status", "succeeded", timeout=JOB_WAIT_MS)
+    expect(pdf_row.locator(".facts")).to_contain_text("documents run on CPU unless your GPU node has")
+    expect(png_row.locator(".lane")).to_have_text("GPU")
+    expect(pdf_row.locator(".facts")).to_contain_text("Pages3")
+    expect(pdf_row.get_by_role("button", name="Download report.pdf as MD")).to_be_visible()
+    # And the PDF's result view shows its Markdown (as text), with its table, and no subtitle downloads
+    pdf_row.get_by_role("button", name="Open result of report.pdf").click()
+    dialog = page.get_by_role("dialog", name="report.pdf")
+    expect(dialog.locator("#tr-meta")).to_contain_text("Quarterly Report · PDF · 3 pages")
+    expect(dialog.locator("#tr-text")).to_contain_text("| Mango | 12 |")
+    expect(dialog.get_by_role("button", name="Download as SRT")).to_be_hidden()
+    page.screenshot(path=shots / "document-result.png")
+    dialog.get_by_role("button", name="Close transcript").click()
+    # And the image's shows the recognised lines
+    png_row.get_by_role("button", name="Open result of note.png").click()
+    dialog = page.get_by_role("dialog", name="note.png")
+    expect(dialog.locator("#tr-meta")).to_contain_text("1 page · 3 lines")
+    assert {"quick", "lazy", "invoice"} <= words(dialog.locator("#tr-text").inner_text())
+    tab.only_the_gateway_was_called(gateway)
+
+
 def test_gpu_node_that_stops_mid_job_shows_the_move_to_cpu(
     gateway: Gateway, web_user: WebUser, tab: Tab, shots: Path, tmp_path: Path
 ):
@@ -276,7 +314,7 @@ def test_gpu_node_that_stops_mid_job_shows_the_move_to_cpu(
         # Given a long file running on the GPU node, its progress bar moving
         page.get_by_label("choose files").set_input_files(lecture)
         page.get_by_role("switch", name="Run on GPU").check()
-        page.get_by_role("button", name="Transcribe").click()
+        page.get_by_role("button", name="Submit").click()
         row = page.locator("#jobs > li", has_text="lecture.wav").first
         page.wait_for_function(
             "li => li.dataset.status === 'running' && li.querySelector('progress').value > 0",

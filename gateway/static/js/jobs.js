@@ -5,7 +5,7 @@
 import { api, events, session } from './api.js';
 import { FORMATS, formatOf, saveResult } from './downloads.js';
 import { FALLBACK_REASONS, ROUTE_NOTES, STATUS_LABEL, jobErrorText, requestErrorText } from './messages.js';
-import { openTranscript } from './transcript.js';
+import { hasFormat, isTextKind, openTranscript } from './transcript.js';
 import { $, announce, fmtClock, fmtSeconds, h, jobName, whileBusy } from './ui.js';
 
 const TERMINAL = new Set(['succeeded', 'failed', 'cancelled', 'expired']);
@@ -27,7 +27,7 @@ function makeRow(job) {
   const r = {
     li: h('li', { 'data-job-id': id, tabindex: '-1' }), // focusable by script only: see keepFocus
     badge: h('span', { class: 'badge' }),
-    lane: fact('Lane'), node: fact('Node', 'mono'), duration: fact('Duration'),
+    lane: fact('Lane'), node: fact('Node', 'mono'), duration: fact('Duration'), pages: fact('Pages'),
     rtf: fact('Real-time factor'), attempts: fact('Attempt'), submitted: fact('Submitted'),
     note: h('p', { class: 'job-note' }),
     error: h('p', { class: 'job-error' }),
@@ -35,15 +35,16 @@ function makeRow(job) {
     progressText: h('span'),
   };
   r.progressWrap = h('div', { class: 'job-progress' }, r.progress, r.progressText);
-  r.open = h('button', { type: 'button', class: 'btn btn-primary btn-small', text: 'Open transcript',
-    'aria-label': `Open transcript of ${name}`, onclick: () => openTranscript(jobs.get(id)) });
+  const what = isTextKind(job) ? 'result' : 'transcript';
+  r.open = h('button', { type: 'button', class: 'btn btn-primary btn-small', text: `Open ${what}`,
+    'aria-label': `Open ${what} of ${name}`, onclick: () => openTranscript(jobs.get(id)) });
   r.download = h('button', { type: 'button', class: 'btn btn-outline btn-small', onclick: () => download(r, id) });
   r.retry = h('button', { type: 'button', class: 'btn btn-primary btn-small', text: 'Retry',
     'aria-label': `Retry ${name}`, onclick: () => control(id, 'retry') });
   r.cancel = h('button', { type: 'button', class: 'btn btn-danger btn-small', text: 'Cancel',
     'aria-label': `Cancel ${name}`, onclick: () => control(id, 'cancel') });
   const facts = h('dl', { class: 'facts' },
-    r.lane.wrap, r.node.wrap, r.duration.wrap, r.rtf.wrap, r.attempts.wrap, r.submitted.wrap);
+    r.lane.wrap, r.node.wrap, r.duration.wrap, r.pages.wrap, r.rtf.wrap, r.attempts.wrap, r.submitted.wrap);
   r.li.append(
     h('div', { class: 'job-body' },
       h('div', { class: 'job-title' }, h('span', { class: 'job-name', text: name, title: name }), r.badge),
@@ -60,8 +61,11 @@ function showFacts(r, job) {
   r.node.dd.textContent = job.node_id || '';
   r.node.wrap.hidden = !job.node_id;
   const s = job.summary;
-  r.duration.dd.textContent = s ? fmtSeconds(s.duration_s) : '';
-  r.duration.wrap.hidden = !s;
+  const text = isTextKind(job); // pages, not media seconds
+  r.duration.dd.textContent = s && !text ? fmtSeconds(s.duration_s) : '';
+  r.duration.wrap.hidden = !s || text;
+  r.pages.dd.textContent = s && s.pages ? String(s.pages) : '';
+  r.pages.wrap.hidden = !(s && s.pages);
   const rtf = s && s.real_time_factor;
   r.rtf.dd.textContent = rtf ? `${rtf.toFixed(2)} (${fmtSeconds(s.processing_s)} on ${s.device || '?'})` : '';
   r.rtf.wrap.hidden = !rtf;
@@ -89,7 +93,7 @@ function showOutcome(r, job) {
 }
 
 function showActions(r, job) {
-  const ext = FORMATS[formatOf(job.job_id)].toUpperCase();
+  const ext = FORMATS[downloadFormat(job)].toUpperCase();
   r.open.hidden = r.download.hidden = job.status !== 'succeeded';
   r.download.textContent = `Download ${ext}`;
   r.download.setAttribute('aria-label', `Download ${jobName(job)} as ${ext}`);
@@ -173,10 +177,17 @@ function control(id, action) {
   });
 }
 
+/** The format chosen at submit, or Markdown where the kind has no such format (a PDF as SRT). */
+function downloadFormat(job) {
+  const chosen = formatOf(job.job_id);
+  return hasFormat(job, chosen) ? chosen : 'md';
+}
+
 function download(r, id) {
   return whileBusy(r.download, async () => {
+    const job = jobs.get(id);
     try {
-      announce(`Downloaded ${await saveResult(id, formatOf(id), jobName(jobs.get(id)))}`);
+      announce(`Downloaded ${await saveResult(id, downloadFormat(job), jobName(job))}`);
     } catch (err) {
       announce(`Download failed: ${requestErrorText(err)}`);
     }

@@ -7,7 +7,7 @@ export const STATUS_LABEL = {
 
 // Job error codes (set by nodes and the fallback router).
 const JOB_ERRORS = {
-  DECODE_FAILED: 'This file could not be read as audio or video. Check that it is a media file that plays on your computer.',
+  DECODE_FAILED: 'This file could not be read: it is damaged, cut short, or not what its name says.',
   NO_AUDIO_TRACK: 'This file has no sound to transcribe: it has no audio track.',
   INPUT_CORRUPT: 'The file was damaged on its way to the worker. Upload it again.',
   INPUT_MISSING: 'The uploaded file is no longer stored (it expired). Upload it again.',
@@ -26,11 +26,17 @@ const JOB_ERRORS = {
   DOWNLOAD_TOO_LARGE: 'The media at that URL is larger than the allowed size.',
   DOWNLOAD_UNAVAILABLE: 'The site with the media could not be reached.',
   URL_REFUSED: 'That address is not allowed: private and local network addresses are blocked.',
+  DOCUMENT_ENCRYPTED: 'This document is protected by a password. Remove the password and upload it again.',
+  ARCHIVE_TOO_LARGE: 'This Office file unpacks to far more data than it should (a "zip bomb"), so it was refused.',
+  IMAGE_TOO_LARGE: 'This image has more pixels than the workers accept.',
+  DOCUMENT_TOO_LARGE: 'This document has more pages than the workers convert in one job.',
+  UNSUPPORTED_DOCUMENT: 'This document format is not one the workers convert.',
 };
 
 // Request errors, by the code of the gateway's JSON error body.
 const REQUEST_ERRORS = {
-  UNSUPPORTED_MEDIA: 'This file type is not supported. Upload audio or video.',
+  UNSUPPORTED_MEDIA: 'This file type is not supported. Upload audio, video, a document or an image.',
+  KIND_NOT_SERVED: 'No worker online can process this kind of file. Start a node, or try again later.',
   PAYLOAD_TOO_LARGE: 'The file is larger than the upload limit of this gateway.',
   RATE_LIMITED: 'Too many jobs are in flight. Wait a moment and try again.',
   UNAVAILABLE: 'The job bus is restarting. Nothing was accepted; try again in a few seconds.',
@@ -42,6 +48,8 @@ export const ROUTE_NOTES = {
   gpu_backlog_full: 'the GPU queue was full',
   gpu_mode_off: 'GPU use is switched off on this gateway',
   kind_not_gpu_beneficial: 'this kind of job does not use a GPU',
+  no_gpu_document_engine: 'documents run on CPU unless your GPU node has a document layout engine',
+  kind_not_served_on_gpu: 'your GPU node does not serve this kind of job',
 };
 
 // Why a GPU job was moved to the CPU lane (fallback.reason).

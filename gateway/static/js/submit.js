@@ -35,7 +35,7 @@ function choices() {
     options.diarize = true;
     if ($('speakers').value) options.num_speakers = Number($('speakers').value);
   }
-  return { gpu: $('gpu').checked, options, format: $('format').value };
+  return { gpu: $('gpu').checked, options, format: $('format').value, urlKind: $('url-kind').value };
 }
 
 function uploadRow(label) {
@@ -78,7 +78,8 @@ async function sendFile(file, choice) {
 async function sendUrl(url, choice) {
   const row = uploadRow({ name: url, size: null });
   try {
-    const body = await api('/api/v1/jobs', { method: 'POST', body: { url, gpu: choice.gpu, options: choice.options } });
+    const job = { url, kind: choice.urlKind, gpu: choice.gpu, options: choice.options };
+    const body = await api('/api/v1/jobs', { method: 'POST', body: job });
     row.done(body);
     queued(body, choice, url);
     return true;
@@ -92,7 +93,7 @@ async function onSubmit(event) {
   event.preventDefault();
   const url = $('url').value.trim();
   if (!selected.length && !url) {
-    showAlert($('submit-error'), 'Choose or drop a file, or paste a media URL.');
+    showAlert($('submit-error'), 'Choose or drop a file, or paste a URL.');
     $('files').focus();
     return;
   }
