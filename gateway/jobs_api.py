@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway import url_kinds
 from gateway.bodies import json_body
 from gateway.deps import State, User
 from gateway.form_fields import job_form, with_gpu_field
@@ -65,7 +66,7 @@ async def submit_json(st: GatewayState, request: Request, principal: User) -> JS
     req = await json_body(request, JsonJobRequest)
     check_language(req.options.language)
     gpu, options = with_gpu_field(req.gpu, req.options)
-    kind = req.kind or (Kind.URL if req.url else None)
+    kind = req.kind or (await url_kinds.detect(req.url) if req.url else None)
     if kind not in (Kind.URL, Kind.NOOP, Kind.AUDIO, Kind.VIDEO, None):
         return accepted(await submit_json_kind(st, principal, kind, gpu, options, url=req.url, text=req.text))
     if req.text is not None:
@@ -87,7 +88,8 @@ async def submit(request: Request, st: State, principal: User) -> JSONResponse:
     `text`, `gpu`, `options`). An upload's kind comes from its bytes: `audio`,
     `video`, `document` (PDF, DOCX, PPTX, XLSX, EPUB, HTML, Markdown, text) or
     `image` (PNG, JPEG, WebP, TIFF, BMP); anything else is 415. JSON: `url`
-    alone is media to transcribe, `{"url": …, "kind": "web"}` a web page,
+    alone is media to transcribe when it is a media site's or a media file's
+    (gateway/url_kinds.py), else a web page to read; `kind` (`url`, `web`) overrides;
     `{"kind": "document", "text": …}` inline text. A kind no live node serves
     is 422 `KIND_NOT_SERVED`."""
     ctype = request.headers.get("content-type", "")

@@ -69,5 +69,6 @@ def read_web_page(url: str, limits: WebFetchLimits, cookies: CookieJar | None = 
     page = fetch_page(url, limits, cookies)
     media_type = page.content_type.split(";", 1)[0].strip().lower()
     if media_type not in HTML_TYPES:
-        raise UnsupportedDocument(f"{page.url} is {media_type}, not an HTML page")
+        hint = "; send it with kind url to transcribe it" if media_type.startswith(("audio/", "video/")) else ""
+        raise UnsupportedDocument(f"{page.url} is {media_type}, not an HTML page{hint}")
     return extract(page.body, page.url)

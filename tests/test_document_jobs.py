@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 
+from gateway import url_kinds
 from schemas.events import EventType
 from tests import busreader
 from tests import document_files as files
@@ -133,6 +134,34 @@ def test_web_page_fetched_by_the_node_with_the_owners_cookies(gateway, nodes, si
         assert "# Moths at Night" in md and "- author: Ada Lovelace" in md, md
     # And the node sent the owner's cookie with its request
     assert site.cookies_for("article.html") == ["session=moth-lover"]
+
+
+def test_a_bare_page_url_is_read_as_a_web_page(gateway, nodes, site):
+    # Given a URL sent without a kind, of a page (no media site, no media file)
+    key, _, _ = nodes
+    with gateway.client(key) as c:
+        r = c.post("/api/v1/jobs", json={"url": site.url("article.html")})
+        assert r.status_code == 202, r.text
+        # Then it is a web job, and the page's text comes back
+        job = c.get(f"/api/v1/jobs/{r.json()['job_id']}").json()
+        assert job["kind"] == "web", job
+        assert wait_job(c, job["job_id"])["status"] == "succeeded"
+        assert "thermal radiation" in _result(c, job["job_id"])["text"]
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ("https://www.youtube.com/watch?v=dQw4w9WgXcQ", "url"),
+        ("https://vimeo.com/76979871", "url"),
+        ("https://example.com/episodes/42.mp3", "url"),
+        ("http://127.0.0.1:8000/talk.WAV?sig=1", "url"),
+        ("https://en.wikipedia.org/wiki/NATS_Messaging", "web"),
+        ("https://example.com/blog/post", "web"),
+    ],
+)
+def test_a_url_without_a_kind_is_media_only_for_media_sites_and_files(url, kind):
+    assert url_kinds.kind_of_url(url) == kind
 
 
 def test_png_ocr_on_the_owners_gpu_node(gateway, nodes, tmp_path):
