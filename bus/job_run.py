@@ -35,7 +35,7 @@ from bus.retry import retrying
 from bus.sealing import RecordSeal
 from schemas import codec, names
 from schemas.errors import INPUT_CORRUPT, INPUT_MISSING, Forbidden, JobCancelled, JobFailed, NotFound
-from schemas.events import INLINE_RESULT_MAX, EventType
+from schemas.events import INLINE_RESULT_MAX, EventType, TextSegment
 from schemas.jobs import ErrorInfo, JobMessage
 from schemas.names import Lane
 from schemas.processing import JobOutput, OwnerFile, Prepares, Processor
@@ -216,8 +216,10 @@ class JobRun:
     async def _run_in_pool(self, input_path: Path | None, work_dir: Path | None) -> JobOutput:
         loop = asyncio.get_running_loop()
 
-        def progress(media_s_done: float, media_s_total: float) -> None:
+        def progress(media_s_done: float, media_s_total: float, *, segment: TextSegment | None = None) -> None:
             self.lease.touch()
+            if segment is not None:
+                loop.call_soon_threadsafe(self._segment_event, segment)
             loop.call_soon_threadsafe(self._progress_event, media_s_done, media_s_total)
 
         run = partial(self.ctx.processor.run, self.job, input_path, work_dir, progress, self.cancelled)
@@ -287,6 +289,12 @@ class JobRun:
         self._last_progress_event = t
         fraction = min(1.0, done_s / total_s) if total_s > 0 else None
         self.ctx.events.progress(self.job, fraction, done_s)
+
+    def _segment_event(self, segment: TextSegment) -> None:
+        """Every finished segment, unthrottled (each is a piece of the text
+        a client is watching grow), none once cancelled."""
+        if not self.cancelled.is_set():
+            self.ctx.events.segment(self.job, segment)
 
     async def _keep_lease(self) -> None:
         """Extend the ack deadline every ack_wait/3 while the job shows life."""

@@ -13,7 +13,6 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +20,10 @@ import numpy as np
 
 from processors import gpu_memory, model_paths
 from schemas.errors import UNSUPPORTED_LANGUAGE, JobCancelled, JobFailed
+from schemas.events import TextSegment
 from schemas.jobs import TranscribeOptions
 from schemas.languages import is_known, normalized
+from schemas.processing import ProgressFn
 from schemas.results import Segment, Transcript, Word
 
 log = logging.getLogger("gpubus.processors.whisper")
@@ -127,10 +128,11 @@ class WhisperEngine:
         audio: np.ndarray,
         opts: TranscribeOptions,
         *,
-        on_segment: Callable[[float, float], None],
+        on_segment: ProgressFn,
         cancelled: threading.Event,
     ) -> Transcript:
-        """On CUDA out-of-memory the job is decoded again with half the batch,
+        """Each finished segment goes to `on_segment` as it is decoded (its
+        text too, for the streamed partial text). On CUDA out-of-memory the job is decoded again with half the batch,
         once; a second OOM raises JobRetryable (see processors.gpu_memory)."""
         kwargs = self._decode_kwargs(opts)
         return gpu_memory.with_oom_retry(
@@ -144,7 +146,7 @@ class WhisperEngine:
         opts: TranscribeOptions,
         kwargs: dict[str, Any],
         batch_size: int,
-        on_segment: Callable[[float, float], None],
+        on_segment: ProgressFn,
         cancelled: threading.Event,
     ) -> Transcript:
         duration = len(audio) / SAMPLE_RATE
@@ -173,7 +175,10 @@ class WhisperEngine:
                     no_speech_prob=seg.no_speech_prob,
                 )
             )
-            on_segment(min(seg.end, duration), duration)
+            done = segments[-1]
+            on_segment(
+                min(seg.end, duration), duration, segment=TextSegment.of(done.id, done.start, done.end, done.text)
+            )
         return Transcript(
             text="".join(s.text for s in segments).strip(),
             language=info.language,

@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
+from schemas.events import TextSegment
 from schemas.jobs import JobMessage, ResultSummary
 from schemas.names import Lane
 
@@ -89,7 +90,13 @@ NOTHING_STAGED = Staging()
 
 
 class ProgressFn(Protocol):
-    def __call__(self, media_s_done: float, media_s_total: float) -> None: ...
+    """`progress(done, total)`: how far the job is, in media seconds. A
+    processor that makes text piece by piece passes each finished piece as
+    `segment` (indexes 0, 1, 2, ... in order): the node publishes it at
+    once, unthrottled, and clients watch the text grow (`/events`, the
+    OpenAI endpoint's `stream=true`). Plain progress calls are throttled."""
+
+    def __call__(self, media_s_done: float, media_s_total: float, *, segment: TextSegment | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
