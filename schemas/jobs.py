@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.names import JobKind, Lane
+from schemas.webhooks import Webhook
 
 SCHEMA_VERSION = 1
 JOB_ID_BYTES = 16  # 128 random bits: job ids are unguessable
@@ -175,6 +176,9 @@ class JobRecord(BaseModel):
     # When the job expires (`options.ttl_s` after the attempt was queued);
     # a TTL timer firing for an earlier deadline changes nothing.
     expires_at: float | None = None
+    # Where each terminal state is POSTed, and how those deliveries went
+    # (schemas/webhooks.py). Never in the job message: nodes do not see it.
+    webhook: Webhook | None = None
 
     @property
     def terminal(self) -> bool:
