@@ -59,7 +59,9 @@ def main() -> int:
         seconds, turns = timed(lambda: engine.diarize(audio, opts))
         diarize_s, speakers = diarize_s + seconds, {t.speaker for t in turns}
         seconds, _ = timed(
-            lambda: whisper.transcribe(audio, topts, on_segment=lambda d, t: None, cancelled=threading.Event())
+            lambda: whisper.transcribe(
+                audio, topts, on_segment=lambda d, t, segment=None: None, cancelled=threading.Event()
+            )
         )
         transcribe_s += seconds
     rtf = diarize_s / args.rounds / media_s
