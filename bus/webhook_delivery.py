@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
 from nats.aio.client import Client as NatsClient
@@ -140,7 +141,7 @@ class WebhookDeliverer:
             "webhook %s of job %s to %s: %s (attempt %d%s)",
             task.delivery_id,
             task.job_id,
-            task.url[:200],
+            urlsplit(task.url).hostname,  # not the whole URL: it may carry a token
             outcome.metric,
             updated.attempts,
             f", {outcome.error or outcome.status}" if outcome.state != DeliveryState.DELIVERED else "",

@@ -69,8 +69,8 @@ async def resolve(url: str, *, allow_private: bool) -> Target:
             raise WebhookRefused(e.message) from None
     pinned = addresses[0]
     literal = f"[{pinned}]" if isinstance(ipaddress.ip_address(pinned), ipaddress.IPv6Address) else pinned
-    netloc = f"{literal}:{port}"
-    host_header = parts.netloc.rpartition("@")[2]  # no userinfo in Host
+    userinfo, _, host_header = parts.netloc.rpartition("@")  # credentials in the URL stay HTTP basic auth
+    netloc = f"{userinfo}@{literal}:{port}" if userinfo else f"{literal}:{port}"
     return Target(
         url=urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")),
         host_header=host_header,

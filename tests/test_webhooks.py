@@ -11,13 +11,16 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from standardwebhooks import Webhook
 
+from bus import webhook_http
 from ops.embedded_nats import NatsServer
 from ops.nats_identity import NatsAuth
+from schemas.webhooks import new_secret, signature
 from tests.harness import TESTDATA, Gateway, Proc, metric, start_node, wait_job, wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -275,3 +278,26 @@ def test_webhook_secret_is_shown_once(hooks_gateway, user):
     assert made["webhook_secret"].startswith("whsec_")
     assert all("webhook_secret" not in k for k in listed)
     assert made["webhook_secret"] not in json.dumps(listed)
+
+
+def test_our_signature_is_the_specs():
+    secret = new_secret()
+    body = '{"type":"job.succeeded"}'
+    at = datetime.fromtimestamp(1796567783, tz=UTC)
+    assert signature(secret, "j1.1", 1796567783, body.encode()) == Webhook(secret).sign("j1.1", at, body)
+
+
+async def test_receiver_address_is_checked_and_pinned():
+    # a name is resolved and every address checked; the POST goes to the checked address, the name in Host
+    t = await webhook_http.resolve("http://user:pw@localhost:8080/hook?x=1", allow_private=True)
+    assert t.url in ("http://user:pw@127.0.0.1:8080/hook?x=1", "http://user:pw@[::1]:8080/hook?x=1")
+    assert t.host_header == "localhost:8080" and t.sni_hostname is None
+    for url in ("http://localhost/hook", "http://127.0.0.1/hook", "http://[::1]/hook", "http://10.0.0.1/"):
+        with pytest.raises(webhook_http.WebhookRefused):
+            await webhook_http.resolve(url, allow_private=False)
+    with pytest.raises(webhook_http.WebhookRefused, match="metadata"):
+        await webhook_http.resolve("http://169.254.169.254/latest", allow_private=True)
+    with pytest.raises(webhook_http.WebhookRefused):
+        await webhook_http.resolve("file:///etc/passwd", allow_private=True)
+    t = await webhook_http.resolve("https://127.0.0.1:8443/x", allow_private=True)
+    assert t.sni_hostname == "127.0.0.1" and t.url == "https://127.0.0.1:8443/x"
