@@ -271,6 +271,30 @@ def test_private_receiver_refused_when_private_urls_are_not_allowed(fresh_nats, 
         gw.stop()
 
 
+def test_every_terminal_state_is_delivered_again_after_a_retry(fresh_nats, tmp_path, user, receiver):
+    # Given a gateway with no node (its jobs end by cancel), receivers on loopback allowed
+    gw = Gateway.on(fresh_nats, tmp_path, allow_private_urls=True, webhook_backoff=0.3).start()
+    try:
+        key, secret = new_key(gw, user)
+        job_id = submit(gw, key, webhook_url=receiver.url())
+        # When the job is cancelled, retried, and cancelled again
+        with gw.client(key) as c:
+            assert c.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 200
+            wait_until(lambda: len(receiver.got) == 1, timeout_s=20, what="the first delivery")
+            assert c.post(f"/api/v1/jobs/{job_id}/retry").status_code == 202
+            assert c.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 200
+        wait_until(lambda: len(receiver.got) == 2, timeout_s=20, what="the second delivery")
+        # Then each terminal state was delivered once, under its own id, with the attempt it ended
+        bodies = [verified(secret, d) for d in receiver.got]
+        assert [d.headers["webhook-id"] for d in receiver.got] == [f"{job_id}.1", f"{job_id}.2"]
+        assert [(b["type"], b["data"]["attempts"]) for b in bodies] == [("job.cancelled", 1), ("job.cancelled", 2)]
+        with gw.client(key) as c:
+            deliveries = c.get(f"/api/v1/jobs/{job_id}").json()["webhook"]["deliveries"]
+        assert [(d["attempt"], d["state"]) for d in deliveries] == [(1, "delivered"), (2, "delivered")]
+    finally:
+        gw.stop()
+
+
 def test_webhook_secret_is_shown_once(hooks_gateway, user):
     with hooks_gateway.admin() as c:
         made = c.post("/api/v1/auth/keys", json={"user_id": user}).json()
