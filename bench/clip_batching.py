@@ -67,7 +67,7 @@ def engine_throughput(clips: list[np.ndarray], batch: int) -> tuple[float, float
     opts = TranscribeOptions(language="en")
 
     def one(audio: np.ndarray) -> None:
-        assert engine.transcribe(audio, opts, on_segment=lambda *_: None, cancelled=NEVER).text
+        assert engine.transcribe(audio, opts, on_segment=lambda *_, **__: None, cancelled=NEVER).text
 
     one(clips[0])  # warm
     t0 = time.perf_counter()

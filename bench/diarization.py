@@ -56,7 +56,9 @@ class Bare:
         t0 = time.perf_counter()
         audio = audio_decode.decode(path)
         whisper_s, transcript = timed(
-            lambda: self.whisper.transcribe(audio, WHISPER, on_segment=lambda d, t: None, cancelled=threading.Event())
+            lambda: self.whisper.transcribe(
+                audio, WHISPER, on_segment=lambda *_, **__: None, cancelled=threading.Event()
+            )
         )
         diarize_s, turns = timed(lambda: self.engine.diarize(audio, DIARIZE))
         result = assign_speakers(transcript, turns, self.engine.name)

@@ -1,9 +1,9 @@
-"""What a node tells the world about its jobs: lifecycle and progress events.
+"""What a node tells the world about its jobs: lifecycle, progress and text events.
 
 One small class builds every event a node sends (subject, payload, the
 per-attempt `Nats-Msg-Id`) and decides how it travels: `started` without
 waiting for its PubAck, outcomes stored and retried through a failover,
-progress as a plain core publish. The job's run and `bus/acking.settle`
+progress and finished text segments as plain core publishes. The job's run and `bus/acking.settle`
 call it; nothing else publishes events.
 """
 
@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 
 from bus.retry import retrying
 from schemas import codec, names
-from schemas.events import EventType, JobEvent
+from schemas.events import EventType, JobEvent, TextSegment
 from schemas.jobs import ErrorInfo, JobMessage, now
 from schemas.names import Lane
 
@@ -89,6 +89,17 @@ class EventReporter:
         `counts`: `media_s_done`, or `pages_done` and `pages_total`; and the `phase`."""
         subject, payload = self._message(job, EventType.PROGRESS, progress=fraction, **counts)
         asyncio.ensure_future(self._nc.publish(subject, payload))
+
+    def segment(self, job: JobMessage, segment: TextSegment) -> None:
+        """A finished piece of text, as soon as it exists: a core publish
+        (no PubAck wait) into the stream, like progress, but never
+        throttled. Its `Nats-Msg-Id` names the attempt and the index, so a
+        job redone within the duplicate window (an OOM retry, a redelivery)
+        stores each piece once. A lost one costs only streamed text: the
+        result holds all of it."""
+        subject, payload = self._message(job, EventType.SEGMENT, segment=segment)
+        headers = {"Nats-Msg-Id": names.event_msg_id(job.job_id, job.attempt, f"{EventType.SEGMENT}-{segment.index}")}
+        asyncio.ensure_future(self._nc.publish(subject, payload, headers=headers))
 
 
 def _log_failed_publish(fut: asyncio.Future[Any], *, job_id: str, type_: EventType) -> None:

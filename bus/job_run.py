@@ -36,7 +36,7 @@ from bus.retry import retrying
 from bus.sealing import RecordSeal
 from schemas import codec, names
 from schemas.errors import INPUT_CORRUPT, INPUT_MISSING, Forbidden, JobCancelled, JobFailed, NotFound
-from schemas.events import INLINE_RESULT_MAX, EventType
+from schemas.events import INLINE_RESULT_MAX, EventType, TextSegment
 from schemas.jobs import ErrorInfo, JobMessage
 from schemas.names import Lane
 from schemas.processing import PAGES, JobOutput, OwnerFile, Phase, Prepares, Processor, progress_unit
@@ -230,8 +230,16 @@ class JobRun:
     async def _run_in_pool(self, input_path: Path | None, work_dir: Path | None) -> JobOutput:
         loop = asyncio.get_running_loop()
 
-        def progress(media_s_done: float, media_s_total: float, phase: Phase | None = None) -> None:
+        def progress(
+            media_s_done: float,
+            media_s_total: float,
+            phase: Phase | None = None,
+            *,
+            segment: TextSegment | None = None,
+        ) -> None:
             self.lease.touch()
+            if segment is not None:
+                loop.call_soon_threadsafe(self._segment_event, segment)
             loop.call_soon_threadsafe(self._progress_event, media_s_done, media_s_total, phase)
 
         run = partial(self.ctx.processor.run, self.job, input_path, work_dir, progress, self.cancelled)
@@ -313,6 +321,12 @@ class JobRun:
             self.ctx.events.progress(self.job, fraction, pages_done=int(done_s), pages_total=int(total_s), phase=name)
         else:
             self.ctx.events.progress(self.job, fraction, media_s_done=done_s, phase=name)
+
+    def _segment_event(self, segment: TextSegment) -> None:
+        """Every finished segment, unthrottled (each is a piece of the text
+        a client is watching grow), none once cancelled."""
+        if not self.cancelled.is_set():
+            self.ctx.events.segment(self.job, segment)
 
     async def _keep_lease(self) -> None:
         """Extend the ack deadline every ack_wait/3 while the job shows life."""

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from nats.js import JetStreamContext
@@ -37,6 +37,7 @@ KNOWN_RECORDS = 4096
 KNOWN_RECORDS_BYTES = 16 * 1024 * 1024  # encoded size: a count alone let a few huge records take the memory
 RECHECK_S = 5.0
 Mutator = Callable[[JobRecord], JobRecord | None]
+BeforeTerminal = Callable[[JobRecord], Awaitable[None]]
 
 
 class JobStore:
@@ -48,12 +49,21 @@ class JobStore:
     written. A stale copy costs one failed CAS, never a wrong record."""
 
     def __init__(
-        self, kv: KeyValue, seal: RecordSeal, *, js: JetStreamContext, finishes: RecordWatch | None = None
+        self,
+        kv: KeyValue,
+        seal: RecordSeal,
+        *,
+        js: JetStreamContext,
+        finishes: RecordWatch | None = None,
+        before_terminal: BeforeTerminal | None = None,
     ) -> None:
         self._kv = kv
         self._js = js  # per-request watches (bus/ephemeral.KeyWatch)
         self._seal = seal
         self._finishes = finishes
+        # Called with a record about to be committed terminal, before its
+        # CAS (it may add to the record): bus/webhook_outbox.py.
+        self._before_terminal = before_terminal
         self._known: OrderedDict[str, tuple[JobRecord, int, int]] = OrderedDict()  # key -> (record, revision, bytes)
         self._known_bytes = 0
 
@@ -135,6 +145,8 @@ class JobStore:
                     continue
                 return rec
             new.updated_at = now()
+            if self._before_terminal is not None and new.terminal and not rec.terminal:
+                await self._before_terminal(new)
             data = self._encode(key, new)
             try:
                 new_rev = await self._kv.update(key, data, last=rev)

@@ -18,7 +18,7 @@ from nats.js.kv import KeyValue
 
 from bus.key_mirror import KeyMirror
 from bus.sealing import RecordSeal, SealBroken
-from schemas import codec, names
+from schemas import codec, names, webhooks
 from schemas.errors import NotFound, Unauthorized
 from schemas.jobs import now
 from schemas.keys import KEY_ID_HEX, ApiKeyRecord, Role, new_secret, parse_key, secret_matches
@@ -62,7 +62,10 @@ class KeyStore:
         expires_days: float | None = None,
         max_upload_mb: int | None = None,
         max_active_jobs: int | None = None,
+        webhook_url: str | None = None,
     ) -> tuple[str, ApiKeyRecord]:
+        """Every key gets a webhook secret (`webhook_secret(rec)` reads it
+        back, for the one answer that shows it)."""
         names.validate_owner(user_id)
         full, key_id, digest = new_secret()
         created = now()
@@ -76,9 +79,31 @@ class KeyStore:
             expires_at=created + expires_days * DAY_S if expires_days else None,
             max_upload_mb=max_upload_mb,
             max_active_jobs=max_active_jobs,
+            webhook_url=webhook_url,
+            webhook_secret=self._seal.hide(webhooks.new_secret()),
         )
         await self._kv.create(key_id, self._encode(rec))
         return full, rec
+
+    def webhook_secret(self, rec: ApiKeyRecord) -> str | None:
+        """The key's webhook signing secret in clear, or None (a key made
+        before webhooks existed, or one another seal key hid)."""
+        if rec.webhook_secret is None:
+            return None
+        try:
+            return self._seal.reveal(rec.webhook_secret)
+        except SealBroken as e:
+            log.error("key %s: webhook secret unreadable: %s", rec.key_id, e)
+            return None
+
+    async def new_webhook_secret(self, key_id: str) -> tuple[ApiKeyRecord, str]:
+        """A fresh webhook secret for the key (the old one stops signing
+        at once); returned in clear this once."""
+        secret = webhooks.new_secret()
+        rec = await self.get(key_id, from_kv=True)
+        rec.webhook_secret = self._seal.hide(secret)
+        await self._kv.put(key_id, self._encode(rec))
+        return rec, secret
 
     async def get(self, key_id: str, *, from_kv: bool = False) -> ApiKeyRecord:
         """`from_kv`: skip the mirror (a read-modify-write starts from KV)."""

@@ -68,7 +68,10 @@ def _is_replay(rec: JobRecord, ev: JobEvent) -> bool:
 
 def fold(rec: JobRecord, ev: JobEvent, seq: int | None = None) -> JobRecord | None:
     """The new record, or None when the event changes nothing. `seq` is the
-    event's EVENTS sequence: an inline result is read back by it."""
+    event's EVENTS sequence: an inline result is read back by it. A text
+    segment never changes a record."""
+    if ev.type is EventType.SEGMENT:
+        return None
     if rec.terminal:
         if ev.type in (EventType.SUCCEEDED, EventType.FAILED) and not _is_replay(rec, ev):
             rec.late_completions += 1
@@ -142,17 +145,22 @@ class Materializer:
         materializer the bottleneck of the whole system under load)."""
         by_job: dict[str, list[tuple[Msg, JobEvent]]] = {}
         flooded: dict[str, list[Msg]] = {}
+        text: list[Msg] = []
         for msg in msgs:  # a batch often holds a job's `started` and its outcome
             owner, job_id = _subject_job(msg.subject)
             if self._drops.flooding(owner) and not self._jobs.knows(owner, job_id):
                 flooded.setdefault(owner, []).append(msg)  # not even decoded: see bus/event_drops.py
                 continue
             ev = await self._decode(msg)
-            if ev is not None:
+            if ev is None:
+                continue
+            if ev.type is EventType.SEGMENT:  # text for watchers: no record change, no CAS
+                text.append(msg)
+            else:
                 by_job.setdefault(msg.subject, []).append((msg, ev))
         for owner, dropped in flooded.items():
             await self._drop(dropped, owner, OVER_QUOTA)
-        await asyncio.gather(*(self._handle_job(group) for group in by_job.values()))
+        await asyncio.gather(*(m.ack() for m in text), *(self._handle_job(group) for group in by_job.values()))
 
     async def _decode(self, msg: Msg) -> JobEvent | None:
         """The event, or None once a bad one is counted and termed."""

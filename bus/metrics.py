@@ -65,6 +65,13 @@ class GatewayMetrics:
             registry=registry,
         )
         self.bad_events = Counter("gpubus_bad_events_total", "Undecodable events, dropped", registry=registry)
+        self.webhook_deliveries = Counter(
+            "gpubus_webhook_deliveries_total",
+            "Webhook POST attempts by outcome: delivered, retry (will be tried again), failed (given up), "
+            "refused (address not allowed), dropped (a delivery its job record does not confirm)",
+            ["outcome"],
+            registry=registry,
+        )
         self.dropped_events = Counter(
             "gpubus_dropped_events_total",
             "Well-formed events dropped (unknown job, owner over quota, not foldable)",

@@ -16,9 +16,13 @@ a header.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import logging
+
+from nacl.exceptions import CryptoError
+from nacl.secret import SecretBox
 
 from bus.settings import Settings
 from schemas.errors import GpubusError
@@ -29,6 +33,8 @@ TAG_MEMBER = b',"_seal":"'
 TAG_END = b'"}'
 HEADER = "Gpubus-Seal"
 _CONTEXT = b"gpubus record seal v1"
+_BOX_CONTEXT = b"gpubus secret box v1"
+PLAIN, BOXED = "plain:", "box:"  # how `hide` stored a secret
 
 
 class SealBroken(GpubusError):
@@ -90,3 +96,27 @@ class RecordSeal:
             return
         if not tag or not hmac.compare_digest(tag, self.tag(where, data)):
             raise SealBroken(f"{where}: seal does not match")
+
+    def hide(self, secret: str) -> str:
+        """A secret the trusted side must read back (a key's webhook
+        signing secret), as it is stored in a record: encrypted (NaCl
+        secretbox, under a key derived from the seal's) so a copy of the
+        bucket does not hand it out; as it is in the unsealed mode."""
+        if self._key is None:
+            return PLAIN + secret
+        return BOXED + base64.b64encode(self._box().encrypt(secret.encode())).decode()
+
+    def reveal(self, stored: str) -> str:
+        """The secret `hide` stored, or SealBroken."""
+        if stored.startswith(PLAIN):
+            return stored[len(PLAIN) :]
+        if not stored.startswith(BOXED) or self._key is None:
+            raise SealBroken("a hidden secret this gateway cannot read (another seal key?)")
+        try:
+            return self._box().decrypt(base64.b64decode(stored[len(BOXED) :])).decode()
+        except (CryptoError, ValueError) as e:
+            raise SealBroken(f"a hidden secret does not open: {e}") from e
+
+    def _box(self) -> SecretBox:
+        assert self._key is not None
+        return SecretBox(hmac.new(self._key, _BOX_CONTEXT, hashlib.sha256).digest())

@@ -135,6 +135,14 @@ class Settings(BaseSettings):
         None, description="docling's layout model weights on this node (never downloaded); unset: model-free documents"
     )
     sync_timeout: float = Field(600.0, gt=0, description="longest a synchronous endpoint waits for its job")
+    # Completion webhooks (bus/webhook_delivery.py). The receiver's address is
+    # checked like a media URL's, against GPUBUS_ALLOW_PRIVATE_URLS.
+    webhook_timeout: float = Field(10.0, gt=0, le=120, description="seconds a receiver has to answer one POST")
+    webhook_backoff: float = Field(5.0, gt=0, description="seconds before the first retry; doubled each time")
+    webhook_backoff_max: float = Field(3600.0, gt=0, description="longest wait between two retries")
+    webhook_retry_for: float = Field(
+        27 * 3600.0, gt=0, description="seconds a failing delivery is retried for before it is given up"
+    )
 
     @property
     def nats_servers(self) -> list[str]:

@@ -47,6 +47,8 @@ JOBS_MAX_CONSUMERS = 200_001
 # ~8 MB each). Records never hold the result, only where it is.
 EVENT_MAX_BYTES = INLINE_RESULT_MAX + 64 * 1024
 TIMERS_PENDING_MAX = 1_000_000  # TTL timers waiting at once
+WEBHOOKS_PENDING_MAX = 1_000_000  # webhook deliveries waiting at once
+WEBHOOK_MAX_BYTES = 256 * 1024  # a delivery carries one job record (a few KiB)
 CLAIM_MAX_BYTES = 64  # a claim's body is `node` or `mover`
 # The materializer and the fallback router nak only what may work later (a
 # record not written yet, NATS away) and term the rest; this bound is the
@@ -181,9 +183,44 @@ def _timer_consumer(s: Settings) -> ConsumerConfig:
     )
 
 
+def _webhooks_stream(s: Settings) -> StreamConfig:
+    """Completion webhooks waiting for delivery (bus/webhook_delivery.py):
+    one message per terminal state of a job with a webhook, gone once it
+    is delivered or given up. Kept a day past the retry period, so a
+    message is never removed while it may still be tried."""
+    return StreamConfig(
+        name=names.WEBHOOKS_STREAM,
+        subjects=[names.WEBHOOKS_SUBJECTS],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        num_replicas=s.replicas,
+        max_age=s.webhook_retry_for + DAY_S,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        max_msg_size=WEBHOOK_MAX_BYTES,
+    )
+
+
+def _webhook_consumer(s: Settings) -> ConsumerConfig:
+    """Naked with a growing delay between attempts, so like the TTL timers
+    no delivery bound (the deliverer gives up by age) and a large
+    max_ack_pending. Ack_wait covers one POST and its record update: a
+    gateway killed mid-attempt hands the delivery to another soon."""
+    return ConsumerConfig(
+        durable_name=names.WEBHOOK_CONSUMER,
+        filter_subject=names.WEBHOOKS_SUBJECTS,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=2 * s.webhook_timeout + 5.0,
+        max_deliver=-1,
+        max_ack_pending=WEBHOOKS_PENDING_MAX,
+        num_replicas=s.replicas,
+    )
+
+
 async def ensure_core(js: JetStreamContext, s: Settings) -> None:
     """What the gateway side needs before it serves a request."""
-    for cfg in (_jobs_stream(s), _events_stream(s), _deadletter_stream(s), _starts_stream(s), _timers_stream(s)):
+    streams = (_jobs_stream(s), _events_stream(s), _deadletter_stream(s), _starts_stream(s), _timers_stream(s))
+    for cfg in (*streams, _webhooks_stream(s)):
         await ensure_stream(js, cfg)
     for bucket, ttl in ((names.JOBS_BUCKET, None), (names.APIKEYS_BUCKET, None), (names.NODES_BUCKET, s.registry_ttl)):
         kv = KeyValueConfig(bucket=bucket, history=1, ttl=ttl, replicas=s.replicas)
@@ -197,6 +234,7 @@ async def ensure_core(js: JetStreamContext, s: Settings) -> None:
         js, names.DEADLETTER_STREAM, _internal_consumer(names.FALLBACK_CONSUMER, names.MAX_DELIVERIES_SUBJECTS, s)
     )
     await _ensure_consumer(js, names.TIMERS_STREAM, _timer_consumer(s))
+    await _ensure_consumer(js, names.WEBHOOKS_STREAM, _webhook_consumer(s))
     await ensure_lane(js, s, names.SHARED, Lane.CPU)
 
 

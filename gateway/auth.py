@@ -22,6 +22,8 @@ class Principal:
     key_id: str | None = None
     max_upload_mb: int | None = None  # this key's own limits, else the gateway's
     max_active_jobs: int | None = None
+    webhook_url: str | None = None  # this key's default webhook (schemas/webhooks.py)
+    has_webhook_secret: bool = False
 
 
 ADMIN = Principal(user_id="admin", roles=frozenset(Role), admin=True)
@@ -60,6 +62,8 @@ async def authenticate(request: Request) -> Principal:
         key_id=rec.key_id,
         max_upload_mb=rec.max_upload_mb,
         max_active_jobs=rec.max_active_jobs,
+        webhook_url=rec.webhook_url,
+        has_webhook_secret=rec.webhook_secret is not None,
     )
 
 

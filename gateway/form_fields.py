@@ -88,7 +88,25 @@ def parse_kind(raw: str | None, sniffed: Kind | None) -> str:
     return kind
 
 
+# The fields of `POST /api/v1/jobs` besides `file`; the webhook's are read by
+# gateway/webhook_fields.py, for every submitting endpoint.
+JOB_FORM_FIELDS = ("gpu", "kind", "options", "webhook_url", "callback_url")
+
+
+def refuse_unknown_fields(form: ParsedForm, known: tuple[str, ...], endpoint: str) -> None:
+    """A field the endpoint does not take is a 422 naming it, never
+    silently ignored (a misspelt option would otherwise do nothing)."""
+    unknown = sorted(set(form.fields) - set(known))
+    if unknown:
+        raise InvalidInput(
+            f"unknown form field(s) {', '.join(unknown)}: {endpoint} takes file, {', '.join(known)} "
+            "(transcription options go inside `options`, a JSON object)"
+        )
+
+
 def job_form(form: ParsedForm) -> tuple[str, bool, TranscribeOptions]:
-    """The fields of `POST /api/v1/jobs`: `kind`, `gpu`, `options` (JSON)."""
+    """The fields of `POST /api/v1/jobs`: `kind`, `gpu`, `options` (JSON),
+    `webhook_url` (or `callback_url`); any other is refused."""
+    refuse_unknown_fields(form, JOB_FORM_FIELDS, "POST /api/v1/jobs")
     gpu, options = with_gpu_field(form.fields.get("gpu"), parse_options(form.fields.get("options")))
     return parse_kind(form.fields.get("kind"), form.sniffed_kind), gpu, options

@@ -4,6 +4,8 @@ the shape and the URLs are written once."""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -36,6 +38,17 @@ def job_view(rec: JobRecord) -> dict[str, Any]:
     body["status_url"] = status_url(rec.job_id)
     body["result_url"] = result_url(rec.job_id)
     return body
+
+
+def webhook_payload(rec: JobRecord) -> str:
+    """The body a terminal record is delivered as (schemas/webhooks.py), in
+    the envelope the Standard Webhooks spec suggests; the record as
+    `GET /api/v1/jobs/{id}` shows it, without its deliveries."""
+    data = job_view(rec)
+    data.pop("webhook", None)
+    at = datetime.fromtimestamp(rec.finished_at or rec.updated_at, tz=UTC)
+    body = {"type": f"job.{rec.status.value}", "timestamp": at.isoformat().replace("+00:00", "Z"), "data": data}
+    return json.dumps(body, separators=(",", ":"))
 
 
 def accepted(rec: JobRecord) -> JSONResponse:

@@ -19,6 +19,7 @@ from gateway.job_views import Accepted, accepted, job_view
 from gateway.results import DOCUMENT_RESULTS, parse_by_kind, read_transcript, render_result
 from gateway.state import GatewayState
 from gateway.submission import submit_json_kind, submit_upload, submit_url, submit_without_upload
+from gateway.webhook_fields import ALIAS, FIELD, job_webhook
 from schemas.errors import InvalidInput, UnsupportedMedia
 from schemas.jobs import JobRecord, JobStatus, TranscribeOptions
 from schemas.languages import check_language
@@ -59,6 +60,10 @@ class JsonJobRequest(BaseModel):
     text: str | None = Field(None, max_length=TEXT_MAX)
     gpu: bool | Literal["required"] = False
     options: TranscribeOptions = TranscribeOptions()
+    # Where the job's terminal states are POSTed (schemas/webhooks.py);
+    # `callback_url` is the same field under the name other services use.
+    webhook_url: str | None = Field(None, max_length=4096)
+    callback_url: str | None = Field(None, max_length=4096)
 
 
 async def submit_json(st: GatewayState, request: Request, principal: User) -> JSONResponse:
@@ -66,26 +71,28 @@ async def submit_json(st: GatewayState, request: Request, principal: User) -> JS
     req = await json_body(request, JsonJobRequest)
     check_language(req.options.language)
     gpu, options = with_gpu_field(req.gpu, req.options)
+    webhook = job_webhook(st, principal, {FIELD: req.webhook_url, ALIAS: req.callback_url})
     kind = req.kind or (await url_kinds.detect(req.url) if req.url else None)
     if kind not in (Kind.URL, Kind.NOOP, Kind.AUDIO, Kind.VIDEO, None):
-        return accepted(await submit_json_kind(st, principal, kind, gpu, options, url=req.url, text=req.text))
+        rec = await submit_json_kind(st, principal, kind, gpu, options, url=req.url, text=req.text, webhook=webhook)
+        return accepted(rec)
     if req.text is not None:
         raise InvalidInput(f"text: inline text is for kinds that read it, not {kind or 'a job without a kind'}")
     if kind == Kind.URL:
         if not req.url:
             raise InvalidInput("url: required for a url job")
-        return accepted(await submit_url(st, principal, req.url, gpu, options))
+        return accepted(await submit_url(st, principal, req.url, gpu, options, webhook=webhook))
     if kind != Kind.NOOP:
         raise InvalidInput("a JSON job needs `url` (or a `kind`); upload files as multipart/form-data")
     if not st.settings.enable_noop:
         raise InvalidInput("the noop kind is for benchmarks; enable it with GPUBUS_ENABLE_NOOP=true")
-    return accepted(await submit_without_upload(st, principal, kind, gpu, options, url=req.url))
+    return accepted(await submit_without_upload(st, principal, kind, gpu, options, url=req.url, webhook=webhook))
 
 
 @router.post("", status_code=202, response_model=Accepted)
 async def submit(request: Request, st: State, principal: User) -> JSONResponse:
-    """Multipart (`file`, `gpu`, `kind`, `options` JSON) or JSON (`url`, `kind`,
-    `text`, `gpu`, `options`). An upload's kind comes from its bytes: `audio`,
+    """Multipart (`file`, `gpu`, `kind`, `options` JSON, `webhook_url`) or JSON (`url`, `kind`,
+    `text`, `gpu`, `options`, `webhook_url`). An upload's kind comes from its bytes: `audio`,
     `video`, `document` (PDF, DOCX, PPTX, XLSX, EPUB, HTML, Markdown, text) or
     `image` (PNG, JPEG, WebP, TIFF, BMP); anything else is 415. JSON: `url`
     alone is media to transcribe when it is a media site's or a media file's

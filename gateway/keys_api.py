@@ -14,6 +14,7 @@ from gateway.auth import Principal
 from gateway.bodies import json_body
 from gateway.deps import Admin, Anyone, State
 from gateway.state import GatewayState
+from gateway.webhook_fields import checked_webhook_url
 from schemas import names
 from schemas.errors import Forbidden, NotFound
 from schemas.keys import ApiKeyRecord, Role
@@ -32,6 +33,8 @@ class CreateKey(BaseModel):
     roles: list[Role] | None = None
     max_upload_mb: int | None = Field(None, gt=0, le=1_000_000)
     max_active_jobs: int | None = Field(None, gt=0, le=1_000_000)
+    # Where this key's jobs report their terminal states unless a job names its own.
+    webhook_url: str | None = Field(None, max_length=4096)
 
 
 class Bootstrap(BaseModel):
@@ -42,13 +45,14 @@ class Bootstrap(BaseModel):
 
 
 def key_view(rec: ApiKeyRecord) -> dict[str, Any]:
-    return rec.model_dump(mode="json", exclude={"secret_sha256"}, exclude_none=True)
+    return rec.model_dump(mode="json", exclude={"secret_sha256", "webhook_secret"}, exclude_none=True)
 
 
 @router.post("/api/v1/auth/keys", status_code=201)
 async def create_key(request: Request, st: State, _: Admin) -> JSONResponse:
     body = await json_body(request, CreateKey)
     roles = body.roles or [body.role or Role.USER]
+    webhook_url = checked_webhook_url(st, body.webhook_url, "webhook_url") if body.webhook_url else None
     full, rec = await st.keys.create(
         body.user_id,
         roles,
@@ -56,6 +60,7 @@ async def create_key(request: Request, st: State, _: Admin) -> JSONResponse:
         expires_days=body.expires_days,
         max_upload_mb=body.max_upload_mb,
         max_active_jobs=body.max_active_jobs,
+        webhook_url=webhook_url,
     )
     await st.ensure_owner(body.user_id)
     out = {
@@ -65,7 +70,12 @@ async def create_key(request: Request, st: State, _: Admin) -> JSONResponse:
         "roles": rec.roles,
         "role": rec.roles[0] if len(rec.roles) == 1 else ",".join(rec.roles),
         "expires_at": rec.expires_at,
+        # Signs this key's completion webhooks (Standard Webhooks); shown
+        # only here and by POST /api/v1/auth/keys/{key_id}/webhook-secret.
+        "webhook_secret": st.keys.webhook_secret(rec),
     }
+    if rec.webhook_url:
+        out["webhook_url"] = rec.webhook_url
     return JSONResponse(out, status_code=201)
 
 
@@ -97,6 +107,21 @@ async def revoke_key(key_id: str, st: State, p: Anyone) -> dict[str, Any]:
     if st.auth_callout is not None:  # connected nodes of this key are cut off now
         await st.auth_callout.revoked(key_id)
     return key_view(revoked)
+
+
+@router.post("/api/v1/auth/keys/{key_id}/webhook-secret")
+async def rotate_webhook_secret(key_id: str, st: State, p: Anyone) -> dict[str, Any]:
+    """A new webhook signing secret for one of the caller's keys, shown
+    this once; the old one stops signing at once (deliveries still being
+    retried are signed with the new one). A key made before webhooks
+    existed gets its first secret here."""
+    if not manages_keys(p):
+        raise Forbidden("managing keys needs a key with the `user` role")
+    rec = await st.keys.get(key_id)
+    if not p.admin and rec.user_id != p.user_id:
+        raise NotFound(f"no key {key_id}")
+    _, secret = await st.keys.new_webhook_secret(key_id)
+    return {"key_id": key_id, "webhook_secret": secret}
 
 
 @router.post("/api/v1/auth/validate-key")

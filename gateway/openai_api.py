@@ -7,6 +7,8 @@ A job still running after GPUBUS_SYNC_TIMEOUT answers 504 STILL_RUNNING with
 its job id; it goes on and its result stays under /api/v1/jobs/{id}.
 Point the official client at the gateway: `OpenAI(base_url=f"{gateway}/v1",
 api_key=<gpubus key>)`; `model="whisper-1"` means the fleet's default model.
+`stream=true` answers Server-Sent Events instead, with the text segment by
+segment as the node makes it (gateway/openai_stream.py), for any model.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from gateway.auth import Principal
 from gateway.deps import State, User
 from gateway.form_fields import make_options, parse_bool
+from gateway.openai_stream import stream_response
 from gateway.results import finished_transcript
 from gateway.state import GatewayState
 from gateway.submission import Interpret, submit_upload
@@ -64,6 +67,7 @@ def _interpreter(task: str) -> Interpret:
     def interpret(form: ParsedForm) -> tuple[Kind, bool, TranscribeOptions]:
         if _field(form, "model") is None:
             raise InvalidInput("model: required (whisper-1 = this fleet's default model)")
+        parse_bool(_field(form, "stream"), "stream")  # checked before the upload is committed
         fmt = _field(form, "response_format") or "json"
         if fmt not in RESPONSE_FORMATS:
             raise InvalidInput(f"response_format: one of {list(RESPONSE_FORMATS)}")
@@ -127,6 +131,8 @@ def respond(t: Transcript, fmt: str) -> Response:
 
 async def _run(request: Request, st: GatewayState, principal: Principal, task: str) -> Response:
     rec, form = await submit_upload(st, request, principal, _interpreter(task))
+    if parse_bool(_field(form, "stream"), "stream"):  # the text as it is made (gateway/openai_stream.py)
+        return stream_response(st, rec)
     rec, transcript = await finished_transcript(st, rec, st.settings.sync_timeout)
     if transcript is None:
         raise StillRunning(

@@ -81,6 +81,15 @@ async def finished_transcript(
 ) -> tuple[JobRecord, Transcript | None]:
     """`finished_result` for endpoints that take audio and video only."""
     rec, result = await finished_result(st, rec, timeout_s)
-    if result is not None and not isinstance(result, Transcript):
+    return rec, (as_transcript(rec, result) if result is not None else None)
+
+
+def parse_transcript(rec: JobRecord, data: bytes) -> Transcript:
+    """`parse_by_kind` for endpoints that take audio and video only."""
+    return as_transcript(rec, parse_by_kind(rec, data))
+
+
+def as_transcript(rec: JobRecord, result: Transcript | Rendered) -> Transcript:
+    if not isinstance(result, Transcript):
         raise ResultUnreadable(f"job {rec.job_id}: its stored result is not a transcript")
-    return rec, result
+    return result

@@ -24,6 +24,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.auth import Principal
 from gateway.bodies import json_body
 from gateway.deps import State, User
 from gateway.form_fields import FILE_KINDS, make_options, parse_bool, parse_kind, parse_options
@@ -32,12 +33,14 @@ from gateway.results import DOCUMENT_RESULTS, finished_result, render_result
 from gateway.state import GatewayState
 from gateway.submission import submit_upload, submit_url
 from gateway.uploads import ParsedForm
+from gateway.webhook_fields import ALIAS, FIELD, job_webhook
 from schemas.diarized_formats import RENDERERS as DIARIZED_RENDERERS
 from schemas.document_formats import RENDERERS as DOCUMENT_RENDERERS
 from schemas.errors import InvalidInput
 from schemas.formats import RENDERERS
 from schemas.jobs import JobRecord, TranscribeOptions
 from schemas.names import Kind
+from schemas.webhooks import Webhook
 
 router = APIRouter(tags=["compat"])
 
@@ -65,6 +68,8 @@ class SeedUrlRequest(BaseModel):
     diarize: bool | None = None
     format: str = "json"
     timeout: float = Field(DEFAULT_TIMEOUT_S, gt=0)
+    webhook_url: str | None = Field(None, max_length=4096)  # schemas/webhooks.py
+    callback_url: str | None = Field(None, max_length=4096)  # the same, as other services name it
 
 
 def _check_format(fmt: str, options: TranscribeOptions, kind: str = Kind.AUDIO) -> str:
@@ -92,6 +97,10 @@ def seed_form(form: ParsedForm) -> tuple[Kind, bool, TranscribeOptions]:
 def url_job_options(req: SeedUrlRequest) -> TranscribeOptions:
     flat = {k: getattr(req, k) for k in (*FLAT_TEXT, *FLAT_BOOL) if getattr(req, k) is not None}
     return make_options(req.options | flat)
+
+
+def _webhook(st: GatewayState, principal: Principal, req: SeedUrlRequest) -> Webhook | None:
+    return job_webhook(st, principal, {FIELD: req.webhook_url, ALIAS: req.callback_url})
 
 
 def _timeout(st: GatewayState, raw: str | float | None) -> float:
@@ -127,7 +136,7 @@ async def process_url(request: Request, st: State, principal: User) -> Response:
     req = await json_body(request, SeedUrlRequest)
     options = url_job_options(req)
     fmt = _check_format(req.format, options)
-    rec = await submit_url(st, principal, req.url, req.gpu, options)
+    rec = await submit_url(st, principal, req.url, req.gpu, options, webhook=_webhook(st, principal, req))
     return await _answer(st, rec, fmt, _timeout(st, req.timeout))
 
 
@@ -140,4 +149,5 @@ async def ingest_file(request: Request, st: State, principal: User) -> JSONRespo
 @router.post("/api/v1/ingest/url", status_code=202)
 async def ingest_url(request: Request, st: State, principal: User) -> JSONResponse:
     req = await json_body(request, SeedUrlRequest)
-    return accepted(await submit_url(st, principal, req.url, req.gpu, url_job_options(req)))
+    webhook = _webhook(st, principal, req)
+    return accepted(await submit_url(st, principal, req.url, req.gpu, url_job_options(req), webhook=webhook))

@@ -34,9 +34,14 @@ from bus.sealing import RecordSeal
 from bus.settings import Settings
 from bus.start_deadline import StartDeadlines
 from bus.tls import nats_context
+from bus.webhook_delivery import Policy as WebhookPolicy
+from bus.webhook_delivery import WebhookDeliverer
+from bus.webhook_outbox import WebhookOutbox
 from gateway import routing
 from gateway.admission import Admission, StreamCap
+from gateway.job_views import webhook_payload
 from schemas import names
+from schemas.errors import NotFound
 from schemas.jobs import JobMessage, JobRecord
 from schemas.names import Lane
 from schemas.nodes import NodeHeartbeat
@@ -117,7 +122,15 @@ class GatewayState:
         s, js = self.settings, self.js
         self.finishes = RecordWatch(js, self.seal)
         await self.finishes.start()
-        self.jobs = JobStore(await js.key_value(names.JOBS_BUCKET), self.seal, js=js, finishes=self.finishes)
+        # A terminal state is committed only with its webhook queued (bus/webhook_outbox.py).
+        outbox = WebhookOutbox(js, webhook_payload, give_up_after_s=s.publish_timeout)
+        self.jobs = JobStore(
+            await js.key_value(names.JOBS_BUCKET),
+            self.seal,
+            js=js,
+            finishes=self.finishes,
+            before_terminal=outbox.before_terminal,
+        )
         self.feeds = job_feed.Sources(EventHub(self.nc), self.finishes, self.jobs)  # every /events client's
         self.keys = KeyStore(await js.key_value(names.APIKEYS_BUCKET), self.seal)
         await self.keys.start_mirror(self.nc, js)
@@ -146,6 +159,20 @@ class GatewayState:
         await self.start_deadlines.start()
         self.ttl = JobTtl(js, self.jobs, self.metrics, nc=self.nc)
         await self.ttl.start()
+        self.webhooks = WebhookDeliverer(
+            self.nc,
+            self.jobs,
+            self.metrics,
+            secret_of=self.webhook_secret,
+            policy=WebhookPolicy(
+                timeout_s=s.webhook_timeout,
+                backoff_s=s.webhook_backoff,
+                backoff_max_s=s.webhook_backoff_max,
+                retry_for_s=s.webhook_retry_for,
+                allow_private=s.allow_private_urls,
+            ),
+        )
+        await self.webhooks.start()
         self.lag = LagMonitor(js, interval_s=s.lag_poll_interval, metrics=self.metrics)
         self.metrics.watch_queues(self.lag.snapshot, self.nodes.live)
         await self.lag.start()
@@ -175,6 +202,7 @@ class GatewayState:
         self.ready = False
         await asyncio.gather(*self.notes, return_exceptions=True)
         for part in (
+            self.webhooks,
             self.lag,
             self.start_deadlines,
             self.router,
@@ -189,6 +217,13 @@ class GatewayState:
         if self.system_nc is not None:
             await close(self.system_nc)
         await close(self.nc)
+
+    async def webhook_secret(self, key_id: str) -> str | None:
+        """The secret that signs the webhooks of a key's jobs (None: no such key, or none made)."""
+        try:
+            return self.keys.webhook_secret(await self.keys.get(key_id))
+        except NotFound:
+            return None
 
     async def ensure_owner(self, owner: str) -> None:
         """Create the owner's bucket and consumers once per process."""

@@ -22,12 +22,14 @@ from gateway import fleet_models, routing
 from gateway.auth import Principal
 from gateway.state import GatewayState
 from gateway.uploads import MultipartToObject, ParsedForm
+from gateway.webhook_fields import job_webhook
 from schemas import names
 from schemas.diarization import DIARIZED_KINDS
 from schemas.errors import InvalidInput
 from schemas.jobs import JobRecord, StagedInput, TranscribeOptions, new_job_id, now
 from schemas.names import Kind
 from schemas.url_guard import check_submitted
+from schemas.webhooks import Webhook
 
 log = logging.getLogger("gpubus.gateway.jobs")
 
@@ -64,6 +66,7 @@ async def enqueue(
     *,
     staged: StagedInput | None = None,
     url: str | None = None,
+    webhook: Webhook | None = None,
 ) -> JobRecord:
     """Route and queue attempt 1 (record, then message: bus/queueing.py).
     The user's `gpu` wish is kept on the record for a retry to route by."""
@@ -85,6 +88,7 @@ async def enqueue(
         options=options,
         gpu_requested=gpu,
         expires_at=job_ttl.expires_at(options.ttl_s, t),
+        webhook=webhook,
     )
     await job_ttl.arm(st.js, rec, give_up_after_s=st.publisher.give_up_after_s)
     queued = await queue_attempt(st.jobs, st.publisher, owner, job_id, 1, rec, notes=st.notes)
@@ -152,17 +156,22 @@ async def stage_upload(
 async def submit_upload(
     st: GatewayState, request: Request, principal: Principal, interpret: Interpret
 ) -> tuple[JobRecord, ParsedForm]:
-    """Multipart upload to a queued job; the endpoint's own fields stay in the form."""
+    """Multipart upload to a queued job; the endpoint's own fields stay in
+    the form. Every upload endpoint takes a webhook (gateway/webhook_fields.py)."""
     owner = principal.user_id
+
+    def fields_and_webhook(form: ParsedForm) -> tuple[tuple[str, bool, TranscribeOptions], Webhook | None]:
+        return interpret(form), job_webhook(st, principal, form.fields)
+
     async with admitted(st, principal):
         await st.ensure_owner(owner)
         job_id = new_job_id()
         max_bytes = (principal.max_upload_mb or st.settings.max_upload_mb) * MIB
-        staged, form, (kind, gpu, options) = await stage_upload(
-            st, request, owner, job_id, interpret, max_bytes=max_bytes
+        staged, form, ((kind, gpu, options), webhook) = await stage_upload(
+            st, request, owner, job_id, fields_and_webhook, max_bytes=max_bytes
         )
         try:
-            return await enqueue(st, owner, job_id, kind, gpu, options, staged=staged), form
+            return await enqueue(st, owner, job_id, kind, gpu, options, staged=staged, webhook=webhook), form
         except BaseException:  # refused (say, an unknown model) or never queued: leave nothing behind
             with contextlib.suppress(Exception):
                 await objects.delete_object(st.js, staged.bucket, staged.object_name)
@@ -170,22 +179,35 @@ async def submit_upload(
 
 
 async def submit_url(
-    st: GatewayState, principal: Principal, url: str, gpu: bool, options: TranscribeOptions
+    st: GatewayState,
+    principal: Principal,
+    url: str,
+    gpu: bool,
+    options: TranscribeOptions,
+    *,
+    webhook: Webhook | None = None,
 ) -> JobRecord:
     """A URL job: the syntax and any address literal are checked here (422);
     the node that downloads it checks every address it connects to
     (schemas/url_guard.py)."""
     url = check_submitted(url, allow_private=st.settings.allow_private_urls)
-    return await submit_without_upload(st, principal, Kind.URL, gpu, options, url=url)
+    return await submit_without_upload(st, principal, Kind.URL, gpu, options, url=url, webhook=webhook)
 
 
 async def submit_without_upload(
-    st: GatewayState, principal: Principal, kind: str, gpu: bool, options: TranscribeOptions, *, url: str | None = None
+    st: GatewayState,
+    principal: Principal,
+    kind: str,
+    gpu: bool,
+    options: TranscribeOptions,
+    *,
+    url: str | None = None,
+    webhook: Webhook | None = None,
 ) -> JobRecord:
     """A job with nothing to stage (a URL, or `noop` for benchmarks)."""
     async with admitted(st, principal):
         await st.ensure_owner(principal.user_id)
-        return await enqueue(st, principal.user_id, new_job_id(), kind, gpu, options, url=url)
+        return await enqueue(st, principal.user_id, new_job_id(), kind, gpu, options, url=url, webhook=webhook)
 
 
 INLINE_TEXT_NAME = "text.txt"
@@ -222,6 +244,7 @@ async def submit_json_kind(
     *,
     url: str | None = None,
     text: str | None = None,
+    webhook: Webhook | None = None,
 ) -> JobRecord:
     """A JSON job of any other kind (a plugin's): its input is a URL, inline
     text (staged as a file), or nothing. Whether a live node serves the
@@ -238,7 +261,7 @@ async def submit_json_kind(
         job_id = new_job_id()
         staged = await stage_text(st, owner, job_id, text) if text is not None else None
         try:
-            return await enqueue(st, owner, job_id, kind, gpu, options, staged=staged, url=url)
+            return await enqueue(st, owner, job_id, kind, gpu, options, staged=staged, url=url, webhook=webhook)
         except BaseException:  # never queued: leave nothing behind
             if staged is not None:
                 with contextlib.suppress(Exception):

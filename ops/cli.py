@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     kc.add_argument("user")
     kc.add_argument("--role", action="append", choices=["user", "node"])
     kc.add_argument("--expires-days", type=float)
+    kc.add_argument(
+        "--webhook-url", help="where this key's jobs report their terminal states unless a job names its own"
+    )
     kc.add_argument("--description")
     ks.add_parser("list", parents=data)
     kr = ks.add_parser("revoke", parents=data)

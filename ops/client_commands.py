@@ -61,6 +61,8 @@ def cmd_keys(args: argparse.Namespace) -> None:
         body = {"user_id": args.user, "roles": roles, "description": args.description or ""}
         if args.expires_days:
             body["expires_days"] = args.expires_days
+        if args.webhook_url:
+            body["webhook_url"] = args.webhook_url
         out = c.post("/api/v1/auth/keys", body)
     elif args.keys_cmd == "list":
         out = c.get("/api/v1/auth/keys")

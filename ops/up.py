@@ -131,9 +131,8 @@ async def run(settings: Settings, *, nats_port: int, cluster: int = 1, tls: bool
                 await serve  # raises why it could not start
                 return
             await asyncio.sleep(0.05)
-        full_key, _ = await app.state.gateway.keys.create(
-            LOCAL_USER, [Role.USER, Role.NODE], description="created by gpubus up"
-        )
+        keys = app.state.gateway.keys
+        full_key, key_rec = await keys.create(LOCAL_USER, [Role.USER, Role.NODE], description="created by gpubus up")
         nodes.append(
             await start_node(settings, Lane.CPU, lambda nid: make_cpu(settings, nid), shared=True, handle_signals=False)
         )
@@ -152,6 +151,7 @@ async def run(settings: Settings, *, nats_port: int, cluster: int = 1, tls: bool
             "gateway_url": gateway_url,
             "nats_url": nats.url,
             "api_key": full_key,
+            "webhook_secret": keys.webhook_secret(key_rec),  # signs the webhooks of this key's jobs
             "admin_token": token,
             "user_id": LOCAL_USER,
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from processors.diarization import DiarizationUnavailable, Diarizer, diarize_tra
 from processors.whisper_engine import WhisperEngine
 from schemas.diarization import DIARIZATION, DiarizedTranscript
 from schemas.errors import INPUT_MISSING, JobCancelled, JobFailed, JobRetryable
+from schemas.events import TextSegment
 from schemas.jobs import JobMessage, ResultSummary, StageSummary
 from schemas.names import Kind, Lane
 from schemas.processing import NOTHING_STAGED, Input, JobOutput, Phase, ProgressFn, Staging
@@ -91,7 +93,7 @@ class TranscriptionProcessor:
         # Speakers go on words, so a diarized job has word times whether or not it asked.
         opts = job.options.model_copy(update={"word_timestamps": True}) if diarize else job.options
         transcript: Transcript = self.engine.transcribe(
-            audio, opts, on_segment=lambda done, total: progress(done, total, transcribing), cancelled=cancelled
+            audio, opts, on_segment=partial(in_phase, progress, transcribing), cancelled=cancelled
         )
         stages = []
         if diarize:
@@ -144,3 +146,16 @@ class TranscriptionProcessor:
         elapsed = time.monotonic() - t0
         stage = StageSummary(name=DIARIZATION, engine=engine.name, processing_s=elapsed, media_s=duration)
         return result, stage
+
+
+def in_phase(
+    progress: ProgressFn,
+    phase: Phase,
+    done: float,
+    total: float,
+    _phase: Phase | None = None,
+    *,
+    segment: TextSegment | None = None,
+) -> None:
+    """The engine's progress (and each finished segment of text) as the job's, in `phase`."""
+    progress(done, total, phase, segment=segment)

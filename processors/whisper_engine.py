@@ -14,7 +14,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -23,8 +23,10 @@ import numpy as np
 from processors import gpu_memory, model_paths
 from processors.clip_batcher import ClipBatcher
 from schemas.errors import UNSUPPORTED_LANGUAGE, JobCancelled, JobFailed
+from schemas.events import TextSegment
 from schemas.jobs import TranscribeOptions
 from schemas.languages import is_known, normalized
+from schemas.processing import ProgressFn
 from schemas.results import Segment, Transcript, Word
 
 log = logging.getLogger("gpubus.processors.whisper")
@@ -139,15 +141,17 @@ class WhisperEngine:
         audio: np.ndarray,
         opts: TranscribeOptions,
         *,
-        on_segment: Callable[[float, float], None],
+        on_segment: ProgressFn,
         cancelled: threading.Event,
     ) -> Transcript:
-        """On CUDA out-of-memory the job is decoded again with half the batch,
+        """Each finished segment goes to `on_segment` as it is decoded (its
+        text too, for the streamed partial text). On CUDA out-of-memory the job is decoded again with half the batch,
         once; a second OOM raises JobRetryable (see processors.gpu_memory)."""
         kwargs = self._decode_kwargs(opts)
         if self.batcher is not None and self._batchable(audio, kwargs):
             transcript = self.batcher.run(batch_key(kwargs), audio, cancelled)
-            on_segment(transcript.duration, transcript.duration)
+            for seg in transcript.segments:
+                on_segment(min(seg.end, transcript.duration), transcript.duration, segment=text_of(seg))
             return transcript.model_copy(update={"task": opts.task})
         return gpu_memory.with_oom_retry(
             lambda batch: self._transcribe_once(audio, opts, kwargs, batch, on_segment, cancelled),
@@ -160,7 +164,7 @@ class WhisperEngine:
         opts: TranscribeOptions,
         kwargs: dict[str, Any],
         batch_size: int,
-        on_segment: Callable[[float, float], None],
+        on_segment: ProgressFn,
         cancelled: threading.Event,
     ) -> Transcript:
         duration = len(audio) / SAMPLE_RATE
@@ -170,7 +174,7 @@ class WhisperEngine:
             if cancelled.is_set():
                 raise JobCancelled()
             segments.append(to_segment(seg, len(segments), 0.0))
-            on_segment(min(seg.end, duration), duration)
+            on_segment(min(seg.end, duration), duration, segment=text_of(segments[-1]))
         return self._transcript(segments, info, duration, opts.task)
 
     def _transcript(self, segments: list[Segment], info: Any, duration: float, task: str) -> Transcript:
@@ -224,6 +228,11 @@ BatchKey = tuple[tuple[str, Any], ...]
 def batch_key(kwargs: dict[str, Any]) -> BatchKey:
     """Jobs decoded in one batch share every decode setting (the VAD is off for all of them)."""
     return tuple(sorted((k, v) for k, v in kwargs.items() if k != "vad_filter"))
+
+
+def text_of(seg: Segment) -> TextSegment:
+    """A finished segment's piece of the text, for the streamed partial text."""
+    return TextSegment.of(seg.id, seg.start, seg.end, seg.text)
 
 
 def to_segment(seg: Any, index: int, offset_s: float) -> Segment:

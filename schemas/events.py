@@ -35,9 +35,18 @@ class EventType(StrEnum):
     # failure): the gateway side moves it on at once instead of waiting for
     # a puller that may never come.
     RELEASED = "released"
+    # One finished piece of text (a Whisper segment), sent as the node makes
+    # it: the partial text behind `/events` and the OpenAI endpoint's
+    # `stream=true`. Advisory: it never changes the job record.
+    SEGMENT = "segment"
 
 
 TERMINAL_EVENTS = frozenset({EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELLED})
+
+# A segment's text is cut to this many characters (Whisper's segments are a
+# sentence or two; the final result keeps the whole text), so a segment
+# event stays a few KiB, far under the stream's EVENT_MAX_BYTES.
+SEGMENT_TEXT_MAX = 4000
 
 # A result at most this long (the JSON text) travels inside its `succeeded`
 # event, and that event, kept in EVENTS, is where it is stored: no object
@@ -50,6 +59,21 @@ INLINE_RESULT_MAX = 192 * 1024
 def inline_digest(text: str) -> str:
     """What the record keeps of an inline result, and the reader checks."""
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+class TextSegment(BaseModel):
+    """A finished piece of a job's text: its place (`index`, from 0 in the
+    order the node made them) and where it sits in the media, in seconds."""
+
+    index: int = Field(ge=0)
+    start: float
+    end: float
+    text: str = Field(max_length=SEGMENT_TEXT_MAX)
+
+    @classmethod
+    def of(cls, index: int, start: float, end: float, text: str) -> TextSegment:
+        """For the side that reports one: an over-long text is cut to fit."""
+        return cls(index=index, start=start, end=end, text=text[:SEGMENT_TEXT_MAX])
 
 
 class JobEvent(BaseModel):
@@ -70,6 +94,7 @@ class JobEvent(BaseModel):
     result_inline: str | None = Field(None, max_length=INLINE_RESULT_MAX)
     summary: ResultSummary | None = None
     error: ErrorInfo | None = None
+    segment: TextSegment | None = None
 
     @property
     def terminal(self) -> bool:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.diarization import DIARIZATION, DiarizeOptions
 from schemas.names import JobKind, Lane
+from schemas.webhooks import Webhook
 
 SCHEMA_VERSION = 1
 JOB_ID_BYTES = 16  # 128 random bits: job ids are unguessable
@@ -213,6 +214,9 @@ class JobRecord(BaseModel):
     # When the job expires (`options.ttl_s` after the attempt was queued);
     # a TTL timer firing for an earlier deadline changes nothing.
     expires_at: float | None = None
+    # Where each terminal state is POSTed, and how those deliveries went
+    # (schemas/webhooks.py). Never in the job message: nodes do not see it.
+    webhook: Webhook | None = None
 
     @property
     def terminal(self) -> bool:

@@ -35,6 +35,11 @@ class ApiKeyRecord(BaseModel):
     # Per-key limits set by the admin; None = the gateway's defaults.
     max_upload_mb: int | None = None
     max_active_jobs: int | None = None
+    # Completion webhooks (schemas/webhooks.py): the URL every job of this
+    # key reports to unless it names its own, and the secret that signs
+    # them, as `RecordSeal.hide` stores it (shown in full once, when made).
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
 
 
 def new_secret() -> tuple[str, str, str]:

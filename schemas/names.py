@@ -25,17 +25,20 @@ EVENTS_STREAM = "EVENTS"
 DEADLETTER_STREAM = "DEADLETTER"
 TIMERS_STREAM = "TIMERS"  # job TTL timers (bus/job_ttl.py): trusted side only
 STARTS_STREAM = "STARTS"  # start claims: who took a queued GPU attempt, a node or the mover (bus/start_claims.py)
+WEBHOOKS_STREAM = "WEBHOOKS"  # completion webhooks waiting for delivery (bus/webhook_delivery.py): trusted side only
 JOBS_BUCKET = "jobs"
 APIKEYS_BUCKET = "apikeys"
 NODES_BUCKET = "nodes"
 MATERIALIZER_CONSUMER = "materializer"
 FALLBACK_CONSUMER = "fallback_router"
 TTL_CONSUMER = "job_ttl"
+WEBHOOK_CONSUMER = "webhooks"
 
 JOBS_SUBJECTS = "jobs.>"
 EVENTS_SUBJECTS = "events.>"
 STARTS_SUBJECTS = "starts.>"
 TIMERS_SUBJECTS = "timers.>"
+WEBHOOKS_SUBJECTS = "webhooks.>"
 MAX_DELIVERIES_SUBJECTS = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.>"
 
 
@@ -140,6 +143,10 @@ def start_claim_subject(owner: str, job_id: str, attempt: int) -> str:
 
 def ttl_timer_subject(owner: str, job_id: str) -> str:
     return f"timers.ttl.{owner}.{job_id}"
+
+
+def webhook_subject(owner: str, job_id: str) -> str:
+    return f"webhooks.{owner}.{job_id}"
 
 
 def cancel_subject(owner: str) -> str:

@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
+from schemas.events import TextSegment
 from schemas.jobs import JobMessage, ResultSummary
 from schemas.names import Lane
 
@@ -110,9 +111,22 @@ class Phase:
 
 
 class ProgressFn(Protocol):
-    """`phase` is for a job done in steps; a processor of one step leaves it out."""
+    """`progress(done, total)`: how far the job is, in media seconds (or in
+    pages: `progress_unit`). `phase` is for a job done in steps; a processor
+    of one step leaves it out. A processor that makes text piece by piece
+    passes each finished piece as `segment` (indexes 0, 1, 2, ... in order):
+    the node publishes it at once, unthrottled, and clients watch the text
+    grow (`/events`, the OpenAI endpoint's `stream=true`). Plain progress
+    calls are throttled."""
 
-    def __call__(self, media_s_done: float, media_s_total: float, phase: Phase | None = None) -> None: ...
+    def __call__(
+        self,
+        media_s_done: float,
+        media_s_total: float,
+        phase: Phase | None = None,
+        *,
+        segment: TextSegment | None = None,
+    ) -> None: ...
 
 
 # What a processor's `progress(done, total)` counts, declared as its

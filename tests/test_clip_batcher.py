@@ -120,10 +120,12 @@ def test_batched_clips_transcribe_as_one_clip_at_a_time(clips):
     opts = TranscribeOptions()
     alone = WhisperEngine(EngineConfig(model=None, device="cpu", compute_type="int8"))
     batched = WhisperEngine(EngineConfig(model=None, device="cpu", compute_type="int8", workers=6, clip_batch=6))
-    expected = [alone.transcribe(c, opts, on_segment=lambda *_: None, cancelled=NEVER) for c in clips]
+    expected = [alone.transcribe(c, opts, on_segment=lambda *_, **__: None, cancelled=NEVER) for c in clips]
     # When the six arrive together
     with ThreadPoolExecutor(6) as pool:
-        got = list(pool.map(lambda c: batched.transcribe(c, opts, on_segment=lambda *_: None, cancelled=NEVER), clips))
+        got = list(
+            pool.map(lambda c: batched.transcribe(c, opts, on_segment=lambda *_, **__: None, cancelled=NEVER), clips)
+        )
     # Then they were decoded in fewer batches than clips, each transcript its own clip's
     assert batched.batcher is not None and batched.batcher.calls == 6 and batched.batcher.batches < 6
     for e, g, c in zip(expected, got, clips, strict=True):

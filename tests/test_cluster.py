@@ -67,6 +67,9 @@ async def _assert_replicated(js, owner: str, replicas: int) -> None:
         names.JOBS_STREAM,
         names.EVENTS_STREAM,
         names.DEADLETTER_STREAM,
+        names.STARTS_STREAM,
+        names.TIMERS_STREAM,
+        names.WEBHOOKS_STREAM,
         f"KV_{names.JOBS_BUCKET}",
         f"KV_{names.APIKEYS_BUCKET}",
         f"KV_{names.NODES_BUCKET}",
@@ -83,6 +86,8 @@ async def _assert_replicated(js, owner: str, replicas: int) -> None:
         names.consumer_name(owner, names.Lane.CPU),
         names.MATERIALIZER_CONSUMER,
         names.FALLBACK_CONSUMER,
+        names.TTL_CONSUMER,
+        names.WEBHOOK_CONSUMER,
     }
     for c in durables:
         assert c.config.num_replicas == replicas and not c.config.mem_storage, c.name

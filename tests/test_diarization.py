@@ -44,7 +44,9 @@ def whisper() -> WhisperEngine:
 
 def transcribe(whisper: WhisperEngine, spoken: speech_audio.Spoken) -> Transcript:
     opts = TranscribeOptions(word_timestamps=True, language="en")
-    return whisper.transcribe(spoken.audio, opts, on_segment=lambda d, t: None, cancelled=threading.Event())
+    return whisper.transcribe(
+        spoken.audio, opts, on_segment=lambda d, t, segment=None: None, cancelled=threading.Event()
+    )
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import pytest
 from processors import audio_decode, gpu_memory, model_paths
 from processors.whisper_engine import UNSUPPORTED_LANGUAGE, EngineConfig, WhisperEngine, fixed_chunks
 from schemas.errors import JobFailed, JobRetryable
+from schemas.events import TextSegment
 from schemas.jobs import TranscribeOptions
 from tests.harness import TESTDATA, expected_text, words
 
@@ -30,7 +31,7 @@ def long_audio():
     return audio_decode.decode(TESTDATA / "long.wav")
 
 
-def run(engine: WhisperEngine, audio, on_segment=lambda d, t: None, **opts):
+def run(engine: WhisperEngine, audio, on_segment=lambda d, t, segment=None: None, **opts):
     return engine.transcribe(audio, TranscribeOptions(**opts), on_segment=on_segment, cancelled=threading.Event())
 
 
@@ -46,10 +47,18 @@ def test_fixed_chunks_cover_the_whole_file():
 def test_batched_pipeline_without_vad_transcribes_all_of_a_long_file(batched, long_audio):
     # Given 76 s of speech (longer than one 30 s window) and the VAD off
     seen: list[float] = []
-    t = run(batched, long_audio, on_segment=lambda done, total: seen.append(done / total))
+    pieces: list[TextSegment] = []
+
+    def on_segment(done: float, total: float, segment: TextSegment | None = None) -> None:
+        seen.append(done / total)
+        pieces.append(segment)
+
+    t = run(batched, long_audio, on_segment=on_segment)
     # Then every window is decoded, progress rises to the end, and the text matches
     assert t.segments[-1].end > 70 and t.duration == pytest.approx(76.57, abs=0.1)
     assert seen == sorted(seen) and seen[-1] > 0.9
+    # And each segment was handed over with its text as it was decoded
+    assert [(p.index, p.start, p.end, p.text) for p in pieces] == [(s.id, s.start, s.end, s.text) for s in t.segments]
     assert len(words(t.text) & words(expected_text("long"))) >= 20, t.text
     assert t.language == "en" and t.language_probability == 1.0
 
@@ -106,7 +115,7 @@ def test_oom_mid_job_retries_once_with_a_smaller_batch(batched, long_audio):
 
     raised = []
 
-    def on_segment(done: float, total: float) -> None:
+    def on_segment(done: float, total: float, segment: TextSegment | None = None) -> None:
         if not raised:
             raised.append(True)
             raise RuntimeError(OOM)
@@ -124,7 +133,7 @@ def test_oom_mid_job_retries_once_with_a_smaller_batch(batched, long_audio):
 def test_second_oom_hands_the_job_back(batched):
     audio = audio_decode.decode(TESTDATA / "hello.wav")
 
-    def always_oom(done: float, total: float) -> None:
+    def always_oom(done: float, total: float, segment: TextSegment | None = None) -> None:
         raise RuntimeError(OOM)
 
     with pytest.raises(JobRetryable) as e:

@@ -46,8 +46,15 @@ def test_events_stream_progress_until_the_terminal_state(gateway, shared_cpu_nod
         assert len(fractions) >= 2 and fractions == sorted(fractions) and fractions[-1] > 0.5, kinds
         assert all(e.data["media_s_done"] <= 77 for e in events if e.event == "progress")
         assert kinds.index("started") < kinds.index("succeeded")
+        # Each finished segment's text as it was made: in order, before the outcome, adding up to the result
+        segments = [e.data["segment"] for e in events if e.event == "segment"]
+        assert len(segments) >= 2 and [s["index"] for s in segments] == list(range(len(segments)))
+        assert kinds.index("segment") < max(i for i, k in enumerate(kinds) if k == "progress")
+        assert max(i for i, k in enumerate(kinds) if k == "segment") < kinds.index("succeeded")
         # When the stream ends the result is there
-        assert c.get(f"/api/v1/jobs/{job['job_id']}/result?format=text").status_code == 200
+        result = c.get(f"/api/v1/jobs/{job['job_id']}/result?format=json").json()
+        assert "".join(s["text"] for s in segments).strip() == result["text"]
+        assert [(s["start"], s["end"]) for s in segments] == [(s["start"], s["end"]) for s in result["segments"]]
 
 
 def test_events_of_a_finished_job_replay_the_final_state_and_end(gateway, shared_cpu_node, user):

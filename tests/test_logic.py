@@ -18,7 +18,7 @@ from bus.sealing import RecordSeal
 from bus.settings import GpuMode
 from gateway.routing import Fleet, choose, gpu_wish
 from schemas import names
-from schemas.events import EventType, JobEvent, inline_digest
+from schemas.events import SEGMENT_TEXT_MAX, EventType, JobEvent, TextSegment, inline_digest
 from schemas.jobs import ErrorInfo, JobRecord, JobStatus
 from schemas.names import SHARED, Kind, Lane
 
@@ -94,6 +94,20 @@ def test_terminal_state_never_goes_back():
     done = fold(_rec(), _ev(EventType.SUCCEEDED))
     assert fold(done.model_copy(), _ev(EventType.STARTED)) is None
     assert fold(done.model_copy(), _ev(EventType.PROGRESS, progress=0.5)) is None
+
+
+def test_a_text_segment_never_changes_a_record():
+    seg = TextSegment(index=0, start=0.0, end=2.0, text=" Hello.")
+    assert fold(_rec(), _ev(EventType.SEGMENT, segment=seg)) is None  # not even queued -> running
+    running = fold(_rec(), _ev(EventType.STARTED))
+    assert fold(running.model_copy(), _ev(EventType.SEGMENT, segment=seg)) is None
+    done = fold(_rec(), _ev(EventType.SUCCEEDED))
+    assert fold(done.model_copy(), _ev(EventType.SEGMENT, segment=seg, node="late")) is None
+
+
+def test_segment_text_is_bounded():
+    seg = TextSegment.of(3, 1.0, 2.0, "x" * (SEGMENT_TEXT_MAX + 10))
+    assert len(seg.text) == SEGMENT_TEXT_MAX and seg.index == 3
 
 
 def test_progress_of_an_abandoned_attempt_is_ignored():

@@ -111,3 +111,22 @@ def test_a_job_over_the_sync_timeout_answers_504_and_goes_on(nats_server, workdi
         assert job["job_id"] in str(e.value) and job["status"] in ("queued", "running", "succeeded")
     finally:
         gw.stop()
+
+
+def test_stream_yields_deltas_then_the_whole_text(client, gateway):
+    """`stream=True` with the official client: a delta per segment as the
+    node finishes it, then `done` with exactly the non-streamed text."""
+    plain = transcribe(client, "long.wav").text
+    with (TESTDATA / "long.wav").open("rb") as f:
+        events = list(client.audio.transcriptions.create(model="whisper-1", file=f, stream=True))
+    deltas = [e for e in events if e.type == "transcript.text.delta"]
+    assert len(deltas) >= 2, events
+    assert [e.type for e in events[-1:]] == ["transcript.text.done"] and len(events) == len(deltas) + 1
+    assert events[-1].text == plain
+    assert "".join(d.delta for d in deltas).strip() == plain
+
+
+def test_stream_of_a_failed_job_raises(client):
+    with (TESTDATA / "garbage.bin").open("rb") as f, pytest.raises(openai.APIError) as e:
+        list(client.audio.transcriptions.create(model="whisper-1", file=f, stream=True))
+    assert "failed" in e.value.message

@@ -225,6 +225,38 @@ def drop_file(page: Page, path: Path) -> None:
     page.locator("#dropzone").dispatch_event("drop", {"dataTransfer": transfer})
 
 
+def test_running_job_shows_its_text_growing(
+    gateway: Gateway, web_user: WebUser, shared_cpu_node: Proc, tab: Tab, shots: Path, tmp_path: Path
+):
+    page = tab.page
+    talk = wav_of_seconds(TESTDATA / "long.wav", 150, tmp_path / "talk.wav")
+    sign_in(page, gateway, web_user.key)
+    # Given a long file being transcribed on a CPU node, which decodes one 30 s window after another
+    # (a GPU node's batched pipeline finishes a batch of windows at once: its text comes batch by batch)
+    page.get_by_label("choose files").set_input_files(talk)
+    page.get_by_role("switch", name="Run on GPU").uncheck()
+    page.get_by_role("button", name="Transcribe").click()
+    row = page.locator("#jobs > li", has_text="talk.wav").first
+    # Then its text appears under it while it still runs, segment by segment
+    page.wait_for_function(
+        "li => li.dataset.status === 'running' && li.querySelector('.job-live').textContent.includes('Section 1')",
+        arg=row.element_handle(),
+        timeout=JOB_WAIT_MS,
+    )
+    first = row.locator(".job-live").text_content() or ""
+    page.wait_for_function(
+        "([li, n]) => li.dataset.status !== 'running' || li.querySelector('.job-live').textContent.length > n",
+        arg=[row.element_handle(), len(first)],
+        timeout=JOB_WAIT_MS,
+    )
+    page.screenshot(path=shots / "live-text.png")
+    # And once finished the transcript is what the button opens; the live text goes
+    expect(row).to_have_attribute("data-status", "succeeded", timeout=JOB_WAIT_MS)
+    expect(row.locator(".job-live")).to_be_hidden()
+    assert first.startswith("Section 1")
+    tab.only_the_gateway_was_called(gateway)
+
+
 def test_failed_job_reads_plainly_and_retry_fails_again_the_same_way(
     gateway: Gateway, web_user: WebUser, tab: Tab, shots: Path
 ):

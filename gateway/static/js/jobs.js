@@ -15,6 +15,7 @@ const LIST_LIMIT = 50;
 const jobs = new Map();
 const rows = new Map();
 const streams = new Map();
+const liveText = new Map(); // job id -> the current attempt's segment texts by index, while it runs
 
 function fact(label, cls) {
   const dd = h('dd', { class: cls || null });
@@ -33,6 +34,8 @@ function makeRow(job) {
     error: h('p', { class: 'job-error' }),
     progress: h('progress', { max: '100', value: '0', 'aria-label': `Progress of ${name}` }),
     progressText: h('span'),
+    // The text so far, segment by segment as the node finishes them (the `segment` events).
+    live: h('p', { class: 'job-live', hidden: '' }),
   };
   r.progressWrap = h('div', { class: 'job-progress' }, r.progress, r.progressText);
   const what = isTextKind(job) ? 'result' : 'transcript';
@@ -48,7 +51,7 @@ function makeRow(job) {
   r.li.append(
     h('div', { class: 'job-body' },
       h('div', { class: 'job-title' }, h('span', { class: 'job-name', text: name, title: name }), r.badge),
-      facts, r.note, r.error, r.progressWrap),
+      facts, r.note, r.error, r.progressWrap, r.live),
     h('div', { class: 'job-actions' }, r.open, r.download, r.retry, r.cancel),
   );
   return r;
@@ -90,6 +93,23 @@ function showOutcome(r, job) {
     r.progress.value = Math.round((job.progress || 0) * 100);
     r.progressText.textContent = job.status === 'queued' ? 'Waiting' : `${r.progress.value}%`;
   }
+  const text = active ? liveTextOf(job) : '';
+  r.live.textContent = text;
+  r.live.hidden = !text;
+  if (text) r.live.scrollTop = r.live.scrollHeight; // follow the newest text
+}
+
+function liveTextOf(job) {
+  const live = liveText.get(job.job_id);
+  if (!live || live.attempt !== job.attempts) return '';
+  return live.parts.filter((t) => t !== undefined).join('').trim();
+}
+
+function addSegment(job, attempt, segment) {
+  let live = liveText.get(job.job_id);
+  if (!live || live.attempt !== attempt) liveText.set(job.job_id, (live = { attempt, parts: [] }));
+  live.parts[segment.index] = segment.text;
+  upsert({ ...job, status: 'running' });
 }
 
 function showActions(r, job) {
@@ -147,7 +167,7 @@ function place(order) {
   });
   const keep = new Set(order);
   for (const [id, r] of rows) {
-    if (!keep.has(id)) { r.li.remove(); rows.delete(id); jobs.delete(id); }
+    if (!keep.has(id)) { r.li.remove(); rows.delete(id); jobs.delete(id); liveText.delete(id); }
   }
   $('jobs-empty').hidden = order.length > 0;
 }
@@ -202,7 +222,7 @@ function onEvent(id, { event, data }) {
   if (event === 'started') upsert({ ...job, status: 'running', node_id: data.node_id, lane: data.lane || job.lane });
   else if (event === 'progress' && typeof data.progress === 'number') {
     upsert({ ...job, status: 'running', progress: data.progress, node_id: data.node_id || job.node_id });
-  }
+  } else if (event === 'segment' && data.segment) addSegment(job, data.attempt, data.segment);
 }
 
 /** Follow one job's event stream (while a slot is free) until its terminal state. */
@@ -227,6 +247,7 @@ function followActive(except = null) {
 export function resetJobs() {
   for (const ctl of streams.values()) ctl.abort();
   streams.clear();
+  liveText.clear();
   jobs.clear();
   rows.clear();
   $('jobs').replaceChildren();
