@@ -235,7 +235,7 @@ def test_running_job_shows_its_text_growing(
     # (a GPU node's batched pipeline finishes a batch of windows at once: its text comes batch by batch)
     page.get_by_label("choose files").set_input_files(talk)
     page.get_by_role("switch", name="Run on GPU").uncheck()
-    page.get_by_role("button", name="Transcribe").click()
+    page.get_by_role("button", name="Submit").click()
     row = page.locator("#jobs > li", has_text="talk.wav").first
     # Then its text appears under it while it still runs, segment by segment
     page.wait_for_function(
@@ -390,7 +390,7 @@ def test_label_speakers_switch_shows_who_spoke_and_offers_rttm(
     expect(page.get_by_label("Speakers", exact=True)).to_be_hidden()
     page.get_by_role("switch", name="Label speakers").check()
     page.get_by_label("Speakers", exact=True).select_option("2")
-    page.get_by_role("button", name="Transcribe").click()
+    page.get_by_role("button", name="Submit").click()
     row = job_row(page)
     expect(row).to_have_attribute("data-status", "succeeded", timeout=JOB_WAIT_MS)
     # Then its transcript names the two speakers, line by line
