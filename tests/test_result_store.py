@@ -33,7 +33,7 @@ async def test_a_small_result_rides_in_its_event_and_reads_back(gateway, shared_
         assert job["status"] == "succeeded", job
         # Then its result is served in every format...
         r = c.get(f"/api/v1/jobs/{job['job_id']}/result")
-        assert r.status_code == 200 and "hello" in r.json()["text"].lower(), r.text
+        assert r.status_code == 200 and "weather" in r.json()["text"].lower(), r.text
         assert "-->" in c.get(f"/api/v1/jobs/{job['job_id']}/result?format=srt").text
     # ...from the event: the record points at it, and no result object was written
     nc, jobs = await _jobs(gateway)
@@ -63,6 +63,6 @@ async def test_a_result_over_the_inline_limit_goes_to_the_object_store(gateway, 
             # Then the record names the attempt's object, and the result reads back from it
             assert job["result_object"] == names.result_object(job["job_id"], 1), job
             r = c.get(f"/api/v1/jobs/{job['job_id']}/result")
-            assert r.status_code == 200 and "hello" in r.json()["text"].lower(), r.text
+            assert r.status_code == 200 and "weather" in r.json()["text"].lower(), r.text
     finally:
         node.stop()
