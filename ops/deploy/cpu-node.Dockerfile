@@ -15,8 +15,9 @@ ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/gpubus
-COPY ops/deploy/requirements/node.txt /tmp/requirements.txt
-RUN /opt/gpubus/bin/pip install --requirement /tmp/requirements.txt
+# The lock made from pyproject.toml by `python -m ops.locks`, hashes checked.
+COPY ops/deploy/requirements/cpu-node.txt /tmp/requirements.txt
+RUN /opt/gpubus/bin/pip install --require-hashes --requirement /tmp/requirements.txt
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY schemas schemas

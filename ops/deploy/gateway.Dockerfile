@@ -17,10 +17,10 @@ ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/gpubus
-# Dependencies first (a layer that survives code changes), pinned to the
-# versions the tests ran with (ops/pins.py).
+# Dependencies first (a layer that survives code changes): the lock made from
+# pyproject.toml by `python -m ops.locks`, every file checked by its hash.
 COPY ops/deploy/requirements/gateway.txt /tmp/requirements.txt
-RUN /opt/gpubus/bin/pip install --requirement /tmp/requirements.txt
+RUN /opt/gpubus/bin/pip install --require-hashes --requirement /tmp/requirements.txt
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY schemas schemas

@@ -22,10 +22,10 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3.12 python3.12-venv \
     && rm -rf /var/lib/apt/lists/*
 RUN python3.12 -m venv /opt/gpubus
-COPY ops/deploy/requirements/node.txt ops/deploy/requirements/gpu.txt /tmp/
-# node.txt: what the tests ran with; gpu.txt: the `gpu` extra, pinned
-# (a torch build for CUDA 12.8, nvidia-ml-py for GPU metrics).
-RUN /opt/gpubus/bin/pip install --requirement /tmp/node.txt --requirement /tmp/gpu.txt
+# The lock made from pyproject.toml by `python -m ops.locks` (the node's
+# dependencies and the `gpu` extra: nvidia-ml-py for GPU metrics, no torch), hashes checked.
+COPY ops/deploy/requirements/gpu-node.txt /tmp/requirements.txt
+RUN /opt/gpubus/bin/pip install --require-hashes --requirement /tmp/requirements.txt
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY schemas schemas
