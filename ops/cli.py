@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import NoReturn
 
+from ops import models
 from ops.client_commands import FORMATS, cmd_doctor, cmd_jobs, cmd_keys, cmd_status, cmd_submit
 from ops.exits import (
     ExitCode,
@@ -168,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     na = sub.add_parser("nats-auth", help="print fresh NATS auth secrets for a deployment's .env")
     na.add_argument("--k8s", action="store_true", help="as the Kubernetes Secret `gpubus-nats` instead")
     na.set_defaults(fn=cmd_nats_auth)
+    models.add_parser(sub)
     return p
 
 

@@ -6,8 +6,11 @@
 #   docker run --gpus all -e GPUBUS_GATEWAY_URL=https://gw.example -e GPUBUS_API_KEY=gpb_... gpubus-gpu-node:0.1.0
 #
 # Environment only: GPUBUS_GATEWAY_URL, GPUBUS_API_KEY (a key with the `node`
-# role), GPUBUS_WHISPER_MODEL (default: the bundled tiny.en; for a larger
-# model mount its CTranslate2 directory and point at it), GPUBUS_NODE_CONCURRENCY.
+# role), GPUBUS_NODE_CONCURRENCY, and GPUBUS_WHISPER_MODEL: /models/large-v3 in
+# this image, a volume the node reads and never fills. Put the model there once:
+#   docker run --rm -v gpubus-models:/models gpubus-gpu-node:0.1.0 models fetch large-v3
+# then run the node with `-v gpubus-models:/models:ro`. Another model: fetch
+# it the same way and set GPUBUS_WHISPER_MODEL=/models/<name>.
 # Needs an NVIDIA driver for CUDA 12.8 (>= 570) and the NVIDIA Container Toolkit.
 
 # CTranslate2 >= 4.5 is built against CUDA 12 and cuDNN 9 and loads
@@ -45,13 +48,15 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3.12 \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --user-group --create-home --home-dir /home/gpubus gpubus
+    && useradd --system --uid 10001 --user-group --create-home --home-dir /home/gpubus gpubus \
+    && mkdir /models && chown 10001:10001 /models
 COPY --from=build /opt/gpubus /opt/gpubus
 ENV PATH=/opt/gpubus/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     GPUBUS_HOST=0.0.0.0 \
     GPUBUS_DEVICE=cuda \
+    GPUBUS_WHISPER_MODEL=/models/large-v3 \
     GPUBUS_METRICS_PORT=9101 \
     GPUBUS_LOG_FORMAT=json
 USER 10001:10001
