@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", type=Path)
     up.add_argument("--nats-port", type=int, default=0, help="0 = a free port (with --cluster: the first of N)")
     up.add_argument(
+        "--nats-monitor-port",
+        type=int,
+        default=0,
+        help="NATS monitoring (/varz, /jsz, /connz) on 127.0.0.1; 0 = a free port (with --cluster: free ports)",
+    )
+    up.add_argument(
         "--cluster",
         type=int,
         default=1,
