@@ -79,3 +79,12 @@ def test_readme_kubernetes_steps_make_the_nats_secret_before_nats_starts():
     assert section.index("gpubus nats-auth --k8s") < section.index("helm upgrade --install nats")
     # and says what the cluster enforces
     assert "auth callout" in section and "permissions violation" in section
+
+
+def test_the_cli_inside_the_gateway_pod_reaches_it_over_https():
+    # README: `kubectl -n gpubus exec deploy/gpubus-gateway -- gpubus keys create …`; the gateway serves HTTPS
+    gateway = next(d for d in manifests() if d["metadata"]["name"] == "gpubus-gateway" and d["kind"] == "Deployment")
+    (c,) = gateway["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["GPUBUS_GATEWAY_URL"] == "https://127.0.0.1:8000"
+    assert env["GPUBUS_TLS_CA_FILE"] == "/etc/gpubus/tls/ca.crt"
