@@ -95,10 +95,14 @@ def test_images_are_multi_stage_non_root_healthchecked_and_pinned(name):
     path = DOCKERFILES[name]
     build, final = stages(path)[0], stages(path)[-1]
     assert len(stages(path)) >= 2, "multi-stage: the build tools stay out of the image"
-    # Base images come from pinned tags, never `latest`
-    for image in build_args(path).values():
+    # Base images come from pinned tags, never `latest`, as build arguments (tests pass a local base)
+    bases = {k: v for k, v in build_args(path).items() if k.endswith("_IMAGE")}
+    for image in bases.values():
         repo, _, tag = image.rpartition(":")
         assert repo and re.match(r"\d+\.\d+\.\d+-", tag), f"{image}: pin an exact version"
+    assert {a for w, a in instructions(path) if w == "FROM"} <= {f"${{{k}}} AS build" for k in bases} | {
+        f"${{{k}}}" for k in bases
+    }
     # Dependencies come from the pinned lists; gpubus itself adds none
     pip_lines = [a for w, a in build if w == "RUN" and "pip install" in a]
     assert pip_lines and all("--requirement" in a or "--no-deps" in a for a in pip_lines), pip_lines
