@@ -49,7 +49,12 @@ EVENT_MAX_BYTES = INLINE_RESULT_MAX + 64 * 1024
 TIMERS_PENDING_MAX = 1_000_000  # TTL timers waiting at once
 WEBHOOKS_PENDING_MAX = 1_000_000  # webhook deliveries waiting at once
 WEBHOOK_MAX_BYTES = 256 * 1024  # a delivery carries one job record (a few KiB)
-CLAIM_MAX_BYTES = 64  # a claim's body is `node` or `mover`
+# A claim's body is `node` or `mover`, but the stream's limit counts headers
+# too, and what a node publishes through its account's import reaches the
+# stream with more of them: at 64 bytes the compose cluster refused every
+# GPU node's claim (10054, "message size exceeds maximum allowed"), so each
+# GPU job fell back to the CPU (tests/test_compose_stack.py).
+CLAIM_MAX_BYTES = 1024
 # The materializer and the fallback router nak only what may work later (a
 # record not written yet, NATS away) and term the rest; this bound is the
 # backstop, so no message is redelivered for ever whatever the code does

@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import NoReturn
 
+from ops import models
 from ops.client_commands import FORMATS, cmd_doctor, cmd_jobs, cmd_keys, cmd_status, cmd_submit
 from ops.exits import (
     ExitCode,
@@ -68,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host")
     up.add_argument("--data-dir", type=Path)
     up.add_argument("--nats-port", type=int, default=0, help="0 = a free port (with --cluster: the first of N)")
+    up.add_argument(
+        "--nats-monitor-port",
+        type=int,
+        default=0,
+        help="NATS monitoring (/varz, /jsz, /connz) on 127.0.0.1; 0 = a free port (with --cluster: free ports)",
+    )
     up.add_argument(
         "--cluster",
         type=int,
@@ -179,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     na = sub.add_parser("nats-auth", help="print fresh NATS auth secrets for a deployment's .env")
     na.add_argument("--k8s", action="store_true", help="as the Kubernetes Secret `gpubus-nats` instead")
     na.set_defaults(fn=cmd_nats_auth)
+    models.add_parser(sub)
     return p
 
 

@@ -105,6 +105,12 @@ class NatsServer:
         return f"{self.scheme}://{self.auth.service_user}:{self.auth.service_password}@{self.host}:{self.port}"
 
     @property
+    def monitor_url(self) -> str | None:
+        """nats-server's HTTP monitoring (/varz, /jsz, /connz, /healthz): no
+        authentication of its own, so it listens on `host` (loopback for `up`)."""
+        return f"http://{self.host}:{self.http_port}" if self.http_port else None
+
+    @property
     def config_path(self) -> Path:
         return self.store_dir / f"{self.server_name}.conf"
 
@@ -264,6 +270,11 @@ class NatsCluster:
     @property
     def system_url(self) -> str | None:
         return None if self.auth is None else ",".join(s.system_url or "" for s in self.servers)
+
+    @property
+    def monitor_url(self) -> str | None:
+        """Every server's monitoring endpoint, comma-separated (each has one)."""
+        return ",".join(s.monitor_url or "" for s in self.servers)
 
     def server(self, server_name: str) -> NatsServer:
         for s in self.servers:

@@ -20,7 +20,9 @@ def cmd_up(args: argparse.Namespace) -> None:
     from ops import up
 
     s = settings_from(args, port=args.port, data_dir=args.data_dir, host=args.host)
-    asyncio.run(up.run(s, nats_port=args.nats_port, cluster=args.cluster, tls=args.tls))
+    asyncio.run(
+        up.run(s, nats_port=args.nats_port, cluster=args.cluster, tls=args.tls, monitor_port=args.nats_monitor_port)
+    )
 
 
 def cmd_gateway(args: argparse.Namespace) -> None:

@@ -30,7 +30,7 @@ from gateway.app import create_app
 from gpu_node import device, telemetry
 from gpu_node.main import make_processor as make_gpu
 from ops import tls as ops_tls
-from ops.embedded_nats import NatsCluster, NatsServer
+from ops.embedded_nats import NatsCluster, NatsServer, free_port
 from ops.nats_identity import NatsAuth, NatsTls
 from ops.private_files import private_dir, write_private
 from ops.tls import TlsFiles
@@ -62,12 +62,22 @@ def admin_token(data_dir: Path, settings: Settings) -> str:
 
 
 def start_nats(
-    data_dir: Path, *, nats_port: int, cluster: int, auth: NatsAuth | None, tls: NatsTls | None = None
+    data_dir: Path,
+    *,
+    nats_port: int,
+    cluster: int,
+    auth: NatsAuth | None,
+    tls: NatsTls | None = None,
+    monitor_port: int = 0,
 ) -> NatsServer | NatsCluster:
     """One server by default; a cluster keeps its stores apart from the
-    single server's, so switching between the two never mixes state."""
+    single server's, so switching between the two never mixes state. Every
+    server has its monitoring port on loopback (operators' /jsz, /varz, /connz)."""
     if cluster <= 1:
-        return NatsServer(store_dir=data_dir / "nats", port=nats_port, host="127.0.0.1", auth=auth, tls=tls).start()
+        http_port = monitor_port or free_port()
+        return NatsServer(
+            store_dir=data_dir / "nats", port=nats_port, host="127.0.0.1", auth=auth, tls=tls, http_port=http_port
+        ).start()
     return NatsCluster(
         store_dir=data_dir / f"nats-cluster{cluster}", size=cluster, first_port=nats_port, auth=auth, tls=tls
     ).start()
@@ -86,14 +96,18 @@ def tls_settings(settings: Settings, data_dir: Path) -> tuple[TlsFiles, dict]:
     }
 
 
-async def run(settings: Settings, *, nats_port: int, cluster: int = 1, tls: bool = False) -> None:
+async def run(
+    settings: Settings, *, nats_port: int, cluster: int = 1, tls: bool = False, monitor_port: int = 0
+) -> None:
     data_dir = settings.data_dir.resolve()
     private_dir(data_dir)
     token = admin_token(data_dir, settings)
     auth = NatsAuth.load_or_create(data_dir / "nats_auth.json")
     files, tls_update = tls_settings(settings, data_dir) if tls else (None, {})
     nats_tls = NatsTls(files.cert_file, files.key_file, files.ca_file) if files else None
-    nats = start_nats(data_dir, nats_port=nats_port, cluster=cluster, auth=auth, tls=nats_tls)
+    nats = start_nats(
+        data_dir, nats_port=nats_port, cluster=cluster, auth=auth, tls=nats_tls, monitor_port=monitor_port
+    )
     gateway_url = f"{'https' if files else 'http'}://{settings.host}:{settings.port}"
     settings = settings.model_copy(
         update={
@@ -154,6 +168,7 @@ async def run(settings: Settings, *, nats_port: int, cluster: int = 1, tls: bool
             "webhook_secret": keys.webhook_secret(key_rec),  # signs the webhooks of this key's jobs
             "admin_token": token,
             "user_id": LOCAL_USER,
+            "nats_monitor_url": nats.monitor_url,
         }
         if files:
             info |= {
@@ -167,7 +182,8 @@ async def run(settings: Settings, *, nats_port: int, cluster: int = 1, tls: bool
         print(
             f"gpubus is up\n  gateway: {gateway_url}\n  web:     {gateway_url}/  (sign in with the api key)\n"
             f"  api key: {full_key}  (user {LOCAL_USER})\n"
-            f"  nats:    {nats.public_url}\n{tls_lines}"
+            f"  nats:    {nats.public_url}\n"
+            f"  monitor: {nats.monitor_url}  (/varz /jsz /connz /healthz)\n{tls_lines}"
             f"  nodes:   {', '.join(n.node_id for n in nodes)}\n  details: {up_json}",
             flush=True,
         )

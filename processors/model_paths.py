@@ -13,6 +13,8 @@ from pathlib import Path
 from schemas.errors import GpubusError
 
 DEFAULT_MODEL_NAME = "tiny.en"
+# Where the images keep models: a volume mounted there (ops/deploy).
+IMAGE_MODELS_DIR = "/models"
 
 
 class ModelUnavailable(GpubusError):
@@ -32,6 +34,20 @@ def bundled_model_dir() -> Path:
     return path
 
 
+def not_installed(model: str, why: str) -> ModelUnavailable:
+    """The one message an operator gets for a missing model: what to put
+    where, and the variable that names it, in the images and outside them."""
+    name = Path(model).name or model
+    target = f"{IMAGE_MODELS_DIR}/{name}"
+    return ModelUnavailable(
+        f"whisper model {model!r} is not installed on this machine ({why}); nodes never download weights while "
+        f"serving. Fetch it once with `gpubus models fetch {name} --dir {IMAGE_MODELS_DIR}` (in Docker: `docker run "
+        f"--rm -v gpubus-models:{IMAGE_MODELS_DIR} gpubus-gpu-node:0.1.0 models fetch {name}`), mount that volume at "
+        f"{IMAGE_MODELS_DIR} and set GPUBUS_WHISPER_MODEL={target}; or set GPUBUS_WHISPER_MODEL to any directory "
+        "holding a CTranslate2 Whisper model (model.bin)"
+    )
+
+
 def resolve(model: str | None) -> tuple[str, str]:
     """Returns (name advertised to users, what faster-whisper loads)."""
     if model in (None, "", DEFAULT_MODEL_NAME, "default"):
@@ -39,4 +55,7 @@ def resolve(model: str | None) -> tuple[str, str]:
     path = Path(model).expanduser()
     if path.is_dir():
         return path.name, str(path)
+    if path.is_absolute() or model.startswith("."):
+        # A path that is not there: a model volume not mounted (or empty)
+        raise not_installed(model, f"no directory {path}")
     return model, model

@@ -74,11 +74,7 @@ class WhisperEngine:
                 local_files_only=True,  # never download weights while serving
             )
         except (OSError, ValueError) as e:
-            raise model_paths.ModelUnavailable(
-                f"whisper model {self.model_name!r} is not installed on this machine ({type(e).__name__}); "
-                "put the CTranslate2 weights on the node ahead of time and set GPUBUS_WHISPER_MODEL to their "
-                "directory (or to a name already in the local model cache)"
-            ) from e
+            raise model_paths.not_installed(self.model_name, type(e).__name__) from e
         self.load_seconds = time.monotonic() - t0
         self.batcher: ClipBatcher[np.ndarray, Transcript] | None = (
             ClipBatcher(self._decode_clips, max_batch=cfg.clip_batch, max_wait_s=cfg.clip_batch_wait_s)

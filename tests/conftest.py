@@ -5,6 +5,7 @@ queues never mix."""
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from ops.embedded_nats import NatsServer
 from ops.nats_identity import NatsAuth
+from testkit import images
 from tests.harness import REPO, TESTDATA, Gateway, Proc, start_node
 
 _users = itertools.count()
@@ -58,6 +60,21 @@ def fresh_nats(tmp_path: Path) -> Iterator[NatsServer]:
     server = NatsServer(store_dir=tmp_path / "nats", auth=NatsAuth.generate()).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def built_images(workdir: Path) -> images.Builds:
+    """The three images of ops/deploy, built once per session (Docker's cache
+    makes it quick after the first time). Without a usable Docker daemon the
+    tests that need them skip, saying why; in CI (.ci/run starts one) they fail."""
+    reason = images.unavailable()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Docker is required in CI: {reason}")
+        pytest.skip(f"Docker unavailable: {reason}")
+    builds = images.build_gpubus_images(workdir)
+    print(f"\nimage builds (s): {builds.seconds}")
+    return builds
 
 
 def pytest_report_header(config) -> str:

@@ -2,7 +2,7 @@
 runs here): Dockerfiles linted by hadolint and read for what the images
 promise, compose files rendered by the real Compose CLI, the NATS config
 loaded by the real nats-server, Kubernetes manifests validated against the
-Kubernetes API schema, the pinned requirements checked against pyproject.
+Kubernetes API schema (the requirement locks: tests/test_image_locks.py).
 
 What this cannot check (building, pulling, running the images; a real
 cluster) is listed in README "Deploying".
@@ -16,14 +16,12 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
-from packaging.requirements import Requirement
 
-from ops import healthcheck, nats_conf, pins, tls
+from ops import healthcheck, nats_conf, tls
 from ops.embedded_nats import NatsServer, free_port, server_binary
 
 pytestmark = pytest.mark.timeout(120)
@@ -31,7 +29,6 @@ pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "ops" / "deploy"
 DOCKERFILES = {name: DEPLOY / f"{name}.Dockerfile" for name in ("gateway", "cpu-node", "gpu-node")}
-REQS = DEPLOY / "requirements"
 K8S = DEPLOY / "k8s"
 NATS_SERVICES = ("nats-0", "nats-1", "nats-2")
 # Modules of the model runtime: the gateway image has none of them.
@@ -98,10 +95,14 @@ def test_images_are_multi_stage_non_root_healthchecked_and_pinned(name):
     path = DOCKERFILES[name]
     build, final = stages(path)[0], stages(path)[-1]
     assert len(stages(path)) >= 2, "multi-stage: the build tools stay out of the image"
-    # Base images come from pinned tags, never `latest`
-    for image in build_args(path).values():
+    # Base images come from pinned tags, never `latest`, as build arguments (tests pass a local base)
+    bases = {k: v for k, v in build_args(path).items() if k.endswith("_IMAGE")}
+    for image in bases.values():
         repo, _, tag = image.rpartition(":")
         assert repo and re.match(r"\d+\.\d+\.\d+-", tag), f"{image}: pin an exact version"
+    assert {a for w, a in instructions(path) if w == "FROM"} <= {f"${{{k}}} AS build" for k in bases} | {
+        f"${{{k}}}" for k in bases
+    }
     # Dependencies come from the pinned lists; gpubus itself adds none
     pip_lines = [a for w, a in build if w == "RUN" and "pip install" in a]
     assert pip_lines and all("--requirement" in a or "--no-deps" in a for a in pip_lines), pip_lines
@@ -115,46 +116,12 @@ def test_images_are_multi_stage_non_root_healthchecked_and_pinned(name):
 
 
 def test_gpu_image_has_what_ctranslate2_4_needs():
-    # CTranslate2 >= 4.5 is built for CUDA 12 with cuDNN 9, loaded from the
-    # system: the base must be a CUDA 12 image with cuDNN, in its runtime flavour.
-    ct2 = next(line for line in (REQS / "node.txt").read_text().splitlines() if line.startswith("ctranslate2=="))
-    major, minor = map(int, ct2.split("==")[1].split(".")[:2])
-    assert (major, minor) >= (4, 5)
+    # CTranslate2 >= 4.5 (tests/test_image_locks.py checks the lock) is built
+    # for CUDA 12 with cuDNN 9, loaded from the system: the base must be a
+    # CUDA 12 image with cuDNN, in its runtime flavour.
     base = build_args(DOCKERFILES["gpu-node"])["CUDA_IMAGE"]
     repo, _, tag = base.rpartition(":")
     assert repo == "nvidia/cuda" and tag.startswith("12.") and "-cudnn-runtime-" in tag, base
-    # It installs the `gpu` extra, pinned: exactly the extra's packages
-    extra = {
-        pins.canonical(Requirement(r).name)
-        for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
-    }
-    pinned = [Requirement(line) for line in (REQS / "gpu.txt").read_text().splitlines() if line and line[0] != "#"]
-    assert {pins.canonical(r.name) for r in pinned} == extra
-    assert all(str(r.specifier).startswith("==") for r in pinned)
-    assert "gpu.txt" in " ".join(a for w, a in instructions(DOCKERFILES["gpu-node"]) if w in ("COPY", "RUN"))
-
-
-def read_pins(name: str) -> dict[str, str]:
-    out = {}
-    for line in (REQS / name).read_text().splitlines():
-        if line and not line.startswith("#"):
-            pkg, sep, version = line.partition("==")
-            assert sep, f"{name}: {line!r} is not pinned"
-            out[pkg] = version
-    return out
-
-
-def test_pins_cover_the_projects_dependencies():
-    node, gateway = read_pins("node.txt"), read_pins("gateway.txt")
-    for req in pins.project_dependencies():
-        name = pins.canonical(req.name)
-        assert name in node, f"{name} missing from node.txt: run `python -m ops.pins`"
-        assert req.specifier.contains(node[name], prereleases=True), f"{name}=={node[name]} does not satisfy {req}"
-    for dep in pins.GATEWAY_DEPS:
-        assert pins.canonical(dep) in gateway, dep
-    # One set of versions: the gateway's list is a subset of the nodes'
-    assert {k: node.get(k) for k in gateway} == gateway
-    assert not (set(gateway) & {"faster-whisper", "ctranslate2", "av", "yt-dlp"})
 
 
 def test_gateway_image_needs_no_model_runtime():

@@ -26,4 +26,5 @@ def test_gpu_node_whose_model_is_not_installed_exits_with_a_clear_error(gateway,
     assert proc.proc.wait(90) == 1
     log = proc.log()
     assert "MODEL_UNAVAILABLE" in log and "'large-v3' is not installed" in log, log[-2000:]
+    assert "GPUBUS_WHISPER_MODEL=/models/large-v3" in log  # says what to mount and set
     assert not any(n["owner"] == user for n in gateway.live_nodes())

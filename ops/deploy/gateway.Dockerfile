@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # gpubus gateway: the REST API, the materializer and the fallback router.
 # Stateless (everything lives in JetStream): run as many as you like behind a
 # load balancer. No model runtime in this image.
@@ -11,16 +10,22 @@
 # GPUBUS_GATEWAY_URL points the CLI inside the container at this gateway
 # (`gpubus keys create ...` with the admin token from the environment).
 
-# The interpreter the test suite runs on.
+# The public base a user pulls; the test suite passes a local Debian base
+# (.ci/debian-base: Debian's python3 is 3.11 too).
 ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/gpubus
-# Dependencies first (a layer that survives code changes), pinned to the
-# versions the tests ran with (ops/pins.py).
+RUN python3 -m venv /opt/gpubus
+# Dependencies first (a layer that survives code changes): the lock made from
+# pyproject.toml by `python -m ops.locks`, every file checked by its hash.
 COPY ops/deploy/requirements/gateway.txt /tmp/requirements.txt
-RUN /opt/gpubus/bin/pip install --requirement /tmp/requirements.txt
+# The machine's own package index, where it has one, comes in as build
+# secrets (`pip.conf`; `pip-ca`, the CA of a TLS-inspecting proxy): used by
+# this step only, never written into a layer (.ci/image_build.py passes them).
+RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    --mount=type=secret,id=pip-ca,target=/run/secrets/pip-ca \
+    /opt/gpubus/bin/pip install --require-hashes --requirement /tmp/requirements.txt
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY schemas schemas
@@ -30,7 +35,9 @@ COPY gateway gateway
 COPY gpu_node gpu_node
 COPY cpu_node cpu_node
 COPY ops ops
-RUN /opt/gpubus/bin/pip install --no-deps /src
+RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    --mount=type=secret,id=pip-ca,target=/run/secrets/pip-ca \
+    /opt/gpubus/bin/pip install --no-deps /src
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="gpubus-gateway" \
