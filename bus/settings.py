@@ -123,7 +123,12 @@ class Settings(BaseSettings):
     allow_private_urls: bool = Field(False, description="nodes may download from loopback/private/link-local hosts")
     download_max_mb: int = Field(2048, gt=0, description="largest media a node downloads for a URL job")
     download_timeout: float = Field(900.0, gt=0, description="longest a node spends downloading one URL job")
-    sync_timeout: float = Field(600.0, gt=0, description="longest a synchronous endpoint waits for its job")
+    # Under the official OpenAI clients' 600 s read time-out, with room for the
+    # answer: a client that times out first retries, and a retry is a new request.
+    sync_timeout: float = Field(540.0, gt=0, description="longest a synchronous endpoint waits for its job")
+    idempotency_ttl: float = Field(
+        86_400.0, gt=0, description="how long an Idempotency-Key is remembered (s); a retry within it gets the same job"
+    )
 
     @property
     def nats_servers(self) -> list[str]:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.bodies import json_body
 from gateway.deps import State, User
 from gateway.form_fields import job_form, with_gpu_field
+from gateway.idempotency import of_json
 from gateway.job_views import Accepted, accepted, job_view
 from gateway.results import parse_transcript, read_transcript
 from gateway.state import GatewayState
@@ -55,22 +56,25 @@ class JsonJobRequest(BaseModel):
 async def submit_json(st: GatewayState, request: Request, principal: User) -> JSONResponse:
     """A URL job, a `noop` one where benchmarks are enabled, or another kind."""
     req = await json_body(request, JsonJobRequest)
+    idem = of_json(request, principal.user_id, req)
     check_language(req.options.language)
     gpu, options = with_gpu_field(req.gpu, req.options)
     kind = req.kind or (Kind.URL if req.url else None)
     if kind not in (Kind.URL, Kind.NOOP, Kind.AUDIO, Kind.VIDEO, None):
-        return accepted(await submit_json_kind(st, principal, kind, gpu, options, url=req.url, text=req.text))
+        return accepted(
+            await submit_json_kind(st, principal, kind, gpu, options, url=req.url, text=req.text, idem=idem)
+        )
     if req.text is not None:
         raise InvalidInput(f"text: inline text is for kinds that read it, not {kind or 'a job without a kind'}")
     if kind == Kind.URL:
         if not req.url:
             raise InvalidInput("url: required for a url job")
-        return accepted(await submit_url(st, principal, req.url, gpu, options))
+        return accepted(await submit_url(st, principal, req.url, gpu, options, idem=idem))
     if kind != Kind.NOOP:
         raise InvalidInput("a JSON job needs `url` (or a `kind`); upload files as multipart/form-data")
     if not st.settings.enable_noop:
         raise InvalidInput("the noop kind is for benchmarks; enable it with GPUBUS_ENABLE_NOOP=true")
-    return accepted(await submit_without_upload(st, principal, kind, gpu, options, url=req.url))
+    return accepted(await submit_without_upload(st, principal, kind, gpu, options, url=req.url, idem=idem))
 
 
 @router.post("", status_code=202, response_model=Accepted)

@@ -3,10 +3,15 @@
 
 Synchronous like OpenAI's: the upload becomes a job on the bus (GPU lane
 when the owner has a live GPU node, else CPU), and the answer is its result.
-A job still running after GPUBUS_SYNC_TIMEOUT answers 504 STILL_RUNNING with
-its job id; it goes on and its result stays under /api/v1/jobs/{id}.
+A job still running after GPUBUS_SYNC_TIMEOUT answers 423 STILL_RUNNING with
+its job id and `x-should-retry: false` (gateway/results.py); it goes on and
+its result stays under /api/v1/jobs/{id}. Errors are OpenAI's
+(gateway/errors.py), and so is a retry: the client's retry of a request
+gets the first try's job (gateway/idempotency.py).
 Point the official client at the gateway: `OpenAI(base_url=f"{gateway}/v1",
 api_key=<gpubus key>)`; `model="whisper-1"` means the fleet's default model.
+gpubus' own options (`vad_filter`, `beam_size`, `ttl_s`, ...) are extra form
+fields (`extra_body={"vad_filter": True}`).
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ from fastapi.responses import JSONResponse, Response
 from gateway.auth import Principal
 from gateway.deps import State, User
 from gateway.form_fields import make_options
-from gateway.results import finished_transcript
+from gateway.results import transcript_within
 from gateway.state import GatewayState
 from gateway.submission import Interpret, submit_upload
 from gateway.uploads import ParsedForm
-from schemas.errors import InvalidInput, StillRunning
+from schemas.errors import InvalidInput
 from schemas.formats import render
 from schemas.jobs import TranscribeOptions
+from schemas.languages import language_name
 from schemas.names import Kind
 from schemas.results import Transcript
 
@@ -34,6 +40,11 @@ router = APIRouter(prefix="/v1/audio", tags=["openai"])
 
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 GRANULARITY_FIELDS = ("timestamp_granularities[]", "timestamp_granularities")
+# gpubus' own options, taken as extra form fields under their own names;
+# OpenAI's fields (prompt, timestamp_granularities) win over the two it names otherwise.
+EXTRA_OPTIONS = tuple(
+    n for n in TranscribeOptions.model_fields if n not in ("task", "model", "language", "temperature")
+)
 
 
 def _field(form: ParsedForm, name: str) -> str | None:
@@ -41,9 +52,9 @@ def _field(form: ParsedForm, name: str) -> str | None:
     return value.strip() if value is not None and value.strip() else None
 
 
-def _temperature(raw: str | None) -> float:
+def _temperature(raw: str | None) -> float | None:
     try:
-        return float(raw) if raw is not None else 0.0
+        return float(raw) if raw is not None else None
     except ValueError:
         raise InvalidInput(f"temperature: not a number: {raw!r}") from None
 
@@ -58,16 +69,16 @@ def _interpreter(task: str) -> Interpret:
         if fmt not in RESPONSE_FORMATS:
             raise InvalidInput(f"response_format: one of {list(RESPONSE_FORMATS)}")
         granularities = {g for name in GRANULARITY_FIELDS for g in form.lists.get(name, [])}
-        options = make_options(
-            {
-                "model": _field(form, "model"),
-                "language": _field(form, "language") if task == "transcribe" else None,
-                "initial_prompt": _field(form, "prompt"),
-                "temperature": _temperature(_field(form, "temperature")),
-                "task": task,
-                "word_timestamps": "word" in granularities,
-            }
-        )
+        values: dict[str, object] = {k: v for k in EXTRA_OPTIONS if (v := _field(form, k)) is not None}
+        openai_fields = {
+            "model": _field(form, "model"),
+            "language": _field(form, "language") if task == "transcribe" else None,
+            "initial_prompt": _field(form, "prompt"),
+            "temperature": _temperature(_field(form, "temperature")),
+            "word_timestamps": True if "word" in granularities else None,
+        }
+        values |= {k: v for k, v in openai_fields.items() if v is not None}
+        options = make_options(values | {"task": task})
         return form.sniffed_kind or Kind.AUDIO, True, options
 
     return interpret
@@ -79,7 +90,7 @@ def openai_verbose(t: Transcript) -> dict[str, Any]:
     `usage` billed by duration as OpenAI reports it for whisper-1."""
     body: dict[str, Any] = {
         "task": t.task,
-        "language": t.language,
+        "language": language_name(t.language),
         "duration": t.duration,
         "text": t.text,
         "segments": [
@@ -116,12 +127,7 @@ def respond(t: Transcript, fmt: str) -> Response:
 
 async def _run(request: Request, st: GatewayState, principal: Principal, task: str) -> Response:
     rec, form = await submit_upload(st, request, principal, _interpreter(task))
-    rec, transcript = await finished_transcript(st, rec, st.settings.sync_timeout)
-    if transcript is None:
-        raise StillRunning(
-            f"job {rec.job_id} is still {rec.status} after {st.settings.sync_timeout:.0f}s; "
-            f"it goes on: GET /api/v1/jobs/{rec.job_id}/result"
-        )
+    transcript = await transcript_within(st, rec, st.settings.sync_timeout)
     return respond(transcript, _field(form, "response_format") or "json")
 
 

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from bus.result_store import read_result
 from gateway.state import GatewayState
-from schemas.errors import Conflict, JobFailed, ResultUnreadable
+from schemas.errors import Conflict, JobFailed, ResultUnreadable, StillRunning
 from schemas.jobs import JobRecord, JobStatus
 from schemas.results import Transcript
 
@@ -41,3 +41,17 @@ async def finished_transcript(
     if rec.status == JobStatus.FAILED and rec.error is not None:
         raise JobFailed(rec.error.code, f"job {rec.job_id} failed: {rec.error.message}")
     return rec, parse_transcript(rec, await read_transcript(st, rec))
+
+
+async def transcript_within(st: GatewayState, rec: JobRecord, timeout_s: float) -> Transcript:
+    """For the synchronous endpoints that have no "accepted" answer (OpenAI's,
+    whisper-asr-webservice's): the transcript, or StillRunning (423, with
+    `x-should-retry: false`) naming the job, which goes on."""
+    rec, transcript = await finished_transcript(st, rec, timeout_s)
+    if transcript is None:
+        raise StillRunning(
+            f"job {rec.job_id} is still {rec.status} after {timeout_s:.0f}s; it goes on: "
+            f"GET /api/v1/jobs/{rec.job_id}/result?wait=60 (repeat until 200)",
+            job_id=rec.job_id,
+        )
+    return transcript

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.bodies import json_body
 from gateway.deps import State, User
 from gateway.form_fields import make_options, parse_bool, parse_kind, parse_options
+from gateway.idempotency import of_json
 from gateway.job_views import accepted
 from gateway.results import finished_transcript
 from gateway.state import GatewayState
@@ -112,7 +113,8 @@ async def process_file(request: Request, st: State, principal: User) -> Response
 async def process_url(request: Request, st: State, principal: User) -> Response:
     req = await json_body(request, SeedUrlRequest)
     fmt = _check_format(req.format)
-    rec = await submit_url(st, principal, req.url, req.gpu, url_job_options(req))
+    idem = of_json(request, principal.user_id, req)
+    rec = await submit_url(st, principal, req.url, req.gpu, url_job_options(req), idem=idem)
     return await _answer(st, rec, fmt, _timeout(st, req.timeout))
 
 
@@ -125,4 +127,5 @@ async def ingest_file(request: Request, st: State, principal: User) -> JSONRespo
 @router.post("/api/v1/ingest/url", status_code=202)
 async def ingest_url(request: Request, st: State, principal: User) -> JSONResponse:
     req = await json_body(request, SeedUrlRequest)
-    return accepted(await submit_url(st, principal, req.url, req.gpu, url_job_options(req)))
+    idem = of_json(request, principal.user_id, req)
+    return accepted(await submit_url(st, principal, req.url, req.gpu, url_job_options(req), idem=idem))

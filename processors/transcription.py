@@ -65,6 +65,8 @@ class TranscriptionProcessor:
             audio = np.fromfile(prepared, dtype=np.float32)
         else:
             audio = audio_decode.decode(input_path)
+        if job.options.clip_s is not None:  # only the first clip_s seconds (language detection)
+            audio = audio[: int(job.options.clip_s * audio_decode.SAMPLE_RATE)]
         progress(0.0, len(audio) / audio_decode.SAMPLE_RATE)
         transcript = self.engine.transcribe(audio, job.options, on_segment=progress, cancelled=cancelled)
         elapsed = time.monotonic() - t0

@@ -1,4 +1,4 @@
-"""Render a stored transcript as text, SRT, WebVTT, JSON or Markdown.
+"""Render a stored transcript as text, SRT, WebVTT, TSV, JSON or Markdown.
 
 Pure functions of the transcript, so the gateway renders every format from the
 one stored JSON and nodes never store more than one copy.
@@ -20,6 +20,7 @@ MEDIA_TYPES = {
     "txt": "text/plain; charset=utf-8",
     "srt": "application/x-subrip; charset=utf-8",
     "vtt": "text/vtt; charset=utf-8",
+    "tsv": "text/tab-separated-values; charset=utf-8",
     "md": "text/markdown; charset=utf-8",
 }
 
@@ -49,6 +50,17 @@ def to_vtt(t: Transcript) -> str:
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 
+def to_tsv(t: Transcript) -> str:
+    """Whisper's own TSV (`whisper --output_format tsv`, whisper-asr-webservice's
+    `output=tsv`): a `start end text` header, then one line per segment with
+    times in integer milliseconds (no decimal separator to get wrong)."""
+    lines = ["start\tend\ttext"]
+    lines += [
+        f"{round(s.start * 1000)}\t{round(s.end * 1000)}\t{s.text.strip().replace(chr(9), ' ')}" for s in t.segments
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def to_json(t: Transcript) -> str:
     return t.model_dump_json(exclude_none=True)
 
@@ -69,6 +81,7 @@ RENDERERS: dict[str, Callable[[Transcript], str]] = {
     "txt": to_text,
     "srt": to_srt,
     "vtt": to_vtt,
+    "tsv": to_tsv,
     "md": to_markdown,
 }
 

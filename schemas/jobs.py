@@ -75,6 +75,9 @@ class TranscribeOptions(BaseModel):
     # Time to live: not finished this many seconds after it was queued, the
     # job ends `expired` and a node running it is told to stop.
     ttl_s: float | None = Field(None, gt=0, le=7 * 86_400)
+    # Only the first this many seconds of the media are transcribed
+    # (`POST /detect-language` reads 30 s, as whisper-asr-webservice does).
+    clip_s: float | None = Field(None, gt=0, le=86_400)
 
 
 class StagedInput(BaseModel):
