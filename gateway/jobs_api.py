@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway import form_docs
 from gateway.bodies import json_body
 from gateway.deps import State, User
 from gateway.form_fields import job_form, with_gpu_field
@@ -77,7 +78,7 @@ async def submit_json(st: GatewayState, request: Request, principal: User) -> JS
     return accepted(await submit_without_upload(st, principal, kind, gpu, options, url=req.url, idem=idem))
 
 
-@router.post("", status_code=202, response_model=Accepted)
+@router.post("", status_code=202, response_model=Accepted, openapi_extra=form_docs.JOB_FORM)
 async def submit(request: Request, st: State, principal: User) -> JSONResponse:
     """Multipart (`file`, `gpu`, `kind`, `options` JSON) or JSON (`url`)."""
     ctype = request.headers.get("content-type", "")

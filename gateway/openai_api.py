@@ -22,6 +22,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from gateway import form_docs
 from gateway.auth import Principal
 from gateway.deps import State, User
 from gateway.form_fields import make_options
@@ -131,12 +132,12 @@ async def _run(request: Request, st: GatewayState, principal: Principal, task: s
     return respond(transcript, _field(form, "response_format") or "json")
 
 
-@router.post("/transcriptions")
+@router.post("/transcriptions", openapi_extra=form_docs.openai_form(RESPONSE_FORMATS, translation=False))
 async def transcriptions(request: Request, st: State, principal: User) -> Response:
     return await _run(request, st, principal, "transcribe")
 
 
-@router.post("/translations")
+@router.post("/translations", openapi_extra=form_docs.openai_form(RESPONSE_FORMATS, translation=True))
 async def translations(request: Request, st: State, principal: User) -> Response:
     """Into English (`language` is not a field of OpenAI's translations)."""
     return await _run(request, st, principal, "translate")

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway import form_docs
 from gateway.bodies import json_body
 from gateway.deps import State, User
 from gateway.form_fields import make_options, parse_bool, parse_kind, parse_options
@@ -103,7 +104,7 @@ async def _answer(st: GatewayState, rec: JobRecord, fmt: str, timeout_s: float) 
     return Response(text, media_type=media_type, headers=headers)
 
 
-@router.post("/process/file")
+@router.post("/process/file", openapi_extra=form_docs.SEED_FORM)
 async def process_file(request: Request, st: State, principal: User) -> Response:
     rec, form = await submit_upload(st, request, principal, seed_form)
     return await _answer(st, rec, form.fields.get("format") or "json", _timeout(st, form.fields.get("timeout")))
@@ -118,7 +119,7 @@ async def process_url(request: Request, st: State, principal: User) -> Response:
     return await _answer(st, rec, fmt, _timeout(st, req.timeout))
 
 
-@router.post("/api/v1/ingest/file", status_code=202)
+@router.post("/api/v1/ingest/file", status_code=202, openapi_extra=form_docs.SEED_FORM)
 async def ingest_file(request: Request, st: State, principal: User) -> JSONResponse:
     rec, _ = await submit_upload(st, request, principal, seed_form)
     return accepted(rec)

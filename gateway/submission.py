@@ -24,7 +24,7 @@ from gateway import fleet_models, idempotency, routing
 from gateway.auth import Principal
 from gateway.idempotency import Idempotency
 from gateway.state import GatewayState
-from gateway.uploads import MultipartToObject, ParsedForm
+from gateway.uploads import FILE_FIELD, MultipartToObject, ParsedForm
 from schemas import names
 from schemas.errors import InvalidInput
 from schemas.jobs import JobRecord, StagedInput, TranscribeOptions, new_job_id, now
@@ -146,6 +146,8 @@ async def stage_upload(
     interpret: Callable[[ParsedForm], T],
     *,
     max_bytes: int,
+    file_field: str = FILE_FIELD,
+    file_prefix: bytes = b"",
 ) -> tuple[StagedInput, ParsedForm, T]:
     """Stream the multipart `file` into the owner's bucket. `interpret` reads
     the other form fields (each endpoint has its own); if it refuses them the
@@ -155,11 +157,13 @@ async def stage_upload(
         lambda filename: objects.ObjectWriter(
             st.js, names.files_bucket(owner), names.input_object(job_id, filename), max_bytes=max_bytes
         ),
+        file_field=file_field,
+        file_prefix=file_prefix,
     )
     try:
         form = await upload.run(request.stream())
-        if form.size == 0:
-            raise InvalidInput("the uploaded file is empty")
+        if form.size <= len(file_prefix):
+            raise InvalidInput(f"{file_field}: the uploaded file is empty")
         fields = interpret(form)
         assert upload.writer is not None
         await upload.writer.commit(description=form.content_type)
@@ -180,7 +184,13 @@ async def stage_upload(
 
 
 async def submit_upload(
-    st: GatewayState, request: Request, principal: Principal, interpret: Interpret
+    st: GatewayState,
+    request: Request,
+    principal: Principal,
+    interpret: Interpret,
+    *,
+    file_field: str = FILE_FIELD,
+    file_prefix: bytes = b"",
 ) -> tuple[JobRecord, ParsedForm]:
     """Multipart upload to a queued job; the endpoint's own fields stay in the form."""
     owner = principal.user_id
@@ -190,7 +200,7 @@ async def submit_upload(
         job_id = new_job_id()
         max_bytes = (principal.max_upload_mb or st.settings.max_upload_mb) * MIB
         staged, form, (kind, gpu, options) = await stage_upload(
-            st, request, owner, job_id, interpret, max_bytes=max_bytes
+            st, request, owner, job_id, interpret, max_bytes=max_bytes, file_field=file_field, file_prefix=file_prefix
         )
         if idem is not None:
             idem = idem.with_body({"fields": form.lists, "file": [form.filename, form.size, form.sha256]})
