@@ -68,6 +68,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     ):
         app.include_router(module.router)
     web.install(app)
+    docs_page.describe_auth(app)
     docs_page.install(app)
 
     # ObserveLatency is added last, so it is outermost: its latency and

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.resources
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, Response
@@ -45,6 +46,24 @@ def assets_dir() -> Path | None:
         return None
     path = Path(str(importlib.resources.files(ASSETS_PACKAGE) / "static"))
     return path if (path / "swagger-ui-bundle.js").is_file() and (path / "swagger-ui.css").is_file() else None
+
+
+def describe_auth(app: FastAPI) -> None:
+    """Name the bearer key in the OpenAPI document (routes read it by hand,
+    gateway/auth.py, so FastAPI cannot see it): /docs gets its Authorize
+    button, and generated clients a place for the key."""
+    default = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        first = app.openapi_schema is None
+        schema = default()  # built once, then FastAPI's cached copy
+        if first:
+            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+            schemes["apiKey"] = {"type": "http", "scheme": "bearer", "description": "a gpubus API key (gpb_...)"}
+            schema["security"] = [{"apiKey": []}]
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def install(app: FastAPI) -> bool:

@@ -41,8 +41,21 @@ def option(name: str) -> Schema:
     return schema
 
 
+def neutral_example(schema: Schema) -> Any:
+    """What /docs puts in an optional field: Swagger UI sends every filled-in
+    form field, and fills one with no example as "string" or 0 (a language
+    "string", a TTL of 0 s). An empty value is not sent at all."""
+    if "enum" in schema:
+        return schema["enum"][0]
+    return {"boolean": False, "array": []}.get(schema.get("type", ""), "")
+
+
 def multipart(properties: dict[str, Schema], required: tuple[str, ...], description: str = "") -> dict[str, Any]:
     """`openapi_extra` for a route whose body is this multipart form."""
+    properties = {
+        name: schema if name in required or "example" in schema else schema | {"example": neutral_example(schema)}
+        for name, schema in properties.items()
+    }
     body: Schema = {"type": "object", "properties": properties, "required": list(required)}
     return {
         "requestBody": {
@@ -55,7 +68,7 @@ def multipart(properties: dict[str, Schema], required: tuple[str, ...], descript
 
 MEDIA = "the audio or video file (anything FFmpeg decodes); streamed into the object store"
 OPTIONS_JSON = "options as a JSON object (language, task, word_timestamps, vad_filter, model, ...)"
-GPU = text("`true`, `false` or `required` (the GPU lane or nothing)", enum=["true", "false", "required"])
+GPU = text("`true`, `false` or `required` (the GPU lane or nothing)", enum=["false", "true", "required"])
 
 JOB_FORM = multipart(
     {
@@ -71,7 +84,7 @@ JOB_FORM = multipart(
 SEED_FORM = multipart(
     {
         "file": file_part(MEDIA),
-        "format": text("the answer's format (`/process/file`)", enum=sorted(RENDERERS)),
+        "format": text("the answer's format (`/process/file`)", enum=sorted(RENDERERS), example="json"),
         "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "seconds to wait (`/process/file`)"},
         "gpu": boolean("run on one of your GPU nodes when one is live"),
         "kind": text("audio or video; default: sniffed from the file", enum=["audio", "video"]),
@@ -89,9 +102,12 @@ OPENAI_EXTRAS = ("vad_filter", "beam_size", "word_timestamps", "ttl_s", "start_t
 def openai_form(response_formats: tuple[str, ...], *, translation: bool) -> dict[str, Any]:
     fields: dict[str, Schema] = {
         "file": file_part(MEDIA),
-        "model": text("`whisper-1` (this fleet's default model) or a model a live node serves (GET /v1/models)"),
+        "model": text(
+            "`whisper-1` (this fleet's default model) or a model a live node serves (GET /v1/models)",
+            example="whisper-1",
+        ),
         "prompt": text("text to guide the model's style or continue a previous segment", maxLength=2000),
-        "response_format": text("the answer's format", enum=list(response_formats)),
+        "response_format": text("the answer's format", enum=list(response_formats), example="json"),
         "temperature": {"type": "number", "minimum": 0, "maximum": 1, "description": "sampling temperature"},
     }
     if not translation:
