@@ -53,11 +53,12 @@ OPENAI_STATUS: list[tuple[type[e.GpubusError], int]] = [
     (e.UnsupportedMedia, 400),
     (e.JobFailed, 400),  # the file did not decode: OpenAI's "Invalid file format", a 400
 ]
-OPENAI_CODES = {
-    e.ModelNotServed.code: "model_not_found",
-    e.Unauthorized.code: "invalid_api_key",
-    e.RateLimited.code: "rate_limit_exceeded",
-}
+# OpenAI's codes where it has its own (elsewhere gpubus' stable codes stay).
+OPENAI_CODES: list[tuple[type[e.GpubusError], str]] = [
+    (e.ModelNotServed, "model_not_found"),
+    (e.Unauthorized, "invalid_api_key"),
+    (e.RateLimited, "rate_limit_exceeded"),
+]
 FILE_ERRORS = (e.UnsupportedMedia, e.JobFailed, e.PayloadTooLarge)
 # Refusals name their field first ("response_format: one of ..."; gateway/form_fields.py).
 FIELD_PREFIX = re.compile(r"^(?:options\.)?([A-Za-z_][A-Za-z0-9_]*(?:\[\])?):")
@@ -104,7 +105,7 @@ def error_response(
     if is_openai(path):
         if param is None and (m := FIELD_PREFIX.match(message)):
             param = m.group(1)
-        body = {"message": message, "type": openai_type(status), "param": param, "code": OPENAI_CODES.get(code, code)}
+        body = {"message": message, "type": openai_type(status), "param": param, "code": code}
     else:
         body = {"code": code, "message": message}
     return JSONResponse({"error": body | (extra or {})}, status_code=status, headers=headers)
@@ -125,7 +126,10 @@ def _answer(path: str, err: e.GpubusError) -> JSONResponse:
     if status >= 500:
         log.error("%s: %s", err.code, err.message)
     param = "file" if isinstance(err, FILE_ERRORS) else None
-    return error_response(status, err.code, err.message, headers, path=path, param=param, extra=extra)
+    code = err.code
+    if is_openai(path):
+        code = next((c for cls, c in OPENAI_CODES if isinstance(err, cls)), code)
+    return error_response(status, code, err.message, headers, path=path, param=param, extra=extra)
 
 
 def install(app: FastAPI) -> None:

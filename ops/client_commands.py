@@ -22,7 +22,7 @@ from ops.exits import (
     WaitInterrupted,
 )
 
-FORMATS = ["json", "text", "srt", "vtt", "md"]
+FORMATS = ["json", "text", "srt", "vtt", "tsv", "md"]
 
 
 def _client(settings: Settings, *, admin: bool = False) -> GatewayClient:

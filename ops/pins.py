@@ -33,6 +33,7 @@ GATEWAY_DEPS = (
     "pydantic",
     "pydantic-settings",
     "fastapi",
+    "fastapi-offline",  # Swagger UI's files for /docs (gateway/docs_page.py)
     "uvicorn",
     "python-multipart",
     "prometheus-client",

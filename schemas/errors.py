@@ -91,9 +91,8 @@ class Unavailable(GpubusError):
 
 
 class ModelNotServed(InvalidInput):
-    """No live node serves the model asked for (OpenAI's `model_not_found`)."""
-
-    code = "MODEL_NOT_SERVED"
+    """No live node serves the model asked for: INVALID_INPUT (422) as any
+    bad option, but OpenAI's endpoints answer it 404 `model_not_found`."""
 
 
 class IdempotencyKeyReused(GpubusError):
