@@ -218,14 +218,22 @@ def test_a_client_that_times_out_and_retries_still_makes_one_job(quick_gateway, 
 
 def test_an_idempotency_key_replays_the_same_job(quick_gateway, shared_cpu_node, user):
     key = quick_gateway.create_key(user)
-    c = OpenAI(base_url=f"{quick_gateway.url}/v1", api_key=key, max_retries=0)
-    ids = []
-    for _ in range(2):
-        with pytest.raises(openai.APIStatusError) as e:
-            transcribe(c, "long.wav", extra_headers={"Idempotency-Key": f"call-{user}"})
-        ids.append(e.value.body["job_id"])
-    assert ids[0] == ids[1] and len(jobs_of(quick_gateway, key)) == 1
-    # the same key with another request is refused, not replayed
+    c = OpenAI(base_url=f"{quick_gateway.url}/v1", api_key=key)
+    same = {"Idempotency-Key": f"call-{user}"}
+    # Given a call that outlived the wait, and its job finished since
+    with pytest.raises(openai.APIStatusError) as e:
+        transcribe(c, "long.wav", response_format="text", extra_headers=same)
+    job_id = e.value.body["job_id"]
+    with quick_gateway.client(key) as h:
+        wait_until(
+            lambda: h.get(f"/api/v1/jobs/{job_id}?wait=30").json()["status"] == "succeeded",
+            timeout_s=150,
+            what="the long job to finish",
+        )
+    # When the caller asks again with the same key, then it gets that job's transcript, and no new job
+    assert "queue" in transcribe(c, "long.wav", response_format="text", extra_headers=same).lower()
+    assert [j["job_id"] for j in jobs_of(quick_gateway, key)] == [job_id]
+    # and the same key with another request is refused, not replayed
     with pytest.raises(openai.UnprocessableEntityError) as e:
-        transcribe(c, "hello.wav", extra_headers={"Idempotency-Key": f"call-{user}"})
+        transcribe(c, "hello.wav", extra_headers=same)
     assert e.value.code == "IDEMPOTENCY_KEY_REUSED"
