@@ -32,7 +32,7 @@ from gateway.state import GatewayState
 from gateway.submission import Interpret, submit_upload
 from gateway.uploads import ParsedForm
 from schemas.errors import InvalidInput
-from schemas.formats import render
+from schemas.formats import render, whisper_segment
 from schemas.jobs import TranscribeOptions
 from schemas.languages import language_name
 from schemas.names import Kind
@@ -72,18 +72,7 @@ def whisper_json(t: Transcript) -> dict[str, Any]:
     """openai-whisper's result dict, which whisper-asr-webservice returns."""
     segments = []
     for s in t.segments:
-        seg: dict[str, Any] = {
-            "id": s.id,
-            "seek": s.seek,
-            "start": s.start,
-            "end": s.end,
-            "text": s.text,
-            "tokens": s.tokens,
-            "temperature": s.temperature,
-            "avg_logprob": s.avg_logprob,
-            "compression_ratio": s.compression_ratio,
-            "no_speech_prob": s.no_speech_prob,
-        }
+        seg = whisper_segment(s)
         if s.words:
             seg["words"] = [w.model_dump() for w in s.words]
         segments.append(seg)

@@ -31,7 +31,7 @@ from gateway.state import GatewayState
 from gateway.submission import Interpret, submit_upload
 from gateway.uploads import ParsedForm
 from schemas.errors import InvalidInput
-from schemas.formats import render
+from schemas.formats import render, whisper_segment
 from schemas.jobs import TranscribeOptions
 from schemas.languages import language_name
 from schemas.names import Kind
@@ -94,21 +94,7 @@ def openai_verbose(t: Transcript) -> dict[str, Any]:
         "language": language_name(t.language),
         "duration": t.duration,
         "text": t.text,
-        "segments": [
-            {
-                "id": s.id,
-                "seek": s.seek,
-                "start": s.start,
-                "end": s.end,
-                "text": s.text,
-                "tokens": s.tokens,
-                "temperature": s.temperature,
-                "avg_logprob": s.avg_logprob,
-                "compression_ratio": s.compression_ratio,
-                "no_speech_prob": s.no_speech_prob,
-            }
-            for s in t.segments
-        ],
+        "segments": [whisper_segment(s) for s in t.segments],
         "usage": {"type": "duration", "seconds": math.ceil(t.duration)},
     }
     words = [w for s in t.segments for w in (s.words or [])]

@@ -7,10 +7,10 @@ one stored JSON and nodes never store more than one copy.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from schemas.errors import InvalidInput
-from schemas.results import Transcript
+from schemas.results import Segment, Transcript
 
 R = TypeVar("R")
 
@@ -59,6 +59,23 @@ def to_tsv(t: Transcript) -> str:
         f"{round(s.start * 1000)}\t{round(s.end * 1000)}\t{s.text.strip().replace(chr(9), ' ')}" for s in t.segments
     ]
     return "\n".join(lines) + "\n"
+
+
+def whisper_segment(s: Segment) -> dict[str, Any]:
+    """A segment as openai-whisper's result has it, which OpenAI's
+    verbose_json and whisper-asr-webservice's JSON both copy."""
+    return {
+        "id": s.id,
+        "seek": s.seek,
+        "start": s.start,
+        "end": s.end,
+        "text": s.text,
+        "tokens": s.tokens,
+        "temperature": s.temperature,
+        "avg_logprob": s.avg_logprob,
+        "compression_ratio": s.compression_ratio,
+        "no_speech_prob": s.no_speech_prob,
+    }
 
 
 def to_json(t: Transcript) -> str:
