@@ -4,16 +4,12 @@ real browser under the page's CSP."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, sync_playwright
 
 from tests.harness import TESTDATA
-from tests.test_web import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -38,15 +34,6 @@ def test_every_upload_endpoint_documents_its_form(gateway):
     asr = {p["name"] for p in doc["paths"]["/asr"]["post"]["parameters"]}
     assert {"task", "language", "output", "encode", "word_timestamps", "vad_filter", "initial_prompt"} <= asr
     assert "api_key" in asr and doc["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), "install Debian's chromium: apt-get install -y chromium chromium-driver"
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def test_docs_uploads_a_file_from_this_origin_only(gateway, shared_cpu_node, user, browser):
