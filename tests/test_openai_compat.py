@@ -14,7 +14,7 @@ import pytest
 from openai import OpenAI
 
 from tests.harness import TESTDATA, Gateway, start_node, wait_until
-from tests.media_files import silence_wav
+from tests.media_files import silence_wav, wav_of_seconds
 from tests.test_formats import check_srt_syntax, check_vtt_syntax
 
 pytestmark = pytest.mark.timeout(180)
@@ -171,19 +171,27 @@ def test_runs_on_the_owners_gpu_node_through_the_bus(gateway, user):
 
 @pytest.fixture(scope="module")
 def quick_gateway(nats_server, workdir) -> Iterator[Gateway]:
-    """A gateway whose synchronous endpoints wait 2 s (long.wav takes longer)."""
+    """A gateway whose synchronous endpoints wait 2 s."""
     gw = Gateway.on(nats_server, workdir, sync_timeout=2).start()
     yield gw
     gw.stop()
 
 
-def test_a_job_over_the_sync_timeout_is_one_job_answered_423_not_retried(quick_gateway, shared_cpu_node, user):
+@pytest.fixture(scope="module")
+def longer(workdir) -> Path:
+    """tests/data/long.wav looped to 5 minutes: on an idle CPU node here
+    tiny.en ran at a real-time factor of 0.035, so long.wav's 77 s alone
+    (2.7 s) finished about when the 2 s wait ran out."""
+    return wav_of_seconds(TESTDATA / "long.wav", 300, workdir / "longer.wav")
+
+
+def test_a_job_over_the_sync_timeout_is_one_job_answered_423_not_retried(quick_gateway, shared_cpu_node, user, longer):
     # Given the official client with its default retries, and a job longer than the sync time-out
     key = quick_gateway.create_key(user)
     c = OpenAI(base_url=f"{quick_gateway.url}/v1", api_key=key)
     # When it asks, then it is told the job goes on (a status it does not retry, and why)
     with pytest.raises(openai.APIStatusError) as e:
-        transcribe(c, "long.wav")
+        transcribe(c, longer)
     assert e.value.status_code == 423 and e.value.code == "STILL_RUNNING"
     assert e.value.response.headers["x-should-retry"] == "false"
     job_id = e.value.body["job_id"]
@@ -200,7 +208,7 @@ def test_a_job_over_the_sync_timeout_is_one_job_answered_423_not_retried(quick_g
         assert "queue" in h.get(f"/api/v1/jobs/{job_id}/result?format=text").text.lower()
 
 
-def test_a_client_that_times_out_and_retries_still_makes_one_job(quick_gateway, shared_cpu_node, user):
+def test_a_client_that_times_out_and_retries_still_makes_one_job(quick_gateway, shared_cpu_node, user, longer):
     # Given a client whose time-out (1 s) is shorter than the gateway's wait and the job
     key = quick_gateway.create_key(user)
     tries: list[httpx.Request] = []
@@ -210,19 +218,19 @@ def test_a_client_that_times_out_and_retries_still_makes_one_job(quick_gateway, 
     )
     # When it times out and retries (twice, by default; each retry numbered in x-stainless-retry-count)
     with contextlib.suppress(openai.APITimeoutError):
-        transcribe(c, "long.wav")
+        transcribe(c, longer)
     # then every try was the first try's job
     assert len(tries) >= 2 and tries[-1].headers["x-stainless-retry-count"] != "0"
     assert len(jobs_of(quick_gateway, key)) == 1
 
 
-def test_an_idempotency_key_replays_the_same_job(quick_gateway, shared_cpu_node, user):
+def test_an_idempotency_key_replays_the_same_job(quick_gateway, shared_cpu_node, user, longer):
     key = quick_gateway.create_key(user)
     c = OpenAI(base_url=f"{quick_gateway.url}/v1", api_key=key)
     same = {"Idempotency-Key": f"call-{user}"}
     # Given a call that outlived the wait, and its job finished since
     with pytest.raises(openai.APIStatusError) as e:
-        transcribe(c, "long.wav", response_format="text", extra_headers=same)
+        transcribe(c, longer, response_format="text", extra_headers=same)
     job_id = e.value.body["job_id"]
     with quick_gateway.client(key) as h:
         wait_until(
@@ -231,7 +239,7 @@ def test_an_idempotency_key_replays_the_same_job(quick_gateway, shared_cpu_node,
             what="the long job to finish",
         )
     # When the caller asks again with the same key, then it gets that job's transcript, and no new job
-    assert "queue" in transcribe(c, "long.wav", response_format="text", extra_headers=same).lower()
+    assert "queue" in transcribe(c, longer, response_format="text", extra_headers=same).lower()
     assert [j["job_id"] for j in jobs_of(quick_gateway, key)] == [job_id]
     # and the same key with another request is refused, not replayed
     with pytest.raises(openai.UnprocessableEntityError) as e:
