@@ -134,7 +134,12 @@ class Settings(BaseSettings):
     docling_artifacts: Path | None = Field(
         None, description="docling's layout model weights on this node (never downloaded); unset: model-free documents"
     )
-    sync_timeout: float = Field(600.0, gt=0, description="longest a synchronous endpoint waits for its job")
+    # Under the official OpenAI clients' 600 s read time-out, with room for the
+    # answer: a client that times out first retries, and a retry is a new request.
+    sync_timeout: float = Field(540.0, gt=0, description="longest a synchronous endpoint waits for its job")
+    idempotency_ttl: float = Field(
+        86_400.0, gt=0, description="how long an Idempotency-Key is remembered (s); a retry within it gets the same job"
+    )
     # Completion webhooks (bus/webhook_delivery.py). The receiver's address is
     # checked like a media URL's, against GPUBUS_ALLOW_PRIVATE_URLS.
     webhook_timeout: float = Field(10.0, gt=0, le=120, description="seconds a receiver has to answer one POST")

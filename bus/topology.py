@@ -227,7 +227,13 @@ async def ensure_core(js: JetStreamContext, s: Settings) -> None:
     streams = (_jobs_stream(s), _events_stream(s), _deadletter_stream(s), _starts_stream(s), _timers_stream(s))
     for cfg in (*streams, _webhooks_stream(s)):
         await ensure_stream(js, cfg)
-    for bucket, ttl in ((names.JOBS_BUCKET, None), (names.APIKEYS_BUCKET, None), (names.NODES_BUCKET, s.registry_ttl)):
+    buckets = (
+        (names.JOBS_BUCKET, None),
+        (names.APIKEYS_BUCKET, None),
+        (names.NODES_BUCKET, s.registry_ttl),
+        (names.IDEMPOTENCY_BUCKET, s.idempotency_ttl),
+    )
+    for bucket, ttl in buckets:
         kv = KeyValueConfig(bucket=bucket, history=1, ttl=ttl, replicas=s.replicas)
         await _ensure_bucket(
             js, partial(js.create_key_value, kv), names.kv_stream(bucket), replicas=s.replicas, max_age_s=ttl

@@ -13,13 +13,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bus.metrics import GatewayMetrics
 from bus.settings import Settings
 from gateway import (
+    asr_api,
     cookies_api,
+    docs_page,
     errors,
     events_api,
     job_control,
     jobs_api,
     keys_api,
     openai_api,
+    openai_models,
     queue_api,
     seed_api,
     status_api,
@@ -46,8 +49,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         finally:
             await state.close()
 
-    # No /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a
-    # CDN, with no CSP; /openapi.json stays for clients and tooling.
+    # FastAPI's /docs and /redoc load Swagger UI and ReDoc from a CDN, with
+    # no CSP: off. /docs is gpubus' own page over local assets (docs_page.py).
     app = FastAPI(title="gpubus", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     errors.install(app)
     for module in (
@@ -59,10 +62,14 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         status_api,
         cookies_api,
         openai_api,
+        openai_models,
         seed_api,
+        asr_api,
     ):
         app.include_router(module.router)
     web.install(app)
+    docs_page.describe_auth(app)
+    docs_page.install(app)
 
     # ObserveLatency is added last, so it is outermost: its latency and
     # headers cover a body BodyLimit refused too.

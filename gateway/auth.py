@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Query, Request
 
 from gateway.state import GatewayState
 from schemas.errors import Forbidden, Unauthorized
@@ -33,19 +34,28 @@ def state_of(request: Request) -> GatewayState:
     return request.app.state.gateway
 
 
-def presented_secret(request: Request) -> str | None:
+QUERY_KEY = "api_key"  # only where `url_key=True`: gateway/asr_api.py
+
+
+def presented_secret(request: Request, *, url_key: bool = False) -> str | None:
+    """The bearer token or `x-api-key`; with `url_key`, else `?api_key=`
+    (for clients that can only be given a URL: such a key ends up in
+    proxies' access logs and shell histories, docs/SECURITY.md)."""
     auth = request.headers.get("authorization")
     if auth:
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("use `Authorization: Bearer <API key>`")
         return token.strip()
-    return request.headers.get("x-api-key") or None
+    secret = request.headers.get("x-api-key") or None
+    if secret is None and url_key:
+        secret = request.query_params.get(QUERY_KEY) or None
+    return secret
 
 
-async def authenticate(request: Request) -> Principal:
+async def authenticate(request: Request, *, url_key: bool = False) -> Principal:
     st = state_of(request)
-    secret = presented_secret(request)
+    secret = presented_secret(request, url_key=url_key)
     if secret is None:
         if st.settings.allow_anonymous:
             return Principal(user_id=ANONYMOUS, roles=frozenset({Role.USER}))
@@ -67,13 +77,28 @@ async def authenticate(request: Request) -> Principal:
     )
 
 
-async def user(request: Request) -> Principal:
-    p = await authenticate(request)
+def _as_user(p: Principal) -> Principal:
     if p.admin:
         raise Forbidden("the admin token manages keys; submit jobs with a user key")
     if Role.USER not in p.roles:
         raise Forbidden("this key has no `user` role")
     return p
+
+
+async def user(request: Request) -> Principal:
+    return _as_user(await authenticate(request))
+
+
+async def url_user(
+    request: Request,
+    api_key: Annotated[
+        str | None,
+        Query(description="the API key, for clients that can only be given a URL (prefer the bearer header)"),
+    ] = None,
+) -> Principal:
+    """`user`, with the key also taken from `?api_key=` (declared here so
+    the OpenAPI document shows it on the routes that take it)."""
+    return _as_user(await authenticate(request, url_key=True))
 
 
 async def admin(request: Request) -> Principal:

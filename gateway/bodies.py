@@ -107,7 +107,7 @@ class BodyLimit:
         err = _too_large(cap)
         # Connection: close: the rest of the body is never read, so the
         # connection cannot carry another request.
-        response = error_response(413, err.code, err.message, {"Connection": "close"})
+        response = error_response(413, err.code, err.message, {"Connection": "close"}, path=scope.get("path", ""))
         await response(scope, receive, send)
 
 

@@ -14,5 +14,6 @@ from gateway.state import GatewayState
 
 State = Annotated[GatewayState, Depends(auth.state_of)]
 User = Annotated[Principal, Depends(auth.user)]  # a key with the `user` role (never the admin token)
+UrlUser = Annotated[Principal, Depends(auth.url_user)]  # the same, the key also as `?api_key=` (compat routes only)
 Admin = Annotated[Principal, Depends(auth.admin)]  # the admin token
 Anyone = Annotated[Principal, Depends(auth.authenticate)]  # any valid credential

@@ -11,10 +11,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway import url_kinds
+from gateway import form_docs, url_kinds
 from gateway.bodies import json_body
 from gateway.deps import State, User
 from gateway.form_fields import job_form, with_gpu_field
+from gateway.idempotency import of_json
 from gateway.job_views import Accepted, accepted, job_view
 from gateway.results import DOCUMENT_RESULTS, parse_by_kind, read_transcript, render_result
 from gateway.state import GatewayState
@@ -69,27 +70,32 @@ class JsonJobRequest(BaseModel):
 async def submit_json(st: GatewayState, request: Request, principal: User) -> JSONResponse:
     """A URL job, a `noop` one where benchmarks are enabled, or another kind."""
     req = await json_body(request, JsonJobRequest)
+    idem = of_json(request, principal.user_id, req)
     check_language(req.options.language)
     gpu, options = with_gpu_field(req.gpu, req.options)
     webhook = job_webhook(st, principal, {FIELD: req.webhook_url, ALIAS: req.callback_url})
     kind = req.kind or (await url_kinds.detect(req.url) if req.url else None)
     if kind not in (Kind.URL, Kind.NOOP, Kind.AUDIO, Kind.VIDEO, None):
-        rec = await submit_json_kind(st, principal, kind, gpu, options, url=req.url, text=req.text, webhook=webhook)
+        rec = await submit_json_kind(
+            st, principal, kind, gpu, options, url=req.url, text=req.text, webhook=webhook, idem=idem
+        )
         return accepted(rec)
     if req.text is not None:
         raise InvalidInput(f"text: inline text is for kinds that read it, not {kind or 'a job without a kind'}")
     if kind == Kind.URL:
         if not req.url:
             raise InvalidInput("url: required for a url job")
-        return accepted(await submit_url(st, principal, req.url, gpu, options, webhook=webhook))
+        return accepted(await submit_url(st, principal, req.url, gpu, options, webhook=webhook, idem=idem))
     if kind != Kind.NOOP:
         raise InvalidInput("a JSON job needs `url` (or a `kind`); upload files as multipart/form-data")
     if not st.settings.enable_noop:
         raise InvalidInput("the noop kind is for benchmarks; enable it with GPUBUS_ENABLE_NOOP=true")
-    return accepted(await submit_without_upload(st, principal, kind, gpu, options, url=req.url, webhook=webhook))
+    return accepted(
+        await submit_without_upload(st, principal, kind, gpu, options, url=req.url, webhook=webhook, idem=idem)
+    )
 
 
-@router.post("", status_code=202, response_model=Accepted)
+@router.post("", status_code=202, response_model=Accepted, openapi_extra=form_docs.JOB_FORM)
 async def submit(request: Request, st: State, principal: User) -> JSONResponse:
     """Multipart (`file`, `gpu`, `kind`, `options` JSON, `webhook_url`) or JSON (`url`, `kind`,
     `text`, `gpu`, `options`, `webhook_url`). An upload's kind comes from its bytes: `audio`,

@@ -3,12 +3,17 @@
 
 Synchronous like OpenAI's: the upload becomes a job on the bus (GPU lane
 when the owner has a live GPU node, else CPU), and the answer is its result.
-A job still running after GPUBUS_SYNC_TIMEOUT answers 504 STILL_RUNNING with
-its job id; it goes on and its result stays under /api/v1/jobs/{id}.
+A job still running after GPUBUS_SYNC_TIMEOUT answers 423 STILL_RUNNING with
+its job id and `x-should-retry: false` (gateway/results.py); it goes on and
+its result stays under /api/v1/jobs/{id}. Errors are OpenAI's
+(gateway/errors.py), and so is a retry: the client's retry of a request
+gets the first try's job (gateway/idempotency.py).
 Point the official client at the gateway: `OpenAI(base_url=f"{gateway}/v1",
 api_key=<gpubus key>)`; `model="whisper-1"` means the fleet's default model.
 `stream=true` answers Server-Sent Events instead, with the text segment by
 segment as the node makes it (gateway/openai_stream.py), for any model.
+gpubus' own options (`vad_filter`, `beam_size`, `ttl_s`, `diarize`, ...) are
+extra form fields (`extra_body={"vad_filter": True}`).
 """
 
 from __future__ import annotations
@@ -19,17 +24,19 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from gateway import form_docs
 from gateway.auth import Principal
 from gateway.deps import State, User
 from gateway.form_fields import make_options, parse_bool
 from gateway.openai_stream import stream_response
-from gateway.results import finished_transcript
+from gateway.results import transcript_within
 from gateway.state import GatewayState
 from gateway.submission import Interpret, submit_upload
 from gateway.uploads import ParsedForm
-from schemas.errors import InvalidInput, StillRunning
-from schemas.formats import render
+from schemas.errors import InvalidInput
+from schemas.formats import render, whisper_segment
 from schemas.jobs import TranscribeOptions
+from schemas.languages import language_name
 from schemas.names import Kind
 from schemas.results import Transcript
 
@@ -37,7 +44,12 @@ router = APIRouter(prefix="/v1/audio", tags=["openai"])
 
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 GRANULARITY_FIELDS = ("timestamp_granularities[]", "timestamp_granularities")
-SPEAKER_COUNT_FIELDS = ("num_speakers", "min_speakers", "max_speakers")
+# gpubus' own options, taken as extra form fields under their own names
+# (`diarize` and the speaker counts among them); OpenAI's fields (prompt,
+# timestamp_granularities) win over the two it names otherwise.
+EXTRA_OPTIONS = tuple(
+    n for n in TranscribeOptions.model_fields if n not in ("task", "model", "language", "temperature")
+)
 
 
 def _field(form: ParsedForm, name: str) -> str | None:
@@ -45,20 +57,11 @@ def _field(form: ParsedForm, name: str) -> str | None:
     return value.strip() if value is not None and value.strip() else None
 
 
-def _temperature(raw: str | None) -> float:
+def _temperature(raw: str | None) -> float | None:
     try:
-        return float(raw) if raw is not None else 0.0
+        return float(raw) if raw is not None else None
     except ValueError:
         raise InvalidInput(f"temperature: not a number: {raw!r}") from None
-
-
-def _diarize_fields(form: ParsedForm) -> dict[str, Any]:
-    """gpubus's extra form fields (not OpenAI's): `diarize` and the speaker
-    counts, as on every other way in; the speakers show in srt, vtt and text."""
-    fields: dict[str, Any] = {k: v for k in SPEAKER_COUNT_FIELDS if (v := _field(form, k)) is not None}
-    if _field(form, "diarize") is not None:
-        fields["diarize"] = parse_bool(_field(form, "diarize"), "diarize")
-    return fields
 
 
 def _interpreter(task: str) -> Interpret:
@@ -72,17 +75,16 @@ def _interpreter(task: str) -> Interpret:
         if fmt not in RESPONSE_FORMATS:
             raise InvalidInput(f"response_format: one of {list(RESPONSE_FORMATS)}")
         granularities = {g for name in GRANULARITY_FIELDS for g in form.lists.get(name, [])}
-        options = make_options(
-            {
-                "model": _field(form, "model"),
-                "language": _field(form, "language") if task == "transcribe" else None,
-                "initial_prompt": _field(form, "prompt"),
-                "temperature": _temperature(_field(form, "temperature")),
-                "task": task,
-                "word_timestamps": "word" in granularities,
-                **_diarize_fields(form),
-            }
-        )
+        values: dict[str, object] = {k: v for k in EXTRA_OPTIONS if (v := _field(form, k)) is not None}
+        openai_fields = {
+            "model": _field(form, "model"),
+            "language": _field(form, "language") if task == "transcribe" else None,
+            "initial_prompt": _field(form, "prompt"),
+            "temperature": _temperature(_field(form, "temperature")),
+            "word_timestamps": True if "word" in granularities else None,
+        }
+        values |= {k: v for k, v in openai_fields.items() if v is not None}
+        options = make_options(values | {"task": task})
         return form.sniffed_kind or Kind.AUDIO, True, options
 
     return interpret
@@ -94,24 +96,10 @@ def openai_verbose(t: Transcript) -> dict[str, Any]:
     `usage` billed by duration as OpenAI reports it for whisper-1."""
     body: dict[str, Any] = {
         "task": t.task,
-        "language": t.language,
+        "language": language_name(t.language),
         "duration": t.duration,
         "text": t.text,
-        "segments": [
-            {
-                "id": s.id,
-                "seek": s.seek,
-                "start": s.start,
-                "end": s.end,
-                "text": s.text,
-                "tokens": s.tokens,
-                "temperature": s.temperature,
-                "avg_logprob": s.avg_logprob,
-                "compression_ratio": s.compression_ratio,
-                "no_speech_prob": s.no_speech_prob,
-            }
-            for s in t.segments
-        ],
+        "segments": [whisper_segment(s) for s in t.segments],
         "usage": {"type": "duration", "seconds": math.ceil(t.duration)},
     }
     words = [w for s in t.segments for w in (s.words or [])]
@@ -133,21 +121,16 @@ async def _run(request: Request, st: GatewayState, principal: Principal, task: s
     rec, form = await submit_upload(st, request, principal, _interpreter(task))
     if parse_bool(_field(form, "stream"), "stream"):  # the text as it is made (gateway/openai_stream.py)
         return stream_response(st, rec)
-    rec, transcript = await finished_transcript(st, rec, st.settings.sync_timeout)
-    if transcript is None:
-        raise StillRunning(
-            f"job {rec.job_id} is still {rec.status} after {st.settings.sync_timeout:.0f}s; "
-            f"it goes on: GET /api/v1/jobs/{rec.job_id}/result"
-        )
+    transcript = await transcript_within(st, rec, st.settings.sync_timeout)
     return respond(transcript, _field(form, "response_format") or "json")
 
 
-@router.post("/transcriptions")
+@router.post("/transcriptions", openapi_extra=form_docs.openai_form(RESPONSE_FORMATS, translation=False))
 async def transcriptions(request: Request, st: State, principal: User) -> Response:
     return await _run(request, st, principal, "transcribe")
 
 
-@router.post("/translations")
+@router.post("/translations", openapi_extra=form_docs.openai_form(RESPONSE_FORMATS, translation=True))
 async def translations(request: Request, st: State, principal: User) -> Response:
     """Into English (`language` is not a field of OpenAI's translations)."""
     return await _run(request, st, principal, "translate")

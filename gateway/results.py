@@ -13,7 +13,7 @@ from schemas import document_formats, formats
 from schemas.diarization import DiarizedTranscript
 from schemas.document_formats import Rendered
 from schemas.documents import DocumentResult, OcrResult, WebPageResult
-from schemas.errors import Conflict, JobFailed, ResultUnreadable
+from schemas.errors import Conflict, JobFailed, ResultUnreadable, StillRunning
 from schemas.jobs import JobRecord, JobStatus
 from schemas.names import Kind
 from schemas.results import Transcript
@@ -93,3 +93,17 @@ def as_transcript(rec: JobRecord, result: Transcript | Rendered) -> Transcript:
     if not isinstance(result, Transcript):
         raise ResultUnreadable(f"job {rec.job_id}: its stored result is not a transcript")
     return result
+
+
+async def transcript_within(st: GatewayState, rec: JobRecord, timeout_s: float) -> Transcript:
+    """For the synchronous endpoints that have no "accepted" answer (OpenAI's,
+    whisper-asr-webservice's): the transcript, or StillRunning (423, with
+    `x-should-retry: false`) naming the job, which goes on."""
+    rec, transcript = await finished_transcript(st, rec, timeout_s)
+    if transcript is None:
+        raise StillRunning(
+            f"job {rec.job_id} is still {rec.status} after {timeout_s:.0f}s; it goes on: "
+            f"GET /api/v1/jobs/{rec.job_id}/result?wait=60 (repeat until 200)",
+            job_id=rec.job_id,
+        )
+    return transcript

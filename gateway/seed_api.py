@@ -24,10 +24,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway import form_docs
 from gateway.auth import Principal
 from gateway.bodies import json_body
 from gateway.deps import State, User
 from gateway.form_fields import FILE_KINDS, make_options, parse_bool, parse_kind, parse_options
+from gateway.idempotency import of_json
 from gateway.job_views import accepted
 from gateway.results import DOCUMENT_RESULTS, finished_result, render_result
 from gateway.state import GatewayState
@@ -125,7 +127,7 @@ async def _answer(st: GatewayState, rec: JobRecord, fmt: str, timeout_s: float) 
     return Response(text, media_type=media_type, headers=headers)
 
 
-@router.post("/process/file")
+@router.post("/process/file", openapi_extra=form_docs.SEED_FORM)
 async def process_file(request: Request, st: State, principal: User) -> Response:
     rec, form = await submit_upload(st, request, principal, seed_form)
     return await _answer(st, rec, form.fields.get("format") or "json", _timeout(st, form.fields.get("timeout")))
@@ -136,11 +138,12 @@ async def process_url(request: Request, st: State, principal: User) -> Response:
     req = await json_body(request, SeedUrlRequest)
     options = url_job_options(req)
     fmt = _check_format(req.format, options)
-    rec = await submit_url(st, principal, req.url, req.gpu, options, webhook=_webhook(st, principal, req))
+    idem = of_json(request, principal.user_id, req)
+    rec = await submit_url(st, principal, req.url, req.gpu, options, webhook=_webhook(st, principal, req), idem=idem)
     return await _answer(st, rec, fmt, _timeout(st, req.timeout))
 
 
-@router.post("/api/v1/ingest/file", status_code=202)
+@router.post("/api/v1/ingest/file", status_code=202, openapi_extra=form_docs.SEED_FORM)
 async def ingest_file(request: Request, st: State, principal: User) -> JSONResponse:
     rec, _ = await submit_upload(st, request, principal, seed_form)
     return accepted(rec)
@@ -150,4 +153,5 @@ async def ingest_file(request: Request, st: State, principal: User) -> JSONRespo
 async def ingest_url(request: Request, st: State, principal: User) -> JSONResponse:
     req = await json_body(request, SeedUrlRequest)
     webhook = _webhook(st, principal, req)
-    return accepted(await submit_url(st, principal, req.url, req.gpu, url_job_options(req), webhook=webhook))
+    idem = of_json(request, principal.user_id, req)
+    return accepted(await submit_url(st, principal, req.url, req.gpu, url_job_options(req), webhook=webhook, idem=idem))

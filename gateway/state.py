@@ -21,6 +21,7 @@ from bus.auth_callout import AuthCallout
 from bus.connection import close, connect
 from bus.event_hub import EventHub
 from bus.fallback_router import FallbackRouter
+from bus.idempotency import IdempotencyStore
 from bus.job_ttl import JobTtl
 from bus.jobstore import JobStore
 from bus.keystore import KeyStore
@@ -133,6 +134,7 @@ class GatewayState:
         )
         self.feeds = job_feed.Sources(EventHub(self.nc), self.finishes, self.jobs)  # every /events client's
         self.keys = KeyStore(await js.key_value(names.APIKEYS_BUCKET), self.seal)
+        self.idempotency = IdempotencyStore(await js.key_value(names.IDEMPOTENCY_BUCKET), self.seal)
         await self.keys.start_mirror(self.nc, js)
         self.publisher = JobPublisher(js, self.seal, give_up_after_s=s.publish_timeout)
         self.nodes = LiveNodes(

@@ -1,9 +1,11 @@
 """Submitting a job: admission, staging the upload, routing and queueing.
 
 Every submitting endpoint (the job API, the older API's aliases, the
-OpenAI-compatible one) comes through here; each brings only its own way of
-reading its form (`interpret`). Queueing itself is `bus.queueing`, shared
-with retry and the fallback router.
+OpenAI-compatible one, whisper-asr-webservice's) comes through here; each
+brings only its own way of reading its form (`interpret`). A request with an
+idempotency key claims it between staging and queueing
+(gateway/idempotency.py). Queueing itself is `bus.queueing`, shared with
+retry and the fallback router.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from fastapi import Request
 from bus import job_ttl, objects
 from bus.joblog import job_fields
 from bus.queueing import queue_attempt
-from gateway import fleet_models, routing
+from gateway import fleet_models, idempotency, routing
 from gateway.auth import Principal
+from gateway.idempotency import Idempotency
 from gateway.state import GatewayState
-from gateway.uploads import MultipartToObject, ParsedForm
+from gateway.uploads import FILE_FIELD, MultipartToObject, ParsedForm
 from gateway.webhook_fields import job_webhook
 from schemas import names
 from schemas.diarization import DIARIZED_KINDS
@@ -106,10 +109,50 @@ async def enqueue(
     return queued
 
 
-def admitted(st: GatewayState, principal: Principal) -> contextlib.AbstractAsyncContextManager[None]:
+def admitted(
+    st: GatewayState, principal: Principal, *, replay: bool = False
+) -> contextlib.AbstractAsyncContextManager[None]:
     """Per-user limit on unfinished jobs: a slot is taken before anything
-    is staged and held until the job is queued or has failed (429 if none)."""
+    is staged and held until the job is queued or has failed (429 if none).
+    A replay of an idempotency key takes none: it makes no job."""
+    if replay:
+        return contextlib.nullcontext()
     return st.admission.slot(principal.user_id, principal.max_active_jobs or st.settings.max_active_jobs)
+
+
+async def drop_staged(st: GatewayState, staged: StagedInput | None) -> None:
+    """Best effort: a staged input no job will read."""
+    if staged is not None:
+        with contextlib.suppress(Exception):
+            await objects.delete_object(st.js, staged.bucket, staged.object_name)
+
+
+async def queue_once(
+    st: GatewayState,
+    idem: Idempotency | None,
+    owner: str,
+    job_id: str,
+    kind: str,
+    gpu: bool,
+    options: TranscribeOptions,
+    *,
+    staged: StagedInput | None = None,
+    url: str | None = None,
+    webhook: Webhook | None = None,
+) -> JobRecord:
+    """Claim the idempotency key (if any), then queue. A request that finds
+    the key held answers with that job and drops what it staged; one
+    refused or never queued leaves nothing behind, key included."""
+    try:
+        replayed = await idempotency.claim(st, idem, job_id)
+        if replayed is None:
+            return await enqueue(st, owner, job_id, kind, gpu, options, staged=staged, url=url, webhook=webhook)
+    except BaseException:
+        await idempotency.release(st, idem, job_id)
+        await drop_staged(st, staged)
+        raise
+    await drop_staged(st, staged)
+    return replayed
 
 
 async def stage_upload(
@@ -120,6 +163,8 @@ async def stage_upload(
     interpret: Callable[[ParsedForm], T],
     *,
     max_bytes: int,
+    file_field: str = FILE_FIELD,
+    file_prefix: bytes = b"",
 ) -> tuple[StagedInput, ParsedForm, T]:
     """Stream the multipart `file` into the owner's bucket. `interpret` reads
     the other form fields (each endpoint has its own); if it refuses them the
@@ -129,11 +174,13 @@ async def stage_upload(
         lambda filename: objects.ObjectWriter(
             st.js, names.files_bucket(owner), names.input_object(job_id, filename), max_bytes=max_bytes
         ),
+        file_field=file_field,
+        file_prefix=file_prefix,
     )
     try:
         form = await upload.run(request.stream())
-        if form.size == 0:
-            raise InvalidInput("the uploaded file is empty")
+        if form.size <= len(file_prefix):
+            raise InvalidInput(f"{file_field}: the uploaded file is empty")
         fields = interpret(form)
         assert upload.writer is not None
         await upload.writer.commit(description=form.content_type)
@@ -154,7 +201,13 @@ async def stage_upload(
 
 
 async def submit_upload(
-    st: GatewayState, request: Request, principal: Principal, interpret: Interpret
+    st: GatewayState,
+    request: Request,
+    principal: Principal,
+    interpret: Interpret,
+    *,
+    file_field: str = FILE_FIELD,
+    file_prefix: bytes = b"",
 ) -> tuple[JobRecord, ParsedForm]:
     """Multipart upload to a queued job; the endpoint's own fields stay in
     the form. Every upload endpoint takes a webhook (gateway/webhook_fields.py)."""
@@ -163,19 +216,24 @@ async def submit_upload(
     def fields_and_webhook(form: ParsedForm) -> tuple[tuple[str, bool, TranscribeOptions], Webhook | None]:
         return interpret(form), job_webhook(st, principal, form.fields)
 
-    async with admitted(st, principal):
+    idem = Idempotency.of(request, owner)
+    async with admitted(st, principal, replay=await idempotency.known(st, idem)):
         await st.ensure_owner(owner)
         job_id = new_job_id()
         max_bytes = (principal.max_upload_mb or st.settings.max_upload_mb) * MIB
         staged, form, ((kind, gpu, options), webhook) = await stage_upload(
-            st, request, owner, job_id, fields_and_webhook, max_bytes=max_bytes
+            st,
+            request,
+            owner,
+            job_id,
+            fields_and_webhook,
+            max_bytes=max_bytes,
+            file_field=file_field,
+            file_prefix=file_prefix,
         )
-        try:
-            return await enqueue(st, owner, job_id, kind, gpu, options, staged=staged, webhook=webhook), form
-        except BaseException:  # refused (say, an unknown model) or never queued: leave nothing behind
-            with contextlib.suppress(Exception):
-                await objects.delete_object(st.js, staged.bucket, staged.object_name)
-            raise
+        if idem is not None:
+            idem = idem.with_body({"fields": form.lists, "file": [form.filename, form.size, form.sha256]})
+        return await queue_once(st, idem, owner, job_id, kind, gpu, options, staged=staged, webhook=webhook), form
 
 
 async def submit_url(
@@ -186,12 +244,13 @@ async def submit_url(
     options: TranscribeOptions,
     *,
     webhook: Webhook | None = None,
+    idem: Idempotency | None = None,
 ) -> JobRecord:
     """A URL job: the syntax and any address literal are checked here (422);
     the node that downloads it checks every address it connects to
     (schemas/url_guard.py)."""
     url = check_submitted(url, allow_private=st.settings.allow_private_urls)
-    return await submit_without_upload(st, principal, Kind.URL, gpu, options, url=url, webhook=webhook)
+    return await submit_without_upload(st, principal, Kind.URL, gpu, options, url=url, webhook=webhook, idem=idem)
 
 
 async def submit_without_upload(
@@ -203,11 +262,13 @@ async def submit_without_upload(
     *,
     url: str | None = None,
     webhook: Webhook | None = None,
+    idem: Idempotency | None = None,
 ) -> JobRecord:
-    """A job with nothing to stage (a URL, or `noop` for benchmarks)."""
-    async with admitted(st, principal):
+    """A job with nothing to stage (a URL, or `noop` for benchmarks).
+    `idem` comes with its fingerprint (`with_body`) made by the endpoint."""
+    async with admitted(st, principal, replay=await idempotency.known(st, idem)):
         await st.ensure_owner(principal.user_id)
-        return await enqueue(st, principal.user_id, new_job_id(), kind, gpu, options, url=url, webhook=webhook)
+        return await queue_once(st, idem, principal.user_id, new_job_id(), kind, gpu, options, url=url, webhook=webhook)
 
 
 INLINE_TEXT_NAME = "text.txt"
@@ -245,6 +306,7 @@ async def submit_json_kind(
     url: str | None = None,
     text: str | None = None,
     webhook: Webhook | None = None,
+    idem: Idempotency | None = None,
 ) -> JobRecord:
     """A JSON job of any other kind (a plugin's): its input is a URL, inline
     text (staged as a file), or nothing. Whether a live node serves the
@@ -256,14 +318,8 @@ async def submit_json_kind(
     owner = principal.user_id
     check_diarizable(kind, options)
     routing.check_served(kind, st.fleet(owner), options.needs())
-    async with admitted(st, principal):
+    async with admitted(st, principal, replay=await idempotency.known(st, idem)):
         await st.ensure_owner(owner)
         job_id = new_job_id()
         staged = await stage_text(st, owner, job_id, text) if text is not None else None
-        try:
-            return await enqueue(st, owner, job_id, kind, gpu, options, staged=staged, url=url, webhook=webhook)
-        except BaseException:  # never queued: leave nothing behind
-            if staged is not None:
-                with contextlib.suppress(Exception):
-                    await objects.delete_object(st.js, staged.bucket, staged.object_name)
-            raise
+        return await queue_once(st, idem, owner, job_id, kind, gpu, options, staged=staged, url=url, webhook=webhook)

@@ -75,7 +75,17 @@ class MultipartToObject:
     """One upload: `run()` parses the body; the file part is written by the
     writer `open_writer(filename)` returns."""
 
-    def __init__(self, content_type: str, open_writer: Callable[[str], ObjectWriter]) -> None:
+    def __init__(
+        self,
+        content_type: str,
+        open_writer: Callable[[str], ObjectWriter],
+        *,
+        file_field: str = FILE_FIELD,
+        file_prefix: bytes = b"",
+    ) -> None:
+        """`file_field` names the file part (whisper-asr-webservice's is
+        `audio_file`); `file_prefix` is written before its bytes (a WAV
+        header for raw PCM), and sniffed, hashed and counted with them."""
         ctype, params = parse_options_header(content_type)
         if ctype != b"multipart/form-data" or b"boundary" not in params:
             raise InvalidInput("expected multipart/form-data with a boundary")
@@ -86,6 +96,8 @@ class MultipartToObject:
         except FormParserError as e:
             raise InvalidInput(f"malformed multipart header: {e}") from e
         self._open_writer = open_writer
+        self._file_field = file_field
+        self._file_prefix = file_prefix
         self.writer: ObjectWriter | None = None
         self.form = ParsedForm()
         self._parts = 0
@@ -93,6 +105,7 @@ class MultipartToObject:
         self._is_file = False
         self._buf = bytearray()
         self._head = bytearray()
+        self._pending_prefix = b""
 
     async def run(self, body: AsyncIterator[bytes]) -> ParsedForm:
         try:
@@ -104,7 +117,7 @@ class MultipartToObject:
         except FormParserError as e:  # the root of python-multipart's parse errors
             raise InvalidInput(f"malformed multipart body: {e}") from e
         if self.writer is None:
-            raise InvalidInput(f"the form has no `{FILE_FIELD}` part")
+            raise InvalidInput(f"the form has no `{self._file_field}` part")
         if self.form.sniffed_kind is None and self.form.sniffed_label == "":
             self._sniff()
         return self.form
@@ -132,18 +145,21 @@ class MultipartToObject:
         if name == b"content-disposition":
             _, params = parse_options_header(value)
             self._name = params.get(b"name", b"").decode(errors="replace")
-            if self._name == FILE_FIELD:
+            if self._name == self._file_field:
                 if self.writer is not None:
-                    raise InvalidInput(f"only one `{FILE_FIELD}` part is allowed")
+                    raise InvalidInput(f"only one `{self._file_field}` part is allowed")
                 self._is_file = True
                 self.form.filename = safe_filename(params.get(b"filename", b"").decode(errors="replace"))
                 self.writer = self._open_writer(self.form.filename)
+                self._pending_prefix = self._file_prefix
         elif name == b"content-type" and self._is_file:
             self.form.content_type = value.decode(errors="replace")[:100]
 
     async def _data(self, data: bytes) -> None:
         if self._is_file:
             assert self.writer is not None
+            if self._pending_prefix:
+                data, self._pending_prefix = self._pending_prefix + data, b""
             if len(self._head) < SNIFF_BYTES:
                 self._head += data[: SNIFF_BYTES - len(self._head)]
                 if len(self._head) >= SNIFF_BYTES:

@@ -22,7 +22,7 @@ from ops.exits import (
     WaitInterrupted,
 )
 
-FORMATS = ["json", "text", "srt", "vtt", "md", "rttm"]  # rttm: diarized jobs only
+FORMATS = ["json", "text", "srt", "vtt", "tsv", "md", "rttm"]  # rttm: diarized jobs only
 
 
 def _client(settings: Settings, *, admin: bool = False) -> GatewayClient:

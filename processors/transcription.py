@@ -87,6 +87,8 @@ class TranscriptionProcessor:
             audio = np.fromfile(prepared, dtype=np.float32)
         else:
             audio = audio_decode.decode(input_path)
+        if job.options.clip_s is not None:  # only the first clip_s seconds (language detection)
+            audio = audio[: int(job.options.clip_s * audio_decode.SAMPLE_RATE)]
         diarize = job.options.diarize
         transcribing = Phase(TRANSCRIBING, 0, 2 if diarize else 1)
         progress(0.0, len(audio) / audio_decode.SAMPLE_RATE, transcribing)

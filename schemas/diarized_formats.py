@@ -80,6 +80,18 @@ def to_srt(t: DiarizedTranscript) -> str:
     return "\n".join(blocks)
 
 
+def to_tsv(t: DiarizedTranscript) -> str:
+    """Whisper's TSV (`start end text`, milliseconds), each run a line and
+    its text prefixed `SPEAKER_nn: ` where the speaker changes, as in SRT."""
+    rs = runs(t)
+    lines = ["start\tend\ttext"]
+    lines += [
+        f"{round(r.start * 1000)}\t{round(r.end * 1000)}\t{text.strip().replace(chr(9), ' ')}"
+        for r, text in zip(rs, _prefixed(rs), strict=True)
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def to_vtt(t: DiarizedTranscript) -> str:
     blocks = [f"{_timestamp(r.start, '.')} --> {_timestamp(r.end, '.')}\n<v {r.speaker}>{r.text}\n" for r in runs(t)]
     return "WEBVTT\n\n" + "\n".join(blocks)
@@ -109,7 +121,7 @@ def to_rttm(t: DiarizedTranscript, file_id: str = "audio") -> str:
 # The plain formats' names, plus RTTM (which only a diarized transcript has).
 RENDERERS: dict[str, Callable[[DiarizedTranscript], str]] = {
     **dict.fromkeys(("text", "txt"), to_text),
-    **{"json": to_json, "srt": to_srt, "vtt": to_vtt, "md": to_markdown, "rttm": to_rttm},
+    **{"json": to_json, "srt": to_srt, "vtt": to_vtt, "tsv": to_tsv, "md": to_markdown, "rttm": to_rttm},
 }
 
 

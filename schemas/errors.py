@@ -90,11 +90,26 @@ class Unavailable(GpubusError):
         self.retry_after_s = retry_after_s
 
 
+class ModelNotServed(InvalidInput):
+    """No live node serves the model asked for: INVALID_INPUT (422) as any
+    bad option, but OpenAI's endpoints answer it 404 `model_not_found`."""
+
+
+class IdempotencyKeyReused(GpubusError):
+    """An `Idempotency-Key` already used for a different request."""
+
+    code = "IDEMPOTENCY_KEY_REUSED"
+
+
 class StillRunning(GpubusError):
     """A synchronous request's job did not finish in time; it goes on, and
     its status and result stay available under its job id."""
 
     code = "STILL_RUNNING"
+
+    def __init__(self, message: str, *, job_id: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
 
 
 class JobFailed(GpubusError):

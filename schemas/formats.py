@@ -1,4 +1,4 @@
-"""Render a stored transcript as text, SRT, WebVTT, JSON or Markdown.
+"""Render a stored transcript as text, SRT, WebVTT, TSV, JSON or Markdown.
 
 Pure functions of the transcript, so the gateway renders every format from the
 one stored JSON and nodes never store more than one copy.
@@ -7,11 +7,11 @@ one stored JSON and nodes never store more than one copy.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from schemas.diarization import DiarizedTranscript
 from schemas.errors import InvalidInput
-from schemas.results import Transcript
+from schemas.results import Segment, Transcript
 
 R = TypeVar("R")
 
@@ -21,6 +21,7 @@ MEDIA_TYPES = {
     "txt": "text/plain; charset=utf-8",
     "srt": "application/x-subrip; charset=utf-8",
     "vtt": "text/vtt; charset=utf-8",
+    "tsv": "text/tab-separated-values; charset=utf-8",
     "md": "text/markdown; charset=utf-8",
 }
 
@@ -50,6 +51,34 @@ def to_vtt(t: Transcript) -> str:
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 
+def to_tsv(t: Transcript) -> str:
+    """Whisper's own TSV (`whisper --output_format tsv`, whisper-asr-webservice's
+    `output=tsv`): a `start end text` header, then one line per segment with
+    times in integer milliseconds (no decimal separator to get wrong)."""
+    lines = ["start\tend\ttext"]
+    lines += [
+        f"{round(s.start * 1000)}\t{round(s.end * 1000)}\t{s.text.strip().replace(chr(9), ' ')}" for s in t.segments
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def whisper_segment(s: Segment) -> dict[str, Any]:
+    """A segment as openai-whisper's result has it, which OpenAI's
+    verbose_json and whisper-asr-webservice's JSON both copy."""
+    return {
+        "id": s.id,
+        "seek": s.seek,
+        "start": s.start,
+        "end": s.end,
+        "text": s.text,
+        "tokens": s.tokens,
+        "temperature": s.temperature,
+        "avg_logprob": s.avg_logprob,
+        "compression_ratio": s.compression_ratio,
+        "no_speech_prob": s.no_speech_prob,
+    }
+
+
 def to_json(t: Transcript) -> str:
     return t.model_dump_json(exclude_none=True)
 
@@ -70,6 +99,7 @@ RENDERERS: dict[str, Callable[[Transcript], str]] = {
     "txt": to_text,
     "srt": to_srt,
     "vtt": to_vtt,
+    "tsv": to_tsv,
     "md": to_markdown,
 }
 

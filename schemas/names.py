@@ -29,6 +29,7 @@ WEBHOOKS_STREAM = "WEBHOOKS"  # completion webhooks waiting for delivery (bus/we
 JOBS_BUCKET = "jobs"
 APIKEYS_BUCKET = "apikeys"
 NODES_BUCKET = "nodes"
+IDEMPOTENCY_BUCKET = "idempotency"  # Idempotency-Key -> job id, with a TTL (gateway/idempotency.py): trusted side only
 MATERIALIZER_CONSUMER = "materializer"
 FALLBACK_CONSUMER = "fallback_router"
 TTL_CONSUMER = "job_ttl"
@@ -176,6 +177,12 @@ def files_bucket(owner: str) -> str:
 
 def job_key(owner: str, job_id: str) -> str:
     return f"{owner}.{job_id}"
+
+
+def idempotency_key(owner: str, key_digest: str) -> str:
+    """`key_digest` is the SHA-256 (hex) of the client's key: any text a
+    client sends becomes a safe KV key, and keys are per owner."""
+    return f"{owner}.{key_digest}"
 
 
 def node_key(owner: str, lane: Lane, node_id: str) -> str:

@@ -35,3 +35,23 @@ def events(nats_url: str, owner: str) -> list[JobEvent]:
 def terminal_counts(nats_url: str, owner: str) -> Counter:
     """job id -> number of terminal events any node published for it."""
     return Counter(e.job_id for e in events(nats_url, owner) if e.terminal)
+
+
+async def _input_objects(nats_url: str, owner: str) -> list[str]:
+    nc = await nats.connect(nats_url)
+    try:
+        store = await nc.jetstream().object_store(names.files_bucket(owner))
+        try:
+            infos = await store.list()
+        except Exception as e:  # nats-py raises NotFoundError for an empty store
+            if type(e).__name__ != "NotFoundError":
+                raise
+            return []
+        return sorted(i.name for i in infos if i.name.startswith("in/") and not i.deleted)
+    finally:
+        await nc.close()
+
+
+def input_objects(nats_url: str, owner: str) -> list[str]:
+    """The staged inputs in an owner's bucket (`in/<job_id>/<filename>`)."""
+    return asyncio.run(_input_objects(nats_url, owner))

@@ -70,3 +70,24 @@ def wav_of_seconds(src: Path, seconds: float, dest: Path) -> Path:
         )
         w.writeframes((frames * (want // len(frames) + 1))[:want])
     return dest
+
+
+def silence_wav(dest: Path, *, seconds: float = 5.0, rate: int = 16_000) -> Path:
+    """Room tone: no speech, only faint noise (-50 dBFS), as a quiet
+    recording has. Digital zeros give Whisper nothing to decode at all, and
+    some quieter noise has every window dropped as silence (no segments)."""
+    noise = np.random.default_rng(0).standard_normal(int(rate * seconds)) * 0.003
+    with wave.open(str(dest), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((noise * 32767).astype("<i2").tobytes())
+    return dest
+
+
+def raw_pcm(src: Path, rate: int = 16_000) -> bytes:
+    """Headerless 16 kHz mono s16le PCM, as Bazarr sends it (`encode=false`)."""
+    from faster_whisper.audio import decode_audio
+
+    audio = decode_audio(str(src), sampling_rate=rate)
+    return (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()

@@ -73,6 +73,7 @@ async def _assert_replicated(js, owner: str, replicas: int) -> None:
         f"KV_{names.JOBS_BUCKET}",
         f"KV_{names.APIKEYS_BUCKET}",
         f"KV_{names.NODES_BUCKET}",
+        f"KV_{names.IDEMPOTENCY_BUCKET}",
         f"OBJ_{names.files_bucket(owner)}",
     }
     for name, info in streams.items():

@@ -121,7 +121,7 @@ def test_rttm_vtt_srt_text_and_markdown_carry_the_speakers(engine, two):
     result = assign_speakers(transcript, engine.diarize(spoken.audio, DiarizeOptions(diarize=True)), engine.name)
     # When it is rendered in every format
     rttm, media = render(result, "rttm")
-    vtt, srt, text, md = (render(result, f)[0] for f in ("vtt", "srt", "text", "md"))
+    vtt, srt, text, md, tsv = (render(result, f)[0] for f in ("vtt", "srt", "text", "md", "tsv"))
     # Then RTTM has one well-formed SPEAKER line per turn
     assert media.startswith("text/x-rttm")
     rows = [line.split() for line in rttm.splitlines()]
@@ -134,6 +134,10 @@ def test_rttm_vtt_srt_text_and_markdown_carry_the_speakers(engine, two):
     assert srt.count("SPEAKER_00: ") + srt.count("SPEAKER_01: ") >= 4
     assert [line.split(":")[0] for line in text.splitlines()][:4] == ["SPEAKER_00", "SPEAKER_01"] * 2
     assert md.count("**SPEAKER_0") == len(text.splitlines())
+    # and TSV (whisper-asr-webservice's output=tsv) is Whisper's columns, speakers prefixed as in SRT
+    header, *lines = tsv.splitlines()
+    assert header == "start\tend\ttext" and all(len(line.split("\t")) == 3 for line in lines)
+    assert sum(line.split("\t")[2].startswith("SPEAKER_0") for line in lines) >= 4
 
 
 def test_silence_has_no_speaker(engine):

@@ -56,6 +56,15 @@ def test_vtt_exact():
     )
 
 
+def test_tsv_exact_as_whisper_writes_it():
+    # integer milliseconds, a header, tabs in the text made spaces (they would split a column)
+    t = transcript()
+    t.segments[1].text = " Second\tline."
+    body, media_type = render(t, "tsv")
+    assert media_type.startswith("text/tab-separated-values")
+    assert body == "start\tend\ttext\n0\t1500\tHello world.\n60000\t61234\tSecond line.\n3723000\t3725500\tLate.\n"
+
+
 def check_srt_syntax(body: str) -> int:
     """Every block: index, `start --> end` with comma milliseconds, text; blocks
     numbered from 1 and separated by exactly one blank line."""

@@ -3,7 +3,7 @@
 
 import { fetchBlob } from './api.js';
 
-export const FORMATS = { text: 'txt', srt: 'srt', vtt: 'vtt', json: 'json', md: 'md', rttm: 'rttm' };
+export const FORMATS = { text: 'txt', srt: 'srt', vtt: 'vtt', tsv: 'tsv', json: 'json', md: 'md', rttm: 'rttm' };
 const FORMAT_STORE = 'gpubus.formats';
 const REMEMBERED = 200;
 
