@@ -116,7 +116,7 @@ async def asr(
     min_speakers: int | None = None,
     max_speakers: int | None = None,
 ) -> Response:
-    values = {
+    values: dict[str, Any] = {
         "task": task,
         "language": language or None,
         "initial_prompt": initial_prompt or None,
