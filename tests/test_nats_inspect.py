@@ -6,6 +6,7 @@ section fails this test until it is taught here, so the section stays true."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.timeout(180)
 
 ROOT = Path(__file__).resolve().parents[1]
 README_USER = "alice"  # the README's example user; `gpubus up` serves "local"
+IDEMPOTENCY_KEY = "readme-demo"  # the CPU job's, so `nats kv get idempotency …` has an entry
 JOB_FIELDS = {"status", "lane", "routed_reason", "node_id", "attempts", "created_at", "started_at", "finished_at"}
 
 
@@ -70,7 +72,12 @@ def stack(tmp_path_factory):
         jobs = {}
         for gpu_flag in ("true", "false"):
             with (TESTDATA / "hello.wav").open("rb") as f:
-                job = client.post("/api/v1/jobs", files={"file": ("hello.wav", f)}, data={"gpu": gpu_flag}).json()
+                job = client.post(
+                    "/api/v1/jobs",
+                    files={"file": ("hello.wav", f)},
+                    data={"gpu": gpu_flag},
+                    headers={"Idempotency-Key": IDEMPOTENCY_KEY} if gpu_flag == "false" else {},
+                ).json()
             jobs[job["lane"]] = job["job_id"]
         assert set(jobs) == {"gpu", "cpu"}, jobs
 
@@ -142,6 +149,8 @@ class Asker:
 
     def concrete(self, cmd: str) -> list[str]:
         cmd = cmd.replace(README_USER, self.owner).replace("<job_id>", self.rec["job_id"]).replace("<attempt>", "1")
+        digest = hashlib.sha256(IDEMPOTENCY_KEY.encode()).hexdigest()
+        cmd = cmd.replace("<sha256 of the key>", digest)
         return cmd.replace("<result_event_seq>", str(self.inline["result_event_seq"])).split()[1:]
 
     async def __call__(self, cmd: str) -> None:
@@ -196,6 +205,9 @@ class Asker:
     async def kv_get(self, bucket: str, key: str) -> None:
         entry = await (await self.js.key_value(bucket)).get(key)
         record = json.loads(entry.value)  # JSON, as the README says
+        if bucket == "idempotency":  # which job the key made, and the request's fingerprint
+            assert {"job_id", "fingerprint", "at"} <= set(record), record
+            return
         assert JOB_FIELDS <= set(record) and record["status"] == "succeeded" and record["lane"] == "gpu"
         assert record["summary"]["model"]
 

@@ -371,33 +371,3 @@ def test_prometheus_discovers_live_nodes_from_the_gateway(env: Env, gpu_run: Gpu
         "lane": "gpu",
     }
     assert "gpubus_node_media_seconds_total" in httpx.get(f"http://{mine['targets'][0]}/metrics").text
-
-
-async def test_the_names_in_the_readme_nats_cli_section_resolve(env: Env, gpu_run: GpuRun):
-    """The README's `nats stream info JOBS`, `nats consumer info JOBS gpu_<user>`,
-    `nats kv get jobs <user>.<id>` and `nats object ls files-<user>` are these
-    JetStream API requests; the names must lead to the things described."""
-    from bus.connection import connect
-
-    user, job_id = gpu_run.user, gpu_run.good["job_id"]
-    readme = (REPO / "README.md").read_text()
-    for cmd in (
-        "nats stream info JOBS",
-        "nats consumer info JOBS gpu_alice",
-        "nats kv get jobs alice.",
-        "nats object ls files-alice",
-    ):
-        assert cmd in readme
-    nc = await connect([env.nats.url], name="readme-check")
-    try:
-        js = nc.jetstream()
-        stream = await js.stream_info("JOBS")
-        assert stream.config.subjects == ["jobs.>"] and stream.config.retention == "workqueue"
-        consumer = await js.consumer_info("JOBS", f"gpu_{user}")
-        assert consumer.config.filter_subject == f"jobs.{user}.gpu.>" and consumer.num_pending == 0
-        record = json.loads((await (await js.key_value("jobs")).get(f"{user}.{job_id}")).value)
-        assert record["status"] == "succeeded" and record["node_id"] == gpu_run.node_info["node_id"]
-        objects = {o.name for o in await (await js.object_store(f"files-{user}")).list()}
-        assert {f"in/{job_id}/hello.wav", f"out/{job_id}/1.json"} <= objects
-    finally:
-        await nc.close()

@@ -25,7 +25,7 @@ COPY ops/deploy/requirements/gateway.txt /tmp/requirements.txt
 # this step only, never written into a layer (.ci/image_build.py passes them).
 RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
     --mount=type=secret,id=pip-ca,target=/run/secrets/pip-ca \
-    /opt/gpubus/bin/pip install --require-hashes --requirement /tmp/requirements.txt
+    /opt/gpubus/bin/pip install --require-hashes --no-deps --requirement /tmp/requirements.txt
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY schemas schemas
