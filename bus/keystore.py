@@ -22,6 +22,7 @@ from schemas import codec, names
 from schemas.errors import NotFound, Unauthorized
 from schemas.jobs import now
 from schemas.keys import KEY_ID_HEX, ApiKeyRecord, Role, new_secret, parse_key, secret_matches
+from schemas.names import Priority
 
 log = logging.getLogger("gpubus.bus.keystore")
 DAY_S = 86_400.0
@@ -62,6 +63,7 @@ class KeyStore:
         expires_days: float | None = None,
         max_upload_mb: int | None = None,
         max_active_jobs: int | None = None,
+        max_priority: Priority | None = None,
     ) -> tuple[str, ApiKeyRecord]:
         names.validate_owner(user_id)
         full, key_id, digest = new_secret()
@@ -76,6 +78,7 @@ class KeyStore:
             expires_at=created + expires_days * DAY_S if expires_days else None,
             max_upload_mb=max_upload_mb,
             max_active_jobs=max_active_jobs,
+            max_priority=max_priority,
         )
         await self._kv.create(key_id, self._encode(rec))
         return full, rec

@@ -19,7 +19,12 @@ def make_processor(settings: Settings, node_id: str) -> Processor:
         compute_type=settings.compute_type or "int8",
         workers=settings.node_concurrency,
     )
-    return factory.build(cfg, settings.processor_context(node_id, Lane.CPU, "cpu"), enable_noop=settings.enable_noop)
+    return factory.build(
+        cfg,
+        settings.processor_context(node_id, Lane.CPU, "cpu"),
+        enable_noop=settings.enable_noop,
+        noop_seconds=settings.noop_seconds,
+    )
 
 
 def main(settings: Settings, *, shared: bool) -> None:

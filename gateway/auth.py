@@ -11,7 +11,7 @@ from fastapi import Request
 from gateway.state import GatewayState
 from schemas.errors import Forbidden, Unauthorized
 from schemas.keys import KEY_PREFIX, Role
-from schemas.names import ANONYMOUS
+from schemas.names import ANONYMOUS, Priority
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class Principal:
     key_id: str | None = None
     max_upload_mb: int | None = None  # this key's own limits, else the gateway's
     max_active_jobs: int | None = None
+    max_priority: Priority | None = None  # the highest priority this key may ask for; None: any
 
 
 ADMIN = Principal(user_id="admin", roles=frozenset(Role), admin=True)
@@ -60,6 +61,7 @@ async def authenticate(request: Request) -> Principal:
         key_id=rec.key_id,
         max_upload_mb=rec.max_upload_mb,
         max_active_jobs=rec.max_active_jobs,
+        max_priority=rec.max_priority,
     )
 
 

@@ -13,7 +13,7 @@ from gateway.uploads import ParsedForm
 from schemas.errors import InvalidInput
 from schemas.jobs import TranscribeOptions
 from schemas.languages import check_language
-from schemas.names import BUILTIN_KINDS, Kind, validate_kind
+from schemas.names import BUILTIN_KINDS, Kind, Priority, validate_kind
 
 
 def parse_bool(value: str | None, field: str) -> bool:
@@ -39,6 +39,21 @@ def with_gpu_field(value: object, options: TranscribeOptions) -> tuple[bool, Tra
     if isinstance(value, bool):
         return value, options
     return parse_bool(value if isinstance(value, str) else None, "gpu"), options
+
+
+def with_priority_field(value: str | None, options: TranscribeOptions) -> TranscribeOptions:
+    """The `priority` field (high, normal, low), kept in the options like
+    `gpu: "required"`; absent, the endpoint's default applies. Given both
+    here and as `options.priority`, the two must agree."""
+    if value is None or not value.strip():
+        return options
+    try:
+        priority = Priority(value.strip().lower())
+    except ValueError:
+        raise InvalidInput(f"priority: one of high, normal, low; got {value!r}") from None
+    if options.priority not in (None, priority):
+        raise InvalidInput(f"priority: {priority}, but options.priority is {options.priority}")
+    return options.model_copy(update={"priority": priority})
 
 
 def make_options(values: dict[str, Any]) -> TranscribeOptions:
@@ -86,6 +101,7 @@ def parse_kind(raw: str | None, sniffed: Kind | None) -> str:
 
 
 def job_form(form: ParsedForm) -> tuple[str, bool, TranscribeOptions]:
-    """The fields of `POST /api/v1/jobs`: `kind`, `gpu`, `options` (JSON)."""
-    gpu, options = with_gpu_field(form.fields.get("gpu"), parse_options(form.fields.get("options")))
+    """The fields of `POST /api/v1/jobs`: `kind`, `gpu`, `priority`, `options` (JSON)."""
+    options = with_priority_field(form.fields.get("priority"), parse_options(form.fields.get("options")))
+    gpu, options = with_gpu_field(form.fields.get("gpu"), options)
     return parse_kind(form.fields.get("kind"), form.sniffed_kind), gpu, options

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.bodies import json_body
 from gateway.deps import State, User
-from gateway.form_fields import job_form, with_gpu_field
+from gateway.form_fields import job_form, with_gpu_field, with_priority_field
 from gateway.job_views import Accepted, accepted, job_view
 from gateway.results import parse_transcript, read_transcript
 from gateway.state import GatewayState
@@ -22,7 +22,7 @@ from schemas.errors import InvalidInput, UnsupportedMedia
 from schemas.formats import render
 from schemas.jobs import JobRecord, JobStatus, TranscribeOptions
 from schemas.languages import check_language
-from schemas.names import JobKind, Kind
+from schemas.names import JobKind, Kind, Priority
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
@@ -49,6 +49,7 @@ class JsonJobRequest(BaseModel):
     kind: JobKind | None = None
     text: str | None = Field(None, max_length=TEXT_MAX)
     gpu: bool | Literal["required"] = False
+    priority: Priority | None = None  # default normal
     options: TranscribeOptions = TranscribeOptions()
 
 
@@ -56,7 +57,7 @@ async def submit_json(st: GatewayState, request: Request, principal: User) -> JS
     """A URL job, a `noop` one where benchmarks are enabled, or another kind."""
     req = await json_body(request, JsonJobRequest)
     check_language(req.options.language)
-    gpu, options = with_gpu_field(req.gpu, req.options)
+    gpu, options = with_gpu_field(req.gpu, with_priority_field(req.priority, req.options))
     kind = req.kind or (Kind.URL if req.url else None)
     if kind not in (Kind.URL, Kind.NOOP, Kind.AUDIO, Kind.VIDEO, None):
         return accepted(await submit_json_kind(st, principal, kind, gpu, options, url=req.url, text=req.text))

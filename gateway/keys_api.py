@@ -17,7 +17,7 @@ from gateway.state import GatewayState
 from schemas import names
 from schemas.errors import Forbidden, NotFound
 from schemas.keys import ApiKeyRecord, Role
-from schemas.names import Lane
+from schemas.names import Lane, Priority
 
 router = APIRouter(tags=["auth"])
 
@@ -32,6 +32,7 @@ class CreateKey(BaseModel):
     roles: list[Role] | None = None
     max_upload_mb: int | None = Field(None, gt=0, le=1_000_000)
     max_active_jobs: int | None = Field(None, gt=0, le=1_000_000)
+    max_priority: Priority | None = None  # the highest priority the key may ask for; default any
 
 
 class Bootstrap(BaseModel):
@@ -56,6 +57,7 @@ async def create_key(request: Request, st: State, _: Admin) -> JSONResponse:
         expires_days=body.expires_days,
         max_upload_mb=body.max_upload_mb,
         max_active_jobs=body.max_active_jobs,
+        max_priority=body.max_priority,
     )
     await st.ensure_owner(body.user_id)
     out = {
@@ -65,6 +67,7 @@ async def create_key(request: Request, st: State, _: Admin) -> JSONResponse:
         "roles": rec.roles,
         "role": rec.roles[0] if len(rec.roles) == 1 else ",".join(rec.roles),
         "expires_at": rec.expires_at,
+        "max_priority": rec.max_priority,
     }
     return JSONResponse(out, status_code=201)
 

@@ -27,7 +27,7 @@ from gateway.uploads import ParsedForm
 from schemas.errors import InvalidInput, StillRunning
 from schemas.formats import render
 from schemas.jobs import TranscribeOptions
-from schemas.names import Kind
+from schemas.names import Kind, Priority
 from schemas.results import Transcript
 
 router = APIRouter(prefix="/v1/audio", tags=["openai"])
@@ -115,7 +115,7 @@ def respond(t: Transcript, fmt: str) -> Response:
 
 
 async def _run(request: Request, st: GatewayState, principal: Principal, task: str) -> Response:
-    rec, form = await submit_upload(st, request, principal, _interpreter(task))
+    rec, form = await submit_upload(st, request, principal, _interpreter(task), priority=Priority.HIGH)
     rec, transcript = await finished_transcript(st, rec, st.settings.sync_timeout)
     if transcript is None:
         raise StillRunning(

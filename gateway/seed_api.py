@@ -1,6 +1,7 @@
 """The older API's endpoints, as thin aliases over the job API.
 
-- `POST /process/file` (multipart) and `POST /process/url` (JSON): wait up to
+- `POST /process/file` (multipart) and `POST /process/url` (JSON), priority
+  high unless asked otherwise (the key's cap permitting): wait up to
   `timeout` seconds (default 60, at most GPUBUS_SYNC_TIMEOUT) and answer with
   the result in `format` (json, text, srt, vtt, md); a job still running then
   answers 202 with the job, exactly like `POST /api/v1/jobs`.
@@ -31,12 +32,12 @@ from gateway.uploads import ParsedForm
 from schemas.errors import InvalidInput
 from schemas.formats import RENDERERS, render
 from schemas.jobs import JobRecord, TranscribeOptions
-from schemas.names import Kind
+from schemas.names import Kind, Priority
 
 router = APIRouter(tags=["compat"])
 
 DEFAULT_TIMEOUT_S = 60.0
-FLAT_TEXT = ("language", "task", "model", "initial_prompt")
+FLAT_TEXT = ("language", "task", "model", "initial_prompt", "priority")
 FLAT_BOOL = ("word_timestamps", "vad_filter")
 
 
@@ -50,6 +51,7 @@ class SeedUrlRequest(BaseModel):
     task: str | None = None
     model: str | None = None
     initial_prompt: str | None = None
+    priority: str | None = None
     word_timestamps: bool | None = None
     vad_filter: bool | None = None
     format: str = "json"
@@ -104,7 +106,7 @@ async def _answer(st: GatewayState, rec: JobRecord, fmt: str, timeout_s: float) 
 
 @router.post("/process/file")
 async def process_file(request: Request, st: State, principal: User) -> Response:
-    rec, form = await submit_upload(st, request, principal, seed_form)
+    rec, form = await submit_upload(st, request, principal, seed_form, priority=Priority.HIGH)
     return await _answer(st, rec, form.fields.get("format") or "json", _timeout(st, form.fields.get("timeout")))
 
 
@@ -112,7 +114,7 @@ async def process_file(request: Request, st: State, principal: User) -> Response
 async def process_url(request: Request, st: State, principal: User) -> Response:
     req = await json_body(request, SeedUrlRequest)
     fmt = _check_format(req.format)
-    rec = await submit_url(st, principal, req.url, req.gpu, url_job_options(req))
+    rec = await submit_url(st, principal, req.url, req.gpu, url_job_options(req), priority=Priority.HIGH)
     return await _answer(st, rec, fmt, _timeout(st, req.timeout))
 
 

@@ -23,9 +23,9 @@ from gateway.auth import Principal
 from gateway.state import GatewayState
 from gateway.uploads import MultipartToObject, ParsedForm
 from schemas import names
-from schemas.errors import InvalidInput
+from schemas.errors import Forbidden, InvalidInput
 from schemas.jobs import JobRecord, StagedInput, TranscribeOptions, new_job_id, now
-from schemas.names import Kind
+from schemas.names import Kind, Priority, priority_rank
 from schemas.url_guard import check_submitted
 
 log = logging.getLogger("gpubus.gateway.jobs")
@@ -33,6 +33,27 @@ log = logging.getLogger("gpubus.gateway.jobs")
 T = TypeVar("T")
 MIB = 1024 * 1024
 Interpret = Callable[[ParsedForm], tuple[str, bool, TranscribeOptions]]
+PRIORITY_NOT_ALLOWED = "PRIORITY_NOT_ALLOWED"
+
+
+def capped(priority: Priority, cap: Priority | None) -> Priority:
+    """`priority`, or the key's cap where that is lower."""
+    return cap if cap is not None and priority_rank(priority) < priority_rank(cap) else priority
+
+
+def with_priority(principal: Principal, options: TranscribeOptions, default: Priority) -> TranscribeOptions:
+    """The job's priority: the one asked for (403 above the key's
+    `max_priority`), else the endpoint's default lowered to that cap (a
+    key kept from high still uses the synchronous endpoints)."""
+    asked, cap = options.priority, principal.max_priority
+    if asked is None:
+        return options.model_copy(update={"priority": capped(default, cap)})
+    if capped(asked, cap) is not asked:
+        raise Forbidden(
+            f"priority: this key may ask for {cap} at most, not {asked} (an admin sets max_priority per key)",
+            code=PRIORITY_NOT_ALLOWED,
+        )
+    return options
 
 
 async def route_for(st: GatewayState, owner: str, kind: str, gpu: bool, options: TranscribeOptions) -> routing.Route:
@@ -138,17 +159,27 @@ async def stage_upload(
 
 
 async def submit_upload(
-    st: GatewayState, request: Request, principal: Principal, interpret: Interpret
+    st: GatewayState,
+    request: Request,
+    principal: Principal,
+    interpret: Interpret,
+    *,
+    priority: Priority = Priority.NORMAL,
 ) -> tuple[JobRecord, ParsedForm]:
-    """Multipart upload to a queued job; the endpoint's own fields stay in the form."""
+    """Multipart upload to a queued job; the endpoint's own fields stay in
+    the form. `priority` is the endpoint's default; a priority the key may
+    not ask for is refused before the upload is committed."""
     owner = principal.user_id
+
+    def fields(form: ParsedForm) -> tuple[str, bool, TranscribeOptions]:
+        kind, gpu, options = interpret(form)
+        return kind, gpu, with_priority(principal, options, priority)
+
     async with admitted(st, principal):
         await st.ensure_owner(owner)
         job_id = new_job_id()
         max_bytes = (principal.max_upload_mb or st.settings.max_upload_mb) * MIB
-        staged, form, (kind, gpu, options) = await stage_upload(
-            st, request, owner, job_id, interpret, max_bytes=max_bytes
-        )
+        staged, form, (kind, gpu, options) = await stage_upload(st, request, owner, job_id, fields, max_bytes=max_bytes)
         try:
             return await enqueue(st, owner, job_id, kind, gpu, options, staged=staged), form
         except BaseException:  # refused (say, an unknown model) or never queued: leave nothing behind
@@ -158,19 +189,33 @@ async def submit_upload(
 
 
 async def submit_url(
-    st: GatewayState, principal: Principal, url: str, gpu: bool, options: TranscribeOptions
+    st: GatewayState,
+    principal: Principal,
+    url: str,
+    gpu: bool,
+    options: TranscribeOptions,
+    *,
+    priority: Priority = Priority.NORMAL,
 ) -> JobRecord:
     """A URL job: the syntax and any address literal are checked here (422);
     the node that downloads it checks every address it connects to
     (schemas/url_guard.py)."""
     url = check_submitted(url, allow_private=st.settings.allow_private_urls)
-    return await submit_without_upload(st, principal, Kind.URL, gpu, options, url=url)
+    return await submit_without_upload(st, principal, Kind.URL, gpu, options, url=url, priority=priority)
 
 
 async def submit_without_upload(
-    st: GatewayState, principal: Principal, kind: str, gpu: bool, options: TranscribeOptions, *, url: str | None = None
+    st: GatewayState,
+    principal: Principal,
+    kind: str,
+    gpu: bool,
+    options: TranscribeOptions,
+    *,
+    url: str | None = None,
+    priority: Priority = Priority.NORMAL,
 ) -> JobRecord:
     """A job with nothing to stage (a URL, or `noop` for benchmarks)."""
+    options = with_priority(principal, options, priority)
     async with admitted(st, principal):
         await st.ensure_owner(principal.user_id)
         return await enqueue(st, principal.user_id, new_job_id(), kind, gpu, options, url=url)
@@ -216,6 +261,7 @@ async def submit_json_kind(
     kind is checked before anything is staged, and again when queued."""
     if url is not None and text is not None:
         raise InvalidInput("a job takes `url` or `text`, not both")
+    options = with_priority(principal, options, Priority.NORMAL)
     if url is not None:
         url = check_submitted(url, allow_private=st.settings.allow_private_urls)
     owner = principal.user_id

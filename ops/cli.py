@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     kc.add_argument("--role", action="append", choices=["user", "node"])
     kc.add_argument("--expires-days", type=float)
     kc.add_argument("--description")
+    kc.add_argument(
+        "--max-priority", choices=["high", "normal", "low"], help="the highest priority the key may ask for"
+    )
     ks.add_parser("list", parents=data)
     kr = ks.add_parser("revoke", parents=data)
     kr.add_argument("key_id")
@@ -139,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--word-timestamps", dest="word_timestamps", action="store_true")
     sm.add_argument("--vad", dest="vad_filter", action="store_true", help="skip silence (Silero VAD)")
     sm.add_argument("--options", help="options JSON")
+    sm.add_argument(
+        "--priority", choices=["high", "normal", "low"], help="taken before the owner's lower ones (default normal)"
+    )
     sm.set_defaults(fn=cmd_submit)
 
     jobs = sub.add_parser("jobs", help="list and inspect jobs")

@@ -61,6 +61,8 @@ def cmd_keys(args: argparse.Namespace) -> None:
         body = {"user_id": args.user, "roles": roles, "description": args.description or ""}
         if args.expires_days:
             body["expires_days"] = args.expires_days
+        if args.max_priority:
+            body["max_priority"] = args.max_priority
         out = c.post("/api/v1/auth/keys", body)
     elif args.keys_cmd == "list":
         out = c.get("/api/v1/auth/keys")
@@ -85,7 +87,13 @@ def submit_options(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"--options is not JSON: {e}") from None
     if not isinstance(options, dict):
         raise UsageError("--options must be a JSON object")
-    flags = {"language": args.language, "task": args.task, "model": args.model, "initial_prompt": args.prompt}
+    flags = {
+        "language": args.language,
+        "task": args.task,
+        "model": args.model,
+        "initial_prompt": args.prompt,
+        "priority": args.priority,
+    }
     options.update({k: v for k, v in flags.items() if v is not None})
     options.update({k: True for k in ("word_timestamps", "vad_filter") if getattr(args, k)})
     return options

@@ -20,13 +20,13 @@ from processors.whisper_engine import EngineConfig, WhisperEngine
 from schemas.processing import Processor, ProcessorContext
 
 
-def build(cfg: EngineConfig, ctx: ProcessorContext, *, enable_noop: bool) -> ByKind:
+def build(cfg: EngineConfig, ctx: ProcessorContext, *, enable_noop: bool, noop_seconds: float = 0.0) -> ByKind:
     """One engine (one model load) serves uploads and downloads alike."""
     engine = WhisperEngine(cfg)
     transcriber = TranscriptionProcessor(engine, node_id=ctx.node_id)
     fetch = FetchConfig(ctx.download_max_bytes, ctx.download_timeout_s, ctx.allow_private_urls)
     procs: list[Processor] = [transcriber, UrlProcessor(transcriber, fetch)]
     if enable_noop:
-        procs.append(NoopProcessor(cfg.device))
+        procs.append(NoopProcessor(cfg.device, seconds=noop_seconds))
     procs += plugins.load(ctx, taken={k for p in procs for k in p.kinds})
     return ByKind(plugins.for_lane(procs, ctx.lane), device=cfg.device, load_seconds=engine.load_seconds)

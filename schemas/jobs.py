@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.names import JobKind, Lane
+from schemas.names import JobKind, Lane, LaneQueue, Priority, queue_of
 
 SCHEMA_VERSION = 1
 JOB_ID_BYTES = 16  # 128 random bits: job ids are unguessable
@@ -75,6 +75,12 @@ class TranscribeOptions(BaseModel):
     # Time to live: not finished this many seconds after it was queued, the
     # job ends `expired` and a node running it is told to stop.
     ttl_s: float | None = Field(None, gt=0, le=7 * 86_400)
+    # Scheduling priority (the request's `priority` field lands here, like
+    # `gpu: "required"` above). None on a request: the endpoint's default
+    # (normal; high on the synchronous ones), capped by the key's
+    # `max_priority`; a queued job always has one (None on records and
+    # messages from before priorities: normal).
+    priority: Priority | None = None
 
 
 class StagedInput(BaseModel):
@@ -122,6 +128,15 @@ class JobMessage(BaseModel):
     url: str | None = None
     options: TranscribeOptions = TranscribeOptions()
     submitted_at: float
+
+    @property
+    def priority(self) -> Priority:
+        return self.options.priority or Priority.NORMAL
+
+    @property
+    def queue(self) -> LaneQueue:
+        """The queue (consumer) this message is published to."""
+        return queue_of(self.queue_owner, self.lane, self.owner, self.priority)
 
 
 class ResultSummary(BaseModel):
@@ -179,6 +194,10 @@ class JobRecord(BaseModel):
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def priority(self) -> Priority:
+        return self.options.priority or Priority.NORMAL
 
     def to_message(self) -> JobMessage:
         return JobMessage(

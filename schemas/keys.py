@@ -11,6 +11,7 @@ from enum import StrEnum
 from pydantic import BaseModel
 
 from schemas.errors import Unauthorized
+from schemas.names import Priority
 
 KEY_PREFIX = "gpb_"
 KEY_ID_HEX = 16
@@ -35,6 +36,10 @@ class ApiKeyRecord(BaseModel):
     # Per-key limits set by the admin; None = the gateway's defaults.
     max_upload_mb: int | None = None
     max_active_jobs: int | None = None
+    # The highest priority this key may ask for (None: any); a request above
+    # it is refused (403 PRIORITY_NOT_ALLOWED), an endpoint's default is
+    # lowered to it.
+    max_priority: Priority | None = None
 
 
 def new_secret() -> tuple[str, str, str]:

@@ -1,5 +1,5 @@
 // New jobs: files (picker or drag-and-drop) and URLs, with the per-submission
-// options ("Run on GPU", language, output format) and upload progress per file.
+// options ("Run on GPU", language, priority, output format) and upload progress per file.
 
 import { api, upload } from './api.js';
 import { rememberFormat } from './downloads.js';
@@ -31,6 +31,7 @@ function addFiles(files) {
 function choices() {
   const options = {};
   if ($('language').value) options.language = $('language').value;
+  if ($('priority').value) options.priority = $('priority').value;
   return { gpu: $('gpu').checked, options, format: $('format').value };
 }
 
