@@ -80,6 +80,22 @@ def _owner_key(queue: LaneQueue) -> str:
     return queue.job_owner or ""  # "": `cpu_shared`, one FIFO of every owner's old-layout jobs
 
 
+def doorbell_queue(msg: Msg) -> LaneQueue | None:
+    """The queue a doorbell rings for, if it is one: a republish of JOBS
+    carries the stream's own headers, naming the stored job's subject. A
+    user node's doorbells live in the `NODES` account, where another
+    owner's node can land a server's answer by naming that subject as its
+    reply (an event's PubAck, say); such a message has no JOBS headers and
+    rings nothing (docs/SECURITY.md)."""
+    headers = msg.headers or {}
+    stored = headers.get("Nats-Subject", "")
+    if headers.get("Nats-Stream") != names.JOBS_STREAM or not stored.startswith("jobs."):
+        return None
+    if msg.subject != f"{names.QUEUED_PREFIX}.{stored.removeprefix('jobs.')}":
+        return None
+    return names.queue_of_subject(msg.subject)
+
+
 def own_waiting(queue_owner: str, lane: Lane) -> Waiting:
     """An owner's node: work may wait on any of its three queues (a queue
     not made yet answers 503 at once, like an empty one)."""
@@ -135,7 +151,7 @@ class Intake:
 
     async def on_doorbell(self, msg: Msg) -> None:
         """The subscription callback for `names.queued_filter` of the lane."""
-        queue = names.queue_of_subject(msg.subject)
+        queue = doorbell_queue(msg)
         if queue is not None and queue.queue_owner == self._queue_owner and queue.lane is self._lane:
             self.mark(queue, rung=True)
 
