@@ -22,6 +22,7 @@ SCRIPTS = {
     "diarization": ["--clip", "8", "--rounds", "1"],
     "sse_fanout": ["--clients", "10", "--jobs", "3"],
     "scale": ["--jobs", "20", "--nodes", "1,2", "--owners", "1,3", "--inflight", "4", "--capacity", "2"],
+    "ab_commits": ["--base", "HEAD", "--turns", "1", "--jobs", "5", "--inflight", "2", "--node-concurrency", "2"],
 }
 
 
