@@ -12,7 +12,12 @@ stack's tree first on the path). Load from elsewhere on a shared machine
 then hits both alike, where runs of bench.roundtrip one after the other
 differed by 2x between neighbours.
 
-    python -m bench.ab_commits [--base main] [--turns 12] [--jobs 300] [--inflight 64]
+With `--shared` the node serves the shared pool instead of the user's own
+lane (HTTP turns only: the user has no node of their own, so jobs go to
+the pool), where the base may have one FIFO consumer and this checkout a
+share per owner.
+
+    python -m bench.ab_commits [--base main] [--turns 12] [--jobs 300] [--inflight 64] [--shared]
 """
 
 from __future__ import annotations
@@ -66,7 +71,9 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=300, help="pipelined jobs per turn")
     p.add_argument("--inflight", type=int, default=64)
     p.add_argument("--node-concurrency", type=int, default=64)
+    p.add_argument("--shared", action="store_true", help="a shared-pool node; HTTP turns only")
     args = p.parse_args()
+    modes = ("http",) if args.shared else MODES
     rep = common.Report("ab_commits")
     print(f"ab_commits: this checkout against {args.base}, {args.turns} turns of {args.jobs} jobs", flush=True)
     here = os.getcwd()
@@ -80,22 +87,25 @@ def main() -> int:
                 server = stack.enter_context(common.nats_server(root / name, sync=args.nats_sync))
                 gw = stack.enter_context(common.gateway(server, root / name))
                 key = gw.create_key("bench")
-                stack.enter_context(common.nodes(gw, 1, key=key, node_concurrency=args.node_concurrency))
+                node_key = None if args.shared else key
+                stack.enter_context(
+                    common.nodes(gw, 1, key=node_key, shared=args.shared, node_concurrency=args.node_concurrency)
+                )
             finally:
                 os.chdir(here)
             stacks[name] = (tree, server.url, gw.url, key)
-        rates: dict[tuple[str, str], list[float]] = {(n, m): [] for n in trees for m in MODES}
+        rates: dict[tuple[str, str], list[float]] = {(n, m): [] for n in trees for m in modes}
         for i in range(args.turns):
             order = list(trees) if i % 2 == 0 else list(reversed(trees))
-            for mode in MODES:
+            for mode in modes:
                 for name in order:
                     tree, nats_url, gw_url, key = stacks[name]
                     url = nats_url if mode == "bus" else gw_url
                     rates[(name, mode)].append(turn(tree, mode, url, key, args.jobs, args.inflight))
-    for mode in MODES:
+    for mode in modes:
         for name in trees:
             rep.row(f"{name} {mode}", jobs_per_s=statistics.median(rates[(name, mode)]))
-    for mode in MODES:
+    for mode in modes:
         pairs = [h / b for b, h in zip(rates[("base", mode)], rates[("head", mode)], strict=True)]
         ratio = statistics.median(pairs)
         rep.ratio(
