@@ -43,7 +43,7 @@ GROWTH_SAMPLE = 100  # the owners added last at each level
 def every_queue(owner: str) -> list[names.LaneQueue]:
     """The queues beyond an owner's two normal lanes."""
     own = [q for lane in Lane for q in names.own_queues(owner, lane) if q.priority is not names.Priority.NORMAL]
-    return own + [names.LaneQueue(names.SHARED, Lane.CPU, p, owner) for p in names.PRIORITY_ORDER]
+    return own + list(names.pool_shares(owner))
 
 
 async def grow(url: str, have: int, want: int, all_queues: bool = False) -> list[float]:

@@ -19,7 +19,7 @@ from gateway.deps import Admin, Anyone, State
 from gateway.state import GatewayState
 from schemas import names
 from schemas.jobs import JobRecord, JobStatus
-from schemas.names import SHARED, Lane, LaneQueue
+from schemas.names import SHARED, Lane
 from schemas.nodes import NodeHeartbeat
 
 router = APIRouter(tags=["status"])
@@ -89,13 +89,12 @@ def failure_view(rec: JobRecord) -> dict[str, Any]:
 def owner_subjects(owner: str) -> dict[str, Any]:
     """The names an operator types into the `nats` CLI for this owner (a
     queue's consumer exists once a job of its priority was queued)."""
-    shares = [LaneQueue(SHARED, Lane.CPU, p, owner) for p in names.PRIORITY_ORDER]
     return {
         "jobs": [names.lane_filter(owner, lane) for lane in Lane],
         "consumers": [names.consumer_name(owner, lane) for lane in Lane],
         "priority_consumers": [q.consumer for lane in Lane for q in names.own_queues(owner, lane)],
         "shared_pool": names.consumer_name(SHARED, Lane.CPU),
-        "shared_pool_share": [q.consumer for q in shares],
+        "shared_pool_share": [q.consumer for q in names.pool_shares(owner)],
         "shared_pool_jobs": names.owner_job_filters(owner)[1],
         "events": names.event_subject(owner, ">"),
         "jobs_kv": {"bucket": names.JOBS_BUCKET, "keys": names.job_key(owner, "*")},

@@ -213,6 +213,11 @@ def own_queues(owner: str, lane: Lane) -> tuple[LaneQueue, ...]:
     return tuple(LaneQueue(owner, lane, p) for p in PRIORITY_ORDER)
 
 
+def pool_shares(owner: str, lane: Lane = Lane.CPU) -> tuple[LaneQueue, ...]:
+    """An owner's share of the shared pool at each priority, in the order a node takes them."""
+    return tuple(LaneQueue(SHARED, lane, p, owner) for p in PRIORITY_ORDER)
+
+
 def queue_of(queue_owner: str, lane: Lane, owner: str, priority: Priority) -> LaneQueue:
     """The queue a job with these fields is published to."""
     if queue_owner == SHARED:
@@ -264,11 +269,6 @@ def queue_of_subject(subject: str) -> LaneQueue | None:
     if len(extra) == 1 and extra[0] in (Priority.HIGH, Priority.LOW):
         return LaneQueue(queue_owner, lane, Priority(extra[0]))
     return None
-
-
-def queued_subject(queue: LaneQueue) -> str:
-    """The doorbells of a queue's jobs: `queued.` + its filter."""
-    return f"{QUEUED_PREFIX}.{queue.filter.removeprefix('jobs.')}"
 
 
 def queued_filter(queue_owner: str, lane: Lane) -> str:

@@ -135,7 +135,7 @@ def test_no_owner_id_makes_one_queue_name_another():
 
 def _all_queues(owner: str) -> list[names.LaneQueue]:
     own = [q for lane in Lane for q in names.own_queues(owner, lane)]
-    return own + [names.LaneQueue(names.SHARED, Lane.CPU, p, owner) for p in names.PRIORITY_ORDER]
+    return own + list(names.pool_shares(owner))
 
 
 def _transcript() -> Transcript:
