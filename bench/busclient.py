@@ -11,9 +11,11 @@ import nats
 from nats.aio.client import Client as NatsClient
 
 from bench.loops import Waiters
+from bus import topology
 from bus.jobstore import JobStore
 from bus.publisher import JobPublisher
 from bus.sealing import RecordSeal
+from bus.settings import Settings
 from schemas import codec, names
 from schemas.events import EventType, JobEvent
 from schemas.jobs import JobRecord, new_job_id, now
@@ -35,7 +37,8 @@ class BusClient:
         nc = await nats.connect(url)
         js = nc.jetstream()
         jobs = JobStore(await js.key_value(names.JOBS_BUCKET), seal, js=js)
-        client = cls(nc, jobs, JobPublisher(js, seal, give_up_after_s=10))
+        queues = topology.QueueMaker(js, Settings(nats_url=url))
+        client = cls(nc, jobs, JobPublisher(js, seal, give_up_after_s=10, ensure_queue=queues))
         await nc.subscribe("events.>", cb=client._on_event)
         return client
 

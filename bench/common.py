@@ -162,9 +162,10 @@ def gateway(server: NatsServer, root: Path, **settings: Any) -> Iterator[Gateway
 
 @contextlib.contextmanager
 def nodes(
-    gw: Gateway, count: int, kind: str = "cpu", *, key: str, name: str = "node", **settings: Any
+    gw: Gateway, count: int, kind: str = "cpu", *, key: str | None, name: str = "node", **settings: Any
 ) -> Iterator[list[Proc]]:
-    """`count` real node processes (`gpubus cpu-node` / `gpu-node --device cpu`)."""
+    """`count` real node processes (`gpubus cpu-node` / `gpu-node --device cpu`);
+    with `shared=True` and no key, shared-pool nodes."""
     settings.setdefault("enable_noop", "true")
     started: list[Proc] = []
     try:

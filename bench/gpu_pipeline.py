@@ -141,7 +141,8 @@ async def one_run(url: str, data: bytes, jobs: int, rtfx: float, prefetch: int) 
                 done.set_result(None)
 
     await nc.subscribe(f"events.{OWNER}.*", cb=on_event)
-    publisher = JobPublisher(js, RecordSeal.from_secret(ADMIN_TOKEN), give_up_after_s=10)
+    queues = topology.QueueMaker(js, Settings(nats_url=url))
+    publisher = JobPublisher(js, RecordSeal.from_secret(ADMIN_TOKEN), give_up_after_s=10, ensure_queue=queues)
     for m in messages:
         await publisher.publish(m)
     engine = StandInEngine(rtfx)

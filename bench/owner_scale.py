@@ -12,7 +12,12 @@ to each owner count in turn and measures, at each:
 - jobs/s: pipelined no-op jobs through one node-pool process serving the
   first `--active` owners (the rest only exist), bus-only as bench.scale.
 
-    python -m bench.owner_scale [--owners 1,1000,10000] [--jobs 400] [--active 1]
+With `--all-queues` every owner also gets the consumers an owner who uses
+everything has (`schemas/names.LaneQueue`): high and low on both lanes and
+a pool share at each priority, nine in all instead of two; they are made
+only when first used, so this is the most an owner costs.
+
+    python -m bench.owner_scale [--owners 1,1000,10000] [--jobs 400] [--active 1] [--all-queues]
 """
 
 from __future__ import annotations
@@ -35,7 +40,13 @@ PUBLISHES = 500
 GROWTH_SAMPLE = 100  # the owners added last at each level
 
 
-async def grow(url: str, have: int, want: int) -> list[float]:
+def every_queue(owner: str) -> list[names.LaneQueue]:
+    """The queues beyond an owner's two normal lanes."""
+    own = [q for lane in Lane for q in names.own_queues(owner, lane) if q.priority is not names.Priority.NORMAL]
+    return own + list(names.pool_shares(owner))
+
+
+async def grow(url: str, have: int, want: int, all_queues: bool = False) -> list[float]:
     """Create owners have..want-1; seconds each for the last GROWTH_SAMPLE."""
     s = Settings(nats_url=url)
     nc = await nats.connect(url)
@@ -47,6 +58,8 @@ async def grow(url: str, have: int, want: int) -> list[float]:
         for i in range(have, want):
             t0 = time.perf_counter()
             await topology.ensure_owner(js, s, f"o{i}")
+            for queue in every_queue(f"o{i}") if all_queues else ():
+                await topology.ensure_queue(js, s, queue)
             if i >= want - GROWTH_SAMPLE:
                 took.append(time.perf_counter() - t0)
     finally:
@@ -81,18 +94,24 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=400)
     p.add_argument("--active", type=int, default=1, help="owners the node pool serves")
     p.add_argument("--inflight", type=int, default=64)
+    p.add_argument("--all-queues", action="store_true", help="nine consumers per owner (every priority, pool shares)")
     args = p.parse_args()
     levels = [int(x) for x in args.owners.split(",")]
     rep = common.Report("owner_scale")
     cells: dict[int, dict[str, float]] = {}
-    print(f"owner_scale: levels {levels}, {args.jobs} jobs through {args.active} active owner(s)", flush=True)
+    per_owner = 2 + (len(every_queue("x")) if args.all_queues else 0)
+    print(
+        f"owner_scale: levels {levels}, {per_owner} consumers per owner, {args.jobs} jobs through "
+        f"{args.active} active owner(s)",
+        flush=True,
+    )
     with common.workdir(args.workdir) as root, common.nats_server(root, sync=args.nats_sync) as server:
         assert server.proc is not None
         nats_proc = psutil.Process(server.proc.pid)
         have = 0
         for level in levels:
             t0 = time.monotonic()
-            took = asyncio.run(grow(server.url, have, level))
+            took = asyncio.run(grow(server.url, have, level, args.all_queues))
             grow_s, have = time.monotonic() - t0, level
             pub = asyncio.run(publish_latency(server.url, level))
             active = [f"o{i}" for i in range(min(args.active, level))]

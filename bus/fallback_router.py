@@ -120,35 +120,32 @@ class FallbackRouter:
             await msg.nak(delay=1.0)
 
     async def handle(self, advisory: dict[str, Any]) -> None:
-        lane_of = names.parse_consumer_name(str(advisory["consumer"]))
+        queue = names.parse_consumer_name(str(advisory["consumer"]))
         seq = int(advisory["stream_seq"])
-        if lane_of is None:
+        if queue is None:
             log.error("advisory for %r is not about a lane consumer; dropped", advisory["consumer"])
             return
-        queue_owner, lane = lane_of
         try:
             raw = await self._js.get_msg(names.JOBS_STREAM, seq)
         except NotFoundError:
             return  # acked at the last moment, or already handled by another router
-        job = await self._job_named_by(raw, queue_owner, lane, seq)
+        job = await self._job_named_by(raw, queue, seq)
         if job is None:
             return
-        if lane is Lane.GPU:
+        if queue.lane is Lane.GPU:
             await self.to_cpu(job, seq)
         else:
             await self._fail(job, seq, int(advisory.get("deliveries", 0)))
 
-    async def _job_named_by(self, raw: RawStreamMsg, queue_owner: str, lane: Lane, seq: int) -> JobMessage | None:
+    async def _job_named_by(self, raw: RawStreamMsg, queue: names.LaneQueue, seq: int) -> JobMessage | None:
         """The job an advisory is about, only if everything agrees: the message
         at that sequence is on the advisory's consumer's subjects, sealed by a
         gateway, and its record says it is that attempt at that sequence. An
         advisory is data anyone who reached the DEADLETTER subject could have
         written, and stream sequences are small consecutive numbers."""
-        subject = raw.subject or ""
-        if not subject.startswith(names.lane_filter(queue_owner, lane)[:-1]):
-            log.error(
-                "advisory seq %d names a message on %s, not %s's %s lane; dropped", seq, raw.subject, queue_owner, lane
-            )
+        subject, lane = raw.subject or "", queue.lane
+        if names.queue_of_subject(subject) != queue:
+            log.error("advisory seq %d names a message on %s, not one of %s; dropped", seq, raw.subject, queue.consumer)
             return None
         try:
             self._seal.check(subject, raw.data or b"", (raw.headers or {}).get(sealing.HEADER))
@@ -205,7 +202,7 @@ class FallbackRouter:
             await self._delete(seq)
             return
         if rec is not None:
-            self._metrics.fallbacks.labels(reason=reason, kind=job.kind).inc()
+            self._metrics.fell_back(reason, job.kind)
             log.info(
                 "job %s owner=%s fell back gpu -> cpu (%s, %s), attempt %d",
                 job.job_id,

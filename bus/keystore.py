@@ -22,6 +22,7 @@ from schemas import codec, names, webhooks
 from schemas.errors import NotFound, Unauthorized
 from schemas.jobs import now
 from schemas.keys import KEY_ID_HEX, ApiKeyRecord, Role, new_secret, parse_key, secret_matches
+from schemas.names import Priority
 
 log = logging.getLogger("gpubus.bus.keystore")
 DAY_S = 86_400.0
@@ -63,6 +64,7 @@ class KeyStore:
         max_upload_mb: int | None = None,
         max_active_jobs: int | None = None,
         webhook_url: str | None = None,
+        max_priority: Priority | None = None,
     ) -> tuple[str, ApiKeyRecord]:
         """Every key gets a webhook secret (`webhook_secret(rec)` reads it
         back, for the one answer that shows it)."""
@@ -81,6 +83,7 @@ class KeyStore:
             max_active_jobs=max_active_jobs,
             webhook_url=webhook_url,
             webhook_secret=self._seal.hide(webhooks.new_secret()),
+            max_priority=max_priority,
         )
         await self._kv.create(key_id, self._encode(rec))
         return full, rec

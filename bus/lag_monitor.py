@@ -10,6 +10,9 @@ plus one `STREAM.MSG.GET` per consumer that has unacked jobs:
 
 - pending, ack pending and redelivered are the consumer info's
   `num_pending`, `num_ack_pending` and `num_redelivered`;
+- the oldest wait is the age of the oldest job not yet delivered: the first
+  message on the consumer's filter after `delivered.stream_seq` (a consumer
+  delivers in stream order); a second get, only where jobs both wait and run;
 - lag is the age of the oldest job not yet acked. JOBS is a work queue, so an
   acked job is deleted from the stream; every job with a stream sequence above
   the consumer's ack floor is either acked-and-gone or still unacked. The
@@ -34,17 +37,21 @@ import time
 from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerInfo
+from nats.js.api import ConsumerInfo, SequenceInfo
 from nats.js.errors import NotFoundError
 
 from bus.metrics import GatewayMetrics
 from schemas import names
-from schemas.names import Lane
+from schemas.names import SHARED, Lane, Priority
 
 log = logging.getLogger("gpubus.bus.lag_monitor")
 
 CONSUMER_LIST_PAGE = 256  # the server's JSApiListLimit
 CONCURRENT_GETS = 16
+
+
+def _age(at: float, since: float | None) -> float:
+    return max(0.0, at - since) if since is not None else 0.0
 
 
 @dataclass(frozen=True)
@@ -56,15 +63,52 @@ class ConsumerLag:
     ack_pending: int
     redelivered: int
     oldest_at: float | None  # stream timestamp (unix s) of the oldest unacked job
+    priority: Priority = Priority.NORMAL
+    job_owner: str | None = None  # whose jobs: the owner, a pool share's owner; None on `cpu_shared`
+    oldest_waiting_at: float | None = None  # stream timestamp of the oldest job not yet delivered
 
     def lag_s(self, at: float) -> float:
-        return max(0.0, at - self.oldest_at) if self.oldest_at is not None else 0.0
+        return _age(at, self.oldest_at)
+
+    def oldest_wait_s(self, at: float) -> float:
+        return _age(at, self.oldest_waiting_at)
+
+
+@dataclass(frozen=True)
+class OwnerWaiting:
+    """One owner's jobs of one priority, over its own lanes and its share of
+    the pool (`owner` is `shared` for pool jobs of the layout before shares,
+    whose owner no consumer tells)."""
+
+    owner: str
+    priority: Priority
+    waiting: int
+    running: int
+    oldest_waiting_at: float | None
+
+    def oldest_wait_s(self, at: float) -> float:
+        return _age(at, self.oldest_waiting_at)
 
 
 @dataclass(frozen=True)
 class QueueSnapshot:
     at: float | None = None  # when the poll that made it finished; None before the first
     consumers: tuple[ConsumerLag, ...] = field(default_factory=tuple)
+
+    def by_owner(self) -> list[OwnerWaiting]:
+        """Waiting and running jobs per owner and priority (sorted by owner,
+        then high before normal before low)."""
+        sums: dict[tuple[str, Priority], tuple[int, int, float | None]] = {}
+        for c in self.consumers:
+            key = (c.job_owner or SHARED, c.priority)
+            waiting, running, oldest = sums.get(key, (0, 0, None))
+            if c.oldest_waiting_at is not None:
+                oldest = c.oldest_waiting_at if oldest is None else min(oldest, c.oldest_waiting_at)
+            sums[key] = (waiting + c.pending, running + c.ack_pending, oldest)
+        return [
+            OwnerWaiting(owner, priority, *sums[(owner, priority)])
+            for owner, priority in sorted(sums, key=lambda k: (k[0], names.priority_rank(k[1])))
+        ]
 
 
 async def list_lane_consumers(js: JetStreamContext) -> list[ConsumerInfo]:
@@ -79,12 +123,8 @@ async def list_lane_consumers(js: JetStreamContext) -> list[ConsumerInfo]:
         offset += len(page)
 
 
-async def oldest_unacked_at(js: JetStreamContext, info: ConsumerInfo) -> float | None:
-    """Stream timestamp of the consumer's oldest unacked job (see module doc)."""
-    if not (info.num_pending or info.num_ack_pending):
-        return None
-    seen = info.ack_floor if info.num_ack_pending else info.delivered
-    floor = (seen.stream_seq if seen else None) or 0
+async def _first_after(js: JetStreamContext, info: ConsumerInfo, floor: int) -> float | None:
+    """Stream timestamp of the first message on the consumer's filter past `floor`."""
     try:
         msg = await js.get_msg(names.JOBS_STREAM, seq=floor + 1, subject=info.config.filter_subject, next=True)
     except NotFoundError:  # acked between the list and the get
@@ -92,24 +132,48 @@ async def oldest_unacked_at(js: JetStreamContext, info: ConsumerInfo) -> float |
     return msg.time.timestamp() if msg.time else None
 
 
+def _seq(seen: SequenceInfo | None) -> int:
+    return (seen.stream_seq if seen else None) or 0
+
+
+async def oldest_unacked_at(js: JetStreamContext, info: ConsumerInfo) -> float | None:
+    """Stream timestamp of the consumer's oldest unacked job (see module doc)."""
+    if not (info.num_pending or info.num_ack_pending):
+        return None
+    return await _first_after(js, info, _seq(info.ack_floor if info.num_ack_pending else info.delivered))
+
+
+async def oldest_waiting_at(js: JetStreamContext, info: ConsumerInfo, unacked_at: float | None) -> float | None:
+    """Stream timestamp of the consumer's oldest job not yet delivered: the
+    oldest unacked one when nothing is delivered (no second get)."""
+    if not info.num_pending:
+        return None
+    if not info.num_ack_pending:
+        return unacked_at
+    return await _first_after(js, info, _seq(info.delivered))
+
+
 async def poll(js: JetStreamContext) -> QueueSnapshot:
     infos = await list_lane_consumers(js)
     gate = asyncio.Semaphore(CONCURRENT_GETS)
 
     async def one(info: ConsumerInfo) -> ConsumerLag:
-        parsed = names.parse_consumer_name(info.name or "")
-        assert parsed is not None  # list_lane_consumers keeps lane consumers only
-        owner, lane = parsed
+        queue = names.parse_consumer_name(info.name or "")
+        assert queue is not None  # list_lane_consumers keeps lane consumers only
         async with gate:
             oldest = await oldest_unacked_at(js, info)
+            waiting = await oldest_waiting_at(js, info, oldest)
         return ConsumerLag(
             consumer=info.name,
-            owner=owner,
-            lane=lane,
+            owner=queue.queue_owner,
+            lane=queue.lane,
             pending=int(info.num_pending or 0),
             ack_pending=int(info.num_ack_pending or 0),
             redelivered=int(info.num_redelivered or 0),
             oldest_at=oldest,
+            priority=queue.priority,
+            job_owner=queue.job_owner,
+            oldest_waiting_at=waiting,
         )
 
     consumers = await asyncio.gather(*(one(i) for i in infos))

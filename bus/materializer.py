@@ -260,7 +260,8 @@ class Materializer:
             self._metrics.late_completions.labels(lane=lane).inc()
             log.info("job %s owner=%s late completion counted (now %d)", new.job_id, new.owner, new.late_completions)
         if old.status == JobStatus.QUEUED and new.status != JobStatus.QUEUED and new.started_at:
-            self._metrics.queue_wait.labels(lane=lane, kind=kind).observe(max(0.0, new.started_at - new.created_at))
+            wait_s = max(0.0, new.started_at - new.created_at)
+            self._metrics.queue_wait.labels(lane=lane, kind=kind, priority=new.priority.value).observe(wait_s)
         if not old.terminal and new.terminal:
             code = new.error.code if new.error else ""
             self._metrics.jobs_finished.labels(lane=lane, kind=kind, status=new.status.value, code=code).inc()

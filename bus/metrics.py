@@ -40,9 +40,17 @@ class GatewayMetrics:
             ["lane", "kind", "status", "code"],
             registry=registry,
         )
-        self.fallbacks = Counter(
+        self._fallbacks = Counter(
+            "gpubus_fallbacks_total",
+            "Jobs moved from the GPU lane to the CPU lane, by why (ack_timeout, node_released, not_started)",
+            ["reason", "kind"],
+            registry=registry,
+        )
+        # The same count under its first name, so dashboards and alerts
+        # written against it keep working; ops/deploy uses the new one.
+        self._fallbacks_alias = Counter(
             "gpubus_jobs_fallback_total",
-            "Jobs moved from the GPU lane to the CPU lane",
+            "Deprecated alias of gpubus_fallbacks_total (same labels, same values)",
             ["reason", "kind"],
             registry=registry,
         )
@@ -87,7 +95,11 @@ class GatewayMetrics:
             "gpubus_upload_bytes_total", "Bytes staged into the object store", registry=registry
         )
         self.queue_wait = Histogram(
-            "gpubus_queue_wait_seconds", "Submit to start", ["lane", "kind"], buckets=LATENCY_BUCKETS, registry=registry
+            "gpubus_queue_wait_seconds",
+            "Submit to start",
+            ["lane", "kind", "priority"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
         self.job_duration = Histogram(
             "gpubus_job_duration_seconds",
@@ -113,12 +125,17 @@ class GatewayMetrics:
             "gpubus_lag_poll_duration_seconds", "How long the last lag poll took", registry=registry
         )
 
+    def fell_back(self, reason: str, kind: str) -> None:
+        for counter in (self._fallbacks, self._fallbacks_alias):
+            counter.labels(reason=reason, kind=kind).inc()
+
     def watch_queues(self, snapshot: Callable[[], QueueSnapshot], nodes: Callable[[], Sequence[NodeHeartbeat]]) -> None:
         """Per-consumer queue gauges and live nodes, read at scrape time."""
         self.registry.register(QueueCollector(snapshot, nodes))
 
 
-CONSUMER_LABELS = ["consumer", "owner", "lane"]
+CONSUMER_LABELS = ["consumer", "owner", "lane", "priority"]
+OWNER_LABELS = ["owner", "priority"]
 # (ConsumerLag attribute, metric, help): the counts JetStream's consumer info gives.
 CONSUMER_GAUGES = (
     ("pending", "gpubus_consumer_pending_jobs", "Jobs waiting on the consumer, not yet delivered to a node"),
@@ -152,6 +169,16 @@ class QueueCollector(Collector):
             "Age of the oldest job on the consumer not yet acked (0 when none)",
             labels=CONSUMER_LABELS,
         )
+        fams["waiting"] = GaugeMetricFamily(
+            "gpubus_waiting_jobs",
+            "Jobs of an owner waiting for a node (own lanes and pool share together), by priority",
+            labels=OWNER_LABELS,
+        )
+        fams["oldest_wait"] = GaugeMetricFamily(
+            "gpubus_oldest_wait_seconds",
+            "Age of the owner's oldest job of that priority not yet started (0 when none waits)",
+            labels=OWNER_LABELS,
+        )
         fams["live"] = GaugeMetricFamily("gpubus_live_nodes", "Nodes heartbeating now", labels=["owner", "lane"])
         fams["age"] = GaugeMetricFamily(
             "gpubus_queue_info_age_seconds", "Seconds since the last successful poll of JetStream consumer info"
@@ -167,11 +194,14 @@ class QueueCollector(Collector):
         fam = self._families()
         live: dict[tuple[str, str], int] = {}
         for c in snap.consumers:
-            labels = [c.consumer, c.owner, str(c.lane)]
+            labels = [c.consumer, c.owner, str(c.lane), str(c.priority)]
             for key, _, _ in CONSUMER_GAUGES:
                 fam[key].add_metric(labels, getattr(c, key))
             fam["lag"].add_metric(labels, c.lag_s(t))
             live.setdefault((c.owner, str(c.lane)), 0)  # a queue with no node shows 0, not nothing
+        for w in snap.by_owner():
+            fam["waiting"].add_metric([w.owner, str(w.priority)], w.waiting)
+            fam["oldest_wait"].add_metric([w.owner, str(w.priority)], w.oldest_wait_s(t))
         for n in self._nodes():
             queue = (n.owner, str(n.lane))
             live[queue] = live.get(queue, 0) + 1

@@ -72,6 +72,7 @@ BRIDGE: tuple[Bridge, ...] = (
     Bridge("DIRECT.GET.>", api=True, many=True),  # by sequence, or last by subject
     Bridge("$O.>"),
     Bridge(names.cancel_subject("*"), kind="stream"),
+    Bridge(names.QUEUED_SUBJECTS, kind="stream"),  # doorbells of stored jobs (bus/intake.py)
 )
 
 
@@ -103,13 +104,15 @@ def for_node(owner: str) -> dict[str, list[str]]:
         node_api(f"DIRECT.GET.{files}.>"),
     ]
     for lane in Lane:
-        consumer = names.consumer_name(owner, lane)
-        pub += [
-            node_api(f"CONSUMER.INFO.{names.JOBS_STREAM}.{consumer}"),
-            node_api(f"CONSUMER.MSG.NEXT.{names.JOBS_STREAM}.{consumer}"),
-            f"$JS.ACK.{names.JOBS_STREAM}.{consumer}.>",
-        ]
+        for queue in names.own_queues(owner, lane):  # the lane at each priority
+            consumer = queue.consumer
+            pub += [
+                node_api(f"CONSUMER.INFO.{names.JOBS_STREAM}.{consumer}"),
+                node_api(f"CONSUMER.MSG.NEXT.{names.JOBS_STREAM}.{consumer}"),
+                f"$JS.ACK.{names.JOBS_STREAM}.{consumer}.>",
+            ]
     sub = [f"{inbox_prefix(owner)}.>", names.cancel_subject(owner)]
+    sub += [names.queued_filter(owner, lane) for lane in Lane]
     return {"pub": pub, "sub": sub}
 
 

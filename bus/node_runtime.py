@@ -30,6 +30,7 @@ from nats.js.kv import KeyValue
 
 from bus import connection, node_permissions, registry, start_claims
 from bus.engine_slots import EngineSlots
+from bus.intake import Intake, own_waiting, pool_waiting
 from bus.job_events import EventReporter
 from bus.job_run import BAD_MESSAGE_ERRORS, JobContext, JobRun, read_job
 from bus.metrics import NodeMetrics
@@ -85,6 +86,10 @@ class NodeRuntime:
         self._puller = Puller(
             nc, stream=names.JOBS_STREAM, durable=names.consumer_name(queue_owner, lane), api_prefix=js_api_prefix
         )
+        # Which of the lane's queues the next job comes from: priorities, and
+        # on the shared pool a turn for each owner (bus/intake.py).
+        waiting = pool_waiting(self.js, lane) if queue_owner == names.SHARED else own_waiting(queue_owner, lane)
+        self._intake = Intake(self._puller, queue_owner, lane, waiting)
         self.processor = processor
         self.queue_owner = queue_owner
         self.lane = lane
@@ -147,11 +152,12 @@ class NodeRuntime:
         self._heartbeat_s = max(0.2, ttl / 3)
         cancel_owner = "*" if self.queue_owner == names.SHARED else self.queue_owner
         await self.nc.subscribe(names.cancel_subject(cancel_owner), cb=self._on_cancel)
+        await self.nc.subscribe(names.queued_filter(self.queue_owner, self.lane), cb=self._intake.on_doorbell)
         self.metrics.capacity.set(self.capacity)
         await self._heartbeat()
         await self._puller.open()
         self._background = [
-            asyncio.create_task(self._pull_loop(self._puller), name="fetch"),
+            asyncio.create_task(self._pull_loop(), name="fetch"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
         ]
         if self._handle_signals:
@@ -179,6 +185,7 @@ class NodeRuntime:
             await self.stopped.wait()
             return
         self._stopping.set()
+        self._intake.wake.set()  # an idle pull loop stops waiting for work
         if drain_timeout_s is None:
             drain_timeout_s = self.drain_timeout_s
         log.info("node %s stopping: %d in flight, grace %.0fs", self.node_id, len(self._tasks), drain_timeout_s)
@@ -207,9 +214,9 @@ class NodeRuntime:
     async def _stop_background(self) -> None:
         fetch = self._background[0] if self._background else None
         if fetch:
-            # A fetch in progress ends within FETCH_WAIT_S (its message, if
-            # any, is nak'ed); a loop waiting for a free slot has no pull
-            # request out, so cancelling it loses nothing.
+            # A take in progress ends at once (its messages, if any, are
+            # nak'ed); a loop waiting for a free slot or for work has no
+            # pull request out, so cancelling it loses nothing.
             await asyncio.wait([fetch], timeout=FETCH_WAIT_S + 1)
             fetch.cancel()
         for task in self._background[1:]:
@@ -223,29 +230,36 @@ class NodeRuntime:
 
     # -- pulling -------------------------------------------------------------
 
-    async def _pull_loop(self, puller: Puller) -> None:
-        """Never fetch more than free slots: wait for one message holding one
-        slot, then take what else is already queued, up to the slots free
-        right now, in one request (one pull round trip per job capped a
-        busy node's intake)."""
+    async def _pull_loop(self) -> None:
+        """Never fetch more than free slots: wait for one free slot, then
+        take what waits, up to the slots free right now, in the order the
+        intake decides (bus/intake.py); each job starts as it comes. With
+        nothing waiting, sleep until a doorbell rings or FETCH_WAIT_S."""
         while not self._stopping.is_set():
             await self._slots.acquire()
             if self._stopping.is_set():
                 self._slots.release()
                 break
-            try:
-                first = await puller.next_message(FETCH_WAIT_S)
-            except Exception as e:  # disconnected, consumer gone: keep trying
-                self._slots.release()
-                log.warning("fetch failed: %s", e)
-                await asyncio.sleep(0.5)
-                continue
-            if first is None:
-                self._slots.release()
-                continue
-            await self._launch(first)  # runs while the pull for more is out
-            for msg in await self._take_more(puller):
+            free = 1 + await self._free_slots()
+            launched = 0
+
+            async def launch(msg: Msg) -> None:
+                nonlocal launched
+                launched += 1  # holds one of the slots taken (released when it ends)
                 await self._launch(msg)
+
+            failed = False
+            try:
+                await self._intake.take(free, launch)
+            except Exception as e:  # disconnected, NATS away: keep trying
+                log.warning("fetch failed: %s", e)
+                failed = True
+            for _ in range(free - launched):
+                self._slots.release()
+            if failed:
+                await asyncio.sleep(0.5)
+            elif not launched:
+                await self._intake.wait(FETCH_WAIT_S)
 
     async def _launch(self, msg: Msg) -> None:
         """Run one fetched message as a task holding the slot it was fetched with."""
@@ -258,22 +272,13 @@ class NodeRuntime:
         self._tasks[key] = task
         task.add_done_callback(partial(self._finished, key))
 
-    async def _take_more(self, puller: Puller) -> list[Msg]:
-        """Messages already waiting, one per slot that is free right now;
-        the slots taken but not filled are given back."""
+    async def _free_slots(self) -> int:
+        """Takes every slot free right now (at once: none is waited for)."""
         free = 0
         while not self._slots.locked():
             await self._slots.acquire()  # returns at once while not locked
             free += 1
-        more: list[Msg] = []
-        try:
-            if free:
-                more = await puller.take_available(free)
-        except Exception as e:  # the message in hand still runs
-            log.warning("fetch of more messages failed: %s", e)
-        for _ in range(free - len(more)):
-            self._slots.release()
-        return more
+        return free
 
     def _finished(self, key: str, _task: asyncio.Task[None] | None = None) -> None:
         self._tasks.pop(key, None)

@@ -57,11 +57,14 @@ def _status(msg: Msg) -> str | None:
 
 
 class Puller:
-    """Pull requests for one durable pull consumer, answered on our own inbox."""
+    """Pull requests for durable pull consumers of one stream, answered on
+    our own inbox: `durable` by default, any other named per request (a
+    node pulls each of its priorities, the pool node each owner's share)."""
 
     def __init__(self, nc: NatsClient, *, stream: str, durable: str, api_prefix: str = JS_API) -> None:
         self._nc = nc
-        self._next_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._next_prefix = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}."
+        self._next_subject = self._next_prefix + durable
         self._inbox = nc.new_inbox()
         self._sub: Subscription | None = None
 
@@ -83,8 +86,9 @@ class Puller:
             raise PullerClosed(f"no open subscription for {self._next_subject}")
         return self._sub
 
-    async def _request(self, request: dict[str, Any]) -> None:
-        await self._nc.publish(self._next_subject, json.dumps(request).encode(), reply=self._inbox)
+    async def _request(self, request: dict[str, Any], durable: str | None = None) -> None:
+        subject = self._next_subject if durable is None else self._next_prefix + durable
+        await self._nc.publish(subject, json.dumps(request).encode(), reply=self._inbox)
 
     async def _queued(self) -> Msg | None:
         """A message that arrived after its request's reader gave up (it
@@ -96,12 +100,12 @@ class Puller:
                 return msg
         return None
 
-    async def next_message(self, wait_s: float) -> Msg | None:
+    async def next_message(self, wait_s: float, durable: str | None = None) -> Msg | None:
         """One message, the moment there is one; None after `wait_s`."""
         queued = await self._queued()
         if queued is not None:
             return queued
-        await self._request({"batch": 1, "expires": int(wait_s * 1_000_000_000)})
+        await self._request({"batch": 1, "expires": int(wait_s * 1_000_000_000)}, durable)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s + EXPIRES_MARGIN_S
         while (left := deadline - loop.time()) > 0:
@@ -125,12 +129,18 @@ class Puller:
             return []
         return [first] + (await self.take_available(max_batch - 1) if max_batch > 1 else [])
 
-    async def take_available(self, max_msgs: int) -> list[Msg]:
+    async def take_available(self, max_msgs: int, durable: str | None = None) -> list[Msg]:
         """Up to `max_msgs` messages the consumer has right now, without
-        lingering: any status (404 no messages, 408 from an older request)
-        ends the drain; `next_message` drops stray statuses later."""
-        await self._request({"batch": max_msgs, "no_wait": True})
+        lingering: any status (404 no messages, 408 from an older request,
+        503 no such consumer) ends the drain. What an earlier request left
+        (a message that came after its reader gave up) comes first; stray
+        statuses are dropped."""
         out: list[Msg] = []
+        if (stray := await self._queued()) is not None:
+            out.append(stray)  # a message of an earlier request, late: it is ours all the same
+            if len(out) >= max_msgs:
+                return out
+        await self._request({"batch": max_msgs - len(out), "no_wait": True}, durable)
         while len(out) < max_msgs:
             try:
                 msg = await self._subscription().next_msg(timeout=DRAIN_TIMEOUT_S)

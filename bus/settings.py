@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(30.0, ge=0, description="grace for in-flight jobs when a node is told to stop")
     metrics_port: int = Field(0, ge=0, description="0 = pick a free port")
     enable_noop: bool = Field(False, description="accept the `noop` kind (benchmarks)")
+    noop_seconds: float = Field(
+        0.0, ge=0, le=60, description="a node's noop jobs each take this long (tests of scheduling order)"
+    )
 
     # Limits and storage
     max_upload_mb: int = Field(1024, gt=0)

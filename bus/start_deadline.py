@@ -115,12 +115,14 @@ class StartDeadlines:
 
     async def scan(self) -> int:
         """One pass over every GPU lane; returns how many jobs it moved."""
-        moved, overdue = 0, {}
+        moved, overdue = 0, dict[str, int]()  # overdue per owner, over its GPU queues (one per priority)
         for info in await list_lane_consumers(self._js):
-            parsed = names.parse_consumer_name(info.name or "")
-            if parsed is not None and parsed[1] is Lane.GPU and (info.num_pending or info.num_ack_pending):
-                lane_moved, overdue[parsed[0]] = await self._scan_lane(parsed[0], info)
+            queue = names.parse_consumer_name(info.name or "")
+            # each priority's consumer; unacked too: a job a node took ahead of its engine has not started
+            if queue is not None and queue.lane is Lane.GPU and (info.num_pending or info.num_ack_pending):
+                lane_moved, lane_overdue = await self._scan_lane(queue, info)
                 moved += lane_moved
+                overdue[queue.queue_owner] = overdue.get(queue.queue_owner, 0) + lane_overdue
         self._metrics.start_overdue.clear()
         for owner, n in overdue.items():
             if n:
@@ -128,12 +130,12 @@ class StartDeadlines:
         self.moved += moved
         return moved
 
-    async def _scan_lane(self, owner: str, info: ConsumerInfo) -> tuple[int, int]:
-        """The lane's unstarted messages, oldest first; each one due moves.
+    async def _scan_lane(self, queue: names.LaneQueue, info: ConsumerInfo) -> tuple[int, int]:
+        """The queue's unstarted messages, oldest first; each one due moves.
         Returns (moved, due but not moved: the move failed)."""
         seq = first_unstarted_candidate(info)
-        subject = names.lane_filter(owner, Lane.GPU)
-        no_node = not self._gpu_live(owner)
+        subject = queue.filter
+        no_node = not self._gpu_live(queue.queue_owner)
         moved = overdue = 0
         for _ in range(SCAN_MAX_PER_LANE):
             try:

@@ -21,6 +21,7 @@ from nats.js.api import (
     DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
+    RePublish,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -30,7 +31,7 @@ from nats.js.errors import BadRequestError
 from bus.settings import Settings
 from schemas import names
 from schemas.events import INLINE_RESULT_MAX
-from schemas.names import Lane
+from schemas.names import Lane, LaneQueue, Priority
 
 log = logging.getLogger("gpubus.bus.topology")
 
@@ -39,7 +40,8 @@ STREAM_NAME_IN_USE = 10058
 CONSUMER_REPLICAS_EXCEED_STREAM = 10126
 SCALE_UP_WAIT_S = 30.0
 DUPLICATE_WINDOW_S = 120.0
-# Two lane consumers per owner (and the shared pool's): room for 100,000 owners.
+# Two lane consumers per owner, more for the priorities and pool shares an
+# owner uses (made when first used): room for well over 10,000 owners.
 JOBS_MAX_CONSUMERS = 200_001
 # Node events are a few hundred bytes, or a small result inline
 # (schemas/events.INLINE_RESULT_MAX) plus its envelope; the cap keeps an
@@ -113,6 +115,10 @@ def _jobs_stream(s: Settings) -> StreamConfig:
         # consumers, and every owner has one per lane: owner 501 got
         # "maximum consumers limit reached" (python -m bench.owner_scale).
         max_consumers=JOBS_MAX_CONSUMERS,
+        # Every stored job's headers again on `queued.<its subject after
+        # jobs.>`: the doorbell nodes wait on (bus/intake.py), rung only once
+        # the job is in the stream, so a pull it prompts finds it.
+        republish=RePublish(src=names.JOBS_SUBJECTS, dest=names.QUEUED_SUBJECTS, headers_only=True),
     )
 
 
@@ -262,14 +268,15 @@ def _internal_consumer(durable: str, subject: str, s: Settings) -> ConsumerConfi
     )
 
 
-def lane_consumer_config(s: Settings, queue_owner: str, lane: Lane) -> ConsumerConfig:
+def lane_consumer_config(s: Settings, queue: LaneQueue) -> ConsumerConfig:
     """Retry policy is data on the server: the GPU lane gives a node
     `gpu_ack_wait` per lease and `gpu_max_deliver` tries before the
-    MAX_DELIVERIES advisory sends the job to the CPU lane."""
-    gpu = lane is Lane.GPU
+    MAX_DELIVERIES advisory sends the job to the CPU lane. Every priority
+    and pool share of a lane has the same terms."""
+    gpu = queue.lane is Lane.GPU
     return ConsumerConfig(
-        durable_name=names.consumer_name(queue_owner, lane),
-        filter_subject=names.lane_filter(queue_owner, lane),
+        durable_name=queue.consumer,
+        filter_subject=queue.filter,
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=s.gpu_ack_wait if gpu else s.cpu_ack_wait,
@@ -295,7 +302,41 @@ async def _ensure_consumer(js: JetStreamContext, stream: str, cfg: ConsumerConfi
 
 
 async def ensure_lane(js: JetStreamContext, s: Settings, queue_owner: str, lane: Lane) -> None:
-    await _ensure_consumer(js, names.JOBS_STREAM, lane_consumer_config(s, queue_owner, lane))
+    """A lane's normal-priority consumer (`cpu_shared`: the pool's consumer
+    of the layout before shares). Made by an older version, its filter was
+    the whole lane (`jobs.<owner>.<lane>.>`); this narrows it to the normal
+    subjects in place, keeping what it has delivered and not yet acked."""
+    await _ensure_consumer(js, names.JOBS_STREAM, lane_consumer_config(s, LaneQueue(queue_owner, lane)))
+
+
+async def ensure_queue(js: JetStreamContext, s: Settings, queue: LaneQueue) -> None:
+    """Any queue's consumer, made when its first job is published (high,
+    low, pool shares) so owners pay only for the queues they use. A
+    priority of an owner's own lane comes after the lane's normal consumer:
+    until that is narrowed, the server refuses an overlapping filter (10100)."""
+    if not queue.pool and queue.priority is not Priority.NORMAL:
+        await ensure_lane(js, s, queue.queue_owner, queue.lane)
+    await _ensure_consumer(js, names.JOBS_STREAM, lane_consumer_config(s, queue))
+
+
+class QueueMaker:
+    """`ensure_queue` once per queue and process: what a `JobPublisher`
+    calls before each publish, so a job never lands where no consumer
+    takes it. `made` records consumers made another way (an owner's)."""
+
+    def __init__(self, js: JetStreamContext, s: Settings) -> None:
+        self._js = js
+        self._settings = s
+        self._made: set[str] = set()
+
+    def made(self, *consumers: str) -> None:
+        self._made.update(consumers)
+
+    async def __call__(self, queue: LaneQueue) -> None:
+        if queue.consumer in self._made:
+            return
+        await ensure_queue(self._js, self._settings, queue)
+        self._made.add(queue.consumer)
 
 
 async def ensure_owner(js: JetStreamContext, s: Settings, owner: str) -> None:

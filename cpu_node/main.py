@@ -21,8 +21,13 @@ def make_processor(settings: Settings, node_id: str) -> Processor:
         workers=settings.node_concurrency,
         clip_batch=settings.clip_batch_for("cpu"),
     )
-    ctx = settings.processor_context(node_id, Lane.CPU, "cpu")
-    return factory.build(cfg, ctx, enable_noop=settings.enable_noop, diarization=DiarizationSettings())
+    return factory.build(
+        cfg,
+        settings.processor_context(node_id, Lane.CPU, "cpu"),
+        enable_noop=settings.enable_noop,
+        noop_seconds=settings.noop_seconds,
+        diarization=DiarizationSettings(),
+    )
 
 
 def main(settings: Settings, *, shared: bool) -> None:

@@ -46,7 +46,11 @@ class Admission:
         async with self._locks.setdefault(owner, asyncio.Lock()):
             active = self._recent(owner, limit)
             if active is None:
-                active = await self._count(owner) + self._pending.get(owner, 0)
+                # Reservations read before the count: one released while the
+                # count is out was published first, so it is in the count or
+                # in this number, never in neither (read after, it was neither).
+                reserved = self._pending.get(owner, 0)
+                active = await self._count(owner) + reserved
                 self._cached[owner] = (time.monotonic(), active)
             if active >= limit:
                 raise RateLimited(f"{active} jobs queued or running; the limit is {limit}", retry_after_s=RETRY_AFTER_S)

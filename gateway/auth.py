@@ -12,7 +12,7 @@ from fastapi import Query, Request
 from gateway.state import GatewayState
 from schemas.errors import Forbidden, Unauthorized
 from schemas.keys import KEY_PREFIX, Role
-from schemas.names import ANONYMOUS
+from schemas.names import ANONYMOUS, Priority
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class Principal:
     max_active_jobs: int | None = None
     webhook_url: str | None = None  # this key's default webhook (schemas/webhooks.py)
     has_webhook_secret: bool = False
+    max_priority: Priority | None = None  # the highest priority this key may ask for; None: any
 
 
 ADMIN = Principal(user_id="admin", roles=frozenset(Role), admin=True)
@@ -74,6 +75,7 @@ async def authenticate(request: Request, *, url_key: bool = False) -> Principal:
         max_active_jobs=rec.max_active_jobs,
         webhook_url=rec.webhook_url,
         has_webhook_secret=rec.webhook_secret is not None,
+        max_priority=rec.max_priority,
     )
 
 

@@ -14,7 +14,7 @@ from gateway.uploads import ParsedForm
 from schemas.errors import InvalidInput
 from schemas.jobs import TranscribeOptions
 from schemas.languages import check_language
-from schemas.names import BUILTIN_KINDS, Kind, validate_kind
+from schemas.names import BUILTIN_KINDS, Kind, Priority, validate_kind
 
 
 def parse_bool(value: str | None, field: str) -> bool:
@@ -40,6 +40,21 @@ def with_gpu_field(value: object, options: TranscribeOptions) -> tuple[bool, Tra
     if isinstance(value, bool):
         return value, options
     return parse_bool(value if isinstance(value, str) else None, "gpu"), options
+
+
+def with_priority_field(value: str | None, options: TranscribeOptions) -> TranscribeOptions:
+    """The `priority` field (high, normal, low), kept in the options like
+    `gpu: "required"`; absent, the endpoint's default applies. Given both
+    here and as `options.priority`, the two must agree."""
+    if value is None or not value.strip():
+        return options
+    try:
+        priority = Priority(value.strip().lower())
+    except ValueError:
+        raise InvalidInput(f"priority: one of high, normal, low; got {value!r}") from None
+    if options.priority not in (None, priority):
+        raise InvalidInput(f"priority: {priority}, but options.priority is {options.priority}")
+    return options.model_copy(update={"priority": priority})
 
 
 def make_options(values: dict[str, Any]) -> TranscribeOptions:
@@ -105,8 +120,9 @@ def refuse_unknown_fields(form: ParsedForm, known: tuple[str, ...], endpoint: st
 
 
 def job_form(form: ParsedForm) -> tuple[str, bool, TranscribeOptions]:
-    """The fields of `POST /api/v1/jobs`: `kind`, `gpu`, `options` (JSON),
+    """The fields of `POST /api/v1/jobs`: `kind`, `gpu`, `priority`, `options` (JSON),
     `webhook_url` (or `callback_url`); any other is refused."""
     refuse_unknown_fields(form, JOB_FORM_FIELDS, "POST /api/v1/jobs")
-    gpu, options = with_gpu_field(form.fields.get("gpu"), parse_options(form.fields.get("options")))
+    options = with_priority_field(form.fields.get("priority"), parse_options(form.fields.get("options")))
+    gpu, options = with_gpu_field(form.fields.get("gpu"), options)
     return parse_kind(form.fields.get("kind"), form.sniffed_kind), gpu, options

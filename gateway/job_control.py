@@ -15,10 +15,11 @@ from gateway.deps import State, User
 from gateway.job_views import job_view
 from gateway.routing import Route
 from gateway.state import GatewayState
-from gateway.submission import route_for
+from gateway.submission import capped, route_for
 from schemas import names
 from schemas.errors import Conflict, NotFound
 from schemas.jobs import JobRecord, JobStatus, now
+from schemas.names import Priority
 
 log = logging.getLogger("gpubus.gateway.control")
 
@@ -66,12 +67,17 @@ def retryable(st: GatewayState, rec: JobRecord) -> bool:
     return rec.status in RETRYABLE or never_queued(rec, publish_timeout_s=st.settings.publish_timeout)
 
 
-def requeue(st: GatewayState, attempt: int, route: Route, expires_at: float | None = None) -> Claim:
-    """Claim: the record of `attempt`, if the job is still retryable at the one before."""
+def requeue(
+    st: GatewayState, attempt: int, route: Route, expires_at: float | None = None, max_priority: Priority | None = None
+) -> Claim:
+    """Claim: the record of `attempt`, if the job is still retryable at the
+    one before. The job keeps its priority, lowered to the retrying key's
+    `max_priority` if that is lower."""
 
     def claim(r: JobRecord) -> JobRecord | None:
         if not retryable(st, r) or r.attempts != attempt - 1:
             return None
+        r.options.priority = capped(r.priority, max_priority)
         r.attempts, r.lane, r.queue_owner, r.routed_reason = attempt, route.lane, route.queue_owner, route.reason
         r.status, r.error, r.node_id, r.progress = JobStatus.QUEUED, None, None, 0.0
         r.result_object = r.result_event_seq = r.result_sha256 = None
@@ -101,7 +107,7 @@ async def retry(job_id: str, st: State, principal: User) -> dict[str, Any]:
     deadline = job_ttl.expires_at(rec.options.ttl_s, now())
     armed = rec.model_copy(update={"expires_at": deadline, "attempts": attempt})
     await job_ttl.arm(st.js, armed, give_up_after_s=st.publisher.give_up_after_s)
-    claim = requeue(st, attempt, route, deadline)
+    claim = requeue(st, attempt, route, deadline, principal.max_priority)
     queued = await queue_attempt(st.jobs, st.publisher, owner, job_id, attempt, claim)
     if queued is None:
         raise Conflict(f"job {job_id} changed while retrying")

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway import form_docs, url_kinds
 from gateway.bodies import json_body
 from gateway.deps import State, User
-from gateway.form_fields import job_form, with_gpu_field
+from gateway.form_fields import job_form, with_gpu_field, with_priority_field
 from gateway.idempotency import of_json
 from gateway.job_views import Accepted, accepted, job_view
 from gateway.results import DOCUMENT_RESULTS, parse_by_kind, read_transcript, render_result
@@ -24,7 +24,7 @@ from gateway.webhook_fields import ALIAS, FIELD, job_webhook
 from schemas.errors import InvalidInput, UnsupportedMedia
 from schemas.jobs import JobRecord, JobStatus, TranscribeOptions
 from schemas.languages import check_language
-from schemas.names import JobKind, Kind
+from schemas.names import JobKind, Kind, Priority
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
@@ -60,6 +60,7 @@ class JsonJobRequest(BaseModel):
     kind: JobKind | None = None
     text: str | None = Field(None, max_length=TEXT_MAX)
     gpu: bool | Literal["required"] = False
+    priority: Priority | None = None  # default normal
     options: TranscribeOptions = TranscribeOptions()
     # Where the job's terminal states are POSTed (schemas/webhooks.py);
     # `callback_url` is the same field under the name other services use.
@@ -72,7 +73,7 @@ async def submit_json(st: GatewayState, request: Request, principal: User) -> JS
     req = await json_body(request, JsonJobRequest)
     idem = of_json(request, principal.user_id, req)
     check_language(req.options.language)
-    gpu, options = with_gpu_field(req.gpu, req.options)
+    gpu, options = with_gpu_field(req.gpu, with_priority_field(req.priority, req.options))
     webhook = job_webhook(st, principal, {FIELD: req.webhook_url, ALIAS: req.callback_url})
     kind = req.kind or (await url_kinds.detect(req.url) if req.url else None)
     if kind not in (Kind.URL, Kind.NOOP, Kind.AUDIO, Kind.VIDEO, None):

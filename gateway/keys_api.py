@@ -18,7 +18,7 @@ from gateway.webhook_fields import checked_webhook_url
 from schemas import names
 from schemas.errors import Forbidden, NotFound
 from schemas.keys import ApiKeyRecord, Role
-from schemas.names import Lane
+from schemas.names import Lane, Priority
 
 router = APIRouter(tags=["auth"])
 
@@ -35,6 +35,7 @@ class CreateKey(BaseModel):
     max_active_jobs: int | None = Field(None, gt=0, le=1_000_000)
     # Where this key's jobs report their terminal states unless a job names its own.
     webhook_url: str | None = Field(None, max_length=4096)
+    max_priority: Priority | None = None  # the highest priority the key may ask for; default any
 
 
 class Bootstrap(BaseModel):
@@ -61,6 +62,7 @@ async def create_key(request: Request, st: State, _: Admin) -> JSONResponse:
         max_upload_mb=body.max_upload_mb,
         max_active_jobs=body.max_active_jobs,
         webhook_url=webhook_url,
+        max_priority=body.max_priority,
     )
     await st.ensure_owner(body.user_id)
     out = {
@@ -73,6 +75,7 @@ async def create_key(request: Request, st: State, _: Admin) -> JSONResponse:
         # Signs this key's completion webhooks (Standard Webhooks); shown
         # only here and by POST /api/v1/auth/keys/{key_id}/webhook-secret.
         "webhook_secret": st.keys.webhook_secret(rec),
+        "max_priority": rec.max_priority,
     }
     if rec.webhook_url:
         out["webhook_url"] = rec.webhook_url

@@ -37,7 +37,7 @@ from schemas.errors import InvalidInput
 from schemas.formats import render, whisper_segment
 from schemas.jobs import TranscribeOptions
 from schemas.languages import language_name
-from schemas.names import Kind
+from schemas.names import Kind, Priority
 from schemas.results import Transcript
 
 router = APIRouter(prefix="/v1/audio", tags=["openai"])
@@ -118,7 +118,7 @@ def respond(t: Transcript, fmt: str) -> Response:
 
 
 async def _run(request: Request, st: GatewayState, principal: Principal, task: str) -> Response:
-    rec, form = await submit_upload(st, request, principal, _interpreter(task))
+    rec, form = await submit_upload(st, request, principal, _interpreter(task), priority=Priority.HIGH)
     if parse_bool(_field(form, "stream"), "stream"):  # the text as it is made (gateway/openai_stream.py)
         return stream_response(st, rec)
     transcript = await transcript_within(st, rec, st.settings.sync_timeout)

@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter
 
-from bus.lag_monitor import ConsumerLag
+from bus.lag_monitor import ConsumerLag, OwnerWaiting, QueueSnapshot
+from gateway.auth import Principal
 from gateway.deps import Admin, Anyone, State
 from gateway.state import GatewayState
 from schemas import names
@@ -31,11 +32,41 @@ def consumer_view(c: ConsumerLag, at: float) -> dict[str, Any]:
         "consumer": c.consumer,
         "owner": c.owner,
         "lane": str(c.lane),
+        "priority": str(c.priority),
+        "job_owner": c.job_owner,
         "pending": c.pending,
         "ack_pending": c.ack_pending,
         "redelivered": c.redelivered,
         "lag_s": round(c.lag_s(at), 3),
+        "oldest_wait_s": round(c.oldest_wait_s(at), 3),
     }
+
+
+def waiting_view(w: OwnerWaiting, at: float) -> dict[str, Any]:
+    return {
+        "owner": w.owner,
+        "priority": str(w.priority),
+        "waiting": w.waiting,
+        "running": w.running,
+        "oldest_wait_s": round(w.oldest_wait_s(at), 3),
+    }
+
+
+def pool_view(snap: QueueSnapshot) -> dict[str, Any]:
+    """The shared pool as a whole, in counts only: other owners' ids are
+    theirs (a user sees their own share in `waiting`)."""
+    pool = [c for c in snap.consumers if c.owner == SHARED]
+    return {
+        "waiting": sum(c.pending for c in pool),
+        "running": sum(c.ack_pending for c in pool),
+        "owners_waiting": len({c.job_owner for c in pool if c.pending and c.job_owner}),
+    }
+
+
+def sees(p: Principal, c: ConsumerLag) -> bool:
+    """The admin sees every queue; a user their own lanes, their pool share
+    and `cpu_shared` (the pool's jobs of the layout before shares)."""
+    return p.admin or c.job_owner == p.user_id or (c.owner == SHARED and c.job_owner is None)
 
 
 def node_view(n: NodeHeartbeat) -> dict[str, Any]:
@@ -56,11 +87,15 @@ def failure_view(rec: JobRecord) -> dict[str, Any]:
 
 
 def owner_subjects(owner: str) -> dict[str, Any]:
-    """The names an operator types into the `nats` CLI for this owner."""
+    """The names an operator types into the `nats` CLI for this owner (a
+    queue's consumer exists once a job of its priority was queued)."""
     return {
         "jobs": [names.lane_filter(owner, lane) for lane in Lane],
         "consumers": [names.consumer_name(owner, lane) for lane in Lane],
+        "priority_consumers": [q.consumer for lane in Lane for q in names.own_queues(owner, lane)],
         "shared_pool": names.consumer_name(SHARED, Lane.CPU),
+        "shared_pool_share": [q.consumer for q in names.pool_shares(owner)],
+        "shared_pool_jobs": names.owner_job_filters(owner)[1],
         "events": names.event_subject(owner, ">"),
         "jobs_kv": {"bucket": names.JOBS_BUCKET, "keys": names.job_key(owner, "*")},
         "files": names.files_bucket(owner),
@@ -85,10 +120,26 @@ async def queue_info(st: State, p: Anyone) -> dict[str, Any]:
         "user_id": p.user_id,
         "as_of": snap.at,
         "subjects": None if p.admin else owner_subjects(p.user_id),
-        "consumers": [consumer_view(c, t) for c in snap.consumers if mine(c.owner)],
+        "consumers": [consumer_view(c, t) for c in snap.consumers if sees(p, c)],
+        "waiting": owner_waiting(snap, p, t),
+        "shared_pool": pool_view(snap),
         "live_nodes": [node_view(n) for n in sorted(st.nodes.live(), key=lambda n: n.node_id) if mine(n.owner)],
         "recent_failures": [] if p.admin else await recent_failures(st, p.user_id),
     }
+
+
+def owner_waiting(snap: QueueSnapshot, p: Principal, at: float) -> list[dict[str, Any]]:
+    return [waiting_view(w, at) for w in snap.by_owner() if p.admin or w.owner == p.user_id]
+
+
+@router.get("/api/v1/status/queues")
+async def queues(st: State, p: Anyone) -> dict[str, Any]:
+    """Waiting and running jobs per owner and priority, with the oldest
+    wait (every owner for the admin token, the caller's own otherwise),
+    and the shared pool in counts. As of the lag monitor's last poll."""
+    snap = st.lag.snapshot()
+    t = time.time()
+    return {"as_of": snap.at, "owners": owner_waiting(snap, p, t), "shared_pool": pool_view(snap)}
 
 
 @router.get("/api/v1/status/prometheus-targets")

@@ -1,6 +1,7 @@
 """The older API's endpoints, as thin aliases over the job API.
 
-- `POST /process/file` (multipart) and `POST /process/url` (JSON): wait up to
+- `POST /process/file` (multipart) and `POST /process/url` (JSON), priority
+  high unless asked otherwise (the key's cap permitting): wait up to
   `timeout` seconds (default 60, at most GPUBUS_SYNC_TIMEOUT) and answer with
   the result in `format` (json, text, srt, vtt, md; a document or image: json,
   text, md); a job still running then answers 202 with the job, exactly like
@@ -41,14 +42,14 @@ from schemas.document_formats import RENDERERS as DOCUMENT_RENDERERS
 from schemas.errors import InvalidInput
 from schemas.formats import RENDERERS
 from schemas.jobs import JobRecord, TranscribeOptions
-from schemas.names import Kind
+from schemas.names import Kind, Priority
 from schemas.webhooks import Webhook
 
 router = APIRouter(tags=["compat"])
 
 DEFAULT_TIMEOUT_S = 60.0
 # Passed on as given (pydantic reads a count from its text and refuses what is none).
-FLAT_TEXT = ("language", "task", "model", "initial_prompt", "num_speakers", "min_speakers", "max_speakers")
+FLAT_TEXT = ("language", "task", "model", "initial_prompt", "num_speakers", "min_speakers", "max_speakers", "priority")
 FLAT_BOOL = ("word_timestamps", "vad_filter", "diarize")
 
 
@@ -65,6 +66,7 @@ class SeedUrlRequest(BaseModel):
     num_speakers: int | None = None
     min_speakers: int | None = None
     max_speakers: int | None = None
+    priority: str | None = None
     word_timestamps: bool | None = None
     vad_filter: bool | None = None
     diarize: bool | None = None
@@ -129,7 +131,7 @@ async def _answer(st: GatewayState, rec: JobRecord, fmt: str, timeout_s: float) 
 
 @router.post("/process/file", openapi_extra=form_docs.SEED_FORM)
 async def process_file(request: Request, st: State, principal: User) -> Response:
-    rec, form = await submit_upload(st, request, principal, seed_form)
+    rec, form = await submit_upload(st, request, principal, seed_form, priority=Priority.HIGH)
     return await _answer(st, rec, form.fields.get("format") or "json", _timeout(st, form.fields.get("timeout")))
 
 
@@ -139,7 +141,16 @@ async def process_url(request: Request, st: State, principal: User) -> Response:
     options = url_job_options(req)
     fmt = _check_format(req.format, options)
     idem = of_json(request, principal.user_id, req)
-    rec = await submit_url(st, principal, req.url, req.gpu, options, webhook=_webhook(st, principal, req), idem=idem)
+    rec = await submit_url(
+        st,
+        principal,
+        req.url,
+        req.gpu,
+        options,
+        webhook=_webhook(st, principal, req),
+        idem=idem,
+        priority=Priority.HIGH,
+    )
     return await _answer(st, rec, fmt, _timeout(st, req.timeout))
 
 

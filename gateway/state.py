@@ -86,6 +86,7 @@ class GatewayState:
         self.system_nc: NatsClient | None = None
         self.auth_callout: AuthCallout | None = None
         self._owners_ready: set[str] = set()
+        self.queues = topology.QueueMaker(js, settings)
         self._owner_lock = asyncio.Lock()
         self._backlog: dict[str, tuple[float, int]] = {}
         self.admission = Admission(self.active_jobs)
@@ -136,7 +137,7 @@ class GatewayState:
         self.keys = KeyStore(await js.key_value(names.APIKEYS_BUCKET), self.seal)
         self.idempotency = IdempotencyStore(await js.key_value(names.IDEMPOTENCY_BUCKET), self.seal)
         await self.keys.start_mirror(self.nc, js)
-        self.publisher = JobPublisher(js, self.seal, give_up_after_s=s.publish_timeout)
+        self.publisher = JobPublisher(js, self.seal, give_up_after_s=s.publish_timeout, ensure_queue=self.queues)
         self.nodes = LiveNodes(
             await js.key_value(names.NODES_BUCKET), ttl_s=s.registry_ttl, on_bad=self.metrics.bad_heartbeats.inc
         )
@@ -235,6 +236,7 @@ class GatewayState:
             if owner not in self._owners_ready:
                 await topology.ensure_owner(self.js, self.settings, owner)
                 self._owners_ready.add(owner)
+                self.queues.made(*(names.consumer_name(owner, lane) for lane in Lane))
 
     async def active_jobs(self, owner: str) -> int:
         """Queued + running jobs of an owner: their unacked messages in the
@@ -277,12 +279,14 @@ class GatewayState:
         return routing.cpu_queue(job.owner, self.fleet(job.owner), job.kind, job.options.needs())
 
     async def gpu_backlog(self, owner: str) -> int:
-        """Pending + unacked on the owner's GPU lane, cached briefly so a burst
-        of submissions does not become a burst of consumer-info requests."""
+        """Pending + unacked on the owner's GPU lane, every priority: the
+        lane's messages in the work-queue stream (one subject-filtered
+        count), cached briefly so a burst of submissions does not become a
+        burst of requests."""
         cached = self._backlog.get(owner)
         if cached and time.monotonic() - cached[0] < BACKLOG_CACHE_S:
             return cached[1]
-        info = await self.js.consumer_info(names.JOBS_STREAM, names.consumer_name(owner, Lane.GPU))
-        backlog = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        info = await self.js.stream_info(names.JOBS_STREAM, subjects_filter=names.lane_filter(owner, Lane.GPU))
+        backlog = sum((info.state.subjects or {}).values())
         self._backlog[owner] = (time.monotonic(), backlog)
         return backlog

@@ -28,9 +28,9 @@ from gateway.uploads import FILE_FIELD, MultipartToObject, ParsedForm
 from gateway.webhook_fields import job_webhook
 from schemas import names
 from schemas.diarization import DIARIZED_KINDS
-from schemas.errors import InvalidInput
+from schemas.errors import Forbidden, InvalidInput
 from schemas.jobs import JobRecord, StagedInput, TranscribeOptions, new_job_id, now
-from schemas.names import Kind
+from schemas.names import Kind, Priority, priority_rank
 from schemas.url_guard import check_submitted
 from schemas.webhooks import Webhook
 
@@ -39,6 +39,27 @@ log = logging.getLogger("gpubus.gateway.jobs")
 T = TypeVar("T")
 MIB = 1024 * 1024
 Interpret = Callable[[ParsedForm], tuple[str, bool, TranscribeOptions]]
+PRIORITY_NOT_ALLOWED = "PRIORITY_NOT_ALLOWED"
+
+
+def capped(priority: Priority, cap: Priority | None) -> Priority:
+    """`priority`, or the key's cap where that is lower."""
+    return cap if cap is not None and priority_rank(priority) < priority_rank(cap) else priority
+
+
+def with_priority(principal: Principal, options: TranscribeOptions, default: Priority) -> TranscribeOptions:
+    """The job's priority: the one asked for (403 above the key's
+    `max_priority`), else the endpoint's default lowered to that cap (a
+    key kept from high still uses the synchronous endpoints)."""
+    asked, cap = options.priority, principal.max_priority
+    if asked is None:
+        return options.model_copy(update={"priority": capped(default, cap)})
+    if capped(asked, cap) is not asked:
+        raise Forbidden(
+            f"priority: this key may ask for {cap} at most, not {asked} (an admin sets max_priority per key)",
+            code=PRIORITY_NOT_ALLOWED,
+        )
+    return options
 
 
 async def route_for(st: GatewayState, owner: str, kind: str, gpu: bool, options: TranscribeOptions) -> routing.Route:
@@ -208,13 +229,17 @@ async def submit_upload(
     *,
     file_field: str = FILE_FIELD,
     file_prefix: bytes = b"",
+    priority: Priority = Priority.NORMAL,
 ) -> tuple[JobRecord, ParsedForm]:
     """Multipart upload to a queued job; the endpoint's own fields stay in
-    the form. Every upload endpoint takes a webhook (gateway/webhook_fields.py)."""
+    the form. Every upload endpoint takes a webhook (gateway/webhook_fields.py).
+    `priority` is the endpoint's default; a priority the key may not ask
+    for is refused before the upload is committed."""
     owner = principal.user_id
 
     def fields_and_webhook(form: ParsedForm) -> tuple[tuple[str, bool, TranscribeOptions], Webhook | None]:
-        return interpret(form), job_webhook(st, principal, form.fields)
+        kind, gpu, options = interpret(form)
+        return (kind, gpu, with_priority(principal, options, priority)), job_webhook(st, principal, form.fields)
 
     idem = Idempotency.of(request, owner)
     async with admitted(st, principal, replay=await idempotency.known(st, idem)):
@@ -245,12 +270,15 @@ async def submit_url(
     *,
     webhook: Webhook | None = None,
     idem: Idempotency | None = None,
+    priority: Priority = Priority.NORMAL,
 ) -> JobRecord:
     """A URL job: the syntax and any address literal are checked here (422);
     the node that downloads it checks every address it connects to
     (schemas/url_guard.py)."""
     url = check_submitted(url, allow_private=st.settings.allow_private_urls)
-    return await submit_without_upload(st, principal, Kind.URL, gpu, options, url=url, webhook=webhook, idem=idem)
+    return await submit_without_upload(
+        st, principal, Kind.URL, gpu, options, url=url, webhook=webhook, idem=idem, priority=priority
+    )
 
 
 async def submit_without_upload(
@@ -263,9 +291,11 @@ async def submit_without_upload(
     url: str | None = None,
     webhook: Webhook | None = None,
     idem: Idempotency | None = None,
+    priority: Priority = Priority.NORMAL,
 ) -> JobRecord:
     """A job with nothing to stage (a URL, or `noop` for benchmarks).
     `idem` comes with its fingerprint (`with_body`) made by the endpoint."""
+    options = with_priority(principal, options, priority)
     async with admitted(st, principal, replay=await idempotency.known(st, idem)):
         await st.ensure_owner(principal.user_id)
         return await queue_once(st, idem, principal.user_id, new_job_id(), kind, gpu, options, url=url, webhook=webhook)
@@ -313,6 +343,7 @@ async def submit_json_kind(
     kind is checked before anything is staged, and again when queued."""
     if url is not None and text is not None:
         raise InvalidInput("a job takes `url` or `text`, not both")
+    options = with_priority(principal, options, Priority.NORMAL)
     if url is not None:
         url = check_submitted(url, allow_private=st.settings.allow_private_urls)
     owner = principal.user_id

@@ -34,7 +34,13 @@ def engine_config(settings: Settings) -> EngineConfig:
 def make_processor(settings: Settings, node_id: str) -> Processor:
     cfg = engine_config(settings)
     ctx = settings.processor_context(node_id, Lane.GPU, cfg.device)
-    return factory.build(cfg, ctx, enable_noop=settings.enable_noop, diarization=DiarizationSettings())
+    return factory.build(
+        cfg,
+        ctx,
+        enable_noop=settings.enable_noop,
+        noop_seconds=settings.noop_seconds,
+        diarization=DiarizationSettings(),
+    )
 
 
 def main(settings: Settings) -> None:

@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--webhook-url", help="where this key's jobs report their terminal states unless a job names its own"
     )
     kc.add_argument("--description")
+    kc.add_argument(
+        "--max-priority", choices=["high", "normal", "low"], help="the highest priority the key may ask for"
+    )
     ks.add_parser("list", parents=data)
     kr = ks.add_parser("revoke", parents=data)
     kr.add_argument("key_id")
@@ -157,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--min-speakers", dest="min_speakers", type=int, metavar="N", help="implies --diarize")
     sm.add_argument("--max-speakers", dest="max_speakers", type=int, metavar="N", help="implies --diarize")
     sm.add_argument("--options", help="options JSON")
+    sm.add_argument(
+        "--priority", choices=["high", "normal", "low"], help="taken before the owner's lower ones (default normal)"
+    )
     sm.set_defaults(fn=cmd_submit)
 
     jobs = sub.add_parser("jobs", help="list and inspect jobs")

@@ -63,6 +63,8 @@ def cmd_keys(args: argparse.Namespace) -> None:
             body["expires_days"] = args.expires_days
         if args.webhook_url:
             body["webhook_url"] = args.webhook_url
+        if args.max_priority:
+            body["max_priority"] = args.max_priority
         out = c.post("/api/v1/auth/keys", body)
     elif args.keys_cmd == "list":
         out = c.get("/api/v1/auth/keys")
@@ -95,6 +97,7 @@ def submit_options(args: argparse.Namespace) -> dict[str, Any]:
         "num_speakers": args.speakers,
         "min_speakers": args.min_speakers,
         "max_speakers": args.max_speakers,
+        "priority": args.priority,
     }
     options.update({k: v for k, v in flags.items() if v is not None})
     options.update({k: True for k in ("word_timestamps", "vad_filter", "diarize") if getattr(args, k)})

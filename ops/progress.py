@@ -148,22 +148,46 @@ def nodes_table(info: dict[str, Any]) -> Table:
     return t
 
 
+NUMERIC = ("pending", "running", "redelivered", "lag", "waiting", "oldest wait")
+
+
+def _table(title: str, cols: tuple[str, ...]) -> Table:
+    t = Table(title=title)
+    for col in cols:
+        t.add_column(col, justify="right" if col in NUMERIC else "left", overflow="fold")
+    return t
+
+
 def queues_table(info: dict[str, Any]) -> Table:
-    t = Table(title=f"queues (JetStream, polled {_ago(info.get('as_of'))})")
-    for col in ("consumer", "owner", "lane", "pending", "running", "redelivered", "lag"):
-        t.add_column(
-            col, justify="right" if col in ("pending", "running", "redelivered", "lag") else "left", overflow="fold"
-        )
+    t = _table(
+        f"queues (JetStream, polled {_ago(info.get('as_of'))})",
+        ("consumer", "owner", "lane", "priority", "pending", "running", "redelivered", "lag"),
+    )
     for q in info["consumers"]:
         t.add_row(
             q["consumer"],
             q["owner"],
             q["lane"],
+            q.get("priority", "normal"),
             str(q["pending"]),
             str(q["ack_pending"]),
             str(q["redelivered"]),
             f"{q['lag_s']:.1f}s",
         )
+    return t
+
+
+def waiting_table(info: dict[str, Any]) -> Table:
+    """Per owner and priority, over the owner's lanes and pool share; the
+    pool's totals in the title (other owners are counted, never named)."""
+    pool = info.get("shared_pool") or {}
+    title = (
+        f"waiting by priority (shared pool: {pool.get('waiting', 0)} waiting, "
+        f"{pool.get('running', 0)} running, {pool.get('owners_waiting', 0)} owner(s) with work)"
+    )
+    t = _table(title, ("owner", "priority", "waiting", "running", "oldest wait"))
+    for w in info.get("waiting", []):
+        t.add_row(w["owner"], w["priority"], str(w["waiting"]), str(w["running"]), f"{w['oldest_wait_s']:.1f}s")
     return t
 
 
@@ -186,7 +210,7 @@ def failures_table(info: dict[str, Any]) -> Table:
 
 def status_view(c: GatewayClient) -> Group:
     info = c.get(QUEUE_INFO)
-    return Group(nodes_table(info), queues_table(info), failures_table(info))
+    return Group(nodes_table(info), queues_table(info), waiting_table(info), failures_table(info))
 
 
 def status(c: GatewayClient, *, watch: bool, on: Console = out, every_s: float = 2.0) -> None:

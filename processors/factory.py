@@ -26,6 +26,7 @@ def build(
     ctx: ProcessorContext,
     *,
     enable_noop: bool,
+    noop_seconds: float = 0.0,
     diarization: DiarizationSettings | None = None,
 ) -> ByKind:
     """One engine (one model load) serves uploads and downloads alike, and
@@ -37,6 +38,6 @@ def build(
     procs: list[Processor] = [transcriber, UrlProcessor(transcriber, fetch)]
     procs += kinds.build(ctx)
     if enable_noop:
-        procs.append(NoopProcessor(cfg.device))
+        procs.append(NoopProcessor(cfg.device, seconds=noop_seconds))
     procs += plugins.load(ctx, taken={k for p in procs for k in p.kinds})
     return ByKind(plugins.for_lane(procs, ctx.lane), device=cfg.device, load_seconds=engine.load_seconds)

@@ -1,4 +1,6 @@
-"""The `noop` kind: returns at once, so benchmarks measure the bus alone."""
+"""The `noop` kind: returns at once, so benchmarks measure the bus alone;
+or, with `seconds` (GPUBUS_NOOP_SECONDS), holds each job that long, so
+tests can watch the order a busy node takes jobs in."""
 
 from __future__ import annotations
 
@@ -23,8 +25,9 @@ class NoopProcessor:
     inputs = frozenset({Input.NONE, Input.URL})  # a URL is echoed, never fetched
     models: list[str] = []
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", *, seconds: float = 0.0) -> None:
         self.device = device
+        self.seconds = seconds
 
     def staging(self, job: JobMessage) -> Staging:
         return NOTHING_STAGED
@@ -37,4 +40,6 @@ class NoopProcessor:
         progress: ProgressFn,
         cancelled: threading.Event,
     ) -> JobOutput:
+        if self.seconds:
+            cancelled.wait(self.seconds)  # a cancel ends the wait (the runtime then reports it)
         return JobOutput(result=NoopResult(job_id=job.job_id, echo=job.url), summary=ResultSummary())

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.diarization import DIARIZATION, DiarizeOptions
-from schemas.names import JobKind, Lane
+from schemas.names import JobKind, Lane, LaneQueue, Priority, queue_of
 from schemas.webhooks import Webhook
 
 SCHEMA_VERSION = 1
@@ -83,6 +83,12 @@ class TranscribeOptions(DiarizeOptions):
     # Only the first this many seconds of the media are transcribed
     # (`POST /detect-language` reads 30 s, as whisper-asr-webservice does).
     clip_s: float | None = Field(None, gt=0, le=86_400)
+    # Scheduling priority (the request's `priority` field lands here, like
+    # `gpu: "required"` above). None on a request: the endpoint's default
+    # (normal; high on the synchronous ones), capped by the key's
+    # `max_priority`; a queued job always has one (None on records and
+    # messages from before priorities: normal).
+    priority: Priority | None = None
 
     @model_validator(mode="after")
     def _counts_need_diarize(self) -> TranscribeOptions:
@@ -146,6 +152,15 @@ class JobMessage(BaseModel):
     url: str | None = None
     options: TranscribeOptions = TranscribeOptions()
     submitted_at: float
+
+    @property
+    def priority(self) -> Priority:
+        return self.options.priority or Priority.NORMAL
+
+    @property
+    def queue(self) -> LaneQueue:
+        """The queue (consumer) this message is published to."""
+        return queue_of(self.queue_owner, self.lane, self.owner, self.priority)
 
 
 class StageSummary(BaseModel):
@@ -221,6 +236,10 @@ class JobRecord(BaseModel):
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def priority(self) -> Priority:
+        return self.options.priority or Priority.NORMAL
 
     def to_message(self) -> JobMessage:
         return JobMessage(

@@ -11,6 +11,7 @@ from enum import StrEnum
 from pydantic import BaseModel
 
 from schemas.errors import Unauthorized
+from schemas.names import Priority
 
 KEY_PREFIX = "gpb_"
 KEY_ID_HEX = 16
@@ -40,6 +41,10 @@ class ApiKeyRecord(BaseModel):
     # them, as `RecordSeal.hide` stores it (shown in full once, when made).
     webhook_url: str | None = None
     webhook_secret: str | None = None
+    # The highest priority this key may ask for (None: any); a request above
+    # it is refused (403 PRIORITY_NOT_ALLOWED), an endpoint's default is
+    # lowered to it.
+    max_priority: Priority | None = None
 
 
 def new_secret() -> tuple[str, str, str]:

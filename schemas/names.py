@@ -8,6 +8,7 @@ a migration.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated
 
@@ -36,6 +37,11 @@ TTL_CONSUMER = "job_ttl"
 WEBHOOK_CONSUMER = "webhooks"
 
 JOBS_SUBJECTS = "jobs.>"
+# JOBS republishes the headers of every stored job message here (the
+# stream's `republish`), with the job subject after the prefix: the
+# doorbell a node waits on, rung only once the job is stored.
+QUEUED_PREFIX = "queued"
+QUEUED_SUBJECTS = f"{QUEUED_PREFIX}.>"
 EVENTS_SUBJECTS = "events.>"
 STARTS_SUBJECTS = "starts.>"
 TIMERS_SUBJECTS = "timers.>"
@@ -46,6 +52,24 @@ MAX_DELIVERIES_SUBJECTS = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STR
 class Lane(StrEnum):
     GPU = "gpu"
     CPU = "cpu"
+
+
+class Priority(StrEnum):
+    """A job's priority. Within one owner's queues a node takes a waiting
+    high job before normal before low; across the owners of the shared pool,
+    round-robin comes first (bus/intake.py)."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+PRIORITY_ORDER = (Priority.HIGH, Priority.NORMAL, Priority.LOW)  # the order a node takes them in
+
+
+def priority_rank(priority: Priority) -> int:
+    """0 for high: a lower rank is taken first."""
+    return PRIORITY_ORDER.index(priority)
 
 
 class Kind(StrEnum):
@@ -102,34 +126,165 @@ def validate_owner(owner: str, *, allow_reserved: bool = False) -> str:
     return owner
 
 
-def job_subject(queue_owner: str, lane: Lane, kind: str, owner: str | None = None) -> str:
-    """`queue_owner` is the job's owner, or `shared` for the shared pool,
-    where the owner is a last token so an owner's jobs can still be counted."""
-    if queue_owner == SHARED and owner:
-        return f"jobs.{SHARED}.{lane}.{kind}.{owner}"
-    return f"jobs.{queue_owner}.{lane}.{kind}"
+def job_subject(
+    queue_owner: str, lane: Lane, kind: str, owner: str | None = None, priority: Priority = Priority.NORMAL
+) -> str:
+    """Where a job waits (docs/ARCHITECTURE.md, "Fair share and priorities"):
+    - an owner's own lane: `jobs.<owner>.<lane>.<kind>` at normal priority
+      (the layout before priorities), `jobs.<owner>.<lane>.<kind>.<priority>`
+      at high or low;
+    - the shared pool: `jobs.shared.<lane>.<kind>.<owner>.<priority>`, the
+      owner a token of its own so each owner's share has its consumer and
+      can be counted."""
+    if queue_owner == SHARED:
+        if not owner:
+            raise InvalidInput("a shared-pool job names its owner")
+        return f"jobs.{SHARED}.{lane}.{kind}.{owner}.{priority}"
+    if priority is Priority.NORMAL:
+        return f"jobs.{queue_owner}.{lane}.{kind}"
+    return f"jobs.{queue_owner}.{lane}.{kind}.{priority}"
 
 
-def owner_job_filters(owner: str) -> tuple[str, str]:
-    """Subjects of an owner's unfinished jobs: their own lanes, their share of the pool."""
-    return f"jobs.{owner}.>", f"jobs.{SHARED}.*.*.{owner}"
+def owner_job_filters(owner: str) -> tuple[str, ...]:
+    """Subjects of an owner's unfinished jobs: their own lanes, their share
+    of the pool, and pool jobs queued in the layout before per-owner shares
+    (`jobs.shared.<lane>.<kind>.<owner>`)."""
+    return f"jobs.{owner}.>", f"jobs.{SHARED}.*.*.{owner}.*", f"jobs.{SHARED}.*.*.{owner}"
 
 
 def lane_filter(queue_owner: str, lane: Lane) -> str:
+    """Every subject of a lane, whatever the priority (and, for the pool, the owner)."""
     return f"jobs.{queue_owner}.{lane}.>"
 
 
 def consumer_name(queue_owner: str, lane: Lane) -> str:
+    """The lane's normal-priority consumer (`gpu_alice`), or the pool's
+    consumer of the layout before per-owner shares (`cpu_shared`)."""
     return f"{lane}_{queue_owner}"
 
 
-def parse_consumer_name(name: str) -> tuple[str, Lane] | None:
-    """(queue_owner, lane) of a lane consumer, or None for any other name.
-    The inverse of `consumer_name`, for tools that list the JOBS consumers."""
-    lane, sep, owner = name.partition("_")
-    if not sep or lane not in Lane.__members__.values() or not OWNER_RE.fullmatch(owner):
+SHARE = "shared"  # the token that marks a pool share's consumer: `cpu-shared_alice`
+
+
+@dataclass(frozen=True)
+class LaneQueue:
+    """One consumer on JOBS and the subjects it takes:
+    - an owner's own lane at a priority: `gpu_alice` (normal), `gpu-high_alice`,
+      `gpu-low_alice`;
+    - an owner's share of the shared pool at a priority: `cpu-shared_alice`
+      (normal), `cpu-shared-high_alice`, `cpu-shared-low_alice`;
+    - the pool's consumer from before shares, `cpu_shared` (`owner` None),
+      which keeps serving jobs queued in that layout.
+    Names put the owner last, after the first `_`, and nothing before it
+    has a `_`, so no owner id can make one queue's name another's (owner
+    ids may hold `_` and `-`: `cpu_shared_alice` would be owner
+    `shared_alice`'s own CPU lane)."""
+
+    queue_owner: str
+    lane: Lane
+    priority: Priority = Priority.NORMAL
+    owner: str | None = None  # a pool share's owner; None on an own lane and on `cpu_shared`
+
+    @property
+    def pool(self) -> bool:
+        return self.queue_owner == SHARED
+
+    @property
+    def legacy(self) -> bool:
+        """The pool's single consumer of the layout before shares."""
+        return self.pool and self.owner is None
+
+    @property
+    def job_owner(self) -> str | None:
+        """Whose jobs wait here (None: anybody's, on `cpu_shared`)."""
+        return self.owner if self.pool else self.queue_owner
+
+    @property
+    def consumer(self) -> str:
+        if self.legacy:
+            return consumer_name(SHARED, self.lane)
+        head = f"{self.lane}-{SHARE}" if self.pool else str(self.lane)
+        if self.priority is not Priority.NORMAL:
+            head += f"-{self.priority}"
+        return f"{head}_{self.job_owner}"
+
+    @property
+    def filter(self) -> str:
+        if self.legacy:
+            return f"jobs.{SHARED}.{self.lane}.*.*"
+        if self.pool:
+            return f"jobs.{SHARED}.{self.lane}.*.{self.owner}.{self.priority}"
+        if self.priority is Priority.NORMAL:
+            return f"jobs.{self.queue_owner}.{self.lane}.*"
+        return f"jobs.{self.queue_owner}.{self.lane}.*.{self.priority}"
+
+
+def own_queues(owner: str, lane: Lane) -> tuple[LaneQueue, ...]:
+    """An owner's lane at each priority, in the order a node takes them."""
+    return tuple(LaneQueue(owner, lane, p) for p in PRIORITY_ORDER)
+
+
+def pool_shares(owner: str, lane: Lane = Lane.CPU) -> tuple[LaneQueue, ...]:
+    """An owner's share of the shared pool at each priority, in the order a node takes them."""
+    return tuple(LaneQueue(SHARED, lane, p, owner) for p in PRIORITY_ORDER)
+
+
+def queue_of(queue_owner: str, lane: Lane, owner: str, priority: Priority) -> LaneQueue:
+    """The queue a job with these fields is published to."""
+    if queue_owner == SHARED:
+        return LaneQueue(SHARED, lane, priority, owner)
+    return LaneQueue(queue_owner, lane, priority)
+
+
+def parse_consumer_name(name: str) -> LaneQueue | None:
+    """The queue of a lane consumer, or None for any other name. The
+    inverse of `LaneQueue.consumer`, for tools that list the JOBS consumers
+    and for advisories that name a consumer."""
+    head, sep, owner = name.partition("_")
+    parts = head.split("-")
+    if not sep or parts[0] not in Lane.__members__.values() or not OWNER_RE.fullmatch(owner):
         return None
-    return owner, Lane(lane)
+    lane, rest = Lane(parts[0]), parts[1:]
+    pool = bool(rest) and rest[0] == SHARE
+    if pool:
+        rest = rest[1:]
+    if len(rest) > 1 or (rest and rest[0] not in (Priority.HIGH, Priority.LOW)):
+        return None
+    priority = Priority(rest[0]) if rest else Priority.NORMAL
+    if pool:
+        return None if owner == SHARED else LaneQueue(SHARED, lane, priority, owner)
+    if owner == SHARED:
+        return LaneQueue(SHARED, lane) if priority is Priority.NORMAL else None
+    return LaneQueue(owner, lane, priority)
+
+
+def queue_of_subject(subject: str) -> LaneQueue | None:
+    """The queue a job subject (or its doorbell, `queued.…`) belongs to;
+    None for a subject of no queue."""
+    tokens = subject.split(".")
+    if tokens[0] == QUEUED_PREFIX:
+        tokens = tokens[1:]
+    else:
+        tokens = tokens[1:] if tokens[0] == "jobs" else []
+    if len(tokens) < 3 or tokens[1] not in Lane.__members__.values():
+        return None
+    queue_owner, lane, extra = tokens[0], Lane(tokens[1]), tokens[3:]
+    if queue_owner == SHARED:
+        if len(extra) == 1:
+            return LaneQueue(SHARED, lane)  # the layout before shares
+        if len(extra) == 2 and extra[1] in Priority.__members__.values():
+            return LaneQueue(SHARED, lane, Priority(extra[1]), extra[0])
+        return None
+    if not extra:
+        return LaneQueue(queue_owner, lane)
+    if len(extra) == 1 and extra[0] in (Priority.HIGH, Priority.LOW):
+        return LaneQueue(queue_owner, lane, Priority(extra[0]))
+    return None
+
+
+def queued_filter(queue_owner: str, lane: Lane) -> str:
+    """Every doorbell of a lane (every priority; in the pool, every owner)."""
+    return f"{QUEUED_PREFIX}.{queue_owner}.{lane}.>"
 
 
 def event_subject(owner: str, job_id: str) -> str:

@@ -26,6 +26,7 @@ SCRIPTS = {
     "gpu_pipeline": ["--jobs", "3", "--minutes", "0.5", "--rtfx", "50"],
     "owner_scale": ["--owners", "1,5", "--jobs", "20", "--active", "2", "--inflight", "4"],
     "clip_batching": ["--clips", "4", "--batch", "2"],
+    "ab_commits": ["--base", "HEAD", "--turns", "1", "--jobs", "5", "--inflight", "2", "--node-concurrency", "2"],
 }
 
 

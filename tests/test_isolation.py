@@ -8,11 +8,13 @@ import json
 import signal
 import time
 import uuid
+from typing import Any
 
 import nats
 import pytest
 
 from bus import node_permissions, objects
+from bus.intake import doorbell_queue
 from schemas import names
 from schemas.keys import ApiKeyRecord, Role, hash_secret
 from schemas.names import Lane
@@ -93,6 +95,82 @@ async def test_node_of_a_cannot_touch_b(nats_server, gateway, user):
     )
     assert raw is None or raw.data != b"forged"
     await svc.close()
+
+
+async def test_node_hears_its_own_doorbells_and_pulls_its_own_priorities_only(nats_server, gateway, user):
+    """Given nodes of A and B, when jobs of each are stored, then A's node
+    hears A's doorbells (`queued.<a>.…`) and may pull A's high queue, and
+    NATS refuses it B's doorbells and B's high queue."""
+    a, b = user + "-a", user + "-b"
+    key_a = gateway.create_key(a, roles=("node",))
+    gateway.create_key(b)
+    errors = Violations()
+    nc = await _as_node(nats_server, key_a, a, errors)
+    heard: list[Any] = []
+
+    async def ring(msg) -> None:
+        heard.append(msg)
+
+    svc = await nats.connect(nats_server.url)
+    try:
+        await nc.subscribe(names.queued_filter(a, Lane.GPU), cb=ring)
+        await nc.subscribe(names.queued_filter(b, Lane.GPU), cb=ring)
+        b_high = names.LaneQueue(b, Lane.GPU, names.Priority.HIGH).consumer
+        await nc.publish(node_permissions.node_api(f"CONSUMER.MSG.NEXT.{names.JOBS_STREAM}.{b_high}"), b"{}")
+        await nc.flush()
+        for owner in (a, b):  # bait no node takes: nothing of B's may reach A
+            subject = names.job_subject(owner, Lane.GPU, "bait", priority=names.Priority.HIGH)
+            await svc.jetstream().publish(subject, b"bait")
+        await wait_async(lambda: heard, what="A's doorbell")
+        await asyncio.sleep(0.3)
+        a_high = names.LaneQueue(a, Lane.GPU, names.Priority.HIGH).consumer
+        inbox = nc.new_inbox()
+        answers = await nc.subscribe(inbox)
+        await nc.publish(
+            node_permissions.node_api(f"CONSUMER.MSG.NEXT.{names.JOBS_STREAM}.{a_high}"),
+            json.dumps({"batch": 1, "no_wait": True}).encode(),
+            reply=inbox,
+        )
+        answer = await answers.next_msg(timeout=2)  # no consumer made yet: 503, but an answer, not a violation
+    finally:
+        await nc.close()
+        for owner in (a, b):
+            await svc.jetstream().purge_stream(names.JOBS_STREAM, subject=f"jobs.{owner}.gpu.bait.high")
+        await svc.close()
+    assert [m.subject for m in heard] == [f"queued.{a}.gpu.bait.high"]
+    assert doorbell_queue(heard[0]) == names.LaneQueue(a, Lane.GPU, names.Priority.HIGH)
+    assert (answer.headers or {}).get("Status") in ("404", "503")
+    assert errors.about(f"queued.{b}.gpu.>"), errors.seen
+    assert errors.about(f"CONSUMER.MSG.NEXT.JOBS.{b_high}"), errors.seen
+
+
+async def test_a_forged_doorbell_rings_nothing(nats_server, gateway, user):
+    """Given A's node listening for its doorbells, when B's node publishes an
+    event of its own with A's doorbell subject as the reply, then the
+    server's answer does land there (the reason for the check), and it is
+    not taken for a doorbell."""
+    a, b = user + "-a", user + "-b"
+    key_a, key_b = gateway.create_key(a, roles=("node",)), gateway.create_key(b, roles=("node",))
+    nc_a = await connect_as_node(nats_server, key_a, a)
+    nc_b = await connect_as_node(nats_server, key_b, b)
+    try:
+        landed = await nc_a.subscribe(names.queued_filter(a, Lane.CPU))
+        await nc_a.flush()
+        forged = names.job_subject(a, Lane.CPU, "noop").replace("jobs.", f"{names.QUEUED_PREFIX}.", 1)
+        await nc_b.publish(names.event_subject(b, "j" + "0" * 32), b"{}", reply=forged)
+        msg = await landed.next_msg(timeout=3)
+    finally:
+        await nc_a.close()
+        await nc_b.close()
+    assert msg.subject == forged
+    assert doorbell_queue(msg) is None
+
+
+async def wait_async(pred, *, what: str, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
 
 
 async def test_node_reads_a_multi_chunk_file_of_its_owner(nats_server, gateway, user, tmp_path):

@@ -14,10 +14,12 @@ from collections.abc import AsyncIterator, Iterator
 import nats
 import pytest
 
+from bus import topology
 from bus.jobstore import JobStore
 from bus.publisher import ATTEMPT_TIMEOUT_S, JobPublisher
 from bus.queueing import UNDO_MARGIN_S, queue_attempt
 from bus.sealing import RecordSeal
+from bus.settings import Settings
 from schemas import names
 from schemas.jobs import JobRecord, JobStatus, new_job_id
 from schemas.names import Kind, Lane
@@ -216,7 +218,12 @@ async def test_a_cancel_that_beats_the_sequence_note_still_withdraws_the_message
     )
     async with _trusted(gw.nats_url) as (js, store):
         notes: set[asyncio.Task[JobRecord]] = set()
-        publisher = JobPublisher(js, RecordSeal.from_secret(ADMIN_TOKEN), give_up_after_s=5)
+        publisher = JobPublisher(
+            js,
+            RecordSeal.from_secret(ADMIN_TOKEN),
+            give_up_after_s=5,
+            ensure_queue=topology.QueueMaker(js, Settings()),
+        )
         await queue_attempt(store, publisher, user, rec.job_id, 1, rec, notes=notes)
         # When a cancel's write reaches the record first (sent before the note task runs)
         await store.update(user, rec.job_id, lambda r: r.model_copy(update={"status": JobStatus.CANCELLED}))

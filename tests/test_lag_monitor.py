@@ -126,17 +126,20 @@ async def test_queue_gauges_render_from_the_snapshot_and_age_between_polls(fresh
         # Given a monitor whose only poll is the one at start
         await monitor.start()
         metrics.watch_queues(monitor.snapshot, list)
-        labels = {"consumer": "cpu_carol", "owner": "carol", "lane": "cpu"}
+        labels = {"consumer": "cpu_carol", "owner": "carol", "lane": "cpu", "priority": "normal"}
         first = registry.get_sample_value("gpubus_consumer_lag_seconds", labels)
         await asyncio.sleep(1.0)
         # Then the pending count is the poll's and the lag has aged with the clock
         assert registry.get_sample_value("gpubus_consumer_pending_jobs", labels) == 1
         assert registry.get_sample_value("gpubus_consumer_lag_seconds", labels) >= first + 0.9
+        per_owner = {"owner": "carol", "priority": "normal"}
+        assert registry.get_sample_value("gpubus_waiting_jobs", per_owner) == 1
+        assert registry.get_sample_value("gpubus_oldest_wait_seconds", per_owner) >= first + 0.9
         assert registry.get_sample_value("gpubus_live_nodes", {"owner": "carol", "lane": "cpu"}) == 0
         assert registry.get_sample_value("gpubus_lag_polls_total", {"result": "ok"}) == 1
         assert registry.get_sample_value("gpubus_queue_info_age_seconds") >= 0.9
         exported = Exposition().add(generate_latest(registry).decode())
-        assert exported.samples["gpubus_consumer_ack_pending_jobs"] == {"consumer", "owner", "lane"}
+        assert exported.samples["gpubus_consumer_ack_pending_jobs"] == {"consumer", "owner", "lane", "priority"}
     finally:
         await monitor.stop()
         await nc.close()

@@ -75,7 +75,10 @@ async def _run_one(nats_url: str, processor, *, job_deadline_s: float, watch_s: 
             attempt=1,
             submitted_at=time.time(),
         )
-        await JobPublisher(js, RecordSeal.from_secret(ADMIN_TOKEN), give_up_after_s=5).publish(job)
+        publisher = JobPublisher(
+            js, RecordSeal.from_secret(ADMIN_TOKEN), give_up_after_s=5, ensure_queue=topology.QueueMaker(js, s)
+        )
+        await publisher.publish(job)
         await asyncio.sleep(watch_s)
         dead = await js.stream_info(names.DEADLETTER_STREAM)
         cons = await js.consumer_info(names.JOBS_STREAM, names.consumer_name("alice", Lane.GPU))

@@ -9,11 +9,12 @@ import json
 import nats
 import pytest
 
-from bus import objects
+from bus import objects, topology
 from bus.jobstore import JobStore
 from bus.publisher import JobPublisher
 from bus.queueing import queue_attempt
 from bus.sealing import RecordSeal
+from bus.settings import Settings
 from schemas import names
 from schemas.events import EventType
 from schemas.jobs import JobRecord, StagedInput, TranscribeOptions, new_job_id, now
@@ -198,7 +199,8 @@ async def _queue_bypassing_the_gateway(nats_url: str, owner: str, options: Trans
             options=options,
         )
         store = JobStore(await js.key_value(names.JOBS_BUCKET), seal, js=js)
-        await queue_attempt(store, JobPublisher(js, seal, give_up_after_s=5), owner, job_id, 1, rec)
+        publisher = JobPublisher(js, seal, give_up_after_s=5, ensure_queue=topology.QueueMaker(js, Settings()))
+        await queue_attempt(store, publisher, owner, job_id, 1, rec)
     finally:
         await nc.close()
     return job_id

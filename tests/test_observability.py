@@ -47,7 +47,8 @@ EMPTY_HERE = {
     "gpubus_node_gpu_memory_used_bytes": "no GPU on this machine",
     "gpubus_node_gpu_memory_total_bytes": "no GPU on this machine",
     "gpubus_node_gpu_utilization_ratio": "no GPU on this machine",
-    "gpubus_jobs_fallback_total": "no fallback happens in these tests",
+    "gpubus_fallbacks_total": "no fallback happens in these tests",
+    "gpubus_jobs_fallback_total": "no fallback happens in these tests (the deprecated alias)",
     "gpubus_late_completions_total": "no late completion happens in these tests",
     "gpubus_jobs_expired_total": "no job here has a TTL (tests/test_job_ttl.py)",
     "gpubus_gpu_jobs_overdue": "only while a move off the GPU lane keeps failing",
@@ -219,7 +220,8 @@ def test_pending_and_lag_rise_while_no_node_serves_the_queue(env: Env):
     # Given a user without nodes and a shared pool with no node running
     user = "obs-nonode"
     key = env.gw.create_key(user)
-    shared = {"consumer": "cpu_shared", "owner": "shared", "lane": "cpu"}
+    share = f"cpu-shared_{user}"  # the user's share of the pool, made with their first pool job
+    shared = {"consumer": share, "owner": "shared", "lane": "cpu", "priority": "normal"}
     gw_metrics = f"{env.gw.url}/metrics"
     with env.gw.client(key) as c:
         # When they submit speech, it waits on the shared pool
@@ -228,7 +230,7 @@ def test_pending_and_lag_rise_while_no_node_serves_the_queue(env: Env):
         first = wait_until(
             lambda: (s := scrape(gw_metrics)).get("gpubus_consumer_pending_jobs", **shared) >= 1 and s,
             timeout_s=15,
-            what="cpu_shared pending",
+            what=f"{share} pending",
         )
         assert first.get("gpubus_live_nodes", owner="shared", lane="cpu") == 0
         lag1 = first.get("gpubus_consumer_lag_seconds", **shared)
@@ -237,10 +239,20 @@ def test_pending_and_lag_rise_while_no_node_serves_the_queue(env: Env):
         later = scrape(gw_metrics)
         assert later.get("gpubus_consumer_pending_jobs", **shared) == 1
         assert later.get("gpubus_consumer_lag_seconds", **shared) >= lag1 + 1.0
+        assert later.get("gpubus_waiting_jobs", owner=user, priority="normal") == 1
+        assert later.get("gpubus_oldest_wait_seconds", owner=user, priority="normal") >= lag1 + 1.0
         info = c.get("/api/v1/auth/queue-info").json()
-        [q] = [q for q in info["consumers"] if q["consumer"] == "cpu_shared"]
-        assert q["pending"] == 1 and q["lag_s"] >= 1.0
-        assert {q["consumer"] for q in info["consumers"]} == {f"gpu_{user}", f"cpu_{user}", "cpu_shared"}
+        [q] = [q for q in info["consumers"] if q["consumer"] == share]
+        assert q["pending"] == 1 and q["lag_s"] >= 1.0 and q["oldest_wait_s"] >= 1.0
+        assert (q["job_owner"], q["priority"]) == (user, "normal")
+        assert {q["consumer"] for q in info["consumers"]} == {f"gpu_{user}", f"cpu_{user}", share, "cpu_shared"}
+        [waiting] = info["waiting"]
+        assert (waiting["owner"], waiting["priority"], waiting["waiting"]) == (user, "normal", 1)
+        assert waiting["oldest_wait_s"] >= 1.0
+        assert info["shared_pool"] == {"waiting": 1, "running": 0, "owners_waiting": 1}
+        assert c.get("/api/v1/status/queues").json()["owners"] == [
+            {**waiting, "oldest_wait_s": pytest.approx(waiting["oldest_wait_s"], abs=1.0)}
+        ]
         # When a shared CPU node starts, it drains the queue
         node = start_node(env.gw, "cpu", shared=True, name="obs-shared-node")
         env.procs.append(node)
@@ -252,7 +264,7 @@ def test_pending_and_lag_rise_while_no_node_serves_the_queue(env: Env):
             and s
         ),
         timeout_s=15,
-        what="cpu_shared drained",
+        what=f"{share} drained",
     )
     assert drained.get("gpubus_live_nodes", owner="shared", lane="cpu") == 1
     node_metrics = scrape(node_of(env.gw, "shared", "cpu")["metrics_url"])
@@ -337,7 +349,14 @@ def test_queue_info_and_status_show_nodes_queues_and_failures(env: Env, gpu_run:
     )
     # Then the table shows their node, their consumers and the failure
     assert out.returncode == 0, out.stderr
-    for expected in (gpu_run.node_info["node_id"], f"gpu_{user}", "cpu_shared", gpu_run.bad["job_id"], code):
+    for expected in (
+        gpu_run.node_info["node_id"],
+        f"gpu_{user}",
+        "cpu_shared",
+        "waiting by priority",
+        gpu_run.bad["job_id"],
+        code,
+    ):
         assert expected in out.stdout, out.stdout
     # and `--watch` keeps refreshing until interrupted
     watch = subprocess.Popen(

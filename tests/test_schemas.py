@@ -25,7 +25,7 @@ from schemas.jobs import (
 )
 from schemas.keys import ApiKeyRecord, new_secret, parse_key, secret_matches
 from schemas.media_sniff import sniff
-from schemas.names import Kind, Lane
+from schemas.names import Kind, Lane, Priority
 from schemas.nodes import metrics_url_refusal
 from schemas.results import Segment, Transcript
 from tests.harness import TESTDATA
@@ -80,6 +80,62 @@ def test_subjects_and_consumers():
     assert names.consumer_name(names.SHARED, Lane.CPU) == "cpu_shared"
     assert names.lane_filter("alice", Lane.CPU) == "jobs.alice.cpu.>"
     assert names.result_object("j1", 2) == "out/j1/2.json"
+
+
+QUEUES = [
+    (names.LaneQueue("alice", Lane.GPU), "gpu_alice", "jobs.alice.gpu.*", "jobs.alice.gpu.audio"),
+    (
+        names.LaneQueue("alice", Lane.GPU, Priority.HIGH),
+        "gpu-high_alice",
+        "jobs.alice.gpu.*.high",
+        "jobs.alice.gpu.audio.high",
+    ),
+    (names.LaneQueue("a_b", Lane.CPU, Priority.LOW), "cpu-low_a_b", "jobs.a_b.cpu.*.low", "jobs.a_b.cpu.audio.low"),
+    (
+        names.LaneQueue(names.SHARED, Lane.CPU, Priority.NORMAL, "alice"),
+        "cpu-shared_alice",
+        "jobs.shared.cpu.*.alice.normal",
+        "jobs.shared.cpu.audio.alice.normal",
+    ),
+    (
+        names.LaneQueue(names.SHARED, Lane.CPU, Priority.HIGH, "shared_x"),
+        "cpu-shared-high_shared_x",
+        "jobs.shared.cpu.*.shared_x.high",
+        "jobs.shared.cpu.audio.shared_x.high",
+    ),
+    (names.LaneQueue(names.SHARED, Lane.CPU), "cpu_shared", "jobs.shared.cpu.*.*", "jobs.shared.cpu.audio.alice"),
+]
+
+
+@pytest.mark.parametrize(("queue", "consumer", "filter_", "subject"), QUEUES)
+def test_queue_names_round_trip(queue, consumer, filter_, subject):
+    """Every queue's consumer name, filter and subjects, and back again."""
+    assert (queue.consumer, queue.filter) == (consumer, filter_)
+    assert names.parse_consumer_name(consumer) == queue
+    assert names.queue_of_subject(subject) == queue
+    assert names.queue_of_subject(names.QUEUED_PREFIX + subject.removeprefix("jobs")) == queue
+    if not queue.legacy:
+        owner = queue.job_owner
+        assert names.job_subject(queue.queue_owner, queue.lane, "audio", owner, queue.priority) == subject
+
+
+def test_no_owner_id_makes_one_queue_name_another():
+    """Owner ids may hold `_` and `-`; a name still parses one way only, so
+    one owner's node permissions never name another's consumer."""
+    consumers = {q.consumer for owner in ("shared_alice", "alice", "high_alice", "x-high") for q in _all_queues(owner)}
+    assert len(consumers) == len(
+        [q for owner in ("shared_alice", "alice", "high_alice", "x-high") for q in _all_queues(owner)]
+    )
+    assert names.parse_consumer_name("cpu_shared_alice") == names.LaneQueue("shared_alice", Lane.CPU)
+    for bad in ("cpu-normal_alice", "cpu-shared-normal_alice", "cpu-shared_shared", "tpu_alice", "gpu-high_", "gpu"):
+        assert names.parse_consumer_name(bad) is None, bad
+    for bad in ("jobs.alice.gpu.audio.normal", "jobs.alice.gpu.audio.x.y", "jobs.shared.cpu.audio.bob.urgent"):
+        assert names.queue_of_subject(bad) is None, bad
+
+
+def _all_queues(owner: str) -> list[names.LaneQueue]:
+    own = [q for lane in Lane for q in names.own_queues(owner, lane)]
+    return own + list(names.pool_shares(owner))
 
 
 def _transcript() -> Transcript:

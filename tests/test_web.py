@@ -234,6 +234,30 @@ def test_running_job_shows_its_text_growing(
     expect(row).to_have_attribute("data-status", "succeeded", timeout=JOB_WAIT_MS)
     expect(row.locator(".job-live")).to_be_hidden()
     assert first.startswith("Section 1")
+
+
+def test_priority_chosen_on_the_page_and_shown_in_the_fleet_panel(
+    gateway: Gateway, web_user: WebUser, tab: Tab, shots: Path
+):
+    page = tab.page
+    sign_in(page, gateway, web_user.key)
+    expect(page.locator("#gpu-hint")).to_contain_text("1 GPU node of yours online")
+    # Given a file sent to the GPU at priority High
+    page.get_by_label("choose files").set_input_files(TESTDATA / "hello.wav")
+    page.get_by_role("switch", name="Run on GPU").check()
+    page.get_by_label("Priority", exact=True).select_option("high")
+    page.get_by_role("button", name="Submit").click()
+    expect(page.locator("#uploads")).to_contain_text("Uploaded · queued on GPU")
+    row = job_row(page)
+    expect(row).to_have_attribute("data-status", "succeeded", timeout=JOB_WAIT_MS)
+    # Then the job has that priority, and the fleet panel lists the user's jobs by priority
+    with gateway.client(web_user.key) as c:
+        assert c.get(f"/api/v1/jobs/{row.get_attribute('data-job-id')}").json()["priority"] == "high"
+    waiting = page.get_by_role("list", name="Your waiting jobs by priority")
+    expect(waiting.locator("li[data-priority=high]")).to_contain_text("High", timeout=20_000)
+    expect(waiting.locator("li[data-priority=high]")).to_contain_text("waiting")
+    expect(page.locator("#pool-line")).to_contain_text("shared pool")
+    page.locator(".col-side").screenshot(path=shots / "fleet-priorities.png")
     tab.only_the_gateway_was_called(gateway)
 
 

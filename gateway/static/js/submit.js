@@ -1,5 +1,5 @@
 // New jobs: files (picker or drag-and-drop) and URLs, with the per-submission
-// options ("Run on GPU", "Label speakers", language, output format) and upload progress per file.
+// options ("Run on GPU", "Label speakers", language, priority, output format) and upload progress per file.
 
 import { api, upload } from './api.js';
 import { rememberFormat } from './downloads.js';
@@ -35,6 +35,7 @@ function choices() {
     options.diarize = true;
     if ($('speakers').value) options.num_speakers = Number($('speakers').value);
   }
+  if ($('priority').value) options.priority = $('priority').value;
   return { gpu: $('gpu').checked, options, format: $('format').value, urlKind: $('url-kind').value };
 }
 
