@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from gateway import form_docs
 from gateway.auth import Principal
 from gateway.deps import State, UrlUser
-from gateway.form_fields import make_options
+from gateway.form_fields import make_options, media_kind
 from gateway.results import transcript_within
 from gateway.state import GatewayState
 from gateway.submission import Interpret, submit_upload
@@ -62,7 +62,7 @@ def _options(values: dict[str, Any]) -> Interpret:
     """The interpreter `submit_upload` takes: these options for any file."""
 
     def interpret(form: ParsedForm) -> tuple[Kind, bool, TranscribeOptions]:
-        return form.sniffed_kind or Kind.AUDIO, True, make_options(values)
+        return media_kind(form), True, make_options(values)
 
     return interpret
 

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from gateway.bodies import validation_message
 from gateway.uploads import ParsedForm
-from schemas.errors import InvalidInput
+from schemas.errors import InvalidInput, UnsupportedMedia
 from schemas.jobs import TranscribeOptions
 from schemas.languages import check_language
 from schemas.names import BUILTIN_KINDS, Kind, Priority, validate_kind
@@ -105,7 +105,19 @@ def parse_kind(raw: str | None, sniffed: Kind | None) -> str:
 
 # The fields of `POST /api/v1/jobs` besides `file`; the webhook's are read by
 # gateway/webhook_fields.py, for every submitting endpoint.
-JOB_FORM_FIELDS = ("gpu", "kind", "options", "webhook_url", "callback_url")
+JOB_FORM_FIELDS = ("gpu", "kind", "priority", "options", "webhook_url", "callback_url")
+
+
+def media_kind(form: ParsedForm) -> Kind:
+    """The kind of an upload to an endpoint that transcribes (OpenAI's,
+    whisper-asr-webservice's): audio or video. A document or an image is
+    415 there (400 under /v1/, as OpenAI answers), not a job that fails."""
+    kind = form.sniffed_kind or Kind.AUDIO
+    if kind not in (Kind.AUDIO, Kind.VIDEO):
+        raise UnsupportedMedia(
+            f"file: {form.sniffed_label or kind} is not audio or video; documents and images go to POST /api/v1/jobs"
+        )
+    return kind
 
 
 def refuse_unknown_fields(form: ParsedForm, known: tuple[str, ...], endpoint: str) -> None:

@@ -103,7 +103,8 @@ async def submit(request: Request, st: State, principal: User) -> JSONResponse:
     `video`, `document` (PDF, DOCX, PPTX, XLSX, EPUB, HTML, Markdown, text) or
     `image` (PNG, JPEG, WebP, TIFF, BMP); anything else is 415. JSON: `url`
     alone is media to transcribe when it is a media site's or a media file's
-    (gateway/url_kinds.py), else a web page to read; `kind` (`url`, `web`) overrides;
+    (gateway/url_kinds.py), else a web page to read; `kind` overrides
+    (`{"url": …, "kind": "web"}` a web page, `"kind": "url"` media);
     `{"kind": "document", "text": …}` inline text. A kind no live node serves
     is 422 `KIND_NOT_SERVED`."""
     ctype = request.headers.get("content-type", "")

@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from gateway import form_docs
 from gateway.auth import Principal
 from gateway.deps import State, User
-from gateway.form_fields import make_options, parse_bool
+from gateway.form_fields import make_options, media_kind, parse_bool
 from gateway.openai_stream import stream_response
 from gateway.results import transcript_within
 from gateway.state import GatewayState
@@ -85,7 +85,7 @@ def _interpreter(task: str) -> Interpret:
         }
         values |= {k: v for k, v in openai_fields.items() if v is not None}
         options = make_options(values | {"task": task})
-        return form.sniffed_kind or Kind.AUDIO, True, options
+        return media_kind(form), True, options
 
     return interpret
 

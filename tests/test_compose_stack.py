@@ -4,7 +4,7 @@ Prometheus where Debian's binary is on the host, each waited on through its
 HEALTHCHECK. Through the gateway container's published port: a gpu=true job
 runs in the GPU node's container; `docker kill` of the GPU node mid-job
 finishes the job in the CPU node's container; the remote-GPU-box
-`docker run … gpu-node --gateway URL --api-key KEY` of the README joins and
+`docker run -e GPUBUS_API_KEY=KEY … gpu-node --gateway URL` of the README joins and
 takes a job; `docker kill` of one NATS container under load loses no
 accepted job and runs none twice. The figures are printed."""
 
@@ -115,13 +115,15 @@ def test_remote_gpu_box_joins_with_docker_run_and_takes_a_job(stack, capsys):
     # Given bob's key and the gateway's certificate fingerprint, as the README's remote GPU box has them
     key = stack.create_key("bob")
     fingerprint = stack.env["GPUBUS_GATEWAY_FINGERPRINT"]
-    # When `docker run … gpu-node --gateway URL --api-key KEY` starts (README; here on the
-    # compose network, --device cpu and the bundled model instead of --gpus all and large-v3)
+    # When `docker run -e GPUBUS_API_KEY=KEY … gpu-node --gateway URL` starts (README; the key in the
+    # environment, never on a command line `ps` shows; here on the compose network, --device cpu and
+    # the bundled model instead of --gpus all and large-v3)
     t0 = time.monotonic()
     run = images.docker(
         *("run", "-d", "--network", stack.network, "-e", "GPUBUS_WHISPER_MODEL=tiny.en"),
+        *("-e", f"GPUBUS_API_KEY={key}"),
         f"gpubus-gpu-node:{images.TAG}",
-        *("gpu-node", "--device", "cpu", "--gateway", "https://gateway:8000", "--api-key", key),
+        *("gpu-node", "--device", "cpu", "--gateway", "https://gateway:8000"),
         *("--gateway-fingerprint", fingerprint),
     )
     container = run.stdout.strip()

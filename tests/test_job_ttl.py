@@ -10,18 +10,21 @@ import pytest
 from schemas.events import EventType
 from tests import busreader
 from tests.harness import TESTDATA, metric, start_node, submit_file, wait_job, wait_until
+from tests.media_files import wav_of_seconds
 
 pytestmark = pytest.mark.timeout(180)
 
 
-def test_job_past_its_ttl_expires_and_frees_its_node(gateway, user):
-    # Given the owner's own CPU node (capacity 1) running a 77 s recording with a 3 s TTL
+def test_job_past_its_ttl_expires_and_frees_its_node(gateway, user, tmp_path):
+    # Given the owner's own CPU node (capacity 1) running a 185 s recording (under the 8 MiB upload cap) with a 3 s TTL
+    # (long.wav's 77 s alone took an idle node under 2 s: the job finished before its TTL)
+    lecture = wav_of_seconds(TESTDATA / "long.wav", 185, tmp_path / "lecture.wav")
     key = gateway.create_key(user)
     node = start_node(gateway, "cpu", key=key, name=f"cpu-{user}")
     expired_before = metric(gateway.url, "gpubus_jobs_expired_total", lane="cpu", kind="audio")
     try:
         with gateway.client(key) as c:
-            job = submit_file(c, TESTDATA / "long.wav", options='{"ttl_s": 3}')
+            job = submit_file(c, lecture, options='{"ttl_s": 3}')
             assert job["lane"] == "cpu", job
             wait_until(
                 lambda: c.get(f"/api/v1/jobs/{job['job_id']}").json()["status"] == "running",

@@ -166,12 +166,22 @@ class Asker:
             ("object", "ls"): self.object_ls,
             ("object", "get"): self.object_get,
         }
+        if words[0] == "sub":  # `nats sub 'queued.alice.>'`: the doorbells JOBS republishes
+            await self.sub(words[1].strip("'\""))
+            return
         if words[0] == "--server":
             assert "nats_url" in cmd  # the identity up.json holds, which this test connects with
             return
         handler = handlers.get((words[0], words[1]))
         assert handler is not None, f"README shows `{cmd}`: teach tests/test_nats_inspect.py to ask it"
         await handler(*words[2:])
+
+    async def sub(self, subject: str) -> None:
+        """Every stored job's headers are republished under `queued.>`
+        (fair share's doorbells): the subject is the owner's part of it."""
+        republish = (await self.js.stream_info("JOBS")).config.republish
+        assert republish is not None and republish.dest == "queued.>" and republish.headers_only, republish
+        assert subject == f"queued.{self.owner}.>", subject
 
     async def stream_info(self, stream: str) -> None:
         si = await self.js.stream_info(stream)
@@ -193,7 +203,7 @@ class Asker:
 
     async def consumer_info(self, stream: str, name: str) -> None:
         ci = await self.js.consumer_info(stream, name)
-        assert ci.config.filter_subject == f"jobs.{self.owner}.gpu.>"
+        assert ci.config.filter_subject == f"jobs.{self.owner}.gpu.*"  # normal priority; high and low have their own
         assert ci.config.ack_wait == self.defaults.gpu_ack_wait
         assert ci.config.max_deliver == self.defaults.gpu_max_deliver
         assert (ci.num_pending, ci.num_ack_pending, ci.num_redelivered) == (0, 0, 0)
