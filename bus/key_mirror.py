@@ -39,6 +39,7 @@ class KeyMirror:
         self._js = js
         self._decode = decode
         self._records: dict[str, ApiKeyRecord] = {}
+        self._revisions: dict[str, int] = {}  # of each record held: an older one never replaces it
         self._fresh_at_reconnects: int | None = None  # the reconnect count it was complete at
         self._task: asyncio.Task[None] | None = None
 
@@ -49,6 +50,12 @@ class KeyMirror:
         if self._nc.stats["reconnects"] != self._fresh_at_reconnects:
             return None
         return self._records.get(key_id)
+
+    def learn(self, key_id: str, rec: ApiKeyRecord, revision: int) -> None:
+        """A record this gateway just wrote (a revocation): held at once, so
+        the very next request here sees it, whenever the watch brings it."""
+        if revision >= self._revisions.get(key_id, 0):
+            self._records[key_id], self._revisions[key_id] = rec, revision
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._follow(), name="key-mirror")
@@ -82,12 +89,17 @@ class KeyMirror:
         reconnects = self._nc.stats["reconnects"]
         watch = await ephemeral.KeyWatch(self._js, names.APIKEYS_BUCKET, ">").start()
         records: dict[str, ApiKeyRecord] = {}
-        self._records = records
+        revisions: dict[str, int] = {}
+        self._records, self._revisions = records, revisions
         try:
             async for entry in watch:
                 if entry is None:  # every record there was is in
                     self._fresh_at_reconnects = reconnects
                     continue
+                revision = entry.revision or 0
+                if revision < revisions.get(entry.key, 0):
+                    continue  # this gateway already holds a later write (`learn`)
+                revisions[entry.key] = revision
                 rec = None
                 if entry.operation not in (KV_DEL, KV_PURGE) and entry.value:
                     rec = self._decode(entry.key, entry.value)

@@ -167,5 +167,7 @@ class KeyStore:
         rec = await self.get(key_id, from_kv=True)
         if rec.revoked_at is None:
             rec.revoked_at = now()
-            await self._kv.put(key_id, self._encode(rec))
+            revision = await self._kv.put(key_id, self._encode(rec))
+            if self.mirror is not None:
+                self.mirror.learn(key_id, rec, revision)
         return rec
