@@ -28,6 +28,14 @@ from ops.embedded_nats import server_binary
 ROOT = Path(__file__).resolve().parents[1]
 TAG = "test"
 IMAGES = ("gateway", "cpu-node", "gpu-node")
+# What each image runs: its command's modules (imported, not just named), checked
+# inside the built image (tests/test_images.py) or, without Docker, in a venv
+# holding only the image's lock (tests/test_image_locks.py).
+ENTRY_POINTS = {
+    "gateway": ("gateway.app", "ops.cli", "ops.healthcheck", "ops.service_commands", "uvicorn", "httptools", "nkeys"),
+    "cpu-node": ("cpu_node.main", "processors.factory", "processors.whisper_engine", "ops.healthcheck", "yt_dlp"),
+    "gpu-node": ("gpu_node.main", "gpu_node.telemetry", "processors.whisper_engine", "ops.healthcheck", "pynvml"),
+}
 NATS_IMAGE = "gpubus-test-nats:2.15.1"
 PROMETHEUS_IMAGE = "gpubus-test-prometheus:debian"
 # Debian docker.io's own CLI: BuildKit is built in (a newer CLI on PATH may

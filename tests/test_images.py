@@ -14,14 +14,10 @@ import json
 import pytest
 
 from testkit import images
+from testkit.images import ENTRY_POINTS
 
 pytestmark = pytest.mark.timeout(3600)  # a cold build downloads every wheel
 
-ENTRY_POINTS = {
-    "gateway": ("gateway.app", "ops.cli", "ops.healthcheck", "ops.service_commands", "uvicorn", "httptools", "nkeys"),
-    "cpu-node": ("cpu_node.main", "processors.factory", "processors.whisper_engine", "ops.healthcheck", "yt_dlp"),
-    "gpu-node": ("gpu_node.main", "gpu_node.telemetry", "processors.whisper_engine", "ops.healthcheck", "pynvml"),
-}
 # Run inside the image: what each check found, as one JSON object.
 PROBE = """
 import importlib, importlib.util, json, os, subprocess, sys
