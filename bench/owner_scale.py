@@ -40,6 +40,7 @@ from schemas.names import Kind, Lane
 
 PUBLISHES = 1000
 PUBLISH_BLOCK = 50
+PURGE_TIMEOUT_S = 120
 GROWTH_SAMPLE = 100  # the owners added last at each level
 
 
@@ -88,7 +89,8 @@ async def publish_latency(url: str, owners: int, ref_url: str) -> tuple[list[flo
                     await js.publish(names.job_subject(owner, Lane.CPU, Kind.NOOP, owner), b"x")
                     lat.append(time.perf_counter() - t0)
         for nc in (big, ref):
-            await nc.jetstream().purge_stream(names.JOBS_STREAM)
+            # A purge touches every consumer on the stream: seconds at 20,000 of them.
+            await nc.jetstream(timeout=PURGE_TIMEOUT_S).purge_stream(names.JOBS_STREAM)
     finally:
         await big.close()
         await ref.close()
