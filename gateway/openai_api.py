@@ -33,12 +33,13 @@ from gateway.results import transcript_within
 from gateway.state import GatewayState
 from gateway.submission import Interpret, submit_upload
 from gateway.uploads import ParsedForm
+from schemas.diarization import SpeakerSegment, SpeakerWord
 from schemas.errors import InvalidInput
 from schemas.formats import render, whisper_segment
 from schemas.jobs import TranscribeOptions
 from schemas.languages import language_name
 from schemas.names import Kind, Priority
-from schemas.results import Transcript
+from schemas.results import Segment, Transcript, Word
 
 router = APIRouter(prefix="/v1/audio", tags=["openai"])
 
@@ -93,19 +94,25 @@ def _interpreter(task: str) -> Interpret:
 def openai_verbose(t: Transcript) -> dict[str, Any]:
     """OpenAI's verbose_json shape, with faster-whisper's real per-segment
     figures (a result made before they were recorded has None there), and
-    `usage` billed by duration as OpenAI reports it for whisper-1."""
+    `usage` billed by duration as OpenAI reports it for whisper-1. A
+    diarized job's segments and words carry their `speaker` besides."""
     body: dict[str, Any] = {
         "task": t.task,
         "language": language_name(t.language),
         "duration": t.duration,
         "text": t.text,
-        "segments": [whisper_segment(s) for s in t.segments],
+        "segments": [whisper_segment(s) | _speaker_of(s) for s in t.segments],
         "usage": {"type": "duration", "seconds": math.ceil(t.duration)},
     }
     words = [w for s in t.segments for w in (s.words or [])]
     if words:
-        body["words"] = [{"word": w.word.strip(), "start": w.start, "end": w.end} for w in words]
+        body["words"] = [{"word": w.word.strip(), "start": w.start, "end": w.end} | _speaker_of(w) for w in words]
     return body
+
+
+def _speaker_of(part: Segment | Word) -> dict[str, str | None]:
+    """`{"speaker": ...}` for a diarized transcript's segment or word, else nothing."""
+    return {"speaker": part.speaker} if isinstance(part, SpeakerSegment | SpeakerWord) else {}
 
 
 def respond(t: Transcript, fmt: str) -> Response:

@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from processors import heap
 from schemas.diarization import DiarizedTranscript, DiarizeOptions, SpeakerSegment, SpeakerTotal, SpeakerTurn
 from schemas.errors import GpubusError
 from schemas.results import Transcript
@@ -104,6 +105,9 @@ class Diarizer:
                     self.broken = f"the {self.name} diarization engine could not be loaded: {e}"
                     log.error("%s; no longer offering diarization", self.broken)
                     raise DiarizationUnavailable(self.broken) from e
+                # torch, librosa and numba bring most of a diarizing node's objects: out of later
+                # full collections (each job's decode runs one), as the node did after Whisper.
+                heap.freeze_loaded(f"the {self.name} diarization engine")
             return self._engine
 
 

@@ -10,7 +10,7 @@ where a plugin that fails is logged and skipped (processors/plugins.py).
 
 from __future__ import annotations
 
-from processors import kinds, plugins
+from processors import heap, kinds, plugins
 from processors.diarization import DiarizationSettings, node_diarizer
 from processors.dispatch import ByKind
 from processors.media_fetch import FetchConfig
@@ -40,4 +40,5 @@ def build(
     if enable_noop:
         procs.append(NoopProcessor(cfg.device, seconds=noop_seconds))
     procs += plugins.load(ctx, taken={k for p in procs for k in p.kinds})
+    heap.freeze_loaded("the node's processors")  # every later full collection skips the model's objects
     return ByKind(plugins.for_lane(procs, ctx.lane), device=cfg.device, load_seconds=engine.load_seconds)

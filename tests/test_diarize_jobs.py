@@ -147,6 +147,24 @@ def test_the_older_api_and_the_openai_endpoint_diarize_too(gateway, shared_cpu_n
         assert r.status_code == 200 and "<v SPEAKER_00>" in r.text, r.text
 
 
+def test_openai_verbose_json_of_a_diarized_job_has_a_speaker_on_every_segment_and_word(
+    gateway, shared_cpu_node, user, two_voices
+):
+    # Given the two-voice conversation sent to the OpenAI endpoint with diarize and word times
+    path, _ = two_voices
+    with gateway.client(gateway.create_key(user)) as c, path.open("rb") as f:
+        data = {"model": "whisper-1", "diarize": "true", "response_format": "verbose_json"}
+        data["timestamp_granularities[]"] = "word"
+        # When it answers in verbose_json
+        r = c.post("/v1/audio/transcriptions", files={"file": ("two.wav", f)}, data=data)
+    # Then each segment and each word names its speaker, and both voices are there
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["segments"] and body["words"]
+    assert {s["speaker"] for s in body["segments"]} == {"SPEAKER_00", "SPEAKER_01"}
+    assert {w["speaker"] for w in body["words"]} == {"SPEAKER_00", "SPEAKER_01"}
+
+
 def test_contradictions_and_kinds_without_audio_are_422(gateway, shared_cpu_node, user, one_voice):
     with gateway.client(gateway.create_key(user)) as c:
         # Given speaker counts that contradict each other, on each way in

@@ -75,6 +75,9 @@ def test_verbose_json_with_words(client):
         assert seg.temperature == 0.0 and seg.seek >= 0
     assert r.segments[0].no_speech_prob < 0.5  # the message itself is speech
     assert r.usage is not None and r.usage.type == "duration" and r.usage.seconds == 9
+    # OpenAI's shape exactly: `speaker` only where the job was diarized (tests/test_diarize_jobs.py)
+    raw = r.to_dict()
+    assert not any("speaker" in part for part in raw["segments"] + raw["words"])
 
 
 def test_silence_reads_as_no_speech_and_vad_is_an_extra_field(client, gateway, key, tmp_path):
