@@ -103,9 +103,10 @@ async def measure(urls: dict[Layout, str], levels: list[int], n_jobs: int) -> di
                 print(f"  {layout.name}: {level} idle consumers made in {time.perf_counter() - t0:.1f}s", flush=True)
             have = level + 1
             order = list(conns.items())
-            for block in range(n_jobs // BLOCK):
+            size = min(BLOCK, n_jobs)
+            for block in range(max(1, n_jobs // size)):
                 for layout, nc in order if block % 2 == 0 else order[::-1]:
-                    out.setdefault((level, layout.name), []).extend(await jobs(nc.jetstream(), layout, BLOCK))
+                    out.setdefault((level, layout.name), []).extend(await jobs(nc.jetstream(), layout, size))
     finally:
         for nc in conns.values():
             await nc.close()

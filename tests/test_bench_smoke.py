@@ -25,6 +25,7 @@ SCRIPTS = {
     "sse_fanout": ["--clients", "10", "--jobs", "3"],
     "scale": ["--jobs", "20", "--nodes", "1,2", "--owners", "1,3", "--inflight", "4", "--capacity", "2"],
     "gpu_pipeline": ["--jobs", "3", "--minutes", "0.5", "--rtfx", "50"],
+    "consumer_layout": ["--idle", "0,20", "--shards", "4", "--jobs", "10"],
     "owner_scale": ["--owners", "1,5", "--jobs", "20", "--active", "2", "--inflight", "4"],
     "clip_batching": ["--clips", "4", "--batch", "2"],
     "ab_commits": ["--base", "HEAD", "--turns", "1", "--jobs", "5", "--inflight", "2", "--node-concurrency", "2"],
