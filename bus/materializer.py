@@ -83,7 +83,7 @@ def fold(rec: JobRecord, ev: JobEvent, seq: int | None = None) -> JobRecord | No
         if rec.status == JobStatus.QUEUED or rec.node_id != ev.node_id:
             rec.status = JobStatus.RUNNING
             rec.node_id = ev.node_id
-            rec.started_at = rec.started_at or ev.at
+            rec.started_at = rec.started_at or ev.started_at or ev.at
         if ev.progress is not None:
             rec.progress = max(rec.progress, ev.progress) if rec.node_id == ev.node_id else ev.progress
         if ev.phase is not None:
@@ -93,7 +93,7 @@ def fold(rec: JobRecord, ev: JobEvent, seq: int | None = None) -> JobRecord | No
     rec.phase = None
     rec.node_id = ev.node_id
     rec.finished_at = ev.at
-    rec.started_at = rec.started_at or ev.at
+    rec.started_at = rec.started_at or ev.started_at or ev.at
     if ev.type == EventType.SUCCEEDED:
         rec.progress = 1.0
         rec.result_object = ev.result_object

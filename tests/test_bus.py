@@ -13,10 +13,14 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from bus import ephemeral, node_permissions, objects, topology
+from bus.job_events import EventReporter, StartNotice
 from bus.pulling import Puller
 from bus.settings import Settings
-from schemas import names
+from schemas import codec, names
 from schemas.errors import NotFound, PayloadTooLarge
+from schemas.events import EventType, JobEvent
+from schemas.jobs import ErrorInfo, JobRecord, new_job_id
+from schemas.names import Kind, Lane
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -132,3 +136,60 @@ async def test_key_watch_lists_then_follows_and_leaves_no_consumer(client):
     await ephemeral.stop_watch(watch)
     assert [e async for e in watch] == []
     assert await js.consumers_info(names.kv_stream("kwt")) == []
+
+
+async def _stored_events(js, owner: str, job_id: str) -> list[JobEvent]:
+    subject = names.event_subject(owner, job_id)
+    info = await js.stream_info(names.EVENTS_STREAM, subjects_filter=subject)
+    total = sum((info.state.subjects or {}).values())
+    sub = await js.subscribe(subject, ordered_consumer=True)
+    try:
+        return [codec.decode((await sub.next_msg(timeout=5)).data, JobEvent) for _ in range(total)]
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_start_notice_sends_started_only_for_runs_that_last_or_do_not_succeed(fresh_nats, client):
+    # Given the EVENTS stream and a node's reporter
+    nc, js = client
+    await topology.ensure_core(js, Settings(nats_url=fresh_nats.url))
+    events = EventReporter(nc, js, lane=Lane.CPU, node_id="n1", bus_retry_s=5)
+
+    def job():
+        rec = JobRecord(
+            job_id=new_job_id(),
+            owner="sn",
+            queue_owner="sn",
+            kind=Kind.NOOP,
+            lane=Lane.CPU,
+            routed_reason="test",
+            created_at=1.0,
+            updated_at=1.0,
+        )
+        return rec.to_message()
+
+    async def run(grace_s: float, lasts_s: float, outcome: EventType, *, progress: bool = False):
+        j = job()
+        notice = StartNotice(events, j, grace_s)
+        if progress:
+            notice.now()
+            events.progress(j, 0.5)
+        await asyncio.sleep(lasts_s)
+        await notice.before_outcome(announce=outcome is not EventType.SUCCEEDED)
+        error = None if outcome is EventType.SUCCEEDED else ErrorInfo(code="X", message="x")
+        await events.finished(j, outcome, error=error, started_at=notice.at)
+        return notice.at, await _stored_events(js, "sn", j.job_id)
+
+    # When a run succeeds within the grace, then only its outcome is stored, naming its start
+    at, evs = await run(10.0, 0.0, EventType.SUCCEEDED)
+    assert [e.type for e in evs] == [EventType.SUCCEEDED] and evs[0].started_at == at
+    # When a run lasts past the grace, then `started` (naming the start, not the send) comes first
+    at, evs = await run(0.05, 0.2, EventType.SUCCEEDED)
+    assert [e.type for e in evs] == [EventType.STARTED, EventType.SUCCEEDED]
+    assert evs[0].started_at == at and evs[0].at > at
+    # When a run fails at once, then its `started` still comes before the failure
+    _, evs = await run(10.0, 0.0, EventType.FAILED)
+    assert [e.type for e in evs] == [EventType.STARTED, EventType.FAILED]
+    # When a run shows progress within the grace, then `started` comes before the progress
+    _, evs = await run(10.0, 0.1, EventType.SUCCEEDED, progress=True)
+    assert [e.type for e in evs] == [EventType.STARTED, EventType.PROGRESS, EventType.SUCCEEDED]

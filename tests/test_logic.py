@@ -78,6 +78,16 @@ def test_started_then_succeeded():
     assert rec.status == JobStatus.SUCCEEDED and rec.result_object == "out/x/1.json" and rec.progress == 1.0
 
 
+def test_the_start_a_node_names_is_the_record_s_start():
+    # A run that succeeded within the grace sent no `started`: its outcome says when it began
+    quick = fold(_rec(), _ev(EventType.SUCCEEDED, started_at=4.5))
+    assert quick.status == JobStatus.SUCCEEDED and quick.started_at == 4.5 and quick.finished_at == 5.0
+    # A `started` sent late still names the moment the run began
+    assert fold(_rec(), _ev(EventType.STARTED, started_at=4.75)).started_at == 4.75
+    # An older node names none: the event's own time
+    assert fold(_rec(), _ev(EventType.SUCCEEDED)).started_at == 5.0
+
+
 def test_first_terminal_wins_and_late_completion_is_counted():
     done = fold(_rec(attempts=2), _ev(EventType.SUCCEEDED, node="cpu1", attempt=2, result_object="out/x/2.json"))
     late = fold(done.model_copy(), _ev(EventType.SUCCEEDED, node="gpu1", attempt=1, result_object="out/x/1.json"))
