@@ -113,6 +113,34 @@ async def test_puller_takes_what_is_there_at_once_and_keeps_late_messages(client
     await puller.close()
 
 
+async def test_puller_asks_for_the_rest_only_when_more_are_pending(client):
+    # Given a durable pull consumer, and a spy on the pull requests sent to it
+    nc, js = client
+    await js.add_stream(name="PQ", subjects=["pq.>"])
+    await js.add_consumer("PQ", ConsumerConfig(durable_name="d", ack_policy=AckPolicy.EXPLICIT))
+    pulls: list[bytes] = []
+
+    async def spy(msg) -> None:
+        pulls.append(msg.data)
+
+    await nc.subscribe(f"{node_permissions.JS_API}.CONSUMER.MSG.NEXT.PQ.d", cb=spy)
+    puller = await Puller(nc, stream="PQ", durable="d", api_prefix=node_permissions.JS_API).open()
+    # When a batch of up to 5 is asked for while one message waits
+    await js.publish("pq.0", b"x")
+    one = await puller.next_batch(max_batch=5, wait_s=10)
+    await nc.flush()
+    # Then it comes back after one pull request: its delivery said nothing more was pending
+    assert [m.subject for m in one] == ["pq.0"] and len(pulls) == 1, pulls
+    await one[0].ack_sync()
+    # And with three waiting, the first pull's answer says so and the rest are drained at once
+    for i in range(1, 4):
+        await js.publish(f"pq.{i}", b"x")
+    three = await puller.next_batch(max_batch=5, wait_s=10)
+    await nc.flush()
+    assert [m.subject for m in three] == ["pq.1", "pq.2", "pq.3"] and len(pulls) == 3, pulls
+    await puller.close()
+
+
 async def test_key_watch_lists_then_follows_and_leaves_no_consumer(client):
     # Given a bucket with two keys of alice, one of bob, and one of alice deleted
     _nc, js = client
