@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from nats.js import JetStreamContext
@@ -40,13 +40,43 @@ Mutator = Callable[[JobRecord], JobRecord | None]
 BeforeTerminal = Callable[[JobRecord], Awaitable[None]]
 
 
+class KeyLocks:
+    """An asyncio lock per key, kept only while somebody holds or awaits it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # key -> (lock, holders and waiters)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def held(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            _, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
 class JobStore:
     """`update` starts from the last (record, revision) this process wrote
     or read for the key, when it has one, and reads the key only if the CAS
     then loses: a job's record is written by the API and then by the
     materializer in the same gateway, so the read before every write was a
     round trip that nearly always returned what this process had just
-    written. A stale copy costs one failed CAS, never a wrong record."""
+    written. A stale copy costs one failed CAS, never a wrong record.
+
+    Updates of one key in this process go one after another: two at once
+    (the submission's sequence note and the materializer's fold of a job
+    done in milliseconds) started from the same revision, so one lost its
+    CAS and paid a failed write and a read; in turn, the second starts from
+    the revision the first wrote. Other processes are still met by CAS."""
 
     def __init__(
         self,
@@ -66,6 +96,7 @@ class JobStore:
         self._before_terminal = before_terminal
         self._known: OrderedDict[str, tuple[JobRecord, int, int]] = OrderedDict()  # key -> (record, revision, bytes)
         self._known_bytes = 0
+        self._writing = KeyLocks()
 
     def _encode(self, key: str, rec: JobRecord) -> bytes:
         return self._seal.seal(_kv_subject(key), codec.encode_record(rec))
@@ -131,6 +162,10 @@ class JobStore:
         """Apply `mutate` to a fresh copy until the CAS wins. `mutate` returns
         None for "no change" and must be pure: it may run more than once."""
         key = names.job_key(owner, job_id)
+        async with self._writing.held(key):
+            return await self._update(owner, job_id, key, mutate)
+
+    async def _update(self, owner: str, job_id: str, key: str, mutate: Mutator) -> JobRecord:
         known = self._known.get(key)
         for _ in range(MAX_CAS_TRIES):
             cached = known is not None

@@ -14,13 +14,16 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from bus import ephemeral, node_permissions, objects, topology
 from bus.job_events import EventReporter, StartNotice
+from bus.jobstore import JobStore, with_seq
 from bus.pulling import Puller
+from bus.sealing import RecordSeal
 from bus.settings import Settings
 from schemas import codec, names
 from schemas.errors import NotFound, PayloadTooLarge
 from schemas.events import EventType, JobEvent
 from schemas.jobs import ErrorInfo, JobRecord, new_job_id
 from schemas.names import Kind, Lane
+from testkit.harness import ADMIN_TOKEN
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -166,6 +169,56 @@ async def test_key_watch_lists_then_follows_and_leaves_no_consumer(client):
     assert await js.consumers_info(names.kv_stream("kwt")) == []
 
 
+def _record(owner: str) -> JobRecord:
+    """A new no-op job's record."""
+    return JobRecord(
+        job_id=new_job_id(),
+        owner=owner,
+        queue_owner=owner,
+        kind=Kind.NOOP,
+        lane=Lane.CPU,
+        routed_reason="test",
+        created_at=1.0,
+        updated_at=1.0,
+    )
+
+
+async def test_updates_of_one_record_in_one_process_go_in_turn_and_lose_no_cas(fresh_nats, client):
+    # Given a job record this process created, and a spy on the KV bucket's writes and reads
+    nc, js = client
+    await topology.ensure_core(js, Settings(nats_url=fresh_nats.url))
+    jobs = JobStore(await js.key_value(names.JOBS_BUCKET), RecordSeal.from_secret(ADMIN_TOKEN), js=js)
+    rec = _record("kl")
+    await jobs.create(rec)
+    writes: list[str] = []
+    reads: list[str] = []
+
+    async def on_write(msg) -> None:
+        writes.append(msg.subject)
+
+    async def on_read(msg) -> None:
+        reads.append(msg.subject)
+
+    await nc.subscribe(names.kv_subject(names.JOBS_BUCKET, ">"), cb=on_write)
+    await nc.subscribe(f"{node_permissions.JS_API}.*.MSG.GET.>", cb=on_read)
+    await nc.subscribe(f"{node_permissions.JS_API}.DIRECT.GET.>", cb=on_read)
+
+    def noted(r: JobRecord) -> JobRecord | None:
+        return with_seq(r, 1, 7)
+
+    def halfway(r: JobRecord) -> JobRecord:
+        r.progress = 0.5
+        return r
+
+    # When two updates of it are made at once (a sequence note and a fold, say)
+    await asyncio.gather(jobs.update("kl", rec.job_id, noted), jobs.update("kl", rec.job_id, halfway))
+    await nc.flush()
+    # Then both landed, in one write each, without a lost CAS or a read
+    assert len(writes) == 2 and reads == [], (writes, reads)
+    final, _ = await jobs.get("kl", rec.job_id)
+    assert final.stream_seq == 7 and final.progress == 0.5
+
+
 async def _stored_events(js, owner: str, job_id: str) -> list[JobEvent]:
     subject = names.event_subject(owner, job_id)
     info = await js.stream_info(names.EVENTS_STREAM, subjects_filter=subject)
@@ -183,21 +236,8 @@ async def test_start_notice_sends_started_only_for_runs_that_last_or_do_not_succ
     await topology.ensure_core(js, Settings(nats_url=fresh_nats.url))
     events = EventReporter(nc, js, lane=Lane.CPU, node_id="n1", bus_retry_s=5)
 
-    def job():
-        rec = JobRecord(
-            job_id=new_job_id(),
-            owner="sn",
-            queue_owner="sn",
-            kind=Kind.NOOP,
-            lane=Lane.CPU,
-            routed_reason="test",
-            created_at=1.0,
-            updated_at=1.0,
-        )
-        return rec.to_message()
-
     async def run(grace_s: float, lasts_s: float, outcome: EventType, *, progress: bool = False):
-        j = job()
+        j = _record("sn").to_message()
         notice = StartNotice(events, j, grace_s)
         if progress:
             notice.now()
