@@ -25,7 +25,7 @@ from bus.retry import retrying
 from bus.sealing import RecordSeal, SealBroken
 from schemas import codec, names
 from schemas.errors import Conflict, NotFound
-from schemas.jobs import JOB_ID_RE, JobRecord, now
+from schemas.jobs import JOB_ID_RE, JobRecord, JobStatus, now
 
 if TYPE_CHECKING:
     from bus.record_watch import RecordWatch
@@ -115,6 +115,12 @@ class JobStore:
         while self._known and (len(self._known) > KNOWN_RECORDS or self._known_bytes > KNOWN_RECORDS_BYTES):
             _, (_, _, gone) = self._known.popitem(last=False)
             self._known_bytes -= gone
+
+    def cached(self, owner: str, job_id: str) -> JobRecord | None:
+        """The record as this process last wrote or read it (no NATS round
+        trip; it may be stale), or None."""
+        known = self._known.get(names.job_key(owner, job_id))
+        return known[0].model_copy(deep=True) if known is not None else None
 
     def knows(self, owner: str, job_id: str) -> bool:
         """This process created or read the record lately (no NATS round trip)."""
@@ -302,10 +308,18 @@ def decode_job_record(seal: RecordSeal, subject: str, value: bytes) -> JobRecord
     return rec
 
 
+def attempt_over(rec: JobRecord, attempt: int) -> bool:
+    """The job has moved on from `attempt`, or its node finished it (the
+    node acked or termed the message: nothing is left to delete by the
+    sequence). A cancelled or expired attempt is not over in this sense:
+    its record still notes the message, which the noter withdraws."""
+    return rec.attempts != attempt or rec.status in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+
 def with_seq(rec: JobRecord, attempt: int, seq: int) -> JobRecord | None:
     """Mutator: remember where attempt `attempt` sits in the JOBS stream (so a
-    cancel can delete it), unless the job has moved on to another attempt."""
-    if rec.attempts != attempt:
+    cancel can delete it), unless that attempt is over (`attempt_over`)."""
+    if attempt_over(rec, attempt):
         return None
     rec.stream_seq = seq
     return rec

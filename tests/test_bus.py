@@ -15,13 +15,15 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from bus import ephemeral, node_permissions, objects, topology
 from bus.job_events import EventReporter, StartNotice
 from bus.jobstore import JobStore, with_seq
+from bus.publisher import JobPublisher
 from bus.pulling import Puller
+from bus.queueing import queue_attempt
 from bus.sealing import RecordSeal
 from bus.settings import Settings
 from schemas import codec, names
 from schemas.errors import NotFound, PayloadTooLarge
 from schemas.events import EventType, JobEvent
-from schemas.jobs import ErrorInfo, JobRecord, new_job_id
+from schemas.jobs import ErrorInfo, JobMessage, JobRecord, JobStatus, new_job_id
 from schemas.names import Kind, Lane
 from testkit.harness import ADMIN_TOKEN
 
@@ -217,6 +219,39 @@ async def test_updates_of_one_record_in_one_process_go_in_turn_and_lose_no_cas(f
     assert len(writes) == 2 and reads == [], (writes, reads)
     final, _ = await jobs.get("kl", rec.job_id)
     assert final.stream_seq == 7 and final.progress == 0.5
+
+
+async def test_a_submission_done_before_its_sequence_note_is_due_gets_no_note(fresh_nats, client):
+    # Given two submissions queued with their sequence notes in the background
+    nc, js = client
+    s = Settings(nats_url=fresh_nats.url)
+    await topology.ensure_core(js, s)
+    await topology.ensure_owner(js, s, "nt")
+    seal = RecordSeal.from_secret(ADMIN_TOKEN)
+    jobs = JobStore(await js.key_value(names.JOBS_BUCKET), seal, js=js)
+    publisher = JobPublisher(js, seal, give_up_after_s=5, ensure_queue=topology.QueueMaker(js, s))
+    notes: set[asyncio.Task[JobRecord]] = set()
+    done, waiting = _record("nt"), _record("nt")
+    for rec in (done, waiting):
+        await queue_attempt(jobs, publisher, "nt", rec.job_id, 1, rec, notes=notes)
+
+    def succeeded(r: JobRecord) -> JobRecord:
+        r.status = JobStatus.SUCCEEDED
+        return r
+
+    # When one succeeds before its note is due (as the materializer would write it)
+    await jobs.update("nt", done.job_id, succeeded)
+    _, revision = await jobs.get("nt", done.job_id)
+    await asyncio.gather(*notes)
+    # Then its record is not written again (nothing is left to delete by the sequence)
+    after, revision_after = await jobs.get("nt", done.job_id)
+    assert revision_after == revision and after.stream_seq is None, after
+    # And the one still queued has its message noted
+    queued, _ = await jobs.get("nt", waiting.job_id)
+    assert queued.stream_seq is not None
+    assert (
+        codec.decode((await js.get_msg(names.JOBS_STREAM, queued.stream_seq)).data, JobMessage).job_id == waiting.job_id
+    )
 
 
 async def _stored_events(js, owner: str, job_id: str) -> list[JobEvent]:
