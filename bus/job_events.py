@@ -124,16 +124,18 @@ def _log_failed_publish(fut: asyncio.Future[Any], *, job_id: str, type_: EventTy
 
 class StartNotice:
     """Whether and when one run's `started` goes out. Sent when the run has
-        lasted `grace_s`, or at once when it shows progress or text (watchers
-        then see it running, and in order), or before an outcome other than
-        success (a failure, cancel or release has always followed a `started`,
-        and a delivery count is read from them). A success within the grace
-        sends none. Every event it sends names when the run began (`started_at`):
-    a `started` sent late does not move the record's start.
+    lasted `grace_s`, or at once when it shows progress or text (watchers
+    then see it running, and in order), or before an outcome other than
+    success (a failure, cancel or release has always followed a `started`,
+    and a delivery count is read from them). A success within the grace
+    sends none. Every event it sends names when the run began
+    (`started_at`): a `started` sent late does not move the record's start.
 
-        Only the event loop's thread calls it; `started` goes out through
-        `ensure_future` before any event scheduled after it, so it is stored
-        before the progress and the outcome that follow it."""
+    Only the event loop's thread calls it. The outcome waits for a
+    `started` in flight, so it is always stored after it; a progress or
+    text event goes out in task order after the `started` scheduled for it
+    (but for a node's very first `started`, whose publish first subscribes
+    nats-py's reply inbox: that one progress event may come before it)."""
 
     def __init__(self, events: EventReporter, job: JobMessage, grace_s: float = STARTED_GRACE_S) -> None:
         self._events = events
@@ -141,10 +143,6 @@ class StartNotice:
         self.at = now()
         self._send: asyncio.Future[None] | None = None
         self._timer = asyncio.get_running_loop().call_later(grace_s, self.now)
-
-    @property
-    def sent(self) -> bool:
-        return self._send is not None
 
     def now(self) -> None:
         """Send `started` now, once."""
