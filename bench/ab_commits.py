@@ -12,12 +12,16 @@ stack's tree first on the path). Load from elsewhere on a shared machine
 then hits both alike, where runs of bench.roundtrip one after the other
 differed by 2x between neighbours.
 
+With `--sequential` each turn runs its jobs one at a time and the figure
+is the median latency (bench.ab_turn's `-seq` modes), compared as this
+checkout's p50 over the base's (lower is better).
+
 With `--shared` the node serves the shared pool instead of the user's own
 lane (HTTP turns only: the user has no node of their own, so jobs go to
 the pool), where the base may have one FIFO consumer and this checkout a
 share per owner.
 
-    python -m bench.ab_commits [--base main] [--turns 12] [--jobs 300] [--inflight 64] [--shared]
+    python -m bench.ab_commits [--base main] [--turns 12] [--jobs 300] [--inflight 64] [--shared] [--sequential]
 """
 
 from __future__ import annotations
@@ -56,12 +60,14 @@ def worktree(base: str) -> Iterator[Path]:
 
 
 def turn(tree: Path, mode: str, url: str, key: str, jobs: int, inflight: int) -> float:
-    """One client process on `tree`'s code: jobs/s of `jobs` pipelined jobs."""
+    """One client process on `tree`'s code: jobs/s of `jobs` pipelined jobs,
+    or for a `-seq` mode the p50 in ms of `jobs` sequential ones."""
     args = [str(TURN), mode, url, "bench", key, str(jobs), str(inflight)]
     out = subprocess.run([sys.executable, "-c", RUN_TURN, *args], cwd=tree, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"turn on {tree} failed: {out.stderr[-2000:]}")
-    return float(json.loads(out.stdout.strip().splitlines()[-1])["rate"])
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(figures["p50_ms"] if mode.endswith("-seq") else figures["rate"])
 
 
 def main() -> int:
@@ -72,8 +78,11 @@ def main() -> int:
     p.add_argument("--inflight", type=int, default=64)
     p.add_argument("--node-concurrency", type=int, default=64)
     p.add_argument("--shared", action="store_true", help="a shared-pool node; HTTP turns only")
+    p.add_argument("--sequential", action="store_true", help="p50 latency of jobs one at a time, not jobs/s")
     args = p.parse_args()
-    modes = ("http",) if args.shared else MODES
+    modes: tuple[str, ...] = ("http",) if args.shared else MODES
+    if args.sequential:
+        modes = tuple(f"{m}-seq" for m in modes)
     rep = common.Report("ab_commits")
     print(f"ab_commits: this checkout against {args.base}, {args.turns} turns of {args.jobs} jobs", flush=True)
     here = os.getcwd()
@@ -100,17 +109,21 @@ def main() -> int:
             for mode in modes:
                 for name in order:
                     tree, nats_url, gw_url, key = stacks[name]
-                    url = nats_url if mode == "bus" else gw_url
+                    url = nats_url if mode.startswith("bus") else gw_url
                     rates[(name, mode)].append(turn(tree, mode, url, key, args.jobs, args.inflight))
+    unit = "p50_ms" if args.sequential else "jobs_per_s"
     for mode in modes:
         for name in trees:
-            rep.row(f"{name} {mode}", jobs_per_s=statistics.median(rates[(name, mode)]))
+            rep.row(f"{name} {mode}", **{unit: statistics.median(rates[(name, mode)])})
     for mode in modes:
         pairs = [h / b for b, h in zip(rates[("base", mode)], rates[("head", mode)], strict=True)]
         ratio = statistics.median(pairs)
-        rep.ratio(
-            f"{mode} jobs/s this checkout / {args.base} (median per turn)", ratio, target=">= 0.9", ok=ratio >= 0.9
-        )
+        if args.sequential:
+            rep.ratio(f"{mode} p50 this checkout / {args.base} (median per turn)", ratio, target="<= 1", ok=ratio <= 1)
+        else:
+            rep.ratio(
+                f"{mode} jobs/s this checkout / {args.base} (median per turn)", ratio, target=">= 0.9", ok=ratio >= 0.9
+            )
     return rep.finish(args.json)
 
 

@@ -141,9 +141,10 @@ class BenchNatsServer(NatsServer):
 
 
 @contextlib.contextmanager
-def nats_server(root: Path, name: str = "bench", *, sync: str = "always") -> Iterator[NatsServer]:
-    """A private nats-server on a free loopback port, stopped by pid."""
-    server = BenchNatsServer(store_dir=root / f"nats-{name}", sync_always=sync == "always").start()
+def nats_server(root: Path, name: str = "bench", *, sync: str = "always", http_port: int = 0) -> Iterator[NatsServer]:
+    """A private nats-server on a free loopback port, stopped by pid;
+    `http_port`: its monitoring endpoint (0: none)."""
+    server = BenchNatsServer(store_dir=root / f"nats-{name}", sync_always=sync == "always", http_port=http_port).start()
     try:
         yield server
     finally:

@@ -210,13 +210,10 @@ class Intake:
         if not fresh:
             return await self._puller.take_available(asked, consumer)
         try:
-            first = await self._puller.next_message(FRESH_WAIT_S, consumer)
+            return await self._puller.next_batch(max_batch=asked, wait_s=FRESH_WAIT_S, durable=consumer)
         except APIError as e:  # 503: the consumer is gone (deleted, or its server down); the reconcile tries again
             log.warning("pull from %s refused: %s", consumer, e)
             return []
-        if first is None:
-            return []
-        return [first] + (await self._puller.take_available(asked - 1, consumer) if asked > 1 else [])
 
     async def _reconcile(self) -> None:
         self._reconciled_at = time.monotonic()

@@ -29,7 +29,7 @@ from nats.js import JetStreamContext
 from bus import objects, sealing
 from bus.acking import StartLost, settle
 from bus.engine_slots import EngineSlots
-from bus.job_events import EventReporter
+from bus.job_events import STARTED_GRACE_S, EventReporter, StartNotice
 from bus.joblog import job_fields
 from bus.metrics import NodeMetrics
 from bus.retry import retrying
@@ -95,6 +95,8 @@ class JobContext:
     # taken ahead of the engine has not started, and past its start
     # deadline it is the mover's to take.
     start_gate: Callable[[JobMessage, Msg], Awaitable[bool]] | None = None
+    # A run that succeeds within this long sends no `started` (bus/job_events.StartNotice).
+    started_grace_s: float = STARTED_GRACE_S
 
 
 def read_job(ctx: JobContext, msg: Msg) -> JobMessage:
@@ -142,7 +144,8 @@ class JobRun:
         if cancelled_already:
             self.cancelled.set()
         self.succeeded = False
-        self.announced = False  # `started` sent: the job holds an engine slot
+        self.announced = False  # the job holds an engine slot (its `started` may wait: `_notice`)
+        self._notice: StartNotice | None = None
         self.start_lost = False  # the start-deadline mover took it first: not ours, neither done nor failed
         self._turn = ctx.engine.ticket()  # engine slots go in the order jobs were taken
         self._last_progress_event = 0.0
@@ -168,6 +171,8 @@ class JobRun:
                 await self._store_result(output)
                 self.succeeded = True
         finally:
+            if self._notice is not None:
+                self._notice.close()  # a nak without a report (settle) leaves no `started` behind
             await ctx.engine.give_up(self._turn)  # ended before it wanted a slot, if it did
             keepalive.cancel()
             status = "succeeded" if self.succeeded else "moved" if self.start_lost else "failed"
@@ -214,7 +219,7 @@ class JobRun:
             if self.ctx.start_gate is not None and not await self.ctx.start_gate(self.job, self.msg):
                 self.start_lost = True
                 raise StartLost()
-            await self.ctx.events.started(self.job)
+            self._notice = StartNotice(self.ctx.events, self.job, self.ctx.started_grace_s)
             self.announced = True
             log.info("job %s started", self._ref, extra=self._log_fields("started"))
             return await self._run_in_pool(input_path, work_dir)
@@ -225,7 +230,11 @@ class JobRun:
         trace: the gateway that cancelled it has said all there is."""
         if outcome == "cancelled" and not self.announced:
             return
-        await self.ctx.events.settled(self.job, outcome, error)
+        if self._notice is None:
+            await self.ctx.events.settled(self.job, outcome, error)
+            return
+        await self._notice.before_outcome(announce=True)
+        await self.ctx.events.settled(self.job, outcome, error, started_at=self._notice.at)
 
     async def _run_in_pool(self, input_path: Path | None, work_dir: Path | None) -> JobOutput:
         loop = asyncio.get_running_loop()
@@ -303,7 +312,10 @@ class JobRun:
             ctx.metrics.rtf.observe(s.real_time_factor)
         for stage in s.stages:
             ctx.metrics.stage_done(stage.name, stage.engine, stage.processing_s, stage.media_s)
-        await ctx.events.finished(job, EventType.SUCCEEDED, summary=s, **where)
+        notice = self._notice
+        assert notice is not None  # a result exists only after the engine ran it
+        await notice.before_outcome(announce=False)
+        await ctx.events.finished(job, EventType.SUCCEEDED, summary=s, started_at=notice.at, **where)
 
     def _progress_event(self, done_s: float, total_s: float, phase: Phase | None = None) -> None:
         """At most one progress event per PROGRESS_EVERY_S, but always the
@@ -315,6 +327,7 @@ class JobRun:
         last = total_s > 0 and done_s >= total_s
         if (t - self._last_progress_event < PROGRESS_EVERY_S and not (new_phase or last)) or self.cancelled.is_set():
             return
+        self._announce_now()
         self._last_progress_event, self._phase = t, name
         fraction = (phase or ONE_PHASE).fraction(done_s, total_s)
         if self._pages:
@@ -326,7 +339,14 @@ class JobRun:
         """Every finished segment, unthrottled (each is a piece of the text
         a client is watching grow), none once cancelled."""
         if not self.cancelled.is_set():
+            self._announce_now()
             self.ctx.events.segment(self.job, segment)
+
+    def _announce_now(self) -> None:
+        """A run that shows progress or text is announced first, so watchers
+        see `started` before what it did."""
+        if self._notice is not None:
+            self._notice.now()
 
     async def _keep_lease(self) -> None:
         """Extend the ack deadline every ack_wait/3 while the job shows life."""

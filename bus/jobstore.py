@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from nats.js import JetStreamContext
@@ -25,7 +25,7 @@ from bus.retry import retrying
 from bus.sealing import RecordSeal, SealBroken
 from schemas import codec, names
 from schemas.errors import Conflict, NotFound
-from schemas.jobs import JOB_ID_RE, JobRecord, now
+from schemas.jobs import JOB_ID_RE, JobRecord, JobStatus, now
 
 if TYPE_CHECKING:
     from bus.record_watch import RecordWatch
@@ -40,13 +40,43 @@ Mutator = Callable[[JobRecord], JobRecord | None]
 BeforeTerminal = Callable[[JobRecord], Awaitable[None]]
 
 
+class KeyLocks:
+    """An asyncio lock per key, kept only while somebody holds or awaits it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # key -> (lock, holders and waiters)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def held(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            _, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
 class JobStore:
     """`update` starts from the last (record, revision) this process wrote
     or read for the key, when it has one, and reads the key only if the CAS
     then loses: a job's record is written by the API and then by the
     materializer in the same gateway, so the read before every write was a
     round trip that nearly always returned what this process had just
-    written. A stale copy costs one failed CAS, never a wrong record."""
+    written. A stale copy costs one failed CAS, never a wrong record.
+
+    Updates of one key in this process go one after another: two at once
+    (the submission's sequence note and the materializer's fold of a job
+    done in milliseconds) started from the same revision, so one lost its
+    CAS and paid a failed write and a read; in turn, the second starts from
+    the revision the first wrote. Other processes are still met by CAS."""
 
     def __init__(
         self,
@@ -66,6 +96,7 @@ class JobStore:
         self._before_terminal = before_terminal
         self._known: OrderedDict[str, tuple[JobRecord, int, int]] = OrderedDict()  # key -> (record, revision, bytes)
         self._known_bytes = 0
+        self._writing = KeyLocks()
 
     def _encode(self, key: str, rec: JobRecord) -> bytes:
         return self._seal.seal(_kv_subject(key), codec.encode_record(rec))
@@ -84,6 +115,12 @@ class JobStore:
         while self._known and (len(self._known) > KNOWN_RECORDS or self._known_bytes > KNOWN_RECORDS_BYTES):
             _, (_, _, gone) = self._known.popitem(last=False)
             self._known_bytes -= gone
+
+    def cached(self, owner: str, job_id: str) -> JobRecord | None:
+        """The record as this process last wrote or read it (no NATS round
+        trip; it may be stale), or None."""
+        known = self._known.get(names.job_key(owner, job_id))
+        return known[0].model_copy(deep=True) if known is not None else None
 
     def knows(self, owner: str, job_id: str) -> bool:
         """This process created or read the record lately (no NATS round trip)."""
@@ -131,6 +168,10 @@ class JobStore:
         """Apply `mutate` to a fresh copy until the CAS wins. `mutate` returns
         None for "no change" and must be pure: it may run more than once."""
         key = names.job_key(owner, job_id)
+        async with self._writing.held(key):
+            return await self._update(owner, job_id, key, mutate)
+
+    async def _update(self, owner: str, job_id: str, key: str, mutate: Mutator) -> JobRecord:
         known = self._known.get(key)
         for _ in range(MAX_CAS_TRIES):
             cached = known is not None
@@ -267,10 +308,18 @@ def decode_job_record(seal: RecordSeal, subject: str, value: bytes) -> JobRecord
     return rec
 
 
+def attempt_over(rec: JobRecord, attempt: int) -> bool:
+    """The job has moved on from `attempt`, or its node finished it (the
+    node acked or termed the message: nothing is left to delete by the
+    sequence). A cancelled or expired attempt is not over in this sense:
+    its record still notes the message, which the noter withdraws."""
+    return rec.attempts != attempt or rec.status in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+
 def with_seq(rec: JobRecord, attempt: int, seq: int) -> JobRecord | None:
     """Mutator: remember where attempt `attempt` sits in the JOBS stream (so a
-    cancel can delete it), unless the job has moved on to another attempt."""
-    if rec.attempts != attempt:
+    cancel can delete it), unless that attempt is over (`attempt_over`)."""
+    if attempt_over(rec, attempt):
         return None
     rec.stream_seq = seq
     return rec

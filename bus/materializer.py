@@ -21,6 +21,7 @@ from bus.joblog import job_fields
 from bus.jobstore import JobStore
 from bus.metrics import GatewayMetrics
 from bus.pulling import DurableLoop
+from bus.result_store import RecentResults
 from bus.retry import is_retryable
 from schemas import codec, names
 from schemas.errors import NotFound
@@ -83,7 +84,7 @@ def fold(rec: JobRecord, ev: JobEvent, seq: int | None = None) -> JobRecord | No
         if rec.status == JobStatus.QUEUED or rec.node_id != ev.node_id:
             rec.status = JobStatus.RUNNING
             rec.node_id = ev.node_id
-            rec.started_at = rec.started_at or ev.at
+            rec.started_at = rec.started_at or ev.started_at or ev.at
         if ev.progress is not None:
             rec.progress = max(rec.progress, ev.progress) if rec.node_id == ev.node_id else ev.progress
         if ev.phase is not None:
@@ -93,7 +94,7 @@ def fold(rec: JobRecord, ev: JobEvent, seq: int | None = None) -> JobRecord | No
     rec.phase = None
     rec.node_id = ev.node_id
     rec.finished_at = ev.at
-    rec.started_at = rec.started_at or ev.at
+    rec.started_at = rec.started_at or ev.started_at or ev.at
     if ev.type == EventType.SUCCEEDED:
         rec.progress = 1.0
         rec.result_object = ev.result_object
@@ -117,8 +118,10 @@ class Materializer:
         *,
         nc: NatsClient,
         on_released: Callable[[JobEvent], Awaitable[None]],
+        recent: RecentResults | None = None,
     ) -> None:
         self._js = js
+        self._recent = recent  # inline results of the outcomes folded here, for this gateway's readers
         self._on_released = on_released
         self._jobs = jobs
         self._metrics = metrics
@@ -252,7 +255,16 @@ class Materializer:
         first = items[0][1]
         new = await self._jobs.update(first.owner, first.job_id, mutate)
         self._observe(before["rec"], new)
+        self._keep_result(new, items)
         return new
+
+    def _keep_result(self, rec: JobRecord, items: list[tuple[Msg, JobEvent]]) -> None:
+        """The inline result the record now names, if one of these events holds it."""
+        if self._recent is None or rec.result_event_seq is None:
+            return
+        for msg, ev in items:
+            if msg.metadata.sequence.stream == rec.result_event_seq and ev.result_inline is not None:
+                self._recent.put(rec.result_event_seq, ev.result_inline)
 
     def _observe(self, old: JobRecord, new: JobRecord) -> None:
         lane, kind = new.lane.value, new.kind

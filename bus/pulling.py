@@ -122,12 +122,19 @@ class Puller:
                 raise APIError.from_msg(msg)  # 503: no responders (the consumer's server is gone)
         return None
 
-    async def next_batch(self, *, max_batch: int, wait_s: float) -> list[Msg]:
-        """Up to `max_batch` messages; [] when none came within `wait_s`."""
-        first = await self.next_message(wait_s)
+    async def next_batch(self, *, max_batch: int, wait_s: float, durable: str | None = None) -> list[Msg]:
+        """Up to `max_batch` messages; [] when none came within `wait_s`.
+        The rest are asked for only when the first says more wait behind
+        it: its delivery carries the consumer's pending count, and a drain
+        request answered "404 no messages" was one round trip per job, on
+        the job's path, whenever jobs come one at a time (one that arrives
+        just after is the next pull's)."""
+        first = await self.next_message(wait_s, durable)
         if first is None:
             return []
-        return [first] + (await self.take_available(max_batch - 1) if max_batch > 1 else [])
+        if max_batch <= 1 or first.metadata.num_pending == 0:
+            return [first]
+        return [first] + await self.take_available(max_batch - 1, durable)
 
     async def take_available(self, max_msgs: int, durable: str | None = None) -> list[Msg]:
         """Up to `max_msgs` messages the consumer has right now, without

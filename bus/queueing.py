@@ -9,7 +9,9 @@ Submit (attempt 1), retry (the owner's next attempt) and the fallback router
    repeated by a second caller or a redelivered advisory is de-duplicated);
 3. note its stream sequence on the record (cancel deletes by it); for a
    submission in a task of its own, so the answer does not wait for a
-   third synced write (a cancel that comes first is honoured by it).
+   third synced write (a cancel that comes first is honoured by it), and
+   `NOTE_DELAY_S` later: a job over by then (most short ones) needs no
+   note, there being nothing left to delete by it, so it gets none.
 
 Why the record first: a node may finish a job milliseconds after the
 publish, and the materializer folds its events into the record. Were the
@@ -33,7 +35,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from bus.jobstore import JobStore, with_seq
+from bus.jobstore import JobStore, attempt_over, with_seq
 from bus.publisher import ATTEMPT_TIMEOUT_S, JobPublisher
 from bus.retry import retrying
 from schemas.jobs import JobRecord, JobStatus, now
@@ -42,6 +44,14 @@ log = logging.getLogger("gpubus.bus.queueing")
 
 Claim = Callable[[JobRecord], JobRecord | None]
 UNDO_MARGIN_S = 5.0  # past the publish's own bound, before a claim counts as abandoned
+# How long a submission's note waits. Meanwhile a cancel (or TTL) finds no
+# sequence and the note withdraws the message (as for one that came before
+# it), a repeated queueing of the attempt is de-duplicated by its
+# Nats-Msg-Id, and a GPU node's `released` is left to the message's
+# ack_wait (the router moves a job only by the sequence on its record):
+# far under `never_queued`'s bound, and over the run of a short job, whose
+# note (a synced write, on the disk its outcome's writes wait for) it saves.
+NOTE_DELAY_S = 0.25
 
 
 def unpublished(rec: JobRecord, attempt: int) -> bool:
@@ -102,7 +112,9 @@ async def queue_attempt(
         raise
     if notes is None:
         return await _note_seq(jobs, publisher, owner, job_id, attempt, seq)
-    task = asyncio.create_task(_note_seq(jobs, publisher, owner, job_id, attempt, seq), name=f"note-{job_id}")
+    task = asyncio.create_task(
+        _note_seq(jobs, publisher, owner, job_id, attempt, seq, delay_s=NOTE_DELAY_S), name=f"note-{job_id}"
+    )
     notes.add(task)
     task.add_done_callback(notes.discard)
     task.add_done_callback(_log_unnoted)
@@ -117,17 +129,23 @@ def _log_unnoted(task: asyncio.Task[JobRecord]) -> None:
 
 
 async def _note_seq(
-    jobs: JobStore, publisher: JobPublisher, owner: str, job_id: str, attempt: int, seq: int
+    jobs: JobStore, publisher: JobPublisher, owner: str, job_id: str, attempt: int, seq: int, *, delay_s: float = 0.0
 ) -> JobRecord:
-    """Step 3. Retried through a blip: the message is stored, and a record
-    left without its sequence would later look like a claim never
-    published. A cancel (or a TTL) that came first found no sequence to delete by;
-    the message goes now (the node was told too, so it is never run)."""
-    rec = await retrying(
-        lambda: jobs.update(owner, job_id, lambda r: with_seq(r, attempt, seq)),
-        what=f"note {job_id}",
-        give_up_after_s=publisher.give_up_after_s,
-    )
+    """Step 3, after `delay_s`. Retried through a blip: the message is
+    stored, and a record left without its sequence would later look like a
+    claim never published. Not written for an attempt that is over (as this
+    process last saw the record, or as the CAS finds it: `with_seq`). A
+    cancel (or a TTL) that came first found no sequence to delete by; the
+    message goes now (the node was told too, so it is never run)."""
+    if delay_s > 0:
+        await asyncio.sleep(delay_s)
+    rec = jobs.cached(owner, job_id)
+    if rec is None or not attempt_over(rec, attempt):
+        rec = await retrying(
+            lambda: jobs.update(owner, job_id, lambda r: with_seq(r, attempt, seq)),
+            what=f"note {job_id}",
+            give_up_after_s=publisher.give_up_after_s,
+        )
     if rec.status in (JobStatus.CANCELLED, JobStatus.EXPIRED) and rec.attempts == attempt:
         await publisher.withdraw(seq)
     return rec

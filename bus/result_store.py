@@ -4,10 +4,14 @@ A small result rides inside the node's `succeeded` event (EVENTS keeps it
 as long as the owner's bucket keeps files), so the record points at that
 event by sequence and keeps the digest of the text the materializer saw:
 one direct get, no object meta then chunk. A large one is an object in the
-owner's bucket, as before.
+owner's bucket, as before. The gateway whose materializer folded the
+`succeeded` keeps its inline result for a while (`RecentResults`), so the
+long poll that waited for the job answers without even that get.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -18,11 +22,47 @@ from schemas.errors import NotFound, ResultUnreadable
 from schemas.events import EventType, JobEvent, inline_digest
 from schemas.jobs import JobRecord
 
+RECENT_RESULTS_BYTES = 8 * 1024 * 1024
 
-async def read_result(js: JetStreamContext, rec: JobRecord) -> bytes:
+
+class RecentResults:
+    """Inline results of the `succeeded` events this process folded lately,
+    by EVENTS sequence, oldest out first past `max_bytes` of text. A client
+    that waited for its job (a long poll, a synchronous endpoint) asks for
+    the result the moment the record turns terminal, and here it is, with
+    no round trip. Served only when the record names that sequence and the
+    text matches its digest, as a read from the stream is checked."""
+
+    def __init__(self, max_bytes: int = RECENT_RESULTS_BYTES) -> None:
+        self._max_bytes = max_bytes
+        self._texts: OrderedDict[int, str] = OrderedDict()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    def put(self, seq: int, text: str) -> None:
+        old = self._texts.pop(seq, None)
+        self._bytes += len(text) - (len(old) if old is not None else 0)
+        self._texts[seq] = text
+        while self._bytes > self._max_bytes and self._texts:
+            _, gone = self._texts.popitem(last=False)
+            self._bytes -= len(gone)
+
+    def for_record(self, rec: JobRecord) -> bytes | None:
+        """The record's inline result if it is here and matches its digest."""
+        seq = rec.result_event_seq
+        text = self._texts.get(seq) if seq is not None else None
+        if text is None or inline_digest(text) != rec.result_sha256:
+            return None
+        return text.encode()
+
+
+async def read_result(js: JetStreamContext, rec: JobRecord, recent: RecentResults | None = None) -> bytes:
     """The result bytes of a succeeded record; NotFound once expired."""
     if rec.result_event_seq is not None:
-        return await _read_inline(js, rec, rec.result_event_seq)
+        held = recent.for_record(rec) if recent is not None else None
+        return held if held is not None else await _read_inline(js, rec, rec.result_event_seq)
     if rec.result_object is None:
         raise NotFound(f"job {rec.job_id} has no stored result")
     return await objects.read_bytes(js, names.files_bucket(rec.owner), rec.result_object)

@@ -24,7 +24,7 @@ async def read_transcript(st: GatewayState, rec: JobRecord) -> bytes:
     if rec.status != JobStatus.SUCCEEDED or (rec.result_object is None and rec.result_event_seq is None):
         detail = f": {rec.error.code}: {rec.error.message}" if rec.error else ""
         raise Conflict(f"job {rec.job_id} is {rec.status}, no result{detail}")
-    return await read_result(st.js, rec)
+    return await read_result(st.js, rec, st.recent_results)
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -31,6 +31,7 @@ from bus.metrics import GatewayMetrics
 from bus.publisher import JobPublisher
 from bus.record_watch import RecordWatch
 from bus.registry import LiveNodes
+from bus.result_store import RecentResults
 from bus.sealing import RecordSeal
 from bus.settings import Settings
 from bus.start_deadline import StartDeadlines
@@ -83,6 +84,8 @@ class GatewayState:
         self.ready = False
         # Submissions' last queueing step (bus/queueing.py), awaited before the services stop.
         self.notes: set[asyncio.Task[JobRecord]] = set()
+        # Inline results the materializer folded lately: a waiting client's result without a read.
+        self.recent_results = RecentResults()
         self.system_nc: NatsClient | None = None
         self.auth_callout: AuthCallout | None = None
         self._owners_ready: set[str] = set()
@@ -146,7 +149,9 @@ class GatewayState:
             js, self.jobs, self.publisher, self.metrics, self.seal, nc=self.nc, cpu_queue_for=self.cpu_queue_for
         )
         await self._start_auth_callout()
-        self.materializer = Materializer(js, self.jobs, self.metrics, nc=self.nc, on_released=self.router.released)
+        self.materializer = Materializer(
+            js, self.jobs, self.metrics, nc=self.nc, on_released=self.router.released, recent=self.recent_results
+        )
         await self.materializer.start()
         await self.router.start()
         self.start_deadlines = StartDeadlines(

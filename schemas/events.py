@@ -95,6 +95,11 @@ class JobEvent(BaseModel):
     summary: ResultSummary | None = None
     error: ErrorInfo | None = None
     segment: TextSegment | None = None
+    # On `started` and outcomes: when the run began. A run that succeeds
+    # within the node's grace sends no `started`, and one that runs longer
+    # sends it late (bus/job_events.StartNotice), so the record's
+    # `started_at` comes from here; None from a node before it (then `at`).
+    started_at: float | None = None
 
     @property
     def terminal(self) -> bool:

@@ -13,10 +13,19 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from bus import ephemeral, node_permissions, objects, topology
+from bus.job_events import EventReporter, StartNotice
+from bus.jobstore import JobStore, with_seq
+from bus.publisher import JobPublisher
 from bus.pulling import Puller
+from bus.queueing import queue_attempt
+from bus.sealing import RecordSeal
 from bus.settings import Settings
-from schemas import names
+from schemas import codec, names
 from schemas.errors import NotFound, PayloadTooLarge
+from schemas.events import EventType, JobEvent
+from schemas.jobs import ErrorInfo, JobMessage, JobRecord, JobStatus, new_job_id
+from schemas.names import Kind, Lane
+from testkit.harness import ADMIN_TOKEN
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -109,6 +118,34 @@ async def test_puller_takes_what_is_there_at_once_and_keeps_late_messages(client
     await puller.close()
 
 
+async def test_puller_asks_for_the_rest_only_when_more_are_pending(client):
+    # Given a durable pull consumer, and a spy on the pull requests sent to it
+    nc, js = client
+    await js.add_stream(name="PQ", subjects=["pq.>"])
+    await js.add_consumer("PQ", ConsumerConfig(durable_name="d", ack_policy=AckPolicy.EXPLICIT))
+    pulls: list[bytes] = []
+
+    async def spy(msg) -> None:
+        pulls.append(msg.data)
+
+    await nc.subscribe(f"{node_permissions.JS_API}.CONSUMER.MSG.NEXT.PQ.d", cb=spy)
+    puller = await Puller(nc, stream="PQ", durable="d", api_prefix=node_permissions.JS_API).open()
+    # When a batch of up to 5 is asked for while one message waits
+    await js.publish("pq.0", b"x")
+    one = await puller.next_batch(max_batch=5, wait_s=10)
+    await nc.flush()
+    # Then it comes back after one pull request: its delivery said nothing more was pending
+    assert [m.subject for m in one] == ["pq.0"] and len(pulls) == 1, pulls
+    await one[0].ack_sync()
+    # And with three waiting, the first pull's answer says so and the rest are drained at once
+    for i in range(1, 4):
+        await js.publish(f"pq.{i}", b"x")
+    three = await puller.next_batch(max_batch=5, wait_s=10)
+    await nc.flush()
+    assert [m.subject for m in three] == ["pq.1", "pq.2", "pq.3"] and len(pulls) == 3, pulls
+    await puller.close()
+
+
 async def test_key_watch_lists_then_follows_and_leaves_no_consumer(client):
     # Given a bucket with two keys of alice, one of bob, and one of alice deleted
     _nc, js = client
@@ -132,3 +169,130 @@ async def test_key_watch_lists_then_follows_and_leaves_no_consumer(client):
     await ephemeral.stop_watch(watch)
     assert [e async for e in watch] == []
     assert await js.consumers_info(names.kv_stream("kwt")) == []
+
+
+def _record(owner: str) -> JobRecord:
+    """A new no-op job's record."""
+    return JobRecord(
+        job_id=new_job_id(),
+        owner=owner,
+        queue_owner=owner,
+        kind=Kind.NOOP,
+        lane=Lane.CPU,
+        routed_reason="test",
+        created_at=1.0,
+        updated_at=1.0,
+    )
+
+
+async def test_updates_of_one_record_in_one_process_go_in_turn_and_lose_no_cas(fresh_nats, client):
+    # Given a job record this process created, and a spy on the KV bucket's writes and reads
+    nc, js = client
+    await topology.ensure_core(js, Settings(nats_url=fresh_nats.url))
+    jobs = JobStore(await js.key_value(names.JOBS_BUCKET), RecordSeal.from_secret(ADMIN_TOKEN), js=js)
+    rec = _record("kl")
+    await jobs.create(rec)
+    writes: list[str] = []
+    reads: list[str] = []
+
+    async def on_write(msg) -> None:
+        writes.append(msg.subject)
+
+    async def on_read(msg) -> None:
+        reads.append(msg.subject)
+
+    await nc.subscribe(names.kv_subject(names.JOBS_BUCKET, ">"), cb=on_write)
+    await nc.subscribe(f"{node_permissions.JS_API}.*.MSG.GET.>", cb=on_read)
+    await nc.subscribe(f"{node_permissions.JS_API}.DIRECT.GET.>", cb=on_read)
+
+    def noted(r: JobRecord) -> JobRecord | None:
+        return with_seq(r, 1, 7)
+
+    def halfway(r: JobRecord) -> JobRecord:
+        r.progress = 0.5
+        return r
+
+    # When two updates of it are made at once (a sequence note and a fold, say)
+    await asyncio.gather(jobs.update("kl", rec.job_id, noted), jobs.update("kl", rec.job_id, halfway))
+    await nc.flush()
+    # Then both landed, in one write each, without a lost CAS or a read
+    assert len(writes) == 2 and reads == [], (writes, reads)
+    final, _ = await jobs.get("kl", rec.job_id)
+    assert final.stream_seq == 7 and final.progress == 0.5
+
+
+async def test_a_submission_done_before_its_sequence_note_is_due_gets_no_note(fresh_nats, client):
+    # Given two submissions queued with their sequence notes in the background
+    nc, js = client
+    s = Settings(nats_url=fresh_nats.url)
+    await topology.ensure_core(js, s)
+    await topology.ensure_owner(js, s, "nt")
+    seal = RecordSeal.from_secret(ADMIN_TOKEN)
+    jobs = JobStore(await js.key_value(names.JOBS_BUCKET), seal, js=js)
+    publisher = JobPublisher(js, seal, give_up_after_s=5, ensure_queue=topology.QueueMaker(js, s))
+    notes: set[asyncio.Task[JobRecord]] = set()
+    done, waiting = _record("nt"), _record("nt")
+    for rec in (done, waiting):
+        await queue_attempt(jobs, publisher, "nt", rec.job_id, 1, rec, notes=notes)
+
+    def succeeded(r: JobRecord) -> JobRecord:
+        r.status = JobStatus.SUCCEEDED
+        return r
+
+    # When one succeeds before its note is due (as the materializer would write it)
+    await jobs.update("nt", done.job_id, succeeded)
+    _, revision = await jobs.get("nt", done.job_id)
+    await asyncio.gather(*notes)
+    # Then its record is not written again (nothing is left to delete by the sequence)
+    after, revision_after = await jobs.get("nt", done.job_id)
+    assert revision_after == revision and after.stream_seq is None, after
+    # And the one still queued has its message noted
+    queued, _ = await jobs.get("nt", waiting.job_id)
+    assert queued.stream_seq is not None
+    assert (
+        codec.decode((await js.get_msg(names.JOBS_STREAM, queued.stream_seq)).data, JobMessage).job_id == waiting.job_id
+    )
+
+
+async def _stored_events(js, owner: str, job_id: str) -> list[JobEvent]:
+    subject = names.event_subject(owner, job_id)
+    info = await js.stream_info(names.EVENTS_STREAM, subjects_filter=subject)
+    total = sum((info.state.subjects or {}).values())
+    sub = await js.subscribe(subject, ordered_consumer=True)
+    try:
+        return [codec.decode((await sub.next_msg(timeout=5)).data, JobEvent) for _ in range(total)]
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_start_notice_sends_started_only_for_runs_that_last_or_do_not_succeed(fresh_nats, client):
+    # Given the EVENTS stream and a node's reporter
+    nc, js = client
+    await topology.ensure_core(js, Settings(nats_url=fresh_nats.url))
+    events = EventReporter(nc, js, lane=Lane.CPU, node_id="n1", bus_retry_s=5)
+
+    async def run(grace_s: float, lasts_s: float, outcome: EventType, *, progress: bool = False):
+        j = _record("sn").to_message()
+        notice = StartNotice(events, j, grace_s)
+        if progress:
+            notice.now()
+            events.progress(j, 0.5)
+        await asyncio.sleep(lasts_s)
+        await notice.before_outcome(announce=outcome is not EventType.SUCCEEDED)
+        error = None if outcome is EventType.SUCCEEDED else ErrorInfo(code="X", message="x")
+        await events.finished(j, outcome, error=error, started_at=notice.at)
+        return notice.at, await _stored_events(js, "sn", j.job_id)
+
+    # When a run succeeds within the grace, then only its outcome is stored, naming its start
+    at, evs = await run(10.0, 0.0, EventType.SUCCEEDED)
+    assert [e.type for e in evs] == [EventType.SUCCEEDED] and evs[0].started_at == at
+    # When a run lasts past the grace, then `started` (naming the start, not the send) comes first
+    at, evs = await run(0.05, 0.2, EventType.SUCCEEDED)
+    assert [e.type for e in evs] == [EventType.STARTED, EventType.SUCCEEDED]
+    assert evs[0].started_at == at and evs[0].at > at
+    # When a run fails at once, then its `started` still comes before the failure
+    _, evs = await run(10.0, 0.0, EventType.FAILED)
+    assert [e.type for e in evs] == [EventType.STARTED, EventType.FAILED]
+    # When a run shows progress within the grace, then `started` comes before the progress
+    _, evs = await run(10.0, 0.1, EventType.SUCCEEDED, progress=True)
+    assert [e.type for e in evs] == [EventType.STARTED, EventType.PROGRESS, EventType.SUCCEEDED]

@@ -14,6 +14,7 @@ from bus.materializer import event_refusal, fold
 from bus.publisher import ATTEMPT_TIMEOUT_S
 from bus.queueing import UNDO_MARGIN_S, never_queued
 from bus.registry import LiveNodes
+from bus.result_store import RecentResults
 from bus.sealing import RecordSeal
 from bus.settings import GpuMode
 from gateway.routing import Fleet, choose, gpu_wish
@@ -76,6 +77,33 @@ def test_started_then_succeeded():
     assert rec.status == JobStatus.RUNNING and rec.node_id == "n1" and rec.started_at == 5.0
     rec = fold(rec, _ev(EventType.SUCCEEDED, result_object="out/x/1.json"))
     assert rec.status == JobStatus.SUCCEEDED and rec.result_object == "out/x/1.json" and rec.progress == 1.0
+
+
+def test_the_start_a_node_names_is_the_record_s_start():
+    # A run that succeeded within the grace sent no `started`: its outcome says when it began
+    quick = fold(_rec(), _ev(EventType.SUCCEEDED, started_at=4.5))
+    assert quick.status == JobStatus.SUCCEEDED and quick.started_at == 4.5 and quick.finished_at == 5.0
+    # A `started` sent late still names the moment the run began
+    assert fold(_rec(), _ev(EventType.STARTED, started_at=4.75)).started_at == 4.75
+    # An older node names none: the event's own time
+    assert fold(_rec(), _ev(EventType.SUCCEEDED)).started_at == 5.0
+
+
+def test_recent_results_serve_only_what_the_record_names_and_stay_bounded():
+    # Given two results folded lately, within a bound of 10 bytes of text
+    recent = RecentResults(max_bytes=10)
+    recent.put(7, "hello")
+    recent.put(8, "world")
+    named = _rec(result_event_seq=7, result_sha256=inline_digest("hello"))
+    # Then a record naming one, with its digest, gets it without a read
+    assert recent.for_record(named) == b"hello"
+    # And one naming another digest, or no sequence, or one not kept, gets nothing
+    assert recent.for_record(named.model_copy(update={"result_sha256": inline_digest("other")})) is None
+    assert recent.for_record(_rec()) is None
+    assert recent.for_record(_rec(result_event_seq=9, result_sha256=inline_digest("hello"))) is None
+    # When a third comes past the bound, then the oldest goes
+    recent.put(9, "again")
+    assert len(recent) == 2 and recent.for_record(named) is None
 
 
 def test_first_terminal_wins_and_late_completion_is_counted():
