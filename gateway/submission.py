@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from fastapi import Request
@@ -80,23 +81,28 @@ def check_diarizable(kind: str, options: TranscribeOptions) -> None:
         )
 
 
-async def enqueue(
-    st: GatewayState,
-    owner: str,
-    job_id: str,
-    kind: str,
-    gpu: bool,
-    options: TranscribeOptions,
-    *,
-    staged: StagedInput | None = None,
-    url: str | None = None,
-    webhook: Webhook | None = None,
-) -> JobRecord:
+@dataclass(frozen=True)
+class NewJob:
+    """What a request asked for, once read and checked: every way in (multipart,
+    JSON, URL, the compatibility endpoints) ends in one of these."""
+
+    owner: str
+    job_id: str
+    kind: str
+    gpu: bool
+    options: TranscribeOptions
+    staged: StagedInput | None = None
+    url: str | None = None
+    webhook: Webhook | None = None
+
+
+async def enqueue(st: GatewayState, job: NewJob) -> JobRecord:
     """Route and queue attempt 1 (record, then message: bus/queueing.py).
     The user's `gpu` wish is kept on the record for a retry to route by."""
-    check_diarizable(kind, options)
-    options = fleet_models.resolve(st, owner, options)
-    route = await route_for(st, owner, kind, gpu, options)
+    check_diarizable(job.kind, job.options)
+    owner, job_id, kind = job.owner, job.job_id, job.kind
+    options = fleet_models.resolve(st, owner, job.options)
+    route = await route_for(st, owner, kind, job.gpu, options)
     t = now()
     rec = JobRecord(
         job_id=job_id,
@@ -107,12 +113,12 @@ async def enqueue(
         routed_reason=route.reason,
         created_at=t,
         updated_at=t,
-        input=staged,
-        url=url,
+        input=job.staged,
+        url=job.url,
         options=options,
-        gpu_requested=gpu,
+        gpu_requested=job.gpu,
         expires_at=job_ttl.expires_at(options.ttl_s, t),
-        webhook=webhook,
+        webhook=job.webhook,
     )
     await job_ttl.arm(st.js, rec, give_up_after_s=st.publisher.give_up_after_s)
     queued = await queue_attempt(st.jobs, st.publisher, owner, job_id, 1, rec, notes=st.notes)
@@ -148,31 +154,19 @@ async def drop_staged(st: GatewayState, staged: StagedInput | None) -> None:
             await objects.delete_object(st.js, staged.bucket, staged.object_name)
 
 
-async def queue_once(
-    st: GatewayState,
-    idem: Idempotency | None,
-    owner: str,
-    job_id: str,
-    kind: str,
-    gpu: bool,
-    options: TranscribeOptions,
-    *,
-    staged: StagedInput | None = None,
-    url: str | None = None,
-    webhook: Webhook | None = None,
-) -> JobRecord:
+async def queue_once(st: GatewayState, idem: Idempotency | None, job: NewJob) -> JobRecord:
     """Claim the idempotency key (if any), then queue. A request that finds
     the key held answers with that job and drops what it staged; one
     refused or never queued leaves nothing behind, key included."""
     try:
-        replayed = await idempotency.claim(st, idem, job_id)
+        replayed = await idempotency.claim(st, idem, job.job_id)
         if replayed is None:
-            return await enqueue(st, owner, job_id, kind, gpu, options, staged=staged, url=url, webhook=webhook)
+            return await enqueue(st, job)
     except BaseException:
-        await idempotency.release(st, idem, job_id)
-        await drop_staged(st, staged)
+        await idempotency.release(st, idem, job.job_id)
+        await drop_staged(st, job.staged)
         raise
-    await drop_staged(st, staged)
+    await drop_staged(st, job.staged)
     return replayed
 
 
@@ -258,7 +252,8 @@ async def submit_upload(
         )
         if idem is not None:
             idem = idem.with_body({"fields": form.lists, "file": [form.filename, form.size, form.sha256]})
-        return await queue_once(st, idem, owner, job_id, kind, gpu, options, staged=staged, webhook=webhook), form
+        job = NewJob(owner, job_id, kind, gpu, options, staged=staged, webhook=webhook)
+        return await queue_once(st, idem, job), form
 
 
 async def submit_url(
@@ -298,7 +293,8 @@ async def submit_without_upload(
     options = with_priority(principal, options, priority)
     async with admitted(st, principal, replay=await idempotency.known(st, idem)):
         await st.ensure_owner(principal.user_id)
-        return await queue_once(st, idem, principal.user_id, new_job_id(), kind, gpu, options, url=url, webhook=webhook)
+        job = NewJob(principal.user_id, new_job_id(), kind, gpu, options, url=url, webhook=webhook)
+        return await queue_once(st, idem, job)
 
 
 INLINE_TEXT_NAME = "text.txt"
@@ -353,4 +349,5 @@ async def submit_json_kind(
         await st.ensure_owner(owner)
         job_id = new_job_id()
         staged = await stage_text(st, owner, job_id, text) if text is not None else None
-        return await queue_once(st, idem, owner, job_id, kind, gpu, options, staged=staged, url=url, webhook=webhook)
+        job = NewJob(owner, job_id, kind, gpu, options, staged=staged, url=url, webhook=webhook)
+        return await queue_once(st, idem, job)
