@@ -40,4 +40,9 @@ def build(
     if enable_noop:
         procs.append(NoopProcessor(cfg.device, seconds=noop_seconds))
     procs += plugins.load(ctx, taken={k for p in procs for k in p.kinds})
-    return ByKind(plugins.for_lane(procs, ctx.lane), device=cfg.device, load_seconds=engine.load_seconds)
+    return ByKind(
+        plugins.for_lane(procs, ctx.lane),
+        device=cfg.device,
+        load_seconds=engine.load_seconds,
+        clip_counts=engine.clip_counts,
+    )

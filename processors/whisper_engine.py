@@ -26,7 +26,7 @@ from schemas.errors import UNSUPPORTED_LANGUAGE, JobCancelled, JobFailed
 from schemas.events import TextSegment
 from schemas.jobs import TranscribeOptions
 from schemas.languages import is_known, normalized
-from schemas.processing import ProgressFn
+from schemas.processing import ClipCounts, ProgressFn
 from schemas.results import Segment, Transcript, Word
 
 log = logging.getLogger("gpubus.processors.whisper")
@@ -281,6 +281,15 @@ class WhisperEngine:
             return self._transcript(segments, info, len(audio) / SAMPLE_RATE, kwargs["task"])
         except Exception as e:  # handed to this clip's caller, raised there
             return e
+
+    def clip_counts(self) -> ClipCounts | None:
+        """What this engine has gathered so far, for the node's metrics; None
+        when it gathers nothing."""
+        if self.batcher is None:
+            return None
+        if self.packing:
+            return ClipCounts("pack", self.packed_clips, self.packed_windows)
+        return ClipCounts("batch", self.batcher.calls, self.batcher.batches)
 
     def _tokenize(self, text: str) -> list[int]:
         """Text tokens as the decoder emits them (for a segment cut in two)."""

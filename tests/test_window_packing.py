@@ -10,12 +10,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
+from bus.metrics import NodeMetrics
 from bus.settings import Settings
 from processors import audio_decode
 from processors.whisper_engine import EngineConfig, WhisperEngine
 from processors.window_packing import GAP_S, SAMPLE_RATE, WINDOW_S, Span, groups, lay_out, owner, split_back
 from schemas.jobs import TranscribeOptions
+from schemas.processing import ClipCounts
 from schemas.results import Segment, Transcript, Word
 from testkit.transcripts import word_error_rate, words
 from tests.harness import TESTDATA
@@ -128,6 +131,7 @@ def test_packed_clips_read_as_each_clip_alone_and_keep_their_own_words(clips, al
     # differently with other speech in its window), and as close to what
     # was said as the clip alone
     assert engine.batcher is not None and engine.batcher.calls == 3 and engine.batcher.batches < 3
+    assert engine.clip_counts() == ClipCounts("pack", 3, 1)  # all three in one window
     said = [(TESTDATA / f"{name}.txt").read_text() for name in ("hello", "numbers")]
     packed_wer = np.mean([word_error_rate(ref, g.text) for ref, g in zip(said, got, strict=False)])
     alone_wer = np.mean([word_error_rate(ref, a.text) for ref, a in zip(said, alone, strict=False)])
@@ -190,3 +194,17 @@ def test_a_lone_clip_in_a_packing_engine_is_transcribed_as_without_packing(clips
     got = engine.transcribe(clips[1], TranscribeOptions(), on_segment=_ignore, cancelled=NEVER)
     assert got.text == alone[1].text and all(s.words is None for s in got.segments)
     assert (engine.packed_clips, engine.packed_windows) == (1, 1)
+
+
+def test_node_metrics_count_gathered_clips_and_their_windows_by_mode():
+    # Given a node's metrics reading an engine that has packed 7 clips into 2 windows
+    registry = CollectorRegistry()
+    counts: list[ClipCounts | None] = [ClipCounts("pack", 7, 2)]
+    NodeMetrics(registry, node_id="n1", device="cpu").watch_clips(lambda: counts[0])
+    labels = {"node": "n1", "device": "cpu", "mode": "pack"}
+    # Then a scrape shows both, clips per window being their ratio
+    assert registry.get_sample_value("gpubus_node_gathered_clips_total", labels) == 7
+    assert registry.get_sample_value("gpubus_node_clip_groups_total", labels) == 2
+    # and an engine that gathers nothing shows nothing
+    counts[0] = None
+    assert registry.get_sample_value("gpubus_node_gathered_clips_total", labels) is None
