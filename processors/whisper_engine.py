@@ -15,6 +15,7 @@ import math
 import threading
 import time
 from collections.abc import Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -236,28 +237,38 @@ class WhisperEngine:
 
     def _decode_packed(self, key: Hashable, clips: Sequence[np.ndarray]) -> list[Transcript | BaseException]:
         """The clips packed into as few windows as fit them, each window
-        transcribed once. A window whose transcription fails is done again
-        one clip at a time, so no job fails because of a neighbour. A clip
-        with a window to itself (a lone job) is transcribed as it would be
-        without packing: no word timestamps it did not ask for."""
+        transcribed once. The windows of one gathering are transcribed at
+        the same time: CTranslate2 runs as many calls at once as the engine
+        has workers, and one call alone leaves CPU cores idle."""
         kwargs: dict[str, Any] = dict(cast(BatchKey, key))
-        results: dict[int, Transcript | BaseException] = {}
         windows = window_packing.groups([len(c) for c in clips])
-        for group in windows:
-            members = [clips[i] for i in group]
-            if len(members) == 1:
-                results[group[0]] = self._solo_or_error(members[0], kwargs)
-                continue
-            try:
-                transcripts: list[Transcript | BaseException] = list(self._transcribe_window(members, kwargs))
-            except Exception as e:  # any fault of the shared call: each clip alone
-                log.warning("packed window of %d clips failed (%s); decoding them one at a time", len(group), e)
-                transcripts = [self._solo_or_error(c, kwargs) for c in members]
-            results.update(zip(group, transcripts, strict=True))
+
+        def window(group: list[int]) -> list[Transcript | BaseException]:
+            return self._decode_window([clips[i] for i in group], kwargs)
+
+        if len(windows) == 1:
+            done = [window(windows[0])]
+        else:
+            with ThreadPoolExecutor(len(windows)) as pool:
+                done = list(pool.map(window, windows))
+        results = {i: t for group, ts in zip(windows, done, strict=True) for i, t in zip(group, ts, strict=True)}
         self.packed_clips += len(clips)
         self.packed_windows += len(windows)
         log.info("packed %d clips into %d windows", len(clips), len(windows))
         return [results[i] for i in range(len(clips))]
+
+    def _decode_window(self, clips: Sequence[np.ndarray], kwargs: dict[str, Any]) -> list[Transcript | BaseException]:
+        """One window's clips. A window whose transcription fails is done
+        again one clip at a time, so no job fails because of a neighbour. A
+        clip with a window to itself (a lone job) is transcribed as it would
+        be without packing: no word timestamps it did not ask for."""
+        if len(clips) == 1:
+            return [self._solo_or_error(clips[0], kwargs)]
+        try:
+            return list(self._transcribe_window(clips, kwargs))
+        except Exception as e:  # any fault of the shared call: each clip alone
+            log.warning("packed window of %d clips failed (%s); decoding them one at a time", len(clips), e)
+            return [self._solo_or_error(c, kwargs) for c in clips]
 
     def _transcribe_window(self, clips: Sequence[np.ndarray], kwargs: dict[str, Any]) -> list[Transcript]:
         """One window's clips transcribed together: word timestamps always

@@ -208,3 +208,23 @@ def test_node_metrics_count_gathered_clips_and_their_windows_by_mode():
     # and an engine that gathers nothing shows nothing
     counts[0] = None
     assert registry.get_sample_value("gpubus_node_gathered_clips_total", labels) is None
+
+
+def test_windows_of_one_gathering_are_transcribed_at_once_each_clip_getting_its_own(clips, alone):
+    # Given six jobs, the three clips twice, gathered together: two windows
+    engine = WhisperEngine(
+        EngineConfig(model=None, device="cpu", compute_type="int8", workers=6, clip_batch=6, clip_pack=True)
+    )
+    got = _together(engine, clips + clips, TranscribeOptions())
+    # Then both windows were transcribed (in parallel), and each job has its own
+    # clip's text: as close to what was said as the clip alone (its words may
+    # differ from the clip alone's: the windows hold the clips in other orders)
+    assert engine.clip_counts() == ClipCounts("pack", 6, 2)
+    said = {i: (TESTDATA / f"{name}.txt").read_text() for i, name in ((0, "hello"), (1, "numbers"))}
+    for i, g in enumerate(got):
+        a = alone[i % 3]
+        if i % 3 in said:
+            ref = said[i % 3]
+            assert word_error_rate(ref, g.text) <= word_error_rate(ref, a.text) + 0.1, (g.text, a.text)
+        else:
+            assert word_error_rate(a.text, g.text) <= 0.25, (g.text, a.text)
