@@ -111,10 +111,20 @@ def _ignore(*_, **__) -> None:
     return None
 
 
-def _packing_engine() -> WhisperEngine:
-    return WhisperEngine(
-        EngineConfig(model=None, device="cpu", compute_type="int8", workers=3, clip_batch=3, clip_pack=True)
+def _packing_engine(clips: int = 3) -> WhisperEngine:
+    """A packing engine that gathers `clips` clips; it waits long enough for
+    all of them to arrive even on a busy machine (what it then does with
+    them is under test, not the gathering: tests/test_clip_batcher.py)."""
+    cfg = EngineConfig(
+        model=None,
+        device="cpu",
+        compute_type="int8",
+        workers=clips,
+        clip_batch=clips,
+        clip_pack=True,
+        clip_batch_wait_s=1.0,
     )
+    return WhisperEngine(cfg)
 
 
 def _together(engine: WhisperEngine, clips: list[np.ndarray], opts: TranscribeOptions) -> list[Transcript]:
@@ -180,13 +190,10 @@ def test_a_clip_with_its_own_prompt_or_too_long_is_not_packed(clips):
     assert not engine._batchable(clips[0], engine._decode_kwargs(TranscribeOptions(initial_prompt="Hello.")))
 
 
-def test_packing_is_on_for_the_cpu_and_off_on_cuda_unless_set():
-    cpu, cuda = Settings(node_concurrency=4).clip_pack_for("cpu"), Settings(node_concurrency=4).clip_pack_for("cuda")
-    assert (cpu, cuda) == (True, False)
-    assert Settings(node_concurrency=4).clip_batch_for("cpu") == 4
-    # without packing, the CPU gathers nothing (one row per clip gains nothing there)
-    assert Settings(node_concurrency=4, clip_pack=False).clip_batch_for("cpu") == 0
-    assert Settings(node_concurrency=4, clip_pack=True).clip_pack_for("cuda") is True
+def test_a_node_gathers_clips_to_pack_only_when_packing_is_asked_for():
+    assert Settings(node_concurrency=4).clip_batch_for("cpu") == 0
+    assert Settings(node_concurrency=4, clip_pack=True).clip_batch_for("cpu") == 4
+    assert Settings(node_concurrency=4).clip_batch_for("cuda") == 4  # CUDA batches rows by default
 
 
 def test_a_lone_clip_in_a_packing_engine_is_transcribed_as_without_packing(clips, alone):
@@ -212,9 +219,7 @@ def test_node_metrics_count_gathered_clips_and_their_windows_by_mode():
 
 def test_windows_of_one_gathering_are_transcribed_at_once_each_clip_getting_its_own(clips, alone):
     # Given six jobs, the three clips twice, gathered together: two windows
-    engine = WhisperEngine(
-        EngineConfig(model=None, device="cpu", compute_type="int8", workers=6, clip_batch=6, clip_pack=True)
-    )
+    engine = _packing_engine(6)
     got = _together(engine, clips + clips, TranscribeOptions())
     # Then both windows were transcribed (in parallel), and each job has its own
     # clip's text: as close to what was said as the clip alone (its words may
