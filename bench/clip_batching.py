@@ -1,21 +1,26 @@
-"""Benchmark: short clips of many jobs decoded in one batch.
+"""Benchmark: short clips of many jobs decoded together, batched or packed.
 
 64 clips of 5–10 s cut from tests/data/long.wav (as WAV files, made at
-bench time) go through the offline tiny.en on this CPU in four ways, all in
-one run:
+bench time) go through the offline tiny.en on this CPU in six ways, the
+engine's three and the node's three alternating round by round (the
+machine is shared, so A and B see the same neighbours):
 
-- bare faster-whisper, one clip at a time (the baseline);
-- the engine with its clip batch (processors/clip_batcher.py) fed by as
-  many threads as the batch holds;
+- bare engine, one clip at a time (the baseline);
+- the engine with its clip batch (processors/clip_batcher.py), one batch
+  row per clip, fed by as many threads as the batch holds;
+- the same with window packing (processors/window_packing.py): the
+  gathered clips laid several to one 30 s window;
 - a real GPU node (`--device cpu`) with GPUBUS_NODE_CONCURRENCY = the batch
-  and its clip batch off, then on: every clip a job through the gateway.
+  and its clip batch off, then batching, then packing: every clip a job
+  through the gateway.
 
 Throughput = media seconds per wall second. On the CPU the encoder, which
 runs the same 30 s window whatever the clip's length, is most of the cost
-and gains nothing from a batch; the decoder's steps do. On a GPU a batch
-of rows is nearly free, which is why it is on by default only there.
+and gains nothing from a batch row; packing runs it once per window of
+three or four clips. Packed transcripts are compared with the one at a
+time ones (word error rate between the two).
 
-    python -m bench.clip_batching [--clips 64] [--batch 8]
+    python -m bench.clip_batching [--clips 64] [--batch 8] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from processors import audio_decode
 from processors.whisper_engine import EngineConfig, WhisperEngine
 from schemas.jobs import TranscribeOptions
 from testkit.harness import TESTDATA, submit_file, wait_job
+from testkit.transcripts import word_error_rate
 
 NEVER = threading.Event()
 
@@ -59,40 +65,82 @@ def make_clips(root: Path, n: int, seed: int = 7) -> list[Path]:
     return paths
 
 
-def engine_throughput(clips: list[np.ndarray], batch: int) -> tuple[float, float]:
-    """(media s per wall s, mean clips per batch) of the engine, one at a time when batch is 0."""
-    engine = WhisperEngine(
-        EngineConfig(model=None, device="cpu", compute_type="int8", workers=max(1, batch), clip_batch=batch)
-    )
-    opts = TranscribeOptions(language="en")
+class EngineRun:
+    """One engine configuration, its transcripts of the last round, and its throughput per round."""
 
-    def one(audio: np.ndarray) -> None:
-        assert engine.transcribe(audio, opts, on_segment=lambda *_, **__: None, cancelled=NEVER).text
+    def __init__(self, batch: int, *, pack: bool) -> None:
+        self.engine = WhisperEngine(
+            EngineConfig(
+                model=None, device="cpu", compute_type="int8", workers=max(1, batch), clip_batch=batch, clip_pack=pack
+            )
+        )
+        self.batch = batch
+        self.texts: list[str] = []
+        self.rates: list[float] = []
 
-    one(clips[0])  # warm
-    t0 = time.perf_counter()
-    if batch:
-        with ThreadPoolExecutor(batch) as pool:
-            list(pool.map(one, clips))
-    else:
-        for audio in clips:
-            one(audio)
-    wall = time.perf_counter() - t0
-    media = sum(len(a) for a in clips) / audio_decode.SAMPLE_RATE
-    mean = engine.batcher.calls / max(1, engine.batcher.batches) if engine.batcher else 1.0
-    return media / wall, mean
+    def one(self, audio: np.ndarray) -> str:
+        text = self.engine.transcribe(
+            audio, TranscribeOptions(language="en"), on_segment=lambda *_, **__: None, cancelled=NEVER
+        ).text
+        assert text
+        return text
+
+    def round(self, clips: list[np.ndarray]) -> None:
+        t0 = time.perf_counter()
+        if self.batch:
+            with ThreadPoolExecutor(self.batch) as pool:
+                self.texts = list(pool.map(self.one, clips))
+        else:
+            self.texts = [self.one(audio) for audio in clips]
+        media = sum(len(a) for a in clips) / audio_decode.SAMPLE_RATE
+        self.rates.append(media / (time.perf_counter() - t0))
+
+    def mean_batch(self) -> float:
+        b = self.engine.batcher
+        return b.calls / max(1, b.batches) if b else 1.0
+
+    def clips_per_window(self) -> float:
+        return self.engine.packed_clips / max(1, self.engine.packed_windows)
 
 
 BATCH_LINE = re.compile(r"decoded (\d+) clips in one batch")
+PACK_LINE = re.compile(r"packed (\d+) clips into (\d+) windows")
 
 
 def node_throughput(
-    gw, key: str, paths: list[Path], media_s: float, *, batch: int, clip_batch: int
+    root: Path, paths: list[Path], media_s: float, *, batch: int, mode: str, sync: str
 ) -> tuple[float, float]:
-    """(media s per wall s, mean clips per batch from the node's log; 1 when off)."""
+    """(media s per wall s, mean clips per batch row or per window from the
+    node's log; 1 when off) of a node whose clip `mode` is off, batch or pack.
+    Each run has a NATS server and gateway of its own under `root`: with one
+    for all, a later round's jobs were moved off the GPU lane as if no GPU
+    node were live. 64 queued jobs can wait past the GPU start deadline on a
+    busy machine, and there is no CPU node to move them to: the deadline is
+    out of the way."""
+    clip = {"off": (0, False), "batch": (batch, False), "pack": (batch, True)}[mode]
+    root.mkdir(parents=True)
+    with (
+        common.nats_server(root, sync=sync) as server,
+        common.gateway(server, root, gpu_start_timeout=3600) as gw,
+    ):
+        return _node_run(gw, paths, media_s, batch=batch, mode=mode, clip=clip)
+
+
+def _node_run(
+    gw, paths: list[Path], media_s: float, *, batch: int, mode: str, clip: tuple[int, bool]
+) -> tuple[float, float]:
+    """One node with `clip` = (GPUBUS_CLIP_BATCH, GPUBUS_CLIP_PACK), warmed by one job, then every clip a job."""
+    key = gw.create_key("bench")
     with (
         common.nodes(
-            gw, 1, "gpu", key=key, name=f"clips{clip_batch}", node_concurrency=batch, clip_batch=clip_batch
+            gw,
+            1,
+            "gpu",
+            key=key,
+            name=f"clips-{mode}",
+            node_concurrency=batch,
+            clip_batch=clip[0],
+            clip_pack=str(clip[1]).lower(),
         ) as (node,),
         gw.client(key) as c,
     ):
@@ -103,14 +151,28 @@ def node_throughput(
             final = wait_job(c, job_id, timeout_s=900)
             assert final["status"] == "succeeded" and final["lane"] == "gpu", final
         wall = time.perf_counter() - t0
-        sizes = [int(n) for n in BATCH_LINE.findall(node.log())]
-        return media_s / wall, (sum(sizes) / len(sizes) if sizes else 1.0)
+        log = node.log()
+    if mode == "pack":
+        packs = [(int(n), int(w)) for n, w in PACK_LINE.findall(log)]
+        return media_s / wall, sum(n for n, _ in packs) / max(1, sum(w for _, w in packs))
+    sizes = [int(n) for n in BATCH_LINE.findall(log)]
+    return media_s / wall, (sum(sizes) / len(sizes) if sizes else 1.0)
+
+
+def median(xs: list[float]) -> float:
+    return float(np.median(xs))
+
+
+def agreement(reference: list[str], other: list[str]) -> float:
+    """Word error rate of `other` against `reference` over all clips (their words end to end)."""
+    return word_error_rate(" ".join(reference), " ".join(other))
 
 
 def main() -> int:
     p = common.base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--clips", type=int, default=64)
-    p.add_argument("--batch", type=int, default=8, help="clips per batch, and the node's concurrency")
+    p.add_argument("--batch", type=int, default=8, help="clips gathered at most, and the node's concurrency")
+    p.add_argument("--rounds", type=int, default=1, help="rounds of every way, alternating; medians reported")
     args = p.parse_args()
     rep = common.Report("clip_batching")
     with common.workdir(args.workdir) as root:
@@ -118,21 +180,44 @@ def main() -> int:
         audio = [audio_decode.decode(p) for p in paths]
         media_s = sum(len(a) for a in audio) / audio_decode.SAMPLE_RATE
         print(f"clip_batching: {len(paths)} clips, {media_s:.0f} media s, batch {args.batch}", flush=True)
-        alone, _ = engine_throughput(audio, 0)
-        batched, mean = engine_throughput(audio, args.batch)
-        rep.row("engine, one clip at a time", media_s_per_wall_s=alone)
-        rep.row(f"engine, clip batch {args.batch}", media_s_per_wall_s=batched, mean_batch=mean)
-        with common.nats_server(root, sync=args.nats_sync) as server, common.gateway(server, root) as gw:
-            key = gw.create_key("bench")
-            node_off, _ = node_throughput(gw, key, paths, media_s, batch=args.batch, clip_batch=0)
-            node_on, node_mean = node_throughput(gw, key, paths, media_s, batch=args.batch, clip_batch=args.batch)
-        rep.row(f"node, concurrency {args.batch}, clip batch off", media_s_per_wall_s=node_off)
-        rep.row(
-            f"node, concurrency {args.batch}, clip batch {args.batch}", media_s_per_wall_s=node_on, mean_batch=node_mean
-        )
-    rep.ratio("engine batched / one at a time", batched / alone, target=">= 1.5 on this CPU", ok=batched / alone >= 1.5)
-    rep.ratio("node batch on / off", node_on / node_off, target="(reported)", ok=None)
-    rep.ratio("node batch on / engine one at a time", node_on / alone, target="(reported)", ok=None)
+        runs = {
+            "alone": EngineRun(0, pack=False),
+            "batch": EngineRun(args.batch, pack=False),
+            "pack": EngineRun(args.batch, pack=True),
+        }
+        for run in runs.values():
+            run.one(audio[0])  # warm
+        nodes: dict[str, list[tuple[float, float]]] = {"off": [], "batch": [], "pack": []}
+        for r in range(args.rounds):
+            for name, run in runs.items():
+                run.round(audio)
+                print(f"round {r}: engine {name} {run.rates[-1]:.1f} media s/s", flush=True)
+            for mode, got in nodes.items():
+                bus = root / f"bus-{mode}-{r}"
+                got.append(node_throughput(bus, paths, media_s, batch=args.batch, mode=mode, sync=args.nats_sync))
+                print(f"round {r}: node {mode} {got[-1][0]:.1f} media s/s, {got[-1][1]:.1f} clips a group", flush=True)
+    alone, batched, packed = (median(runs[n].rates) for n in ("alone", "batch", "pack"))
+    rep.row("engine, one clip at a time", media_s_per_wall_s=alone)
+    rep.row(f"engine, clip batch {args.batch}", media_s_per_wall_s=batched, mean_batch=runs["batch"].mean_batch())
+    rep.row(
+        f"engine, clips of up to {args.batch} packed",
+        media_s_per_wall_s=packed,
+        clips_per_window=runs["pack"].clips_per_window(),
+        wer_vs_alone=agreement(runs["alone"].texts, runs["pack"].texts),
+    )
+    node = {mode: (median([r for r, _ in got]), got[-1][1]) for mode, got in nodes.items()}
+    rep.row(f"node, concurrency {args.batch}, clips each alone", media_s_per_wall_s=node["off"][0])
+    rep.row(
+        f"node, concurrency {args.batch}, clip batch", media_s_per_wall_s=node["batch"][0], mean_batch=node["batch"][1]
+    )
+    rep.row(
+        f"node, concurrency {args.batch}, packing", media_s_per_wall_s=node["pack"][0], clips_per_window=node["pack"][1]
+    )
+    rep.ratio("engine batched / one at a time", batched / alone, target="(reported)", ok=None)
+    rep.ratio("engine packed / one at a time", packed / alone, target=">= 1.5 on this CPU", ok=packed / alone >= 1.5)
+    rep.ratio("node batch on / off", node["batch"][0] / node["off"][0], target="(reported)", ok=None)
+    rep.ratio("node packing on / off", node["pack"][0] / node["off"][0], target="(reported)", ok=None)
+    rep.ratio("node packing on / engine one at a time", node["pack"][0] / alone, target="(reported)", ok=None)
     return rep.finish(args.json)
 
 

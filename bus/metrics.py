@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from bus.lag_monitor import QueueSnapshot
     from schemas.nodes import NodeHeartbeat
+    from schemas.processing import ClipCounts
 
 log = logging.getLogger("gpubus.bus.metrics")
 
@@ -298,6 +299,11 @@ class NodeMetrics:
         if media_s > 0:
             self.stage_rtf.labels(**labels).observe(processing_s / media_s)
 
+    def watch_clips(self, read: Callable[[], ClipCounts | None]) -> None:
+        """Short clips gathered across jobs (processors/clip_batcher.py), by
+        mode, read at scrape time from the engine's own counters."""
+        self.registry.register(ClipCollector(read, self._labels))
+
     def watch_gpus(self, source: GpuSource) -> None:
         """GPU memory and utilisation, read from `source` at scrape time."""
         errors = Counter(
@@ -307,6 +313,37 @@ class NodeMetrics:
             registry=self.registry,
         ).labels(**self._labels)
         self.registry.register(GpuCollector(source, self._labels, errors))
+
+
+class ClipCollector(Collector):
+    """`gpubus_node_gathered_clips_total{mode}` and
+    `gpubus_node_clip_groups_total{mode}`: their ratio is the mean batch
+    (mode batch) or the clips per 30 s window (mode pack), the figure that
+    says whether gathering pays. Nothing while the node gathers no clips."""
+
+    def __init__(self, read: Callable[[], ClipCounts | None], labels: dict[str, str]) -> None:
+        self._read = read
+        self._node, self._device = labels["node"], labels["device"]
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._read()
+        if counts is None:
+            return
+        labels = [self._node, self._device, counts.mode]
+        clips = CounterMetricFamily(
+            "gpubus_node_gathered_clips",
+            "Short clips of different jobs decoded together",
+            labels=["node", "device", "mode"],
+        )
+        clips.add_metric(labels, counts.clips)
+        groups = CounterMetricFamily(
+            "gpubus_node_clip_groups",
+            "Batches (mode batch) or 30 s windows (mode pack) the gathered clips went in",
+            labels=["node", "device", "mode"],
+        )
+        groups.add_metric(labels, counts.groups)
+        yield clips
+        yield groups
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,9 @@ async def start_node(
     load_s = getattr(processor, "load_seconds", None)
     if load_s is not None:
         metrics.model_load_seconds.set(load_s)
+    clip_counts = getattr(processor, "clip_counts", None)
+    if clip_counts is not None:
+        metrics.watch_clips(clip_counts)
     if gpu_source is not None:
         metrics.watch_gpus(gpu_source())
     metrics_url = start_metrics_server(settings, registry)

@@ -108,9 +108,17 @@ class Settings(BaseSettings):
         None,
         ge=0,
         le=64,
-        description="short clips (one 30 s window) of different jobs decoded as one batch of up to this many; "
-        "needs that many jobs in the engine (GPUBUS_NODE_CONCURRENCY). Default: the node's concurrency on CUDA, "
-        "off on the CPU (there the encoder, most of the cost, gains nothing from a batch)",
+        description="short clips of different jobs that reach the engine together are gathered, up to this many, "
+        "and decoded as one batch (one row each) or packed into shared windows (GPUBUS_CLIP_PACK); needs that many "
+        "jobs in the engine (GPUBUS_NODE_CONCURRENCY). Default: the node's concurrency on CUDA or with packing, "
+        "else 0 (off)",
+    )
+    clip_pack: bool = Field(
+        False,
+        description="pack the gathered short clips (up to 15 s) several to one 30 s window, transcribed once and "
+        "split back by word times, instead of one batch row each; for the CPU, whose encoder runs a whole window "
+        "per clip batched or not. Off by default: through a node it has not yet shown a steady gain, and a packed "
+        "clip's words can differ from the clip alone's (README, clip batching)",
     )
     device: str = "auto"
     compute_type: str | None = None
@@ -174,9 +182,11 @@ class Settings(BaseSettings):
         return self.download_max_mb * 1024 * 1024
 
     def clip_batch_for(self, device: str) -> int:
+        """How many short clips a node gathers: its concurrency, where it
+        batches them (CUDA) or packs them (GPUBUS_CLIP_PACK)."""
         if self.clip_batch is not None:
             return self.clip_batch
-        return self.node_concurrency if device == "cuda" else 0
+        return self.node_concurrency if device == "cuda" or self.clip_pack else 0
 
     def processor_context(self, node_id: str, lane: Lane, device: str) -> ProcessorContext:
         """The settings values a processor factory gets (built-in or plugin):

@@ -20,6 +20,7 @@ def make_processor(settings: Settings, node_id: str) -> Processor:
         compute_type=settings.compute_type or "int8",
         workers=settings.node_concurrency,
         clip_batch=settings.clip_batch_for("cpu"),
+        clip_pack=settings.clip_pack,
     )
     return factory.build(
         cfg,

@@ -28,6 +28,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         workers=settings.node_concurrency,
         batch_size=settings.gpu_batch_size if cuda else 0,
         clip_batch=settings.clip_batch_for(dev),
+        clip_pack=settings.clip_pack,
     )
 
 

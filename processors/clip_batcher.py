@@ -13,7 +13,9 @@ caller its result. While a batch decodes, the next calls queue, so under
 load batches fill by themselves, and a lone call waits only `max_wait_s`.
 
 Nothing here knows Whisper or NATS: `decode` is given the waiting items of
-one key and returns one result per item, in order.
+one key and returns one result per item, in order. An item's result may be
+an exception: that caller alone gets it raised (a batch that falls back to
+one item at a time fails only the items that fail alone).
 """
 
 from __future__ import annotations
@@ -45,7 +47,11 @@ class _Call(Generic[T, R]):
 
 class ClipBatcher(Generic[T, R]):
     def __init__(
-        self, decode: Callable[[Hashable, Sequence[T]], Sequence[R]], *, max_batch: int, max_wait_s: float
+        self,
+        decode: Callable[[Hashable, Sequence[T]], Sequence[R | BaseException]],
+        *,
+        max_batch: int,
+        max_wait_s: float,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -107,7 +113,10 @@ class ClipBatcher(Generic[T, R]):
             if len(results) != len(batch):
                 raise RuntimeError(f"batch decode gave {len(results)} results for {len(batch)} items")
             for call, result in zip(batch, results, strict=True):
-                call.result = result
+                if isinstance(result, BaseException):
+                    call.error = result
+                else:
+                    call.result = result
         except BaseException as e:
             for call in batch:
                 call.error = e

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from schemas.errors import JobFailed
@@ -12,6 +13,7 @@ from schemas.processing import (
     NOTHING_STAGED,
     SECONDS,
     Advertises,
+    ClipCounts,
     Input,
     JobOutput,
     Prepares,
@@ -27,9 +29,17 @@ INPUT_NOT_ACCEPTED = "INPUT_NOT_ACCEPTED"
 
 
 class ByKind:
-    def __init__(self, processors: list[Processor], *, device: str, load_seconds: float | None = None) -> None:
+    def __init__(
+        self,
+        processors: list[Processor],
+        *,
+        device: str,
+        load_seconds: float | None = None,
+        clip_counts: Callable[[], ClipCounts | None] | None = None,
+    ) -> None:
         self.device = device
         self.load_seconds = load_seconds
+        self.clip_counts = clip_counts  # the node's clip metrics read it (bus/node_host.py)
         self._by_kind: dict[str, Processor] = {k: p for p in processors for k in p.kinds}
         self.kinds = frozenset(self._by_kind)
         self.lanes: frozenset[Lane] = frozenset(lane for p in processors for lane in p.lanes)

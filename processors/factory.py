@@ -41,4 +41,9 @@ def build(
         procs.append(NoopProcessor(cfg.device, seconds=noop_seconds))
     procs += plugins.load(ctx, taken={k for p in procs for k in p.kinds})
     heap.freeze_loaded("the node's processors")  # every later full collection skips the model's objects
-    return ByKind(plugins.for_lane(procs, ctx.lane), device=cfg.device, load_seconds=engine.load_seconds)
+    return ByKind(
+        plugins.for_lane(procs, ctx.lane),
+        device=cfg.device,
+        load_seconds=engine.load_seconds,
+        clip_counts=engine.clip_counts,
+    )

@@ -15,18 +15,19 @@ import math
 import threading
 import time
 from collections.abc import Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
 
-from processors import gpu_memory, model_paths
+from processors import gpu_memory, model_paths, window_packing
 from processors.clip_batcher import ClipBatcher
 from schemas.errors import UNSUPPORTED_LANGUAGE, JobCancelled, JobFailed
 from schemas.events import TextSegment
 from schemas.jobs import TranscribeOptions
 from schemas.languages import is_known, normalized
-from schemas.processing import ProgressFn
+from schemas.processing import ClipCounts, ProgressFn
 from schemas.results import Segment, Transcript, Word
 
 log = logging.getLogger("gpubus.processors.whisper")
@@ -48,6 +49,10 @@ class EngineConfig:
     # engine at once (GPUBUS_NODE_CONCURRENCY). 0 or 1: each job alone.
     clip_batch: int = 0
     clip_batch_wait_s: float = 0.005
+    # With a clip batch: the gathered clips are packed several to one 30 s
+    # window (processors/window_packing.py) instead of one batch row each.
+    # For the CPU, whose encoder cost is per window, batched or not.
+    clip_pack: bool = False
 
 
 def fixed_chunks(duration_s: float) -> list[dict[str, float]]:
@@ -77,10 +82,17 @@ class WhisperEngine:
             raise model_paths.not_installed(self.model_name, type(e).__name__) from e
         self.load_seconds = time.monotonic() - t0
         self.batcher: ClipBatcher[np.ndarray, Transcript] | None = (
-            ClipBatcher(self._decode_clips, max_batch=cfg.clip_batch, max_wait_s=cfg.clip_batch_wait_s)
+            ClipBatcher(
+                self._decode_packed if cfg.clip_pack else self._decode_clips,
+                max_batch=cfg.clip_batch,
+                max_wait_s=cfg.clip_batch_wait_s,
+            )
             if cfg.clip_batch > 1
             else None
         )
+        self.packing = cfg.clip_pack and self.batcher is not None
+        self.packed_clips = 0  # clips packed so far, and the windows they took: clips per window is their ratio
+        self.packed_windows = 0
         log.info(
             "loaded whisper %s on %s/%s (batch %d) in %.2fs",
             self.model_name,
@@ -191,8 +203,14 @@ class WhisperEngine:
         """One window each, decoded with the same settings. Not with the VAD
         (its speech regions replace the clip bounds the batch is cut by), nor
         with language detection on a multilingual model (the batch would
-        share one detected language)."""
-        return len(audio) <= CHUNK_S * SAMPLE_RATE and not kwargs["vad_filter"] and kwargs["language"] is not None
+        share one detected language). Packed clips share one window's text
+        too: no per-job prompt (it would speak for the neighbours), and only
+        clips short enough to leave room for others."""
+        if self.packing:
+            fits = len(audio) <= window_packing.MAX_CLIP_S * SAMPLE_RATE and kwargs["initial_prompt"] is None
+        else:
+            fits = len(audio) <= CHUNK_S * SAMPLE_RATE
+        return fits and not kwargs["vad_filter"] and kwargs["language"] is not None
 
     def _decode_clips(self, key: Hashable, clips: Sequence[np.ndarray]) -> list[Transcript]:
         """The clips end to end, each one window of the batched pipeline
@@ -216,6 +234,77 @@ class WhisperEngine:
             i = max(0, bisect.bisect_right(offsets, seg.start + 1e-3) - 1)
             per_clip[i].append(to_segment(seg, len(per_clip[i]), offsets[i]))
         return [self._transcript(segs, info, d, kwargs["task"]) for segs, d in zip(per_clip, durations, strict=True)]
+
+    def _decode_packed(self, key: Hashable, clips: Sequence[np.ndarray]) -> list[Transcript | BaseException]:
+        """The clips packed into as few windows as fit them, each window
+        transcribed once. The windows of one gathering are transcribed at
+        the same time: CTranslate2 runs as many calls at once as the engine
+        has workers, and one call alone leaves CPU cores idle."""
+        kwargs: dict[str, Any] = dict(cast(BatchKey, key))
+        windows = window_packing.groups([len(c) for c in clips])
+
+        def window(group: list[int]) -> list[Transcript | BaseException]:
+            return self._decode_window([clips[i] for i in group], kwargs)
+
+        if len(windows) == 1:
+            done = [window(windows[0])]
+        else:
+            with ThreadPoolExecutor(len(windows)) as pool:
+                done = list(pool.map(window, windows))
+        results = {i: t for group, ts in zip(windows, done, strict=True) for i, t in zip(group, ts, strict=True)}
+        self.packed_clips += len(clips)
+        self.packed_windows += len(windows)
+        log.info("packed %d clips into %d windows", len(clips), len(windows))
+        return [results[i] for i in range(len(clips))]
+
+    def _decode_window(self, clips: Sequence[np.ndarray], kwargs: dict[str, Any]) -> list[Transcript | BaseException]:
+        """One window's clips. A window whose transcription fails is done
+        again one clip at a time, so no job fails because of a neighbour. A
+        clip with a window to itself (a lone job) is transcribed as it would
+        be without packing: no word timestamps it did not ask for."""
+        if len(clips) == 1:
+            return [self._solo_or_error(clips[0], kwargs)]
+        try:
+            return list(self._transcribe_window(clips, kwargs))
+        except Exception as e:  # any fault of the shared call: each clip alone
+            log.warning("packed window of %d clips failed (%s); decoding them one at a time", len(clips), e)
+            return [self._solo_or_error(c, kwargs) for c in clips]
+
+    def _transcribe_window(self, clips: Sequence[np.ndarray], kwargs: dict[str, Any]) -> list[Transcript]:
+        """One window's clips transcribed together: word timestamps always
+        (they decide which clip a word belongs to), kept only if asked for."""
+        packed = window_packing.lay_out(clips)
+        segments_iter, info = self._model.transcribe(packed.audio, **{**kwargs, "word_timestamps": True})
+        segments = [to_segment(seg, n, 0.0) for n, seg in enumerate(segments_iter)]
+        per_clip = window_packing.split_back(segments, packed.spans, tokenize=self._tokenize)
+        if not kwargs["word_timestamps"]:
+            per_clip = [[s.model_copy(update={"words": None}) for s in segs] for segs in per_clip]
+        return [
+            self._transcript(segs, info, len(c) / SAMPLE_RATE, kwargs["task"])
+            for segs, c in zip(per_clip, clips, strict=True)
+        ]
+
+    def _solo_or_error(self, audio: np.ndarray, kwargs: dict[str, Any]) -> Transcript | BaseException:
+        """One clip transcribed alone; its own failure is its result."""
+        try:
+            segments_iter, info = self._model.transcribe(audio, **kwargs)
+            segments = [to_segment(seg, n, 0.0) for n, seg in enumerate(segments_iter)]
+            return self._transcript(segments, info, len(audio) / SAMPLE_RATE, kwargs["task"])
+        except Exception as e:  # handed to this clip's caller, raised there
+            return e
+
+    def clip_counts(self) -> ClipCounts | None:
+        """What this engine has gathered so far, for the node's metrics; None
+        when it gathers nothing."""
+        if self.batcher is None:
+            return None
+        if self.packing:
+            return ClipCounts("pack", self.packed_clips, self.packed_windows)
+        return ClipCounts("batch", self.batcher.calls, self.batcher.batches)
+
+    def _tokenize(self, text: str) -> list[int]:
+        """Text tokens as the decoder emits them (for a segment cut in two)."""
+        return list(self._model.hf_tokenizer.encode(text, add_special_tokens=False).ids)
 
 
 BatchKey = tuple[tuple[str, Any], ...]

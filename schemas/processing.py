@@ -94,6 +94,18 @@ NOTHING_STAGED = Staging()
 
 
 @dataclass(frozen=True)
+class ClipCounts:
+    """Short clips of different jobs an engine decoded together so far, and
+    how: `mode` "batch" (one batch row each; `groups` counts the batches)
+    or "pack" (several to a 30 s window; `groups` counts the windows).
+    clips ÷ groups is the mean batch, or the clips per window."""
+
+    mode: str
+    clips: int
+    groups: int
+
+
+@dataclass(frozen=True)
 class Phase:
     """One of a job's phases, in order (transcribing, then diarizing): the
     job's progress runs from index/count to (index+1)/count through it, so

@@ -17,6 +17,7 @@ from processors.clip_batcher import ClipBatcher
 from processors.whisper_engine import EngineConfig, WhisperEngine
 from schemas.errors import JobCancelled
 from schemas.jobs import TranscribeOptions
+from testkit.transcripts import words
 from tests.harness import TESTDATA
 
 NEVER = threading.Event()
@@ -129,11 +130,7 @@ def test_batched_clips_transcribe_as_one_clip_at_a_time(clips):
     # Then they were decoded in fewer batches than clips, each transcript its own clip's
     assert batched.batcher is not None and batched.batcher.calls == 6 and batched.batcher.batches < 6
     for e, g, c in zip(expected, got, clips, strict=True):
-        assert _words(g.text) == _words(e.text), (g.text, e.text)
+        assert words(g.text) == words(e.text), (g.text, e.text)
         assert g.duration == pytest.approx(len(c) / audio_decode.SAMPLE_RATE)
         assert all(0 <= s.start <= s.end <= g.duration + 0.5 for s in g.segments), g.segments
         assert all(s.avg_logprob < 0 and s.tokens for s in g.segments)
-
-
-def _words(text: str) -> list[str]:
-    return "".join(ch for ch in text.lower() if ch.isalnum() or ch.isspace()).split()

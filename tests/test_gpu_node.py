@@ -14,6 +14,7 @@ pytestmark = pytest.mark.timeout(120)
 def test_cpu_run_of_the_gpu_node_keeps_the_offline_model_and_no_batching():
     cfg = engine_config(Settings(device="cpu", gpu_batch_size=24, node_concurrency=3))
     assert (cfg.model, cfg.device, cfg.compute_type, cfg.batch_size, cfg.workers) == (None, "cpu", "int8", 0, 3)
+    assert (cfg.clip_batch, cfg.clip_pack) == (0, False)  # neither batching nor packing unless asked
     assert CUDA_DEFAULT_MODEL == "large-v3"
 
 
