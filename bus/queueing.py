@@ -54,6 +54,31 @@ UNDO_MARGIN_S = 5.0  # past the publish's own bound, before a claim counts as ab
 NOTE_DELAY_S = 0.25
 
 
+class PendingNotes:
+    """This process's submissions whose sequence note is not written yet:
+    the tasks (awaited before the services stop) and each one's sequence,
+    so a cancel here withdraws a queued message at once instead of when its
+    note comes, `NOTE_DELAY_S` later (until then the message would still
+    count against the owner's unfinished jobs)."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[JobRecord]] = set()
+        self._seqs: dict[tuple[str, str, int], int] = {}
+
+    def seq(self, owner: str, job_id: str, attempt: int) -> int | None:
+        return self._seqs.get((owner, job_id, attempt))
+
+    def add(self, key: tuple[str, str, int], seq: int, task: asyncio.Task[JobRecord]) -> None:
+        self.tasks.add(task)
+        self._seqs[key] = seq
+
+        def done(t: asyncio.Task[JobRecord]) -> None:
+            self.tasks.discard(t)
+            self._seqs.pop(key, None)
+
+        task.add_done_callback(done)
+
+
 def unpublished(rec: JobRecord, attempt: int) -> bool:
     """The record claims `attempt` and no message of it is noted yet."""
     return rec.attempts == attempt and rec.status is JobStatus.QUEUED and rec.stream_seq is None
@@ -74,7 +99,7 @@ async def queue_attempt(
     attempt: int,
     claim: Claim | JobRecord,
     *,
-    notes: set[asyncio.Task[JobRecord]] | None = None,
+    notes: PendingNotes | None = None,
 ) -> JobRecord | None:
     """Queue `attempt` of a job. `claim` is a new job's record (created), or
     a pure mutator from the current record to the new attempt's (None: it
@@ -83,9 +108,9 @@ async def queue_attempt(
     same message. Returns the queued record, or None when the job is not at
     this attempt (somebody else moved it).
 
-    With `notes`, step 3 runs as a task put in that set (the caller awaits
-    the set before it stops): a submission is answered once its message is
-    stored, without a third synced write on its clock."""
+    With `notes`, step 3 runs as a task kept there (the caller awaits them
+    before it stops): a submission is answered once its message is stored,
+    without a third synced write on its clock."""
     before: JobRecord | None = None
     bound = publisher.give_up_after_s
     if isinstance(claim, JobRecord):
@@ -115,8 +140,7 @@ async def queue_attempt(
     task = asyncio.create_task(
         _note_seq(jobs, publisher, owner, job_id, attempt, seq, delay_s=NOTE_DELAY_S), name=f"note-{job_id}"
     )
-    notes.add(task)
-    task.add_done_callback(notes.discard)
+    notes.add((owner, job_id, attempt), seq, task)
     task.add_done_callback(_log_unnoted)
     return rec
 

@@ -47,8 +47,11 @@ async def cancel(job_id: str, st: State, principal: User) -> dict[str, Any]:
     rec = await st.jobs.update(owner, job_id, _cancel)
     if rec.status != JobStatus.CANCELLED:
         raise Conflict(f"job {job_id} is already {rec.status}")
-    if rec.stream_seq is not None:  # else its queueing notes it soon, and withdraws it then
-        await st.publisher.withdraw(rec.stream_seq)
+    # Not noted yet: this gateway's queueing may know it (its note would withdraw
+    # it too, NOTE_DELAY_S later); another gateway's note withdraws it then.
+    seq = rec.stream_seq if rec.stream_seq is not None else st.notes.seq(owner, job_id, rec.attempts)
+    if seq is not None:
+        await st.publisher.withdraw(seq)
     await st.nc.publish(names.cancel_subject(owner), job_id.encode())
     st.metrics.jobs_finished.labels(lane=rec.lane.value, kind=rec.kind, status="cancelled", code="").inc()
     log.info(

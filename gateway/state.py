@@ -29,6 +29,7 @@ from bus.lag_monitor import LagMonitor
 from bus.materializer import Materializer
 from bus.metrics import GatewayMetrics
 from bus.publisher import JobPublisher
+from bus.queueing import PendingNotes
 from bus.record_watch import RecordWatch
 from bus.registry import LiveNodes
 from bus.result_store import RecentResults
@@ -83,7 +84,7 @@ class GatewayState:
         self.seal = seal
         self.ready = False
         # Submissions' last queueing step (bus/queueing.py), awaited before the services stop.
-        self.notes: set[asyncio.Task[JobRecord]] = set()
+        self.notes = PendingNotes()
         # Inline results the materializer folded lately: a waiting client's result without a read.
         self.recent_results = RecentResults()
         self.system_nc: NatsClient | None = None
@@ -208,7 +209,7 @@ class GatewayState:
     async def close(self) -> None:
         """Services first (they use the connection), then the connections."""
         self.ready = False
-        await asyncio.gather(*self.notes, return_exceptions=True)
+        await asyncio.gather(*self.notes.tasks, return_exceptions=True)
         for part in (
             self.webhooks,
             self.lag,

@@ -17,7 +17,7 @@ from bus.job_events import EventReporter, StartNotice
 from bus.jobstore import JobStore, with_seq
 from bus.publisher import JobPublisher
 from bus.pulling import Puller
-from bus.queueing import queue_attempt
+from bus.queueing import PendingNotes, queue_attempt
 from bus.sealing import RecordSeal
 from bus.settings import Settings
 from schemas import codec, names
@@ -230,7 +230,7 @@ async def test_a_submission_done_before_its_sequence_note_is_due_gets_no_note(fr
     seal = RecordSeal.from_secret(ADMIN_TOKEN)
     jobs = JobStore(await js.key_value(names.JOBS_BUCKET), seal, js=js)
     publisher = JobPublisher(js, seal, give_up_after_s=5, ensure_queue=topology.QueueMaker(js, s))
-    notes: set[asyncio.Task[JobRecord]] = set()
+    notes = PendingNotes()
     done, waiting = _record("nt"), _record("nt")
     for rec in (done, waiting):
         await queue_attempt(jobs, publisher, "nt", rec.job_id, 1, rec, notes=notes)
@@ -239,13 +239,16 @@ async def test_a_submission_done_before_its_sequence_note_is_due_gets_no_note(fr
         r.status = JobStatus.SUCCEEDED
         return r
 
+    # (each one's sequence known to this process until its note is written, for a cancel here)
+    assert all(notes.seq("nt", rec.job_id, 1) for rec in (done, waiting))
     # When one succeeds before its note is due (as the materializer would write it)
     await jobs.update("nt", done.job_id, succeeded)
     _, revision = await jobs.get("nt", done.job_id)
-    await asyncio.gather(*notes)
+    await asyncio.gather(*notes.tasks)
     # Then its record is not written again (nothing is left to delete by the sequence)
     after, revision_after = await jobs.get("nt", done.job_id)
     assert revision_after == revision and after.stream_seq is None, after
+    assert notes.seq("nt", done.job_id, 1) is None and not notes.tasks
     # And the one still queued has its message noted
     queued, _ = await jobs.get("nt", waiting.job_id)
     assert queued.stream_seq is not None

@@ -17,7 +17,7 @@ import pytest
 from bus import topology
 from bus.jobstore import JobStore
 from bus.publisher import ATTEMPT_TIMEOUT_S, JobPublisher
-from bus.queueing import UNDO_MARGIN_S, queue_attempt
+from bus.queueing import UNDO_MARGIN_S, PendingNotes, queue_attempt
 from bus.sealing import RecordSeal
 from bus.settings import Settings
 from schemas import names
@@ -217,7 +217,7 @@ async def test_a_cancel_that_beats_the_sequence_note_still_withdraws_the_message
         updated_at=t,
     )
     async with _trusted(gw.nats_url) as (js, store):
-        notes: set[asyncio.Task[JobRecord]] = set()
+        notes = PendingNotes()
         publisher = JobPublisher(
             js,
             RecordSeal.from_secret(ADMIN_TOKEN),
@@ -227,7 +227,7 @@ async def test_a_cancel_that_beats_the_sequence_note_still_withdraws_the_message
         await queue_attempt(store, publisher, user, rec.job_id, 1, rec, notes=notes)
         # When a cancel's write reaches the record first (sent before the note task runs)
         await store.update(user, rec.job_id, lambda r: r.model_copy(update={"status": JobStatus.CANCELLED}))
-        (noted,) = await asyncio.gather(*notes)
+        (noted,) = await asyncio.gather(*notes.tasks)
         # Then the note still records where the message was, and deletes it
         assert noted.status is JobStatus.CANCELLED and noted.stream_seq, noted
         with pytest.raises(nats.js.errors.NotFoundError):
