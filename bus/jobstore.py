@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -23,6 +22,7 @@ from bus import ephemeral
 from bus.errors import CasConflict
 from bus.retry import retrying
 from bus.sealing import RecordSeal, SealBroken
+from bus.sized_lru import SizedLru
 from schemas import codec, names
 from schemas.errors import Conflict, NotFound
 from schemas.jobs import JOB_ID_RE, JobRecord, JobStatus, now
@@ -94,8 +94,10 @@ class JobStore:
         # Called with a record about to be committed terminal, before its
         # CAS (it may add to the record): bus/webhook_outbox.py.
         self._before_terminal = before_terminal
-        self._known: OrderedDict[str, tuple[JobRecord, int, int]] = OrderedDict()  # key -> (record, revision, bytes)
-        self._known_bytes = 0
+        # key -> (record, revision), sized by the record's encoded bytes
+        self._known: SizedLru[str, tuple[JobRecord, int]] = SizedLru(
+            max_bytes=KNOWN_RECORDS_BYTES, max_entries=KNOWN_RECORDS
+        )
         self._writing = KeyLocks()
 
     def _encode(self, key: str, rec: JobRecord) -> bytes:
@@ -107,14 +109,7 @@ class JobStore:
     def _remember(self, key: str, rec: JobRecord, rev: int, size: int) -> None:
         """Least recently used first out, bounded by entries and by the
         records' encoded bytes."""
-        old = self._known.pop(key, None)
-        if old is not None:
-            self._known_bytes -= old[2]
-        self._known[key] = (rec, rev, size)
-        self._known_bytes += size
-        while self._known and (len(self._known) > KNOWN_RECORDS or self._known_bytes > KNOWN_RECORDS_BYTES):
-            _, (_, _, gone) = self._known.popitem(last=False)
-            self._known_bytes -= gone
+        self._known.put(key, (rec, rev), size)
 
     def cached(self, owner: str, job_id: str) -> JobRecord | None:
         """The record as this process last wrote or read it (no NATS round
@@ -128,7 +123,7 @@ class JobStore:
 
     @property
     def cached_bytes(self) -> int:
-        return self._known_bytes
+        return self._known.bytes
 
     async def create(self, rec: JobRecord, *, give_up_after_s: float = 0.0) -> None:
         """Retried through a NATS blip; a "key exists" on a retry is our own
@@ -176,7 +171,7 @@ class JobStore:
         for _ in range(MAX_CAS_TRIES):
             cached = known is not None
             if known is not None:
-                rec, rev, _ = known
+                rec, rev = known
                 known = None
             else:
                 rec, rev = await self.get(owner, job_id)
@@ -208,9 +203,7 @@ class JobStore:
             await self._kv.delete(key, last=rev)
         except KeyWrongLastSequenceError:
             return False
-        old = self._known.pop(key, None)
-        if old is not None:
-            self._known_bytes -= old[2]
+        self._known.pop(key)
         return True
 
     async def list(self, owner: str) -> list[JobRecord]:

@@ -11,12 +11,11 @@ long poll that waited for the job answers without even that get.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from bus import objects
+from bus.sized_lru import SizedLru
 from schemas import codec, names
 from schemas.errors import NotFound, ResultUnreadable
 from schemas.events import EventType, JobEvent, inline_digest
@@ -34,20 +33,13 @@ class RecentResults:
     text matches its digest, as a read from the stream is checked."""
 
     def __init__(self, max_bytes: int = RECENT_RESULTS_BYTES) -> None:
-        self._max_bytes = max_bytes
-        self._texts: OrderedDict[int, str] = OrderedDict()
-        self._bytes = 0
+        self._texts: SizedLru[int, str] = SizedLru(max_bytes=max_bytes)
 
     def __len__(self) -> int:
         return len(self._texts)
 
     def put(self, seq: int, text: str) -> None:
-        old = self._texts.pop(seq, None)
-        self._bytes += len(text) - (len(old) if old is not None else 0)
-        self._texts[seq] = text
-        while self._bytes > self._max_bytes and self._texts:
-            _, gone = self._texts.popitem(last=False)
-            self._bytes -= len(gone)
+        self._texts.put(seq, text, len(text))
 
     def for_record(self, rec: JobRecord) -> bytes | None:
         """The record's inline result if it is here and matches its digest."""
