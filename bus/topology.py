@@ -341,15 +341,20 @@ class QueueMaker:
 
 async def ensure_owner(js: JetStreamContext, s: Settings, owner: str) -> None:
     """An owner's consumers and file bucket; created by the trusted gateway
-    side (at key creation, node bootstrap or first submit), never by nodes."""
+    side (at key creation, node bootstrap or first submit), never by nodes.
+    The three requests are independent (a lane's normal consumer overlaps
+    no other filter; the bucket is a stream of its own), so they go at once:
+    a new user's first request waits one server round of stream and
+    consumer creation, not three in a row (python -m bench.owner_scale)."""
     names.validate_owner(owner, allow_reserved=owner == names.ANONYMOUS)
     bucket, ttl = names.files_bucket(owner), s.files_ttl_days * DAY_S
-    await _ensure_bucket(
-        js,
-        lambda: js.create_object_store(bucket, ttl=ttl, replicas=s.replicas, storage=StorageType.FILE),
-        names.object_stream(bucket),
-        replicas=s.replicas,
-        max_age_s=ttl,
+    await asyncio.gather(
+        _ensure_bucket(
+            js,
+            lambda: js.create_object_store(bucket, ttl=ttl, replicas=s.replicas, storage=StorageType.FILE),
+            names.object_stream(bucket),
+            replicas=s.replicas,
+            max_age_s=ttl,
+        ),
+        *(ensure_lane(js, s, owner, lane) for lane in Lane),
     )
-    for lane in Lane:
-        await ensure_lane(js, s, owner, lane)
