@@ -93,7 +93,9 @@ class Settings(BaseSettings):
     )
     start_scan_interval: float = Field(1.0, gt=0, description="how often the gateway looks for GPU jobs past it")
     registry_ttl: float = Field(10.0, gt=0, description="a node unseen this long is not live")
-    publish_timeout: float = Field(10.0, gt=0, description="how long to retry a publish before 503")
+    publish_timeout: float = Field(
+        10.0, gt=0, description="how long to retry a publish, or a read of a record, through a NATS outage before 503"
+    )
     lag_poll_interval: float = Field(
         5.0, gt=0, description="how often the gateway reads JOBS consumer info for metrics"
     )

@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import Query, Request
 
+from bus.retry import retrying
 from gateway.state import GatewayState
 from schemas.errors import Forbidden, Unauthorized
 from schemas.keys import KEY_PREFIX, Role
@@ -66,7 +67,12 @@ async def authenticate(request: Request, *, url_key: bool = False) -> Principal:
         if hmac.compare_digest(secret.encode(), admin.get_secret_value().encode()):
             return ADMIN
         raise Unauthorized("invalid token")
-    rec = await st.keys.authenticate(secret)
+    # While NATS is away the key mirror cannot vouch that a key was not
+    # revoked meanwhile, so the key is read from KV; that read rides out a
+    # restart or an election like any other (a refusal is not retried).
+    rec = await retrying(
+        lambda: st.keys.authenticate(secret), what="authenticate", give_up_after_s=st.settings.publish_timeout
+    )
     return Principal(
         user_id=rec.user_id,
         roles=frozenset(rec.roles),

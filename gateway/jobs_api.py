@@ -5,12 +5,14 @@ result read (gateway/results.py)."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from bus.retry import retrying
 from gateway import form_docs, url_kinds
 from gateway.bodies import json_body
 from gateway.deps import State, User
@@ -134,11 +136,22 @@ async def list_jobs(
 
 async def job_record(st: GatewayState, owner: str, job_id: str, wait: float) -> JobRecord:
     """The record now, or (with `wait`) once terminal or after `wait` seconds:
-    a client learns of completion without polling, the moment it happens."""
-    if wait > 0:
-        return await st.jobs.wait_terminal(owner, job_id, wait)
-    rec, _ = await st.jobs.get(owner, job_id)
-    return rec
+    a client learns of completion without polling, the moment it happens.
+
+    Like a publish, the read rides out a NATS restart or leader election
+    for `publish_timeout` (past the wait) before it becomes a 503: a client
+    polling its jobs while a cluster fails over saw 503s for several
+    seconds (the compose fault test), though every record was there."""
+    deadline = time.monotonic() + wait
+
+    async def once() -> JobRecord:
+        left = deadline - time.monotonic()
+        if left > 0:
+            return await st.jobs.wait_terminal(owner, job_id, left)
+        rec, _ = await st.jobs.get(owner, job_id)
+        return rec
+
+    return await retrying(once, what=f"read job {job_id}", give_up_after_s=wait + st.settings.publish_timeout)
 
 
 @router.get("/{job_id}")

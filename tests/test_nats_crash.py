@@ -85,3 +85,48 @@ def test_nats_killed_and_restarted_mid_stream_loses_nothing(fresh_nats, tmp_path
         node.stop()
         shared.stop()
         gw.stop()
+
+
+@pytest.mark.parametrize(
+    ("query", "down_after_s", "down_for_s"),
+    [
+        # authenticated while NATS is away: the key's revocation can only be checked in KV
+        ({}, 0.0, 7.0),
+        # a long poll authenticated before, whose safety re-read of the record
+        # (bus/jobstore.RECHECK_S) times out during the outage
+        ({"wait": 18}, 1.0, 11.0),
+    ],
+    ids=["read", "long-poll"],
+)
+def test_a_status_read_rides_out_a_nats_outage_longer_than_a_request(
+    fresh_nats, tmp_path, query, down_after_s, down_for_s
+):
+    # Given a queued job's record (no node: it stays queued)
+    gw = Gateway.on(fresh_nats, tmp_path, enable_noop="true", publish_timeout=30).start()
+    try:
+        key = gw.create_key("reader")
+        with gw.client(key) as c:
+            job_id = c.post("/api/v1/jobs", json={"kind": "noop"}).json()["job_id"]
+        answers: list[httpx.Response] = []
+
+        def read() -> None:
+            with gw.client(key) as c:
+                answers.append(c.get(f"/api/v1/jobs/{job_id}", params=query, timeout=60))
+
+        # When the server goes down for longer than one NATS request's timeout
+        # while the client reads the job's status, and then comes back
+        reader = threading.Thread(target=read)
+        if down_after_s:
+            reader.start()
+            time.sleep(down_after_s)
+        fresh_nats.kill()
+        if not down_after_s:
+            reader.start()
+        time.sleep(down_for_s)
+        fresh_nats.start()
+        reader.join(60)
+        # Then the read is answered with the record, not a 503
+        (r,) = answers
+        assert r.status_code == 200 and r.json()["status"] == "queued", r.text
+    finally:
+        gw.stop()
