@@ -28,8 +28,9 @@ def _running_with_progress(c, job_id: str, node_prefix: str):
 
 
 def _long_tiff(tmp_path: Path) -> Path:
-    """Pages enough that OCR on the CPU takes a while: the kill lands mid-job."""
-    return files.multipage_tiff(tmp_path / "scan.tiff", [files.OCR_LINES] * 24, compression="tiff_deflate")
+    """Pages enough that OCR on the CPU takes a while: the kill lands after
+    the first page's progress, with seven still to go."""
+    return files.multipage_tiff(tmp_path / "scan.tiff", [files.OCR_LINES] * 8, compression="tiff_deflate")
 
 
 # (kind, a long input of it, a word its result must have)
