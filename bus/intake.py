@@ -31,12 +31,15 @@ stream's consumers of a new message on a queue of its own, after the
 republish, and a `no_wait` pull that comes first is told "no messages". So
 the first take after a doorbell asks for one message with a short
 `expires`, which the server answers the moment the consumer counts it (or
-with 408 when another node took it first), and only then drains the rest. What no doorbell
-announces (a nak with a delay, an ack_wait that ran out, whatever rang
-while the node was disconnected) is found by the reconcile, at most every
-RECONCILE_S: the node marks every queue where work may wait (an owner's
-node its three; the pool node those of the subjects JOBS holds on the pool,
-from one subject-filtered stream info).
+with 408 when another node took it first), and only then drains the rest;
+but while the last message taken from a queue said the consumer counted
+more behind it, a take asks for those at once (a flood of jobs rings a
+doorbell for each, and the wait-then-drain was two round trips per take).
+What no doorbell announces (a nak with a delay, an ack_wait that ran
+out, whatever rang while the node was disconnected) is found by the
+reconcile, at most every RECONCILE_S: the node marks every queue where
+work may wait (an owner's node its three; the pool node those of the
+subjects JOBS holds on the pool, from one subject-filtered stream info).
 """
 
 from __future__ import annotations
@@ -74,6 +77,9 @@ class _Mark:
     marked: bool = False
     rung: int = 0  # doorbells so far: a short take unmarks only if none rang during it
     taken_at_rung: int = 0  # `rung` when the last take began: less than `rung`, a doorbell is fresh
+    # The consumer's pending count after the last message taken from it: a
+    # backlog it has counted already, which a `no_wait` pull finds.
+    backlog: int = 0
 
 
 def _owner_key(queue: LaneQueue) -> str:
@@ -204,11 +210,25 @@ class Intake:
 
     async def _take(self, m: _Mark, asked: int) -> list[Msg]:
         """Up to `asked` from one queue; after a fresh doorbell, the first
-        one waited for (module doc)."""
-        consumer, fresh = m.queue.consumer, m.rung != m.taken_at_rung
-        m.taken_at_rung = m.rung
-        if not fresh:
-            return await self._puller.take_available(asked, consumer)
+        one waited for (module doc). Under a flood every take comes after a
+        fresh doorbell, and the wait for one, then the drain, were two
+        round trips per take, most of a node's pull loop: while the last
+        message taken said more were counted behind it, those are asked for
+        at once (`no_wait`), and only what that leaves short is taken the
+        usual way, the doorbell still fresh for it."""
+        counted = m.backlog > 0
+        out = await self._puller.take_available(asked, m.queue.consumer) if counted else []
+        if len(out) < asked:
+            consumer, fresh = m.queue.consumer, m.rung != m.taken_at_rung
+            m.taken_at_rung = m.rung
+            if fresh:
+                out += await self._take_fresh(consumer, asked - len(out))
+            elif not counted:  # a `no_wait` pull just came back short: no second one
+                out += await self._puller.take_available(asked, consumer)
+        m.backlog = out[-1].metadata.num_pending if out else 0
+        return out
+
+    async def _take_fresh(self, consumer: str, asked: int) -> list[Msg]:
         try:
             return await self._puller.next_batch(max_batch=asked, wait_s=FRESH_WAIT_S, durable=consumer)
         except APIError as e:  # 503: the consumer is gone (deleted, or its server down); the reconcile tries again

@@ -135,8 +135,17 @@ def _make_work_dir(job_id: str) -> Path:
 class JobRun:
     """One delivery of one job, from `started` to its settled message."""
 
-    def __init__(self, ctx: JobContext, job: JobMessage, msg: Msg, *, cancelled_already: bool = False) -> None:
+    def __init__(
+        self,
+        ctx: JobContext,
+        job: JobMessage,
+        msg: Msg,
+        *,
+        cancelled_already: bool = False,
+        free_slot: Callable[[], None] | None = None,
+    ) -> None:
         self.ctx = ctx
+        self._free_slot = free_slot
         self.job = job
         self.msg = msg
         self.lease = Lease(ctx.job_deadline_s)
@@ -170,6 +179,12 @@ class JobRun:
                 output = await self._run()
                 await self._store_result(output)
                 self.succeeded = True
+                if self._free_slot is not None:
+                    # The work is done and its outcome stored: the ack's
+                    # confirmation (a synced write on the server, the longest
+                    # step of a short job under load) need not keep the
+                    # node from taking its next job.
+                    self._free_slot()
         finally:
             if self._notice is not None:
                 self._notice.close()  # a nak without a report (settle) leaves no `started` behind

@@ -76,7 +76,12 @@ class JobStore:
     (the submission's sequence note and the materializer's fold of a job
     done in milliseconds) started from the same revision, so one lost its
     CAS and paid a failed write and a read; in turn, the second starts from
-    the revision the first wrote. Other processes are still met by CAS."""
+    the revision the first wrote. Other processes are still met by CAS.
+
+    What it keeps of a record is its JSON text, not the object: every use
+    needs a copy of its own (callers and mutators change records in place),
+    and decoding the text again costs a quarter of a deep copy of the
+    model, three of which were most of the materializer's own CPU per job."""
 
     def __init__(
         self,
@@ -94,28 +99,28 @@ class JobStore:
         # Called with a record about to be committed terminal, before its
         # CAS (it may add to the record): bus/webhook_outbox.py.
         self._before_terminal = before_terminal
-        # key -> (record, revision), sized by the record's encoded bytes
-        self._known: SizedLru[str, tuple[JobRecord, int]] = SizedLru(
+        # key -> (the record's JSON as encode_record made it, revision), sized by those bytes
+        self._known: SizedLru[str, tuple[bytes, int]] = SizedLru(
             max_bytes=KNOWN_RECORDS_BYTES, max_entries=KNOWN_RECORDS
         )
         self._writing = KeyLocks()
 
-    def _encode(self, key: str, rec: JobRecord) -> bytes:
-        return self._seal.seal(_kv_subject(key), codec.encode_record(rec))
+    def _seal_record(self, key: str, text: bytes) -> bytes:
+        return self._seal.seal(_kv_subject(key), text)
 
     def _decode(self, key: str, value: bytes) -> JobRecord:
         return decode_job_record(self._seal, _kv_subject(key), value)
 
-    def _remember(self, key: str, rec: JobRecord, rev: int, size: int) -> None:
+    def _remember(self, key: str, text: bytes, rev: int, size: int) -> None:
         """Least recently used first out, bounded by entries and by the
         records' encoded bytes."""
-        self._known.put(key, (rec, rev), size)
+        self._known.put(key, (text, rev), size)
 
     def cached(self, owner: str, job_id: str) -> JobRecord | None:
         """The record as this process last wrote or read it (no NATS round
         trip; it may be stale), or None."""
         known = self._known.get(names.job_key(owner, job_id))
-        return known[0].model_copy(deep=True) if known is not None else None
+        return _record(known[0]) if known is not None else None
 
     def knows(self, owner: str, job_id: str) -> bool:
         """This process created or read the record lately (no NATS round trip)."""
@@ -129,7 +134,8 @@ class JobStore:
         """Retried through a NATS blip; a "key exists" on a retry is our own
         first try having landed (job ids are fresh and random)."""
         key = names.job_key(rec.owner, rec.job_id)
-        data = self._encode(key, rec)
+        text = codec.encode_record(rec)
+        data = self._seal_record(key, text)
         tries = 0
 
         async def once() -> None:
@@ -141,11 +147,16 @@ class JobStore:
                 if tries == 1:
                     raise Conflict(f"job {rec.job_id} exists") from None
                 return  # our first try landed; its revision is unknown, so nothing is remembered
-            self._remember(key, rec.model_copy(deep=True), rev, len(data))
+            self._remember(key, text, rev, len(data))
 
         await retrying(once, what=f"record {rec.job_id}", give_up_after_s=give_up_after_s)
 
     async def get(self, owner: str, job_id: str) -> tuple[JobRecord, int]:
+        rec, _, revision = await self._read(owner, job_id)
+        return rec, revision
+
+    async def _read(self, owner: str, job_id: str) -> tuple[JobRecord, bytes, int]:
+        """The record, its JSON text (unsealed) and its revision, remembered."""
         if not JOB_ID_RE.fullmatch(job_id):  # a path parameter: refused before it becomes a KV key
             raise NotFound(f"no job {job_id[:40]!r}")
         try:
@@ -154,10 +165,10 @@ class JobStore:
             raise NotFound(f"no job {job_id}") from None
         if entry.value is None:
             raise NotFound(f"no job {job_id}")
-        rec = self._decode(entry.key, entry.value)
+        rec, text = open_job_record(self._seal, _kv_subject(entry.key), entry.value)
         revision = entry.revision or 0  # a KV read always carries its stream sequence
-        self._remember(entry.key, rec.model_copy(deep=True), revision, len(entry.value))
-        return rec, revision
+        self._remember(entry.key, text, revision, len(entry.value))
+        return rec, text, revision
 
     async def update(self, owner: str, job_id: str, mutate: Mutator) -> JobRecord:
         """Apply `mutate` to a fresh copy until the CAS wins. `mutate` returns
@@ -171,11 +182,12 @@ class JobStore:
         for _ in range(MAX_CAS_TRIES):
             cached = known is not None
             if known is not None:
-                rec, rev = known
+                text, rev = known
+                rec = _record(text)
                 known = None
             else:
-                rec, rev = await self.get(owner, job_id)
-            new = mutate(rec.model_copy(deep=True))
+                rec, text, rev = await self._read(owner, job_id)
+            new = mutate(_record(text))  # a copy of its own: `rec` stays as read
             if new is None:
                 if cached:  # "no change" is only trusted on a fresh read
                     continue
@@ -183,12 +195,13 @@ class JobStore:
             new.updated_at = now()
             if self._before_terminal is not None and new.terminal and not rec.terminal:
                 await self._before_terminal(new)
-            data = self._encode(key, new)
+            new_text = codec.encode_record(new)
+            data = self._seal_record(key, new_text)
             try:
                 new_rev = await self._kv.update(key, data, last=rev)
             except KeyWrongLastSequenceError:
                 continue
-            self._remember(key, new.model_copy(deep=True), new_rev, len(data))
+            self._remember(key, new_text, new_rev, len(data))
             return new
         raise CasConflict(f"job {job_id}: {MAX_CAS_TRIES} CAS conflicts in a row")
 
@@ -289,16 +302,28 @@ def _kv_subject(key: str) -> str:
     return names.kv_subject(names.JOBS_BUCKET, key)
 
 
+def _record(text: bytes) -> JobRecord:
+    """A fresh record from JSON this process encoded or opened itself."""
+    return codec.decode_record(text, JobRecord)
+
+
 def decode_job_record(seal: RecordSeal, subject: str, value: bytes) -> JobRecord:
     """A record only if a gateway sealed it, for the key it is stored under
     (so no record is read as another job's); DecodeError otherwise."""
+    return open_job_record(seal, subject, value)[0]
+
+
+def open_job_record(seal: RecordSeal, subject: str, value: bytes) -> tuple[JobRecord, bytes]:
+    """`decode_job_record`, with the record's JSON text as sealed (what the
+    job store keeps to make copies from)."""
     try:
-        rec = codec.decode_record(seal.open(subject, value), JobRecord)
+        text = seal.open(subject, value)
+        rec = codec.decode_record(text, JobRecord)
     except SealBroken as e:
         raise codec.DecodeError(str(e), value) from e
     if subject != _kv_subject(names.job_key(rec.owner, rec.job_id)):
         raise codec.DecodeError(f"{subject} holds the record of {rec.owner}/{rec.job_id}", value)
-    return rec
+    return rec, text
 
 
 def attempt_over(rec: JobRecord, attempt: int) -> bool:

@@ -21,6 +21,7 @@ import signal
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -53,6 +54,19 @@ CANCEL_MEMORY_S = 300.0
 def new_node_id(lane: Lane) -> str:
     host = "".join(c if c.isalnum() else "-" for c in socket.gethostname().lower())[:24].strip("-") or "node"
     return f"{lane}-{host}-{uuid.uuid4().hex[:6]}"
+
+
+class SlotHold:
+    """The slot one fetched message holds, given back once: when its job's
+    outcome is stored (bus/job_run.JobRun), or else when its task ends."""
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots: asyncio.Semaphore | None = slots
+
+    def release(self) -> None:
+        slots, self._slots = self._slots, None
+        if slots is not None:
+            slots.release()
 
 
 class NodeRuntime:
@@ -268,9 +282,10 @@ class NodeRuntime:
             self._slots.release()
             return
         key = f"{msg.metadata.sequence.stream}"
-        task = asyncio.create_task(self._run_message(msg), name=f"job-{key}")
+        hold = SlotHold(self._slots)
+        task = asyncio.create_task(self._run_message(msg, hold.release), name=f"job-{key}")
         self._tasks[key] = task
-        task.add_done_callback(partial(self._finished, key))
+        task.add_done_callback(partial(self._finished, key, hold))
 
     async def _free_slots(self) -> int:
         """Takes every slot free right now (at once: none is waited for)."""
@@ -280,13 +295,15 @@ class NodeRuntime:
             free += 1
         return free
 
-    def _finished(self, key: str, _task: asyncio.Task[None] | None = None) -> None:
+    def _finished(self, key: str, hold: SlotHold, _task: asyncio.Task[None] | None = None) -> None:
         self._tasks.pop(key, None)
-        self._slots.release()
+        hold.release()
 
-    async def _run_message(self, msg: Msg) -> None:
+    async def _run_message(self, msg: Msg, free_slot: Callable[[], None]) -> None:
         """Refuse what is not a job of our queue; run the rest, visible to
-        cancels (`_inflight`) while it runs."""
+        cancels (`_inflight`) while it runs (and until its ack is confirmed:
+        `stop` waits for that, though its slot is free once the outcome is
+        stored)."""
         try:
             job = read_job(self._jobs, msg)
         except BAD_MESSAGE_ERRORS as e:
@@ -295,7 +312,7 @@ class NodeRuntime:
             await msg.term()
             return
         early = self._cancelled_early.pop(job.job_id, None) is not None
-        run = JobRun(self._jobs, job, msg, cancelled_already=early)
+        run = JobRun(self._jobs, job, msg, cancelled_already=early, free_slot=free_slot)
         self._inflight[job.job_id] = run
         try:
             await run.execute()
