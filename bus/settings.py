@@ -79,8 +79,9 @@ class Settings(BaseSettings):
     node_prefetch: int | None = Field(
         None,
         ge=0,
-        le=8,
-        description="jobs a node takes ahead of its engine to fetch and decode their inputs (default: 1 on GPU, 0 on CPU)",
+        le=64,
+        description="jobs a node takes ahead of its engine to fetch and decode their inputs (default: the clip batch "
+        "on a node that packs short clips, else 1 on GPU, 0 on CPU)",
     )
     inline_result_max: int = Field(
         INLINE_RESULT_MAX,
