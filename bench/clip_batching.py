@@ -19,10 +19,12 @@ machine is shared, so A and B see the same neighbours):
   through the gateway.
 
 Throughput = media seconds per wall second. On the CPU the encoder, which
-runs the same 30 s window whatever the clip's length, is most of the cost
-and gains nothing from a batch row; packing runs it once per window of
-three or four clips. Packed transcripts are compared with the one at a
-time ones (word error rate between the two).
+runs the same 30 s window whatever the clip's length, is about half the
+cost and gains nothing from a batch row; packing runs it once per window of
+two to four clips. Each node run prints its gatherings (how many held how
+many clips): whole ones under load mean the node feeds the engine as the
+threads above do. Packed transcripts are compared with the one at a time
+ones (word error rate between the two).
 
     python -m bench.clip_batching [--clips 64] [--batch 8] [--rounds 1]
 """

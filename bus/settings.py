@@ -118,8 +118,8 @@ class Settings(BaseSettings):
         False,
         description="pack the gathered short clips (up to 15 s) several to one 30 s window, transcribed once and "
         "split back by word times, instead of one batch row each; for the CPU, whose encoder runs a whole window "
-        "per clip batched or not. Off by default: through a node it has not yet shown a steady gain, and a packed "
-        "clip's words can differ from the clip alone's (README, clip batching)",
+        "per clip batched or not. Off by default: a node of concurrency 8 gained 1.15-1.45x with it on this CPU, "
+        "and a packed clip's words can differ from the clip alone's (README, clip batching)",
     )
     device: str = "auto"
     compute_type: str | None = None
