@@ -6,6 +6,10 @@ engine's three and the node's three alternating round by round (the
 machine is shared, so A and B see the same neighbours):
 
 - bare engine, one clip at a time (the baseline);
+- the bare engine fed by as many threads as the batch holds, each clip
+  still alone: what a node with its clip batch off does, and the fair
+  baseline of a node's on ÷ off (on this CPU several transcriptions at
+  once already beat one at a time);
 - the engine with its clip batch (processors/clip_batcher.py), one batch
   row per clip, fed by as many threads as the batch holds;
 - the same with window packing (processors/window_packing.py): the
@@ -15,10 +19,12 @@ machine is shared, so A and B see the same neighbours):
   through the gateway.
 
 Throughput = media seconds per wall second. On the CPU the encoder, which
-runs the same 30 s window whatever the clip's length, is most of the cost
-and gains nothing from a batch row; packing runs it once per window of
-three or four clips. Packed transcripts are compared with the one at a
-time ones (word error rate between the two).
+runs the same 30 s window whatever the clip's length, is about half the
+cost and gains nothing from a batch row; packing runs it once per window of
+two to four clips. Each node run prints its gatherings (how many held how
+many clips): whole ones under load mean the node feeds the engine as the
+threads above do. Packed transcripts are compared with the one at a time
+ones (word error rate between the two).
 
     python -m bench.clip_batching [--clips 64] [--batch 8] [--rounds 1]
 """
@@ -29,6 +35,7 @@ import re
 import threading
 import time
 import wave
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -68,13 +75,18 @@ def make_clips(root: Path, n: int, seed: int = 7) -> list[Path]:
 class EngineRun:
     """One engine configuration, its transcripts of the last round, and its throughput per round."""
 
-    def __init__(self, batch: int, *, pack: bool) -> None:
+    def __init__(self, batch: int, *, pack: bool, threads: int | None = None) -> None:
+        self.threads = batch if threads is None else threads
         self.engine = WhisperEngine(
             EngineConfig(
-                model=None, device="cpu", compute_type="int8", workers=max(1, batch), clip_batch=batch, clip_pack=pack
+                model=None,
+                device="cpu",
+                compute_type="int8",
+                workers=max(1, self.threads),
+                clip_batch=batch,
+                clip_pack=pack,
             )
         )
-        self.batch = batch
         self.texts: list[str] = []
         self.rates: list[float] = []
 
@@ -87,8 +99,8 @@ class EngineRun:
 
     def round(self, clips: list[np.ndarray]) -> None:
         t0 = time.perf_counter()
-        if self.batch:
-            with ThreadPoolExecutor(self.batch) as pool:
+        if self.threads:
+            with ThreadPoolExecutor(self.threads) as pool:
                 self.texts = list(pool.map(self.one, clips))
         else:
             self.texts = [self.one(audio) for audio in clips]
@@ -107,11 +119,13 @@ BATCH_LINE = re.compile(r"decoded (\d+) clips in one batch")
 PACK_LINE = re.compile(r"packed (\d+) clips into (\d+) windows")
 
 
-def node_throughput(
-    root: Path, paths: list[Path], media_s: float, *, batch: int, mode: str, sync: str
-) -> tuple[float, float]:
+NodeResult = tuple[float, float, list[int]]
+
+
+def node_throughput(root: Path, paths: list[Path], media_s: float, *, batch: int, mode: str, sync: str) -> NodeResult:
     """(media s per wall s, mean clips per batch row or per window from the
-    node's log; 1 when off) of a node whose clip `mode` is off, batch or pack.
+    node's log, 1 when off; the size of each gathering, in order, [] when
+    off) of a node whose clip `mode` is off, batch or pack.
     Each run has a NATS server and gateway of its own under `root`: with one
     for all, a later round's jobs were moved off the GPU lane as if no GPU
     node were live. 64 queued jobs can wait past the GPU start deadline on a
@@ -126,9 +140,7 @@ def node_throughput(
         return _node_run(gw, paths, media_s, batch=batch, mode=mode, clip=clip)
 
 
-def _node_run(
-    gw, paths: list[Path], media_s: float, *, batch: int, mode: str, clip: tuple[int, bool]
-) -> tuple[float, float]:
+def _node_run(gw, paths: list[Path], media_s: float, *, batch: int, mode: str, clip: tuple[int, bool]) -> NodeResult:
     """One node with `clip` = (GPUBUS_CLIP_BATCH, GPUBUS_CLIP_PACK), warmed by one job, then every clip a job."""
     key = gw.create_key("bench")
     with (
@@ -152,11 +164,16 @@ def _node_run(
             assert final["status"] == "succeeded" and final["lane"] == "gpu", final
         wall = time.perf_counter() - t0
         log = node.log()
+    sizes = [int(n) for n in BATCH_LINE.findall(log)]
     if mode == "pack":
         packs = [(int(n), int(w)) for n, w in PACK_LINE.findall(log)]
-        return media_s / wall, sum(n for n, _ in packs) / max(1, sum(w for _, w in packs))
-    sizes = [int(n) for n in BATCH_LINE.findall(log)]
-    return media_s / wall, (sum(sizes) / len(sizes) if sizes else 1.0)
+        return media_s / wall, sum(n for n, _ in packs) / max(1, sum(w for _, w in packs)), sizes
+    return media_s / wall, (sum(sizes) / len(sizes) if sizes else 1.0), sizes
+
+
+def gatherings(sizes: list[int]) -> str:
+    """How many gatherings held how many clips, e.g. "8x7 1x2"."""
+    return " ".join(f"{n}x{c}" for n, c in sorted(Counter(sizes).items(), reverse=True)) or "none"
 
 
 def median(xs: list[float]) -> float:
@@ -182,12 +199,13 @@ def main() -> int:
         print(f"clip_batching: {len(paths)} clips, {media_s:.0f} media s, batch {args.batch}", flush=True)
         runs = {
             "alone": EngineRun(0, pack=False),
+            "alone_at_once": EngineRun(0, pack=False, threads=args.batch),
             "batch": EngineRun(args.batch, pack=False),
             "pack": EngineRun(args.batch, pack=True),
         }
         for run in runs.values():
             run.one(audio[0])  # warm
-        nodes: dict[str, list[tuple[float, float]]] = {"off": [], "batch": [], "pack": []}
+        nodes: dict[str, list[NodeResult]] = {"off": [], "batch": [], "pack": []}
         for r in range(args.rounds):
             for name, run in runs.items():
                 run.round(audio)
@@ -195,9 +213,15 @@ def main() -> int:
             for mode, got in nodes.items():
                 bus = root / f"bus-{mode}-{r}"
                 got.append(node_throughput(bus, paths, media_s, batch=args.batch, mode=mode, sync=args.nats_sync))
-                print(f"round {r}: node {mode} {got[-1][0]:.1f} media s/s, {got[-1][1]:.1f} clips a group", flush=True)
-    alone, batched, packed = (median(runs[n].rates) for n in ("alone", "batch", "pack"))
+                rate, per_group, sizes = got[-1]
+                print(
+                    f"round {r}: node {mode} {rate:.1f} media s/s, {per_group:.1f} clips a group, "
+                    f"gatherings (clips x how many) {gatherings(sizes)}",
+                    flush=True,
+                )
+    alone, at_once, batched, packed = (median(runs[n].rates) for n in ("alone", "alone_at_once", "batch", "pack"))
     rep.row("engine, one clip at a time", media_s_per_wall_s=alone)
+    rep.row(f"engine, each clip alone, {args.batch} at once", media_s_per_wall_s=at_once)
     rep.row(f"engine, clip batch {args.batch}", media_s_per_wall_s=batched, mean_batch=runs["batch"].mean_batch())
     rep.row(
         f"engine, clips of up to {args.batch} packed",
@@ -205,16 +229,21 @@ def main() -> int:
         clips_per_window=runs["pack"].clips_per_window(),
         wer_vs_alone=agreement(runs["alone"].texts, runs["pack"].texts),
     )
-    node = {mode: (median([r for r, _ in got]), got[-1][1]) for mode, got in nodes.items()}
+    node = {mode: (median([r for r, _, _ in got]), got[-1][1]) for mode, got in nodes.items()}
+    mean_gathering = {mode: float(np.mean(got[-1][2])) if got[-1][2] else 1.0 for mode, got in nodes.items()}
     rep.row(f"node, concurrency {args.batch}, clips each alone", media_s_per_wall_s=node["off"][0])
     rep.row(
         f"node, concurrency {args.batch}, clip batch", media_s_per_wall_s=node["batch"][0], mean_batch=node["batch"][1]
     )
     rep.row(
-        f"node, concurrency {args.batch}, packing", media_s_per_wall_s=node["pack"][0], clips_per_window=node["pack"][1]
+        f"node, concurrency {args.batch}, packing",
+        media_s_per_wall_s=node["pack"][0],
+        clips_per_window=node["pack"][1],
+        mean_gathering=mean_gathering["pack"],
     )
     rep.ratio("engine batched / one at a time", batched / alone, target="(reported)", ok=None)
     rep.ratio("engine packed / one at a time", packed / alone, target=">= 1.5 on this CPU", ok=packed / alone >= 1.5)
+    rep.ratio(f"engine packed / each alone {args.batch} at once", packed / at_once, target="(reported)", ok=None)
     rep.ratio("node batch on / off", node["batch"][0] / node["off"][0], target="(reported)", ok=None)
     rep.ratio("node packing on / off", node["pack"][0] / node["off"][0], target="(reported)", ok=None)
     rep.ratio("node packing on / engine one at a time", node["pack"][0] / alone, target="(reported)", ok=None)

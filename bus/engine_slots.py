@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator
 class EngineSlots:
     def __init__(self, capacity: int) -> None:
         self._free = asyncio.Semaphore(capacity)
+        self.capacity = capacity
+        self.held = 0
         self._turn = asyncio.Condition()
         self._next_ticket = 0
         self._serving = 0
@@ -37,9 +39,11 @@ class EngineSlots:
             await self._free.acquire()
         finally:
             await self.give_up(ticket)
+        self.held += 1
         try:
             yield
         finally:
+            self.held -= 1
             self._free.release()
 
     async def give_up(self, ticket: int) -> None:

@@ -97,6 +97,17 @@ class JobContext:
     start_gate: Callable[[JobMessage, Msg], Awaitable[bool]] | None = None
     # A run that succeeds within this long sends no `started` (bus/job_events.StartNotice).
     started_grace_s: float = STARTED_GRACE_S
+    # Jobs taken that have not reached the processor yet, without and with
+    # an engine slot: `coming` (bus/job_run.JobRun keeps them).
+    before_slot: int = 0
+    slotted: int = 0
+
+    def coming(self) -> int:
+        """Jobs a gathering processor may still see come
+        (schemas/processing.Gathers): those that hold a slot, and as many of
+        the rest as there are free slots for (the others cannot come before
+        something ends). Read from a worker thread: two ints, no lock."""
+        return self.slotted + min(self.before_slot, self.engine.capacity - self.engine.held)
 
 
 def read_job(ctx: JobContext, msg: Msg) -> JobMessage:
@@ -157,6 +168,8 @@ class JobRun:
         self._notice: StartNotice | None = None
         self.start_lost = False  # the start-deadline mover took it first: not ours, neither done nor failed
         self._turn = ctx.engine.ticket()  # engine slots go in the order jobs were taken
+        self._counted_as: str | None = "before_slot"  # its count in ctx until it reaches the processor (`_reached`)
+        ctx.before_slot += 1
         self._last_progress_event = 0.0
         self._phase: str | None = None  # of the last progress event sent
         self._pages = progress_unit(ctx.processor, job.kind) == PAGES
@@ -186,6 +199,7 @@ class JobRun:
                     # node from taking its next job.
                     self._free_slot()
         finally:
+            self._reached(None)  # ended before the processor, if it did
             if self._notice is not None:
                 self._notice.close()  # a nak without a report (settle) leaves no `started` behind
             await ctx.engine.give_up(self._turn)  # ended before it wanted a slot, if it did
@@ -229,6 +243,7 @@ class JobRun:
         (storing the result does not stall the next job); its progress calls
         renew the lease from there."""
         async with self.ctx.engine.slot(self._turn):
+            self._reached("slotted")
             if self.cancelled.is_set():
                 raise JobCancelled()
             if self.ctx.start_gate is not None and not await self.ctx.start_gate(self.job, self.msg):
@@ -267,7 +282,17 @@ class JobRun:
             loop.call_soon_threadsafe(self._progress_event, media_s_done, media_s_total, phase)
 
         run = partial(self.ctx.processor.run, self.job, input_path, work_dir, progress, self.cancelled)
+        self._reached(None)
         return await loop.run_in_executor(self.ctx.pool, run)
+
+    def _reached(self, stage: str | None) -> None:
+        """Move this job's count in the context to `stage` (None: it is no
+        longer on its way to the processor)."""
+        if self._counted_as is not None:
+            setattr(self.ctx, self._counted_as, getattr(self.ctx, self._counted_as) - 1)
+        if stage is not None:
+            setattr(self.ctx, stage, getattr(self.ctx, stage) + 1)
+        self._counted_as = stage
 
     async def _stage_owner_files(self, files: tuple[OwnerFile, ...], work_dir: Path) -> None:
         """Objects of the job owner's bucket the processor asked for (a

@@ -174,7 +174,7 @@ async def start_node(
         js_api_prefix=identity.js_api_prefix,
         job_seal=RecordSeal.from_settings(settings) if shared else None,
         inline_result_max=settings.inline_result_max,
-        prefetch=_prefetch(settings, identity.lane),
+        prefetch=_prefetch(settings, identity.lane, processor.device),
     )
     await runtime.start()
     log.info("node %s ready: %s lane of %s, metrics %s", node_id, identity.lane, identity.queue_owner, metrics_url)
@@ -208,9 +208,17 @@ async def run_node(
         await runtime.close()
 
 
-def _prefetch(settings: Settings, lane: Lane) -> int:
+def _prefetch(settings: Settings, lane: Lane, device: str) -> int:
     """One job ahead on a GPU node (its engine outruns input decoding), none
-    on CPU: a CPU job held by a busy node is a job another node could run."""
+    on CPU: a CPU job held by a busy node is a job another node could run.
+    A node that packs short clips (GPUBUS_CLIP_PACK) takes a whole gathering
+    ahead, on either lane: while one decodes, the next one's inputs are
+    fetched and decoded, and the batch waits for them
+    (processors/clip_batcher.py) instead of going with the one or two clips
+    that reached the engine first. Not yet for CUDA's batch rows: unmeasured
+    there, and a job held ahead is one a high-priority job queues behind."""
     if settings.node_prefetch is not None:
         return settings.node_prefetch
+    if settings.clip_pack and (gathered := settings.clip_batch_for(device)) > 1:
+        return gathered
     return 1 if lane is Lane.GPU else 0

@@ -43,7 +43,7 @@ from schemas.events import INLINE_RESULT_MAX
 from schemas.jobs import JobMessage, now
 from schemas.names import Lane
 from schemas.nodes import NodeHeartbeat
-from schemas.processing import Advertises, Processor
+from schemas.processing import Advertises, Gathers, Processor
 
 log = logging.getLogger("gpubus.bus.node")
 
@@ -131,6 +131,8 @@ class NodeRuntime:
             events=EventReporter(nc, self.js, lane=lane, node_id=self.node_id, bus_retry_s=bus_retry_s),
             start_gate=self._claim_start if lane is Lane.GPU else None,
         )
+        if isinstance(processor, Gathers):
+            processor.expect_from(self._jobs.coming)  # a gathering waits for the jobs on their way
         self._cancelled_early: dict[str, float] = {}
         self._slots = asyncio.Semaphore(capacity + prefetch)
         self._inflight: dict[str, JobRun] = {}

@@ -79,8 +79,9 @@ class Settings(BaseSettings):
     node_prefetch: int | None = Field(
         None,
         ge=0,
-        le=8,
-        description="jobs a node takes ahead of its engine to fetch and decode their inputs (default: 1 on GPU, 0 on CPU)",
+        le=64,
+        description="jobs a node takes ahead of its engine to fetch and decode their inputs (default: the clip batch "
+        "on a node that packs short clips, else 1 on GPU, 0 on CPU)",
     )
     inline_result_max: int = Field(
         INLINE_RESULT_MAX,
@@ -119,8 +120,8 @@ class Settings(BaseSettings):
         False,
         description="pack the gathered short clips (up to 15 s) several to one 30 s window, transcribed once and "
         "split back by word times, instead of one batch row each; for the CPU, whose encoder runs a whole window "
-        "per clip batched or not. Off by default: through a node it has not yet shown a steady gain, and a packed "
-        "clip's words can differ from the clip alone's (README, clip batching)",
+        "per clip batched or not. Off by default: a node of concurrency 8 gained 1.15-1.45x with it on this CPU, "
+        "and a packed clip's words can differ from the clip alone's (README, clip batching)",
     )
     device: str = "auto"
     compute_type: str | None = None

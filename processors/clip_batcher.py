@@ -12,6 +12,16 @@ it takes the waiting calls of its kind (same decode options, up to
 caller its result. While a batch decodes, the next calls queue, so under
 load batches fill by themselves, and a lone call waits only `max_wait_s`.
 
+A node's jobs reach the engine a few at a time, not together: when a batch
+ends, the jobs the node took meanwhile are still being fetched or waiting
+for the engine slots it frees, and a leader that waited only `max_wait_s`
+after its own call went with one or two clips (the next batch then took the
+rest, and so on, half-full batches alternating). So the wait is counted
+from the last call that came, and it goes on, up to `max_gather_s`, while
+`coming` (the node's count of jobs it holds that have not reached the
+engine yet) says more are on their way. With nothing coming, a lone call
+still waits `max_wait_s` and no more.
+
 Nothing here knows Whisper or NATS: `decode` is given the waiting items of
 one key and returns one result per item, in order. An item's result may be
 an exception: that caller alone gets it raised (a batch that falls back to
@@ -52,12 +62,16 @@ class ClipBatcher(Generic[T, R]):
         *,
         max_batch: int,
         max_wait_s: float,
+        max_gather_s: float = 0.0,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._decode = decode
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.max_gather_s = max(max_wait_s, max_gather_s)
+        # Jobs on their way to this batcher (set by the node through the engine); none by default.
+        self.coming: Callable[[], int] = lambda: 0
         self._cv = threading.Condition()
         self._waiting: list[_Call[T, R]] = []
         self._leading = False
@@ -85,9 +99,16 @@ class ClipBatcher(Generic[T, R]):
     def _lead(self, key: Hashable) -> None:
         """Called holding the lock; decodes one batch with the lock released."""
         self._leading = True
-        deadline = time.monotonic() + self.max_wait_s
-        while len(self._of(key)) < self.max_batch and (left := deadline - time.monotonic()) > 0:
-            self._cv.wait(timeout=left)
+        t0 = time.monotonic()
+        cap, quiet_until, seen = t0 + self.max_gather_s, t0 + self.max_wait_s, len(self._of(key))
+        while seen < self.max_batch and (t := time.monotonic()) < cap:
+            if t >= quiet_until and self.coming() <= 0:
+                break
+            # `coming` changes without a notify: look again every max_wait_s
+            until = quiet_until if t < quiet_until else t + self.max_wait_s
+            self._cv.wait(timeout=min(cap, until) - t)
+            if (n := len(self._of(key))) > seen:
+                seen, quiet_until = n, time.monotonic() + self.max_wait_s
         batch = self._of(key)[: self.max_batch]
         for call in batch:
             self._waiting.remove(call)

@@ -36,10 +36,12 @@ class ByKind:
         device: str,
         load_seconds: float | None = None,
         clip_counts: Callable[[], ClipCounts | None] | None = None,
+        expect_from: Callable[[Callable[[], int]], None] | None = None,
     ) -> None:
         self.device = device
         self.load_seconds = load_seconds
         self.clip_counts = clip_counts  # the node's clip metrics read it (bus/node_host.py)
+        self._expect_from = expect_from
         self._by_kind: dict[str, Processor] = {k: p for p in processors for k in p.kinds}
         self.kinds = frozenset(self._by_kind)
         self.lanes: frozenset[Lane] = frozenset(lane for p in processors for lane in p.lanes)
@@ -59,6 +61,11 @@ class ByKind:
                 for feature, offers in p.features.items():
                     merged.setdefault(feature, set()).update(offers)
         return {feature: sorted(offers) for feature, offers in merged.items()}
+
+    def expect_from(self, coming: Callable[[], int]) -> None:
+        """To the engine that gathers clips, if any (schemas/processing.Gathers)."""
+        if self._expect_from is not None:
+            self._expect_from(coming)
 
     def progress_unit_of(self, kind: str) -> str:
         """What the kind's progress calls count (schemas/processing.progress_unit)."""

@@ -46,4 +46,5 @@ def build(
         device=cfg.device,
         load_seconds=engine.load_seconds,
         clip_counts=engine.clip_counts,
+        expect_from=engine.expect_from,
     )

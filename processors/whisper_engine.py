@@ -14,7 +14,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
@@ -49,6 +49,9 @@ class EngineConfig:
     # engine at once (GPUBUS_NODE_CONCURRENCY). 0 or 1: each job alone.
     clip_batch: int = 0
     clip_batch_wait_s: float = 0.005
+    # Under load, how long at most a batch waits for clips the node has
+    # taken but not yet brought to the engine (processors/clip_batcher.py).
+    clip_gather_s: float = 0.25
     # With a clip batch: the gathered clips are packed several to one 30 s
     # window (processors/window_packing.py) instead of one batch row each.
     # For the CPU, whose encoder cost is per window, batched or not.
@@ -86,6 +89,7 @@ class WhisperEngine:
                 self._decode_packed if cfg.clip_pack else self._decode_clips,
                 max_batch=cfg.clip_batch,
                 max_wait_s=cfg.clip_batch_wait_s,
+                max_gather_s=cfg.clip_gather_s,
             )
             if cfg.clip_batch > 1
             else None
@@ -292,6 +296,13 @@ class WhisperEngine:
             return self._transcript(segments, info, len(audio) / SAMPLE_RATE, kwargs["task"])
         except Exception as e:  # handed to this clip's caller, raised there
             return e
+
+    def expect_from(self, coming: Callable[[], int]) -> None:
+        """The node's count of jobs it holds that have not reached the
+        engine yet (schemas/processing.Gathers): the clip batch waits for
+        them under load."""
+        if self.batcher is not None:
+            self.batcher.coming = coming
 
     def clip_counts(self) -> ClipCounts | None:
         """What this engine has gathered so far, for the node's metrics; None

@@ -6,7 +6,8 @@ On a CPU the encoder is most of a transcription's cost and it runs a whole
 window, separated by `gap_s` of silence, transcribes that window once with
 word timestamps and gives each clip back the words whose midpoint lies in
 its span, their times made relative to the clip's own start. The encoder
-then runs once per three or four clips instead of once per clip.
+then runs once per two to four clips (2.5 on clips of 5–10 s) instead of
+once per clip.
 
 This module only lays out and splits back; it knows neither faster-whisper
 nor the batcher (processors/whisper_engine.py brings both together).

@@ -6,6 +6,7 @@ in docs/WRITING_A_PROCESSOR.md: keep what is here stable."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -175,6 +176,19 @@ class Prepares(Protocol):
     `prepare`, `run` does everything, as before."""
 
     def prepare(self, job: JobMessage, input_path: Path, work_dir: Path) -> None: ...
+
+
+@runtime_checkable
+class Gathers(Protocol):
+    """A processor that gathers the work of several jobs into one engine
+    call (short clips batched or packed, processors/clip_batcher.py). The
+    node hands it, once, a count of the jobs it holds that have not reached
+    the processor yet (taken, fetching or preparing their input, waiting
+    for an engine slot it can have): under load a gathering waits for those
+    instead of going half full; with none coming, a lone job is not held
+    back."""
+
+    def expect_from(self, coming: Callable[[], int]) -> None: ...
 
 
 @runtime_checkable

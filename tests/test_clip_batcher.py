@@ -104,6 +104,52 @@ def test_a_call_cancelled_while_it_waits_leaves_the_queue():
     assert batcher.calls == 1
 
 
+def test_a_batch_waits_for_the_calls_the_node_says_are_coming():
+    # Given a batcher told that three more calls are on their way, and a
+    # first call whose company comes well after the 5 ms quiet wait
+    batcher, seen = _recording_batcher(max_batch=4, max_wait_s=0.005)
+    batcher.max_gather_s = 5.0  # bounded, but no bound is reached here
+    on_the_way = [3]
+    batcher.coming = lambda: on_the_way[0]
+    go = threading.Event()
+
+    def late(i: int) -> tuple[str, int]:
+        go.wait(5)
+        on_the_way[0] -= 1  # it reaches the engine
+        return batcher.run("k", i, NEVER)
+
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(batcher.run, "k", 0, NEVER)
+        others = [pool.submit(late, i) for i in (1, 2, 3)]
+        time.sleep(0.1)
+        go.set()
+        results = [first.result(5)] + [o.result(5) for o in others]
+    # Then the first call waited for them: one batch of four
+    assert results == [("k", i * 10) for i in range(4)]
+    assert [sorted(b) for b in seen] == [[0, 1, 2, 3]]
+
+
+def test_with_nothing_coming_a_late_call_makes_a_batch_of_its_own():
+    # Given the same late company, but no call said to be coming
+    batcher, seen = _recording_batcher(max_batch=4, max_wait_s=0.005, decode_s=0.0)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(batcher.run, "k", 0, NEVER)
+        assert first.result(5) == ("k", 0)
+        assert pool.submit(batcher.run, "k", 1, NEVER).result(5) == ("k", 10)
+    # Then the first was not held back for it
+    assert seen == [[0], [1]]
+
+
+def test_a_batch_stops_waiting_for_calls_that_never_come_after_its_gather_bound():
+    # Given a node that says a call is coming, which never does
+    batcher, seen = _recording_batcher(max_batch=4, max_wait_s=0.001, decode_s=0.0)
+    batcher.max_gather_s = 0.05
+    batcher.coming = lambda: 1
+    # Then a lone call is still decoded, alone
+    assert batcher.run("k", 7, NEVER) == ("k", 70)
+    assert seen == [[7]]
+
+
 @pytest.fixture(scope="module")
 def clips() -> list[np.ndarray]:
     """Six clips of 5–9 s cut from the recorded speech."""

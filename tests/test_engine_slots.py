@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 
 from bus.engine_slots import EngineSlots
+from bus.job_run import JobContext
+from schemas.names import Lane
 
 
 async def test_slots_go_in_ticket_order_and_a_given_up_turn_blocks_nobody():
@@ -52,3 +54,27 @@ async def test_a_job_cancelled_while_waiting_gives_its_turn_up():
     await running
     # Then the job after it gets the slot
     await asyncio.wait_for(wait_for_slot(later), 2)
+
+
+async def test_jobs_coming_are_those_with_a_slot_and_as_many_others_as_slots_are_free():
+    # Given a node of three engine slots
+    ctx = JobContext(
+        js=None,  # type: ignore[arg-type]  # nothing here talks to NATS or runs a job
+        processor=None,  # type: ignore[arg-type]
+        pool=None,  # type: ignore[arg-type]
+        events=None,  # type: ignore[arg-type]
+        metrics=None,  # type: ignore[arg-type]
+        queue_owner="u1",
+        lane=Lane.CPU,
+        node_id="n1",
+        job_deadline_s=60,
+        bus_retry_s=1,
+        engine=EngineSlots(3),
+    )
+    slots = ctx.engine
+    # one held by a job in the processor, one by a job on its way to it, and four more jobs taken
+    async with slots.slot(slots.ticket()), slots.slot(slots.ticket()):
+        ctx.before_slot, ctx.slotted = 4, 1
+        # Then two may still come: the one with a slot, and one of the four
+        # (the other three wait for slots nothing frees before they come)
+        assert ctx.coming() == 2

@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from bus import node_host
 from bus.metrics import NodeMetrics
 from bus.settings import Settings
 from processors import audio_decode
 from processors.whisper_engine import EngineConfig, WhisperEngine
 from processors.window_packing import GAP_S, SAMPLE_RATE, WINDOW_S, Span, groups, lay_out, owner, split_back
 from schemas.jobs import TranscribeOptions
+from schemas.names import Lane
 from schemas.processing import ClipCounts
 from schemas.results import Segment, Transcript, Word
 from testkit.transcripts import word_error_rate, words
@@ -194,6 +196,17 @@ def test_a_node_gathers_clips_to_pack_only_when_packing_is_asked_for():
     assert Settings(node_concurrency=4).clip_batch_for("cpu") == 0
     assert Settings(node_concurrency=4, clip_pack=True).clip_batch_for("cpu") == 4
     assert Settings(node_concurrency=4).clip_batch_for("cuda") == 4  # CUDA batches rows by default
+
+
+def test_a_node_that_packs_clips_takes_a_whole_gathering_ahead_of_its_engine():
+    packing = Settings(node_concurrency=8, clip_pack=True)
+    assert node_host._prefetch(packing, Lane.CPU, "cpu") == 8
+    assert node_host._prefetch(packing, Lane.GPU, "cpu") == 8
+    # unless told otherwise; a node that gathers nothing keeps its default
+    assert node_host._prefetch(packing.model_copy(update={"node_prefetch": 2}), Lane.CPU, "cpu") == 2
+    assert node_host._prefetch(Settings(node_concurrency=4), Lane.CPU, "cpu") == 0
+    assert node_host._prefetch(Settings(node_concurrency=4), Lane.GPU, "cpu") == 1
+    assert node_host._prefetch(Settings(node_concurrency=4), Lane.GPU, "cuda") == 1  # batch rows: unmeasured
 
 
 def test_a_lone_clip_in_a_packing_engine_is_transcribed_as_without_packing(clips, alone):
