@@ -40,6 +40,20 @@ out, whatever rang while the node was disconnected) is found by the
 reconcile, at most every RECONCILE_S: the node marks every queue where
 work may wait (an owner's node its three; the pool node those of the
 subjects JOBS holds on the pool, from one subject-filtered stream info).
+
+The open pull. A job that comes one at a time to an idle node paid the
+doorbell, then the pull it prompts: two hops where a raw JetStream worker,
+its one pull waiting, pays none. So an owner's idle node keeps one pull
+open on one queue (`open_queue`, pulled by bus/node_runtime.py with a slot
+held for it), and a job stored there is delivered at once. A pull request
+cannot be taken back, so which queue is what keeps priorities: the
+owner's top queue, high once the owner has one (nothing may pass a high
+job, and a high job passing waiting normal or low ones is the order), else
+normal, which passes only low jobs. The one exception: while the owner's
+first high jobs arrive, a pull opened on normal before them is still out
+(at most the 2 s it waits) and may start a normal job ahead of a high one
+that finds the node's other slots full. Never on the shared pool: a pull
+open on one owner's share would let that owner skip the ring.
 """
 
 from __future__ import annotations
@@ -51,10 +65,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NotFoundError
 
 from bus.pulling import Puller
 from schemas import names
@@ -139,10 +154,35 @@ class Intake:
         self._reconcile_s = reconcile_s
         self._ring: OrderedDict[str, dict[Priority, _Mark]] = OrderedDict()
         self._reconciled_at = -math.inf
+        # Whether the owner has a high queue (then the open pull is on it); None: not known, no open pull.
+        self._high_made: bool | None = False
         self.wake = asyncio.Event()  # set by a doorbell (or by whoever stops the node)
 
     def __repr__(self) -> str:
         return f"<Intake {self._queue_owner}/{self._lane} owners={len(self._ring)}>"
+
+    async def find_high(self, js: JetStreamContext) -> None:
+        """Whether the owner's high queue was made before the node started
+        (by its first high job; a later one's doorbell tells the node).
+        Unread, the node opens no pull until a high doorbell says: one on
+        normal might pass a high job."""
+        if self._queue_owner == names.SHARED:
+            return
+        try:
+            await js.consumer_info(names.JOBS_STREAM, LaneQueue(self._queue_owner, self._lane, Priority.HIGH).consumer)
+        except NotFoundError:
+            return
+        except Exception as e:
+            log.warning("whether %s/%s has a high queue not read: %s", self._queue_owner, self._lane, e)
+            self._high_made = None
+            return
+        self._high_made = True
+
+    def open_queue(self) -> LaneQueue | None:
+        """The one queue an idle node keeps a pull open on (module doc)."""
+        if self._queue_owner == names.SHARED or self._high_made is None:
+            return None
+        return LaneQueue(self._queue_owner, self._lane, Priority.HIGH if self._high_made else Priority.NORMAL)
 
     def mark(self, queue: LaneQueue, *, rung: bool = False) -> None:
         """Work may wait on `queue`; an owner new to the ring joins at the back."""
@@ -153,6 +193,8 @@ class Intake:
         m.marked = True
         if rung:
             m.rung += 1
+            if queue.priority is Priority.HIGH:
+                self._high_made = True
             self.wake.set()
 
     async def on_doorbell(self, msg: Msg) -> None:
@@ -161,12 +203,15 @@ class Intake:
         if queue is not None and queue.queue_owner == self._queue_owner and queue.lane is self._lane:
             self.mark(queue, rung=True)
 
-    async def wait(self, timeout_s: float) -> None:
-        """Until a doorbell rings, or `timeout_s` (a reconcile is then due)."""
+    async def wait(self, timeout_s: float, open_pull: asyncio.Task[None] | None = None) -> None:
+        """Until a doorbell rings, the node's open pull ends, or `timeout_s`
+        (a reconcile is then due)."""
+        wake = asyncio.ensure_future(self.wake.wait())
+        waits: list[asyncio.Task[Any]] = [wake] if open_pull is None else [wake, open_pull]
         try:
-            await asyncio.wait_for(self.wake.wait(), timeout_s)
-        except TimeoutError:
-            pass
+            await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wake.cancel()
 
     async def take(self, n: int, launch: Launch) -> int:
         """Up to `n` waiting messages in ring order, each handed to `launch`
@@ -226,6 +271,8 @@ class Intake:
             elif not counted:  # a `no_wait` pull just came back short: no second one
                 out += await self._puller.take_available(asked, consumer)
         m.backlog = out[-1].metadata.num_pending if out else 0
+        if out and m.queue.priority is Priority.HIGH:
+            self._high_made = True
         return out
 
     async def _take_fresh(self, consumer: str, asked: int) -> list[Msg]:

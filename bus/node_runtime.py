@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 import socket
 import time
@@ -104,6 +105,13 @@ class NodeRuntime:
         # on the shared pool a turn for each owner (bus/intake.py).
         waiting = pool_waiting(self.js, lane) if queue_owner == names.SHARED else own_waiting(queue_owner, lane)
         self._intake = Intake(self._puller, queue_owner, lane, waiting)
+        # The idle node's open pull (bus/intake.py), on an inbox of its own:
+        # its answer, a job or a 408 at any time, must not end another take.
+        self._open_puller = Puller(
+            nc, stream=names.JOBS_STREAM, durable=names.consumer_name(queue_owner, lane), api_prefix=js_api_prefix
+        )
+        self._open: asyncio.Task[None] | None = None
+        self._open_refused_at = -math.inf
         self.processor = processor
         self.queue_owner = queue_owner
         self.lane = lane
@@ -169,9 +177,11 @@ class NodeRuntime:
         cancel_owner = "*" if self.queue_owner == names.SHARED else self.queue_owner
         await self.nc.subscribe(names.cancel_subject(cancel_owner), cb=self._on_cancel)
         await self.nc.subscribe(names.queued_filter(self.queue_owner, self.lane), cb=self._intake.on_doorbell)
+        await self._intake.find_high(self.js)
         self.metrics.capacity.set(self.capacity)
         await self._heartbeat()
         await self._puller.open()
+        await self._open_puller.open()
         self._background = [
             asyncio.create_task(self._pull_loop(), name="fetch"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
@@ -205,6 +215,8 @@ class NodeRuntime:
         if drain_timeout_s is None:
             drain_timeout_s = self.drain_timeout_s
         log.info("node %s stopping: %d in flight, grace %.0fs", self.node_id, len(self._tasks), drain_timeout_s)
+        if self._open is not None:  # a job it brings is run with the others: it was asked for with a slot
+            await asyncio.gather(self._open, return_exceptions=True)
         await self._drain_jobs(drain_timeout_s)
         await self._stop_background()
         try:
@@ -239,6 +251,7 @@ class NodeRuntime:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self._puller.close()
+        await self._open_puller.close()
 
     async def close(self) -> None:
         await self.stop()
@@ -250,7 +263,8 @@ class NodeRuntime:
         """Never fetch more than free slots: wait for one free slot, then
         take what waits, up to the slots free right now, in the order the
         intake decides (bus/intake.py); each job starts as it comes. With
-        nothing waiting, sleep until a doorbell rings or FETCH_WAIT_S."""
+        nothing waiting, sleep until a doorbell rings or FETCH_WAIT_S, an
+        owner's node with a pull open meanwhile (`_open_pull`)."""
         while not self._stopping.is_set():
             await self._slots.acquire()
             if self._stopping.is_set():
@@ -275,14 +289,58 @@ class NodeRuntime:
             if failed:
                 await asyncio.sleep(0.5)
             elif not launched:
-                await self._intake.wait(FETCH_WAIT_S)
+                await self._idle()
+
+    async def _idle(self) -> None:
+        """Nothing waits: until a doorbell rings, the open pull brings a
+        job, or FETCH_WAIT_S (a reconcile is then due)."""
+        await self._open_pull()
+        await self._intake.wait(FETCH_WAIT_S, self._open)
+
+    async def _open_pull(self) -> None:
+        """Open a pull on the intake's open queue (bus/intake.py) with a
+        slot of its own, so the job it brings starts at once: a delivered
+        message starts its ack_wait, and a node never holds one it cannot
+        start. Only while another slot is free too, so a doorbell of
+        another queue still finds one."""
+        queue = self._intake.open_queue()
+        if queue is None or self._open is not None or self._stopping.is_set() or self._slots.locked():
+            return
+        if time.monotonic() - self._open_refused_at < FETCH_WAIT_S:  # refused: not again at once
+            return
+        await self._slots.acquire()  # returns at once while not locked
+        if self._slots.locked():  # that was the last free slot
+            self._slots.release()
+            return
+        self._open = asyncio.create_task(self._pull_open(queue.consumer), name="open-pull")
+
+    async def _pull_open(self, consumer: str) -> None:
+        """The open pull's life: the job it brings runs on the slot taken
+        for it, even once the node is stopping (`stop` waits for this and
+        drains the job with the others); with no job the slot goes back."""
+        try:
+            msg = await self._open_puller.next_message(FETCH_WAIT_S, consumer)
+        except Exception as e:  # 503 (a queue gone, its server down), disconnected: doorbells still work
+            log.warning("open pull on %s failed: %s", consumer, e)
+            self._open_refused_at = time.monotonic()
+            msg = None
+        finally:
+            self._open = None
+        if msg is None:
+            self._slots.release()
+        else:
+            self._start(msg)
 
     async def _launch(self, msg: Msg) -> None:
-        """Run one fetched message as a task holding the slot it was fetched with."""
+        """Start one taken message, or hand it back if the node is stopping."""
         if self._stopping.is_set():
             await msg.nak()  # fetched but not started: hand it back now
             self._slots.release()
             return
+        self._start(msg)
+
+    def _start(self, msg: Msg) -> None:
+        """Run one fetched message as a task holding the slot it was fetched with."""
         key = f"{msg.metadata.sequence.stream}"
         hold = SlotHold(self._slots)
         task = asyncio.create_task(self._run_message(msg, hold.release), name=f"job-{key}")

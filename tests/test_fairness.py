@@ -10,6 +10,7 @@ job), against when a job's 202 came back (it comes once the job is stored;
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,10 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import nats
 import pytest
 
 from ops.embedded_nats import NatsServer
 from ops.nats_identity import NatsAuth
+from schemas import names
 from tests.harness import Gateway, Proc, start_node, stop_all, wait_job, wait_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -158,3 +161,43 @@ def test_high_job_is_next_on_the_owners_own_node(env: Env) -> None:
         busy_with(c, low_ids)
         assert records(c, low_ids[:1])[low_ids[0]]["queue_owner"] == user
         assert high_is_next(c, low_ids) <= 1
+
+
+def waiting_pulls(nats_url: str, consumer: str) -> int:
+    """Pull requests the server holds open on a consumer of JOBS."""
+
+    async def get() -> int:
+        nc = await nats.connect(nats_url)
+        try:
+            return (await nc.jetstream().consumer_info(names.JOBS_STREAM, consumer)).num_waiting
+        finally:
+            await nc.close()
+
+    return asyncio.run(get())
+
+
+def test_an_idle_own_node_keeps_one_pull_open_on_its_top_queue(env: Env) -> None:
+    """Given a user's own node with two free slots and nothing queued, it
+    keeps one pull open on the user's normal queue (a job that comes alone
+    is delivered without the doorbell and the pull it prompts); once the
+    user has a high queue, on that one instead, since a pull open on normal
+    could pass a waiting high job (bus/intake.py). The shared-pool node
+    keeps none open: one owner's share would skip the ring."""
+    user = "open-pull"
+    key = env.gw.create_key(user)
+    url = env.gw.nats_url
+    env.procs.append(start_node(env.gw, "cpu", key=key, name="open", **{**NODE, "node_concurrency": 2}))
+    normal = names.consumer_name(user, names.Lane.CPU)
+    high = names.LaneQueue(user, names.Lane.CPU, names.Priority.HIGH).consumer
+    wait_until(lambda: waiting_pulls(url, normal) == 1, timeout_s=30, what="a pull open on the normal queue")
+    with env.gw.client(key) as c:
+        [job_id] = submit_noops(c, 1)
+        assert wait_job(c, job_id, timeout_s=60)["status"] == "succeeded"
+        [high_id] = submit_noops(c, 1, priority="high")
+        assert wait_job(c, high_id, timeout_s=60)["status"] == "succeeded"
+    wait_until(
+        lambda: waiting_pulls(url, high) == 1 and waiting_pulls(url, normal) == 0,
+        timeout_s=30,
+        what="the open pull moved to the high queue",
+    )
+    assert waiting_pulls(url, names.consumer_name(names.SHARED, names.Lane.CPU)) == 0
