@@ -138,7 +138,7 @@ class GatewayState:
             before_terminal=outbox.before_terminal,
         )
         self.feeds = job_feed.Sources(EventHub(self.nc), self.finishes, self.jobs)  # every /events client's
-        self.keys = KeyStore(await js.key_value(names.APIKEYS_BUCKET), self.seal)
+        self.keys = KeyStore(await js.key_value(names.APIKEYS_BUCKET), self.seal, js=js)
         self.idempotency = IdempotencyStore(await js.key_value(names.IDEMPOTENCY_BUCKET), self.seal)
         await self.keys.start_mirror(self.nc, js)
         self.publisher = JobPublisher(js, self.seal, give_up_after_s=s.publish_timeout, ensure_queue=self.queues)

@@ -336,7 +336,8 @@ async def test_callout_answers_only_sealed_requests(tmp_path):
     with NatsServer(store_dir=tmp_path / "nats") as server:
         nc = await nats.connect(server.url)
         try:
-            store = KeyStore(await nc.jetstream().create_key_value(bucket=names.APIKEYS_BUCKET), RecordSeal(None))
+            js = nc.jetstream()
+            store = KeyStore(await js.create_key_value(bucket=names.APIKEYS_BUCKET), RecordSeal(None), js=js)
             key, _ = await store.create("xkeyuser", [Role.NODE])
             callout = AuthCallout(
                 nc, store, issuer_seed=new_account_seed(), admin_token=lambda: None, xkey_seed=callout_seed
