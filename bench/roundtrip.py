@@ -333,12 +333,18 @@ def main() -> int:
     raw_p50 = common.percentile(lat["raw"], 50)
     bus_r = common.percentile(lat["bus"], 50) / raw_p50
     http_r = common.percentile(lat["http"], 50) / raw_p50
-    rep.ratio("bus-only p50 / raw p50", bus_r, target="<= 3", ok=bus_r <= 3)
+    # Issue 19's targets: pipelined >= 1x Celery + Redis when every write is
+    # synced, >= 3x at nats-server's default sync (like-for-like with a Redis
+    # that keeps nothing on disk); bus-only p50 <= 2x raw and below Celery's.
+    rep.ratio("bus-only p50 / raw p50", bus_r, target="<= 2", ok=bus_r <= 2)
     rep.ratio("HTTP p50 / raw p50", http_r, target="<= 6", ok=http_r <= 6)
     if not args.skip_celery:
+        cel_p50 = common.percentile(lat["bus"], 50) / common.percentile(lat["celery"], 50)
+        rep.ratio("bus-only p50 / celery+redis p50", cel_p50, target="< 1", ok=cel_p50 < 1)
         cel = sum(rates["celery"]) / len(rates["celery"])
         pipe_r = sum(rates["bus"]) / len(rates["bus"]) / cel
-        rep.ratio("bus-only pipelined jobs/s / celery+redis", pipe_r, target=">= 3", ok=pipe_r >= 3)
+        want = 1 if args.nats_sync == "always" else 3
+        rep.ratio("bus-only pipelined jobs/s / celery+redis", pipe_r, target=f">= {want}", ok=pipe_r >= want)
         rep.ratio(
             "HTTP pipelined jobs/s / celery+redis",
             sum(rates["http"]) / len(rates["http"]) / cel,
