@@ -135,12 +135,27 @@ class ComposeStack:
         with self.client(key) as c:
             return c.get("/api/v1/status/workers").json()["nodes"]
 
-    def job(self, key: str, job_id: str) -> dict[str, Any]:
+    def job(self, key: str, job_id: str) -> dict[str, Any] | None:
+        """The job's record, or None while the gateway answers 503 (the bus
+        is electing a leader or reconnecting: ask again)."""
         with self.client(key) as c:
-            return c.get(f"/api/v1/jobs/{job_id}").json()
+            return read_job(c, job_id)
 
     def submit_file(self, key: str, path: Path, *, gpu: bool) -> dict[str, Any]:
         with self.client(key) as c, path.open("rb") as f:
             r = c.post("/api/v1/jobs", files={"file": (path.name, f)}, data={"gpu": json.dumps(gpu)})
         assert r.status_code == 202, r.text
         return r.json()
+
+
+def read_job(client: httpx.Client, job_id: str, unavailable: list[str] | None = None) -> dict[str, Any] | None:
+    """A job's record as any client should read it: None on a 503 (counted
+    into `unavailable`), the record on a 200, and any other answer fails
+    with its body (a 404 would be an accepted job lost)."""
+    r = client.get(f"/api/v1/jobs/{job_id}")
+    if r.status_code == 503:
+        if unavailable is not None:
+            unavailable.append(job_id)
+        return None
+    assert r.status_code == 200, (job_id, r.status_code, r.text)
+    return r.json()

@@ -25,7 +25,7 @@ from bus.connection import connect
 from schemas import codec
 from schemas.events import EventType, JobEvent
 from testkit import images
-from testkit.compose_stack import NATS, SERVICES, ComposeStack
+from testkit.compose_stack import NATS, SERVICES, ComposeStack, read_job
 from tests.harness import TESTDATA, wait_until
 from tests.media_files import wav_of_seconds
 
@@ -67,7 +67,9 @@ def _gpu_node(stack: ComposeStack, key: str, owner: str) -> dict | None:
 
 def _finished(stack: ComposeStack, key: str, job_id: str, timeout_s: float = 180) -> dict:
     return wait_until(
-        lambda: (r := stack.job(key, job_id))["status"] in TERMINAL and r, timeout_s=timeout_s, what=job_id
+        lambda: (r := stack.job(key, job_id)) is not None and r["status"] in TERMINAL and r,
+        timeout_s=timeout_s,
+        what=job_id,
     )
 
 
@@ -98,7 +100,7 @@ def test_killing_the_gpu_node_mid_job_finishes_it_on_the_cpu_node(stack, alice, 
     audio = wav_of_seconds(TESTDATA / "hello.wav", 240, tmp_path / "long.wav")
     job = stack.submit_file(alice, audio, gpu=True)
     assert job["lane"] == "gpu", job
-    wait_until(lambda: stack.job(alice, job["job_id"])["status"] == "running", timeout_s=60, what="running")
+    wait_until(lambda: (stack.job(alice, job["job_id"]) or {}).get("status") == "running", timeout_s=60, what="running")
     # When the container is killed (SIGKILL: no drain)
     t0 = time.monotonic()
     images.docker("kill", stack.container("gpu-node"))
@@ -201,14 +203,8 @@ def test_killing_a_nats_container_under_load_loses_no_accepted_job_and_runs_none
 
 
 def _status(client: httpx.Client, job_id: str, unavailable: list[str]) -> str | None:
-    """The job's status, or None while the gateway answers 503; any other
-    error (a 404 would be an accepted job lost) fails the test with its body."""
-    r = client.get(f"/api/v1/jobs/{job_id}")
-    if r.status_code == 503:
-        unavailable.append(job_id)
-        return None
-    assert r.status_code == 200, (job_id, r.status_code, r.text)
-    return r.json()["status"]
+    rec = read_job(client, job_id, unavailable)
+    return None if rec is None else rec["status"]
 
 
 async def _completions(stack: ComposeStack, owner: str, jobs: set[str]) -> Counter:
