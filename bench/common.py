@@ -211,6 +211,52 @@ class RssSampler:
         return (self.peak[name] - self.baseline[name]) / 2**20
 
 
+class CpuMeter:
+    """CPU seconds (user + system) that named processes, with their
+    children (Celery's prefork pool), spend in labelled turns of a run. On a
+    2-core machine a pipelined rate is bounded by the CPU every process
+    spends per job, so that cost is printed beside the rate it explains."""
+
+    def __init__(self, pids: dict[str, int], *, with_children: tuple[str, ...] = ()) -> None:
+        """`with_children`: the names whose child processes count as theirs
+        (not the driving process's: every other process here is its child)."""
+        self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self._with_children = with_children
+        self.spent: dict[str, dict[str, float]] = {}  # label -> process -> CPU seconds
+        self.jobs: dict[str, int] = {}
+
+    def _now(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, proc in self._procs.items():
+            total = 0.0
+            with contextlib.suppress(psutil.Error):
+                children = proc.children(recursive=True) if name in self._with_children else []
+                for p in [proc, *children]:
+                    with contextlib.suppress(psutil.Error):
+                        t = p.cpu_times()
+                        total += t.user + t.system
+            out[name] = total
+        return out
+
+    @contextlib.contextmanager
+    def turn(self, label: str, names: tuple[str, ...], jobs: int) -> Iterator[None]:
+        """Counts `names`' CPU over the block against `jobs` jobs of `label`."""
+        before = self._now()
+        yield
+        after = self._now()
+        spent = self.spent.setdefault(label, {})
+        for name in names:
+            spent[name] = spent.get(name, 0.0) + after[name] - before[name]
+        self.jobs[label] = self.jobs.get(label, 0) + jobs
+
+    def per_job_ms(self, label: str) -> dict[str, float]:
+        """Each process's CPU milliseconds per job of `label`, and their sum."""
+        jobs = max(1, self.jobs.get(label, 0))
+        out = {name: 1000 * s / jobs for name, s in self.spent.get(label, {}).items()}
+        out["total"] = sum(out.values())
+        return out
+
+
 def profiler(out_dir: str | None, pids: dict[str, int]):
     """`with profile(label):` records the given processes with py-spy while
     the block runs (one collapsed-stack file per process and label), or

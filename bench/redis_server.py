@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import stop_proc
@@ -26,9 +27,15 @@ def _pong(port: int) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class RedisServer:
+    url: str
+    pid: int
+
+
 @contextlib.contextmanager
-def redis_server(root: Path) -> Iterator[str]:
-    """Yields the redis:// URL. No persistence: a benchmark broker only."""
+def redis_server(root: Path) -> Iterator[RedisServer]:
+    """No persistence: a benchmark broker only."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server not found: apt-get install -y redis-server")
@@ -61,6 +68,6 @@ def redis_server(root: Path) -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"redis-server did not start; see {root / 'redis.log'}")
             time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield RedisServer(f"redis://127.0.0.1:{port}/0", proc.pid)
     finally:
         stop_proc(proc, 10)

@@ -107,7 +107,8 @@ async def raw_topology(url: str) -> None:
 
 
 @contextlib.contextmanager
-def raw_worker_proc(url: str, root: Path) -> Iterator[None]:
+def raw_worker_proc(url: str, root: Path) -> Iterator[int]:
+    """Yields the worker's pid."""
     asyncio.run(raw_topology(url))
     log = (root / "raw-worker.log").open("ab")
     worker = subprocess.Popen(
@@ -119,7 +120,7 @@ def raw_worker_proc(url: str, root: Path) -> Iterator[None]:
     )
     try:
         assert worker.stdout is not None and worker.stdout.readline().strip() == b"ready", "raw worker did not start"
-        yield
+        yield worker.pid
     finally:
         common.stop_proc(worker, 10)
 
@@ -191,8 +192,11 @@ class Http:
 
 
 @contextlib.contextmanager
-def celery_worker(root: Path, concurrency: int) -> Iterator[None]:
-    with redis_server(root / "redis") as redis_url:
+def celery_worker(root: Path, concurrency: int) -> Iterator[dict[str, int]]:
+    """Yields the pids that do Celery's work: Redis and the worker (whose
+    prefork pool are its children)."""
+    with redis_server(root / "redis") as redis:
+        redis_url = redis.url
         os.environ["BENCH_REDIS_URL"] = redis_url
         log = (root / "celery-worker.log").open("ab")
         worker = subprocess.Popen(
@@ -222,7 +226,7 @@ def celery_worker(root: Path, concurrency: int) -> Iterator[None]:
 
             app.conf.broker_url = app.conf.result_backend = redis_url
             noop.delay("warm").get(timeout=60)
-            yield
+            yield {"redis": redis.pid, "celery worker": worker.pid}
         finally:
             common.stop_proc(worker)
 
@@ -257,7 +261,19 @@ def celery_pipelined(n: int, inflight: int) -> float:
 # -- the run -------------------------------------------------------------------
 
 
-async def drive(systems: dict, args, profile) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+# The processes each system's pipelined jobs keep busy ("client" is this
+# process: the driving loop, and for Celery its client thread).
+WORKERS = {
+    "raw": ("client", "nats-server", "raw worker"),
+    "bus": ("client", "nats-server", "gateway", "node"),
+    "http": ("client", "nats-server", "gateway", "node"),
+    "celery": ("client", "redis", "celery worker"),
+}
+
+
+async def drive(
+    systems: dict, args, profile, cpu: common.CpuMeter
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Rounds of: each system's share of sequential jobs, then of pipelined."""
     lat: dict[str, list[float]] = {k: [] for k in systems}
     rates: dict[str, list[float]] = {k: [] for k in systems}
@@ -280,7 +296,7 @@ async def drive(systems: dict, args, profile) -> tuple[dict[str, list[float]], d
                 else:
                     lat[name] += await sequential(s.one, seq_n, warmup=0)
             for name, s in systems.items():
-                with profile(name):
+                with profile(name), cpu.turn(name, WORKERS[name], pipe_n):
                     if name == "celery":
                         rates[name].append(await asyncio.to_thread(celery_pipelined, pipe_n, args.inflight))
                     else:
@@ -319,17 +335,29 @@ def main() -> int:
         owner = "bench"
         key = gw.create_key(owner)
         (node,) = stack.enter_context(common.nodes(gw, 1, key=key, node_concurrency=args.node_concurrency))
-        stack.enter_context(raw_worker_proc(server.url, root))
+        raw_pid = stack.enter_context(raw_worker_proc(server.url, root))
         systems = {"raw": Raw(server.url), "bus": Bus(server.url, owner), "http": Http(gw.url, key, args.inflight)}
+        pids = {
+            "client": os.getpid(),
+            "nats-server": server.proc.pid,
+            "raw worker": raw_pid,
+            "gateway": gw.proc.pid,
+            "node": node.pid,
+        }
         if not args.skip_celery:
-            stack.enter_context(celery_worker(root, args.celery_concurrency))
+            pids |= stack.enter_context(celery_worker(root, args.celery_concurrency))
             systems["celery"] = None
         profile = common.profiler(args.profile, {"gateway": gw.proc.pid, "node": node.pid, "client": os.getpid()})
-        lat, rates = asyncio.run(drive(systems, args, profile))
+        cpu = common.CpuMeter(pids, with_children=("celery worker",))
+        lat, rates = asyncio.run(drive(systems, args, profile, cpu))
     if systems["http"].retries:
         print(f"  (HTTP: {systems['http'].retries} request(s) retried on a connection uvicorn had closed)")
     for name in systems:
         rep.row(LABELS[name], **common.latency_summary(lat[name]), jobs_per_s=sum(rates[name]) / len(rates[name]))
+    cores = os.cpu_count() or 1
+    print(f"CPU ms per pipelined job, by process ({cores} cores bound jobs/s at {cores * 1000} / total):")
+    for name in systems:
+        rep.row(f"{LABELS[name]} cpu", **{k.replace(" ", "_"): v for k, v in cpu.per_job_ms(name).items()})
     raw_p50 = common.percentile(lat["raw"], 50)
     bus_r = common.percentile(lat["bus"], 50) / raw_p50
     http_r = common.percentile(lat["http"], 50) / raw_p50

@@ -63,3 +63,7 @@ def test_benchmark_runs_with_tiny_sizes(name: str, tmp_path: Path) -> None:
     report = json.loads(out_json.read_text())
     assert report["bench"] == name and report["ratios"] and report["rows"]
     assert all(isinstance(r["value"], float) for r in report["ratios"])
+    if name == "roundtrip":
+        # and each system's CPU per pipelined job was measured on its own processes
+        cpu = {r["what"]: r for r in report["rows"] if r["what"].endswith(" cpu")}
+        assert len(cpu) == 4 and all(r["total"] > 0 for r in cpu.values()), cpu
