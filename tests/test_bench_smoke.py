@@ -28,6 +28,7 @@ SCRIPTS = {
     "consumer_layout": ["--idle", "0,20", "--shards", "4", "--jobs", "10"],
     "owner_scale": ["--owners", "1,5", "--jobs", "20", "--active", "2", "--inflight", "4"],
     "clip_batching": ["--clips", "4", "--batch", "2"],
+    "pipeline_bound": ["--jobs", "8", "--turns", "1", "--inflight", "4", "--node-concurrency", "2", "--warmup", "2"],
     "ab_commits": ["--base", "HEAD", "--turns", "1", "--jobs", "5", "--inflight", "2", "--node-concurrency", "2"],
 }
 
