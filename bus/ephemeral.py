@@ -131,7 +131,13 @@ class KeyWatch:
             await _unsubscribe_then_delete(self.js, self._sub.unsubscribe, self._sub)
             raise
         # Deliveries wait for this answer, so the marker goes out exactly once.
-        if info.num_pending == 0 and self._sub.delivered == 0:
+        # Only when the server has delivered nothing: its deliveries and this
+        # answer reach us by different paths, so "nothing pending" may come
+        # before the last values it counts as delivered, and the marker then
+        # ended a listing early (3 of 1,500 `JobStore.list`s on a bucket being
+        # written). Otherwise the last of them carries no pending (`_on_msg`).
+        delivered = info.delivered.consumer_seq if info.delivered is not None else 0
+        if info.num_pending == 0 and delivered == 0:
             self._initial_done()
         self._ready.set_result(None)
         return self
