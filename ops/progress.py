@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -217,29 +214,11 @@ def status_view(c: GatewayClient) -> Group:
 
 
 def status(c: GatewayClient, *, watch: bool, on: Console = out, every_s: float = 2.0) -> None:
-    """One snapshot, or (`--watch`) a live view refreshed every `every_s`
-    until Ctrl-C, which ends it as an interrupt (exit 130)."""
+    """One snapshot, or (`--watch`) a live view refreshed every `every_s`."""
     if not watch:
         on.print(status_view(c))
         return
-    with ctrl_c_as_event() as stop, Live(status_view(c), console=on, refresh_per_second=1) as live:
-        while not stop.wait(every_s):
+    with Live(status_view(c), console=on, refresh_per_second=1) as live:
+        while True:
+            time.sleep(every_s)
             live.update(status_view(c))
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def ctrl_c_as_event() -> Iterator[threading.Event]:
-    """SIGINT sets the event instead of raising KeyboardInterrupt wherever
-    the main thread happens to be. Raised inside rich's Live between a
-    lock's acquire and its `with` (CPython does not guard that), it leaves
-    the lock held, and Live's exit waits for a refresh thread that waits for
-    the lock: `status --watch` once did not end within 30 s of a Ctrl-C (a
-    whole-suite run of tests/test_observability.py; not reproduced alone).
-    The loop checks the event between refreshes and leaves Live cleanly."""
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda _sig, _frame: stop.set())
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGINT, previous)

@@ -216,6 +216,15 @@ def start_node(
     return proc
 
 
+def ctrl_c_at_default() -> None:
+    """`preexec_fn` of a command a test will Ctrl-C: SIGINT at its default in
+    the child, as an interactive shell starts a foreground command. A shell
+    without job control starts a background command (`pytest … &`) with
+    SIGINT ignored, the child inherits that across exec, and Python then
+    leaves it ignored: the CLI under test never saw the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_until(pred, *, timeout_s: float, what: str, interval_s: float = 0.1, proc: Proc | None = None):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

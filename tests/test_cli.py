@@ -30,8 +30,7 @@ from ops import tls
 from ops.client import reason, unreachable
 from ops.embedded_nats import free_port
 from ops.exits import ExitCode
-from tests.harness import TESTDATA, base_env, submit_file, wait_job, wait_until
-from tests.media_files import wav_of_seconds
+from tests.harness import TESTDATA, base_env, ctrl_c_at_default, submit_file, wait_job, wait_until
 from tests.test_up_and_cli import cli
 
 pytestmark = pytest.mark.timeout(180)
@@ -229,17 +228,15 @@ def test_piped_status_and_jobs_show_whole_ids(gateway, shared_cpu_node, user, tm
 
 
 def test_ctrl_c_while_waiting_leaves_the_job_and_says_so(gateway, shared_cpu_node, user, tmp_path):
-    # Given `submit --wait` of a long job, waiting (170 s of speech, under
-    # the test gateway's 8 MiB upload cap: long.wav alone, 77 s, was once
-    # done within the second the test waits)
+    # Given `submit --wait` of a long job, waiting
     key = gateway.create_key(user)
-    audio = wav_of_seconds(TESTDATA / "long.wav", 170, tmp_path / "long-170s.wav")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ops.cli", "submit", str(audio), "--wait"],
+        [sys.executable, "-m", "ops.cli", "submit", str(TESTDATA / "long.wav"), "--wait"],
         env=env_for(gateway, key, tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=ctrl_c_at_default,
     )
     with gateway.client(key) as c:
         wait_until(lambda: c.get("/api/v1/jobs").json()["jobs"], timeout_s=60, what="the job")

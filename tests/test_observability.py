@@ -30,6 +30,7 @@ from tests.harness import (
     TESTDATA,
     Gateway,
     Proc,
+    ctrl_c_at_default,
     metrics_page,
     start_node,
     stop_all,
@@ -366,6 +367,7 @@ def test_queue_info_and_status_show_nodes_queues_and_failures(env: Env, gpu_run:
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=ctrl_c_at_default,
     )
     time.sleep(4)
     assert watch.poll() is None, watch.communicate()
