@@ -14,24 +14,9 @@ from bus.jobstore import JobStore
 from bus.sealing import RecordSeal
 from ops.embedded_nats import NatsServer
 from schemas import names
-from schemas.jobs import JobRecord, new_job_id, now
-from schemas.names import Kind, Lane
+from tests.test_bus import _record
 
 LISTINGS = 1500
-
-
-def _record(owner: str) -> JobRecord:
-    t = now()
-    return JobRecord(
-        job_id=new_job_id(),
-        owner=owner,
-        queue_owner=owner,
-        kind=Kind.NOOP,
-        lane=Lane.CPU,
-        routed_reason="test",
-        created_at=t,
-        updated_at=t,
-    )
 
 
 async def test_every_record_is_listed_every_time_while_others_are_written(tmp_path):
