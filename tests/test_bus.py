@@ -185,6 +185,38 @@ def _record(owner: str) -> JobRecord:
     )
 
 
+LISTINGS = 1500
+
+
+async def test_every_record_is_listed_every_time_while_others_are_written(client):
+    """The KV watch behind a listing took the server's "nothing pending" for
+    the end of the values, and that answer can overtake the last values the
+    server had delivered (bus/ephemeral.KeyWatch): 3 listings in 1,500 came
+    back short."""
+    nc, js = client
+    store = JobStore(await js.create_key_value(bucket=names.JOBS_BUCKET), RecordSeal(None), js=js)
+    # Given an owner with three jobs, and another owner's jobs being created all along
+    records = [_record("alice") for _ in range(3)]
+    for rec in records:
+        await store.create(rec)
+    mine = {rec.job_id for rec in records}
+    writing = True
+
+    async def others() -> None:
+        while writing:
+            await store.create(_record("bob"))
+
+    writer = asyncio.create_task(others())
+    # When the owner's jobs are listed again and again
+    try:
+        short = [i for i in range(LISTINGS) if {r.job_id for r in await store.list("alice")} != mine]
+    finally:
+        writing = False
+        await writer
+    # Then every listing held all three
+    assert short == [], f"{len(short)} of {LISTINGS} listings were not whole, first at {short[:5]}"
+
+
 async def test_updates_of_one_record_in_one_process_go_in_turn_and_lose_no_cas(fresh_nats, client):
     # Given a job record this process created, and a spy on the KV bucket's writes and reads
     nc, js = client
