@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
 from gateway.web import STATIC_DIR as STATIC
 from tests import speech_audio
@@ -100,8 +100,15 @@ def sign_in(page: Page, gw: Gateway, key: str) -> None:
     page.get_by_role("button", name="Sign in").click()
 
 
-def job_row(page: Page, n: int = 0):
-    return page.locator("#jobs > li").nth(n)
+def submit(page: Page) -> Locator:
+    """Click Submit and return the row of the job the gateway accepted. The module's
+    user keeps earlier tests' jobs, so "the first row" can still be an older job
+    until the list refreshes: the row is found by the id the POST answered with."""
+    posted = page.expect_response(lambda r: r.request.method == "POST" and urlsplit(r.url).path == "/api/v1/jobs")
+    with posted as response:
+        page.get_by_role("button", name="Submit").click()
+    job_id = response.value.json()["job_id"]
+    return page.locator(f'#jobs > li[data-job-id="{job_id}"]')
 
 
 def test_page_is_served_with_a_strict_content_security_policy(gateway: Gateway):
@@ -151,11 +158,10 @@ def test_upload_on_gpu_to_transcript_and_srt_download(gateway: Gateway, web_user
     page.get_by_role("switch", name="Run on GPU").check()
     page.get_by_label("Language").select_option("en")
     page.get_by_label("Output format").select_option("srt")
-    page.get_by_role("button", name="Submit").click()
+    row = submit(page)
     # Then the upload reports its progress and the job is queued on the GPU lane
     expect(page.locator("#uploads")).to_contain_text("Uploaded · queued on GPU")
     expect(page.get_by_role("progressbar", name="Upload of hello.wav")).to_have_attribute("value", "100")
-    row = job_row(page)
     expect(row).to_contain_text("hello.wav")
     # And the row follows the job (over SSE) to succeeded, on the GPU lane, with node, duration and speed
     expect(row).to_have_attribute("data-status", "succeeded", timeout=JOB_WAIT_MS)
@@ -246,9 +252,8 @@ def test_priority_chosen_on_the_page_and_shown_in_the_fleet_panel(
     page.get_by_label("choose files").set_input_files(TESTDATA / "hello.wav")
     page.get_by_role("switch", name="Run on GPU").check()
     page.get_by_label("Priority", exact=True).select_option("high")
-    page.get_by_role("button", name="Submit").click()
+    row = submit(page)
     expect(page.locator("#uploads")).to_contain_text("Uploaded · queued on GPU")
-    row = job_row(page)
     expect(row).to_have_attribute("data-status", "succeeded", timeout=JOB_WAIT_MS)
     # Then the job has that priority, and the fleet panel lists the user's jobs by priority
     with gateway.client(web_user.key) as c:
@@ -394,8 +399,7 @@ def test_label_speakers_switch_shows_who_spoke_and_offers_rttm(
     expect(page.get_by_label("Speakers", exact=True)).to_be_hidden()
     page.get_by_role("switch", name="Label speakers").check()
     page.get_by_label("Speakers", exact=True).select_option("2")
-    page.get_by_role("button", name="Submit").click()
-    row = job_row(page)
+    row = submit(page)
     expect(row).to_have_attribute("data-status", "succeeded", timeout=JOB_WAIT_MS)
     # Then its transcript names the two speakers, line by line
     row.get_by_role("button", name="Open transcript of meeting.wav").click()
