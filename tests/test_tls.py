@@ -32,6 +32,7 @@ from bus.auth_callout import AUTH_SUBJECT, AuthCallout
 from bus.connection import connect
 from bus.keystore import KeyStore
 from bus.nats_jwt import new_account_seed
+from bus.retry import retrying
 from bus.sealing import RecordSeal
 from bus.tls import InsecureConnection, UntrustedCertificate, client_context, fingerprint, gateway_context
 from ops import tls
@@ -264,7 +265,9 @@ def test_cluster_routes_run_verified_tls(tmp_path):
             nc = await connect(cluster.url.split(","), name="t", tls=nats_tls.context())
             try:
                 info = await nc.jetstream().add_stream(name="TLS_R3", subjects=["tlsr3.>"], num_replicas=3)
-                await nc.jetstream().publish("tlsr3.a", b"x")
+                # As gpubus publishes: the new R3 stream may still be electing its
+                # leader (no responders) for a moment after it is created.
+                await retrying(lambda: nc.jetstream().publish("tlsr3.a", b"x"), what="publish", give_up_after_s=15)
                 return info.config.num_replicas
             finally:
                 await nc.close()
