@@ -104,3 +104,17 @@ def built_images(workdir: Path) -> images.Builds:
 
 def pytest_report_header(config) -> str:
     return f"gpubus tests; speech fixtures in {TESTDATA.relative_to(REPO)}/"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`--dist loadgroup`, pyproject's addopts), one test file
+    runs on one worker, so a module's fixtures (a user, their nodes, a browser
+    tab's gateway) start once; the files that build and run the Docker images
+    share one worker, so the images are built once, not once per worker."""
+    for item in items:
+        path = Path(str(item.fspath))
+        group = "docker" if path.name in DOCKER_FILES else path.stem
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+DOCKER_FILES = {"test_compose_stack.py", "test_images.py"}
