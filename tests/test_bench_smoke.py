@@ -29,6 +29,7 @@ SCRIPTS = {
     "owner_scale": ["--owners", "1,5", "--jobs", "20", "--active", "2", "--inflight", "4"],
     "clip_batching": ["--clips", "4", "--batch", "2"],
     "pipeline_bound": ["--jobs", "8", "--turns", "1", "--inflight", "4", "--node-concurrency", "2", "--warmup", "2"],
+    "batch_commit": ["--writes", "64", "--batch", "16", "--inflight", "32", "--rounds", "1"],
     "ab_commits": ["--base", "HEAD", "--turns", "1", "--jobs", "5", "--inflight", "2", "--node-concurrency", "2"],
 }
 
