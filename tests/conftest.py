@@ -106,6 +106,10 @@ def pytest_report_header(config) -> str:
     return f"gpubus tests; speech fixtures in {TESTDATA.relative_to(REPO)}/"
 
 
+# The files that build the Docker images (the session's `built_images`) and run them.
+DOCKER_FILES = {"test_compose_stack.py", "test_images.py"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`--dist loadgroup`, pyproject's addopts), one test file
     runs on one worker, so a module's fixtures (a user, their nodes, a browser
@@ -115,6 +119,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         path = Path(str(item.fspath))
         group = "docker" if path.name in DOCKER_FILES else path.stem
         item.add_marker(pytest.mark.xdist_group(group))
-
-
-DOCKER_FILES = {"test_compose_stack.py", "test_images.py"}
