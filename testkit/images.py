@@ -135,18 +135,16 @@ def build_gpubus_images(logdir: Path) -> Builds:
     (download, unpack, write layers), which one build leaves half the cores
     and the disk idle for."""
     base = debian_base()
-    result = Builds()
+    result = Builds(logs={name: logdir / f"build-{name}.log" for name in IMAGES})
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(len(IMAGES)) as pool:
         secrets = pip_secrets(Path(tmp))
 
         def one(name: str) -> float:
             args = {"CUDA_IMAGE": base, "PYTHON": "python3"} if name == "gpu-node" else {"PYTHON_IMAGE": base}
             dockerfile = ROOT / "ops" / "deploy" / f"{name}.Dockerfile"
-            return build(ROOT, dockerfile, f"gpubus-{name}:{TAG}", args, secrets, logdir / f"build-{name}.log")
+            return build(ROOT, dockerfile, f"gpubus-{name}:{TAG}", args, secrets, result.logs[name])
 
-        for name, seconds in zip(IMAGES, pool.map(one, IMAGES), strict=True):
-            result.seconds[name] = seconds
-            result.logs[name] = logdir / f"build-{name}.log"
+        result.seconds = dict(zip(IMAGES, pool.map(one, IMAGES), strict=True))
     return result
 
 

@@ -116,6 +116,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     tab's gateway) start once; the files that build and run the Docker images
     share one worker, so the images are built once, not once per worker."""
     for item in items:
-        path = Path(str(item.fspath))
-        group = "docker" if path.name in DOCKER_FILES else path.stem
+        group = "docker" if item.path.name in DOCKER_FILES else item.path.stem
         item.add_marker(pytest.mark.xdist_group(group))
