@@ -132,8 +132,20 @@ class JobStore:
 
     async def create(self, rec: JobRecord, *, give_up_after_s: float = 0.0) -> None:
         """Retried through a NATS blip; a "key exists" on a retry is our own
-        first try having landed (job ids are fresh and random)."""
+        first try having landed (job ids are fresh and random).
+
+        Holds the key's write lock until the create is answered, taken
+        before its first await: a submission publishes the job while its
+        record is still being written (bus/queueing.py), and an update of
+        the record in this process (the materializer folding the outcome
+        of a job done in a millisecond) then waits for the create and
+        starts from it, instead of finding no record and trying again in
+        0.25 s."""
         key = names.job_key(rec.owner, rec.job_id)
+        async with self._writing.held(key):
+            await self._create(key, rec, give_up_after_s)
+
+    async def _create(self, key: str, rec: JobRecord, give_up_after_s: float) -> None:
         text = codec.encode_record(rec)
         data = self._seal_record(key, text)
         tries = 0

@@ -1,4 +1,4 @@
-"""Queueing one attempt of a job: the record first, then the message.
+"""Queueing one attempt of a job: the record, then the message.
 
 Submit (attempt 1), retry (the owner's next attempt) and the fallback router
 (GPU to CPU) all queue through `queue_attempt`, in one order:
@@ -17,15 +17,20 @@ Why the record first: a node may finish a job milliseconds after the
 publish, and the materializer folds its events into the record. Were the
 record still the previous attempt (`failed`, for a retry), the outcome would
 be counted as a late completion of that one and the new attempt would stay
-`queued` for ever; with the record first that race has no room.
+`queued` for ever; with the record first that race has no room. A new job
+has no previous attempt to be mistaken for, so its steps 1 and 2 go at
+once (`_create_and_publish`): the answer waits for one synced write's
+time, not two, and an outcome that beats its record is folded once the
+record lands.
 
 The price is a moment in which the record claims an attempt with no
-message. A publish that fails closes it itself: the claim is undone (the
-record as it was put back, a new job's record removed), so the caller's
-error (503) is the whole story, and a later retry, or the advisory's
-redelivery, starts clean. Only when the undo fails too (the bus away for
-longer than the publish waits) is a `queued` record left without a
-message; `never_queued` recognises it once the publish would long have
+message (or, for a new job, either write without the other). A write that
+fails closes it itself: the claim is undone (the record as it was put
+back, a new job's record removed, a new job's stored message withdrawn),
+so the caller's error (503) is the whole story, and a later retry, or the
+advisory's redelivery, starts clean. Only when the undo fails too (the bus
+away for longer than the publish waits) is a `queued` record left without
+a message; `never_queued` recognises it once the publish would long have
 given up, and retry takes it like a failed job.
 """
 
@@ -34,10 +39,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from bus.jobstore import JobStore, attempt_over, with_seq
 from bus.publisher import ATTEMPT_TIMEOUT_S, JobPublisher
 from bus.retry import retrying
+from schemas.errors import Conflict
 from schemas.jobs import JobRecord, JobStatus, now
 
 log = logging.getLogger("gpubus.bus.queueing")
@@ -112,9 +119,8 @@ async def queue_attempt(
     before it stops): a submission is answered once its message is stored,
     without a third synced write on its clock."""
     before: JobRecord | None = None
-    bound = publisher.give_up_after_s
     if isinstance(claim, JobRecord):
-        await jobs.create(claim, give_up_after_s=bound)
+        seq = await _create_and_publish(jobs, publisher, claim)
         rec = claim
     else:
         mutate = claim
@@ -127,14 +133,14 @@ async def queue_attempt(
             return new
 
         rec = await jobs.update(owner, job_id, claimed)
-    if not unpublished(rec, attempt):
-        return None
-    try:
-        seq = await publisher.publish(rec.to_message())
-    except BaseException:
-        if before is not None or isinstance(claim, JobRecord):
-            await _undo(jobs, rec, before)
-        raise
+        if not unpublished(rec, attempt):
+            return None
+        try:
+            seq = await publisher.publish(rec.to_message())
+        except BaseException:
+            if before is not None:
+                await _undo(jobs, rec, before)
+            raise
     if notes is None:
         return await _note_seq(jobs, publisher, owner, job_id, attempt, seq)
     task = asyncio.create_task(
@@ -143,6 +149,61 @@ async def queue_attempt(
     notes.add((owner, job_id, attempt), seq, task)
     task.add_done_callback(_log_unnoted)
     return rec
+
+
+async def _create_and_publish(jobs: JobStore, publisher: JobPublisher, rec: JobRecord) -> int:
+    """A new job's record and its message, written at once: two synced
+    writes to two streams take the time of one, where one after the other
+    they were the most of a submission's answer. The record-first order
+    matters only for a record that already exists (a retry's `failed` must
+    not take the new attempt's outcome); a new job's events that beat its
+    record are folded once it lands: in this process the fold waits for
+    the create (`JobStore.create` holds the key), elsewhere the
+    materializer tries again 0.25 s later (bus/event_drops.py).
+
+    Either write failing undoes the other, so the caller's 503 is the whole
+    story: the record goes, and a stored message is withdrawn before a node
+    runs it (one that cannot be withdrawn runs with no record: its events
+    are dropped as unknown, and the client, told 503, submits again). The
+    create starts first, so it holds the record's key before the message
+    can reach anybody (tasks start in the order they are made)."""
+    create = asyncio.ensure_future(jobs.create(rec, give_up_after_s=publisher.give_up_after_s))
+    publish = asyncio.ensure_future(publisher.publish(rec.to_message()))
+    try:
+        await asyncio.wait((create, publish))
+    except BaseException:  # cancelled: neither write may outlive the caller half done
+        create.cancel()
+        publish.cancel()
+        await asyncio.wait((create, publish))
+        await _undo_new(jobs, publisher, rec, create, publish)
+        raise
+    if create.exception() is None and publish.exception() is None:
+        return publish.result()
+    await _undo_new(jobs, publisher, rec, create, publish)
+    error = publish.exception() or create.exception()
+    assert error is not None
+    raise error
+
+
+async def _undo_new(
+    jobs: JobStore, publisher: JobPublisher, rec: JobRecord, create: asyncio.Future[None], publish: asyncio.Future[int]
+) -> None:
+    """Best effort, like `_undo`: remove what of a new job did land."""
+    if _landed(create):
+        await _undo(jobs, rec, None)
+    if _landed(publish) and not (create.done() and not create.cancelled() and isinstance(create.exception(), Conflict)):
+        # (A Conflict would mean the id was taken: the stored message may
+        # be that job's, de-duplicated by its Nats-Msg-Id. Never withdrawn.)
+        try:
+            await publisher.withdraw(publish.result())
+        except Exception as e:
+            log.warning(
+                "job %s: message %d not withdrawn after its record failed (%r)", rec.job_id, publish.result(), e
+            )
+
+
+def _landed(write: asyncio.Future[Any]) -> bool:
+    return write.done() and not write.cancelled() and write.exception() is None
 
 
 def _log_unnoted(task: asyncio.Task[JobRecord]) -> None:

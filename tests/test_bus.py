@@ -13,6 +13,7 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from bus import ephemeral, node_permissions, objects, topology
+from bus.errors import BusUnavailable
 from bus.job_events import EventReporter, StartNotice
 from bus.jobstore import JobStore, with_seq
 from bus.publisher import JobPublisher
@@ -287,6 +288,91 @@ async def test_a_submission_done_before_its_sequence_note_is_due_gets_no_note(fr
     assert (
         codec.decode((await js.get_msg(names.JOBS_STREAM, queued.stream_seq)).data, JobMessage).job_id == waiting.job_id
     )
+
+
+async def _queueing(fresh_nats, js, owner: str, *, give_up_after_s: float = 5) -> tuple[JobStore, JobPublisher]:
+    """The gateway side's job store and publisher, on a server with `owner`'s topology."""
+    s = Settings(nats_url=fresh_nats.url)
+    await topology.ensure_core(js, s)
+    await topology.ensure_owner(js, s, owner)
+    seal = RecordSeal.from_secret(ADMIN_TOKEN)
+    jobs = JobStore(await js.key_value(names.JOBS_BUCKET), seal, js=js)
+    return jobs, JobPublisher(js, seal, give_up_after_s=give_up_after_s, ensure_queue=topology.QueueMaker(js, s))
+
+
+async def _queued_messages(js, owner: str) -> int:
+    infos = [await js.stream_info(names.JOBS_STREAM, subjects_filter=f) for f in names.owner_job_filters(owner)]
+    return sum(sum((i.state.subjects or {}).values()) for i in infos)
+
+
+async def test_a_fold_that_comes_while_the_record_is_being_created_starts_from_it(fresh_nats, client):
+    """A submission publishes its job while the record is still being
+    written (bus/queueing.py), so a fast node's outcome can be folded here
+    before the create is answered: the fold waits for it, and neither
+    misses the record (a retry 0.25 s later) nor reads it."""
+    nc, js = client
+    jobs, _ = await _queueing(fresh_nats, js, "cw")
+    reads: list[str] = []
+
+    async def on_read(msg) -> None:
+        reads.append(msg.subject)
+
+    await nc.subscribe(f"{node_permissions.JS_API}.*.MSG.GET.>", cb=on_read)
+    await nc.subscribe(f"{node_permissions.JS_API}.DIRECT.GET.>", cb=on_read)
+
+    def halfway(r: JobRecord) -> JobRecord:
+        r.progress = 0.5
+        return r
+
+    for _ in range(20):
+        rec = _record("cw")
+        # Given a record's create sent and not yet answered
+        creating = asyncio.ensure_future(jobs.create(rec))
+        await asyncio.sleep(0)
+        assert not creating.done()
+        # When an update of that record comes
+        folded = await jobs.update("cw", rec.job_id, halfway)
+        await creating
+        # Then it is made on the created record, with no read
+        assert folded.progress == 0.5
+    await nc.flush()
+    assert reads == [], reads
+
+
+async def test_a_new_job_whose_record_cannot_be_written_leaves_no_message(fresh_nats, client):
+    """Record and message of a new job are written at once: when the
+    record fails, the message stored meanwhile is withdrawn before a node
+    can run a job the client was told is not accepted."""
+    nc, js = client
+    _, publisher = await _queueing(fresh_nats, js, "rf", give_up_after_s=1)
+    # Given a job store whose bucket takes no writes (its stream listens elsewhere)
+    kv = await js.create_key_value(bucket="jobs-refusing")
+    cfg = (await js.stream_info("KV_jobs-refusing")).config
+    cfg.subjects = ["elsewhere.>"]
+    await js.update_stream(cfg)
+    jobs = JobStore(kv, RecordSeal.from_secret(ADMIN_TOKEN), js=js)
+    rec = _record("rf")
+    # When a new job is queued
+    with pytest.raises(BusUnavailable):
+        await queue_attempt(jobs, publisher, "rf", rec.job_id, 1, rec)
+    # Then its message, which was stored, is gone again
+    assert await _queued_messages(js, "rf") == 0
+
+
+async def test_a_new_job_whose_message_is_refused_leaves_no_record(fresh_nats, client):
+    nc, js = client
+    jobs, publisher = await _queueing(fresh_nats, js, "mr", give_up_after_s=1)
+    # Given a JOBS stream that takes no job message
+    cfg = (await js.stream_info(names.JOBS_STREAM)).config
+    cfg.subjects = ["held.>"]
+    await js.update_stream(cfg)
+    rec = _record("mr")
+    # When a new job is queued
+    with pytest.raises(BusUnavailable):
+        await queue_attempt(jobs, publisher, "mr", rec.job_id, 1, rec)
+    # Then the record, which was written, is removed: nothing was accepted
+    with pytest.raises(NotFound):
+        await jobs.get("mr", rec.job_id)
 
 
 async def _stored_events(js, owner: str, job_id: str) -> list[JobEvent]:
