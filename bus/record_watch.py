@@ -89,6 +89,19 @@ class RecordWatch:
         with _registered(self._followers, key, deliver):
             yield
 
+    def awaited(self, key: str) -> bool:
+        """Somebody waits for `key` to turn terminal (decode it for them)."""
+        return bool(self._waiters.get(key))
+
+    def written(self, key: str, rec: JobRecord) -> None:
+        """A terminal record this process has just committed (its CAS won):
+        the key's waiters are answered now, not when the watch brings the
+        same revision back through the server, a hop on the path of every
+        long poll that this gateway's materializer finishes."""
+        for fut in self._waiters.get(key, ()):
+            if not fut.done():
+                fut.set_result(rec)
+
     async def _on_update(self, msg: Msg) -> None:
         key = msg.subject[len(self._prefix) :]
         waiters, followers = self._waiters.get(key), self._followers.get(key)

@@ -15,10 +15,11 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from bus import ephemeral, node_permissions, objects, topology
 from bus.errors import BusUnavailable
 from bus.job_events import EventReporter, StartNotice
-from bus.jobstore import JobStore, with_seq
+from bus.jobstore import RECHECK_S, JobStore, with_seq
 from bus.publisher import JobPublisher
 from bus.pulling import Puller
 from bus.queueing import PendingNotes, queue_attempt
+from bus.record_watch import RecordWatch
 from bus.sealing import RecordSeal
 from bus.settings import Settings
 from schemas import codec, names
@@ -373,6 +374,35 @@ async def test_a_new_job_whose_message_is_refused_leaves_no_record(fresh_nats, c
     # Then the record, which was written, is removed: nothing was accepted
     with pytest.raises(NotFound):
         await jobs.get("mr", rec.job_id)
+
+
+async def test_a_long_poll_is_answered_by_this_processs_own_terminal_write(fresh_nats, client):
+    """The gateway whose materializer finishes a job answers its long polls
+    from that write, not when the record watch brings it back through the
+    server. The watch here is never started, so only the write can answer
+    before the waiter's periodic re-read (RECHECK_S)."""
+    nc, js = client
+    await topology.ensure_core(js, Settings(nats_url=fresh_nats.url))
+    seal = RecordSeal.from_secret(ADMIN_TOKEN)
+    jobs = JobStore(await js.key_value(names.JOBS_BUCKET), seal, js=js, finishes=RecordWatch(js, seal))
+    rec = _record("lp")
+    await jobs.create(rec)
+    # Given a client waiting for the job to end
+    waiting = asyncio.ensure_future(jobs.wait_terminal("lp", rec.job_id, timeout_s=30))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+
+    def succeeded(r: JobRecord) -> JobRecord:
+        r.status = JobStatus.SUCCEEDED
+        return r
+
+    # When this process writes it succeeded
+    t0 = time.monotonic()
+    await jobs.update("lp", rec.job_id, succeeded)
+    done = await asyncio.wait_for(waiting, RECHECK_S + 5)
+    # Then the waiter has it at once, as written
+    assert done.status is JobStatus.SUCCEEDED
+    assert time.monotonic() - t0 < RECHECK_S / 2
 
 
 async def _stored_events(js, owner: str, job_id: str) -> list[JobEvent]:
