@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -137,9 +138,17 @@ class StartNotice:
     (but for a node's very first `started`, whose publish first subscribes
     nats-py's reply inbox: that one progress event may come before it)."""
 
-    def __init__(self, events: EventReporter, job: JobMessage, grace_s: float = STARTED_GRACE_S) -> None:
+    def __init__(
+        self,
+        events: EventReporter,
+        job: JobMessage,
+        grace_s: float = STARTED_GRACE_S,
+        *,
+        on_send: Callable[[], None] | None = None,
+    ) -> None:
         self._events = events
         self._job = job
+        self._on_send = on_send  # the node's "started" log line: logged when, and only if, the event goes
         self.at = now()
         self._send: asyncio.Future[None] | None = None
         self._timer = asyncio.get_running_loop().call_later(grace_s, self.now)
@@ -148,6 +157,8 @@ class StartNotice:
         """Send `started` now, once."""
         if self._send is None:
             self._timer.cancel()
+            if self._on_send is not None:
+                self._on_send()
             self._send = asyncio.ensure_future(self._events.started(self._job, self.at))
 
     async def before_outcome(self, *, announce: bool) -> None:

@@ -424,7 +424,7 @@ async def test_start_notice_sends_started_only_for_runs_that_last_or_do_not_succ
 
     async def run(grace_s: float, lasts_s: float, outcome: EventType, *, progress: bool = False):
         j = _record("sn").to_message()
-        notice = StartNotice(events, j, grace_s)
+        notice = StartNotice(events, j, grace_s, on_send=lambda: sent_by.append(j.job_id))
         if progress:
             notice.now()
             events.progress(j, 0.5)
@@ -432,8 +432,12 @@ async def test_start_notice_sends_started_only_for_runs_that_last_or_do_not_succ
         await notice.before_outcome(announce=outcome is not EventType.SUCCEEDED)
         error = None if outcome is EventType.SUCCEEDED else ErrorInfo(code="X", message="x")
         await events.finished(j, outcome, error=error, started_at=notice.at)
-        return notice.at, await _stored_events(js, "sn", j.job_id)
+        stored = await _stored_events(js, "sn", j.job_id)
+        # (the node logs "started" with the event, and only then)
+        assert sent_by.count(j.job_id) == (EventType.STARTED in [e.type for e in stored])
+        return notice.at, stored
 
+    sent_by: list[str] = []
     # When a run succeeds within the grace, then only its outcome is stored, naming its start
     at, evs = await run(10.0, 0.0, EventType.SUCCEEDED)
     assert [e.type for e in evs] == [EventType.SUCCEEDED] and evs[0].started_at == at
