@@ -207,7 +207,7 @@ class JobStore:
                     continue
                 return rec
             new.updated_at = now()
-            if self._before_terminal is not None and new.terminal and not (rec or _record(text)).terminal:
+            if self._before_terminal is not None and new.terminal and not _was_terminal(rec, text):
                 await self._before_terminal(new)
             new_text = codec.encode_record(new)
             data = self._seal_record(key, new_text)
@@ -312,6 +312,12 @@ class JobStore:
         if last is None:
             last, _ = await self.get(owner, job_id)
         return last
+
+
+def _was_terminal(read: JobRecord | None, text: bytes) -> bool:
+    """Whether the record a write starts from was terminal: the one read,
+    or (started from the cache) decoded from its text only now."""
+    return (read if read is not None else _record(text)).terminal
 
 
 def _kv_subject(key: str) -> str:
