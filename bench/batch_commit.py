@@ -33,6 +33,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.kv import KeyValue
 
 from bench import common
+from schemas import names
 
 BUCKET = "batchbench"
 VALUE = b"r" * 600  # about a job record's size
@@ -61,7 +62,7 @@ async def commit_batch(nc: NatsClient, keys: list[str], revs: dict[str, int]) ->
             "Nats-Batch-Sequence": str(i),
             "Nats-Expected-Last-Subject-Sequence": str(revs[key]),
         }
-        subject = f"$KV.{BUCKET}.{key}"
+        subject = names.kv_subject(BUCKET, key)
         if i == len(keys):
             headers["Nats-Batch-Commit"] = "1"
             ack = json.loads((await nc.request(subject, VALUE, headers=headers, timeout=10)).data)
@@ -97,7 +98,7 @@ async def measure(url: str, args) -> dict[str, list[float]]:
     try:
         js = nc.jetstream()
         kv = await js.create_key_value(bucket=BUCKET, history=1)
-        info = await js.stream_info(f"KV_{BUCKET}")
+        info = await js.stream_info(names.kv_stream(BUCKET))
         await js.update_stream(replace(info.config, allow_atomic=True))
         revs = {f"k{i}": await kv.put(f"k{i}", VALUE) for i in range(args.writes)}
         rates: dict[str, list[float]] = {"single": [], "batched": []}

@@ -217,7 +217,7 @@ class JobStore:
                 continue
             self._remember(key, new_text, new_rev, len(data))
             if new.terminal and self._finishes is not None and self._finishes.awaited(key):
-                self._finishes.written(key, _record(new_text))  # a copy: callers change `new` in place
+                self._finishes.answer_waiters(key, _record(new_text))  # a copy: callers change `new` in place
             return new
         raise CasConflict(f"job {job_id}: {MAX_CAS_TRIES} CAS conflicts in a row")
 

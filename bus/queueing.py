@@ -177,10 +177,10 @@ async def _create_and_publish(jobs: JobStore, publisher: JobPublisher, rec: JobR
         await asyncio.wait((create, publish))
         await _undo_new(jobs, publisher, rec, create, publish)
         raise
-    if create.exception() is None and publish.exception() is None:
+    if _landed(create) and _landed(publish):
         return publish.result()
     await _undo_new(jobs, publisher, rec, create, publish)
-    error = publish.exception() or create.exception()
+    error = _error(publish) or _error(create)
     assert error is not None
     raise error
 
@@ -191,7 +191,7 @@ async def _undo_new(
     """Best effort, like `_undo`: remove what of a new job did land."""
     if _landed(create):
         await _undo(jobs, rec, None)
-    if _landed(publish) and not (create.done() and not create.cancelled() and isinstance(create.exception(), Conflict)):
+    if _landed(publish) and not isinstance(_error(create), Conflict):
         # (A Conflict would mean the id was taken: the stored message may
         # be that job's, de-duplicated by its Nats-Msg-Id. Never withdrawn.)
         try:
@@ -200,6 +200,11 @@ async def _undo_new(
             log.warning(
                 "job %s: message %d not withdrawn after its record failed (%r)", rec.job_id, publish.result(), e
             )
+
+
+def _error(write: asyncio.Future[Any]) -> BaseException | None:
+    """What a finished write raised (None: it landed, was cancelled, or is not done)."""
+    return write.exception() if write.done() and not write.cancelled() else None
 
 
 def _landed(write: asyncio.Future[Any]) -> bool:

@@ -93,11 +93,12 @@ class RecordWatch:
         """Somebody waits for `key` to turn terminal (decode it for them)."""
         return bool(self._waiters.get(key))
 
-    def written(self, key: str, rec: JobRecord) -> None:
-        """A terminal record this process has just committed (its CAS won):
-        the key's waiters are answered now, not when the watch brings the
-        same revision back through the server, a hop on the path of every
-        long poll that this gateway's materializer finishes."""
+    def answer_waiters(self, key: str, rec: JobRecord) -> None:
+        """Resolve `key`'s waiters with its terminal record: as the watch
+        brings it, or at once from this process's own committed write (its
+        CAS won), which spares every long poll this gateway's materializer
+        finishes the hop of the watch bringing the same revision back
+        through the server."""
         for fut in self._waiters.get(key, ()):
             if not fut.done():
                 fut.set_result(rec)
@@ -115,9 +116,7 @@ class RecordWatch:
         for deliver in list(followers or ()):
             deliver(rec)
         if rec.terminal:
-            for fut in waiters or ():
-                if not fut.done():
-                    fut.set_result(rec)
+            self.answer_waiters(key, rec)
 
 
 @contextlib.contextmanager

@@ -255,15 +255,25 @@ async def test_updates_of_one_record_in_one_process_go_in_turn_and_lose_no_cas(f
     assert final.stream_seq == 7 and final.progress == 0.5
 
 
+async def _queueing(fresh_nats, js, owner: str, *, give_up_after_s: float = 5) -> tuple[JobStore, JobPublisher]:
+    """The gateway side's job store and publisher, on a server with `owner`'s topology."""
+    s = Settings(nats_url=fresh_nats.url)
+    await topology.ensure_core(js, s)
+    await topology.ensure_owner(js, s, owner)
+    seal = RecordSeal.from_secret(ADMIN_TOKEN)
+    jobs = JobStore(await js.key_value(names.JOBS_BUCKET), seal, js=js)
+    return jobs, JobPublisher(js, seal, give_up_after_s=give_up_after_s, ensure_queue=topology.QueueMaker(js, s))
+
+
+async def _queued_messages(js, owner: str) -> int:
+    infos = [await js.stream_info(names.JOBS_STREAM, subjects_filter=f) for f in names.owner_job_filters(owner)]
+    return sum(sum((i.state.subjects or {}).values()) for i in infos)
+
+
 async def test_a_submission_done_before_its_sequence_note_is_due_gets_no_note(fresh_nats, client):
     # Given two submissions queued with their sequence notes in the background
     nc, js = client
-    s = Settings(nats_url=fresh_nats.url)
-    await topology.ensure_core(js, s)
-    await topology.ensure_owner(js, s, "nt")
-    seal = RecordSeal.from_secret(ADMIN_TOKEN)
-    jobs = JobStore(await js.key_value(names.JOBS_BUCKET), seal, js=js)
-    publisher = JobPublisher(js, seal, give_up_after_s=5, ensure_queue=topology.QueueMaker(js, s))
+    jobs, publisher = await _queueing(fresh_nats, js, "nt")
     notes = PendingNotes()
     done, waiting = _record("nt"), _record("nt")
     for rec in (done, waiting):
@@ -289,21 +299,6 @@ async def test_a_submission_done_before_its_sequence_note_is_due_gets_no_note(fr
     assert (
         codec.decode((await js.get_msg(names.JOBS_STREAM, queued.stream_seq)).data, JobMessage).job_id == waiting.job_id
     )
-
-
-async def _queueing(fresh_nats, js, owner: str, *, give_up_after_s: float = 5) -> tuple[JobStore, JobPublisher]:
-    """The gateway side's job store and publisher, on a server with `owner`'s topology."""
-    s = Settings(nats_url=fresh_nats.url)
-    await topology.ensure_core(js, s)
-    await topology.ensure_owner(js, s, owner)
-    seal = RecordSeal.from_secret(ADMIN_TOKEN)
-    jobs = JobStore(await js.key_value(names.JOBS_BUCKET), seal, js=js)
-    return jobs, JobPublisher(js, seal, give_up_after_s=give_up_after_s, ensure_queue=topology.QueueMaker(js, s))
-
-
-async def _queued_messages(js, owner: str) -> int:
-    infos = [await js.stream_info(names.JOBS_STREAM, subjects_filter=f) for f in names.owner_job_filters(owner)]
-    return sum(sum((i.state.subjects or {}).values()) for i in infos)
 
 
 async def test_a_fold_that_comes_while_the_record_is_being_created_starts_from_it(fresh_nats, client):
