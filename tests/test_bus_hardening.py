@@ -13,6 +13,7 @@ import nats
 import pytest
 
 from bus import node_permissions
+from bus.event_drops import UNKNOWN_JOB_QUOTA
 from bus.topology import EVENT_MAX_BYTES, INTERNAL_MAX_DELIVER
 from schemas import codec, names
 from schemas.events import EventType, JobEvent
@@ -232,6 +233,7 @@ async def test_flood_of_unknown_job_events_does_not_starve_another_user(nats_ser
     # Given bob's normal round trip, measured now (the median of three: the machine is shared)
     normal = statistics.median(_timed_job(gateway, key_b) for _ in range(3))
     dropped_before = _unknown_job_drops(gateway)
+    over_quota_before = metric(gateway.url, "gpubus_dropped_events_total", reason="over_quota")
     nc = await connect_as_node(nats_server, key_a, alice)
     try:
         # When alice's node floods 2,000 progress events for job ids that do not exist
@@ -253,9 +255,14 @@ async def test_flood_of_unknown_job_events_does_not_starve_another_user(nats_ser
         drained = time.monotonic() - t_flood
     finally:
         await nc.close()
+    unread = metric(gateway.url, "gpubus_dropped_events_total", reason="over_quota") - over_quota_before
     print(f"bob's job: {normal:.2f}s normally, {flooded:.2f}s during the flood; flood dropped in {drained:.2f}s")
-    # Then bob waited at most twice as long, every flood event was dropped, and the log got a handful of lines
-    assert flooded <= 2 * normal, (normal, flooded)
+    # Then all but the first few hundred flood events were dropped by their
+    # subject alone (no look-up, no wait); bob's job was not held up by
+    # waits (before the fix: 14 s; the slack is for a busy CI machine, where
+    # the other test worker shares the 2 cores); and the log got a handful of lines
+    assert unread >= 2000 - 4 * UNKNOWN_JOB_QUOTA, unread
+    assert flooded <= 2 * normal + 1.0, (normal, flooded)
     lines = [ln for ln in gateway.proc.log().splitlines() if alice in ln and "drop" in ln]
     assert len(lines) <= 5, lines[:10]
 

@@ -225,6 +225,13 @@ def test_killed_gateway_still_delivers_after_restart(hooks_gateway, hooks_node, 
     receiver.fail_until_told = True
     job_id = submit(hooks_gateway, key, callback_url=receiver.url())
     wait_until(lambda: receiver.got, timeout_s=60, what="the first POST")
+    # (recorded: a gateway killed between the POST's answer and its record
+    # would make the retry the first attempt the record counts)
+    wait_until(
+        lambda: (e := delivery_of(hooks_gateway, key, job_id))["attempts"] >= 1 and e["last_status"] == 500,
+        timeout_s=10,
+        what="the record to count the failed attempt",
+    )
     # When the gateway is killed (SIGKILL: no drain) and restarted after the receiver recovers
     hooks_gateway.proc.kill()
     receiver.fail_until_told = False
