@@ -16,7 +16,6 @@ never let a revoked key in.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -25,6 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KV_DEL, KV_PURGE
 
 from bus import ephemeral
+from bus.task_cancel import cancel_and_wait
 from schemas import names
 from schemas.keys import ApiKeyRecord
 
@@ -63,18 +63,16 @@ class KeyMirror:
     def rebuild(self) -> None:
         """After a reconnect: what changed meanwhile may have been missed."""
         self._fresh_at_reconnects = None
-        if self._task is not None:
-            self._task.cancel()
-        self._task = asyncio.get_running_loop().create_task(self._follow(), name="key-mirror")
+        self._task = asyncio.get_running_loop().create_task(self._follow(after=self._task), name="key-mirror")
 
     async def stop(self) -> None:
         self._fresh_at_reconnects = None
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
-    async def _follow(self) -> None:
+    async def _follow(self, after: asyncio.Task[None] | None = None) -> None:
+        """`after`: the follower this one replaces, ended first, so two never
+        write the mirror at once (bus/task_cancel.py: a cancel alone may not end it)."""
+        await cancel_and_wait(after)
         while True:
             try:
                 await self._follow_one_watch()

@@ -41,6 +41,7 @@ from nats.js.api import ConsumerInfo, SequenceInfo
 from nats.js.errors import NotFoundError
 
 from bus.metrics import GatewayMetrics
+from bus.task_cancel import cancel_and_wait
 from schemas import names
 from schemas.names import SHARED, Lane, Priority
 
@@ -197,9 +198,7 @@ class LagMonitor:
         self._task = asyncio.create_task(self._run(), name="lag-monitor")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
 
     async def refresh(self) -> QueueSnapshot:
         """Poll now; on failure keep the last snapshot (its age shows it)."""

@@ -39,6 +39,7 @@ from bus.metrics import NodeMetrics
 from bus.pulling import Puller
 from bus.retry import retrying
 from bus.sealing import RecordSeal
+from bus.task_cancel import cancel_and_wait
 from schemas import names
 from schemas.events import INLINE_RESULT_MAX
 from schemas.jobs import JobMessage, now
@@ -246,10 +247,7 @@ class NodeRuntime:
             # nak'ed); a loop waiting for a free slot or for work has no
             # pull request out, so cancelling it loses nothing.
             await asyncio.wait([fetch], timeout=FETCH_WAIT_S + 1)
-            fetch.cancel()
-        for task in self._background[1:]:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*(cancel_and_wait(task) for task in self._background))
         await self._puller.close()
         await self._open_puller.close()
 

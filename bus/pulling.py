@@ -33,6 +33,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import APIError
 
 from bus.node_permissions import JS_API
+from bus.task_cancel import cancel_and_wait
 from schemas.errors import GpubusError
 
 DRAIN_TIMEOUT_S = 0.05  # only a safety net: the server answers a no_wait request at once
@@ -190,9 +191,7 @@ class DurableLoop:
         self._task = asyncio.create_task(self._run(), name=self._durable)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
         await self._puller.close()
 
     async def _run(self) -> None:

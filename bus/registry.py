@@ -24,6 +24,7 @@ from datetime import datetime
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from bus.task_cancel import cancel_and_wait
 from schemas import codec, names
 from schemas.names import Lane
 from schemas.nodes import NodeHeartbeat, metrics_url_refusal
@@ -71,9 +72,7 @@ class LiveNodes:
         await asyncio.wait_for(self._ready.wait(), timeout=10)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
 
     def rewatch(self) -> None:
         """Start over from a fresh snapshot (call after a reconnect: the

@@ -45,6 +45,7 @@ from bus.jobstore import JobStore
 from bus.lag_monitor import list_lane_consumers
 from bus.metrics import GatewayMetrics
 from bus.sealing import RecordSeal, SealBroken
+from bus.task_cancel import cancel_and_wait
 from schemas import codec, names
 from schemas.errors import NO_GPU_NODE, NotFound
 from schemas.jobs import ErrorInfo, JobMessage, JobRecord, JobStatus, now
@@ -100,10 +101,7 @@ class StartDeadlines:
         self._task = asyncio.create_task(self._run(), name="start-deadlines")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         while True:
