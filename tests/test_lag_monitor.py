@@ -35,8 +35,18 @@ def _one(snap: QueueSnapshot, consumer: str):
 
 
 async def _publish(js, owner: str, lane: Lane) -> float:
+    """A job message, returned once the lane's consumer counts it: the server
+    counts a consumer's pending messages after the PubAck, on a goroutine of
+    its own, and a poll right after the publish saw 0 on a busy machine."""
+    consumer = names.consumer_name(owner, lane)
+    before = (await js.consumer_info(names.JOBS_STREAM, consumer)).num_pending
     await js.publish(names.job_subject(owner, lane, Kind.AUDIO), b"job")
-    return time.time()
+    at = time.time()
+    for _ in range(250):
+        if (await js.consumer_info(names.JOBS_STREAM, consumer)).num_pending > before:
+            break
+        await asyncio.sleep(0.02)
+    return at
 
 
 async def test_lag_is_the_age_of_the_oldest_unacked_job(fresh_nats):
