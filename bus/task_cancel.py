@@ -1,6 +1,7 @@
 """Stopping a background task so that it really stops.
 
-`task.cancel()` then waiting is not enough on Python 3.11: `asyncio.wait_for`
+`task.cancel()` then waiting is not enough on Python 3.11 (the images' Python;
+3.12 rewrote wait_for): `asyncio.wait_for`
 (under nats-py's `next_msg`, `request` and KV watches) returns its result
 instead of raising CancelledError when what it awaits completes in the same
 loop step as the cancel. A `while True` loop then goes round again, with the

@@ -1,9 +1,11 @@
 """bus/task_cancel.py: a background loop whose cancel Python 3.11's
-`asyncio.wait_for` swallowed still stops."""
+`asyncio.wait_for` swallowed still stops (3.12's wait_for no longer
+swallows it; the images run 3.11)."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 
 from bus.task_cancel import cancel_and_wait
 
@@ -27,12 +29,16 @@ async def _a_loop_whose_cancel_meets_its_message() -> tuple[asyncio.Task[None], 
     return task, rounds
 
 
-async def test_one_cancel_can_be_swallowed_so_the_loop_goes_on() -> None:
-    # Given the race the helper exists for (if Python fixes it, this test says so)
+async def test_one_cancel_is_swallowed_on_python_3_11() -> None:
+    # Given the race the helper exists for
     task, rounds = await _a_loop_whose_cancel_meets_its_message()
-    # Then the cancel was spent and the loop went round again
     try:
-        assert not task.done() and rounds == [1]
+        if sys.version_info < (3, 12):
+            # Then the cancel was spent and the loop went round again (3.10 and 3.11 here)
+            assert not task.done() and rounds == [1]
+        else:
+            # (3.12 rewrote wait_for; 3.12.1 and 3.13.0 here end the loop)
+            assert task.cancelled() and rounds == []
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
