@@ -40,8 +40,7 @@ async def test_one_cancel_is_swallowed_on_python_3_11() -> None:
             # (3.12 rewrote wait_for; 3.12.1 and 3.13.0 here end the loop)
             assert task.cancelled() and rounds == []
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(task)
 
 
 async def test_cancel_and_wait_stops_a_loop_that_swallowed_its_cancel() -> None:
