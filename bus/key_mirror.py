@@ -42,6 +42,7 @@ class KeyMirror:
         self._revisions: dict[str, int] = {}  # of each record held: an older one never replaces it
         self._fresh_at_reconnects: int | None = None  # the reconnect count it was complete at
         self._task: asyncio.Task[None] | None = None
+        self._retired: set[asyncio.Task[None]] = set()  # replaced followers not yet seen to end
 
     def lookup(self, key_id: str) -> ApiKeyRecord | None:
         """The record, or None: not held, or the mirror cannot vouch now."""
@@ -63,16 +64,31 @@ class KeyMirror:
     def rebuild(self) -> None:
         """After a reconnect: what changed meanwhile may have been missed."""
         self._fresh_at_reconnects = None
-        self._task = asyncio.get_running_loop().create_task(self._follow(after=self._task), name="key-mirror")
+        self._retire(self._task)
+        self._task = asyncio.get_running_loop().create_task(self._follow(), name="key-mirror")
 
     async def stop(self) -> None:
         self._fresh_at_reconnects = None
-        await cancel_and_wait(self._task)
+        self._retire(self._task)
+        await self._end_retired()
 
-    async def _follow(self, after: asyncio.Task[None] | None = None) -> None:
-        """`after`: the follower this one replaces, ended first, so two never
-        write the mirror at once (bus/task_cancel.py: a cancel alone may not end it)."""
-        await cancel_and_wait(after)
+    def _retire(self, task: asyncio.Task[None] | None) -> None:
+        if task is not None and not task.done():
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+
+    async def _end_retired(self) -> None:
+        """Every follower replaced so far, however many rebuilds ago, ended.
+        Not only the last one: a follower cancelled by the next rebuild while
+        it was still ending its own predecessor never finished that, and a
+        cancel alone may not end a follower (bus/task_cancel.py)."""
+        for task in list(self._retired):  # later ones are whoever replaces the caller's
+            if task is not asyncio.current_task():  # retired before it ran: a newer follower ends it
+                await cancel_and_wait(task)
+
+    async def _follow(self) -> None:
+        """The followers it replaces are ended first, so two never write the mirror at once."""
+        await self._end_retired()
         while True:
             try:
                 await self._follow_one_watch()

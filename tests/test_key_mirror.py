@@ -1,15 +1,20 @@
 """API keys served from each gateway's mirror of KV `apikeys`
 (bus/key_mirror.py): a key made on one gateway works on another at once, and
 a revocation on one is in force on the other within 100 ms. Two real gateway
-processes on one real nats-server."""
+processes on one real nats-server; and the mirror's followers, replaced on
+every reconnect, never run two at once."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from bus.connection import connect
+from bus.key_mirror import KeyMirror
+from bus.task_cancel import RECANCEL_S, cancel_and_wait
 from schemas.keys import parse_key
 from tests.harness import ADMIN_TOKEN, Gateway
 
@@ -52,3 +57,53 @@ def test_a_revocation_reaches_every_gateway_within_100_ms(gateway, second_gatewa
     print(f"revocation in force on the second gateway after {took * 1000:.1f} ms")
     assert status == 401 and took < REVOCATION_BOUND_S, (status, took)
     assert _status(gateway, key) == 401
+
+
+class _FollowerThatSwallowsOneCancel(KeyMirror):
+    """A mirror whose watch spends its first cancel, as nats-py's watch can
+    on Python 3.11 (bus/task_cancel.py), and which counts the followers
+    running a watch."""
+
+    def __init__(self, nc, js) -> None:
+        super().__init__(nc, js, decode=lambda _key, _value: None)
+        self.watching: set[asyncio.Task[None]] = set()
+
+    async def _follow_one_watch(self) -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        self.watching.add(me)
+        swallowed = False
+        try:
+            while True:
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    if swallowed:
+                        raise
+                    swallowed = True
+        finally:
+            self.watching.discard(me)
+
+
+async def test_two_quick_rebuilds_leave_one_follower(fresh_nats):
+    nc = await connect([fresh_nats.url], name="key-mirror-test")
+    mirror = _FollowerThatSwallowsOneCancel(nc, nc.jetstream())
+    try:
+        # Given a follower watching, then a reconnect's rebuild whose new
+        # follower is still ending it (its first cancel spent)
+        await mirror.start()
+        await asyncio.sleep(0.05)
+        mirror.rebuild()
+        await asyncio.sleep(0.05)
+        # When a second reconnect rebuilds again within the quarter second
+        mirror.rebuild()
+        await asyncio.sleep(3 * RECANCEL_S)
+        # Then one follower watches, the newest: none is left writing the mirror beside it
+        assert mirror.watching == {mirror._task}, mirror.watching
+        # And stopping ends it
+        await asyncio.wait_for(mirror.stop(), timeout=5)
+        assert mirror.watching == set()
+    finally:
+        for task in [*mirror.watching, mirror._task]:  # whatever a failure left running
+            await cancel_and_wait(task)
+        await nc.close()
