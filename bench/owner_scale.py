@@ -5,7 +5,9 @@ consumers on JOBS (`gpu_<owner>`, `cpu_<owner>`). This grows one nats-server
 to each owner count in turn and measures, at each:
 
 - topology: how long `topology.ensure_owner` takes for the owners added last
-  (what a new user's first request waits for), p50 and p99;
+  (what a new user's first request waits for), p50 and p99; and, for as
+  many others, each of its requests timed alone (the file bucket, a lane
+  consumer), to tell which one grows with the owners;
 - publish: a job message published to a random owner's lane (PubAck waited),
   p50 and p99, with the messages purged afterwards; in alternating blocks
   with a second server that holds one owner (the `ref1` column), so the
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from dataclasses import dataclass, field
 
 import nats
 import psutil
@@ -50,22 +53,41 @@ def every_queue(owner: str) -> list[names.LaneQueue]:
     return own + list(names.pool_shares(owner))
 
 
-async def grow(url: str, have: int, want: int, all_queues: bool = False) -> list[float]:
-    """Create owners have..want-1; seconds each for the last GROWTH_SAMPLE."""
+@dataclass
+class Growth:
+    """Seconds per new owner among the last GROWTH_SAMPLE made: its whole
+    topology (`ensure_owner`, requests at once) for every other one, and for
+    the rest each request alone, one after another (which of them grows)."""
+
+    owner: list[float] = field(default_factory=list)
+    bucket: list[float] = field(default_factory=list)
+    lanes: list[float] = field(default_factory=list)  # the two lane consumers, each alone
+
+
+async def grow(url: str, have: int, want: int, all_queues: bool = False) -> Growth:
+    """Create owners have..want-1."""
     s = Settings(nats_url=url)
     nc = await nats.connect(url)
-    took: list[float] = []
+    took = Growth()
     try:
         js = nc.jetstream()
         if have == 0:
             await topology.ensure_core(js, s)
         for i in range(have, want):
+            owner, sampled = f"o{i}", i >= want - GROWTH_SAMPLE
             t0 = time.perf_counter()
-            await topology.ensure_owner(js, s, f"o{i}")
-            for queue in every_queue(f"o{i}") if all_queues else ():
+            if sampled and i % 2:
+                await topology.ensure_files_bucket(js, s, owner)
+                took.bucket.append((t1 := time.perf_counter()) - t0)
+                for lane in Lane:
+                    await topology.ensure_lane(js, s, owner, lane)
+                    took.lanes.append(-t1 + (t1 := time.perf_counter()))
+            else:
+                await topology.ensure_owner(js, s, owner)
+                if sampled:
+                    took.owner.append(time.perf_counter() - t0)
+            for queue in every_queue(owner) if all_queues else ():
                 await topology.ensure_queue(js, s, queue)
-            if i >= want - GROWTH_SAMPLE:
-                took.append(time.perf_counter() - t0)
     finally:
         await nc.close()
     return took
@@ -139,8 +161,8 @@ def main() -> int:
             finally:
                 stop_pools(pools)
             cell = {
-                "topology_p50_ms": common.percentile(took, 50) * 1e3,
-                "topology_p99_ms": common.percentile(took, 99) * 1e3,
+                "topology_p50_ms": common.percentile(took.owner, 50) * 1e3,
+                "topology_p99_ms": common.percentile(took.owner, 99) * 1e3,
                 "grow_total_s": grow_s,
                 "publish_p50_ms": common.percentile(pub, 50) * 1e3,
                 "publish_p99_ms": common.percentile(pub, 99) * 1e3,
@@ -149,6 +171,9 @@ def main() -> int:
                 "jobs_per_s": rate,
                 "job_p99_ms": p99 * 1e3,
             }
+            if took.bucket:  # none at a level of one owner: its one owner made whole
+                cell["bucket_alone_p50_ms"] = common.percentile(took.bucket, 50) * 1e3
+                cell["lane_consumer_alone_p50_ms"] = common.percentile(took.lanes, 50) * 1e3
             cells[level] = cell
             rep.row(f"{level} owner(s)", **cell)
     lo, hi = min(levels), max(levels)

@@ -347,14 +347,16 @@ async def ensure_owner(js: JetStreamContext, s: Settings, owner: str) -> None:
     a new user's first request waits one server round of stream and
     consumer creation, not three in a row (python -m bench.owner_scale)."""
     names.validate_owner(owner, allow_reserved=owner == names.ANONYMOUS)
+    await asyncio.gather(ensure_files_bucket(js, s, owner), *(ensure_lane(js, s, owner, lane) for lane in Lane))
+
+
+async def ensure_files_bucket(js: JetStreamContext, s: Settings, owner: str) -> None:
+    """The owner's object store of staged inputs and results (a stream of its own)."""
     bucket, ttl = names.files_bucket(owner), s.files_ttl_days * DAY_S
-    await asyncio.gather(
-        _ensure_bucket(
-            js,
-            lambda: js.create_object_store(bucket, ttl=ttl, replicas=s.replicas, storage=StorageType.FILE),
-            names.object_stream(bucket),
-            replicas=s.replicas,
-            max_age_s=ttl,
-        ),
-        *(ensure_lane(js, s, owner, lane) for lane in Lane),
+    await _ensure_bucket(
+        js,
+        lambda: js.create_object_store(bucket, ttl=ttl, replicas=s.replicas, storage=StorageType.FILE),
+        names.object_stream(bucket),
+        replicas=s.replicas,
+        max_age_s=ttl,
     )
