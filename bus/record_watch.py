@@ -6,6 +6,11 @@ follows every new revision of one record, instead of each creating a KV
 watch (a JetStream consumer) per request. One ordered consumer from "new"
 on the bucket's subjects; a record is decoded only when someone waits for
 it or follows it.
+
+The latest sealed value of the records written lately is kept as it came
+(`latest`): the materializer folds a job's outcome into a record created
+elsewhere (by a bus client, or another gateway) from it, without reading
+the record back from KV first (bus/jobstore.py, `JobStore.update`).
 """
 
 from __future__ import annotations
@@ -22,11 +27,18 @@ from nats.js.api import DeliverPolicy
 
 from bus.jobstore import decode_job_record
 from bus.sealing import RecordSeal
+from bus.sized_lru import SizedLru
 from schemas import codec, names
 from schemas.jobs import JobRecord
 
 log = logging.getLogger("gpubus.bus.record_watch")
 T = TypeVar("T")
+
+# A record lives in the bus from its create to its terminal write (a no-op
+# job: milliseconds; a transcription: minutes), so the records heard lately
+# are the ones folds come for; older ones are read from KV as before.
+LATEST_RECORDS = 4096
+LATEST_RECORDS_BYTES = 8 * 1024 * 1024
 
 
 class RecordWatch:
@@ -36,6 +48,10 @@ class RecordWatch:
         self._prefix = names.kv_subject(names.JOBS_BUCKET, "")
         self._waiters: dict[str, set[asyncio.Future[JobRecord]]] = {}
         self._followers: dict[str, set[Callable[[JobRecord], None]]] = {}
+        # key -> (sealed value, revision) of its last write heard
+        self._latest: SizedLru[str, tuple[bytes, int]] = SizedLru(
+            max_bytes=LATEST_RECORDS_BYTES, max_entries=LATEST_RECORDS
+        )
         self._sub: JetStreamContext.PushSubscription | None = None
         self._restart: asyncio.Task[None] | None = None
 
@@ -103,8 +119,22 @@ class RecordWatch:
             if not fut.done():
                 fut.set_result(rec)
 
+    def latest(self, key: str) -> tuple[bytes, int] | None:
+        """(sealed value, revision) of `key`'s last write this watch heard
+        lately, not opened: it may be behind KV (a write on its way, a gap
+        after a reconnect), so it is for compare-and-set writes, which find
+        that out, never for answering a read."""
+        return self._latest.get(key)
+
+    def _hear(self, key: str, msg: Msg) -> None:
+        if msg.data:
+            self._latest.put(key, (msg.data, msg.metadata.sequence.stream), len(msg.data))
+        else:  # deleted or purged
+            self._latest.pop(key)
+
     async def _on_update(self, msg: Msg) -> None:
         key = msg.subject[len(self._prefix) :]
+        self._hear(key, msg)
         waiters, followers = self._waiters.get(key), self._followers.get(key)
         if not (waiters or followers) or not msg.data:
             return

@@ -400,6 +400,66 @@ async def test_a_long_poll_is_answered_by_this_processs_own_terminal_write(fresh
     assert time.monotonic() - t0 < RECHECK_S / 2
 
 
+async def test_a_record_made_elsewhere_is_folded_without_reading_it_back(fresh_nats, client):
+    """A record created by another process (a bus client, another gateway)
+    reaches this one through its record watch, and the fold of the job's
+    outcome starts from it: no KV read first. A heard value that is behind
+    costs a CAS miss and a read, never a write."""
+    nc, js = client
+    await topology.ensure_core(js, Settings(nats_url=fresh_nats.url))
+    seal = RecordSeal.from_secret(ADMIN_TOKEN)
+    kv = await js.key_value(names.JOBS_BUCKET)
+    watch = RecordWatch(js, seal)
+    here, elsewhere = JobStore(kv, seal, js=js, finishes=watch), JobStore(kv, seal, js=js)
+    reads: list[str] = []
+
+    async def read_seen(msg) -> None:
+        reads.append(msg.subject)
+
+    spy = await nats.connect(fresh_nats.url)
+    stream = names.kv_stream(names.JOBS_BUCKET)
+    for subject in (f"$JS.API.DIRECT.GET.{stream}.>", f"$JS.API.STREAM.MSG.GET.{stream}"):
+        await spy.subscribe(subject, cb=read_seen)
+    await spy.flush()
+    await watch.start()
+    try:
+        # Given a record created elsewhere, which this process's watch heard
+        rec = _record("fw")
+        await elsewhere.create(rec)
+        key = names.job_key("fw", rec.job_id)
+        for _ in range(250):
+            if watch.latest(key) is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert watch.latest(key) is not None
+
+        def succeeded(r: JobRecord) -> JobRecord:
+            r.status = JobStatus.SUCCEEDED
+            return r
+
+        # When this process folds the job's outcome into it
+        await here.update("fw", rec.job_id, succeeded)
+        await spy.flush()
+        # Then it wrote on the record as created, and read nothing
+        assert reads == []
+        assert (await elsewhere.get("fw", rec.job_id))[0].status is JobStatus.SUCCEEDED
+
+        # And when what it heard is behind (the watch gone, another write since)
+        await watch.stop()
+        await elsewhere.update("fw", rec.job_id, lambda r: r.model_copy(update={"progress": 1.0}))
+        reads.clear()
+        done = await here.update("fw", rec.job_id, lambda r: r.model_copy(update={"attempts": r.attempts + 1}))
+        await spy.flush()
+        # Then the CAS missed, it read the record once, and both writes stand
+        assert len(reads) == 1, reads
+        final, _ = await elsewhere.get("fw", rec.job_id)
+        assert final.attempts == done.attempts == rec.attempts + 1 and final.progress == 1.0
+        assert final.status is JobStatus.SUCCEEDED
+    finally:
+        await watch.stop()
+        await spy.close()
+
+
 async def _stored_events(js, owner: str, job_id: str) -> list[JobEvent]:
     subject = names.event_subject(owner, job_id)
     info = await js.stream_info(names.EVENTS_STREAM, subjects_filter=subject)
