@@ -190,10 +190,10 @@ class JobStore:
             return await self._update(owner, job_id, key, mutate)
 
     async def _update(self, owner: str, job_id: str, key: str, mutate: Mutator) -> JobRecord:
-        """The record as it stood is decoded only when needed (a fresh read
-        has it anyway; from the cache only to tell whether this write makes
-        it terminal): a decode per fold was the largest item of the
-        gateway's own CPU under load."""
+        """The record as it stood is decoded once per try, into the copy
+        `mutate` gets (whether it was terminal is read off that copy first):
+        decoding records was the largest item of the gateway's own CPU
+        under load."""
         known = self._freshest(key)
         for _ in range(MAX_CAS_TRIES):
             rec: JobRecord | None = None
@@ -201,13 +201,15 @@ class JobStore:
                 (text, rev), known = known, None
             else:
                 rec, text, rev = await self._read(owner, job_id)
-            new = mutate(_record(text))  # a copy of its own: what was read stays as read
+            current = _record(text)  # a copy of its own: what was read stays as read
+            was_terminal = current.terminal
+            new = mutate(current)
             if new is None:
                 if rec is None:  # "no change" is only trusted on a fresh read
                     continue
                 return rec
             new.updated_at = now()
-            if self._before_terminal is not None and new.terminal and not _was_terminal(rec, text):
+            if self._before_terminal is not None and new.terminal and not was_terminal:
                 await self._before_terminal(new)
             new_text = codec.encode_record(new)
             data = self._seal_record(key, new_text)
@@ -232,9 +234,13 @@ class JobStore:
         heard = self._finishes.latest(key) if self._finishes is not None else None
         if heard is None or (own is not None and own[1] >= heard[1]):
             return own
+        subject = _kv_subject(key)
         try:
-            _, text = open_job_record(self._seal, _kv_subject(key), heard[0])
-        except codec.DecodeError:
+            if self._seal.enabled:  # the seal binds the text to this key: no decode needed to trust it
+                text = self._seal.open(subject, heard[0])
+            else:
+                _, text = open_job_record(self._seal, subject, heard[0])
+        except (SealBroken, codec.DecodeError):
             return own
         return text, heard[1]
 
@@ -329,12 +335,6 @@ class JobStore:
         if last is None:
             last, _ = await self.get(owner, job_id)
         return last
-
-
-def _was_terminal(read: JobRecord | None, text: bytes) -> bool:
-    """Whether the record a write starts from was terminal: the one read,
-    or (started from the cache) decoded from its text only now."""
-    return (read if read is not None else _record(text)).terminal
 
 
 def _kv_subject(key: str) -> str:
