@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 import nats
@@ -64,6 +65,12 @@ class Growth:
     lanes: list[float] = field(default_factory=list)  # the two lane consumers, each alone
 
 
+async def _seconds(step: Awaitable[None]) -> float:
+    t0 = time.perf_counter()
+    await step
+    return time.perf_counter() - t0
+
+
 async def grow(url: str, have: int, want: int, all_queues: bool = False) -> Growth:
     """Create owners have..want-1."""
     s = Settings(nats_url=url)
@@ -75,17 +82,14 @@ async def grow(url: str, have: int, want: int, all_queues: bool = False) -> Grow
             await topology.ensure_core(js, s)
         for i in range(have, want):
             owner, sampled = f"o{i}", i >= want - GROWTH_SAMPLE
-            t0 = time.perf_counter()
             if sampled and i % 2:
-                await topology.ensure_files_bucket(js, s, owner)
-                took.bucket.append((t1 := time.perf_counter()) - t0)
+                took.bucket.append(await _seconds(topology.ensure_files_bucket(js, s, owner)))
                 for lane in Lane:
-                    await topology.ensure_lane(js, s, owner, lane)
-                    took.lanes.append(-t1 + (t1 := time.perf_counter()))
+                    took.lanes.append(await _seconds(topology.ensure_lane(js, s, owner, lane)))
             else:
-                await topology.ensure_owner(js, s, owner)
+                whole = await _seconds(topology.ensure_owner(js, s, owner))
                 if sampled:
-                    took.owner.append(time.perf_counter() - t0)
+                    took.owner.append(whole)
             for queue in every_queue(owner) if all_queues else ():
                 await topology.ensure_queue(js, s, queue)
     finally:
