@@ -213,6 +213,7 @@ class GatewayState:
         for part in (
             self.webhooks,
             self.lag,
+            self.ttl,
             self.start_deadlines,
             self.router,
             self.materializer,

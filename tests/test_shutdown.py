@@ -4,12 +4,17 @@ middle of its drain leaves its jobs to wait out their ack deadline."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 
 import pytest
+from prometheus_client import CollectorRegistry
 
-from tests.harness import Gateway, start_node
+from bus.metrics import GatewayMetrics
+from bus.settings import Settings
+from gateway.state import GatewayState
+from tests.harness import ADMIN_TOKEN, Gateway, start_node
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,3 +43,20 @@ def test_idle_node_and_gateway_stop_within_docker_grace(nats_server, workdir, us
     assert gw_code in (0, -signal.SIGTERM), gw.proc.log()[-2000:]
     assert node_s < DOCKER_STOP_GRACE_S, f"node took {node_s:.1f}s to stop"
     assert gw_s < DOCKER_STOP_GRACE_S, f"gateway took {gw_s:.1f}s to stop"
+
+
+async def test_a_closed_gateway_state_leaves_none_of_its_tasks_running(fresh_nats):
+    # Given a gateway's state, connected with every service started
+    before = asyncio.all_tasks()
+    registry = CollectorRegistry()
+    settings = Settings(nats_url=fresh_nats.url, admin_token=ADMIN_TOKEN)
+    st = await GatewayState.connect(settings, registry, GatewayMetrics(registry))
+    started = {t.get_name() for t in asyncio.all_tasks() - before}
+    # When it is closed, as a gateway's shutdown closes it
+    await st.close()
+    await asyncio.sleep(0.1)
+    # Then none of its tasks runs on (a loop left pulling a closed
+    # connection retried for the rest of the process: the job TTL timers')
+    left = {t.get_name() for t in asyncio.all_tasks() - before if not t.done()}
+    assert "job_ttl" in started, started
+    assert left == set(), left
