@@ -110,11 +110,16 @@ def pytest_report_header(config) -> str:
 DOCKER_FILES = {"test_compose_stack.py", "test_images.py"}
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`--dist loadgroup`, pyproject's addopts), one test file
     runs on one worker, so a module's fixtures (a user, their nodes, a browser
     tab's gateway) start once; the files that build and run the Docker images
-    share one worker, so the images are built once, not once per worker."""
+    share one worker, so the images are built once, not once per worker.
+    First among the hooks: xdist reads the groups in its own hook of this
+    name, and run after it these markers were never seen (a file's tests
+    went to both workers, each starting the file's module fixtures, the
+    Docker stack's included)."""
     for item in items:
         group = "docker" if item.path.name in DOCKER_FILES else item.path.stem
         item.add_marker(pytest.mark.xdist_group(group))
