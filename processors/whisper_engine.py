@@ -263,16 +263,27 @@ class WhisperEngine:
 
     def _decode_window(self, clips: Sequence[np.ndarray], kwargs: dict[str, Any]) -> list[Transcript | BaseException]:
         """One window's clips. A window whose transcription fails is done
-        again one clip at a time, so no job fails because of a neighbour. A
-        clip with a window to itself (a lone job) is transcribed as it would
-        be without packing: no word timestamps it did not ask for."""
+        again one clip at a time, so no job fails because of a neighbour;
+        so is each clip the window left without a word. One clip tiny.en
+        loses itself on can take the whole window's text with it: three
+        clips of long.wav came back empty packed, two of them read well
+        alone (tests/test_window_packing.py). A clip with a window to
+        itself (a lone job) is transcribed as it would be without packing:
+        no word timestamps it did not ask for."""
         if len(clips) == 1:
             return [self._solo_or_error(clips[0], kwargs)]
         try:
-            return list(self._transcribe_window(clips, kwargs))
+            packed = self._transcribe_window(clips, kwargs)
         except Exception as e:  # any fault of the shared call: each clip alone
             log.warning("packed window of %d clips failed (%s); decoding them one at a time", len(clips), e)
             return [self._solo_or_error(c, kwargs) for c in clips]
+        empty = [i for i, t in enumerate(packed) if not t.text.strip()]
+        if empty:
+            log.info("packed window of %d clips left %d without words; decoding those alone", len(clips), len(empty))
+        return [
+            self._solo_or_error(c, kwargs) if i in empty else t
+            for i, (t, c) in enumerate(zip(packed, clips, strict=True))
+        ]
 
     def _transcribe_window(self, clips: Sequence[np.ndarray], kwargs: dict[str, Any]) -> list[Transcript]:
         """One window's clips transcribed together: word timestamps always

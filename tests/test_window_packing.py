@@ -183,6 +183,29 @@ def test_a_failed_window_falls_back_to_each_clip_alone(clips, alone):
     assert [g.text for g in got] == [a.text for a in alone]
 
 
+# Three pieces of long.wav (24.2-29.5 s, 36.4-43.0 s, 43.0-48.8 s, in
+# samples) that bench.clip_batching's gathering of 16 packed into one
+# window: tiny.en loses itself on the first (alone it repeats one word),
+# and packed, the window came back without a word for any of the three.
+LOST_IN_A_WINDOW = ((386_462, 471_202), (582_212, 688_054), (688_054, 780_069))
+
+
+def test_clips_a_packed_window_leaves_without_words_are_transcribed_alone():
+    # Given three clips whose packed window comes back empty
+    long = audio_decode.decode(TESTDATA / "long.wav")
+    clips = [long[a:b] for a, b in LOST_IN_A_WINDOW]
+    solo = WhisperEngine(EngineConfig(model=None, device="cpu", compute_type="int8"))
+    alone = [solo.transcribe(c, TranscribeOptions(), on_segment=_ignore, cancelled=NEVER).text for c in clips]
+    # When they arrive together at a packing engine
+    engine = _packing_engine()
+    got = _together(engine, clips, TranscribeOptions())
+    # Then they were packed into one window, and each job has its clip's
+    # transcript as read alone, not an empty one
+    assert engine.clip_counts() == ClipCounts("pack", 3, 1)
+    assert [g.text for g in got] == alone
+    assert all(words(t) for t in alone[1:]), alone
+
+
 def test_a_clip_with_its_own_prompt_or_too_long_is_not_packed(clips):
     engine = _packing_engine()
     opts = TranscribeOptions()
