@@ -31,6 +31,8 @@ ones (word error rate between the two).
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import threading
 import time
@@ -38,6 +40,7 @@ import wave
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -89,6 +92,7 @@ class EngineRun:
         )
         self.texts: list[str] = []
         self.rates: list[float] = []
+        self.cores: list[float] = []  # CPU this process spent per wall second of a round
 
     def one(self, audio: np.ndarray) -> str:
         text = self.engine.transcribe(
@@ -98,14 +102,16 @@ class EngineRun:
         return text
 
     def round(self, clips: list[np.ndarray]) -> None:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         if self.threads:
             with ThreadPoolExecutor(self.threads) as pool:
                 self.texts = list(pool.map(self.one, clips))
         else:
             self.texts = [self.one(audio) for audio in clips]
         media = sum(len(a) for a in clips) / audio_decode.SAMPLE_RATE
-        self.rates.append(media / (time.perf_counter() - t0))
+        wall = time.perf_counter() - t0
+        self.rates.append(media / wall)
+        self.cores.append((time.process_time() - cpu0) / wall)
 
     def mean_batch(self) -> float:
         b = self.engine.batcher
@@ -116,16 +122,43 @@ class EngineRun:
 
 
 BATCH_LINE = re.compile(r"decoded (\d+) clips in one batch")
+BATCH_TIMED = re.compile(r"decoded \d+ clips in one batch in ([\d.]+)s")
 PACK_LINE = re.compile(r"packed (\d+) clips into (\d+) windows")
 
 
-NodeResult = tuple[float, float, list[int]]
+class NodeResult(NamedTuple):
+    rate: float  # media s per wall s
+    per_group: float  # mean clips per batch row or per window from the node's log, 1 when off
+    sizes: list[int]  # the size of each gathering, in order, [] when off
+    engine_busy: float  # the gatherings' decode time ÷ the span from the first one's start to the last one's end
+    beside_cores: float  # CPU the gateway, server and this client spent meanwhile, in cores (of the machine's two)
+    node_cores: float  # CPU the node process spent, in cores
+
+
+def engine_busy(log: str) -> float:
+    """How much of the span of a node's gatherings its engine spent
+    decoding them, from the batcher's log lines (each has its end time and
+    how long it took). Near 1: the node keeps its engine fed, and what it
+    falls short of the bare engine is the decode itself running slower
+    (on this machine, beside the gateway and server it shares two cores
+    with); well below 1: the node leaves the engine waiting between
+    gatherings. nan when off (no gatherings)."""
+    spans = []
+    for line in log.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and (m := BATCH_TIMED.match(str(record.get("msg", "")))):
+            spans.append((record["ts"] - float(m.group(1)), record["ts"]))
+    if not spans:
+        return float("nan")
+    busy = sum(end - start for start, end in spans)
+    return busy / max(1e-9, max(end for _, end in spans) - min(start for start, _ in spans))
 
 
 def node_throughput(root: Path, paths: list[Path], media_s: float, *, batch: int, mode: str, sync: str) -> NodeResult:
-    """(media s per wall s, mean clips per batch row or per window from the
-    node's log, 1 when off; the size of each gathering, in order, [] when
-    off) of a node whose clip `mode` is off, batch or pack.
+    """What a node whose clip `mode` is off, batch or pack does (`NodeResult`).
     Each run has a NATS server and gateway of its own under `root`: with one
     for all, a later round's jobs were moved off the GPU lane as if no GPU
     node were live. 64 queued jobs can wait past the GPU start deadline on a
@@ -137,11 +170,16 @@ def node_throughput(root: Path, paths: list[Path], media_s: float, *, batch: int
         common.nats_server(root, sync=sync) as server,
         common.gateway(server, root, gpu_start_timeout=3600) as gw,
     ):
-        return _node_run(gw, paths, media_s, batch=batch, mode=mode, clip=clip)
+        return _node_run(gw, server.proc.pid, paths, media_s, batch=batch, mode=mode, clip=clip)
 
 
-def _node_run(gw, paths: list[Path], media_s: float, *, batch: int, mode: str, clip: tuple[int, bool]) -> NodeResult:
-    """One node with `clip` = (GPUBUS_CLIP_BATCH, GPUBUS_CLIP_PACK), warmed by one job, then every clip a job."""
+def _node_run(
+    gw, server_pid: int, paths: list[Path], media_s: float, *, batch: int, mode: str, clip: tuple[int, bool]
+) -> NodeResult:
+    """One node with `clip` = (GPUBUS_CLIP_BATCH, GPUBUS_CLIP_PACK), warmed by
+    one job, then every clip a job. The CPU the rest of the stack spends
+    meanwhile is counted: on one machine it shares the cores the node's
+    engine would otherwise have (on a rented GPU box, it runs elsewhere)."""
     key = gw.create_key("bench")
     with (
         common.nodes(
@@ -157,18 +195,36 @@ def _node_run(gw, paths: list[Path], media_s: float, *, batch: int, mode: str, c
         gw.client(key) as c,
     ):
         assert wait_job(c, submit_file(c, paths[0], gpu=True)["job_id"], timeout_s=120)["status"] == "succeeded"
+        warm_log = len(node.log())  # the gatherings counted are the timed jobs' only
+        beside = ("gateway", "nats-server", "client")
+        pids = {"gateway": gw.proc.pid, "nats-server": server_pid, "client": os.getpid(), "node": node.pid}
+        meter = common.CpuMeter(pids)
         t0 = time.perf_counter()
-        jobs = [submit_file(c, p, gpu=True)["job_id"] for p in paths]
-        for job_id in jobs:
-            final = wait_job(c, job_id, timeout_s=900)
-            assert final["status"] == "succeeded" and final["lane"] == "gpu", final
+        with meter.turn(mode, (*beside, "node"), len(paths)):
+            jobs = [submit_file(c, p, gpu=True)["job_id"] for p in paths]
+            for job_id in jobs:
+                final = wait_job(c, job_id, timeout_s=900)
+                assert final["status"] == "succeeded" and final["lane"] == "gpu", final
         wall = time.perf_counter() - t0
-        log = node.log()
+        log = node.log()[warm_log:]
     sizes = [int(n) for n in BATCH_LINE.findall(log)]
     if mode == "pack":
         packs = [(int(n), int(w)) for n, w in PACK_LINE.findall(log)]
-        return media_s / wall, sum(n for n, _ in packs) / max(1, sum(w for _, w in packs)), sizes
-    return media_s / wall, (sum(sizes) / len(sizes) if sizes else 1.0), sizes
+        per_group = sum(n for n, _ in packs) / max(1, sum(w for _, w in packs))
+    else:
+        per_group = sum(sizes) / len(sizes) if sizes else 1.0
+    spent = meter.spent[mode]
+    beside_cores = sum(spent[name] for name in beside) / wall
+    return NodeResult(media_s / wall, per_group, sizes, engine_busy(log), beside_cores, spent["node"] / wall)
+
+
+def node_figures(got: list[NodeResult]) -> dict[str, float]:
+    """What every node row shows, medians over the rounds."""
+    return {
+        "media_s_per_wall_s": median([r.rate for r in got]),
+        "cores": median([r.node_cores for r in got]),
+        "beside_cores": median([r.beside_cores for r in got]),
+    }
 
 
 def gatherings(sizes: list[int]) -> str:
@@ -209,44 +265,57 @@ def main() -> int:
         for r in range(args.rounds):
             for name, run in runs.items():
                 run.round(audio)
-                print(f"round {r}: engine {name} {run.rates[-1]:.1f} media s/s", flush=True)
+                print(f"round {r}: engine {name} {run.rates[-1]:.1f} media s/s, {run.cores[-1]:.2f} cores", flush=True)
             for mode, got in nodes.items():
                 bus = root / f"bus-{mode}-{r}"
                 got.append(node_throughput(bus, paths, media_s, batch=args.batch, mode=mode, sync=args.nats_sync))
-                rate, per_group, sizes = got[-1]
+                res = got[-1]
                 print(
-                    f"round {r}: node {mode} {rate:.1f} media s/s, {per_group:.1f} clips a group, "
-                    f"gatherings (clips x how many) {gatherings(sizes)}",
+                    f"round {r}: node {mode} {res.rate:.1f} media s/s, {res.per_group:.1f} clips a group, "
+                    f"gatherings (clips x how many) {gatherings(res.sizes)}, "
+                    f"engine busy {res.engine_busy:.2f} of their span, "
+                    f"node {res.node_cores:.2f} cores, gateway + server + client {res.beside_cores:.2f}",
                     flush=True,
                 )
     alone, at_once, batched, packed = (median(runs[n].rates) for n in ("alone", "alone_at_once", "batch", "pack"))
-    rep.row("engine, one clip at a time", media_s_per_wall_s=alone)
-    rep.row(f"engine, each clip alone, {args.batch} at once", media_s_per_wall_s=at_once)
-    rep.row(f"engine, clip batch {args.batch}", media_s_per_wall_s=batched, mean_batch=runs["batch"].mean_batch())
+    cores = {name: median(run.cores) for name, run in runs.items()}
+    rep.row("engine, one clip at a time", media_s_per_wall_s=alone, cores=cores["alone"])
+    rep.row(f"engine, each clip alone, {args.batch} at once", media_s_per_wall_s=at_once, cores=cores["alone_at_once"])
+    rep.row(
+        f"engine, clip batch {args.batch}",
+        media_s_per_wall_s=batched,
+        mean_batch=runs["batch"].mean_batch(),
+        cores=cores["batch"],
+    )
     rep.row(
         f"engine, clips of up to {args.batch} packed",
         media_s_per_wall_s=packed,
+        cores=cores["pack"],
         clips_per_window=runs["pack"].clips_per_window(),
         wer_vs_alone=agreement(runs["alone"].texts, runs["pack"].texts),
     )
-    node = {mode: (median([r for r, _, _ in got]), got[-1][1]) for mode, got in nodes.items()}
-    mean_gathering = {mode: float(np.mean(got[-1][2])) if got[-1][2] else 1.0 for mode, got in nodes.items()}
-    rep.row(f"node, concurrency {args.batch}, clips each alone", media_s_per_wall_s=node["off"][0])
+    fig = {mode: node_figures(got) for mode, got in nodes.items()}
+    rep.row(f"node, concurrency {args.batch}, clips each alone", **fig["off"])
     rep.row(
-        f"node, concurrency {args.batch}, clip batch", media_s_per_wall_s=node["batch"][0], mean_batch=node["batch"][1]
+        f"node, concurrency {args.batch}, clip batch",
+        **fig["batch"],
+        mean_batch=nodes["batch"][-1].per_group,
+        engine_busy=median([r.engine_busy for r in nodes["batch"]]),
     )
     rep.row(
         f"node, concurrency {args.batch}, packing",
-        media_s_per_wall_s=node["pack"][0],
-        clips_per_window=node["pack"][1],
-        mean_gathering=mean_gathering["pack"],
+        **fig["pack"],
+        clips_per_window=nodes["pack"][-1].per_group,
+        mean_gathering=float(np.mean(nodes["pack"][-1].sizes)) if nodes["pack"][-1].sizes else 1.0,
+        engine_busy=median([r.engine_busy for r in nodes["pack"]]),
     )
+    node = {mode: f["media_s_per_wall_s"] for mode, f in fig.items()}
     rep.ratio("engine batched / one at a time", batched / alone, target="(reported)", ok=None)
     rep.ratio("engine packed / one at a time", packed / alone, target=">= 1.5 on this CPU", ok=packed / alone >= 1.5)
     rep.ratio(f"engine packed / each alone {args.batch} at once", packed / at_once, target="(reported)", ok=None)
-    rep.ratio("node batch on / off", node["batch"][0] / node["off"][0], target="(reported)", ok=None)
-    rep.ratio("node packing on / off", node["pack"][0] / node["off"][0], target="(reported)", ok=None)
-    rep.ratio("node packing on / engine one at a time", node["pack"][0] / alone, target="(reported)", ok=None)
+    rep.ratio("node batch on / off", node["batch"] / node["off"], target="(reported)", ok=None)
+    rep.ratio("node packing on / off", node["pack"] / node["off"], target="(reported)", ok=None)
+    rep.ratio("node packing on / engine one at a time", node["pack"] / alone, target="(reported)", ok=None)
     return rep.finish(args.json)
 
 
