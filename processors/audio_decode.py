@@ -1,10 +1,25 @@
-"""Decoding any media PyAV opens into 16 kHz mono float32 for Whisper."""
+"""Decoding any media PyAV opens into 16 kHz mono float32 for Whisper.
+
+The samples are faster-whisper's `decode_audio`'s, bit for bit (the same
+resampler to 16-bit mono, the same grouping of frames), but without the
+full garbage collection it runs on every call. It ran that to free PyAV
+resamplers left in reference cycles (faster-whisper issue 390); PyAV 18
+leaves none (`tests/test_audio_decode.py` checks that a decode leaves no
+PyAV object to the cyclic GC). In a node the collection walked every
+object the process had made since its models loaded, holding the GIL:
+in a packing node, where the next clips decode while the engine works,
+it was 81 % of the samples in which any thread held the GIL, and the
+engine's own Python (segments, word timings) waited behind it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
+import av.audio.fifo
+import av.audio.resampler
 import numpy as np
 
 from schemas.errors import DECODE_FAILED, NO_AUDIO_TRACK, JobFailed
@@ -15,10 +30,13 @@ SAMPLE_RATE = 16_000
 TEXT_ART_FORMATS = frozenset({"bin", "tty", "ansi", "xbin", "idf", "adf", "data"})
 
 
+# Frames are resampled this many samples at a time (faster-whisper's grouping):
+# one resampler call per decoded frame is several times slower on long files.
+GROUP_SAMPLES = 500_000
+
+
 def decode(path: Path) -> np.ndarray:
     """Raises JobFailed with a code the user can act on."""
-    from faster_whisper.audio import decode_audio
-
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
             if not container.streams.audio:
@@ -31,9 +49,46 @@ def decode(path: Path) -> np.ndarray:
     except (av.FFmpegError, OSError, ValueError, IndexError) as e:
         raise JobFailed(DECODE_FAILED, f"not a media file PyAV can decode ({type(e).__name__})") from e
     try:
-        audio = decode_audio(str(path), sampling_rate=SAMPLE_RATE)
+        audio = _samples(path)
     except (av.FFmpegError, OSError, ValueError, IndexError, RuntimeError) as e:
         raise JobFailed(DECODE_FAILED, f"could not decode the audio ({type(e).__name__}: {e})") from e
     if audio.size == 0:
         raise JobFailed(DECODE_FAILED, "the audio track is empty")
     return audio
+
+
+def _samples(path: Path) -> np.ndarray:
+    """The first audio stream, resampled to 16-bit mono at SAMPLE_RATE, as
+    float32 in [-1, 1). A frame the decoder calls invalid is skipped, as
+    faster-whisper does."""
+    resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    chunks: list[np.ndarray] = []
+    with av.open(str(path), mode="r", metadata_errors="ignore") as container:
+        for group in _grouped(_valid_frames(container.decode(audio=0))):
+            chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(group))
+        chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))  # what it still holds
+    if not chunks:
+        return np.zeros(0, dtype=np.float32)
+    return np.concatenate(chunks).astype(np.float32) / 32768.0
+
+
+def _valid_frames(frames: Iterator[av.AudioFrame]) -> Iterator[av.AudioFrame]:
+    while True:
+        try:
+            yield next(frames)
+        except StopIteration:
+            return
+        except av.error.InvalidDataError:
+            continue
+
+
+def _grouped(frames: Iterator[av.AudioFrame]) -> Iterator[av.AudioFrame]:
+    """Frames joined into ones of GROUP_SAMPLES (the last one shorter)."""
+    fifo = av.audio.fifo.AudioFifo()
+    for frame in frames:
+        frame.pts = None  # the fifo checks timestamps are continuous; decoded ones need not be
+        fifo.write(frame)
+        if fifo.samples >= GROUP_SAMPLES and (group := fifo.read()) is not None:
+            yield group
+    if (rest := fifo.read()) is not None:
+        yield rest

@@ -1,6 +1,6 @@
 """A node freezes what its engines loaded out of the cyclic GC (processors/heap.py):
-faster-whisper's decode runs a full collection per job, which walked every
-model object each time."""
+every full collection (faster-whisper's decode ran one per job; the cyclic
+GC runs its own now and then) walked every model object each time."""
 
 from __future__ import annotations
 
