@@ -55,8 +55,11 @@ def test_freeze_keeps_loaded_objects_out_of_collections_and_garbage_out_of_the_f
     del garbage
     # When the heap is frozen
     frozen = heap.freeze_loaded("a test model")
-    # Then the model is frozen (no later full collection walks it), the garbage was collected first
-    assert frozen == gc.get_freeze_count() > 0
+    # Then the model is frozen (no later full collection walks it), the garbage was collected first.
+    # (The count read again may be lower, never higher: a frozen object dropped meanwhile, by the
+    # freeze's own log line or another thread of the test process, is freed by reference counting;
+    # a full run, its worker's heap shaped by the tests before, saw 697,358 then 697,356.)
+    assert 0 < gc.get_freeze_count() <= frozen
     assert not in_collected_generations(model)
     assert gone() is None
     # And an object made afterwards (a job's) is collected as before
