@@ -95,7 +95,11 @@ def tab(browser: Browser) -> Iterator[Tab]:
 
 
 def sign_in(page: Page, gw: Gateway, key: str) -> None:
+    """Waits for the page's script to have attached its handlers: a full run
+    once clicked Sign in before they were (the browser's own submission,
+    refused by the CSP, left the click waiting 30 s for a navigation)."""
     page.goto(gw.url)
+    page.locator("html[data-ready=true]").wait_for(state="attached")
     page.get_by_label("API key").fill(key)
     page.get_by_role("button", name="Sign in").click()
 

@@ -103,3 +103,6 @@ $('refresh').addEventListener('click', refresh);
 setupSubmit();
 setupTranscript();
 resume();
+// Every handler is attached: until now a click on Sign in would be the
+// browser's own form submission, which the CSP refuses (form-action 'none').
+document.documentElement.dataset.ready = 'true';
