@@ -139,10 +139,12 @@ def engine_busy(log: str) -> float:
     """How much of the span of a node's gatherings its engine spent
     decoding them, from the batcher's log lines (each has its end time and
     how long it took). Near 1: the node keeps its engine fed, and what it
-    falls short of the bare engine is the decode itself running slower
-    (on this machine, beside the gateway and server it shares two cores
-    with); well below 1: the node leaves the engine waiting between
-    gatherings. nan when off (no gatherings)."""
+    falls short of the bare engine is the decode itself running slower,
+    beside the rest of the node or of the stack (`node_cores` and
+    `beside_cores` say which: a full GC per input decode, holding the GIL,
+    was the node's third more CPU per media second until it went); well
+    below 1: the node leaves the engine waiting between gatherings. nan
+    when off (no gatherings)."""
     spans = []
     for line in log.splitlines():
         try:
