@@ -20,6 +20,7 @@ from pathlib import Path
 import av
 import av.audio.fifo
 import av.audio.resampler
+import av.container
 import numpy as np
 
 from schemas.errors import DECODE_FAILED, NO_AUDIO_TRACK, JobFailed
@@ -33,40 +34,52 @@ TEXT_ART_FORMATS = frozenset({"bin", "tty", "ansi", "xbin", "idf", "adf", "data"
 # Frames are resampled this many samples at a time: faster-whisper's grouping,
 # fewer and larger resampler calls than one per decoded frame (about 1,000 samples).
 GROUP_SAMPLES = 500_000
+# What PyAV raises for bytes it cannot open or read as media.
+NOT_MEDIA = (av.FFmpegError, OSError, ValueError, IndexError)
 
 
 def decode(path: Path) -> np.ndarray:
-    """Raises JobFailed with a code the user can act on."""
+    """Raises JobFailed with a code the user can act on. The file is opened
+    once: what it holds is checked, then its first audio stream decoded."""
     try:
-        with av.open(str(path), metadata_errors="ignore") as container:
-            if not container.streams.audio:
-                kinds = ", ".join(sorted({s.type for s in container.streams}))
-                if not kinds or container.format.name in TEXT_ART_FORMATS:
-                    raise JobFailed(DECODE_FAILED, f"not a media file: no streams found ({container.format.name})")
-                raise JobFailed(NO_AUDIO_TRACK, f"the file has no audio track (streams: {kinds})")
-    except JobFailed:
-        raise
-    except (av.FFmpegError, OSError, ValueError, IndexError) as e:
-        raise JobFailed(DECODE_FAILED, f"not a media file PyAV can decode ({type(e).__name__})") from e
-    try:
-        audio = _samples(path)
-    except (av.FFmpegError, OSError, ValueError, IndexError, RuntimeError) as e:
-        raise JobFailed(DECODE_FAILED, f"could not decode the audio ({type(e).__name__}: {e})") from e
+        container = av.open(str(path), metadata_errors="ignore")
+    except NOT_MEDIA as e:
+        raise _not_media(e) from e
+    with container:
+        try:
+            _check_has_audio(container)
+        except NOT_MEDIA as e:
+            raise _not_media(e) from e
+        try:
+            audio = _samples(container)
+        except (*NOT_MEDIA, RuntimeError) as e:
+            raise JobFailed(DECODE_FAILED, f"could not decode the audio ({type(e).__name__}: {e})") from e
     if audio.size == 0:
         raise JobFailed(DECODE_FAILED, "the audio track is empty")
     return audio
 
 
-def _samples(path: Path) -> np.ndarray:
+def _not_media(e: Exception) -> JobFailed:
+    return JobFailed(DECODE_FAILED, f"not a media file PyAV can decode ({type(e).__name__})")
+
+
+def _check_has_audio(container: av.container.InputContainer) -> None:
+    if not container.streams.audio:
+        kinds = ", ".join(sorted({s.type for s in container.streams}))
+        if not kinds or container.format.name in TEXT_ART_FORMATS:
+            raise JobFailed(DECODE_FAILED, f"not a media file: no streams found ({container.format.name})")
+        raise JobFailed(NO_AUDIO_TRACK, f"the file has no audio track (streams: {kinds})")
+
+
+def _samples(container: av.container.InputContainer) -> np.ndarray:
     """The first audio stream, resampled to 16-bit mono at SAMPLE_RATE, as
     float32 in [-1, 1). A frame the decoder calls invalid is skipped, as
     faster-whisper does."""
     resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
     chunks: list[np.ndarray] = []
-    with av.open(str(path), mode="r", metadata_errors="ignore") as container:
-        for group in _grouped(_valid_frames(container.decode(audio=0))):
-            chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(group))
-        chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))  # what it still holds
+    for group in _grouped(_valid_frames(container.decode(audio=0))):
+        chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(group))
+    chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))  # what it still holds
     if not chunks:
         return np.zeros(0, dtype=np.float32)
     # Peak memory about 6 bytes a sample (an hour is 58 M samples): the

@@ -10,9 +10,10 @@ a walk over the models: 77 s of WAV decoded in 0.06-0.14 s in a fresh
 process and 0.4-0.6 s in a loaded one on this 2-core machine, the node's
 largest cost outside its engines. Our decode runs none now
 (processors/audio_decode.py); the cyclic GC's own full collections still
-come now and then, and the freeze keeps those short. `gc.freeze()` moves what exists now to the permanent generation,
-which collections skip; objects made later (a job's) are collected as
-before, and frozen ones are still freed by reference counting.
+come now and then, and the freeze keeps those short. `gc.freeze()` moves
+what exists now to the permanent generation, which collections skip;
+objects made later (a job's) are collected as before, and frozen ones are
+still freed by reference counting.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,7 +61,7 @@ def test_a_decode_runs_no_full_collection(no_automatic_gc: None) -> None:
     assert generations == []
 
 
-def test_a_decode_leaves_no_pyav_object_to_the_cyclic_gc(no_automatic_gc: None, tmp_path: Path) -> None:
+def test_a_decode_leaves_no_pyav_object_to_the_cyclic_gc(no_automatic_gc: None) -> None:
     # Given a heap with no garbage yet, and the collector set to keep what it finds
     gc.collect()
     gc.set_debug(gc.DEBUG_SAVEALL)
