@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -255,6 +256,51 @@ class CpuMeter:
         out = {name: 1000 * s / jobs for name, s in self.spent.get(label, {}).items()}
         out["total"] = sum(out.values())
         return out
+
+
+SYNC_CALLS = ("fsync", "fdatasync", "sync_file_range")
+
+
+def sync_counter_missing() -> str | None:
+    """Why disk syncs cannot be counted here (None: they can): strace, the
+    Debian package, attaches to the processes."""
+    return None if shutil.which("strace") else "strace is not installed (apt-get install strace)"
+
+
+@contextlib.contextmanager
+def counting_syncs(pids: list[int]) -> Iterator[dict[str, int]]:
+    """How many disk syncs (fsync and kin) `pids` and their threads make
+    while the block runs, filled in when it ends. With `sync_interval:
+    always` every stored message costs nats-server one, so the count per
+    job is what bounds a system's jobs/s on one disk. strace stops the
+    processes at every system call, so a block counted is never a block
+    timed."""
+    out = Path(tempfile.mkstemp(prefix="gpubus-syncs-")[1])
+    cmd = ["strace", "-f", "-qq", "-c", "-e", f"trace={','.join(SYNC_CALLS)}", "-o", str(out)]
+    for pid in pids:
+        cmd += ["-p", str(pid)]
+    tracer = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(0.5)  # attached to every thread before the first job
+    counts: dict[str, int] = {}
+    try:
+        if tracer.poll() is not None:
+            raise RuntimeError(f"strace could not attach: {tracer.stderr.read().decode().strip()}")  # type: ignore[union-attr]
+        yield counts
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(30)
+        counts.update(_strace_summary(out.read_text()))
+        out.unlink()
+
+
+def _strace_summary(text: str) -> dict[str, int]:
+    """The calls column of `strace -c`'s table, by system call."""
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        cols = line.split()
+        if len(cols) >= 5 and cols[-1] in SYNC_CALLS and cols[3].isdigit():
+            counts[cols[-1]] = int(cols[3])
+    return counts
 
 
 def profiler(out_dir: str | None, pids: dict[str, int]):

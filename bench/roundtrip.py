@@ -15,9 +15,12 @@ Celery 5 + Redis, side by side in one run.
   default 2 processes here) and Redis as broker and result backend.
 
 All four systems are up at once and driven in turns, round after round, so
-a burst of load from elsewhere on the machine hits all of them alike.
+a burst of load from elsewhere on the machine hits all of them alike. Then,
+untimed, each system's store (nats-server, Redis) is counted for disk syncs
+per job under strace (`--syncs`; Debian's strace): with `--nats-sync always`
+they bound the pipelined rates on one disk.
 
-    python -m bench.roundtrip [--seq 400] [--pipe 2000] [--inflight 64] [--rounds 4]
+    python -m bench.roundtrip [--seq 400] [--pipe 2000] [--inflight 64] [--rounds 4] [--syncs 200]
 """
 
 from __future__ import annotations
@@ -271,10 +274,15 @@ WORKERS = {
 }
 
 
+# The process that stores each system's messages: where its disk syncs are.
+STORES = {"raw": "nats-server", "bus": "nats-server", "http": "nats-server", "celery": "redis"}
+
+
 async def drive(
-    systems: dict, args, profile, cpu: common.CpuMeter
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Rounds of: each system's share of sequential jobs, then of pipelined."""
+    systems: dict, args, profile, cpu: common.CpuMeter, pids: dict[str, int]
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, float]]:
+    """Rounds of: each system's share of sequential jobs, then of pipelined;
+    then, untimed, each one's disk syncs per job (`--syncs`)."""
     lat: dict[str, list[float]] = {k: [] for k in systems}
     rates: dict[str, list[float]] = {k: [] for k in systems}
     for s in systems.values():
@@ -301,11 +309,36 @@ async def drive(
                         rates[name].append(await asyncio.to_thread(celery_pipelined, pipe_n, args.inflight))
                     else:
                         rates[name].append((await pipelined(s.one, pipe_n, inflight=args.inflight))[0])
+        syncs = await syncs_per_job(systems, args.syncs, pids)
     finally:
         for s in systems.values():
             if s is not None:
                 await s.close()
-    return lat, rates
+    return lat, rates, syncs
+
+
+async def syncs_per_job(systems: dict, n: int, pids: dict[str, int]) -> dict[str, float]:
+    """Disk syncs of each system's store per job, over `n` sequential jobs
+    with strace attached (so never in a timed turn). At `sync_interval:
+    always` each costs a disk flush, and one disk takes a few thousand a
+    second whatever stream they are for, so the count per job bounds the
+    pipelined rate: raw nats-py's loop against gpubus's is the ceiling of
+    their ratio."""
+    if n <= 0:
+        return {}
+    if (missing := common.sync_counter_missing()) is not None:
+        print(f"  (disk syncs not counted: {missing})")
+        return {}
+    out: dict[str, float] = {}
+    for name, s in systems.items():
+        with common.counting_syncs([pids[STORES[name]]]) as counts:
+            if name == "celery":
+                await asyncio.to_thread(celery_sequential, n)
+            else:
+                await sequential(s.one, n, warmup=0)
+            await asyncio.sleep(0.2)  # a removal synced just after the answer still counts
+        out[name] = sum(counts.values()) / n
+    return out
 
 
 def main() -> int:
@@ -318,6 +351,9 @@ def main() -> int:
     p.add_argument("--node-concurrency", type=int, default=64, help="GPUBUS_NODE_CONCURRENCY of the gpubus node")
     p.add_argument("--celery-concurrency", type=int, default=os.cpu_count() or 2, help="prefork processes")
     p.add_argument("--skip-celery", action="store_true")
+    p.add_argument(
+        "--syncs", type=int, default=200, help="jobs per system counted for disk syncs under strace, untimed (0: none)"
+    )
     p.add_argument(
         "--profile", help="py-spy the gateway, the node and this client during gpubus's pipelined turns into this dir"
     )
@@ -349,7 +385,7 @@ def main() -> int:
             systems["celery"] = None
         profile = common.profiler(args.profile, {"gateway": gw.proc.pid, "node": node.pid, "client": os.getpid()})
         cpu = common.CpuMeter(pids, with_children=("celery worker",))
-        lat, rates = asyncio.run(drive(systems, args, profile, cpu))
+        lat, rates, syncs = asyncio.run(drive(systems, args, profile, cpu, pids))
     if systems["http"].retries:
         print(f"  (HTTP: {systems['http'].retries} request(s) retried on a connection uvicorn had closed)")
     for name in systems:
@@ -358,6 +394,10 @@ def main() -> int:
     print(f"CPU ms per pipelined job, by process ({cores} cores bound jobs/s at {cores * 1000} / total):")
     for name in systems:
         rep.row(f"{LABELS[name]} cpu", **{k.replace(" ", "_"): v for k, v in cpu.per_job_ms(name).items()})
+    if syncs:
+        print(f"Disk syncs per job of each system's store, {args.syncs} sequential jobs under strace (untimed):")
+        for name, per_job in syncs.items():
+            rep.row(f"{LABELS[name]} syncs", store=STORES[name], syncs_per_job=per_job)
     raw_p50 = common.percentile(lat["raw"], 50)
     bus_r = common.percentile(lat["bus"], 50) / raw_p50
     http_r = common.percentile(lat["http"], 50) / raw_p50
@@ -377,6 +417,15 @@ def main() -> int:
             "HTTP pipelined jobs/s / celery+redis",
             sum(rates["http"]) / len(rates["http"]) / cel,
             target="(reported)",
+            ok=None,
+        )
+    if args.nats_sync == "always" and syncs.get("bus"):
+        # Every sync a disk flush: raw's syncs per job over gpubus's is the
+        # most gpubus's pipelined rate can be of raw's on the same disk.
+        rep.ratio(
+            "bus-only pipelined jobs/s / raw",
+            sum(rates["bus"]) / sum(rates["raw"]),
+            target=f"(reported; disk-sync ceiling {syncs['raw'] / syncs['bus']:.2f})",
             ok=None,
         )
     return rep.finish(args.json)

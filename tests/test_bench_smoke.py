@@ -5,6 +5,7 @@ run by hand (see README), never judged inside the test suite."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 NO_FALLBACK_EXIT = 3
 
 SCRIPTS = {
-    "roundtrip": ["--seq", "5", "--pipe", "20", "--warmup", "2", "--inflight", "4", "--node-concurrency", "2"],
+    "roundtrip": "--seq 5 --pipe 20 --warmup 2 --inflight 4 --node-concurrency 2 --syncs 10".split(),
     "staging": ["--mib", "2", "--rss-mib", "4"],
     "transcription": ["--clip", "4", "--repeat", "2", "--jobs", "1", "--rounds", "1", "--concurrency", "2"],
     "fallback": ["--clip", "4", "--ack-wait", "2", "--trials", "1"],
@@ -69,3 +70,11 @@ def test_benchmark_runs_with_tiny_sizes(name: str, tmp_path: Path) -> None:
         # and each system's CPU per pipelined job was measured on its own processes
         cpu = {r["what"]: r for r in report["rows"] if r["what"].endswith(" cpu")}
         assert len(cpu) == 4 and all(r["total"] > 0 for r in cpu.values()), cpu
+        # and, where strace can count them, the disk syncs of each store: with
+        # every write synced, a raw job syncs its write and its removal, a
+        # gpubus job more (its record and its outcome too)
+        syncs = {r["what"]: r["syncs_per_job"] for r in report["rows"] if r["what"].endswith(" syncs")}
+        if shutil.which("strace"):
+            assert syncs["raw nats-py syncs"] >= 1 and syncs["gpubus bus-only syncs"] > syncs["raw nats-py syncs"], (
+                syncs
+            )
