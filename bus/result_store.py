@@ -26,7 +26,8 @@ RECENT_RESULTS_BYTES = 8 * 1024 * 1024
 
 class RecentResults:
     """Inline results of the `succeeded` events this process folded lately,
-    by EVENTS sequence, oldest out first past `max_bytes` of text. A client
+    by EVENTS sequence, oldest out first past `max_bytes` (each entry counted
+    with what it costs besides its text: bus/sized_lru.py). A client
     that waited for its job (a long poll, a synchronous endpoint) asks for
     the result the moment the record turns terminal, and here it is, with
     no round trip. Served only when the record names that sequence and the

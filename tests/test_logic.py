@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import time
+import tracemalloc
 from datetime import UTC, datetime
 
 import pytest
@@ -17,6 +19,7 @@ from bus.registry import LiveNodes
 from bus.result_store import RecentResults
 from bus.sealing import RecordSeal
 from bus.settings import GpuMode
+from bus.sized_lru import ENTRY_OVERHEAD_BYTES
 from gateway.routing import Fleet, choose, gpu_wish
 from schemas import names
 from schemas.events import SEGMENT_TEXT_MAX, EventType, JobEvent, TextSegment, inline_digest
@@ -90,8 +93,8 @@ def test_the_start_a_node_names_is_the_record_s_start():
 
 
 def test_recent_results_serve_only_what_the_record_names_and_stay_bounded():
-    # Given two results folded lately, within a bound of 10 bytes of text
-    recent = RecentResults(max_bytes=10)
+    # Given two results folded lately, within a bound that holds two such entries
+    recent = RecentResults(max_bytes=2 * (5 + ENTRY_OVERHEAD_BYTES))
     recent.put(7, "hello")
     recent.put(8, "world")
     named = _rec(result_event_seq=7, result_sha256=inline_digest("hello"))
@@ -104,6 +107,26 @@ def test_recent_results_serve_only_what_the_record_names_and_stay_bounded():
     # When a third comes past the bound, then the oldest goes
     recent.put(9, "again")
     assert len(recent) == 2 and recent.for_record(named) is None
+
+
+def test_recent_results_hold_no_more_memory_than_their_bound():
+    # Given the cache of small results, bounded at 1 MiB
+    bound = 1024 * 1024
+    gc.collect()
+    tracemalloc.start()
+    try:
+        recent = RecentResults(max_bytes=bound)
+        before = tracemalloc.get_traced_memory()[0]
+        # When far more no-op results than fit are folded (27 bytes of text each)
+        for seq in range(10_000_000, 10_100_000):
+            recent.put(seq, json.dumps({"kind": "noop", "echo": seq % 10}))
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # Then what they hold, keys and entries included, stays within the bound
+    # (counted by their text alone they held 8 times as much)
+    assert 0 < held <= bound, (held, len(recent))
 
 
 def test_first_terminal_wins_and_late_completion_is_counted():
@@ -192,12 +215,12 @@ def test_an_owner_over_its_unknown_job_quota_floods_until_the_window_ends(caplog
 
 def test_known_records_are_bounded_by_bytes():
     store = JobStore(kv=None, seal=RecordSeal(None), js=None)  # type: ignore[arg-type]  (only the in-memory cache is used)
-    big = KNOWN_RECORDS_BYTES // 4
+    big = KNOWN_RECORDS_BYTES // 4 - ENTRY_OVERHEAD_BYTES  # four such entries fill it
     for i in range(10):
         store._remember(f"a.j{i}", _rec(), i, big)
     assert store.cached_bytes <= KNOWN_RECORDS_BYTES and store.knows("a", "j9") and not store.knows("a", "j0")
     store._remember("a.j9", _rec(), 11, 10)  # a rewrite replaces its own bytes
-    assert store.cached_bytes == 3 * big + 10
+    assert store.cached_bytes == 3 * (big + ENTRY_OVERHEAD_BYTES) + 10 + ENTRY_OVERHEAD_BYTES
 
 
 def _hb(owner="alice", lane="cpu", node_id="n1", **kw) -> bytes:
