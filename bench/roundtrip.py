@@ -331,12 +331,16 @@ async def syncs_per_job(systems: dict, n: int, pids: dict[str, int]) -> dict[str
         return {}
     out: dict[str, float] = {}
     for name, s in systems.items():
-        with common.counting_syncs([pids[STORES[name]]]) as counts:
-            if name == "celery":
-                await asyncio.to_thread(celery_sequential, n)
-            else:
-                await sequential(s.one, n, warmup=0)
-            await asyncio.sleep(0.2)  # a removal synced just after the answer still counts
+        try:
+            with common.counting_syncs([pids[STORES[name]]]) as counts:
+                if name == "celery":
+                    await asyncio.to_thread(celery_sequential, n)
+                else:
+                    await sequential(s.one, n, warmup=0)
+                await asyncio.sleep(0.2)  # a removal synced just after the answer still counts
+        except RuntimeError as e:  # no ptrace here (a container without it): the timed figures stand
+            print(f"  (disk syncs not counted: {e})")
+            return {}
         out[name] = sum(counts.values()) / n
     return out
 

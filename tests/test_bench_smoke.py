@@ -5,7 +5,6 @@ run by hand (see README), never judged inside the test suite."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -75,7 +74,8 @@ def test_benchmark_runs_with_tiny_sizes(name: str, tmp_path: Path) -> None:
         # every write synced, a raw job syncs its write and its removal, a
         # gpubus job more (its record and its outcome too)
         syncs = {r["what"]: r["syncs_per_job"] for r in report["rows"] if r["what"].endswith(" syncs")}
-        if shutil.which("strace"):
-            assert syncs["raw nats-py syncs"] >= 1 and syncs["gpubus bus-only syncs"] > syncs["raw nats-py syncs"], (
-                syncs
-            )
+        if syncs:
+            raw, bus = syncs["raw nats-py syncs"], syncs["gpubus bus-only syncs"]
+            assert raw >= 1 and bus > raw, syncs
+        else:  # no strace, or one that may not attach here: the bench says so
+            assert "(disk syncs not counted: " in proc.stdout, proc.stdout[-2000:]
