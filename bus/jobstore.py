@@ -3,6 +3,12 @@
 Several gateways may fold events into the same record at once; CAS on the
 KV revision makes every update a clean read-modify-write, so "first terminal
 state wins" holds without locks.
+
+A finished job's record is written with a time to live (`finished_ttl_s`,
+GPUBUS_RECORDS_MAX_AGE_DAYS): the server removes it that long after the job
+finished, and a write that takes the job back (a retry) carries none, so an
+unfinished job's record lives as long as the job. Kept for ever, records
+made nats-server's memory grow by about 1 KB for every job ever run.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.api import Header
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from bus import ephemeral
@@ -36,6 +43,9 @@ MAX_CAS_TRIES = 20
 KNOWN_RECORDS = 4096
 KNOWN_RECORDS_BYTES = 16 * 1024 * 1024  # encoded size: a count alone let a few huge records take the memory
 RECHECK_S = 5.0
+# What the server answers a compare-and-set that lost (10071, and 10164 for
+# the same from a newer server), as nats-py's KeyValue.update reads them.
+WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
 Mutator = Callable[[JobRecord], JobRecord | None]
 BeforeTerminal = Callable[[JobRecord], Awaitable[None]]
 
@@ -91,8 +101,12 @@ class JobStore:
         js: JetStreamContext,
         finishes: RecordWatch | None = None,
         before_terminal: BeforeTerminal | None = None,
+        finished_ttl_s: float | None = None,
     ) -> None:
+        """`finished_ttl_s`: how long a finished job's record is kept after
+        its terminal write (None: for ever)."""
         self._kv = kv
+        self._finished_ttl_s = finished_ttl_s
         self._js = js  # per-request watches (bus/ephemeral.KeyWatch)
         self._seal = seal
         self._finishes = finishes
@@ -214,7 +228,9 @@ class JobStore:
             new_text = codec.encode_record(new)
             data = self._seal_record(key, new_text)
             try:
-                new_rev = await self._kv.update(key, data, last=rev)
+                new_rev = await self._compare_and_set(
+                    key, data, rev, ttl_s=self._finished_ttl_s if new.terminal else None
+                )
             except KeyWrongLastSequenceError:
                 continue
             self._remember(key, new_text, new_rev, len(data))
@@ -222,6 +238,21 @@ class JobStore:
                 self._finishes.answer_waiters(key, _record(new_text))  # a copy: callers change `new` in place
             return new
         raise CasConflict(f"job {job_id}: {MAX_CAS_TRIES} CAS conflicts in a row")
+
+    async def _compare_and_set(self, key: str, data: bytes, last: int, *, ttl_s: float | None) -> int:
+        """KeyValue.update, which takes no time to live: with one, the same
+        write (the expected last revision of the key's subject) with the
+        per-message TTL the bucket's stream allows (nats-server 2.11+)."""
+        if ttl_s is None:
+            return await self._kv.update(key, data, last=last)
+        headers = {Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(last)}
+        try:
+            ack = await self._js.publish(_kv_subject(key), data, headers=headers, msg_ttl=ttl_s)
+        except APIError as e:
+            if e.err_code in WRONG_LAST_SEQUENCE:
+                raise KeyWrongLastSequenceError(description=e.description) from None
+            raise
+        return ack.seq
 
     def _freshest(self, key: str) -> tuple[bytes, int] | None:
         """(JSON text, revision) to start a compare-and-set from without a

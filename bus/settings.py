@@ -142,6 +142,11 @@ class Settings(BaseSettings):
         7.0, gt=0, description="node events are kept this long (at least files_ttl_days: small results live in them)"
     )
     files_ttl_days: float = Field(7.0, gt=0, description="staged inputs and results are kept this long")
+    records_max_age_days: float = Field(
+        30.0,
+        gt=0,
+        description="a finished job's record is kept this long after it finished (an unfinished one while it is)",
+    )
     allow_private_urls: bool = Field(False, description="nodes may download from loopback/private/link-local hosts")
     download_max_mb: int = Field(2048, gt=0, description="largest media a node downloads for a URL job")
     download_timeout: float = Field(900.0, gt=0, description="longest a node spends downloading one URL job")

@@ -95,6 +95,9 @@ async def _ensure_bucket(
             raise
         cfg = (await js.stream_info(stream)).config
         cfg.num_replicas = replicas
+        # nats-py 2.16 makes buckets allowing per-message TTLs (a finished
+        # job's record has one: bus/jobstore.py); one made before did not.
+        cfg.allow_msg_ttl = True
         if max_age_s:
             cfg.max_age = max_age_s
             cfg.duplicate_window = min(cfg.duplicate_window or max_age_s, max_age_s)

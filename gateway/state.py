@@ -136,6 +136,7 @@ class GatewayState:
             js=js,
             finishes=self.finishes,
             before_terminal=outbox.before_terminal,
+            finished_ttl_s=s.records_max_age_days * topology.DAY_S,
         )
         self.feeds = job_feed.Sources(EventHub(self.nc), self.finishes, self.jobs)  # every /events client's
         self.keys = KeyStore(await js.key_value(names.APIKEYS_BUCKET), self.seal, js=js)

@@ -270,6 +270,71 @@ async def _queued_messages(js, owner: str) -> int:
     return sum(sum((i.state.subjects or {}).values()) for i in infos)
 
 
+async def test_a_finished_jobs_record_expires_and_an_unfinished_ones_does_not(fresh_nats, client):
+    """Kept for ever, every job's record stayed in nats-server's memory
+    (about 1 KB a job, README "Scaling")."""
+    # Given records kept 1 s after their job finished, in the bucket the gateway makes
+    nc, js = client
+    await topology.ensure_core(js, Settings(nats_url=fresh_nats.url))
+    seal = RecordSeal.from_secret(ADMIN_TOKEN)
+    jobs = JobStore(await js.key_value(names.JOBS_BUCKET), seal, js=js, finished_ttl_s=1.0)
+    done, waiting, retried = _record("rt"), _record("rt"), _record("rt")
+    for rec in (done, waiting, retried):
+        await jobs.create(rec)
+
+    def succeeded(r: JobRecord) -> JobRecord:
+        r.status = JobStatus.SUCCEEDED
+        return r
+
+    def queued_again(r: JobRecord) -> JobRecord:
+        r.status, r.attempts = JobStatus.QUEUED, r.attempts + 1
+        return r
+
+    # When one job succeeds, one stays queued, and one succeeds and is retried
+    await jobs.update("rt", done.job_id, succeeded)
+    await jobs.update("rt", retried.job_id, succeeded)
+    await jobs.update("rt", retried.job_id, queued_again)
+    assert (await jobs.get("rt", done.job_id))[0].status is JobStatus.SUCCEEDED  # kept until its time is up
+    # Then once the time is up the finished one is gone, and the unfinished ones stay
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            await jobs.get("rt", done.job_id)
+        except NotFound:
+            break
+        await asyncio.sleep(0.2)
+    else:
+        raise AssertionError("a finished job's record outlived its time to live")
+    await asyncio.sleep(1.5)  # past any time to live the others could have had
+    assert (await jobs.get("rt", waiting.job_id))[0].status is JobStatus.QUEUED
+    again, _ = await jobs.get("rt", retried.job_id)
+    assert again.status is JobStatus.QUEUED and again.attempts == 2
+
+
+async def test_a_records_bucket_made_before_ttls_is_given_them(fresh_nats, client):
+    # Given the records bucket as a deployment made it before per-message TTLs
+    nc, js = client
+    kv = await js.create_key_value(bucket=names.JOBS_BUCKET, history=1)
+    cfg = (await js.stream_info(names.kv_stream(names.JOBS_BUCKET))).config
+    cfg.allow_msg_ttl = False
+    await js.delete_stream(names.kv_stream(names.JOBS_BUCKET))
+    await js.add_stream(cfg)
+    assert not (await js.stream_info(names.kv_stream(names.JOBS_BUCKET))).config.allow_msg_ttl
+    # When the gateway starts on it
+    await topology.ensure_core(js, Settings(nats_url=fresh_nats.url))
+    # Then the bucket takes a finished record's time to live
+    assert (await js.stream_info(names.kv_stream(names.JOBS_BUCKET))).config.allow_msg_ttl
+    jobs = JobStore(kv, RecordSeal(None), js=js, finished_ttl_s=60.0)
+    rec = _record("old")
+    await jobs.create(rec)
+
+    def failed(r: JobRecord) -> JobRecord:
+        r.status = JobStatus.FAILED
+        return r
+
+    assert (await jobs.update("old", rec.job_id, failed)).status is JobStatus.FAILED
+
+
 async def test_a_submission_done_before_its_sequence_note_is_due_gets_no_note(fresh_nats, client):
     # Given two submissions queued with their sequence notes in the background
     nc, js = client
