@@ -247,7 +247,8 @@ class JobStore:
             return await self._kv.update(key, data, last=last)
         headers = {Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(last)}
         try:
-            ack = await self._js.publish(_kv_subject(key), data, headers=headers, msg_ttl=ttl_s)
+            # in whole seconds, the header's unit: nats-server refuses a TTL of 0
+            ack = await self._js.publish(_kv_subject(key), data, headers=headers, msg_ttl=max(ttl_s, 1.0))
         except APIError as e:
             if e.err_code in WRONG_LAST_SEQUENCE:
                 raise KeyWrongLastSequenceError(description=e.description) from None
