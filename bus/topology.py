@@ -83,11 +83,14 @@ async def _ensure_bucket(
     *,
     replicas: int,
     max_age_s: float | None,
+    allow_msg_ttl: bool = False,
 ) -> None:
     """KV buckets and object stores are streams that nats-py creates with a
     plain add, which the server refuses when the config changed (10058):
     raising GPUBUS_REPLICAS from 1 to 3 when a deployment grows to a cluster,
-    or a new TTL, kept the gateway from starting. Apply the change instead."""
+    or a new TTL, kept the gateway from starting. Apply the change instead.
+    `allow_msg_ttl`: what nats-py 2.16 makes a KV bucket with (and not an
+    object store: set on one, every later create would differ and update)."""
     try:
         await create()
     except BadRequestError as e:
@@ -95,9 +98,8 @@ async def _ensure_bucket(
             raise
         cfg = (await js.stream_info(stream)).config
         cfg.num_replicas = replicas
-        # nats-py 2.16 makes buckets allowing per-message TTLs (a finished
-        # job's record has one: bus/jobstore.py); one made before did not.
-        cfg.allow_msg_ttl = True
+        if allow_msg_ttl:
+            cfg.allow_msg_ttl = True
         if max_age_s:
             cfg.max_age = max_age_s
             cfg.duplicate_window = min(cfg.duplicate_window or max_age_s, max_age_s)
@@ -244,8 +246,15 @@ async def ensure_core(js: JetStreamContext, s: Settings) -> None:
     )
     for bucket, ttl in buckets:
         kv = KeyValueConfig(bucket=bucket, history=1, ttl=ttl, replicas=s.replicas)
+        # A bucket made before nats-py 2.16 allowed no per-message TTLs (a
+        # finished job's record has one: bus/jobstore.py): given them here.
         await _ensure_bucket(
-            js, partial(js.create_key_value, kv), names.kv_stream(bucket), replicas=s.replicas, max_age_s=ttl
+            js,
+            partial(js.create_key_value, kv),
+            names.kv_stream(bucket),
+            replicas=s.replicas,
+            max_age_s=ttl,
+            allow_msg_ttl=True,
         )
     await _ensure_consumer(
         js, names.EVENTS_STREAM, _internal_consumer(names.MATERIALIZER_CONSUMER, names.EVENTS_SUBJECTS, s)

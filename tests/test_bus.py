@@ -335,6 +335,32 @@ async def test_a_records_bucket_made_before_ttls_is_given_them(fresh_nats, clien
     assert (await jobs.update("old", rec.job_id, failed)).status is JobStatus.FAILED
 
 
+async def test_a_file_bucket_updated_for_a_new_ttl_is_not_updated_again(fresh_nats, client):
+    """Only KV buckets are given per-message TTLs: an object store given
+    them would differ from what nats-py creates at every later start, and
+    be updated each time."""
+    # Given an owner's file bucket, then the files' TTL changed (an update in place)
+    nc, js = client
+    await topology.ensure_files_bucket(js, Settings(nats_url=fresh_nats.url, files_ttl_days=7), "ft")
+    changed = Settings(nats_url=fresh_nats.url, files_ttl_days=3)
+    await topology.ensure_files_bucket(js, changed, "ft")
+    stream = names.object_stream(names.files_bucket("ft"))
+    cfg = (await js.stream_info(stream)).config
+    assert cfg.max_age == 3 * topology.DAY_S and not cfg.allow_msg_ttl
+    # When it is ensured again with the same settings
+    updates: list[object] = []
+    real_update = js.update_stream
+
+    async def spy(*args, **kw):
+        updates.append(args)
+        return await real_update(*args, **kw)
+
+    js.update_stream = spy  # type: ignore[method-assign]
+    await topology.ensure_files_bucket(js, changed, "ft")
+    # Then nothing is updated: the create found the config it asks for
+    assert updates == []
+
+
 async def test_a_submission_done_before_its_sequence_note_is_due_gets_no_note(fresh_nats, client):
     # Given two submissions queued with their sequence notes in the background
     nc, js = client
