@@ -290,19 +290,11 @@ async def drive(
             await s.open()
     try:
         for name, s in systems.items():  # warm up every path
-            if name == "celery":
-                await asyncio.to_thread(celery_sequential, args.warmup)
-            else:
-                await sequential(s.one, args.warmup, warmup=0)
+            await one_at_a_time(name, s, args.warmup)
         seq_n, pipe_n = max(1, args.seq // args.rounds), max(1, args.pipe // args.rounds)
         for _ in range(args.rounds):
             for name, s in systems.items():
-                if name == "celery":
-                    lat[name] += await asyncio.to_thread(celery_sequential, seq_n)
-                elif name == "bus":
-                    lat[name] += [await s.timed(i) for i in range(seq_n)]
-                else:
-                    lat[name] += await sequential(s.one, seq_n, warmup=0)
+                lat[name] += await one_at_a_time(name, s, seq_n)
             for name, s in systems.items():
                 with profile(name), cpu.turn(name, WORKERS[name], pipe_n):
                     if name == "celery":
@@ -315,6 +307,17 @@ async def drive(
             if s is not None:
                 await s.close()
     return lat, rates, syncs
+
+
+async def one_at_a_time(name: str, s: Any, n: int) -> list[float]:
+    """`n` jobs of one system back to back; each one's latency. Celery's
+    client is synchronous (a thread of its own); gpubus bus-only times
+    itself from the publish, its record made off the clock."""
+    if name == "celery":
+        return await asyncio.to_thread(celery_sequential, n)
+    if name == "bus":
+        return [await s.timed(i) for i in range(n)]
+    return await sequential(s.one, n, warmup=0)
 
 
 async def syncs_per_job(systems: dict, n: int, pids: dict[str, int]) -> dict[str, float]:
@@ -333,10 +336,7 @@ async def syncs_per_job(systems: dict, n: int, pids: dict[str, int]) -> dict[str
     for name, s in systems.items():
         try:
             with common.counting_syncs([pids[STORES[name]]]) as counts:
-                if name == "celery":
-                    await asyncio.to_thread(celery_sequential, n)
-                else:
-                    await sequential(s.one, n, warmup=0)
+                await one_at_a_time(name, s, n)
                 await asyncio.sleep(0.2)  # a removal synced just after the answer still counts
         except RuntimeError as e:  # no ptrace here (a container without it): the timed figures stand
             print(f"  (disk syncs not counted: {e})")
