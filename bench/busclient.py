@@ -51,17 +51,7 @@ class BusClient:
         """One noop job; returns seconds from publish to `succeeded`. The
         record is created first, off the clock: the gateway's step, which
         the materializer needs, not the bus path."""
-        t = now()
-        rec = JobRecord(
-            job_id=new_job_id(),
-            owner=owner,
-            queue_owner=owner,
-            kind=Kind.NOOP,
-            lane=Lane.CPU,
-            routed_reason="bench",
-            created_at=t,
-            updated_at=t,
-        )
+        rec = noop_record(owner)
         await self._jobs.create(rec)
         fut = self._waiters.expect(rec.job_id)
         t0 = time.perf_counter()
@@ -71,3 +61,22 @@ class BusClient:
 
     async def close(self) -> None:
         await self.nc.close()
+
+
+def noop_record(owner: str, at: float | None = None, **fields: object) -> JobRecord:
+    """A no-op job's record on the owner's CPU lane, made at `at` (now),
+    as a gateway would make it; `fields` for any other state."""
+    t = now() if at is None else at
+    return JobRecord.model_validate(
+        {
+            "job_id": new_job_id(),
+            "owner": owner,
+            "queue_owner": owner,
+            "kind": Kind.NOOP,
+            "lane": Lane.CPU,
+            "routed_reason": "bench",
+            "created_at": t,
+            "updated_at": t,
+            **fields,
+        }
+    )
