@@ -7,7 +7,7 @@ of `--records` and times that listing through a real gateway, with the
 gateway's CPU for it. A listing that answers `limit` records should cost
 about the same whatever the owner keeps: the ratio compares the largest
 size with the smallest, in the same run (docs/ARCHITECTURE.md, "Measured:
-an owner's job listing grows with the owner's records").
+an owner's job listing, bounded by its limit").
 
     python -m bench.job_listing [--records 1000,10000,30000] [--limit 50]
 """

@@ -17,32 +17,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Callable
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import TimeoutError as NatsTimeoutError
 
-from bus.node_permissions import JS_API
+from bus.direct_batch import DirectGets
+from bus.errors import BusError, BusUnavailable
 from schemas import names
 
 log = logging.getLogger("gpubus.bus.event_hub")
 
 Deliver = Callable[[bytes], None]
-HISTORY_BATCH = 256
-HISTORY_WAIT_S = 5.0
-STATUS = "Status"
-END_OF_BATCH = "204"
-NOT_FOUND = "404"
 
 
 class EventHub:
     def __init__(self, nc: NatsClient) -> None:
         self._nc = nc
-        self._direct_get = f"{JS_API}.DIRECT.GET.{names.EVENTS_STREAM}"
+        self._events = DirectGets(nc, names.EVENTS_STREAM)
         self._followers: dict[str, set[Deliver]] = {}
         self._subs: dict[str, Subscription] = {}
         self._lock = asyncio.Lock()
@@ -81,46 +75,11 @@ class EventHub:
             deliver(msg.data)
 
     async def history(self, subject: str) -> AsyncIterator[bytes]:
-        """Every event stored on `subject` so far, oldest first."""
-        inbox = self._nc.new_inbox()
-        sub = await self._nc.subscribe(inbox)
+        """Every event stored on `subject` so far, oldest first. A history the
+        server does not finish answering is cut short (logged): the client
+        still gets every live event."""
         try:
-            seq = 1
-            while True:
-                request = {"seq": seq, "next_by_subj": subject, "batch": HISTORY_BATCH}
-                await self._nc.publish(self._direct_get, json.dumps(request).encode(), reply=inbox)
-                last = None
-                async for raw, seq_of in _batch(sub):
-                    last = seq_of
-                    yield raw
-                if last is None or last.pending == 0:
-                    return
-                seq = last.seq + 1
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-
-
-class _Position:
-    __slots__ = ("pending", "seq")
-
-    def __init__(self, seq: int, pending: int) -> None:
-        self.seq, self.pending = seq, pending
-
-
-async def _batch(sub: Subscription) -> AsyncIterator[tuple[bytes, _Position]]:
-    """One batched direct get's answers, up to its end-of-batch status."""
-    while True:
-        try:
-            msg = await sub.next_msg(timeout=HISTORY_WAIT_S)
-        except (TimeoutError, NatsTimeoutError):
-            log.warning("event history: no end of batch within %.0fs", HISTORY_WAIT_S)
-            return
-        headers = msg.headers or {}
-        status = headers.get(STATUS)
-        if status in (END_OF_BATCH, NOT_FOUND):
-            return
-        if status is not None:
-            log.warning("event history: status %s (%s)", status, headers.get("Description"))
-            return
-        yield msg.data, _Position(int(headers["Nats-Sequence"]), int(headers.get("Nats-Num-Pending", "0")))
+            async for stored in self._events.read_all(subject):
+                yield stored.data
+        except (BusError, BusUnavailable) as e:
+            log.warning("event history of %s cut short: %s", subject, e)

@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING
 from nats.js import JetStreamContext
 from nats.js.api import Header
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from bus import ephemeral
+from bus.direct_batch import DirectGets, Stored
 from bus.errors import CasConflict
+from bus.newest_records import Newest, Query, newest
 from bus.retry import retrying
 from bus.sealing import RecordSeal, SealBroken
 from bus.sized_lru import SizedLru
@@ -74,6 +76,17 @@ class KeyLocks:
                 self._locks[key] = (lock, users - 1)
 
 
+def created_first(rec: JobRecord, seq: int) -> int:
+    """A listing's rank: the revision that created the record (the record's
+    own sequence until its first update, which notes it)."""
+    return rec.created_rev or seq
+
+
+def last_written_first(rec: JobRecord, seq: int) -> int:
+    """A listing's rank: the record's last write."""
+    return seq
+
+
 class JobStore:
     """`update` starts from the last (record, revision) this process wrote
     or read for the key, when it has one, and reads the key only if the CAS
@@ -102,10 +115,13 @@ class JobStore:
         finishes: RecordWatch | None = None,
         before_terminal: BeforeTerminal | None = None,
         finished_ttl_s: float | None = None,
+        gets: DirectGets | None = None,
     ) -> None:
         """`finished_ttl_s`: how long a finished job's record is kept after
-        its terminal write (None: for ever)."""
+        its terminal write (None: for ever). `gets`: batched direct gets on
+        the bucket's stream, for listings (`newest`)."""
         self._kv = kv
+        self._gets = gets
         self._finished_ttl_s = finished_ttl_s
         self._js = js  # per-request watches (bus/ephemeral.KeyWatch)
         self._seal = seal
@@ -223,6 +239,8 @@ class JobStore:
                     continue
                 return rec
             new.updated_at = now()
+            if new.created_rev is None:  # its first update: `rev` is the create's (bus/newest_records.py)
+                new.created_rev = rev
             if self._before_terminal is not None and new.terminal and not was_terminal:
                 await self._before_terminal(new)
             new_text = codec.encode_record(new)
@@ -290,28 +308,33 @@ class JobStore:
         self._known.pop(key)
         return True
 
-    async def list(self, owner: str) -> list[JobRecord]:
-        """All of one owner's records (a subject-filtered watch, not a scan of
-        every user's keys)."""
-        watcher = await ephemeral.created(
-            ephemeral.KeyWatch(self._js, names.JOBS_BUCKET, f"{owner}.*", ignore_deletes=True).start(),
-            ephemeral.stop_watch,
-        )
-        out: list[JobRecord] = []
+    async def newest(
+        self,
+        owner: str,
+        limit: int,
+        *,
+        keep: Callable[[JobRecord], bool] = lambda rec: True,
+        rank: Callable[[JobRecord, int], int] = created_first,
+    ) -> Newest[JobRecord]:
+        """The owner's newest `limit` records that `keep` accepts, highest
+        `rank` first (by default the newest created), and how many records
+        the owner has: about `limit` records read, however many the owner
+        keeps (bus/newest_records.py), and no consumer made."""
+        if self._gets is None:
+            raise RuntimeError("this JobStore was made without direct gets (`gets=`): it lists nothing")
+        query = Query(names.kv_subject(names.JOBS_BUCKET, names.job_key(owner, "*")), limit, self._stored, keep, rank)
+        return await newest(self._gets, query)
+
+    def _stored(self, stored: Stored) -> JobRecord | None:
+        """A listed record, or None for a removal's marker or a record that
+        does not open (logged: it is skipped, not fatal to the listing)."""
+        if not stored.data or stored.headers.get(KV_OP) in (KV_DEL, KV_PURGE):
+            return None
         try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                if entry.value:
-                    try:
-                        out.append(self._decode(entry.key, entry.value))
-                    except codec.DecodeError as e:
-                        log.error("skipping undecodable job record %s: %s", entry.key, e)
-                if entry.delta == 0:
-                    break
-        finally:
-            await ephemeral.stop_watch(watcher)
-        return out
+            return decode_job_record(self._seal, stored.subject, stored.data)
+        except codec.DecodeError as e:
+            log.error("skipping undecodable job record %s: %s", stored.subject, e)
+            return None
 
     async def watch(self, owner: str, job_id: str) -> AsyncGenerator[JobRecord, None]:
         """The record as it is now, then every new revision of it, as the

@@ -27,6 +27,7 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.errors import BadRequestError
+from nats.js.kv import KeyValue
 
 from bus.settings import Settings
 from schemas import names
@@ -84,13 +85,15 @@ async def _ensure_bucket(
     replicas: int,
     max_age_s: float | None,
     allow_msg_ttl: bool = False,
+    allow_direct: bool = False,
 ) -> None:
     """KV buckets and object stores are streams that nats-py creates with a
     plain add, which the server refuses when the config changed (10058):
     raising GPUBUS_REPLICAS from 1 to 3 when a deployment grows to a cluster,
     or a new TTL, kept the gateway from starting. Apply the change instead.
     `allow_msg_ttl`: what nats-py 2.16 makes a KV bucket with (and not an
-    object store: set on one, every later create would differ and update)."""
+    object store: set on one, every later create would differ and update);
+    `allow_direct`: what the bucket's config asks for, given to an older one."""
     try:
         await create()
     except BadRequestError as e:
@@ -100,6 +103,8 @@ async def _ensure_bucket(
         cfg.num_replicas = replicas
         if allow_msg_ttl:
             cfg.allow_msg_ttl = True
+        if allow_direct:
+            cfg.allow_direct = True
         if max_age_s:
             cfg.max_age = max_age_s
             cfg.duplicate_window = min(cfg.duplicate_window or max_age_s, max_age_s)
@@ -245,9 +250,12 @@ async def ensure_core(js: JetStreamContext, s: Settings) -> None:
         (names.IDEMPOTENCY_BUCKET, s.idempotency_ttl),
     )
     for bucket, ttl in buckets:
-        kv = KeyValueConfig(bucket=bucket, history=1, ttl=ttl, replicas=s.replicas)
+        # Job listings read KV `jobs` with batched direct gets (bus/newest_records.py).
+        direct = bucket == names.JOBS_BUCKET
+        kv = KeyValueConfig(bucket=bucket, history=1, ttl=ttl, replicas=s.replicas, direct=direct or None)
         # A bucket made before nats-py 2.16 allowed no per-message TTLs (a
-        # finished job's record has one: bus/jobstore.py): given them here.
+        # finished job's record has one: bus/jobstore.py): given them here,
+        # and direct gets to one made before listings read with them.
         await _ensure_bucket(
             js,
             partial(js.create_key_value, kv),
@@ -255,6 +263,7 @@ async def ensure_core(js: JetStreamContext, s: Settings) -> None:
             replicas=s.replicas,
             max_age_s=ttl,
             allow_msg_ttl=True,
+            allow_direct=direct,
         )
     await _ensure_consumer(
         js, names.EVENTS_STREAM, _internal_consumer(names.MATERIALIZER_CONSUMER, names.EVENTS_SUBJECTS, s)
@@ -372,3 +381,13 @@ async def ensure_files_bucket(js: JetStreamContext, s: Settings, owner: str) -> 
         replicas=s.replicas,
         max_age_s=ttl,
     )
+
+
+def jobs_kv(js: JetStreamContext) -> KeyValue:
+    """KV `jobs` read at its stream's leader. The bucket allows direct gets,
+    which any replica answers, and a replica may not yet hold a record just
+    written: a client reading its job right after the 202 must find it. So
+    single records are read the way they were before listings needed direct
+    gets; only listings (bus/newest_records.py) read from any replica."""
+    bucket = names.JOBS_BUCKET
+    return KeyValue(name=bucket, stream=names.kv_stream(bucket), pre=names.kv_subject(bucket, ""), js=js, direct=False)

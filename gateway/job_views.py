@@ -34,7 +34,9 @@ class Accepted(BaseModel):
 
 
 def job_view(rec: JobRecord) -> dict[str, Any]:
-    body = rec.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"stream_seq", "result_event_seq"})
+    body = rec.model_dump(
+        mode="json", by_alias=True, exclude_none=True, exclude={"stream_seq", "result_event_seq", "created_rev"}
+    )
     body["priority"] = rec.priority.value  # kept in the options; normal on records from before priorities
     body["status_url"] = status_url(rec.job_id)
     body["result_url"] = result_url(rec.job_id)

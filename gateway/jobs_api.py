@@ -125,13 +125,13 @@ async def list_jobs(
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    """Each listing holds a KV watch (a JetStream consumer) while it reads,
-    so an owner has at most GPUBUS_MAX_JOB_LISTINGS at once (429 past it)."""
-    recs = await st.list_jobs(principal.user_id)
-    if status is not None:
-        recs = [r for r in recs if r.status == status]
-    recs.sort(key=lambda r: r.created_at, reverse=True)
-    return {"jobs": [job_view(r) for r in recs[:limit]], "total": len(recs)}
+    """The newest `limit` jobs (with `status`, of that status), newest first,
+    and `total`, how many jobs the owner has of every status. Reads about
+    `limit` records however many the owner keeps (bus/newest_records.py);
+    an owner runs at most GPUBUS_MAX_JOB_LISTINGS at once (429 past it)."""
+    keep = (lambda rec: True) if status is None else (lambda rec: rec.status == status)
+    found = await st.newest_jobs(principal.user_id, limit, keep=keep)
+    return {"jobs": [job_view(r) for r in found.records], "total": found.total}
 
 
 async def job_record(st: GatewayState, owner: str, job_id: str, wait: float) -> JobRecord:

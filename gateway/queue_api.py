@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter
 
+from bus.jobstore import last_written_first
 from bus.lag_monitor import ConsumerLag, OwnerWaiting, QueueSnapshot
 from gateway.auth import Principal
 from gateway.deps import Admin, Anyone, State
@@ -103,9 +104,13 @@ def owner_subjects(owner: str) -> dict[str, Any]:
 
 
 async def recent_failures(st: GatewayState, owner: str) -> list[dict[str, Any]]:
-    recs = [r for r in await st.list_jobs(owner) if r.status == JobStatus.FAILED]
-    recs.sort(key=lambda r: r.finished_at or r.updated_at, reverse=True)
-    return [failure_view(r) for r in recs[:RECENT_FAILURES]]
+    found = await st.newest_jobs(
+        owner,
+        RECENT_FAILURES,
+        keep=lambda r: r.status == JobStatus.FAILED,
+        rank=last_written_first,
+    )
+    return [failure_view(r) for r in found.records]
 
 
 @router.get("/api/v1/auth/queue-info")

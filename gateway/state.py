@@ -19,15 +19,17 @@ from prometheus_client import CollectorRegistry
 from bus import job_feed, topology
 from bus.auth_callout import AuthCallout
 from bus.connection import close, connect
+from bus.direct_batch import DirectGets
 from bus.event_hub import EventHub
 from bus.fallback_router import FallbackRouter
 from bus.idempotency import IdempotencyStore
 from bus.job_ttl import JobTtl
-from bus.jobstore import JobStore
+from bus.jobstore import JobStore, created_first
 from bus.keystore import KeyStore
 from bus.lag_monitor import LagMonitor
 from bus.materializer import Materializer
 from bus.metrics import GatewayMetrics
+from bus.newest_records import Newest
 from bus.publisher import JobPublisher
 from bus.queueing import PendingNotes
 from bus.record_watch import RecordWatch
@@ -131,12 +133,13 @@ class GatewayState:
         # A terminal state is committed only with its webhook queued (bus/webhook_outbox.py).
         outbox = WebhookOutbox(js, webhook_payload, give_up_after_s=s.publish_timeout)
         self.jobs = JobStore(
-            await js.key_value(names.JOBS_BUCKET),
+            topology.jobs_kv(js),
             self.seal,
             js=js,
             finishes=self.finishes,
             before_terminal=outbox.before_terminal,
             finished_ttl_s=s.records_max_age_days * topology.DAY_S,
+            gets=DirectGets(self.nc, names.kv_stream(names.JOBS_BUCKET)),
         )
         self.feeds = job_feed.Sources(EventHub(self.nc), self.finishes, self.jobs)  # every /events client's
         self.keys = KeyStore(await js.key_value(names.APIKEYS_BUCKET), self.seal, js=js)
@@ -257,12 +260,20 @@ class GatewayState:
 
         return sum(await asyncio.gather(*(count(s) for s in names.owner_job_filters(owner))))
 
-    async def list_jobs(self, owner: str) -> list[JobRecord]:
-        """All of the owner's records, under the owner's cap on listings
-        (each holds a KV watch, a JetStream consumer, while it reads)."""
+    async def newest_jobs(
+        self,
+        owner: str,
+        limit: int,
+        *,
+        keep: Callable[[JobRecord], bool] = lambda rec: True,
+        rank: Callable[[JobRecord, int], int] = created_first,
+    ) -> Newest[JobRecord]:
+        """The owner's newest `limit` records `keep` accepts, under the owner's
+        cap on listings running at once (each may read up to a few times
+        `limit` records, or every record when `keep` is rare)."""
         release = self.job_listings.take(owner)
         try:
-            return await self.jobs.list(owner)
+            return await self.jobs.newest(owner, limit, keep=keep, rank=rank)
         finally:
             release()
 

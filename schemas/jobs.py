@@ -225,6 +225,11 @@ class JobRecord(BaseModel):
     # before the field existed.
     gpu_requested: bool | None = None
     stream_seq: int | None = None
+    # The KV revision that created the record, written with its first
+    # update (a record never updated is at it still): listings rank the
+    # newest jobs by it, a server's order that needs no clocks
+    # (bus/newest_records.py). None until then, and on older records.
+    created_rev: int | None = Field(None, ge=1)
     late_completions: int = 0
     # When the job expires (`options.ttl_s` after the attempt was queued);
     # a TTL timer firing for an earlier deadline changes nothing.

@@ -1,6 +1,6 @@
 """Job listings per owner are capped (security follow-up to review F8):
-each `GET /api/v1/jobs` holds a KV watch, a JetStream consumer, while it
-reads. The cap is `GatewayState.list_jobs`'s, so the state is driven in
+each `GET /api/v1/jobs` reads up to a few times its limit of records (every
+record of the owner, for a rare status), so an owner runs few at once. The cap is `GatewayState.list_jobs`'s, so the state is driven in
 process here, against a real server: two listings can be held mid-read
 deterministically, which HTTP timing could not promise."""
 
@@ -26,18 +26,18 @@ async def test_an_owner_runs_at_most_its_cap_of_job_listings_at_once(fresh_nats)
     settings = Settings(nats_url=fresh_nats.url, admin_token=ADMIN_TOKEN, max_job_listings=CAP)
     st = await GatewayState.connect(settings, registry, GatewayMetrics(registry))
     try:
-        # Given two listings of one owner, each waiting on its KV watch
-        running = [asyncio.create_task(st.list_jobs("alice")) for _ in range(CAP)]
+        # Given two listings of one owner, each waiting on its first read
+        running = [asyncio.create_task(st.newest_jobs("alice", 50)) for _ in range(CAP)]
         await asyncio.sleep(0)
 
         # When a third starts, it is refused with a retry hint (HTTP 429 + Retry-After)
         with pytest.raises(RateLimited) as refused:
-            await st.list_jobs("alice")
+            await st.newest_jobs("alice", 50)
         assert refused.value.retry_after_s > 0 and "job listings" in refused.value.message
 
         # Then another owner is not affected, and once the two finish a slot is free again
-        assert await st.list_jobs("bob") == []
-        assert await asyncio.gather(*running) == [[]] * CAP
-        assert await st.list_jobs("alice") == []
+        assert (await st.newest_jobs("bob", 50)).records == []
+        assert [found.records for found in await asyncio.gather(*running)] == [[]] * CAP
+        assert (await st.newest_jobs("alice", 50)).records == []
     finally:
         await st.close()

@@ -1,0 +1,140 @@
+"""Batched direct gets (nats-server 2.11+): a stream's stored messages on a
+subject filter, read from a sequence or a time, with no consumer made.
+
+A consumer per read (a KV watch, an ordered consumer) costs the server a
+consumer's creation and removal and the reader a round trip for each; a
+batched direct get is one request answered by up to `batch` messages and
+an end-of-batch status. Each answer carries `Nats-Num-Pending`, the
+messages on the filter after it: a one-message read is also a count.
+Used for a followed job's event history (bus/event_hub.py) and an owner's
+newest job records (bus/jobstore.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from bus.errors import BusError, BusUnavailable
+from bus.node_permissions import JS_API
+
+log = logging.getLogger("gpubus.bus.direct_batch")
+
+PAGE = 256
+PAGE_MAX_BYTES = 4 * 1024 * 1024  # a page of large records stops at this many bytes
+WAIT_S = 5.0
+STATUS = "Status"
+END_OF_BATCH = "204"
+NOT_FOUND = "404"
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """One stored message as a direct get answers it."""
+
+    subject: str
+    seq: int
+    pending: int  # messages on the filter after this one
+    data: bytes
+    headers: dict[str, str]
+
+
+class DirectGetFailed(BusError):
+    """The server answered a batched direct get (or the stream's info) with an error."""
+
+    code = "DIRECT_GET_FAILED"
+
+
+class DirectGets:
+    """Batched direct gets on one stream."""
+
+    def __init__(self, nc: NatsClient, stream: str) -> None:
+        self._nc = nc
+        self._subject = f"{JS_API}.DIRECT.GET.{stream}"
+        self._info = f"{JS_API}.STREAM.INFO.{stream}"
+
+    async def last_seq(self) -> int:
+        """The stream's last sequence (0 when empty): where windows counted
+        back from the end start."""
+        try:
+            reply = await self._nc.request(self._info, b"", timeout=WAIT_S)
+        except (NatsTimeoutError, NoRespondersError):
+            raise BusUnavailable(f"{self._info}: no answer within {WAIT_S:.0f}s") from None
+        info = json.loads(reply.data)
+        if "error" in info:
+            raise DirectGetFailed(f"{self._info}: {info['error'].get('description')}")
+        return int(info["state"]["last_seq"])
+
+    async def first(self, subjects: str, *, seq: int = 1) -> Stored | None:
+        """The first message on `subjects` from `seq`; its `pending + 1`
+        counts the messages from there."""
+        async with contextlib.aclosing(self.read(subjects, seq=seq, batch=1)) as answers:
+            async for stored in answers:
+                return stored
+        return None
+
+    async def count(self, subjects: str, *, seq: int = 1) -> int:
+        """Messages on `subjects` from `seq`: one message's read."""
+        first = await self.first(subjects, seq=seq)
+        return 0 if first is None else first.pending + 1
+
+    async def read(self, subjects: str, *, seq: int = 1, batch: int = PAGE) -> AsyncGenerator[Stored, None]:
+        """One batch: up to `batch` messages on `subjects` from `seq`, oldest first."""
+        request = {"seq": seq, "next_by_subj": subjects, "batch": batch, "max_bytes": PAGE_MAX_BYTES}
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox)
+        try:
+            await self._nc.publish(self._subject, json.dumps(request).encode(), reply=inbox)
+            async for stored in _answers(sub, self._subject):
+                yield stored
+        finally:
+            with contextlib.suppress(NatsError):  # a closed connection took it already
+                await sub.unsubscribe()
+
+    async def read_all(
+        self, subjects: str, *, seq: int = 1, before_seq: int | None = None
+    ) -> AsyncGenerator[Stored, None]:
+        """Every message on `subjects` from `seq`, page by page, up to the
+        last stored or to `before_seq` (not included)."""
+        while True:
+            last: Stored | None = None
+            async with contextlib.aclosing(self.read(subjects, seq=seq)) as page:
+                async for stored in page:
+                    if before_seq is not None and stored.seq >= before_seq:
+                        return
+                    last = stored
+                    yield stored
+            if last is None or last.pending == 0:
+                return
+            seq = last.seq + 1
+
+
+async def _answers(sub: Subscription, asked: str) -> AsyncIterator[Stored]:
+    """One batched direct get's answers, up to its end-of-batch status."""
+    while True:
+        try:
+            msg = await sub.next_msg(timeout=WAIT_S)
+        except (TimeoutError, NatsTimeoutError):
+            raise BusUnavailable(f"{asked}: no end of batch within {WAIT_S:.0f}s") from None
+        headers = msg.headers or {}
+        status = headers.get(STATUS)
+        if status in (END_OF_BATCH, NOT_FOUND):
+            return
+        if status is not None:
+            raise DirectGetFailed(f"{asked}: status {status} ({headers.get('Description')})")
+        yield Stored(
+            subject=headers["Nats-Subject"],
+            seq=int(headers["Nats-Sequence"]),
+            pending=int(headers.get("Nats-Num-Pending", "0")),
+            data=msg.data,
+            headers=headers,
+        )
