@@ -101,7 +101,7 @@ async def newest(gets: DirectGets, q: Query[T]) -> Newest[T]:
     else:
         async for stored in gets.read_all(q.subjects, seq=start):
             found.add(stored)
-    end = found.highest_seq + 1
+    end = max(found.highest_seq, start) + 1  # a window found empty (removed meanwhile) still steps back
     while start > head.seq and not found.known_newest(start):
         older, start = start, max(head.seq, end - (end - start) * GROWTH)
         async for stored in gets.read_all(q.subjects, seq=start, before_seq=older):

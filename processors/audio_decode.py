@@ -3,8 +3,9 @@
 The samples are faster-whisper's `decode_audio`'s, bit for bit (the same
 resampler to 16-bit mono, the same grouping of frames), but without the
 full garbage collection it runs on every call. It ran that to free PyAV
-resamplers left in reference cycles (faster-whisper issue 390); PyAV 18
-leaves none (`tests/test_audio_decode.py` checks that a decode leaves no
+resamplers left in reference cycles (faster-whisper issue 390); PyAV 18.0
+and 18.1.0 leave none, 18.1.1 its filter graph (pinned out in
+pyproject.toml; `tests/test_audio_decode.py` checks that a decode leaves no
 PyAV object to the cyclic GC). In a node the collection walked every
 object the process had made since its models loaded, holding the GIL:
 in a packing node, where the next clips decode while the engine works,
