@@ -130,7 +130,8 @@ async def list_jobs(
     `limit` records however many the owner keeps (bus/newest_records.py);
     an owner runs at most GPUBUS_MAX_JOB_LISTINGS at once (429 past it)."""
     keep = (lambda rec: True) if status is None else (lambda rec: rec.status == status)
-    found = await st.newest_jobs(principal.user_id, limit, keep=keep)
+    with st.job_listing(principal.user_id):
+        found = await st.jobs.newest(principal.user_id, limit, keep=keep)
     return {"jobs": [job_view(r) for r in found.records], "total": found.total}
 
 

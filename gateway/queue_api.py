@@ -104,12 +104,10 @@ def owner_subjects(owner: str) -> dict[str, Any]:
 
 
 async def recent_failures(st: GatewayState, owner: str) -> list[dict[str, Any]]:
-    found = await st.newest_jobs(
-        owner,
-        RECENT_FAILURES,
-        keep=lambda r: r.status == JobStatus.FAILED,
-        rank=last_written_first,
-    )
+    with st.job_listing(owner):
+        found = await st.jobs.newest(
+            owner, RECENT_FAILURES, keep=lambda r: r.status == JobStatus.FAILED, rank=last_written_first
+        )
     return [failure_view(r) for r in found.records]
 
 

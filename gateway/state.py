@@ -8,9 +8,10 @@ and `js` are never None and no route needs to ask."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
@@ -24,12 +25,11 @@ from bus.event_hub import EventHub
 from bus.fallback_router import FallbackRouter
 from bus.idempotency import IdempotencyStore
 from bus.job_ttl import JobTtl
-from bus.jobstore import JobStore, created_first
+from bus.jobstore import JobStore
 from bus.keystore import KeyStore
 from bus.lag_monitor import LagMonitor
 from bus.materializer import Materializer
 from bus.metrics import GatewayMetrics
-from bus.newest_records import Newest
 from bus.publisher import JobPublisher
 from bus.queueing import PendingNotes
 from bus.record_watch import RecordWatch
@@ -47,7 +47,7 @@ from gateway.admission import Admission, StreamCap
 from gateway.job_views import webhook_payload
 from schemas import names
 from schemas.errors import NotFound
-from schemas.jobs import JobMessage, JobRecord
+from schemas.jobs import JobMessage
 from schemas.names import Lane
 from schemas.nodes import NodeHeartbeat
 
@@ -260,20 +260,14 @@ class GatewayState:
 
         return sum(await asyncio.gather(*(count(s) for s in names.owner_job_filters(owner))))
 
-    async def newest_jobs(
-        self,
-        owner: str,
-        limit: int,
-        *,
-        keep: Callable[[JobRecord], bool] = lambda rec: True,
-        rank: Callable[[JobRecord, int], int] = created_first,
-    ) -> Newest[JobRecord]:
-        """The owner's newest `limit` records `keep` accepts, under the owner's
-        cap on listings running at once (each may read up to a few times
-        `limit` records, or every record when `keep` is rare)."""
+    @contextlib.contextmanager
+    def job_listing(self, owner: str) -> Iterator[None]:
+        """A slot of the owner's cap on listings running at once (429 past
+        it): each reads a few times its limit of records, or every record
+        for a status that is rare among the newest."""
         release = self.job_listings.take(owner)
         try:
-            return await self.jobs.newest(owner, limit, keep=keep, rank=rank)
+            yield
         finally:
             release()
 

@@ -54,95 +54,87 @@ def _record(owner: str, status: JobStatus = JobStatus.SUCCEEDED) -> JobRecord:
     )
 
 
+@pytest.fixture
+async def client(fresh_nats):
+    """A connection and its JetStream context, closed after the test."""
+    nc = await nats.connect(fresh_nats.url)
+    yield nc, nc.jetstream()
+    await nc.close()
+
+
+async def _store(nc: Any, js: Any, url: str) -> tuple[JobStore, CountingGets]:
+    """The gateway's records store on a bucket made as a gateway makes it."""
+    await topology.ensure_core(js, Settings(nats_url=url))
+    gets = CountingGets(nc, names.kv_stream(names.JOBS_BUCKET))
+    return JobStore(topology.jobs_kv(js), RecordSeal.from_secret("s"), js=js, gets=gets), gets
+
+
 def _newest(recs: list[JobRecord], n: int) -> list[str]:
     return [r.job_id for r in sorted(recs, key=lambda r: r.created_at, reverse=True)[:n]]
 
 
-async def test_the_newest_records_are_listed_reading_about_the_limit(fresh_nats):
-    nc = await nats.connect(fresh_nats.url)
-    try:
-        js = nc.jetstream()
-        await topology.ensure_core(js, Settings(nats_url=fresh_nats.url))
-        gets = CountingGets(nc, names.kv_stream(names.JOBS_BUCKET))
-        store = JobStore(topology.jobs_kv(js), RecordSeal.from_secret("s"), js=js, gets=gets)
-        # Given an owner's 400 older jobs, every 50th failed, then 30 newer
-        # ones, and another owner's after those
-        old = [_record("alice", JobStatus.FAILED if i % 50 == 0 else JobStatus.SUCCEEDED) for i in range(OLD)]
-        for lo in range(0, OLD, 50):
-            await asyncio.gather(*(store.create(r) for r in old[lo : lo + 50]))
-        new = [_record("alice") for _ in range(NEW)]
-        for r in new:
-            await store.create(r)
-        for _ in range(OTHERS):
-            await store.create(_record("bob"))
-        mine = old + new
-
-        # When the newest 10 are listed
-        gets.answered = 0
-        found = await store.newest("alice", LIMIT)
-        # Then they are the newest 10 of the owner's 430, read from about that many
-        assert [r.job_id for r in found.records] == _newest(mine, LIMIT)
-        assert found.total == OLD + NEW
-        # (a window of up to 4× the limit, and a few one-message probes to find it)
-        assert gets.answered < 100, f"{gets.answered} messages read for {LIMIT} records"
-
-        # And the newest failures, all among the older jobs, are found
-        failed = await store.newest("alice", 3, keep=lambda r: r.status == JobStatus.FAILED)
-        assert [r.job_id for r in failed.records] == _newest([r for r in old if r.status == JobStatus.FAILED], 3)
-
-        # And old jobs rewritten now (their records move to the stream's end)
-        # are listed once each, as rewritten, and not as the newest
-        def cancelled(r: JobRecord) -> JobRecord:
-            r.status = JobStatus.CANCELLED
-            return r
-
-        rewritten = old[1:OLD:8]
-        for r in rewritten:
-            await store.update("alice", r.job_id, cancelled)
-        everything = await store.newest("alice", OLD + NEW)
-        assert sorted(r.job_id for r in everything.records) == sorted(r.job_id for r in mine)
-        assert {r.job_id for r in everything.records if r.status == JobStatus.CANCELLED} == {
-            r.job_id for r in rewritten
-        }
-        gets.answered = 0
-        assert [r.job_id for r in (await store.newest("alice", LIMIT)).records] == _newest(mine, LIMIT)
-        # (what was written since the newest were created, and less than the
-        # last step back's 4× overshoot: not every record)
-        assert gets.answered < OLD // 2, f"{gets.answered} messages read for {LIMIT} records"
-    finally:
-        await nc.close()
-
-
-async def test_an_owner_without_records_lists_none(fresh_nats):
-    nc = await nats.connect(fresh_nats.url)
-    try:
-        js = nc.jetstream()
-        await topology.ensure_core(js, Settings(nats_url=fresh_nats.url))
-        store = JobStore(
-            topology.jobs_kv(js), RecordSeal(None), js=js, gets=DirectGets(nc, names.kv_stream(names.JOBS_BUCKET))
-        )
+async def test_the_newest_records_are_listed_reading_about_the_limit(fresh_nats, client):
+    store, gets = await _store(*client, fresh_nats.url)
+    # Given an owner's 400 older jobs, every 50th failed, then 30 newer
+    # ones, and another owner's after those
+    old = [_record("alice", JobStatus.FAILED if i % 50 == 0 else JobStatus.SUCCEEDED) for i in range(OLD)]
+    for lo in range(0, OLD, 50):
+        await asyncio.gather(*(store.create(r) for r in old[lo : lo + 50]))
+    new = [_record("alice") for _ in range(NEW)]
+    for r in new:
+        await store.create(r)
+    for _ in range(OTHERS):
         await store.create(_record("bob"))
-        found = await store.newest("alice", LIMIT)
-        assert (found.records, found.total) == ([], 0)
-    finally:
-        await nc.close()
+    mine = old + new
+
+    # When the newest 10 are listed
+    gets.answered = 0
+    found = await store.newest("alice", LIMIT)
+    # Then they are the newest 10 of the owner's 430, read from about that many
+    assert [r.job_id for r in found.records] == _newest(mine, LIMIT)
+    assert found.total == OLD + NEW
+    # (a window of up to 4× the limit, and a few one-message probes to find it)
+    assert gets.answered < 100, f"{gets.answered} messages read for {LIMIT} records"
+
+    # And the newest failures, all among the older jobs, are found
+    failed = await store.newest("alice", 3, keep=lambda r: r.status == JobStatus.FAILED)
+    assert [r.job_id for r in failed.records] == _newest([r for r in old if r.status == JobStatus.FAILED], 3)
+
+    # And old jobs rewritten now (their records move to the stream's end)
+    # are listed once each, as rewritten, and not as the newest
+    def cancelled(r: JobRecord) -> JobRecord:
+        r.status = JobStatus.CANCELLED
+        return r
+
+    rewritten = old[1:OLD:8]
+    for r in rewritten:
+        await store.update("alice", r.job_id, cancelled)
+    everything = await store.newest("alice", OLD + NEW)
+    assert sorted(r.job_id for r in everything.records) == sorted(r.job_id for r in mine)
+    assert {r.job_id for r in everything.records if r.status == JobStatus.CANCELLED} == {r.job_id for r in rewritten}
+    gets.answered = 0
+    assert [r.job_id for r in (await store.newest("alice", LIMIT)).records] == _newest(mine, LIMIT)
+    # (what was written since the newest were created, and less than the
+    # last step back's 4× overshoot: not every record)
+    assert gets.answered < OLD // 2, f"{gets.answered} messages read for {LIMIT} records"
 
 
-async def test_a_records_bucket_made_before_listings_is_given_direct_gets(fresh_nats):
-    nc = await nats.connect(fresh_nats.url)
-    try:
-        js = nc.jetstream()
-        # Given the records bucket as a deployment made it before listings read it with direct gets
-        await js.create_key_value(bucket=names.JOBS_BUCKET, history=1)
-        assert not (await js.stream_info(names.kv_stream(names.JOBS_BUCKET))).config.allow_direct
-        # When the gateway starts on it
-        await topology.ensure_core(js, Settings(nats_url=fresh_nats.url))
-        # Then a listing reads it
-        assert (await js.stream_info(names.kv_stream(names.JOBS_BUCKET))).config.allow_direct
-        gets = DirectGets(nc, names.kv_stream(names.JOBS_BUCKET))
-        store = JobStore(topology.jobs_kv(js), RecordSeal(None), js=js, gets=gets)
-        rec = _record("alice")
-        await store.create(rec)
-        assert [r.job_id for r in (await store.newest("alice", LIMIT)).records] == [rec.job_id]
-    finally:
-        await nc.close()
+async def test_an_owner_without_records_lists_none(fresh_nats, client):
+    store, _ = await _store(*client, fresh_nats.url)
+    await store.create(_record("bob"))
+    found = await store.newest("alice", LIMIT)
+    assert (found.records, found.total) == ([], 0)
+
+
+async def test_a_records_bucket_made_before_listings_is_given_direct_gets(fresh_nats, client):
+    # Given the records bucket as a deployment made it before listings read it with direct gets
+    _, js = client
+    await js.create_key_value(bucket=names.JOBS_BUCKET, history=1)
+    assert not (await js.stream_info(names.kv_stream(names.JOBS_BUCKET))).config.allow_direct
+    # When the gateway starts on it
+    store, _ = await _store(*client, fresh_nats.url)
+    # Then a listing reads it
+    assert (await js.stream_info(names.kv_stream(names.JOBS_BUCKET))).config.allow_direct
+    rec = _record("alice")
+    await store.create(rec)
+    assert [r.job_id for r in (await store.newest("alice", LIMIT)).records] == [rec.job_id]
