@@ -315,14 +315,18 @@ class JobStore:
         *,
         keep: Callable[[JobRecord], bool] = lambda rec: True,
         rank: Callable[[JobRecord, int], int] = created_first,
+        reach: int | None = None,
     ) -> Newest[JobRecord]:
         """The owner's newest `limit` records that `keep` accepts, highest
         `rank` first (by default the newest created), and how many records
         the owner has: about `limit` records read, however many the owner
-        keeps (bus/newest_records.py), and no consumer made."""
+        keeps (bus/newest_records.py), and no consumer made. `reach`: how
+        many of the owner's latest writes to look through at most (None: as
+        many as it takes, every record for a `keep` that accepts none)."""
         if self._gets is None:
             raise RuntimeError("this JobStore was made without direct gets (`gets=`): it lists nothing")
-        query = Query(names.kv_subject(names.JOBS_BUCKET, names.job_key(owner, "*")), limit, self._stored, keep, rank)
+        subjects = names.kv_subject(names.JOBS_BUCKET, names.job_key(owner, "*"))
+        query = Query(subjects, limit, self._stored, keep, rank, reach)
         return await newest(self._gets, query)
 
     def _stored(self, stored: Stored) -> JobRecord | None:

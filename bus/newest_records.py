@@ -21,7 +21,7 @@ reads what was written since its answer began.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -45,13 +45,16 @@ class Newest(Generic[T]):
 class Query(Generic[T]):
     """What to read: `decode` a stored message (None for a removal or a
     record to skip), keep what `keep` accepts, newest by `rank(record, its
-    message's sequence)`, which must not exceed that sequence."""
+    message's sequence)`, which must not exceed that sequence. `reach`:
+    look among the owner's latest this many records (by last write) only
+    (None: as far back as the answer needs, every record at worst)."""
 
     subjects: str
     limit: int
     decode: Callable[[Stored], T | None]
     keep: Callable[[T], bool]
     rank: Callable[[T, int], int]
+    reach: int | None = None
 
 
 class _Found(Generic[T]):
@@ -62,8 +65,10 @@ class _Found(Generic[T]):
         self._q = q
         self._by_subject: dict[str, tuple[int, T | None]] = {}
         self.highest_seq = 0
+        self.read = 0
 
     def add(self, stored: Stored) -> None:
+        self.read += 1
         self.highest_seq = max(self.highest_seq, stored.seq)
         known = self._by_subject.get(stored.subject)
         if known is not None and known[0] > stored.seq:
@@ -72,8 +77,13 @@ class _Found(Generic[T]):
         self._by_subject[stored.subject] = (stored.seq, rec if rec is not None and self._q.keep(rec) else None)
 
     def ranked(self) -> list[tuple[int, T]]:
-        """(rank, record) of every kept record, highest rank first."""
-        out = [(self._q.rank(rec, seq), rec) for seq, rec in self._by_subject.values() if rec is not None]
+        """(rank, record) of every kept record, highest rank first; with a
+        `reach`, of those among the owner's latest `reach` records only (a
+        step back reads past it)."""
+        latest: Iterable[tuple[int, T | None]] = self._by_subject.values()
+        if self._q.reach is not None:
+            latest = sorted(latest, key=lambda known: known[0], reverse=True)[: self._q.reach]
+        out = [(self._q.rank(rec, seq), rec) for seq, rec in latest if rec is not None]
         out.sort(key=lambda ranked: ranked[0], reverse=True)
         return out
 
@@ -102,14 +112,25 @@ async def newest(gets: DirectGets, q: Query[T]) -> Newest[T]:
         async for stored in gets.read_all(q.subjects, seq=start):
             found.add(stored)
     end = max(found.highest_seq, start) + 1  # a window found empty (removed meanwhile) still steps back
-    while start > head.seq and not found.known_newest(start):
-        older, start = start, max(head.seq, end - (end - start) * GROWTH)
+    while start > head.seq and not found.known_newest(start) and (q.reach is None or found.read < q.reach):
+        older, start = start, max(head.seq, _step_back(q, found, start, end))
         async for stored in gets.read_all(q.subjects, seq=start, before_seq=older):
             found.add(stored)
         # records rewritten while the older window was read have moved to the end
         async for stored in gets.read_all(q.subjects, seq=found.highest_seq + 1):
             found.add(stored)
     return Newest([rec for _, rec in found.ranked()[: q.limit]], total)
+
+
+def _step_back(q: Query[T], found: _Found[T], start: int, end: int) -> int:
+    """The next window's start: `GROWTH` times as far from the end, or with
+    a `reach`, where the owner's density so far puts the rest of the reach,
+    in one step (every request costs the server a count over the owner's
+    keys, and every record read the gateway about 100 µs)."""
+    if q.reach is None or found.read == 0:
+        return end - (end - start) * GROWTH
+    per_record = (end - start) / found.read  # stream sequences per owner's message, so far
+    return start - int((q.reach - found.read) * per_record) - 1
 
 
 async def _first_window(gets: DirectGets, q: Query[T], head: Stored, total: int) -> tuple[int, list[Stored]]:

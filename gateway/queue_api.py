@@ -26,6 +26,10 @@ from schemas.nodes import NodeHeartbeat
 router = APIRouter(tags=["status"])
 
 RECENT_FAILURES = 10
+# ...among the owner's latest record writes: the web page and `gpubus status
+# --watch` ask every few seconds, and an owner whose jobs rarely fail would
+# otherwise have every record read each time (bus/newest_records.py).
+RECENT_FAILURES_AMONG = 500
 
 
 def consumer_view(c: ConsumerLag, at: float) -> dict[str, Any]:
@@ -106,7 +110,11 @@ def owner_subjects(owner: str) -> dict[str, Any]:
 async def recent_failures(st: GatewayState, owner: str) -> list[dict[str, Any]]:
     with st.job_listing(owner):
         found = await st.jobs.newest(
-            owner, RECENT_FAILURES, keep=lambda r: r.status == JobStatus.FAILED, rank=last_written_first
+            owner,
+            RECENT_FAILURES,
+            keep=lambda r: r.status == JobStatus.FAILED,
+            rank=last_written_first,
+            reach=RECENT_FAILURES_AMONG,
         )
     return [failure_view(r) for r in found.records]
 
