@@ -24,7 +24,7 @@ SCRIPTS = {
     "documents": ["--pages", "2", "--images", "1", "--jobs", "1", "--rounds", "1"],
     "sse_fanout": ["--clients", "10", "--jobs", "3"],
     "soak": ["--jobs", "40", "--blocks", "2", "--inflight", "4", "--warmup", "4"],
-    "job_listing": ["--records", "10,30", "--limit", "5"],
+    "job_listing": ["--records", "30,400", "--limit", "5"],  # 400: past the whole read, through a window
     "scale": ["--jobs", "20", "--nodes", "1,2", "--owners", "1,3", "--inflight", "4", "--capacity", "2"],
     "gpu_pipeline": ["--jobs", "3", "--minutes", "0.5", "--rtfx", "50"],
     "consumer_layout": ["--idle", "0,20", "--shards", "4", "--jobs", "10"],
