@@ -31,7 +31,7 @@ from testkit.harness import ADMIN_TOKEN
 
 OWNER = "bench"
 CREATE_INFLIGHT = 256
-TIMED_LISTINGS = 3
+TIMED_LISTINGS = 20  # the gateway's CPU is read in 10 ms ticks: 0.5 ms a listing
 
 
 def _record(i: int) -> JobRecord:
@@ -79,6 +79,7 @@ def main() -> int:
     rep = common.Report("job_listing")
     print(f"job_listing: GET /api/v1/jobs?limit={args.limit} with {args.records} records", flush=True)
     walls: list[float] = []
+    cpus: list[float] = []
     with contextlib.ExitStack() as stack:
         root = stack.enter_context(common.workdir(args.workdir))
         server = stack.enter_context(common.nats_server(root, sync=args.nats_sync))
@@ -94,6 +95,7 @@ def main() -> int:
             assert total == size, (total, size)
             walls.append(wall)
             gateway_ms = cpu.per_job_ms(str(size))["gateway"]  # a listing's, on the mean
+            cpus.append(gateway_ms)
             rep.row(
                 f"{size} records", listing_ms=wall * 1e3, gateway_cpu_ms=gateway_ms, per_record_us=wall / size * 1e6
             )
@@ -103,6 +105,16 @@ def main() -> int:
         ratio,
         target="<= 2 (bounded by the limit, not the records)",
         ok=ratio <= 2,
+    )
+    # What a listing costs the gateway's event loop, where the owner's
+    # records were read before (nats-server's count over the owner's keys
+    # is in the wall time, not here).
+    cpu_ratio = cpus[-1] / max(cpus[0], 1e-3)
+    rep.ratio(
+        f"gateway CPU per listing at {sizes[-1]} records / at {sizes[0]}",
+        cpu_ratio,
+        target="<= 2 (the gateway reads about the limit)",
+        ok=cpu_ratio <= 2,
     )
     return rep.finish(args.json)
 
