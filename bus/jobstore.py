@@ -257,13 +257,23 @@ class JobStore:
             return new
         raise CasConflict(f"job {job_id}: {MAX_CAS_TRIES} CAS conflicts in a row")
 
-    async def _compare_and_set(self, key: str, data: bytes, last: int, *, ttl_s: float | None) -> int:
-        """KeyValue.update, which takes no time to live: with one, the same
-        write (the expected last revision of the key's subject) with the
-        per-message TTL the bucket's stream allows (nats-server 2.11+)."""
+    async def _compare_and_set(
+        self, key: str, data: bytes, last: int, *, ttl_s: float | None, removal: bool = False
+    ) -> int:
+        """KeyValue.update (or, for a `removal`, KeyValue.delete), which take
+        no time to live: with one, the same write (the expected last
+        revision of the key's subject) with the per-message TTL the bucket's
+        stream allows (nats-server 2.11+). A removal's marker with a TTL
+        goes in time, where one without stayed for ever and counted as a
+        record in the owner's listing total."""
         if ttl_s is None:
+            if removal:
+                await self._kv.delete(key, last=last)
+                return 0
             return await self._kv.update(key, data, last=last)
         headers = {Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(last)}
+        if removal:
+            headers[KV_OP] = KV_DEL
         try:
             # in whole seconds, the header's unit: nats-server refuses a TTL of 0
             ack = await self._js.publish(_kv_subject(key), data, headers=headers, msg_ttl=max(ttl_s, 1.0))
@@ -302,7 +312,7 @@ class JobStore:
         if not still(rec):
             return False
         try:
-            await self._kv.delete(key, last=rev)
+            await self._compare_and_set(key, b"", rev, ttl_s=self._finished_ttl_s, removal=True)
         except KeyWrongLastSequenceError:
             return False
         self._known.pop(key)

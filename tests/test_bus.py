@@ -258,13 +258,22 @@ async def test_updates_of_one_record_in_one_process_go_in_turn_and_lose_no_cas(f
     assert final.stream_seq == 7 and final.progress == 0.5
 
 
-async def _queueing(fresh_nats, js, owner: str, *, give_up_after_s: float = 5) -> tuple[JobStore, JobPublisher]:
-    """The gateway side's job store and publisher, on a server with `owner`'s topology."""
+async def _queueing(
+    fresh_nats, js, owner: str, *, give_up_after_s: float = 5, finished_ttl_s: float | None = None, nc=None
+) -> tuple[JobStore, JobPublisher]:
+    """The gateway side's job store and publisher, on a server with `owner`'s
+    topology (listing, with `nc`)."""
     s = Settings(nats_url=fresh_nats.url)
     await topology.ensure_core(js, s)
     await topology.ensure_owner(js, s, owner)
     seal = RecordSeal.from_secret(ADMIN_TOKEN)
-    jobs = JobStore(await js.key_value(names.JOBS_BUCKET), seal, js=js)
+    jobs = JobStore(
+        topology.jobs_kv(js),
+        seal,
+        js=js,
+        finished_ttl_s=finished_ttl_s,
+        gets=None if nc is None else DirectGets(nc, names.kv_stream(names.JOBS_BUCKET)),
+    )
     return jobs, JobPublisher(js, seal, give_up_after_s=give_up_after_s, ensure_queue=topology.QueueMaker(js, s))
 
 
@@ -451,7 +460,7 @@ async def test_a_new_job_whose_record_cannot_be_written_leaves_no_message(fresh_
 
 async def test_a_new_job_whose_message_is_refused_leaves_no_record(fresh_nats, client):
     nc, js = client
-    jobs, publisher = await _queueing(fresh_nats, js, "mr", give_up_after_s=1)
+    jobs, publisher = await _queueing(fresh_nats, js, "mr", give_up_after_s=1, finished_ttl_s=1.0, nc=nc)
     # Given a JOBS stream that takes no job message
     cfg = (await js.stream_info(names.JOBS_STREAM)).config
     cfg.subjects = ["held.>"]
@@ -463,6 +472,12 @@ async def test_a_new_job_whose_message_is_refused_leaves_no_record(fresh_nats, c
     # Then the record, which was written, is removed: nothing was accepted
     with pytest.raises(NotFound):
         await jobs.get("mr", rec.job_id)
+    # And the removal's marker goes with the records' time to live: the owner's count is 0 again
+    assert (await jobs.newest("mr", 10)).total == 1
+    deadline = time.monotonic() + 10
+    while (await jobs.newest("mr", 10)).total and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert (await jobs.newest("mr", 10)).total == 0
 
 
 async def test_a_long_poll_is_answered_by_this_processs_own_terminal_write(fresh_nats, client):
