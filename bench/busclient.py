@@ -18,8 +18,7 @@ from bus.sealing import RecordSeal
 from bus.settings import Settings
 from schemas import codec, names
 from schemas.events import EventType, JobEvent
-from schemas.jobs import JobRecord, new_job_id, now
-from schemas.names import Kind, Lane
+from testkit.records import noop_record
 
 TIMEOUT_S = 30.0
 
@@ -61,22 +60,3 @@ class BusClient:
 
     async def close(self) -> None:
         await self.nc.close()
-
-
-def noop_record(owner: str, at: float | None = None, **fields: object) -> JobRecord:
-    """A no-op job's record on the owner's CPU lane, made at `at` (now),
-    as a gateway would make it; `fields` for any other state."""
-    t = now() if at is None else at
-    return JobRecord.model_validate(
-        {
-            "job_id": new_job_id(),
-            "owner": owner,
-            "queue_owner": owner,
-            "kind": Kind.NOOP,
-            "lane": Lane.CPU,
-            "routed_reason": "bench",
-            "created_at": t,
-            "updated_at": t,
-            **fields,
-        }
-    )

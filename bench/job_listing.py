@@ -22,12 +22,12 @@ import httpx
 import nats
 
 from bench import common
-from bench.busclient import noop_record
 from bus.jobstore import JobStore
 from bus.sealing import RecordSeal
 from schemas import names
 from schemas.jobs import JobRecord, JobStatus, now
 from testkit.harness import ADMIN_TOKEN
+from testkit.records import noop_record
 
 OWNER = "bench"
 CREATE_INFLIGHT = 256

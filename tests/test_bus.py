@@ -26,9 +26,10 @@ from bus.settings import Settings
 from schemas import codec, names
 from schemas.errors import NotFound, PayloadTooLarge
 from schemas.events import EventType, JobEvent
-from schemas.jobs import ErrorInfo, JobMessage, JobRecord, JobStatus, new_job_id
-from schemas.names import Kind, Lane
+from schemas.jobs import ErrorInfo, JobMessage, JobRecord, JobStatus
+from schemas.names import Lane
 from testkit.harness import ADMIN_TOKEN
+from testkit.records import noop_record
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -176,16 +177,7 @@ async def test_key_watch_lists_then_follows_and_leaves_no_consumer(client):
 
 def _record(owner: str) -> JobRecord:
     """A new no-op job's record."""
-    return JobRecord(
-        job_id=new_job_id(),
-        owner=owner,
-        queue_owner=owner,
-        kind=Kind.NOOP,
-        lane=Lane.CPU,
-        routed_reason="test",
-        created_at=1.0,
-        updated_at=1.0,
-    )
+    return noop_record(owner, 1.0)
 
 
 LISTINGS = 1500

@@ -21,8 +21,8 @@ from bus.queueing import UNDO_MARGIN_S, PendingNotes, queue_attempt
 from bus.sealing import RecordSeal
 from bus.settings import Settings
 from schemas import names
-from schemas.jobs import JobRecord, JobStatus, new_job_id
-from schemas.names import Kind, Lane
+from schemas.jobs import JobRecord, JobStatus
+from testkit.records import noop_record
 from tests.harness import ADMIN_TOKEN, TESTDATA, Gateway, Proc, start_node, stop_all, submit_file, wait_job, wait_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -205,17 +205,7 @@ async def test_a_cancel_that_beats_the_sequence_note_still_withdraws_the_message
     # Given a submission queued with its sequence noted in the background
     gw, _ = own_gateway
     gw.create_key(user)  # the owner's topology
-    t = time.time()
-    rec = JobRecord(
-        job_id=new_job_id(),
-        owner=user,
-        queue_owner=user,
-        kind=Kind.NOOP,
-        lane=Lane.CPU,
-        routed_reason="test",
-        created_at=t,
-        updated_at=t,
-    )
+    rec = noop_record(user, time.time())
     async with _trusted(gw.nats_url) as (js, store):
         notes = PendingNotes()
         publisher = JobPublisher(

@@ -19,8 +19,8 @@ from bus.jobstore import JobStore
 from bus.sealing import RecordSeal
 from bus.settings import Settings
 from schemas import names
-from schemas.jobs import JobRecord, JobStatus, new_job_id, now
-from schemas.names import Kind, Lane
+from schemas.jobs import JobRecord, JobStatus
+from testkit.records import noop_record
 
 pytestmark = pytest.mark.timeout(60)
 OLD, NEW, OTHERS = 400, 30, 50
@@ -39,19 +39,7 @@ class CountingGets(DirectGets):
 
 
 def _record(owner: str, status: JobStatus = JobStatus.SUCCEEDED) -> JobRecord:
-    t = now()
-    return JobRecord(
-        job_id=new_job_id(),
-        owner=owner,
-        queue_owner=owner,
-        kind=Kind.NOOP,
-        lane=Lane.CPU,
-        routed_reason="test",
-        status=status,
-        created_at=t,
-        updated_at=t,
-        finished_at=t,
-    )
+    return noop_record(owner, status=status)
 
 
 @pytest.fixture

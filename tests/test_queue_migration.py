@@ -17,8 +17,9 @@ from bus.jobstore import JobStore
 from bus.sealing import RecordSeal
 from ops.embedded_nats import NatsServer
 from schemas import codec, names
-from schemas.jobs import JobMessage, JobRecord, new_job_id, now
-from schemas.names import Kind, Lane
+from schemas.jobs import JobMessage
+from schemas.names import Lane
+from testkit.records import noop_record
 from tests.harness import ADMIN_TOKEN, Gateway, start_node, stop_all, wait_job
 
 pytestmark = pytest.mark.timeout(180)
@@ -61,17 +62,7 @@ async def old_bus(url: str) -> tuple[list[str], list[str], str]:
         jobs = JobStore(await js.create_key_value(bucket=names.JOBS_BUCKET, history=1), seal, js=js)
 
         async def queue(owner: str, queue_owner: str, subject: str) -> str:
-            t = now()
-            rec = JobRecord(
-                job_id=new_job_id(),
-                owner=owner,
-                queue_owner=queue_owner,
-                kind=Kind.NOOP,
-                lane=Lane.CPU,
-                routed_reason="old",
-                created_at=t,
-                updated_at=t,
-            )
+            rec = noop_record(owner, queue_owner=queue_owner, routed_reason="old")
             await jobs.create(rec)
             data = codec.encode(rec.to_message())
             ack = await js.publish(subject, data, headers={sealing.HEADER: seal.tag(subject, data)})
