@@ -80,11 +80,6 @@ class DirectGets:
                 return stored
         return None
 
-    async def count(self, subjects: str, *, seq: int = 1) -> int:
-        """Messages on `subjects` from `seq`: one message's read."""
-        first = await self.first(subjects, seq=seq)
-        return 0 if first is None else first.pending + 1
-
     async def read(self, subjects: str, *, seq: int = 1, batch: int = PAGE) -> AsyncGenerator[Stored, None]:
         """One batch: up to `batch` messages on `subjects` from `seq`, oldest first."""
         request = {"seq": seq, "next_by_subj": subjects, "batch": batch, "max_bytes": PAGE_MAX_BYTES}

@@ -260,23 +260,19 @@ class JobStore:
     async def _compare_and_set(
         self, key: str, data: bytes, last: int, *, ttl_s: float | None, removal: bool = False
     ) -> int:
-        """KeyValue.update (or, for a `removal`, KeyValue.delete), which take
-        no time to live: with one, the same write (the expected last
-        revision of the key's subject) with the per-message TTL the bucket's
-        stream allows (nats-server 2.11+). A removal's marker with a TTL
-        goes in time, where one without stayed for ever and counted as a
-        record in the owner's listing total."""
-        if ttl_s is None:
-            if removal:
-                await self._kv.delete(key, last=last)
-                return 0
-            return await self._kv.update(key, data, last=last)
+        """KeyValue.update (or, for a `removal`, KeyValue.delete) as the same
+        publish nats-py makes (the expected last revision of the key's
+        subject), which can also carry a per-message TTL (nats-server 2.11+;
+        nats-py's calls take none). A removal's marker with a TTL goes in
+        time, where one without stayed for ever and counted as a record in
+        the owner's listing total."""
         headers = {Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(last)}
         if removal:
             headers[KV_OP] = KV_DEL
+        # in whole seconds, the header's unit: nats-server refuses a TTL of 0
+        msg_ttl = None if ttl_s is None else max(ttl_s, 1.0)
         try:
-            # in whole seconds, the header's unit: nats-server refuses a TTL of 0
-            ack = await self._js.publish(_kv_subject(key), data, headers=headers, msg_ttl=max(ttl_s, 1.0))
+            ack = await self._js.publish(_kv_subject(key), data, headers=headers, msg_ttl=msg_ttl)
         except APIError as e:
             if e.err_code in WRONG_LAST_SEQUENCE:
                 raise KeyWrongLastSequenceError(description=e.description) from None
