@@ -21,7 +21,7 @@ reads what was written since its answer began.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -39,6 +39,7 @@ MAX_PROBES = 32
 class Newest(Generic[T]):
     records: list[T]  # newest first, at most `limit`
     total: int  # messages on the owner's keys: records, and removals not yet expired
+    complete: bool = True  # False: a `reach` stopped the read before every record that could rank was seen
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,16 +77,28 @@ class _Found(Generic[T]):
         rec = self._q.decode(stored)
         self._by_subject[stored.subject] = (stored.seq, rec if rec is not None and self._q.keep(rec) else None)
 
-    def ranked(self) -> list[tuple[int, T]]:
-        """(rank, record) of every kept record, highest rank first; with a
-        `reach`, of those among the owner's latest `reach` records only (a
-        step back reads past it)."""
-        latest: Iterable[tuple[int, T | None]] = self._by_subject.values()
-        if self._q.reach is not None:
+    def _latest(self) -> list[tuple[int, T | None]]:
+        """(sequence, record or None) of what counts: with a `reach`, the
+        owner's latest `reach` records read (a step back reads past it)."""
+        latest = list(self._by_subject.values())
+        if self._q.reach is not None and len(latest) > self._q.reach:
             latest = sorted(latest, key=lambda known: known[0], reverse=True)[: self._q.reach]
-        out = [(self._q.rank(rec, seq), rec) for seq, rec in latest if rec is not None]
+        return latest
+
+    def ranked(self) -> list[tuple[int, T]]:
+        """(rank, record) of every kept record that counts, highest rank first."""
+        out = [(self._q.rank(rec, seq), rec) for seq, rec in self._latest() if rec is not None]
         out.sort(key=lambda ranked: ranked[0], reverse=True)
         return out
+
+    def complete(self, start: int, first_seq: int) -> bool:
+        """No record left unread (written before `start`) or set aside by
+        the reach (written before the latest `reach`) can outrank the
+        answer: each ranks below its own sequence."""
+        latest = self._latest()
+        if len(latest) == len(self._by_subject):
+            return start <= first_seq or self.known_newest(start)
+        return self.known_newest(max(start, min(seq for seq, _ in latest)))
 
     def known_newest(self, start: int) -> bool:
         """`limit` kept records rank at `start` or later: none not yet read
@@ -119,7 +132,7 @@ async def newest(gets: DirectGets, q: Query[T]) -> Newest[T]:
         # records rewritten while the older window was read have moved to the end
         async for stored in gets.read_all(q.subjects, seq=found.highest_seq + 1):
             found.add(stored)
-    return Newest([rec for _, rec in found.ranked()[: q.limit]], total)
+    return Newest([rec for _, rec in found.ranked()[: q.limit]], total, found.complete(start, head.seq))
 
 
 def _step_back(q: Query[T], found: _Found[T], start: int, end: int) -> int:

@@ -137,6 +137,11 @@ class Settings(BaseSettings):
     max_active_jobs: int = Field(1000, gt=0, description="queued + running jobs per user before 429")
     max_event_streams: int = Field(20, gt=0, description="concurrent SSE streams per user before 429")
     max_job_listings: int = Field(8, gt=0, description="concurrent job listings per user before 429")
+    listing_reach: int = Field(
+        2000,
+        ge=100,
+        description="a listing by status looks among the user's latest this many jobs (about 40 µs of gateway CPU each)",
+    )
     replicas: int = Field(1, ge=1, le=5)
     events_max_age_days: float = Field(
         7.0, gt=0, description="node events are kept this long (at least files_ttl_days: small results live in them)"

@@ -159,11 +159,13 @@ class GatewayClient:
         params = {"wait": round(wait_s, 3)} if wait_s > 0 else None
         return self._check(self._get(f"/api/v1/jobs/{job_id}", params=params)).json()
 
-    def jobs(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def jobs(self, status: str | None = None, limit: int = 50) -> dict[str, Any]:
+        """The listing as the gateway answers it: `jobs`, `total`, and
+        `complete` (False: a listing by status left older jobs unread)."""
         params: dict[str, Any] = {"limit": limit}
         if status:
             params["status"] = status
-        return self._check(self._get("/api/v1/jobs", params=params)).json()["jobs"]
+        return self._check(self._get("/api/v1/jobs", params=params)).json()
 
     def result(self, job_id: str, fmt: str = "json") -> str:
         return self._check(self._get(f"/api/v1/jobs/{job_id}/result", params={"format": fmt})).text

@@ -142,11 +142,13 @@ def cmd_submit(args: argparse.Namespace) -> None:
 def cmd_jobs(args: argparse.Namespace) -> None:
     c = _client(Settings())
     if args.jobs_cmd == "list":
-        jobs = c.jobs(args.status, args.limit)
+        listing = c.jobs(args.status, args.limit)
         if args.json:
-            print_json({"jobs": jobs})
+            print_json(listing)
             return
-        for j in jobs:  # whole ids, never cut: they are what the other commands take
+        if not listing.get("complete", True):
+            print(f"(among your latest jobs only: {listing['total']} in all)", file=sys.stderr)
+        for j in listing["jobs"]:  # whole ids, never cut: they are what the other commands take
             err = (j.get("error") or {}).get("code", "")
             print(f"{j['job_id']}  {j['status']:<10} {j['lane']:<4} {j['kind']:<6} {j.get('node_id') or '-':<28} {err}")
     elif args.jobs_cmd == "show":

@@ -21,7 +21,7 @@ import nats
 import pytest
 
 from bench.common import RssSampler
-from bus.jobstore import decode_job_record
+from bus.jobstore import JobStore, decode_job_record
 from bus.sealing import RecordSeal
 from ops import cli, cli_support, service_commands
 from ops.embedded_nats import NatsServer, free_port
@@ -29,7 +29,18 @@ from ops.exits import UsageError
 from ops.private_files import private_dir, write_private
 from schemas import codec, names
 from schemas.jobs import JobStatus
-from tests.harness import ADMIN_HEADERS, ADMIN_TOKEN, TESTDATA, Gateway, Proc, submit_file, wait_until
+from testkit.records import noop_record
+from tests.harness import (
+    ADMIN_HEADERS,
+    ADMIN_TOKEN,
+    TESTDATA,
+    Gateway,
+    Proc,
+    base_env,
+    submit_file,
+    wait_until,
+)
+from tests.test_up_and_cli import cli as run_cli
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -128,13 +139,15 @@ def test_refused_body_has_the_json_error_shape_and_small_json_still_works(gatewa
 # -- F8: consumers go with the request that made them; SSE streams are capped --
 
 
+LISTING_REACH = 100  # the gateway's GPUBUS_LISTING_REACH, its least
 STREAM_CAP = 3
 
 
 @pytest.fixture(scope="module")
 def capped_gateway(nats_server: NatsServer, workdir: Path) -> Iterator[Gateway]:
-    """A second gateway on the session's server, with a small SSE cap."""
-    gw = Gateway.on(nats_server, workdir, max_event_streams=STREAM_CAP).start()
+    """A second gateway on the session's server, with a small SSE cap and a
+    short reach for listings by status."""
+    gw = Gateway.on(nats_server, workdir, max_event_streams=STREAM_CAP, listing_reach=LISTING_REACH).start()
     yield gw
     gw.stop()
 
@@ -211,6 +224,41 @@ def test_lists_and_closed_event_streams_leave_no_consumers(capped_gateway, nats_
         what=f"consumers back to {baseline} (now {consumer_counts(nats_server)})",
     )
     print(f"consumers {baseline} -> back after {time.monotonic() - t0:.1f} s")
+
+
+async def _records(url: str, owner: str, statuses: list[JobStatus]) -> None:
+    """The owner's jobs in this order, their records made as a gateway makes them."""
+    nc = await nats.connect(url, token=ADMIN_TOKEN)
+    try:
+        js = nc.jetstream()
+        store = JobStore(await js.key_value(names.JOBS_BUCKET), RecordSeal.from_secret(ADMIN_TOKEN), js=js)
+        for status in statuses:
+            await store.create(noop_record(owner, status=status))
+    finally:
+        await nc.close()
+
+
+def test_a_listing_by_status_reads_the_latest_jobs_only_and_says_so(capped_gateway, nats_server, user):
+    # Given an owner whose one failure is older than the listing reach's worth of jobs
+    many = LISTING_REACH + 50
+    asyncio.run(_records(nats_server.url, user, [JobStatus.FAILED] + [JobStatus.SUCCEEDED] * many))
+    key = capped_gateway.create_key(user)
+    with capped_gateway.client(key) as c:
+        # When they list their failures
+        failed = c.get("/api/v1/jobs", params={"status": "failed", "limit": 10}).json()
+        # Then the old one is not read, and the answer says older jobs were left unread
+        assert (failed["jobs"], failed["total"], failed["complete"]) == ([], many + 1, False)
+        # And a status found within the reach is a complete answer, as is a listing of every status
+        succeeded = c.get("/api/v1/jobs", params={"status": "succeeded", "limit": 10}).json()
+        assert (len(succeeded["jobs"]), succeeded["complete"]) == (10, True)
+        everything = c.get("/api/v1/jobs", params={"limit": 1000}).json()
+        assert (len(everything["jobs"]), everything["complete"]) == (many + 1, True)
+        assert everything["jobs"][-1]["status"] == "failed"
+    # And the CLI's listing says it looked among the latest jobs only
+    env = base_env(nats_server.url, gateway_url=capped_gateway.url, api_key=key)
+    listed = run_cli("jobs", "list", "--status", "failed", env=env)
+    assert listed.returncode == 0 and listed.stdout == "", listed.stderr
+    assert f"among your latest jobs only: {many + 1} in all" in listed.stderr
 
 
 def test_one_event_stream_over_the_cap_is_429(capped_gateway, user):

@@ -87,10 +87,16 @@ async def test_the_newest_records_are_listed_reading_about_the_limit(fresh_nats,
     # And the newest failures, all among the older jobs, are found
     failed = await store.newest("alice", 3, keep=lambda r: r.status == JobStatus.FAILED)
     assert [r.job_id for r in failed.records] == _newest([r for r in old if r.status == JobStatus.FAILED], 3)
-    # but not when asked to look through the latest 50 writes only (queue-info's recent failures)
+    assert found.complete and failed.complete
+    # but not when asked to look through the latest 50 writes only (queue-info's
+    # recent failures, a listing by status), and the answer says so
     gets.answered = 0
-    assert (await store.newest("alice", 3, keep=lambda r: r.status == JobStatus.FAILED, reach=50)).records == []
+    within = await store.newest("alice", 3, keep=lambda r: r.status == JobStatus.FAILED, reach=50)
+    assert (within.records, within.complete) == ([], False)
     assert gets.answered < OLD // 2, f"{gets.answered} messages read within a reach of 50"
+    # while what the latest 50 hold is a complete answer within that reach
+    recent = await store.newest("alice", 3, keep=lambda r: r.status == JobStatus.SUCCEEDED, reach=50)
+    assert ([r.job_id for r in recent.records], recent.complete) == (_newest(new, 3), True)
 
     # And old jobs rewritten now (their records move to the stream's end)
     # are listed once each, as rewritten, and not as the newest
