@@ -14,14 +14,17 @@ to each owner count in turn and measures, at each:
   judged ratio compares two servers under the same machine load;
 - nats-server resident memory;
 - jobs/s: pipelined no-op jobs through one node-pool process serving the
-  first `--active` owners (the rest only exist), bus-only as bench.scale.
+  first `--active` owners (the rest only exist), bus-only as bench.scale;
+- an idle gateway: its CPU and nats-server's over `--idle-s` seconds with
+  nothing queued (the lag monitor and the GPU start scan poll the queues),
+  and the size of its `/metrics`.
 
 With `--all-queues` every owner also gets the consumers an owner who uses
 everything has (`schemas/names.LaneQueue`): high and low on both lanes and
 a pool share at each priority, nine in all instead of two; they are made
 only when first used, so this is the most an owner costs.
 
-    python -m bench.owner_scale [--owners 1,1000,10000] [--jobs 400] [--active 1] [--all-queues]
+    python -m bench.owner_scale [--owners 1,1000,10000] [--jobs 400] [--active 1] [--all-queues] [--idle-s 20]
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ import random
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import httpx
 import nats
 import psutil
 
@@ -39,13 +44,16 @@ from bench import common
 from bench.scale import drive, start_pools, stop_pools
 from bus import topology
 from bus.settings import Settings
+from ops.embedded_nats import NatsServer
 from schemas import names
 from schemas.names import Kind, Lane
+from testkit.harness import ADMIN_TOKEN
 
 PUBLISHES = 1000
 PUBLISH_BLOCK = 50
 PURGE_TIMEOUT_S = 120
 GROWTH_SAMPLE = 100  # the owners added last at each level
+IDLE_WARMUP_S = 6.0  # past the gateway's first lag poll after start, and one more
 
 
 def every_queue(owner: str) -> list[names.LaneQueue]:
@@ -123,6 +131,25 @@ async def publish_latency(url: str, owners: int, ref_url: str) -> tuple[list[flo
     return at_level, at_one
 
 
+def idle_gateway(server: NatsServer, root: Path, seconds: float) -> dict[str, float]:
+    """What a gateway with nothing to do costs at this many owners: its
+    CPU and the server's (percent of a core) and its `/metrics` size."""
+    assert server.proc is not None
+    with common.gateway(server, root) as gw:
+        time.sleep(IDLE_WARMUP_S)
+        cpu = common.CpuMeter({"gateway": gw.proc.pid, "nats": server.proc.pid})
+        with cpu.turn("idle", ("gateway", "nats"), 1):
+            time.sleep(seconds)
+        spent = cpu.per_job_ms("idle")
+        scraped = httpx.get(f"{gw.url}/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=60)
+        scraped.raise_for_status()
+    return {
+        "idle_gateway_cpu_pct": spent["gateway"] / seconds / 10,
+        "idle_nats_cpu_pct": spent["nats"] / seconds / 10,
+        "metrics_kb": len(scraped.content) / 1e3,
+    }
+
+
 def main() -> int:
     p = common.base_parser(__doc__.split("\n\n")[0])
     p.add_argument(
@@ -134,6 +161,7 @@ def main() -> int:
     p.add_argument("--active", type=int, default=1, help="owners the node pool serves")
     p.add_argument("--inflight", type=int, default=64)
     p.add_argument("--all-queues", action="store_true", help="nine consumers per owner (every priority, pool shares)")
+    p.add_argument("--idle-s", type=float, default=20.0, help="seconds an idle gateway's CPU is measured at each level")
     args = p.parse_args()
     levels = [int(x) for x in args.owners.split(",")]
     rep = common.Report("owner_scale")
@@ -175,6 +203,7 @@ def main() -> int:
                 "jobs_per_s": rate,
                 "job_p99_ms": p99 * 1e3,
             }
+            cell |= idle_gateway(server, root, args.idle_s)
             if took.bucket:  # none at a level of one owner: its one owner made whole
                 cell["bucket_alone_p50_ms"] = common.percentile(took.bucket, 50) * 1e3
                 cell["lane_consumer_alone_p50_ms"] = common.percentile(took.lanes, 50) * 1e3
@@ -194,6 +223,13 @@ def main() -> int:
     rep.ratio(
         f"jobs/s {hi} owners / {lo}", cells[hi]["jobs_per_s"] / cells[lo]["jobs_per_s"], target="(reported)", ok=None
     )
+    for who in ("gateway", "nats"):
+        rep.ratio(
+            f"idle {who} CPU at {hi} owners, % of a core",
+            cells[hi][f"idle_{who}_cpu_pct"],
+            target="(reported; 42.9 and 52.8 at 10,000 owners before queues were polled by subject)",
+            ok=None,
+        )
     return rep.finish(args.json)
 
 

@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from schemas.names import SHARED
+
 if TYPE_CHECKING:
     from bus.lag_monitor import QueueSnapshot
     from schemas.nodes import NodeHeartbeat
@@ -194,15 +196,20 @@ class QueueCollector(Collector):
         t = self._clock()
         fam = self._families()
         live: dict[tuple[str, str], int] = {}
+        shown_owners: set[str] = set()
         for c in snap.consumers:
+            if not c.shown(t):  # idle for long: one series each would make /metrics megabytes at 10,000 owners
+                continue
             labels = [c.consumer, c.owner, str(c.lane), str(c.priority)]
             for key, _, _ in CONSUMER_GAUGES:
                 fam[key].add_metric(labels, getattr(c, key))
             fam["lag"].add_metric(labels, c.lag_s(t))
             live.setdefault((c.owner, str(c.lane)), 0)  # a queue with no node shows 0, not nothing
+            shown_owners.add(c.job_owner or SHARED)
         for w in snap.by_owner():
-            fam["waiting"].add_metric([w.owner, str(w.priority)], w.waiting)
-            fam["oldest_wait"].add_metric([w.owner, str(w.priority)], w.oldest_wait_s(t))
+            if w.owner in shown_owners:
+                fam["waiting"].add_metric([w.owner, str(w.priority)], w.waiting)
+                fam["oldest_wait"].add_metric([w.owner, str(w.priority)], w.oldest_wait_s(t))
         for n in self._nodes():
             queue = (n.owner, str(n.lane))
             live[queue] = live.get(queue, 0) + 1

@@ -42,7 +42,7 @@ from nats.js.errors import NotFoundError
 
 from bus import sealing, start_claims
 from bus.jobstore import JobStore
-from bus.lag_monitor import list_lane_consumers
+from bus.lag_monitor import busy_lane_consumers
 from bus.metrics import GatewayMetrics
 from bus.sealing import RecordSeal, SealBroken
 from bus.task_cancel import cancel_and_wait
@@ -114,10 +114,10 @@ class StartDeadlines:
     async def scan(self) -> int:
         """One pass over every GPU lane; returns how many jobs it moved."""
         moved, overdue = 0, dict[str, int]()  # overdue per owner, over its GPU queues (one per priority)
-        for info in await list_lane_consumers(self._js):
+        for info in await busy_lane_consumers(self._js):  # the queues holding jobs, asked about alone
             queue = names.parse_consumer_name(info.name or "")
             # each priority's consumer; unacked too: a job a node took ahead of its engine has not started
-            if queue is not None and queue.lane is Lane.GPU and (info.num_pending or info.num_ack_pending):
+            if queue is not None and queue.lane is Lane.GPU:
                 lane_moved, lane_overdue = await self._scan_lane(queue, info)
                 moved += lane_moved
                 overdue[queue.queue_owner] = overdue.get(queue.queue_owner, 0) + lane_overdue

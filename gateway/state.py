@@ -186,7 +186,7 @@ class GatewayState:
             ),
         )
         await self.webhooks.start()
-        self.lag = LagMonitor(js, interval_s=s.lag_poll_interval, metrics=self.metrics)
+        self.lag = LagMonitor(js, self.nc, interval_s=s.lag_poll_interval, metrics=self.metrics)
         self.metrics.watch_queues(self.lag.snapshot, self.nodes.live)
         await self.lag.start()
 

@@ -28,7 +28,7 @@ SCRIPTS = {
     "scale": ["--jobs", "20", "--nodes", "1,2", "--owners", "1,3", "--inflight", "4", "--capacity", "2"],
     "gpu_pipeline": ["--jobs", "3", "--minutes", "0.5", "--rtfx", "50"],
     "consumer_layout": ["--idle", "0,20", "--shards", "4", "--jobs", "10"],
-    "owner_scale": ["--owners", "1,5", "--jobs", "20", "--active", "2", "--inflight", "4"],
+    "owner_scale": ["--owners", "1,5", "--jobs", "20", "--active", "2", "--inflight", "4", "--idle-s", "1"],
     "clip_batching": ["--clips", "4", "--batch", "2"],
     "pipeline_bound": ["--jobs", "8", "--turns", "1", "--inflight", "4", "--node-concurrency", "2", "--warmup", "2"],
     "batch_commit": ["--writes", "64", "--batch", "16", "--inflight", "32", "--rounds", "1"],
