@@ -117,7 +117,7 @@ class StartDeadlines:
         for info in await busy_lane_consumers(self._js):  # the queues holding jobs, asked about alone
             queue = names.parse_consumer_name(info.name or "")
             # each priority's consumer; unacked too: a job a node took ahead of its engine has not started
-            if queue is not None and queue.lane is Lane.GPU:
+            if queue is not None and queue.lane is Lane.GPU and (info.num_pending or info.num_ack_pending):
                 lane_moved, lane_overdue = await self._scan_lane(queue, info)
                 moved += lane_moved
                 overdue[queue.queue_owner] = overdue.get(queue.queue_owner, 0) + lane_overdue
