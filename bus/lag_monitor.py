@@ -240,13 +240,15 @@ async def lane_consumer_names(nc: NatsClient) -> list[names.LaneQueue]:
     them at a few bytes each, where an info is a kilobyte."""
     out: list[names.LaneQueue] = []
     subject = f"{JS_API}.CONSUMER.NAMES.{names.JOBS_STREAM}"
+    offset = 0
     while True:
-        reply = await nc.request(subject, json.dumps({"offset": len(out)}).encode(), timeout=API_WAIT_S)
+        reply = await nc.request(subject, json.dumps({"offset": offset}).encode(), timeout=API_WAIT_S)
         page = json.loads(reply.data)
         if "error" in page:
             raise ConsumerNamesFailed(f"{subject}: {page['error'].get('description')}")
         got = page.get("consumers") or []
         out += [q for q in map(names.parse_consumer_name, got) if q is not None]
+        offset += len(got)  # every name counts toward the next page, a lane consumer's or not
         if len(got) < CONSUMER_NAMES_PAGE:
             return out
 

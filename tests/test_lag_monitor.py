@@ -7,11 +7,12 @@ import asyncio
 import time
 
 import pytest
+from nats.js.api import ConsumerConfig
 from prometheus_client import CollectorRegistry, generate_latest
 
 from bus import lag_monitor, topology
 from bus.connection import connect
-from bus.lag_monitor import SHOWN_AFTER_BUSY_S, ConsumerLag, LagMonitor, QueueSnapshot, poll
+from bus.lag_monitor import SHOWN_AFTER_BUSY_S, ConsumerLag, LagMonitor, QueueSnapshot, lane_consumer_names, poll
 from bus.metrics import GatewayMetrics, QueueCollector
 from bus.settings import Settings
 from schemas import names
@@ -116,10 +117,17 @@ async def test_consumer_list_is_read_past_one_page(fresh_nats):
                 await topology.ensure_lane(js, s, owner, Lane.GPU)
 
         await asyncio.gather(*(lane(o) for o in owners))
+        # and consumers of an operator's on the stream, listed first (names come sorted)
+        for i in range(30):
+            await js.add_consumer(
+                names.JOBS_STREAM, ConsumerConfig(durable_name=f"aux-{i:02d}", filter_subject=f"jobs.aux{i:02d}.>")
+            )
         await _publish(js, owners[-1], Lane.GPU)
-        # Then one poll sees every one of them, including the last page's
+        # Then one poll sees every lane consumer once, including the last page's
+        queues = [q.consumer for q in await lane_consumer_names(nc)]
+        assert len(queues) == len(set(queues)) == len(owners) + 1  # + cpu_shared
         snap = await poll(js, nc)
-        assert len(snap.consumers) == len(owners) + 1  # + cpu_shared
+        assert len(snap.consumers) == len(owners) + 1
         assert _one(snap, f"gpu_{owners[-1]}").pending == 1
     finally:
         await nc.close()
