@@ -183,6 +183,11 @@ class QueueCollector(Collector):
             labels=OWNER_LABELS,
         )
         fams["live"] = GaugeMetricFamily("gpubus_live_nodes", "Nodes heartbeating now", labels=["owner", "lane"])
+        fams["consumers"] = GaugeMetricFamily(
+            "gpubus_lane_consumers",
+            "Lane consumers on JOBS, by whether they hold jobs: each one costs the server work per acked job",
+            labels=["state"],
+        )
         fams["age"] = GaugeMetricFamily(
             "gpubus_queue_info_age_seconds", "Seconds since the last successful poll of JetStream consumer info"
         )
@@ -216,6 +221,9 @@ class QueueCollector(Collector):
         for (owner, lane), count in sorted(live.items()):
             fam["live"].add_metric([owner, lane], count)
         if snap.at is not None:
+            busy = sum(1 for c in snap.consumers if c.pending or c.ack_pending)
+            fam["consumers"].add_metric(["busy"], busy)
+            fam["consumers"].add_metric(["idle"], len(snap.consumers) - busy)
             fam["age"].add_metric([], max(0.0, t - snap.at))
         yield from fam.values()
 

@@ -202,6 +202,9 @@ def test_metrics_show_the_queues_that_hold_jobs_or_did_lately():
         assert registry.get_sample_value("gpubus_consumer_pending_jobs", labels) == pending
         assert registry.get_sample_value("gpubus_waiting_jobs", {"owner": owner, "priority": "normal"}) == pending
     assert "long" not in exported and "never" not in exported
+    # And every queue is counted, busy or idle (what the server pays for per acked job)
+    assert registry.get_sample_value("gpubus_lane_consumers", {"state": "busy"}) == 1
+    assert registry.get_sample_value("gpubus_lane_consumers", {"state": "idle"}) == 3
 
 
 async def test_queue_gauges_render_from_the_snapshot_and_age_between_polls(fresh_nats):
