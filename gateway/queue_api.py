@@ -102,15 +102,22 @@ def owner_subjects(owner: str) -> dict[str, Any]:
 
 
 async def recent_failures(st: GatewayState, owner: str) -> list[dict[str, Any]]:
-    with st.job_listing(owner):
-        found = await st.jobs.newest(
-            owner,
-            RECENT_FAILURES,
-            keep=lambda r: r.status == JobStatus.FAILED,
-            rank=last_written_first,
-            reach=RECENT_FAILURES_AMONG,
-        )
-    return [failure_view(r) for r in found.records]
+    """The owner's latest failures, read at most RECENT_FAILURES_FRESH_S
+    ago and shared by the requests meanwhile (the web page asks every 4 s
+    per tab; each read looks through up to 500 records)."""
+
+    async def read() -> list[JobRecord]:
+        with st.job_listing(owner):
+            found = await st.jobs.newest(
+                owner,
+                RECENT_FAILURES,
+                keep=lambda r: r.status == JobStatus.FAILED,
+                rank=last_written_first,
+                reach=RECENT_FAILURES_AMONG,
+            )
+        return found.records
+
+    return [failure_view(r) for r in await st.recent_failures.get(owner, read)]
 
 
 @router.get("/api/v1/auth/queue-info")

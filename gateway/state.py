@@ -45,15 +45,18 @@ from bus.webhook_outbox import WebhookOutbox
 from gateway import routing
 from gateway.admission import Admission, StreamCap
 from gateway.job_views import webhook_payload
+from gateway.recent_answers import RecentAnswers
 from schemas import names
 from schemas.errors import NotFound
-from schemas.jobs import JobMessage
+from schemas.jobs import JobMessage, JobRecord
 from schemas.names import Lane
 from schemas.nodes import NodeHeartbeat
 
 log = logging.getLogger("gpubus.gateway.state")
 
 BACKLOG_CACHE_S = 1.0
+RECENT_FAILURES_FRESH_S = 15.0  # queue-info's recent failures are at most this old (gateway/recent_answers.py)
+RECENT_FAILURES_OWNERS = 10_000
 
 
 def _features(nodes: list[NodeHeartbeat]) -> frozenset[str]:
@@ -98,6 +101,9 @@ class GatewayState:
         self.admission = Admission(self.active_jobs)
         self.event_streams = StreamCap(settings.max_event_streams, what="event streams")
         self.job_listings = StreamCap(settings.max_job_listings, what="job listings")
+        self.recent_failures: RecentAnswers[str, list[JobRecord]] = RecentAnswers(
+            ttl_s=RECENT_FAILURES_FRESH_S, max_entries=RECENT_FAILURES_OWNERS
+        )
 
     @classmethod
     async def connect(cls, settings: Settings, registry: CollectorRegistry, metrics: GatewayMetrics) -> GatewayState:
