@@ -106,7 +106,7 @@ async def recent_failures(st: GatewayState, owner: str) -> list[dict[str, Any]]:
     ago and shared by the requests meanwhile (the web page asks every 4 s
     per tab; each read looks through up to 500 records)."""
 
-    async def read() -> list[JobRecord]:
+    async def read() -> list[dict[str, Any]]:
         with st.job_listing(owner):
             found = await st.jobs.newest(
                 owner,
@@ -115,9 +115,9 @@ async def recent_failures(st: GatewayState, owner: str) -> list[dict[str, Any]]:
                 rank=last_written_first,
                 reach=RECENT_FAILURES_AMONG,
             )
-        return found.records
+        return [failure_view(r) for r in found.records]
 
-    return [failure_view(r) for r in await st.recent_failures.get(owner, read)]
+    return await st.recent_failures.get(owner, read)
 
 
 @router.get("/api/v1/auth/queue-info")

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
@@ -48,7 +49,7 @@ from gateway.job_views import webhook_payload
 from gateway.recent_answers import RecentAnswers
 from schemas import names
 from schemas.errors import NotFound
-from schemas.jobs import JobMessage, JobRecord
+from schemas.jobs import JobMessage
 from schemas.names import Lane
 from schemas.nodes import NodeHeartbeat
 
@@ -56,7 +57,7 @@ log = logging.getLogger("gpubus.gateway.state")
 
 BACKLOG_CACHE_S = 1.0
 RECENT_FAILURES_FRESH_S = 15.0  # queue-info's recent failures are at most this old (gateway/recent_answers.py)
-RECENT_FAILURES_OWNERS = 10_000
+RECENT_FAILURES_OWNERS = 1000  # owners kept at once (ten small views each); an owner past it reads again
 
 
 def _features(nodes: list[NodeHeartbeat]) -> frozenset[str]:
@@ -101,7 +102,7 @@ class GatewayState:
         self.admission = Admission(self.active_jobs)
         self.event_streams = StreamCap(settings.max_event_streams, what="event streams")
         self.job_listings = StreamCap(settings.max_job_listings, what="job listings")
-        self.recent_failures: RecentAnswers[str, list[JobRecord]] = RecentAnswers(
+        self.recent_failures: RecentAnswers[str, list[dict[str, Any]]] = RecentAnswers(
             ttl_s=RECENT_FAILURES_FRESH_S, max_entries=RECENT_FAILURES_OWNERS
         )
 
