@@ -107,7 +107,8 @@ class ConsumerLag:
 
 
 def _idle(queue: names.LaneQueue) -> ConsumerLag:
-    """A lane consumer that holds no job."""
+    """A lane consumer that holds no job (and what every poll's entry for
+    the queue starts from)."""
     return ConsumerLag(
         consumer=queue.consumer,
         owner=queue.queue_owner,
@@ -289,16 +290,12 @@ async def _lag(js: JetStreamContext, info: ConsumerInfo, queue: names.LaneQueue,
     oldest = await oldest_unacked_at(js, info)
     waiting = await oldest_waiting_at(js, info, oldest)
     held = bool(info.num_pending or info.num_ack_pending)
-    return ConsumerLag(
-        consumer=queue.consumer,
-        owner=queue.queue_owner,
-        lane=queue.lane,
+    return replace(
+        _idle(queue),
         pending=int(info.num_pending or 0),
         ack_pending=int(info.num_ack_pending or 0),
         redelivered=int(info.num_redelivered or 0),
         oldest_at=oldest,
-        priority=queue.priority,
-        job_owner=queue.job_owner,
         oldest_waiting_at=waiting,
         busy_at=at if held else None,
     )
