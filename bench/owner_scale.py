@@ -36,7 +36,6 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import nats
 import psutil
 
@@ -47,7 +46,6 @@ from bus.settings import Settings
 from ops.embedded_nats import NatsServer
 from schemas import names
 from schemas.names import Kind, Lane
-from testkit.harness import ADMIN_TOKEN
 
 PUBLISHES = 1000
 PUBLISH_BLOCK = 50
@@ -141,7 +139,8 @@ def idle_gateway(server: NatsServer, root: Path, seconds: float) -> dict[str, fl
         with cpu.turn("idle", ("gateway", "nats"), 1):
             time.sleep(seconds)
         spent = cpu.per_job_ms("idle")
-        scraped = httpx.get(f"{gw.url}/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=60)
+        with gw.admin() as admin:
+            scraped = admin.get("/metrics")
         scraped.raise_for_status()
     return {
         "idle_gateway_cpu_pct": spent["gateway"] / seconds / 10,
